@@ -1,0 +1,30 @@
+# Two entry points: `make demo` (main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: demo test install install-test clean
+
+$(VENV)/.core: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first, so nothing below pulls a multi-GB CUDA build.
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[serve]'
+	touch $@
+
+$(VENV)/.test: $(VENV)/.core
+	$(PIP) -e '.[test]'
+	touch $@
+
+install: $(VENV)/.core
+install-test: $(VENV)/.test
+
+demo: install
+	$(VENV)/bin/lvseg demo
+
+test: install-test
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,37 @@
+"""lvseg: language-guided medical image segmentation.
+
+Quick start::
+
+    import lvseg
+    segmenter = lvseg.load_model("runs/demo/lvit/best.ckpt")
+    result = segmenter.predict("xray.png", "Unilateral pulmonary infection, one infected area, lower left lung.")
+    result.mask          # (H, W) uint8 {0, 1} at the image's resolution
+    result.probability   # (H, W) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "create_model", "load_model", "LvsegError"]
+
+from lvseg.errors import LvsegError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lvseg.inference import Segmenter
+
+
+def create_model(name: str, **options: Any):
+    """Build a registered segmentation network; see :func:`lvseg.models.create_model`."""
+    from lvseg.models import create_model as _create_model
+
+    return _create_model(name, **options)
+
+
+def load_model(checkpoint: str, device: str | None = None) -> "Segmenter":
+    """Load a trained checkpoint for prediction; see :func:`lvseg.inference.load_model`."""
+    from lvseg.inference import load_model as _load_model
+
+    return _load_model(checkpoint, device=device)

@@ -1,0 +1,28 @@
+"""User-facing errors.
+
+Anything a user can cause (bad data, bad flags, a wrong checkpoint) raises
+:class:`LvsegError` with a message that names the file, field or value and what
+was expected. The CLI prints that message in one line and exits with status 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class LvsegError(Exception):
+    """An error caused by the user's input, with a message meant for humans."""
+
+
+class DataValidationError(LvsegError):
+    """A dataset split has one or more problems; all of them are listed at once."""
+
+    def __init__(self, problems: Iterable[str], where: str = "dataset") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"{where} has {len(self.problems)} problem(s):\n{lines}")
+
+
+class CheckpointError(LvsegError):
+    """A checkpoint is missing, corrupted, or holds another kind of model."""
