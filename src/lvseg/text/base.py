@@ -43,3 +43,25 @@ class TextEncoder(nn.Module):
 
     def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tokens`` (B, L, D) over the positions where ``mask`` (B, L) is True -> (B, D).
+
+    A row without any True position gives a zero vector (no division by zero).
+    """
+    weights = mask.to(tokens.dtype).unsqueeze(-1)  # (B, L, 1)
+    total = (tokens * weights).sum(dim=1)  # (B, D)
+    count = weights.sum(dim=1).clamp(min=1.0)  # (B, 1)
+    return total / count
+
+
+def check_texts(texts: object) -> list[str]:
+    """Return ``texts`` as a list of strings; a bare string or a non-string item is a programming error."""
+    if isinstance(texts, str):
+        raise TypeError("a text encoder takes a list of strings, not one string; wrap it as [text]")
+    items = list(texts)  # type: ignore[call-overload]
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"a text encoder takes a list of strings, got an item of type {type(item).__name__}")
+    return items

@@ -1,0 +1,349 @@
+"""The LViT dataset folder layout, and validating a split before training on it.
+
+A dataset root holds one folder per split::
+
+    ROOT/Train_Folder/  Train_text.xlsx (or .csv)  img/*  labelcol/*
+    ROOT/Val_Folder/    Val_text.xlsx              img/*  labelcol/*
+    ROOT/Test_Folder/   Test_text.xlsx             img/*  labelcol/*
+
+The text file has columns ``Image`` (the *mask* file name, as in the LViT
+release) and ``Description``. Masks are named either like their image with a
+``.png`` extension (MoNuSeg: ``x.tif`` -> ``x.png``) or ``mask_<image name>``
+(QaTa-COV19, MosMedData+: ``x.png`` -> ``mask_x.png``); the convention is
+detected per split, and files are matched by stem so extensions may differ.
+
+:func:`load_split` checks the whole split and raises one
+:class:`~lvseg.errors.DataValidationError` listing every problem it found.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+from lvseg.data.images import IMAGE_EXTENSIONS
+from lvseg.errors import DataValidationError, LvsegError
+
+logger = logging.getLogger(__name__)
+
+#: Split key -> folder name under the dataset root.
+SPLIT_FOLDERS: dict[str, str] = {"train": "Train_Folder", "val": "Val_Folder", "test": "Test_Folder"}
+
+IMAGE_DIR = "img"
+MASK_DIR = "labelcol"
+IMAGE_COLUMN = "Image"
+TEXT_COLUMN = "Description"
+MASK_PREFIX = "mask_"
+TEXT_FILE_SUFFIXES = (".xlsx", ".csv")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a split: its name (the image file's stem), files and text description."""
+
+    name: str
+    image_path: Path
+    mask_path: Path | None
+    text: str
+
+    @property
+    def labeled(self) -> bool:
+        """Whether the sample has a mask."""
+        return self.mask_path is not None
+
+
+@dataclass(frozen=True)
+class _TextRow:
+    row_number: int  # as a spreadsheet shows it: the header is row 1
+    key: str  # the Image value as written
+    description: str
+
+
+def list_splits(root: str | os.PathLike[str]) -> list[str]:
+    """The split keys (``train``, ``val``, ``test``, in that order) whose folder exists under ``root``."""
+    base = Path(root)
+    return [split for split, folder in SPLIT_FOLDERS.items() if (base / folder).is_dir()]
+
+
+def text_file_candidates(split_dir: Path) -> list[Path]:
+    """The text file names a split folder may hold, e.g. ``Train_text.xlsx`` and ``Train_text.csv``."""
+    prefix = split_dir.name.removesuffix("_Folder")
+    return [split_dir / f"{prefix}_text{suffix}" for suffix in TEXT_FILE_SUFFIXES]
+
+
+def _strip_image_extension(file_name: str) -> str:
+    path = Path(file_name)
+    return path.stem if path.suffix.lower() in IMAGE_EXTENSIONS else file_name
+
+
+def _list_image_files(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted; hidden and non-image files are skipped."""
+    images, ignored = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith(".") or not entry.is_file():
+            continue
+        (images if entry.suffix.lower() in IMAGE_EXTENSIONS else ignored).append(entry)
+    if ignored:
+        logger.warning(
+            "ignoring %d non-image file(s) in %s: %s", len(ignored), folder, ", ".join(p.name for p in ignored[:5])
+        )
+    return images
+
+
+def _read_text_table(path: Path, problems: list[str]) -> list[_TextRow] | None:
+    """Read the text file's rows; on failure append a problem and return None."""
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        else:
+            table = pd.read_excel(path, dtype=str, keep_default_na=False)
+    except Exception as error:  # pandas/openpyxl raise many different types for a bad file
+        problems.append(f"text file '{path}' cannot be read: {type(error).__name__}: {error}")
+        return None
+    table.columns = [str(column).strip() for column in table.columns]
+    missing = [column for column in (IMAGE_COLUMN, TEXT_COLUMN) if column not in table.columns]
+    if missing:
+        found = ", ".join(f"'{column}'" for column in table.columns) or "none"
+        wanted = " and ".join(f"'{column}'" for column in missing)
+        problems.append(f"text file '{path}' has no column {wanted}; found columns: {found}")
+        return None
+    rows = []
+    for offset, (key, description) in enumerate(zip(table[IMAGE_COLUMN], table[TEXT_COLUMN])):
+        rows.append(_TextRow(offset + 2, str(key).strip(), str(description).strip()))
+    return rows
+
+
+def _check_readable(path: Path, kind: str) -> tuple[str | None, tuple[int, int] | None]:
+    """Cheaply check that ``path`` is a complete image; return (problem or None, (width, height)).
+
+    PNG files are CRC-checked chunk by chunk without decoding; JPEG files must end
+    with the end-of-image marker (or decode fully); other formats are decoded.
+    """
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            image_format = image.format
+        if image_format == "PNG":
+            with Image.open(path) as image:
+                image.verify()
+        elif image_format == "JPEG" and _ends_with_jpeg_marker(path):
+            pass
+        else:
+            with Image.open(path) as image:
+                image.load()
+    except UnidentifiedImageError:
+        return f"{kind} '{path}' cannot be read: not a PNG/JPEG/TIFF/BMP file", None
+    except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
+        return f"{kind} '{path}' cannot be read: file is truncated or corrupt ({error})", None
+    return None, size
+
+
+def _ends_with_jpeg_marker(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(max(path.stat().st_size - 2, 0))
+        return handle.read(2) == b"\xff\xd9"
+
+
+def _mask_stem(image_stem: str, prefixed: bool) -> str:
+    return f"{MASK_PREFIX}{image_stem}" if prefixed else image_stem
+
+
+def _expected_mask_name(image: Path, prefixed: bool) -> str:
+    return f"{MASK_PREFIX}{image.name}" if prefixed else f"{image.stem}.png"
+
+
+def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = True) -> list[Sample]:
+    """Read and validate one split of an LViT-layout dataset.
+
+    Args:
+        root: the dataset root holding ``Train_Folder`` etc.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        require_masks: when False, an image without a mask is allowed (its
+            ``mask_path`` is None) and masks are matched by name only, never
+            opened (for semi-supervised unlabeled images).
+
+    Returns:
+        The samples, sorted by name (the image file's stem).
+
+    Raises:
+        LvsegError: for an unknown split name.
+        DataValidationError: listing every problem of the split at once, each
+            naming the file concerned; ``where`` is the split folder.
+    """
+    if split not in SPLIT_FOLDERS:
+        raise LvsegError(f"unknown split '{split}'; expected one of {', '.join(SPLIT_FOLDERS)}")
+    split_dir = Path(root) / SPLIT_FOLDERS[split]
+    where = str(split_dir)
+    if not split_dir.is_dir():
+        if not Path(root).is_dir():
+            raise DataValidationError([f"dataset root '{root}' not found"], where=where)
+        raise DataValidationError([f"split folder '{split_dir}' not found"], where=where)
+
+    problems: list[str] = []
+    image_dir, mask_dir = split_dir / IMAGE_DIR, split_dir / MASK_DIR
+
+    images: list[Path] | None = None
+    if image_dir.is_dir():
+        images = _list_image_files(image_dir)
+        if not images:
+            problems.append(f"image folder '{image_dir}' holds no PNG/JPEG/TIFF/BMP images")
+    else:
+        problems.append(f"image folder '{image_dir}' not found")
+
+    masks: list[Path] | None = None
+    if mask_dir.is_dir():
+        masks = _list_image_files(mask_dir)
+    elif require_masks:
+        problems.append(f"mask folder '{mask_dir}' not found")
+
+    rows: list[_TextRow] | None = None
+    candidates = text_file_candidates(split_dir)
+    existing = [path for path in candidates if path.is_file()]
+    if not existing:
+        names = " or ".join(f"'{path.name}'" for path in candidates)
+        problems.append(f"text file {names} not found in '{split_dir}'")
+    else:
+        text_path = existing[0]
+        if len(existing) > 1:
+            logger.warning("%s: both %s exist; using %s", split_dir, " and ".join(p.name for p in existing), text_path.name)
+        rows = _read_text_table(text_path, problems)
+
+    # Images sharing a stem cannot be told apart by their masks or text rows.
+    images_by_stem: dict[str, Path] = {}
+    for image in images or []:
+        if image.stem in images_by_stem:
+            problems.append(
+                f"images '{images_by_stem[image.stem]}' and '{image}' share the name '{image.stem}'; "
+                "expected one image per name"
+            )
+        else:
+            images_by_stem[image.stem] = image
+
+    masks_by_stem: dict[str, Path] = {}
+    for mask in masks or []:
+        if mask.stem in masks_by_stem:
+            problems.append(f"masks '{masks_by_stem[mask.stem]}' and '{mask}' share the name '{mask.stem}'")
+        else:
+            masks_by_stem[mask.stem] = mask
+
+    prefixed = _detect_mask_prefix(images_by_stem, masks_by_stem, rows)
+    logger.debug("%s: masks named %s", split_dir, "'mask_<image name>'" if prefixed else "'<image stem>.png'")
+
+    # Pair images with masks.
+    mask_for: dict[str, Path | None] = {}
+    used_masks: set[str] = set()
+    for stem, image in images_by_stem.items():
+        mask_stem = _mask_stem(stem, prefixed)
+        mask = masks_by_stem.get(mask_stem)
+        if mask is not None:
+            used_masks.add(mask_stem)
+        elif require_masks and masks is not None:
+            problems.append(
+                f"image '{image}' has no mask in '{mask_dir}' (expected '{_expected_mask_name(image, prefixed)}')"
+            )
+        mask_for[stem] = mask
+    if images is not None:
+        for mask_stem, mask in masks_by_stem.items():
+            if mask_stem not in used_masks:
+                problems.append(f"mask '{mask}' has no matching image in '{image_dir}'")
+
+    # Pair images with text rows; a row may name the mask (as LViT does) or the image.
+    text_for: dict[str, str] = {}
+    if rows is not None:
+        text_path = existing[0]
+        image_stem_for_key: dict[str, str] = {}
+        for stem in images_by_stem:
+            image_stem_for_key[stem] = stem
+            image_stem_for_key[_mask_stem(stem, prefixed)] = stem
+        rows_by_stem: dict[str, list[_TextRow]] = defaultdict(list)
+        for row in rows:
+            if not row.key:
+                problems.append(f"row {row.row_number} of '{text_path}' has an empty '{IMAGE_COLUMN}'")
+                continue
+            stem = image_stem_for_key.get(_strip_image_extension(row.key))
+            if stem is None:
+                if images is not None:
+                    problems.append(
+                        f"row {row.row_number} of '{text_path}' names '{row.key}', which matches no image in "
+                        f"'{image_dir}'"
+                    )
+                continue
+            rows_by_stem[stem].append(row)
+        for stem, image in images_by_stem.items():
+            matched = rows_by_stem.get(stem, [])
+            if not matched:
+                expected = mask_for[stem].name if mask_for.get(stem) else _expected_mask_name(image, prefixed)
+                problems.append(
+                    f"image '{image}' has no row in '{text_path}' (expected {IMAGE_COLUMN} = '{expected}')"
+                )
+                continue
+            if len(matched) > 1:
+                numbers = ", ".join(str(row.row_number) for row in matched)
+                problems.append(
+                    f"image '{image}' has {len(matched)} duplicate rows in '{text_path}' (rows {numbers}); "
+                    "expected one"
+                )
+            row = matched[0]
+            if not row.description:
+                problems.append(
+                    f"row {row.row_number} of '{text_path}' ('{row.key}') has an empty '{TEXT_COLUMN}'"
+                )
+            text_for[stem] = row.description
+
+    # Check every file can be read, and that each mask matches its image's size.
+    image_sizes: dict[str, tuple[int, int]] = {}
+    for stem, image in images_by_stem.items():
+        problem, size = _check_readable(image, "image")
+        if problem:
+            problems.append(problem)
+        elif size is not None:
+            image_sizes[stem] = size
+    if require_masks:
+        for stem, mask in mask_for.items():
+            if mask is None:
+                continue
+            problem, size = _check_readable(mask, "mask")
+            if problem:
+                problems.append(problem)
+            elif stem in image_sizes and size != image_sizes[stem]:
+                image_size = image_sizes[stem]
+                problems.append(
+                    f"mask '{mask}' is {size[0]}x{size[1]} but its image '{images_by_stem[stem]}' is "
+                    f"{image_size[0]}x{image_size[1]}; expected the same size"
+                )
+
+    if problems:
+        raise DataValidationError(problems, where=where)
+
+    samples = [
+        Sample(name=stem, image_path=images_by_stem[stem], mask_path=mask_for.get(stem), text=text_for[stem])
+        for stem in sorted(images_by_stem)
+    ]
+    logger.info(
+        "%s: %d samples (%d with masks)", split_dir, len(samples), sum(sample.labeled for sample in samples)
+    )
+    return samples
+
+
+def _detect_mask_prefix(
+    images_by_stem: dict[str, Path], masks_by_stem: dict[str, Path], rows: list[_TextRow] | None
+) -> bool:
+    """Whether this split names masks ``mask_<image name>`` rather than ``<image stem>.png``.
+
+    Decided by which convention pairs more images with masks; without masks (an
+    unlabeled split), by which convention the text rows follow.
+    """
+    same_stem = sum(stem in masks_by_stem for stem in images_by_stem)
+    prefixed = sum(f"{MASK_PREFIX}{stem}" in masks_by_stem for stem in images_by_stem)
+    if same_stem or prefixed:
+        return prefixed > same_stem
+    keys = {_strip_image_extension(row.key) for row in rows or []}
+    prefixed_rows = sum(f"{MASK_PREFIX}{stem}" in keys for stem in images_by_stem)
+    same_stem_rows = sum(stem in keys for stem in images_by_stem)
+    return prefixed_rows > same_stem_rows

@@ -1,0 +1,170 @@
+"""The QaTa-COV19 report grammar: structured findings <-> one-sentence reports.
+
+QaTa-COV19 reports (and the 14 LV-loss templates) follow one pattern::
+
+    Unilateral pulmonary infection, one infected area, all left lung.
+    Bilateral pulmonary infection, two infected areas, all left lung and upper middle right lung.
+
+i.e. ``<Unilateral|Bilateral> pulmonary infection, <count> infected area(s), <zones> left lung
+[and <zones> right lung].`` where ``<zones>`` is ``all`` or a space-separated list of
+``upper``/``middle``/``lower``. ``left``/``right`` are the *patient's* sides.
+
+Rules chosen for :func:`render_report` (the templates are not fully consistent, see below):
+
+* laterality is ``Unilateral`` when one lung is involved, ``Bilateral`` when both are;
+* the left lung is written before the right lung, joined by ``and``;
+* zones are written in ``upper middle lower`` order;
+* ``all`` means "the whole lung as one area": a lung involving all three zones is written ``all``
+  only when the count equals the number of involved lungs (every involved lung is a single area),
+  otherwise ``upper middle lower``. This reproduces 12 of the 14 templates verbatim; templates
+  12 and 13 ("three infected areas", both lungs fully involved) write ``all`` for one lung and
+  ``upper middle lower`` for the other, which is ambiguous about which lung holds two areas — both
+  parse to the same :class:`Findings` and are rendered with ``upper middle lower`` twice;
+* the count is a number word (``one`` ... ``twelve``, digits above), singular ``area`` for one;
+* degenerate findings stay renderable so that ``parse_report(render_report(f)) == f`` always holds:
+  no zones and no count -> ``No pulmonary infection.``; zones without count omit the count clause;
+  a count without zones -> ``Pulmonary infection, two infected areas.``
+
+:func:`parse_report` accepts any case, extra spaces, hyphens (``upper-middle``), ``lungs`` and
+digits; ``all`` expands to the three zones; text it does not understand gives empty findings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+LUNGS: tuple[str, str] = ("left", "right")
+ZONES: tuple[str, str, str] = ("upper", "middle", "lower")
+ZONE_VECTOR_LABELS: tuple[str, ...] = tuple(f"{lung}_{zone}" for lung in LUNGS for zone in ZONES) + ("count",)
+
+_NUMBER_WORDS: tuple[str, ...] = (
+    "zero", "one", "two", "three", "four", "five", "six",
+    "seven", "eight", "nine", "ten", "eleven", "twelve",
+)
+_WORD_TO_NUMBER: dict[str, int] = {word: value for value, word in enumerate(_NUMBER_WORDS)}
+
+_LUNG_PHRASE = re.compile(
+    r"\b((?:(?:all|upper|middle|lower)\b[\s,\-/]*)+)(left|right)\s+lungs?\b", re.IGNORECASE
+)
+_COUNT_PHRASE = re.compile(
+    r"\b(" + "|".join(_NUMBER_WORDS) + r"|\d+)\s+infected\s+areas?\b", re.IGNORECASE
+)
+_ZONE_WORD = re.compile(r"all|upper|middle|lower", re.IGNORECASE)
+
+
+def _as_zone_set(zones: object, lung: str) -> frozenset[str]:
+    if isinstance(zones, str):
+        raise TypeError(f"{lung} zones must be a set of zone names, not the string {zones!r}")
+    result = frozenset(str(zone).lower() for zone in zones)  # type: ignore[union-attr]
+    unknown = sorted(result - set(ZONES))
+    if unknown:
+        raise ValueError(f"unknown {lung}-lung zone(s) {unknown}; expected some of {list(ZONES)}")
+    return result
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Structured content of one report.
+
+    Attributes:
+        left: zones of the patient's left lung that are involved (subset of :data:`ZONES`).
+        right: zones of the patient's right lung that are involved.
+        count: number of infected areas stated by the report (0 when none is stated).
+    """
+
+    left: frozenset[str] = field(default_factory=frozenset)
+    right: frozenset[str] = field(default_factory=frozenset)
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "left", _as_zone_set(self.left, "left"))
+        object.__setattr__(self, "right", _as_zone_set(self.right, "right"))
+        count = int(self.count)
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {self.count}")
+        object.__setattr__(self, "count", count)
+
+    def zones(self, lung: str) -> frozenset[str]:
+        """Involved zones of ``lung`` (``"left"`` or ``"right"``)."""
+        if lung not in LUNGS:
+            raise ValueError(f"lung must be one of {LUNGS}, got {lung!r}")
+        return self.left if lung == "left" else self.right
+
+    @property
+    def lungs(self) -> tuple[str, ...]:
+        """Involved lungs, left first."""
+        return tuple(lung for lung in LUNGS if self.zones(lung))
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the findings name no zone and no count."""
+        return not self.left and not self.right and self.count == 0
+
+
+def _count_words(count: int) -> str:
+    word = _NUMBER_WORDS[count] if count < len(_NUMBER_WORDS) else str(count)
+    return f"{word} infected area" + ("" if count == 1 else "s")
+
+
+def _zone_words(zones: frozenset[str], use_all: bool) -> str:
+    if use_all and len(zones) == len(ZONES):
+        return "all"
+    return " ".join(zone for zone in ZONES if zone in zones)
+
+
+def render_report(findings: Findings) -> str:
+    """Write ``findings`` as a QaTa-COV19 style sentence (rules in the module docstring)."""
+    lungs = findings.lungs
+    if not lungs:
+        if findings.count == 0:
+            return "No pulmonary infection."
+        return f"Pulmonary infection, {_count_words(findings.count)}."
+    use_all = findings.count == len(lungs)
+    laterality = "Unilateral" if len(lungs) == 1 else "Bilateral"
+    parts = [f"{laterality} pulmonary infection"]
+    if findings.count:
+        parts.append(_count_words(findings.count))
+    parts.append(
+        " and ".join(f"{_zone_words(findings.zones(lung), use_all)} {lung} lung" for lung in lungs)
+    )
+    return ", ".join(parts) + "."
+
+
+def parse_report(text: object) -> Findings:
+    """Read the findings of a QaTa-style sentence; unknown or malformed text gives empty findings.
+
+    Never raises: anything that is not a string, or holds no recognisable phrase, yields ``Findings()``.
+    """
+    if not isinstance(text, str):
+        return Findings()
+    normalized = " ".join(text.split())
+    zones: dict[str, set[str]] = {lung: set() for lung in LUNGS}
+    for match in _LUNG_PHRASE.finditer(normalized):
+        lung = match.group(2).lower()
+        for word in _ZONE_WORD.findall(match.group(1)):
+            word = word.lower()
+            zones[lung].update(ZONES if word == "all" else (word,))
+    count = 0
+    count_match = _COUNT_PHRASE.search(normalized)
+    if count_match:
+        token = count_match.group(1).lower()
+        count = _WORD_TO_NUMBER[token] if token in _WORD_TO_NUMBER else int(token)
+    findings = Findings(left=frozenset(zones["left"]), right=frozenset(zones["right"]), count=count)
+    if findings.is_empty and normalized and not normalized.lower().startswith("no pulmonary infection"):
+        logger.debug("report not understood, returning empty findings: %r", text)
+    return findings
+
+
+def zone_vector(findings: Findings) -> list[float]:
+    """Fixed-order location/count vector, labels in :data:`ZONE_VECTOR_LABELS`.
+
+    ``[left_upper, left_middle, left_lower, right_upper, right_middle, right_lower, count]``:
+    six 0/1 zone indicators followed by the raw count of infected areas.
+    """
+    vector = [1.0 if zone in findings.zones(lung) else 0.0 for lung in LUNGS for zone in ZONES]
+    vector.append(float(findings.count))
+    return vector

@@ -1,0 +1,1 @@
+"""Metrics, evaluation runs and overlays."""

@@ -1,0 +1,97 @@
+"""Prediction API: ``lvseg.load_model(checkpoint).predict(image, text)``."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lvseg.errors import LvsegError
+from lvseg.training.checkpoint import load_checkpoint
+
+
+@dataclass
+class Prediction:
+    """mask: (H, W) uint8 {0, 1}; probability: (H, W) float32 in [0, 1]; both at the input's resolution."""
+
+    mask: np.ndarray
+    probability: np.ndarray
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise LvsegError(f"device {device!r} is not a valid torch device (use 'cpu', 'cuda' or 'cuda:1')") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise LvsegError(f"device {device!r} was requested but CUDA is not available on this machine")
+    return resolved
+
+
+class Segmenter:
+    """A trained network and its text encoder, ready to segment images described by reports.
+
+    Thread-safe: one lock serialises forward passes so concurrent callers get identical results.
+    """
+
+    def __init__(self, net: torch.nn.Module, text_encoder: torch.nn.Module | None, hparams: dict[str, Any],
+                 metrics: dict[str, float] | None = None, device: str | torch.device | None = None) -> None:
+        self.device = resolve_device(device)
+        self.net = net.to(self.device).eval()
+        self.text_encoder = text_encoder.to(self.device).eval() if text_encoder is not None else None
+        self.hparams = hparams
+        self.metrics = dict(metrics or {})
+        options = hparams.get("model_options", {})
+        self.model_name: str = hparams["model_name"]
+        self.img_size: int = int(options.get("img_size", 224))
+        self.in_channels: int = int(options.get("in_channels", 3))
+        self.requires_text: bool = bool(getattr(net, "requires_text", False))
+        self._lock = threading.Lock()
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[Any], texts: list[str], threshold: float = 0.5) -> list[Prediction]:
+        """Segment several images at once; each result is at its own image's resolution."""
+        from lvseg.data.images import read_image, resize_image
+
+        if len(images) != len(texts):
+            raise LvsegError(f"got {len(images)} images but {len(texts)} texts; give one report per image")
+        arrays = [read_image(image, channels=self.in_channels) for image in images]
+        batch = torch.stack([resize_image(array, self.img_size) for array in arrays]).to(self.device)
+        if self.requires_text and any(not str(text).strip() for text in texts):
+            raise LvsegError(f"model '{self.model_name}' reads the report: the text must not be empty")
+        with self._lock:
+            text_features = None
+            if self.text_encoder is not None:
+                text_features = self.text_encoder([str(text) for text in texts]).tokens.to(self.device)
+            with self._autocast():
+                logits = self.net(batch, text_features)
+        probabilities = torch.sigmoid(logits.float())[:, :1]
+        results = []
+        for probability, array in zip(probabilities, arrays):
+            height, width = array.shape[-2:]
+            full = F.interpolate(probability[None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+            full = full.clamp(0, 1).cpu().numpy().astype(np.float32)
+            results.append(Prediction(mask=(full > threshold).astype(np.uint8), probability=full))
+        return results
+
+    def predict(self, image: Any, text: str = "", threshold: float = 0.5) -> Prediction:
+        """Segment one image (path, bytes, PIL image or array) described by ``text``."""
+        return self.predict_batch([image], [text], threshold=threshold)[0]
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return torch.autocast("cpu", enabled=False)
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> Segmenter:
+    """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)."""
+    loaded = load_checkpoint(checkpoint, map_location="cpu")
+    return Segmenter(loaded.net, loaded.text_encoder, loaded.hparams, loaded.metrics, device=device)

@@ -1,0 +1,260 @@
+"""Import checkpoints trained with the official LViT code into :class:`lvseg.models.lvit.LViT`.
+
+The official network carries modules its forward pass never calls (each ViT stage's ``norm`` and
+``head``, unused ``CTBN``s, the up stages' embeddings, PLAM's ``conv_sig``, ``pix_module1..4``);
+their weights are dropped. Every other official key maps to exactly one of our keys with the same
+shape, and every one of our keys is filled, or the import fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lvseg.errors import CheckpointError, LvsegError
+from lvseg.models.lvit import PATCH_SIZE, LViT
+
+logger = logging.getLogger(__name__)
+
+_SUFFIX = r"(?P<rest>(?:\.[A-Za-z0-9_]+)+)$"
+_STAGE = r"(?P<stage>[1-3]?)"
+
+
+def _stage(match: re.Match[str]) -> int:
+    return int(match["stage"] or 0)
+
+
+def _level(match: re.Match[str]) -> int:
+    return int(match["k"]) - 1
+
+
+# (official key pattern, function giving our key prefix); ``rest`` (the tail such as ".conv.weight")
+# is appended unchanged unless the rule rewrites it.
+_USED_RULES: list[tuple[re.Pattern[str], Any]] = [
+    (re.compile(r"^inc" + _SUFFIX), lambda m: "inc"),
+    (re.compile(r"^down(?P<k>[1-4])\.nConvs" + _SUFFIX), lambda m: f"down.{_level(m)}.convs"),
+    (re.compile(r"^up(?P<k>[1-4])\.nConvs" + _SUFFIX), lambda m: f"up.{_level(m)}.convs"),
+    (
+        re.compile(r"^up(?P<k>[1-4])\.pixModule(?P<rest>\.(?:conv_avg|conv_max|bottleneck\.[02])\.(?:weight|bias))$"),
+        lambda m: f"up.{_level(m)}.attention",
+    ),
+    (re.compile(r"^outc" + _SUFFIX), lambda m: "head"),
+    (re.compile(r"^reconstruct(?P<k>[1-4])" + _SUFFIX), lambda m: f"reconstruct.{_level(m)}"),
+    (re.compile(r"^text_module(?P<k>[1-4])" + _SUFFIX), lambda m: f"text_proj.{_level(m)}"),
+    (re.compile(r"^downVit\.CTBN3" + _SUFFIX), lambda m: "text_to_tokens"),
+    (
+        re.compile(r"^downVit" + _STAGE + r"\.embeddings\.position_embeddings(?P<rest>)$"),
+        lambda m: f"embed.{_stage(m)}.pos_embed",
+    ),
+    (
+        re.compile(r"^downVit" + _STAGE + r"\.embeddings\.patch_embeddings" + _SUFFIX),
+        lambda m: f"embed.{_stage(m)}.proj",
+    ),
+    (re.compile(r"^downVit" + _STAGE + r"\.Encoder_blocks\.0" + _SUFFIX), lambda m: f"down_vit.{_stage(m)}"),
+    (re.compile(r"^upVit" + _STAGE + r"\.Encoder_blocks\.0" + _SUFFIX), lambda m: f"up_vit.{_stage(m)}"),
+    (re.compile(r"^downVit(?P<stage>[1-3])\.CTBN" + _SUFFIX), lambda m: f"token_down.{_stage(m) - 1}"),
+    (re.compile(r"^upVit(?P<stage>[12]?)\.CTBN2" + _SUFFIX), lambda m: f"token_up.{_stage(m)}"),
+]
+
+# Official modules that exist in the state_dict but that the official forward pass never calls.
+_UNUSED_RULES: list[re.Pattern[str]] = [
+    re.compile(r"^(?:down|up)Vit[1-3]?\.(?:norm|head)\."),
+    re.compile(r"^downVit\.(?:CTBN|CTBN2)\."),
+    re.compile(r"^downVit[1-3]\.(?:CTBN2|CTBN3)\."),
+    re.compile(r"^upVit[1-3]?\.embeddings\."),
+    re.compile(r"^upVit[1-3]?\.(?:CTBN|CTBN3)\."),
+    re.compile(r"^upVit3\.CTBN2\."),
+    re.compile(r"^up[1-4]\.pixModule\.conv_sig\."),
+    re.compile(r"^pix_module[1-4]\."),
+]
+
+# Keys that identify an official LViT state_dict and give its sizes.
+_SIGNATURE_KEYS = (
+    "inc.conv.weight",
+    "outc.weight",
+    "text_module4.weight",
+    "downVit.CTBN3.conv.weight",
+    "downVit.embeddings.position_embeddings",
+)
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_official_checkpoint` did."""
+
+    source: Path
+    output: Path
+    model_options: dict[str, Any]
+    dropped_keys: list[str]
+    n_parameters: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def map_official_key(key: str) -> str | None:
+    """Our key for an official LViT state_dict key; None for a key of a module the official forward
+    never calls. Raises KeyError for a key that belongs to no official LViT module."""
+    for pattern, prefix in _USED_RULES:
+        match = pattern.match(key)
+        if match:
+            return prefix(match) + match["rest"]
+    if any(pattern.match(key) for pattern in _UNUSED_RULES):
+        return None
+    raise KeyError(key)
+
+
+def infer_official_options(official: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Model options of :class:`LViT` read off an official state_dict's shapes."""
+    missing = [key for key in _SIGNATURE_KEYS if key not in official]
+    if missing:
+        raise LvsegError(
+            f"not an official LViT state_dict: missing {', '.join(missing)} "
+            f"(expected keys such as inc.conv.weight, downVit.CTBN3.conv.weight, text_module4.weight)"
+        )
+    inc = official["inc.conv.weight"]  # (b, in_channels, 3, 3)
+    n_tokens = official["downVit.embeddings.position_embeddings"].shape[1]  # (1, N, b)
+    grid = math.isqrt(n_tokens)
+    if grid * grid != n_tokens:
+        raise LvsegError(f"official LViT position embedding has {n_tokens} tokens, not a square grid")
+    return {
+        "in_channels": int(inc.shape[1]),
+        "n_classes": int(official["outc.weight"].shape[0]),
+        "img_size": int(grid * PATCH_SIZE),
+        "base_channels": int(inc.shape[0]),
+        "text_dim": int(official["text_module4.weight"].shape[1]),
+        "text_len": int(official["downVit.CTBN3.conv.weight"].shape[1]),
+    }
+
+
+def convert_official_lvit_state_dict(
+    official: Mapping[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], list[str], dict[str, Any]]:
+    """Map an official LViT state_dict (keys without ``module.``) to ours.
+
+    Returns (our state_dict, the official keys dropped because their modules are never called,
+    the inferred model options). Raises :class:`LvsegError` unless every used official key maps to
+    exactly one of our keys with an equal shape and every key of ``LViT(**options)`` is filled.
+    """
+    options = infer_official_options(official)
+    try:
+        reference = LViT(**options).state_dict()
+    except LvsegError as error:
+        raise LvsegError(f"official LViT state_dict implies unsupported options {options}: {error}") from error
+
+    converted: dict[str, torch.Tensor] = {}
+    sources: dict[str, str] = {}
+    dropped: list[str] = []
+    unknown: list[str] = []
+    problems: list[str] = []
+    for key, value in official.items():
+        try:
+            ours = map_official_key(key)
+        except KeyError:
+            unknown.append(key)
+            continue
+        if ours is None:
+            dropped.append(key)
+            continue
+        if ours in sources:
+            problems.append(f"{key} and {sources[ours]} both map to {ours}")
+            continue
+        if ours not in reference:
+            problems.append(f"{key} maps to {ours}, which LViT({options}) does not have")
+            continue
+        if tuple(value.shape) != tuple(reference[ours].shape):
+            problems.append(
+                f"{key}: shape {tuple(value.shape)} but {ours} expects {tuple(reference[ours].shape)}"
+            )
+            continue
+        sources[ours] = key
+        converted[ours] = value.detach().clone().to(reference[ours].dtype)
+    if unknown:
+        problems.append(f"{len(unknown)} key(s) of no official LViT module: {', '.join(unknown[:8])}")
+    unfilled = [key for key in reference if key not in converted]
+    if unfilled:
+        problems.append(f"{len(unfilled)} LViT key(s) with no official weight: {', '.join(unfilled[:8])}")
+    if problems:
+        raise LvsegError("official LViT state_dict does not convert: " + "; ".join(problems))
+    ordered = {key: converted[key] for key in reference}
+    return ordered, dropped, options
+
+
+def _extract_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state_dict inside an official checkpoint: under ``state_dict`` or bare; ``module.`` removed."""
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(
+            f"{path}: expected a dict (an official LViT checkpoint), got {type(loaded).__name__}"
+        )
+    state = loaded.get("state_dict", loaded)
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"{path}: expected a non-empty 'state_dict' of tensors")
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(
+            f"{path}: expected an official LViT state_dict (tensors under keys like inc.conv.weight), "
+            f"found keys {', '.join(map(str, list(state)[:6]))}"
+        )
+    if all(str(key).startswith("module.") for key in tensors):
+        tensors = {key[len("module."):]: value for key, value in tensors.items()}
+    return tensors
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an official LViT ``.pth`` with ``torch.load(weights_only=True)``; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (expected an official LViT .pth checkpoint)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as error:
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (expected an official LViT .pth): {error}"
+        ) from error
+    return _extract_state_dict(loaded, path)
+
+
+def import_official_checkpoint(
+    path: str | Path,
+    out_path: str | Path,
+    text_encoder_config: dict[str, Any] | None = None,
+) -> ImportResult:
+    """Convert the official LViT checkpoint ``path`` into an lvseg checkpoint at ``out_path``.
+
+    The converted weights are loaded strictly into ``create_model("lvit", **options)`` before
+    anything is written. ``text_encoder_config`` (the official code used per-token BERT-base features)
+    is stored with the checkpoint when given.
+    """
+    path, out_path = Path(path), Path(out_path)
+    official = load_official_state_dict(path)
+    try:
+        state, dropped, options = convert_official_lvit_state_dict(official)
+    except LvsegError as error:
+        raise CheckpointError(f"{path}: {error}") from error
+    net = LViT(**options)
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:8])}")
+    logger.info("converted %s: %d keys kept, %d unused keys dropped", path, len(state), len(dropped))
+
+    from lvseg.training.checkpoint import save_inference_checkpoint  # provided by lvseg.training
+
+    save_inference_checkpoint(
+        out_path, net, "lvit", dict(net.config), text_encoder_config=text_encoder_config, metrics=None
+    )
+    return ImportResult(
+        source=path,
+        output=out_path,
+        model_options=dict(net.config),
+        dropped_keys=dropped,
+        n_parameters=sum(p.numel() for p in net.parameters()),
+    )

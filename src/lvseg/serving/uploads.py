@@ -1,0 +1,215 @@
+"""Decode an uploaded image safely: sniff its content, check its size from the header, then decode.
+
+Accepts PNG, JPEG, TIFF and DICOM. The file name and the declared content type are never trusted:
+the format comes from the file's magic bytes. Width and height are read from the header (PIL opens
+lazily; DICOM ``Rows``/``Columns`` before ``pixel_array``) and checked before any pixel is decoded.
+Everything happens in memory. The result is always an 8-bit RGB array.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from lvseg.serving.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+ACCEPTED = "PNG, JPEG, TIFF or DICOM"
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Largest accepted image: per side, and in total pixels (decompression-bomb guard)."""
+
+    max_side: int = 8192
+    max_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An uploaded image as 8-bit RGB pixels (H, W, 3) plus the format it was sniffed as."""
+
+    pixels: np.ndarray
+    format: str
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format from the magic bytes: ``png``, ``jpeg``, ``tiff``, ``dicom`` or None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    return None
+
+
+def check_dimensions(width: int, height: int, limits: ImageLimits, frames: int = 1) -> None:
+    """Raise a 413 :class:`ApiError` if an image of this size must not be decoded."""
+    if width <= 0 or height <= 0:
+        raise ApiError(422, f"the image has an invalid size {width}x{height}")
+    if width > limits.max_side or height > limits.max_side:
+        raise ApiError(
+            413,
+            f"the image is {width}x{height} pixels; at most {limits.max_side} pixels per side are accepted",
+            {"width": width, "height": height, "max_side": limits.max_side},
+        )
+    if width * height * frames > limits.max_pixels:
+        raise ApiError(
+            413,
+            f"the image would decode to {width * height * frames} pixels (a decompression bomb?); "
+            f"at most {limits.max_pixels} are accepted",
+            {"width": width, "height": height, "frames": frames, "max_pixels": limits.max_pixels},
+        )
+
+
+def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
+    """Sniff, check and decode ``data``; raises :class:`ApiError` 415, 413 or 422 on bad input."""
+    limits = limits or ImageLimits()
+    if not data:
+        raise ApiError(422, "the image file is empty", {"field": "image"})
+    kind = sniff_format(data)
+    if kind is None:
+        raise ApiError(415, f"the upload is not a supported image; expected {ACCEPTED}", {"field": "image"})
+    if kind == "dicom":
+        pixels = _decode_dicom(data, limits)
+    else:
+        pixels = _decode_pil(data, kind, limits)
+    logger.debug("decoded a %s image of %dx%d", kind, pixels.shape[1], pixels.shape[0])
+    return DecodedImage(pixels=pixels, format=kind)
+
+
+def _corrupt(kind: str) -> ApiError:
+    return ApiError(422, f"the {kind.upper()} file is corrupt or truncated and could not be decoded", {"field": "image"})
+
+
+def _decode_pil(data: bytes, kind: str, limits: ImageLimits) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
+            check_dimensions(image.width, image.height, limits)  # header only, nothing decoded yet
+            image.load()
+            oriented = ImageOps.exif_transpose(image) if kind == "jpeg" else image
+            return _pil_to_rgb8(oriented)
+    except Image.DecompressionBombError as error:
+        raise ApiError(413, "the image is a decompression bomb (too many pixels)", {"field": "image"}) from error
+    except ApiError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as error:
+        raise _corrupt(kind) from error
+
+
+def _pil_to_rgb8(image: Image.Image) -> np.ndarray:
+    """8-bit RGB pixels; 16/32-bit and float grayscale are scaled to their maximum value."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        return _gray_to_rgb8(_scale_to_unit(values, use_min=image.mode == "F"))
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def _scale_to_unit(values: np.ndarray, use_min: bool) -> np.ndarray:
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low = float(values.min()) if use_min else 0.0
+    high = float(values.max())
+    if high <= low:
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def _gray_to_rgb8(unit: np.ndarray) -> np.ndarray:
+    gray = np.round(unit * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def _first_value(value: Any) -> float | None:
+    """The first number of a possibly multi-valued DICOM element, or None."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = value[0] if len(value) else None
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def window_dicom(values: np.ndarray, center: float | None, width: float | None) -> np.ndarray:
+    """Apply the DICOM linear VOI window (PS3.3 C.11.2.1.2.1) to modality values, to [0, 1].
+
+    Without a usable window the full range of the values is used.
+    """
+    if center is None or width is None or width < 1:
+        return _scale_to_unit(values, use_min=True)
+    low = center - 0.5 - (width - 1) / 2
+    high = center - 0.5 + (width - 1) / 2
+    scaled = ((values - (center - 0.5)) / (width - 1)) + 0.5 if width > 1 else (values > low).astype(float)
+    return np.where(values <= low, 0.0, np.where(values > high, 1.0, np.clip(scaled, 0.0, 1.0)))
+
+
+def _colour_to_rgb8(pixels: np.ndarray) -> np.ndarray:
+    """Colour DICOM pixels (H, W, 3), already RGB after pydicom's conversion, as 8-bit."""
+    rgb = pixels[:, :, :3]
+    if rgb.dtype != np.uint8:
+        rgb = np.round(_scale_to_unit(rgb.astype(np.float64), use_min=False) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(rgb)
+
+
+def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))  # pixel data stays encoded bytes until pixel_array
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _corrupt("dicom") from error
+    if "PixelData" not in dataset or "Rows" not in dataset or "Columns" not in dataset:
+        raise ApiError(422, "the DICOM file holds no image (no pixel data, rows or columns)", {"field": "image"})
+    try:
+        rows, columns = int(dataset.Rows), int(dataset.Columns)
+        frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as error:
+        raise _corrupt("dicom") from error
+    check_dimensions(columns, rows, limits, frames=max(frames, 1))
+    try:
+        pixels = np.asarray(dataset.pixel_array)
+    except (NotImplementedError, RuntimeError) as error:
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise ApiError(415, f"DICOM pixel data in '{name}' encoding is not supported", {"field": "image"}) from error
+    except (ValueError, OSError, EOFError, AttributeError, KeyError, TypeError, IndexError) as error:
+        raise _corrupt("dicom") from error
+
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if frames > 1 or pixels.ndim == (4 if samples > 1 else 3):
+        pixels = pixels[0]  # the first frame of a multi-frame object
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if samples > 1 or pixels.ndim == 3:
+        return _colour_to_rgb8(pixels)
+
+    slope = _first_value(dataset.get("RescaleSlope", None))
+    intercept = _first_value(dataset.get("RescaleIntercept", None))
+    values = pixels.astype(np.float64) * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+    unit = window_dicom(
+        values,
+        _first_value(dataset.get("WindowCenter", None)),
+        _first_value(dataset.get("WindowWidth", None)),
+    )
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+    return _gray_to_rgb8(unit)

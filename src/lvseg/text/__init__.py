@@ -1,0 +1,70 @@
+"""Text encoders: turn reports into fixed-length token features for language-guided models.
+
+``create_text_encoder("learned", texts=train_reports)`` or ``create_text_encoder("hf:<model id or path>")``
+gives a :class:`TextEncoder`; ``encoder(texts) -> TextFeatures(tokens (B, L, D), mask (B, L), pooled (B, D))``.
+``text_encoder_from_config(encoder.config())`` rebuilds an equal encoder (e.g. from a checkpoint's hparams;
+a learned encoder's weights then come from the checkpoint's state_dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from lvseg.errors import LvsegError
+from lvseg.text.base import TextEncoder, TextFeatures, masked_mean
+from lvseg.text.cache import TextFeatureCache
+from lvseg.text.huggingface import HuggingFaceTextEncoder
+from lvseg.text.learned import LearnedTextEncoder
+
+__all__ = [
+    "HuggingFaceTextEncoder",
+    "LearnedTextEncoder",
+    "TextEncoder",
+    "TextFeatureCache",
+    "TextFeatures",
+    "create_text_encoder",
+    "masked_mean",
+    "text_encoder_from_config",
+]
+
+HF_PREFIX = "hf:"
+VALID_SPECS = "'learned' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased')"
+
+
+def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options: Any) -> TextEncoder:
+    """Build a text encoder from a spec string.
+
+    ``"learned"``: a vocabulary built from ``texts`` (required, the training reports); options ``dim=64``,
+    ``max_length=32``, ``min_count=1``.
+    ``"hf:<model id or local path>"``: a frozen Hugging Face encoder; options ``max_length=32``,
+    ``cache=True``, ``cache_dir=None``. ``texts`` is ignored.
+    """
+    spec = spec.strip()
+    if spec == "learned":
+        if not texts:
+            raise LvsegError("text encoder 'learned' builds its vocabulary from the training reports, but none were given")
+        return LearnedTextEncoder.from_texts(list(texts), **options)
+    if spec.startswith(HF_PREFIX):
+        name = spec[len(HF_PREFIX):].strip()
+        if not name:
+            raise LvsegError(f"text encoder {spec!r} names no model; expected {VALID_SPECS}")
+        return HuggingFaceTextEncoder(name, **options)
+    raise LvsegError(f"unknown text encoder {spec!r}; expected {VALID_SPECS}")
+
+
+def text_encoder_from_config(config: dict[str, Any], **options: Any) -> TextEncoder:
+    """Rebuild the encoder described by ``encoder.config()``.
+
+    ``options`` are run-time settings that are not part of the config (for ``hf``: ``cache``, ``cache_dir``).
+    A learned encoder comes back with fresh weights: load them from the checkpoint's state_dict.
+    """
+    kind = config.get("type") if isinstance(config, dict) else None
+    try:
+        if kind == "learned":
+            return LearnedTextEncoder(config["vocab"], dim=config["dim"], max_length=config["max_length"], **options)
+        if kind == "hf":
+            return HuggingFaceTextEncoder(config["name_or_path"], max_length=config["max_length"], **options)
+    except KeyError as err:
+        raise LvsegError(f"text encoder config of type {kind!r} lacks the field {err.args[0]!r}") from err
+    raise LvsegError(f"text encoder config has unknown type {kind!r}; expected 'learned' or 'hf'")

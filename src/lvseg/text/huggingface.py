@@ -1,0 +1,171 @@
+"""The ``hf:<model id or local path>`` text encoder: a frozen Hugging Face model (BERT, CXR-BERT, ...)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lvseg.errors import LvsegError
+from lvseg.text.base import TextEncoder, TextFeatures, check_texts, masked_mean
+from lvseg.text.cache import TextFeatureCache
+
+logger = logging.getLogger(__name__)
+
+ALLOW_DOWNLOAD_ENV = "LVSEG_ALLOW_DOWNLOAD"
+
+
+def downloads_allowed() -> bool:
+    """True when ``LVSEG_ALLOW_DOWNLOAD=1``: only then may a missing model be fetched from the Hub."""
+    return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip() == "1"
+
+
+def _missing_model_message(name_or_path: str) -> str:
+    if Path(name_or_path).expanduser().exists():
+        return (
+            f"text encoder folder '{name_or_path}' does not hold a loadable Hugging Face model and tokenizer "
+            "(config.json, weights and tokenizer files, as written by `save_pretrained`): re-save the model "
+            "there or pass another folder with `--text-encoder hf:/path/to/model`."
+        )
+    if downloads_allowed():
+        return (
+            f"text encoder '{name_or_path}' could not be downloaded from the Hugging Face Hub: check the model id "
+            f"and the network, or download it with `huggingface-cli download {name_or_path}` and pass the folder "
+            "with `--text-encoder hf:/path/to/model`."
+        )
+    return (
+        f"text encoder '{name_or_path}' is not available offline: download it with "
+        f"`huggingface-cli download {name_or_path}` (into the Hugging Face cache, ~/.cache/huggingface) "
+        f"or pass a local folder with `--text-encoder hf:/path/to/model` (or set {ALLOW_DOWNLOAD_ENV}=1 to let "
+        "lvseg download it)."
+    )
+
+
+def load_pretrained(name_or_path: str) -> tuple[Any, nn.Module]:
+    """Load ``(tokenizer, model)`` with ``AutoTokenizer``/``AutoModel``; offline unless downloads are allowed.
+
+    Raises :class:`LvsegError` with one sentence saying what to download and where when it is missing.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    local_only = not downloads_allowed()
+    source = str(Path(name_or_path).expanduser()) if name_or_path.startswith("~") else name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
+        model = AutoModel.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError, KeyError) as err:  # missing files, unknown model type, no tokenizer
+        logger.debug("loading text encoder %r failed: %r", name_or_path, err)
+        raise LvsegError(_missing_model_message(name_or_path)) from err
+    return tokenizer, model
+
+
+class HuggingFaceTextEncoder(TextEncoder):
+    """A frozen Hugging Face encoder: per-token last hidden states, padded/truncated to ``max_length``.
+
+    The model is loaded with ``local_files_only=True`` unless ``LVSEG_ALLOW_DOWNLOAD=1``. It stays in eval
+    mode with ``requires_grad=False`` and is kept *outside* the module tree, so its weights never enter
+    ``state_dict()`` (lvseg checkpoints store only ``config()``, the weights come from the Hub cache or the
+    folder) and ``load_state_dict(..., strict=True)`` needs no keys from it; ``.to(device)`` still moves it.
+
+    Output: ``tokens`` (B, max_length, D) last hidden states (D = the model's hidden size), zero at padding;
+    ``mask`` (B, max_length) bool from the tokenizer's attention mask (special tokens such as [CLS]/[SEP]
+    count as real tokens); ``pooled`` (B, D) = masked mean of ``tokens`` (not the CLS vector: many encoders
+    have an untrained or task-specific pooler, the mean is the more robust sentence vector).
+
+    With ``cache=True`` (default) features are computed once per distinct text and stored on disk
+    (see :mod:`lvseg.text.cache`; ``cache_dir`` overrides the location). LViT's official data used
+    ``max_length=10``; the default here is 32.
+    """
+
+    trainable = False
+
+    def __init__(
+        self,
+        name_or_path: str,
+        max_length: int = 32,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if not name_or_path:
+            raise LvsegError("the hf text encoder needs a model id or folder, as in 'hf:bert-base-uncased'")
+        if max_length < 1:
+            raise LvsegError(f"text encoder max_length must be at least 1, got {max_length}")
+        self.name_or_path = name_or_path
+        self.max_length = int(max_length)
+        tokenizer, model = load_pretrained(name_or_path)
+        model.eval()
+        model.requires_grad_(False)
+        # object.__setattr__ bypasses nn.Module registration: no parameters, buffers or state_dict keys.
+        object.__setattr__(self, "_hf_model", model)
+        object.__setattr__(self, "tokenizer", tokenizer)
+        hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
+        if hidden is None:
+            raise LvsegError(f"text encoder '{name_or_path}' has no hidden_size in its config; use an encoder model")
+        self.feature_dim = int(hidden)
+        self.cache: TextFeatureCache | None = None
+        if cache:
+            local = Path(name_or_path).expanduser()
+            identity = str(local.resolve()) if local.exists() else name_or_path
+            self.cache = TextFeatureCache(identity, self.max_length, self.feature_dim, cache_dir=cache_dir)
+
+    @property
+    def hf_model(self) -> nn.Module:
+        """The wrapped (frozen, unregistered) Hugging Face model."""
+        return self._hf_model  # type: ignore[no-any-return]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "hf", "name_or_path": self.name_or_path, "max_length": self.max_length}
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "HuggingFaceTextEncoder":
+        # .to(), .cuda(), .half() ... reach the unregistered model too.
+        super()._apply(fn, recurse)
+        self.hf_model._apply(fn)
+        return self
+
+    def train(self, mode: bool = True) -> "HuggingFaceTextEncoder":
+        super().train(mode)
+        self.hf_model.eval()  # frozen: dropout stays off whatever the parent module does
+        return self
+
+    @torch.no_grad()
+    def encode_uncached(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the model once on ``texts`` (N): tokens (N, L, D) float32 zero at padding, mask (N, L) bool."""
+        device = self.device
+        if not texts:
+            empty = torch.zeros(0, self.max_length, self.feature_dim, device=device)
+            return empty, torch.zeros(0, self.max_length, dtype=torch.bool, device=device)
+        batch = self.tokenizer(
+            texts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        inputs = {name: value.to(device) for name, value in batch.items()}
+        output = self.hf_model(**inputs)
+        hidden = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+        mask = inputs["attention_mask"].bool()  # (N, L)
+        tokens = hidden.float() * mask.unsqueeze(-1)  # (N, L, D)
+        return tokens, mask
+
+    def forward(self, texts: list[str]) -> TextFeatures:
+        texts = check_texts(texts)
+        if self.cache is None:
+            tokens, mask = self.encode_uncached(texts)
+        else:
+            tokens, mask = self.cache.get_many(texts, self.encode_uncached)
+            device = self.device
+            tokens, mask = tokens.to(device), mask.to(device)
+        return TextFeatures(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
+
+    def extra_repr(self) -> str:
+        return f"name_or_path={self.name_or_path!r}, dim={self.feature_dim}, max_length={self.max_length}"

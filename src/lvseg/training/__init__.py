@@ -1,0 +1,1 @@
+"""Training: losses, the Lightning module, checkpoints and the fit loop."""

@@ -1,0 +1,205 @@
+"""``lvseg train``: build data, text encoder and model from options and run Lightning."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from lvseg.errors import LvsegError
+from lvseg.training.checkpoint import AtomicCheckpointIO, read_checkpoint_dict
+from lvseg.training.module import SegmentationTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; defaults follow the LViT paper (batch 2, Adam 1e-3, ...)."""
+
+    data: Path
+    out: Path
+    model: str = "lvit"
+    text_encoder: str = "learned"
+    text_length: int | None = None
+    img_size: int = 224
+    in_channels: int = 3
+    base_channels: int | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 2
+    lr: float = 1e-3
+    max_epochs: int = 2000
+    max_time: str | None = None
+    patience: int = 50
+    seed: int = 0
+    devices: int | str = 1
+    strategy: str = "auto"
+    accelerator: str = "auto"
+    precision: str | None = None
+    num_workers: int = 0
+    augment: bool = True
+    resume: bool = False
+    progress_bar: bool = True
+    limit_train_batches: int | float | None = None
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_val_dice: float | None
+    epochs: int
+
+
+def parse_max_time(value: str | None) -> timedelta | None:
+    """'90' or '90m' (minutes), '2h', '45s', or Lightning's 'DD:HH:MM:SS' -> timedelta."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", text):
+        days, hours, minutes, seconds = (int(part) for part in text.split(":"))
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", text)
+    if not match:
+        raise LvsegError(f"--max-time {value!r} is not a duration; use minutes ('40'), '40m', '2h', '30s' or DD:HH:MM:SS")
+    amount, unit = float(match.group(1)), match.group(2) or "m"
+    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
+
+
+def check_img_size(img_size: int) -> None:
+    if img_size <= 0 or img_size % 32:
+        raise LvsegError(f"--img-size {img_size} is not a positive multiple of 32 (e.g. 224, 256)")
+
+
+def _accelerator_and_precision(config: TrainConfig) -> tuple[str, str]:
+    accelerator = config.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    precision = config.precision
+    if precision is None:
+        if accelerator == "gpu":
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            precision = "32-true"
+    return accelerator, precision
+
+
+def build_task(config: TrainConfig, train_texts: list[str]) -> SegmentationTask:
+    """Create the Lightning module: the network sized from the options and the text encoder."""
+    from lvseg.models import create_model
+    from lvseg.text import create_text_encoder
+
+    options: dict[str, Any] = {"in_channels": config.in_channels, "img_size": config.img_size}
+    if config.base_channels is not None:
+        options["base_channels"] = config.base_channels
+    options.update(config.model_options)
+    probe = create_model(config.model, **options)  # validates the options before any encoder work
+    text_config = None
+    if getattr(probe, "requires_text", False):
+        encoder_options = {} if config.text_length is None else {"max_length": config.text_length}
+        encoder = create_text_encoder(config.text_encoder, texts=train_texts, **encoder_options)
+        text_config = encoder.config()
+        options.update(text_dim=encoder.feature_dim, text_len=encoder.max_length)
+    del probe
+    return SegmentationTask(
+        model_name=config.model,
+        model_options=options,
+        text_encoder=text_config,
+        lr=config.lr,
+    )
+
+
+def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask:
+    """Rebuild the module exactly as the interrupted run had it, refusing a different model."""
+    hparams = read_checkpoint_dict(checkpoint_path).get("hyper_parameters", {})
+    if hparams.get("model_name") != config.model:
+        raise LvsegError(
+            f"cannot resume from '{checkpoint_path}': it trains a '{hparams.get('model_name')}' model, "
+            f"not '{config.model}'; use another --out folder or the same --model"
+        )
+    saved_size = hparams.get("model_options", {}).get("img_size")
+    if saved_size != config.img_size:
+        raise LvsegError(f"cannot resume from '{checkpoint_path}': it was trained at --img-size {saved_size}, not {config.img_size}")
+    keep = ("model_name", "model_options", "text_encoder", "lr", "weight_decay", "restart_epochs", "min_lr")
+    return SegmentationTask(**{key: hparams[key] for key in keep if key in hparams})
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train one model on an LViT-layout dataset; writes best.ckpt, last.ckpt and logs into ``config.out``."""
+    from lvseg.data.dataset import SegmentationDataset
+    from lvseg.data.layout import load_split
+
+    check_img_size(config.img_size)
+    max_time = parse_max_time(config.max_time)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    train_samples = load_split(config.data, "train")
+    val_samples = load_split(config.data, "val")
+
+    out = Path(config.out)
+    last_path = out / "last.ckpt"
+    resume_path = None
+    if config.resume:
+        if not last_path.is_file():
+            raise LvsegError(f"--resume: there is no interrupted run to continue in '{out}' (no last.ckpt)")
+        resume_path = last_path
+        task = _resume_task(config, last_path)
+    else:
+        if last_path.exists():
+            raise LvsegError(f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
+        task = build_task(config, [sample.text for sample in train_samples])
+    out.mkdir(parents=True, exist_ok=True)
+
+    train_set = SegmentationDataset(train_samples, config.img_size, augment=config.augment, channels=config.in_channels)
+    val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
+    loader_options = {"batch_size": config.batch_size, "num_workers": config.num_workers,
+                      "persistent_workers": config.num_workers > 0}
+    train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **loader_options)
+    val_loader = DataLoader(val_set, shuffle=False, **loader_options)
+
+    accelerator, precision = _accelerator_and_precision(config)
+    best_callback = ModelCheckpoint(
+        dirpath=out, filename="best", monitor="val_dice", mode="max", save_top_k=1,
+        save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    early_stopping = EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)
+    trainer = L.Trainer(
+        default_root_dir=out,
+        accelerator=accelerator,
+        devices=config.devices,
+        strategy=config.strategy,
+        precision=precision,
+        max_epochs=config.max_epochs,
+        max_time=max_time,
+        callbacks=[best_callback, early_stopping],
+        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="")],
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=config.progress_bar,
+        log_every_n_steps=max(1, min(50, len(train_loader))),
+        deterministic=False,
+        limit_train_batches=config.limit_train_batches,
+        num_sanity_val_steps=0,
+    )
+    log.info("training %s on %d images (validation %d) into %s", config.model, len(train_set), len(val_set), out)
+    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_path)
+    best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else last_path
+    return TrainResult(
+        best_checkpoint=best_path,
+        last_checkpoint=last_path,
+        best_val_dice=task.best_val_dice,
+        epochs=trainer.current_epoch,
+    )
+
+
+def config_summary(config: TrainConfig) -> dict[str, Any]:
+    summary = asdict(config)
+    summary["data"], summary["out"] = str(config.data), str(config.out)
+    return summary

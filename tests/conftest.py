@@ -1,0 +1,36 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+MONUSEG = SHARED / "datasets" / "MoNuSeg"
+LV_TEMPLATES = SHARED / "datasets" / "LV_loss_templates"
+REFERENCE = SHARED / "reference"
+
+
+@pytest.fixture
+def monuseg_root() -> Path:
+    if not MONUSEG.is_dir():
+        pytest.skip(f"real MoNuSeg data not found at {MONUSEG} (the ../shared folder beside the repository)")
+    return MONUSEG
+
+
+@pytest.fixture
+def lv_templates_root() -> Path:
+    if not LV_TEMPLATES.is_dir():
+        pytest.skip(f"LV loss templates not found at {LV_TEMPLATES} (the ../shared folder beside the repository)")
+    return LV_TEMPLATES
+
+
+@pytest.fixture
+def reference_root() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"official LViT reference facts not found at {REFERENCE} (the ../shared folder beside the repository)")
+    return REFERENCE
