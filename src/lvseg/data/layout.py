@@ -128,14 +128,9 @@ def _check_readable(path: Path, kind: str) -> tuple[str | None, tuple[int, int] 
     try:
         with Image.open(path) as image:
             size = image.size
-            image_format = image.format
-        if image_format == "PNG":
-            with Image.open(path) as image:
-                image.verify()
-        elif image_format == "JPEG" and _ends_with_jpeg_marker(path):
-            pass
-        else:
-            with Image.open(path) as image:
+            if image.format == "PNG":
+                image.verify()  # walks every chunk and checks its CRC, without decompressing
+            elif not (image.format == "JPEG" and _ends_with_jpeg_marker(path)):
                 image.load()
     except UnidentifiedImageError:
         return f"{kind} '{path}' cannot be read: not a PNG/JPEG/TIFF/BMP file", None
@@ -211,7 +206,8 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
     else:
         text_path = existing[0]
         if len(existing) > 1:
-            logger.warning("%s: both %s exist; using %s", split_dir, " and ".join(p.name for p in existing), text_path.name)
+            both = " and ".join(path.name for path in existing)
+            logger.warning("%s: both %s exist; using %s", split_dir, both, text_path.name)
         rows = _read_text_table(text_path, problems)
 
     # Images sharing a stem cannot be told apart by their masks or text rows.

@@ -107,6 +107,11 @@ class HuggingFaceTextEncoder(TextEncoder):
         if hidden is None:
             raise LvsegError(f"text encoder '{name_or_path}' has no hidden_size in its config; use an encoder model")
         self.feature_dim = int(hidden)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and self.max_length > limit:
+            raise LvsegError(
+                f"text encoder '{name_or_path}' reads at most {limit} tokens, but max_length is {self.max_length}"
+            )
         self.cache: TextFeatureCache | None = None
         if cache:
             local = Path(name_or_path).expanduser()
