@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,7 +212,7 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: no such file (expected an official LViT .pth checkpoint)")
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as error:
+    except Exception as error:  # torch.load raises many types (UnpicklingError, IndexError, RuntimeError, ...)
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint (expected an official LViT .pth): {error}"
         ) from error
@@ -225,12 +223,14 @@ def import_official_checkpoint(
     path: str | Path,
     out_path: str | Path,
     text_encoder_config: dict[str, Any] | None = None,
+    text_encoder: str | None = None,
 ) -> ImportResult:
     """Convert the official LViT checkpoint ``path`` into an lvseg checkpoint at ``out_path``.
 
     The converted weights are loaded strictly into ``create_model("lvit", **options)`` before
     anything is written. ``text_encoder_config`` (the official code used per-token BERT-base features)
-    is stored with the checkpoint when given.
+    is stored with the checkpoint when given; ``text_encoder`` ("hf:<id or path>") builds that config
+    with the checkpoint's own text length.
     """
     path, out_path = Path(path), Path(out_path)
     official = load_official_state_dict(path)
@@ -246,7 +246,12 @@ def import_official_checkpoint(
         raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:8])}")
     logger.info("converted %s: %d keys kept, %d unused keys dropped", path, len(state), len(dropped))
 
-    from lvseg.training.checkpoint import save_inference_checkpoint  # provided by lvseg.training
+    from lvseg.training.checkpoint import save_inference_checkpoint
+
+    if text_encoder is not None and text_encoder_config is None:
+        from lvseg.text import frozen_encoder_config
+
+        text_encoder_config = frozen_encoder_config(text_encoder, max_length=options["text_len"])
 
     save_inference_checkpoint(
         out_path, net, "lvit", dict(net.config), text_encoder_config=text_encoder_config, metrics=None

@@ -44,7 +44,7 @@ class UNet(nn.Module):
         self.down = nn.ModuleList(
             [DownBlock(b, 2 * b), DownBlock(2 * b, 4 * b), DownBlock(4 * b, 8 * b), DownBlock(8 * b, 8 * b)]
         )
-        # up[i] produces the level-i map (width b * 2**i before the last level's halving).
+        # up[i] merges the level-i skip with the deeper map: 2b -> b, 4b -> b, 8b -> 2b, 16b -> 4b.
         self.up = nn.ModuleList(
             [UpBlock(2 * b, b), UpBlock(4 * b, b), UpBlock(8 * b, 2 * b), UpBlock(16 * b, 4 * b)]
         )

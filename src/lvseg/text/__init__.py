@@ -53,6 +53,13 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
     raise LvsegError(f"unknown text encoder {spec!r}; expected {VALID_SPECS}")
 
 
+def frozen_encoder_config(spec: str, max_length: int) -> dict[str, Any]:
+    """The config of an ``hf:<id or path>`` encoder, without loading it (e.g. for imported checkpoints)."""
+    if not spec.startswith(HF_PREFIX) or not spec[len(HF_PREFIX):].strip():
+        raise LvsegError(f"text encoder {spec!r} is not a frozen encoder; expected 'hf:<model id or local path>'")
+    return {"type": "hf", "name_or_path": spec[len(HF_PREFIX):].strip(), "max_length": int(max_length)}
+
+
 def text_encoder_from_config(config: dict[str, Any], **options: Any) -> TextEncoder:
     """Rebuild the encoder described by ``encoder.config()``.
 
