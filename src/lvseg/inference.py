@@ -35,6 +35,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def upsample_probability(probability: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, S, S) probability -> (H, W) float32 at ``size`` (bilinear), clamped to [0, 1]."""
+    full = F.interpolate(probability[None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return full.clamp(0, 1)
+
+
 class Segmenter:
     """A trained network and its text encoder, ready to segment images described by reports.
 
@@ -56,6 +62,22 @@ class Segmenter:
         self._lock = threading.Lock()
 
     @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor, texts: list[str], allow_empty_text: bool = False) -> torch.Tensor:
+        """Probabilities at model resolution: images (B, C, S, S) in [0, 1] -> (B, 1, S, S) float32 on the CPU.
+
+        Empty reports are refused for text models unless ``allow_empty_text`` (the "empty" ablation).
+        """
+        if self.requires_text and not allow_empty_text and any(not str(text).strip() for text in texts):
+            raise LvsegError(f"model '{self.model_name}' reads the report: the text must not be empty")
+        images = images.to(self.device)
+        with self._lock:
+            text_features = None
+            if self.text_encoder is not None:
+                text_features = self.text_encoder([str(text) for text in texts]).tokens.to(self.device)
+            with self._autocast():
+                logits = self.net(images, text_features)
+        return torch.sigmoid(logits.float())[:, :1].cpu()
+
     def predict_batch(self, images: list[Any], texts: list[str], threshold: float = 0.5) -> list[Prediction]:
         """Segment several images at once; each result is at its own image's resolution."""
         from lvseg.data.images import read_image, resize_image
@@ -63,21 +85,10 @@ class Segmenter:
         if len(images) != len(texts):
             raise LvsegError(f"got {len(images)} images but {len(texts)} texts; give one report per image")
         arrays = [read_image(image, channels=self.in_channels) for image in images]
-        batch = torch.stack([resize_image(array, self.img_size) for array in arrays]).to(self.device)
-        if self.requires_text and any(not str(text).strip() for text in texts):
-            raise LvsegError(f"model '{self.model_name}' reads the report: the text must not be empty")
-        with self._lock:
-            text_features = None
-            if self.text_encoder is not None:
-                text_features = self.text_encoder([str(text) for text in texts]).tokens.to(self.device)
-            with self._autocast():
-                logits = self.net(batch, text_features)
-        probabilities = torch.sigmoid(logits.float())[:, :1]
+        probabilities = self.probabilities(torch.stack([resize_image(array, self.img_size) for array in arrays]), texts)
         results = []
         for probability, array in zip(probabilities, arrays):
-            height, width = array.shape[-2:]
-            full = F.interpolate(probability[None], size=(height, width), mode="bilinear", align_corners=False)[0, 0]
-            full = full.clamp(0, 1).cpu().numpy().astype(np.float32)
+            full = upsample_probability(probability, tuple(array.shape[-2:])).numpy()
             results.append(Prediction(mask=(full > threshold).astype(np.uint8), probability=full))
         return results
 

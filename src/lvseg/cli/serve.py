@@ -1,7 +1,98 @@
-"""Placeholder: commands are added by the module's owner."""
+"""``lvseg serve``: the clinical app (HTTP API and web page) around one trained checkpoint."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any, Optional
 
 import typer
 
+from lvseg.errors import LvsegError
+
+logger = logging.getLogger(__name__)
+
+_MISSING_EXTRA = (
+    "the web service needs the 'serve' extra (fastapi, uvicorn, python-multipart, reportlab, pydicom); "
+    "install it with: pip install 'lvseg[serve]'"
+)
+
+
+def read_api_key(path: Path) -> str:
+    """The API key in ``path`` (surrounding whitespace removed); refuses a missing or empty file."""
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError as error:
+        raise LvsegError(f"API key file {path} does not exist") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise LvsegError(f"cannot read the API key file {path}: {error}") from error
+    if not key:
+        raise LvsegError(f"API key file {path} is empty; put the key on its first line")
+    if len(key) < 16:
+        logger.warning("the API key in %s is shorter than 16 characters; use a long random key", path)
+    try:
+        if os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+            logger.warning("the API key file %s is readable by other users; consider chmod 600", path)
+    except OSError:
+        pass
+    return key
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _load_segmenter(checkpoint: Path, device: str | None) -> Any:
+    """Load the model once (``lvseg.inference.load_model``; checkpoints load with weights_only)."""
+    from lvseg.inference import load_model
+
+    return load_model(checkpoint, device=device)
+
+
+def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None) -> Any:
+    """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing."""
+    try:
+        from lvseg.serving.app import create_app
+    except ImportError as error:
+        raise LvsegError(_MISSING_EXTRA) from error
+    if not checkpoint.is_file():
+        raise LvsegError(f"checkpoint {checkpoint} does not exist or is not a file")
+    api_key = read_api_key(api_key_file) if api_key_file is not None else None
+    segmenter = _load_segmenter(checkpoint, device)
+    return create_app(segmenter, api_key=api_key)
+
+
+def serve(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Trained checkpoint (.ckpt) to serve."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; loopback only unless told otherwise."),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+    api_key_file: Optional[Path] = typer.Option(  # noqa: UP007 - typer needs Optional on 3.10
+        None, "--api-key-file", help="File holding an API key; every /api route then needs it in X-API-Key."
+    ),
+    device: Optional[str] = typer.Option(  # noqa: UP007
+        None, help="'cpu', 'cuda' or 'cuda:N'; default: CUDA if available."
+    ),
+) -> None:
+    """Serve the web page and the HTTP API (/docs describes it) for one checkpoint."""
+    try:
+        import uvicorn
+    except ImportError as error:
+        raise LvsegError(_MISSING_EXTRA) from error
+    if not _is_loopback(host) and api_key_file is None:
+        logger.warning("listening on %s without --api-key-file: anyone on the network can use the service", host)
+    app = build_app(checkpoint, device, api_key_file)
+    logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    """Add ``lvseg serve`` to the CLI."""
+    app.command("serve")(serve)

@@ -95,16 +95,19 @@ def measure(
 
 def render_overlay(pixels: np.ndarray, labels: np.ndarray, count: int, alpha: float = 0.45) -> np.ndarray:
     """Blend each lesion's colour over the RGB image and draw its outline in full colour."""
+    overlay = pixels.copy()
+    if count == 0:
+        return overlay
     lut = np.zeros((count + 1, 3), dtype=np.float32)
     for index in range(count):
         lut[index + 1] = lesion_colour(index)
     inside = labels > 0
-    colours = lut[labels]
-    base = pixels.astype(np.float32)
-    blended = np.where(inside[:, :, None], (1.0 - alpha) * base + alpha * colours, base)
     outline = inside & ~ndimage.binary_erosion(inside, structure=_EIGHT_CONNECTED, border_value=0)
-    blended[outline] = colours[outline]
-    return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    colours = lut[labels[inside]]
+    blended = (1.0 - alpha) * pixels[inside].astype(np.float32) + alpha * colours
+    overlay[inside] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+    overlay[outline] = lut[labels[outline]].astype(np.uint8)
+    return overlay
 
 
 def mask_to_image(mask: np.ndarray) -> np.ndarray:
@@ -112,8 +115,8 @@ def mask_to_image(mask: np.ndarray) -> np.ndarray:
     return np.where(mask > 0, 255, 0).astype(np.uint8)
 
 
-def encode_png(array: np.ndarray, compress_level: int = 3) -> bytes:
-    """PNG bytes of an (H, W) gray or (H, W, 3) RGB uint8 array."""
+def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """PNG bytes of an (H, W) gray or (H, W, 3) RGB uint8 array (fast compression: latency over size)."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()

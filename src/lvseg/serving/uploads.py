@@ -97,7 +97,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
 
 
 def _corrupt(kind: str) -> ApiError:
-    return ApiError(422, f"the {kind.upper()} file is corrupt or truncated and could not be decoded", {"field": "image"})
+    message = f"the {kind.upper()} file is corrupt or truncated and could not be decoded"
+    return ApiError(422, message, {"field": "image"})
 
 
 def _decode_pil(data: bytes, kind: str, limits: ImageLimits) -> np.ndarray:

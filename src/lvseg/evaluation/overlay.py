@@ -1,0 +1,194 @@
+"""Pictures of segmentations: a mask blended over its image, lesions in colour, labelled grids.
+
+Generic helpers shared by ``lvseg evaluate`` / ``lvseg predict``, the demo report and the web service.
+Every function takes numpy arrays and returns uint8 RGB arrays ``(H, W, 3)`` (or a PIL image for grids).
+"""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+Color = tuple[int, int, int]
+
+#: 8-connectivity: lesions that touch diagonally are one lesion.
+_CONNECTIVITY = np.ones((3, 3), dtype=bool)
+_BACKGROUND = (255, 255, 255)
+_TEXT_COLOR = (0, 0, 0)
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Any displayable image -> uint8 RGB ``(H, W, 3)``.
+
+    Accepts ``(H, W)``, ``(H, W, 1|3|4)`` or channel-first ``(1|3, H, W)`` (as returned by
+    :func:`lvseg.data.images.read_image`); uint8 is kept, bool maps to {0, 255}, other integer types are
+    scaled by their maximum value, floats are taken as [0, 1] (values outside are clipped).
+    """
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3, 4):
+        array = np.transpose(array, (1, 2, 0))
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an image of shape (H, W), (H, W, C) or (C, H, W), got {array.shape}")
+    array = array[:, :, :3]
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype != np.uint8:
+        if np.issubdtype(array.dtype, np.integer):
+            high = float(array.max()) if array.size else 0.0
+            scale = 255.0 if high <= 255 else 65535.0 if high <= 65535 else max(high, 1.0)
+            array = array.astype(np.float64) / scale
+        array = np.nan_to_num(array.astype(np.float64), nan=0.0)
+        array = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def _as_binary(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    binary = np.asarray(mask)
+    if binary.ndim == 3 and binary.shape[0] == 1:
+        binary = binary[0]
+    if binary.shape != shape:
+        raise ValueError(f"mask of shape {binary.shape} does not match the image's {shape}")
+    return binary > 0
+
+
+def mask_outline(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of a binary mask ``(H, W)`` -> bool ``(H, W)`` (pixels of the mask next to background)."""
+    binary = np.asarray(mask) > 0
+    if not binary.any():
+        return binary
+    interior = ndimage.binary_erosion(binary, structure=_CONNECTIVITY, border_value=0)
+    return binary & ~interior
+
+
+def overlay_mask(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: Color = (255, 0, 0),
+    alpha: float = 0.45,
+    outline: bool = True,
+) -> np.ndarray:
+    """Blend ``mask`` (H, W) over ``image`` in ``color`` and draw the mask's outline at full opacity.
+
+    Args:
+        image: (H, W) or (H, W, 3) uint8 or float in [0, 1] (channel-first (C, H, W) works too).
+        mask: (H, W) where non-zero is foreground.
+        color: RGB colour of the mask.
+        alpha: opacity of the fill, 0 (outline only) .. 1 (solid).
+    Returns:
+        uint8 RGB (H, W, 3).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = to_rgb_uint8(image)
+    binary = _as_binary(mask, rgb.shape[:2])
+    out = rgb.astype(np.float32)
+    paint = np.asarray(color, dtype=np.float32)
+    out[binary] = out[binary] * (1.0 - alpha) + paint * alpha
+    if outline:
+        out[mask_outline(binary)] = paint
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def lesion_colors(n: int) -> np.ndarray:
+    """``n`` clearly different bright colours (golden-ratio hue steps) -> uint8 (n, 3)."""
+    colors = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        hue = (i * 0.618033988749895) % 1.0
+        value = 1.0 if i % 2 == 0 else 0.8
+        colors[i] = np.round(np.array(colorsys.hsv_to_rgb(hue, 0.85, value)) * 255)
+    return colors
+
+
+def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected lesions (8-connectivity) of a binary mask (H, W) -> (labels int32 (H, W), count)."""
+    labels, count = ndimage.label(np.asarray(mask) > 0, structure=_CONNECTIVITY)
+    return labels.astype(np.int32), int(count)
+
+
+def colorize_lesions(mask: np.ndarray, background: Color = (0, 0, 0)) -> np.ndarray:
+    """One distinct colour per connected lesion of ``mask`` (H, W) -> uint8 RGB (H, W, 3)."""
+    labels, count = label_lesions(mask)
+    palette = np.concatenate([np.asarray([background], dtype=np.uint8), lesion_colors(count)])
+    return palette[labels]
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(cell: np.ndarray, cell_size: int | None) -> Image.Image:
+    picture = Image.fromarray(to_rgb_uint8(cell))
+    if cell_size is not None and max(picture.size) != cell_size:
+        scale = cell_size / max(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.NEAREST)
+    return picture
+
+
+def overlay_grid(
+    rows: Sequence[Sequence[np.ndarray]],
+    titles: Sequence[str],
+    row_labels: Sequence[str] | None = None,
+    cell_size: int | None = 256,
+    padding: int = 4,
+) -> Image.Image:
+    """A labelled grid of pictures, e.g. columns ``image | truth | U-Net | LViT`` and one row per case.
+
+    Args:
+        rows: rows of cells; every row has ``len(titles)`` cells, each an image accepted by
+            :func:`to_rgb_uint8` (masks (H, W) in {0, 1} should be overlaid or scaled to 255 first).
+        titles: one column title each, drawn above the first row.
+        row_labels: optional caption above each row (e.g. the image name and its Dice).
+        cell_size: every cell is scaled to fit a ``cell_size`` square (None keeps the pixel sizes).
+        padding: white space between cells, in pixels.
+    Returns:
+        an RGB PIL image.
+    """
+    if not rows:
+        raise ValueError("overlay_grid needs at least one row")
+    n_columns = len(titles)
+    for index, row in enumerate(rows):
+        if len(row) != n_columns:
+            raise ValueError(f"row {index} has {len(row)} cells but there are {n_columns} titles")
+    if row_labels is not None and len(row_labels) != len(rows):
+        raise ValueError(f"got {len(row_labels)} row labels for {len(rows)} rows")
+
+    cells = [[_fit(cell, cell_size) for cell in row] for row in rows]
+    column_widths = [max(row[c].width for row in cells) for c in range(n_columns)]
+    row_heights = [max(cell.height for cell in row) for row in cells]
+    font = _font(max(10, min(16, (cell_size or 256) // 14)))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_height = probe.textbbox((0, 0), "Ag", font=font)[3] + 2 * padding
+    caption_height = line_height if row_labels is not None else 0
+
+    width = sum(column_widths) + padding * (n_columns + 1)
+    height = line_height + sum(row_heights) + len(rows) * (caption_height + padding) + padding
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+
+    x = padding
+    for title, column_width in zip(titles, column_widths):
+        draw.text((x, padding), str(title), fill=_TEXT_COLOR, font=font)
+        x += column_width + padding
+    y = line_height
+    for index, (row, row_height) in enumerate(zip(cells, row_heights)):
+        if row_labels is not None:
+            draw.text((padding, y + padding), str(row_labels[index]), fill=_TEXT_COLOR, font=font)
+            y += caption_height
+        x = padding
+        for cell, column_width in zip(row, column_widths):
+            canvas.paste(cell, (x, y))
+            x += column_width + padding
+        y += row_height + padding
+    return canvas

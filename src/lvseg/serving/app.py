@@ -1,0 +1,431 @@
+"""The FastAPI app: health, model info, segmentation, PDF report and the web page.
+
+Build it with :func:`create_app` around any object with the ``Segmenter`` interface; the model is
+injected, so tests pass a small fake. Uploads are read by a streaming, size-capped multipart reader
+and processed in memory; CPU work runs in the thread pool, model calls one at a time under a lock.
+Logs name routes, statuses, sizes and timings only: never image data or report text.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hmac
+import logging
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from lvseg.errors import LvsegError
+from lvseg.serving.errors import ApiError
+from lvseg.serving.forms import MIB, FormLimits, read_multipart
+from lvseg.serving.rendering import Measurements, encode_png, label_lesions, mask_to_image, measure, render_overlay
+from lvseg.serving.report_pdf import ReportContent, build_report_pdf, find_validation_dice
+from lvseg.serving.schemas import ErrorResponse, HealthResponse, LesionInfo, Limits, ModelInfo, SegmentResponse
+from lvseg.serving.uploads import DecodedImage, ImageLimits, decode_image
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+API_KEY_HEADER = "X-API-Key"
+ACCEPTED_FORMATS = ["png", "jpeg", "tiff", "dicom"]
+_PAGE_CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+class SegmenterLike(Protocol):
+    """What the app needs from a model (``lvseg.inference.Segmenter`` or a test fake)."""
+
+    model_name: str
+    img_size: int
+    requires_text: bool
+    metrics: dict[str, Any]
+    text_encoder: Any
+    device: Any
+
+    def predict(self, image: Any, text: str, threshold: float = 0.5) -> Any: ...
+
+
+@dataclass
+class Analysis:
+    """The result of one segmentation, before it is encoded for a response."""
+
+    image: DecodedImage
+    mask: np.ndarray
+    overlay: np.ndarray
+    measurements: Measurements
+    inference_ms: float
+
+
+@dataclass
+class ServiceConfig:
+    """Limits and options of one app instance."""
+
+    form_limits: FormLimits
+    image_limits: ImageLimits
+    max_text_chars: int
+    max_note_chars: int
+    max_study_id_chars: int
+    threshold: float
+
+
+class Service:
+    """The model plus the synchronous work of a request (run in the thread pool)."""
+
+    def __init__(self, segmenter: SegmenterLike, config: ServiceConfig, max_concurrent_jobs: int) -> None:
+        self.segmenter = segmenter
+        self.config = config
+        self.model_lock = threading.Lock()
+        self.jobs = threading.BoundedSemaphore(max_concurrent_jobs)
+
+    def analyse(self, image_bytes: bytes, text: str) -> Analysis:
+        """Decode, segment, measure and render, with at most ``max_concurrent_jobs`` at once."""
+        with self.jobs:
+            return self._analyse(image_bytes, text)
+
+    def report(self, original: np.ndarray, overlay: np.ndarray, content: ReportContent) -> bytes:
+        """Render the PDF report, counted as a job like a segmentation."""
+        with self.jobs:
+            return build_report_pdf(original, overlay, content)
+
+    def _analyse(self, image_bytes: bytes, text: str) -> Analysis:
+        image = decode_image(image_bytes, self.config.image_limits)
+        with self.model_lock, _inference_mode():
+            start = time.perf_counter()
+            try:
+                prediction = self.segmenter.predict(image.pixels, text, threshold=self.config.threshold)
+            except LvsegError as error:  # the model refused this input (e.g. its text), in plain words
+                raise ApiError(422, str(error)) from error
+            inference_ms = (time.perf_counter() - start) * 1000.0
+        mask = np.asarray(prediction.mask).astype(np.uint8, copy=False)
+        probability = np.asarray(prediction.probability, dtype=np.float32)
+        expected = (image.height, image.width)
+        if mask.shape != expected or probability.shape != expected:
+            raise RuntimeError(f"the model returned a {mask.shape} mask for a {expected} image")
+        labels, count = label_lesions(mask)
+        measurements = measure(mask, probability, labels, count)
+        overlay = render_overlay(image.pixels, labels, count)
+        return Analysis(image, mask, overlay, measurements, round(inference_ms, 2))
+
+
+def _inference_mode() -> contextlib.AbstractContextManager[Any]:
+    """``torch.inference_mode()`` when torch is in use (a real model), else nothing."""
+    torch = sys.modules.get("torch")
+    return torch.inference_mode() if torch is not None else contextlib.nullcontext()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _device_name(device: Any) -> str:
+    return str(device) if device is not None else "cpu"
+
+
+def _text_encoder_config(encoder: Any) -> dict[str, Any] | None:
+    if encoder is None:
+        return None
+    config = getattr(encoder, "config", None)
+    try:
+        value = config() if callable(config) else config
+    except Exception:  # noqa: BLE001 - descriptive only
+        return {"type": type(encoder).__name__}
+    if not isinstance(value, dict):
+        return {"type": type(encoder).__name__}
+    # Long lists (a learned vocabulary) are summarised: the endpoint describes, it does not dump.
+    return {key: (f"{len(item)} entries" if isinstance(item, (list, tuple)) and len(item) > 32 else item)
+            for key, item in value.items()}
+
+
+def _multipart_body(fields: dict[str, tuple[str, str, int | None]], required: list[str]) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for a multipart form (the reader is custom, so it is declared by hand)."""
+    properties: dict[str, Any] = {}
+    for name, (kind, description, max_length) in fields.items():
+        prop: dict[str, Any] = {"type": "string", "description": description}
+        if kind == "file":
+            prop["format"] = "binary"
+        if max_length:
+            prop["maxLength"] = max_length
+        properties[name] = prop
+    schema = {"type": "object", "required": required, "properties": properties}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {
+        401: "Missing or wrong API key (X-API-Key header).",
+        413: "Upload over the size limit, or an image too large or a decompression bomb.",
+        415: "Not a PNG, JPEG, TIFF or DICOM image, or not a multipart/form-data request.",
+        422: "Missing field, empty or too long text, or a corrupt or truncated image.",
+    }
+    return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """A plain-words message and the errors without echoing the submitted input."""
+    cleaned = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in errors]
+    parts = []
+    for error in cleaned:
+        where = ".".join(str(item) for item in error["loc"][1:]) or ".".join(map(str, error["loc"]))
+        if error["type"] == "missing":
+            parts.append(f"missing field '{where}'")
+        else:
+            parts.append(f"invalid '{where}': {error['msg']}")
+    return "invalid request: " + "; ".join(parts), cleaned
+
+
+class _SecurityHeaders:
+    """Pure ASGI middleware: security headers, no caching of API results, one log line per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        start = time.perf_counter()
+        status = {"code": 0}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                headers = list(message.get("headers", []))
+                headers += [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+                if path.startswith("/api"):
+                    headers.append((b"cache-control", b"no-store"))
+                if path == "/" or path.startswith("/static"):
+                    headers += [(b"content-security-policy", _PAGE_CSP.encode()), (b"x-frame-options", b"DENY")]
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            if path.startswith("/api"):
+                logger.info(
+                    "%s %s -> %s in %.0f ms", scope.get("method"), path, status["code"],
+                    (time.perf_counter() - start) * 1000.0,
+                )
+
+
+def create_app(
+    segmenter: SegmenterLike,
+    api_key: str | None = None,
+    *,
+    max_upload_bytes: int = 20 * MIB,
+    image_limits: ImageLimits | None = None,
+    max_text_chars: int = 2000,
+    max_note_chars: int = 4000,
+    max_concurrent_jobs: int = 2,
+    threshold: float = 0.5,
+) -> FastAPI:
+    """Build the app around ``segmenter`` (loaded once, by the caller).
+
+    ``api_key``: when set, every ``/api`` route needs it in the ``X-API-Key`` header (401 without).
+    ``max_concurrent_jobs`` bounds how many uploads are decoded and rendered at once (memory);
+    model calls are serialised by a lock, so identical inputs always give identical masks.
+    """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key must not be empty; pass None to disable authentication")
+    config = ServiceConfig(
+        form_limits=FormLimits(max_file_bytes=max_upload_bytes),
+        image_limits=image_limits or ImageLimits(),
+        max_text_chars=max_text_chars,
+        max_note_chars=max_note_chars,
+        max_study_id_chars=128,
+        threshold=threshold,
+    )
+    service = Service(segmenter, config, max_concurrent_jobs)
+    model_name = str(getattr(segmenter, "model_name", type(segmenter).__name__))
+
+    app = FastAPI(
+        title="lvseg",
+        version="0.1.0",
+        summary="Language-guided lesion segmentation of medical images. Research use only.",
+        description=(
+            "Upload an image (PNG, JPEG, TIFF or DICOM) and the clinician's report; get the lesion mask, a "
+            "colour-coded overlay and measurements, or a PDF report. Errors are JSON `{error, detail}`. "
+            "Research use only, not a diagnostic device."
+        ),
+    )
+    app.state.service = service
+    app.add_middleware(_SecurityHeaders)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail), "detail": None}, status_code=error.status_code,
+                            headers=getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        message, cleaned = _validation_message(list(error.errors()))
+        return JSONResponse({"error": message, "detail": cleaned}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, error: Exception) -> JSONResponse:
+        logger.error("internal error: %s", type(error).__name__, exc_info=error)
+        return JSONResponse({"error": "internal error while processing the request", "detail": None},
+                            status_code=500)
+
+    key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The service's API key.")
+
+    async def require_key(provided: str | None = Depends(key_header)) -> None:
+        if api_key is None:
+            return
+        if not provided or not hmac.compare_digest(provided.encode("utf-8"), api_key.encode("utf-8")):
+            raise ApiError(401, f"missing or wrong API key; send it in the {API_KEY_HEADER} header")
+
+    async def read_inputs(request: Request, extra: tuple[str, ...] = ()) -> tuple[bytes, str, dict[str, str]]:
+        form = await read_multipart(
+            request.headers.get("content-type"), request.headers.get("content-length"),
+            request.stream(), {"image"}, config.form_limits,
+        )
+        image = form.files.get("image")
+        if image is None:
+            raise ApiError(422, "missing field 'image' (the image file)", {"field": "image"})
+        text = form.fields.get("text")
+        if text is None and segmenter.requires_text:
+            raise ApiError(422, "missing field 'text' (the clinician's report)", {"field": "text"})
+        text = text or ""
+        if len(text) > config.max_text_chars:
+            raise ApiError(422, f"the report text is {len(text)} characters long; at most "
+                           f"{config.max_text_chars} are accepted", {"field": "text", "max": config.max_text_chars})
+        if segmenter.requires_text and not text.strip():
+            raise ApiError(422, "the report text is empty; this model needs the clinician's report",
+                           {"field": "text"})
+        extras: dict[str, str] = {}
+        for name in extra:
+            value = form.fields.get(name, "")
+            limit = config.max_study_id_chars if name == "study_id" else config.max_note_chars
+            if len(value) > limit:
+                raise ApiError(422, f"field '{name}' is {len(value)} characters long; at most {limit} are accepted",
+                               {"field": name, "max": limit})
+            extras[name] = value.strip()
+        return image, text.strip(), extras
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/healthz", response_model=HealthResponse, tags=["service"], summary="Liveness and readiness")
+    async def healthz() -> HealthResponse:
+        return HealthResponse(status="ok", ready=True, model=model_name,
+                              device=_device_name(getattr(segmenter, "device", None)),
+                              auth_required=api_key is not None)
+
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_key)], responses=_error_responses(401))
+
+    @api.get("/model", response_model=ModelInfo, tags=["model"], summary="The loaded model and its metrics")
+    async def model_info() -> ModelInfo:
+        metrics = dict(getattr(segmenter, "metrics", None) or {})
+        return ModelInfo(
+            model=model_name,
+            input_size=int(getattr(segmenter, "img_size", 0) or 0),
+            requires_text=bool(segmenter.requires_text),
+            text_encoder=_text_encoder_config(getattr(segmenter, "text_encoder", None)),
+            metrics=metrics,
+            validation_dice=find_validation_dice(metrics),
+            device=_device_name(getattr(segmenter, "device", None)),
+            threshold=config.threshold,
+            accepted_formats=ACCEPTED_FORMATS,
+            limits=Limits(
+                max_upload_mb=config.form_limits.max_file_bytes / MIB,
+                max_side_px=config.image_limits.max_side,
+                max_pixels=config.image_limits.max_pixels,
+                max_text_chars=config.max_text_chars,
+                max_note_chars=config.max_note_chars,
+            ),
+        )
+
+    image_field = ("file", "The image: PNG, JPEG, TIFF or DICOM, at most "
+                   f"{max_upload_bytes / MIB:g} MB and {config.image_limits.max_side} px per side.", None)
+    text_field = ("text", "The clinician's report (required when the model uses text).", max_text_chars)
+    segment_body = _multipart_body({"image": image_field, "text": text_field}, ["image", "text"])
+
+    @api.post(
+        "/segment", response_model=SegmentResponse, tags=["segmentation"], summary="Segment the lesions",
+        openapi_extra=segment_body, responses={
+            200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG with ?format=png."},
+            **_error_responses(413, 415, 422),
+        },
+    )
+    async def segment(
+        request: Request,
+        format: Literal["json", "png"] = Query("json", description="'png' returns the mask PNG itself."),
+        include_original: bool = Query(False, description="Also return the decoded image as PNG (for display)."),
+    ) -> Any:
+        image, text, _ = await read_inputs(request)
+        result = await run_in_threadpool(service.analyse, image, text)
+        m = result.measurements
+        if format == "png":
+            return Response(encode_png(mask_to_image(result.mask)), media_type="image/png", headers={
+                "X-Area-Px": str(m.area_px), "X-Lesions": str(m.lesions), "X-Inference-Ms": f"{result.inference_ms}",
+            })
+        mask_png, overlay_png = await run_in_threadpool(
+            lambda: (encode_png(mask_to_image(result.mask)), encode_png(result.overlay)))
+        original = await run_in_threadpool(encode_png, result.image.pixels) if include_original else None
+        return SegmentResponse(
+            mask=_b64(mask_png), overlay=_b64(overlay_png), original=_b64(original) if original else None,
+            width=result.image.width, height=result.image.height, image_format=result.image.format,
+            area_px=m.area_px, area_percent=m.area_percent, lesions=m.lesions,
+            lesion_details=[LesionInfo(label=x.label, area_px=x.area_px, colour=x.colour, bbox=list(x.bbox))
+                            for x in m.lesion_list],
+            confidence=m.confidence, inference_ms=result.inference_ms, model=model_name,
+        )
+
+    report_body = _multipart_body({
+        "image": image_field, "text": text_field,
+        "study_id": ("text", "Optional study identifier printed on the report.", config.max_study_id_chars),
+        "notes": ("text", "Optional clinician notes.", max_note_chars),
+        "recommendations": ("text", "Optional recommendations.", max_note_chars),
+    }, ["image", "text"])
+
+    @api.post(
+        "/report", tags=["segmentation"], summary="Segment and return a PDF report",
+        openapi_extra=report_body, response_class=Response,
+        responses={200: {"content": {"application/pdf": {}}, "description": "The PDF report."},
+                   **_error_responses(413, 415, 422)},
+    )
+    async def report(request: Request) -> Response:
+        image, text, extras = await read_inputs(request, ("study_id", "notes", "recommendations"))
+        result = await run_in_threadpool(service.analyse, image, text)
+        content = ReportContent(
+            report_text=text, measurements=result.measurements, model_name=model_name,
+            validation_dice=find_validation_dice(getattr(segmenter, "metrics", None)),
+            image_size=(result.image.width, result.image.height), image_format=result.image.format,
+            inference_ms=result.inference_ms, study_id=extras["study_id"], notes=extras["notes"],
+            recommendations=extras["recommendations"],
+        )
+        pdf = await run_in_threadpool(service.report, result.image.pixels, result.overlay, content)
+        safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", extras["study_id"])[:64].strip("._")
+        filename = f"lvseg-report-{safe_id}.pdf" if safe_id else "lvseg-report.pdf"
+        return Response(pdf, media_type="application/pdf",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    app.include_router(api)
+    logger.info("lvseg app ready: model %s, auth %s", model_name, "on" if api_key else "off")
+    return app

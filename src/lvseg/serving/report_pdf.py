@@ -1,0 +1,189 @@
+"""The PDF report: original and colour-coded overlay side by side, report text, measurements, notes."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image as PILImage
+
+from lvseg.serving.rendering import Measurements
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = "Research use only \u2014 not a diagnostic device."
+_PDF_IMAGE_SIDE = 1024  # images are downscaled to this many pixels per side inside the PDF
+_DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+_DEJAVU_BOLD = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+
+
+@dataclass
+class ReportContent:
+    """Everything the report shows besides the two images."""
+
+    report_text: str
+    measurements: Measurements
+    model_name: str
+    validation_dice: float | None
+    image_size: tuple[int, int]
+    image_format: str
+    inference_ms: float
+    study_id: str = ""
+    notes: str = ""
+    recommendations: str = ""
+    created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def find_validation_dice(metrics: Mapping[str, object] | None) -> float | None:
+    """The validation Dice stored in a checkpoint's metrics, under any of the usual key spellings."""
+    if not metrics:
+        return None
+    candidates = ["val_dice", "val/dice", "validation_dice", "best_val_dice", "dice"]
+    candidates += sorted(key for key in metrics if "dice" in key.lower() and "val" in key.lower())
+    for key in candidates:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _fonts() -> tuple[str, str]:
+    """(regular, bold) font names: DejaVu Sans where installed (wider Unicode), else Helvetica."""
+    if _DEJAVU.is_file() and _DEJAVU_BOLD.is_file():
+        try:
+            from reportlab.pdfbase import pdfmetrics
+            from reportlab.pdfbase.ttfonts import TTFont
+
+            pdfmetrics.registerFont(TTFont("DejaVuSans", str(_DEJAVU)))
+            pdfmetrics.registerFont(TTFont("DejaVuSans-Bold", str(_DEJAVU_BOLD)))
+            return "DejaVuSans", "DejaVuSans-Bold"
+        except Exception:  # noqa: BLE001 - a broken font file must not break reports
+            logger.warning("could not register DejaVu Sans; using Helvetica in PDF reports")
+    return "Helvetica", "Helvetica-Bold"
+
+
+def _paragraph_text(text: str) -> str:
+    return escape(text).replace("\n", "<br/>")
+
+
+def _pdf_image(pixels: np.ndarray, max_width: float, max_height: float) -> object:
+    from reportlab.platypus import Image
+
+    picture = PILImage.fromarray(pixels)
+    picture.thumbnail((_PDF_IMAGE_SIDE, _PDF_IMAGE_SIDE))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    buffer.seek(0)
+    scale = min(max_width / picture.width, max_height / picture.height)
+    return Image(buffer, width=picture.width * scale, height=picture.height * scale)
+
+
+def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportContent) -> bytes:
+    """Render the report as PDF bytes (A4) from the original and overlay RGB arrays."""
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+    from reportlab.lib.units import cm
+    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    regular, bold = _fonts()
+    styles = getSampleStyleSheet()
+    body = ParagraphStyle("lvseg-body", parent=styles["BodyText"], fontName=regular, fontSize=10, leading=13)
+    heading = ParagraphStyle("lvseg-h2", parent=styles["Heading2"], fontName=bold, fontSize=12, spaceBefore=8)
+    title = ParagraphStyle("lvseg-title", parent=styles["Title"], fontName=bold, fontSize=16)
+    small = ParagraphStyle("lvseg-small", parent=body, fontSize=8, textColor=colors.grey)
+    caption = ParagraphStyle("lvseg-caption", parent=small, alignment=1)
+    warning = ParagraphStyle("lvseg-warning", parent=body, fontName=bold, textColor=colors.HexColor("#a00000"))
+
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(
+        buffer, pagesize=A4, leftMargin=1.8 * cm, rightMargin=1.8 * cm, topMargin=1.6 * cm, bottomMargin=1.6 * cm,
+        title="lvseg segmentation report", author="lvseg", creator="lvseg",
+    )
+    half = (document.width - 0.6 * cm) / 2
+    m = content.measurements
+    dice = "not recorded" if content.validation_dice is None else f"{content.validation_dice:.3f}"
+    story: list[object] = [
+        Paragraph("Lesion segmentation report", title),
+        Paragraph(_paragraph_text(DISCLAIMER), warning),
+        Spacer(1, 0.2 * cm),
+    ]
+    facts = [
+        ["Study ID", content.study_id or "\u2014"],
+        ["Created", content.created.strftime("%Y-%m-%d %H:%M UTC")],
+        ["Image", f"{content.image_format.upper()}, {content.image_size[0]} x {content.image_size[1]} px"],
+        ["Model", content.model_name],
+        ["Validation Dice", dice],
+    ]
+    story.append(_table(facts, regular, bold, document.width))
+    images = Table(
+        [
+            [_pdf_image(original, half, 9 * cm), _pdf_image(overlay, half, 9 * cm)],
+            [Paragraph("Original", caption), Paragraph("Overlay (one colour per lesion)", caption)],
+        ],
+        colWidths=[half + 0.3 * cm, half + 0.3 * cm],
+    )
+    images.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
+    story += [Spacer(1, 0.3 * cm), images]
+    story += [Paragraph("Report text", heading), Paragraph(_paragraph_text(content.report_text) or "\u2014", body)]
+    confidence = "\u2014 (empty mask)" if m.confidence is None else f"{m.confidence:.3f}"
+    measures = [
+        ["Lesion area", f"{m.area_px} px ({m.area_percent:.2f} % of the image)"],
+        ["Connected lesions", str(m.lesions)],
+        ["Confidence (mean probability in the mask)", confidence],
+        ["Inference time", f"{content.inference_ms:.0f} ms"],
+    ]
+    story += [Paragraph("Measurements", heading), _table(measures, regular, bold, document.width)]
+    if m.lesion_list:
+        rows = [["Lesion", "Colour", "Area (px)", "Box x, y, w, h"]]
+        rows += [[str(lesion.label), lesion.colour, str(lesion.area_px), ", ".join(map(str, lesion.bbox))]
+                 for lesion in m.lesion_list[:20]]
+        lesions = Table(rows, colWidths=[2.5 * cm, 3 * cm, 3 * cm, 5 * cm], hAlign="LEFT")
+        style = [("FONTNAME", (0, 0), (-1, -1), regular), ("FONTNAME", (0, 0), (-1, 0), bold),
+                 ("FONTSIZE", (0, 0), (-1, -1), 8), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey)]
+        style += [("BACKGROUND", (1, row), (1, row), colors.HexColor(lesion.colour))
+                  for row, lesion in enumerate(m.lesion_list[:20], start=1)]
+        lesions.setStyle(TableStyle(style))
+        story += [Spacer(1, 0.2 * cm), lesions]
+        if m.lesions > 20:
+            story.append(Paragraph(f"The 20 largest of {m.lesions} lesions are listed.", small))
+    for label, text in (("Clinician notes", content.notes), ("Recommendations", content.recommendations)):
+        if text.strip():
+            story += [Paragraph(label, heading), Paragraph(_paragraph_text(text), body)]
+    story += [Spacer(1, 0.5 * cm), Paragraph(_paragraph_text(DISCLAIMER), warning)]
+
+    def footer(canvas: object, doc: object) -> None:
+        canvas.saveState()  # type: ignore[attr-defined]
+        canvas.setFont(regular, 7)  # type: ignore[attr-defined]
+        canvas.setFillColor(colors.grey)  # type: ignore[attr-defined]
+        canvas.drawString(document.leftMargin, 1 * cm, f"lvseg \u2014 {DISCLAIMER}")  # type: ignore[attr-defined]
+        canvas.drawRightString(A4[0] - document.rightMargin, 1 * cm, f"page {doc.page}")  # type: ignore[attr-defined]
+        canvas.restoreState()  # type: ignore[attr-defined]
+
+    document.build(story, onFirstPage=footer, onLaterPages=footer)
+    return buffer.getvalue()
+
+
+def _table(rows: list[list[str]], regular: str, bold: str, width: float) -> object:
+    """A two-column key/value table whose cells wrap long values."""
+    from reportlab.lib import colors
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.platypus import Paragraph, Table, TableStyle
+
+    cell = ParagraphStyle("lvseg-cell", fontName=regular, fontSize=9, leading=11)
+    key_cell = ParagraphStyle("lvseg-key", parent=cell, fontName=bold)
+    data = [[Paragraph(escape(key), key_cell), Paragraph(_paragraph_text(value), cell)] for key, value in rows]
+    table = Table(data, colWidths=[0.35 * width, 0.65 * width], hAlign="LEFT")
+    table.setStyle(TableStyle([
+        ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+        ("VALIGN", (0, 0), (-1, -1), "TOP"),
+    ]))
+    return table

@@ -1,0 +1,68 @@
+"""Pydantic models of the API's JSON, so that ``/docs`` describes every field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a plain-words message and optional details (which field, which limit)."""
+
+    error: str = Field(description="What was wrong with the request, in plain words.")
+    detail: Any = Field(default=None, description="Machine-readable details, e.g. the field or the limit.")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description="'ok' when the service is up.")
+    ready: bool = Field(description="True once the model is loaded and requests can be served.")
+    model: str = Field(description="Name of the loaded network.")
+    device: str = Field(description="Where inference runs, e.g. 'cpu' or 'cuda:0'.")
+    auth_required: bool = Field(description="True when /api routes need the X-API-Key header.")
+
+
+class Limits(BaseModel):
+    max_upload_mb: float = Field(description="Largest accepted upload, in MiB.")
+    max_side_px: int = Field(description="Largest accepted image width or height, in pixels.")
+    max_pixels: int = Field(description="Largest accepted number of pixels (decompression-bomb guard).")
+    max_text_chars: int = Field(description="Longest accepted report text, in characters.")
+    max_note_chars: int = Field(description="Longest accepted notes or recommendations, in characters.")
+
+
+class ModelInfo(BaseModel):
+    model: str = Field(description="Name of the network, e.g. 'lvit' or 'unet'.")
+    input_size: int = Field(description="Side of the square input the network sees; images are resized to it.")
+    requires_text: bool = Field(description="True when the model needs the report text.")
+    text_encoder: dict[str, Any] | None = Field(description="Configuration of the text encoder, or null.")
+    metrics: dict[str, Any] = Field(description="Metrics stored in the checkpoint (e.g. validation Dice).")
+    validation_dice: float | None = Field(description="The validation Dice among the metrics, if recorded.")
+    device: str = Field(description="Where inference runs.")
+    threshold: float = Field(description="Probability above which a pixel is lesion.")
+    accepted_formats: list[str] = Field(description="Image formats accepted by the upload endpoints.")
+    limits: Limits
+
+
+class LesionInfo(BaseModel):
+    label: int = Field(description="Lesion number (1-based), as in the overlay.")
+    area_px: int = Field(description="Lesion area in pixels.")
+    colour: str = Field(description="The lesion's overlay colour, '#rrggbb'.")
+    bbox: list[int] = Field(description="Bounding box [x, y, width, height] in pixels.")
+
+
+class SegmentResponse(BaseModel):
+    mask: str = Field(description="The mask as a base64 PNG (8-bit, 255 = lesion) at the original resolution.")
+    overlay: str = Field(description="The image with each lesion in its own colour, base64 PNG, original resolution.")
+    original: str | None = Field(
+        default=None, description="The decoded image as base64 PNG (only with ?include_original=true)."
+    )
+    width: int = Field(description="Width of the original image in pixels.")
+    height: int = Field(description="Height of the original image in pixels.")
+    image_format: str = Field(description="The sniffed format: png, jpeg, tiff or dicom.")
+    area_px: int = Field(description="Number of lesion pixels.")
+    area_percent: float = Field(description="Lesion pixels as a percentage of the image.")
+    lesions: int = Field(description="Number of connected lesions (8-connected).")
+    lesion_details: list[LesionInfo] = Field(description="The largest lesions (at most 50), largest first.")
+    confidence: float | None = Field(description="Mean probability inside the mask; null when the mask is empty.")
+    inference_ms: float = Field(description="Model inference time in milliseconds.")
+    model: str = Field(description="Name of the network that made the mask.")

@@ -1,0 +1,235 @@
+// lvseg web page: plain JavaScript, no build step, no external resources.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const state = { file: null, requiresText: true, maxTextChars: 2000, maxUploadBytes: 20 * 1024 * 1024, urls: [] };
+  const BROWSER_FORMATS = ["image/png", "image/jpeg"];
+
+  function showError(message) {
+    const box = $("error");
+    box.textContent = message;
+    box.hidden = false;
+  }
+
+  function clearError() {
+    $("error").hidden = true;
+    $("error").textContent = "";
+  }
+
+  function setStatus(message) {
+    $("status").textContent = message;
+  }
+
+  function apiHeaders() {
+    const key = $("api-key").value.trim();
+    return key ? { "X-API-Key": key } : {};
+  }
+
+  // Turn any failed response into one sentence in plain words.
+  async function errorMessage(response) {
+    try {
+      const body = await response.json();
+      if (body && body.error) {
+        return body.error.charAt(0).toUpperCase() + body.error.slice(1) + ".";
+      }
+    } catch (ignored) { /* not JSON */ }
+    return "The server answered with status " + response.status + ".";
+  }
+
+  function keepUrl(url) {
+    state.urls.push(url);
+    return url;
+  }
+
+  function releaseUrls() {
+    state.urls.forEach((url) => URL.revokeObjectURL(url));
+    state.urls = [];
+  }
+
+  function pngBlobUrl(base64) {
+    const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+    return keepUrl(URL.createObjectURL(new Blob([bytes], { type: "image/png" })));
+  }
+
+  function chooseFile(file) {
+    state.file = file || null;
+    $("file-name").textContent = file ? "Selected: " + file.name + " (" + Math.ceil(file.size / 1024) + " KB)" : "";
+    clearError();
+  }
+
+  function validate() {
+    if (!state.file) {
+      return "Choose an image first (PNG, JPEG, TIFF or DICOM).";
+    }
+    if (state.file.size > state.maxUploadBytes) {
+      return "The image is larger than " + Math.round(state.maxUploadBytes / 1048576) + " MB.";
+    }
+    const text = $("report-text").value;
+    if (state.requiresText && !text.trim()) {
+      return "Type the report text: this model needs it.";
+    }
+    if (text.length > state.maxTextChars) {
+      return "The report text is longer than " + state.maxTextChars + " characters.";
+    }
+    return null;
+  }
+
+  function buildForm(withDetails) {
+    const form = new FormData();
+    form.append("image", state.file, state.file.name || "image");
+    form.append("text", $("report-text").value);
+    if (withDetails) {
+      form.append("study_id", $("study-id").value);
+      form.append("notes", $("notes").value);
+      form.append("recommendations", $("recommendations").value);
+    }
+    return form;
+  }
+
+  function showResult(result, file) {
+    releaseUrls();
+    const originalUrl = result.original
+      ? pngBlobUrl(result.original)
+      : keepUrl(URL.createObjectURL(file));
+    const overlayUrl = pngBlobUrl(result.overlay);
+    const maskUrl = pngBlobUrl(result.mask);
+    $("original-image").src = originalUrl;
+    $("overlay-base").src = originalUrl;
+    $("overlay-image").src = overlayUrl;
+    $("download-mask").href = maskUrl;
+    $("download-overlay").href = overlayUrl;
+    $("m-area").textContent = result.area_px + " px (" + result.area_percent.toFixed(2) + " % of the image)";
+    $("m-lesions").textContent = String(result.lesions);
+    $("m-confidence").textContent = result.confidence === null ? "— (no lesion found)" : result.confidence.toFixed(3);
+    $("m-time").textContent = Math.round(result.inference_ms) + " ms";
+    $("m-model").textContent = result.model;
+    const legend = $("lesion-legend");
+    legend.replaceChildren();
+    result.lesion_details.forEach((lesion) => {
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.backgroundColor = lesion.colour;
+      item.append(swatch, document.createTextNode("Lesion " + lesion.label + ": " + lesion.area_px + " px"));
+      legend.append(item);
+    });
+    if (result.lesions > result.lesion_details.length) {
+      const more = document.createElement("li");
+      more.textContent = "… and " + (result.lesions - result.lesion_details.length) + " smaller lesions";
+      legend.append(more);
+    }
+    $("results").hidden = false;
+  }
+
+  async function segment(event) {
+    event.preventDefault();
+    clearError();
+    const problem = validate();
+    if (problem) {
+      showError(problem);
+      return;
+    }
+    const button = $("segment-button");
+    button.disabled = true;
+    setStatus("Segmenting…");
+    const file = state.file;
+    const needOriginal = !BROWSER_FORMATS.includes(file.type);
+    try {
+      const response = await fetch("/api/segment" + (needOriginal ? "?include_original=true" : ""), {
+        method: "POST", body: buildForm(false), headers: apiHeaders(),
+      });
+      if (!response.ok) {
+        showError("Could not segment the image. " + await errorMessage(response));
+        return;
+      }
+      const result = await response.json();
+      showResult(result, file);
+      setStatus("Done.");
+    } catch (error) {
+      showError("Could not reach the server. Check that it is running and try again.");
+    } finally {
+      button.disabled = false;
+      if ($("status").textContent === "Segmenting…") setStatus("");
+    }
+  }
+
+  async function downloadPdf() {
+    clearError();
+    const problem = validate();
+    if (problem) {
+      showError(problem);
+      return;
+    }
+    const button = $("download-pdf");
+    button.disabled = true;
+    setStatus("Preparing the PDF report…");
+    try {
+      const response = await fetch("/api/report", { method: "POST", body: buildForm(true), headers: apiHeaders() });
+      if (!response.ok) {
+        showError("Could not create the PDF report. " + await errorMessage(response));
+        return;
+      }
+      const url = URL.createObjectURL(await response.blob());
+      const link = document.createElement("a");
+      const studyId = $("study-id").value.trim().replace(/[^A-Za-z0-9_.-]+/g, "_");
+      link.href = url;
+      link.download = studyId ? "lvseg-report-" + studyId + ".pdf" : "lvseg-report.pdf";
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      setStatus("PDF report downloaded.");
+    } catch (error) {
+      showError("Could not reach the server. Check that it is running and try again.");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function loadModelInfo() {
+    try {
+      const health = await (await fetch("/healthz")).json();
+      $("model-info").textContent = "Model: " + health.model + " on " + health.device + ".";
+      $("api-key-row").hidden = !health.auth_required;
+      if (health.auth_required && !$("api-key").value) return;
+      const response = await fetch("/api/model", { headers: apiHeaders() });
+      if (!response.ok) return;
+      const info = await response.json();
+      state.requiresText = info.requires_text;
+      state.maxTextChars = info.limits.max_text_chars;
+      state.maxUploadBytes = Math.floor(info.limits.max_upload_mb * 1048576);
+      const dice = info.validation_dice === null ? "not recorded" : info.validation_dice.toFixed(3);
+      $("model-info").textContent = "Model: " + info.model + " on " + info.device + ", validation Dice " + dice + ".";
+    } catch (error) {
+      $("model-info").textContent = "The model service cannot be reached.";
+    }
+  }
+
+  function setUp() {
+    const zone = $("drop-zone");
+    $("image-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
+    ["dragenter", "dragover"].forEach((name) => zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    }));
+    ["dragleave", "drop"].forEach((name) => zone.addEventListener(name, () => zone.classList.remove("dragging")));
+    zone.addEventListener("drop", (event) => {
+      event.preventDefault();
+      if (event.dataTransfer && event.dataTransfer.files.length) chooseFile(event.dataTransfer.files[0]);
+    });
+    $("report-text").addEventListener("input", () => {
+      $("text-count").textContent = $("report-text").value.length + " / " + state.maxTextChars + " characters";
+    });
+    $("opacity").addEventListener("input", (event) => {
+      $("overlay-image").style.opacity = String(event.target.value / 100);
+      $("opacity-value").textContent = event.target.value + " %";
+    });
+    $("api-key").addEventListener("change", loadModelInfo);
+    $("segment-form").addEventListener("submit", segment);
+    $("download-pdf").addEventListener("click", downloadPdf);
+    loadModelInfo();
+  }
+
+  setUp();
+}());

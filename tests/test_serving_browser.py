@@ -1,0 +1,107 @@
+"""End to end in a real headless Chromium: upload, type the report, Segment, overlay, PDF download.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium (``.ci/run`` installs it) and the Playwright
+Python package; nothing is downloaded. Skips with the reason when either is missing.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from serving_support import REPORT, png_bytes, running_server
+
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError:  # the fixture skips with the reason
+    expect = sync_playwright = None
+
+from lvseg.serving.app import create_app
+from lvseg.serving.fake import FakeSegmenter
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    if sync_playwright is None:
+        pytest.skip("the playwright Python package is not installed")
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()
+
+
+@pytest.fixture
+def base_url() -> Iterator[str]:
+    with running_server(create_app(FakeSegmenter())) as url:
+        yield url
+
+
+def test_segment_and_download_pdf_in_the_browser(browser: object, base_url: str, tmp_path: Path) -> None:
+    image_path = tmp_path / "chest.png"
+    image_path.write_bytes(png_bytes())
+    context = browser.new_context(accept_downloads=True)  # type: ignore[attr-defined]
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    try:
+        page.goto(base_url + "/")
+        expect(page.locator("#model-info")).to_contain_text("validation Dice 0.500")
+        page.get_by_label("Image (PNG, JPEG, TIFF or DICOM").set_input_files(str(image_path))
+        page.get_by_label("Report text").fill(REPORT)
+        page.get_by_role("button", name="Segment").click()
+
+        overlay = page.locator("#overlay-image")
+        overlay.wait_for(state="visible", timeout=15000)
+        expect(overlay).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(overlay).to_have_js_property("naturalWidth", 96)  # decoded at the original resolution
+        expect(page.locator("#m-lesions")).to_have_text("2")
+        assert page.locator("#lesion-legend li").count() == 2
+        assert page.locator("#error").is_hidden()
+
+        page.locator("#opacity").fill("40")
+        expect(overlay).to_have_css("opacity", "0.4")
+
+        with page.expect_download(timeout=15000) as download_info:
+            page.get_by_role("button", name="Download PDF report").click()
+        pdf_path = tmp_path / "report.pdf"
+        download_info.value.save_as(pdf_path)
+        data = pdf_path.read_bytes()
+        assert data.startswith(b"%PDF")
+        pypdf = pytest.importorskip("pypdf", reason="pypdf is needed to read the PDF's text")
+        text = " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(data)).pages).split())
+        assert REPORT in text
+        assert console_errors == []  # e.g. no Content-Security-Policy violations
+    finally:
+        context.close()
+
+
+def test_errors_are_shown_inline_in_plain_words(browser: object, base_url: str, tmp_path: Path) -> None:
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is not an image")
+    page = browser.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(base_url + "/")
+        page.get_by_role("button", name="Segment").click()
+        expect(page.get_by_role("alert")).to_contain_text("Choose an image")
+
+        page.get_by_label("Image (PNG, JPEG, TIFF or DICOM").set_input_files(str(not_an_image))
+        page.get_by_label("Report text").fill(REPORT)
+        page.get_by_role("button", name="Segment").click()
+        expect(page.get_by_role("alert")).to_contain_text("not a supported image")
+        assert page.locator("#results").is_hidden()
+    finally:
+        page.close()
+

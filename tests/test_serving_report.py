@@ -1,0 +1,82 @@
+"""Lesion measurements, colour-coded overlays and the PDF report."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from lvseg.serving.rendering import label_lesions, lesion_colour, measure, render_overlay
+from lvseg.serving.report_pdf import DISCLAIMER, ReportContent, build_report_pdf, find_validation_dice
+
+
+def test_lesions_are_eight_connected_and_measured() -> None:
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[1, 1] = mask[2, 2] = 1  # diagonal neighbours: one lesion
+    mask[6:9, 6:9] = 1
+    labels, count = label_lesions(mask)
+    probability = np.where(mask > 0, 0.8, 0.1).astype(np.float32)
+    result = measure(mask, probability, labels, count)
+    assert count == 2 and result.lesions == 2
+    assert result.area_px == 11 and result.area_percent == pytest.approx(11.0)
+    assert result.confidence == pytest.approx(0.8)
+    assert [lesion.area_px for lesion in result.lesion_list] == [9, 2]
+    assert result.lesion_list[0].bbox == (6, 6, 3, 3)
+
+
+def test_empty_mask_has_no_confidence() -> None:
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    labels, count = label_lesions(mask)
+    assert measure(mask, np.zeros((4, 4), np.float32), labels, count).confidence is None
+
+
+def test_lesion_colours_are_distinct() -> None:
+    colours = [lesion_colour(index) for index in range(40)]
+    assert len(set(colours)) == 40
+
+
+def test_overlay_colours_each_lesion_and_keeps_background() -> None:
+    pixels = np.full((12, 12, 3), 50, dtype=np.uint8)
+    mask = np.zeros((12, 12), dtype=np.uint8)
+    mask[1:5, 1:5] = 1
+    mask[7:11, 7:11] = 1
+    labels, count = label_lesions(mask)
+    overlay = render_overlay(pixels, labels, count)
+    assert overlay.shape == pixels.shape and overlay.dtype == np.uint8
+    assert np.array_equal(overlay[0, 11], [50, 50, 50])
+    assert np.array_equal(overlay[1, 1], lesion_colour(0))  # outline in full colour
+    assert np.array_equal(overlay[7, 7], lesion_colour(1))
+    assert not np.array_equal(overlay[2, 2], overlay[8, 8])  # blended interiors differ too
+
+
+def test_find_validation_dice() -> None:
+    assert find_validation_dice({"val_dice": 0.81, "val_loss": 0.3}) == 0.81
+    assert find_validation_dice({"val/dice": 0.7}) == 0.7
+    assert find_validation_dice({"best_val_dice_epoch": 0.6}) == 0.6
+    assert find_validation_dice({"val_loss": 0.3}) is None
+    assert find_validation_dice(None) is None
+
+
+def test_pdf_holds_images_text_measurements_notes_and_disclaimer() -> None:
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is needed to read the PDF's text")
+    pixels = np.zeros((300, 400, 3), dtype=np.uint8)
+    mask = np.zeros((300, 400), dtype=np.uint8)
+    mask[50:100, 50:150] = 1
+    labels, count = label_lesions(mask)
+    measurements = measure(mask, mask.astype(np.float32) * 0.9, labels, count)
+    long_text = "Ground-glass opacity <right> & lower lobe. " * 40  # wraps over lines, markup escaped
+    content = ReportContent(
+        report_text=long_text, measurements=measurements, model_name="lvit", validation_dice=0.8123,
+        image_size=(400, 300), image_format="dicom", inference_ms=12.3, study_id="A-1",
+        notes="Patient stable.", recommendations="",
+    )
+    pdf = build_report_pdf(pixels, render_overlay(pixels, labels, count), content)
+    assert pdf.startswith(b"%PDF")
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
+    for expected in ("Ground-glass opacity <right> & lower lobe.", "lvit", "0.812", "5000 px", "A-1",
+                     "Patient stable.", DISCLAIMER, "DICOM, 400 x 300 px"):
+        assert expected in text, expected
+    assert "Recommendations" not in text  # empty sections are left out
+    assert sum(len(page.images) for page in reader.pages) == 2

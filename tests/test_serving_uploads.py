@@ -1,0 +1,108 @@
+"""Upload decoding: format sniffing, size checks before decoding, DICOM windowing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from serving_support import dicom_bytes, encode, lesion_image, png_bytes, png_with_header_only
+
+from lvseg.serving.errors import ApiError
+from lvseg.serving.uploads import ImageLimits, decode_image, sniff_format, window_dicom
+
+
+def _status(data: bytes, limits: ImageLimits | None = None) -> int:
+    with pytest.raises(ApiError) as caught:
+        decode_image(data, limits)
+    return caught.value.status_code
+
+
+@pytest.mark.parametrize("fmt, kind", [("PNG", "png"), ("JPEG", "jpeg"), ("TIFF", "tiff")])
+def test_decodes_common_formats_to_rgb8(fmt: str, kind: str) -> None:
+    image = lesion_image()
+    decoded = decode_image(encode(image, fmt))
+    assert decoded.format == kind
+    assert decoded.pixels.shape == (64, 96, 3) and decoded.pixels.dtype == np.uint8
+    tolerance = 40 if kind == "jpeg" else 0  # JPEG rings at sharp edges
+    assert np.abs(decoded.pixels[:, :, 0].astype(int) - image).max() <= tolerance
+
+
+def test_format_comes_from_content_not_name() -> None:
+    assert sniff_format(png_bytes()) == "png"
+    assert sniff_format(encode(lesion_image(), "JPEG")) == "jpeg"
+    assert sniff_format(b"GIF89a....") is None
+    assert sniff_format(b"\0" * 128 + b"DICM") == "dicom"
+
+
+def test_sixteen_bit_png_is_scaled_to_its_maximum() -> None:
+    image = np.zeros((8, 8), dtype=np.uint16)
+    image[0, 0] = 4000
+    image[1, 1] = 2000
+    decoded = decode_image(encode(image, "PNG"))
+    assert decoded.pixels[0, 0, 0] == 255 and decoded.pixels[1, 1, 0] == 128 and decoded.pixels[2, 2, 0] == 0
+
+
+def test_rgba_and_palette_images_become_rgb() -> None:
+    rgba = np.zeros((4, 5, 4), dtype=np.uint8)
+    rgba[..., 0] = 200
+    assert decode_image(encode(rgba, "PNG")).pixels.shape == (4, 5, 3)
+
+
+@pytest.mark.parametrize("data", [b"", b"hello, I am text", b"GIF89a" + b"\0" * 100, b"%PDF-1.7\n"])
+def test_not_an_image_is_415_or_empty_422(data: bytes) -> None:
+    assert _status(data) == (422 if not data else 415)
+
+
+def test_corrupt_and_truncated_files_are_422() -> None:
+    good = png_bytes()
+    assert _status(good[: len(good) // 2]) == 422
+    assert _status(encode(lesion_image(), "JPEG")[:200]) == 422
+    assert _status(b"\x89PNG\r\n\x1a\n" + b"\0" * 50) == 422
+    assert _status(b"II*\x00" + b"\xff" * 40) == 422
+    assert _status(b"\0" * 128 + b"DICM" + b"\x02\x00garbage") == 422
+
+
+def test_sizes_are_checked_from_the_header_before_decoding() -> None:
+    # The pixel data of these files is garbage: decoding would give 422, the header check gives 413.
+    assert _status(png_with_header_only(8193, 16)) == 413
+    assert _status(png_with_header_only(16, 9000)) == 413
+    assert _status(png_with_header_only(8000, 8000)) == 413  # 64 Mpx: a decompression bomb
+    assert _status(png_with_header_only(100, 100)) == 422
+    assert _status(png_bytes(), ImageLimits(max_side=8192, max_pixels=1000)) == 413
+
+
+def test_pil_decompression_bomb_error_is_413() -> None:
+    assert _status(png_with_header_only(60000, 60000), ImageLimits(max_side=100000, max_pixels=10**12)) == 413
+
+
+def test_dicom_monochrome2_uses_rescale_and_first_window_value() -> None:
+    stored = np.array([[0, 100, 200, 300]], dtype=np.uint16)
+    # Modality values = stored * 2 - 100 = [-100, 100, 300, 500]; window centre 200, width 401 -> [0, 400].
+    data = dicom_bytes(stored, slope=2, intercept=-100, center=[200, 40], width=[401, 80])
+    decoded = decode_image(data)
+    assert decoded.format == "dicom"
+    assert decoded.pixels.shape == (1, 4, 3)
+    assert decoded.pixels[0, :, 0].tolist() == [0, 64, 192, 255]
+
+
+def test_dicom_monochrome1_is_inverted_and_unwindowed_uses_full_range() -> None:
+    stored = np.array([[0, 50, 100]], dtype=np.uint16)
+    mono2 = decode_image(dicom_bytes(stored)).pixels[0, :, 0].tolist()
+    mono1 = decode_image(dicom_bytes(stored, photometric="MONOCHROME1")).pixels[0, :, 0].tolist()
+    assert mono2 == [0, 128, 255]
+    assert mono1 == [255, 128, 0]
+
+
+def test_dicom_size_is_checked_before_pixels_are_decoded() -> None:
+    data = dicom_bytes(np.zeros((20, 30), dtype=np.uint16))
+    assert _status(data, ImageLimits(max_side=25)) == 413
+
+
+def test_dicom_truncated_pixel_data_is_422() -> None:
+    data = dicom_bytes(np.arange(64 * 64, dtype=np.uint16).reshape(64, 64))
+    assert _status(data[:-4000]) == 422
+
+
+def test_window_function_matches_the_dicom_standard() -> None:
+    values = np.array([-1000.0, 39.5, 40.0, 1000.0])
+    out = window_dicom(values, center=40.0, width=400.0)
+    assert out[0] == 0.0 and out[-1] == 1.0 and 0.49 < out[1] < 0.51
