@@ -122,3 +122,20 @@ def test_factory_passes_options() -> None:
     encoder = create_text_encoder("learned", texts=REPORTS, dim=12, max_length=7, min_count=3)
     assert isinstance(encoder, LearnedTextEncoder)
     assert (encoder.feature_dim, encoder.max_length, len(encoder.vocab)) == (12, 7, 7)
+
+
+def test_context_layer_makes_a_token_depend_on_its_sentence():
+    from lvseg.text import create_text_encoder, text_encoder_from_config
+
+    texts = ["upper left lung.", "upper right lung."]
+    contextual = create_text_encoder("learned", texts=texts, context_layers=1)
+    bag_of_words = create_text_encoder("learned", texts=texts, context_layers=0)
+    with torch.no_grad():
+        upper_ctx = contextual(texts).tokens[:, 0]  # the token "upper" in both reports
+        upper_plain = bag_of_words(texts).tokens[:, 0]
+    assert not torch.allclose(upper_ctx[0], upper_ctx[1], atol=1e-4)
+    assert torch.allclose(upper_plain[0], upper_plain[1])
+    rebuilt = text_encoder_from_config(contextual.config())
+    rebuilt.load_state_dict(contextual.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(texts).tokens, contextual(texts).tokens)

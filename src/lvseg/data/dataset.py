@@ -41,7 +41,8 @@ class SegmentationDataset(Dataset):
     Args:
         samples: from :func:`lvseg.data.layout.load_split`.
         img_size: output height and width S.
-        augment: apply :func:`lvseg.data.transforms.build_train_transform`.
+        augment: False/"none", True/"paper" (the LViT paper's rot90 + flip or rotation) or "rotate"
+            (location-preserving rotation only); see :func:`lvseg.data.transforms.build_train_transform`.
         channels: 3 (grayscale replicated) or 1 (luminance).
         cache: keep resized arrays in memory.
         seed: seed of the augmentation in the main process.
@@ -53,7 +54,7 @@ class SegmentationDataset(Dataset):
         self,
         samples: Sequence[Sample],
         img_size: int,
-        augment: bool = False,
+        augment: bool | str = False,
         channels: int = 3,
         cache: bool = True,
         seed: int | None = None,
@@ -68,7 +69,10 @@ class SegmentationDataset(Dataset):
         self.augment = augment
         self.channels = channels
         self.cache = cache
-        self.transform = (transform or build_train_transform(seed)) if augment else None
+        mode = "paper" if augment is True else (augment or "none")
+        self.transform = None
+        if mode != "none":
+            self.transform = transform or build_train_transform(seed, mode=mode)
         self._cached: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(self.samples)
         self._reseeded_worker: int | None = None
 

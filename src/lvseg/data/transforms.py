@@ -1,5 +1,9 @@
 """Training augmentation of the LViT paper, as MONAI dictionary transforms.
 
+Two modes: ``"paper"`` (below) and ``"rotate"``, the free rotation alone. Flips and 90-degree
+rotations swap left and right or upper and lower, so they contradict reports that name where the
+lesions are ("upper left lung"); use ``"rotate"`` (or none) when the text carries locations.
+
 Applied jointly to ``{"image": (C, H, W), "mask": (1, H, W)}`` so both stay
 aligned: with probability 0.5 a random 90-degree rotation (k uniform in 0..3)
 followed by a flip along a random spatial axis; otherwise a random rotation by
@@ -25,10 +29,14 @@ KEYS = (IMAGE_KEY, MASK_KEY)
 
 #: Largest absolute angle of the free rotation branch, in degrees.
 MAX_ROTATION_DEGREES = 20.0
+AUGMENTATION_MODES = ("paper", "rotate", "none")
 
 
-def build_train_transform(seed: int | None = None, max_rotation_degrees: float = MAX_ROTATION_DEGREES) -> Compose:
-    """Build the paper's joint image/mask augmentation.
+def build_train_transform(
+    seed: int | None = None, max_rotation_degrees: float = MAX_ROTATION_DEGREES, mode: str = "paper"
+) -> Compose:
+    """Build the paper's joint image/mask augmentation (``mode="paper"``) or its location-preserving
+    part alone (``mode="rotate"``: a rotation in [-max, max] degrees with probability 0.5).
 
     Args:
         seed: seeds the transform's random state (``set_random_state``); the same
@@ -42,6 +50,8 @@ def build_train_transform(seed: int | None = None, max_rotation_degrees: float =
     """
     # RandRotate90 draws k in 1..max_k when it fires, so firing with probability
     # 0.75 makes k uniform over 0..3; RandAxisFlip flips along one random spatial axis.
+    if mode not in ("paper", "rotate"):
+        raise ValueError(f"augmentation mode {mode!r} is not one of 'paper', 'rotate'")
     rot90_and_flip = Compose(
         [
             RandRotate90d(keys=KEYS, prob=0.75, max_k=3, spatial_axes=(0, 1)),
@@ -51,13 +61,16 @@ def build_train_transform(seed: int | None = None, max_rotation_degrees: float =
     free_rotation = RandRotated(
         keys=KEYS,
         range_x=math.radians(max_rotation_degrees),
-        prob=1.0,
+        prob=1.0 if mode == "paper" else 0.5,
         keep_size=True,
         mode=("bilinear", "nearest"),
         padding_mode="zeros",
         align_corners=False,
     )
-    transform = Compose([OneOf([rot90_and_flip, free_rotation], weights=[0.5, 0.5])])
+    if mode == "paper":
+        transform = Compose([OneOf([rot90_and_flip, free_rotation], weights=[0.5, 0.5])])
+    else:
+        transform = Compose([free_rotation])
     if seed is not None:
         transform.set_random_state(seed=seed)
     return transform

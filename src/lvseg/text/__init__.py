@@ -36,7 +36,7 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
     """Build a text encoder from a spec string.
 
     ``"learned"``: a vocabulary built from ``texts`` (required, the training reports); options ``dim=64``,
-    ``max_length=32``, ``min_count=1``.
+    ``max_length=32``, ``min_count=1``, ``context_layers=1``.
     ``"hf:<model id or local path>"``: a frozen Hugging Face encoder; options ``max_length=32``,
     ``cache=True``, ``cache_dir=None``. ``texts`` is ignored.
     """
@@ -69,7 +69,8 @@ def text_encoder_from_config(config: dict[str, Any], **options: Any) -> TextEnco
     kind = config.get("type") if isinstance(config, dict) else None
     try:
         if kind == "learned":
-            return LearnedTextEncoder(config["vocab"], dim=config["dim"], max_length=config["max_length"], **options)
+            return LearnedTextEncoder(config["vocab"], dim=config["dim"], max_length=config["max_length"],
+                                      context_layers=config.get("context_layers", 0), **options)
         if kind == "hf":
             return HuggingFaceTextEncoder(config["name_or_path"], max_length=config["max_length"], **options)
     except KeyError as err:

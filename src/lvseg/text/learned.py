@@ -27,13 +27,17 @@ class LearnedTextEncoder(TextEncoder):
     padded to ``max_length``. An empty report is encoded as a single ``<unk>`` so that every row of the
     mask has at least one True (attention over an all-padding row would give NaN).
 
-    Output: ``tokens`` (B, max_length, dim) = word + position embedding, zero at padding;
+    With ``context_layers`` > 0, a small pre-norm Transformer encoder runs over the embeddings so each
+    token carries its sentence's context (as BERT's tokens do for the official LViT): "upper" then knows
+    which lung it refers to, which a per-token embedding cannot express.
+
+    Output: ``tokens`` (B, max_length, dim) = (contextualised) word + position embedding, zero at padding;
     ``mask`` (B, max_length) bool; ``pooled`` (B, dim) = masked mean of ``tokens``.
     """
 
     trainable = True
 
-    def __init__(self, vocab: Sequence[str], dim: int = 64, max_length: int = 32) -> None:
+    def __init__(self, vocab: Sequence[str], dim: int = 64, max_length: int = 32, context_layers: int = 1) -> None:
         super().__init__()
         vocab = list(vocab)
         if tuple(vocab[:2]) != SPECIAL_TOKENS:
@@ -51,10 +55,21 @@ class LearnedTextEncoder(TextEncoder):
         self.word_embedding = nn.Embedding(len(vocab), self.feature_dim, padding_idx=PAD_ID)
         self.position_embedding = nn.Embedding(self.max_length, self.feature_dim)
         nn.init.normal_(self.position_embedding.weight, std=0.02)
+        if context_layers < 0:
+            raise LvsegError(f"learned text encoder needs context_layers >= 0, got {context_layers}")
+        self.context_layers = int(context_layers)
+        self.context: nn.TransformerEncoder | None = None
+        if self.context_layers:
+            heads = next(h for h in (4, 2, 1) if self.feature_dim % h == 0)
+            layer = nn.TransformerEncoderLayer(
+                self.feature_dim, heads, dim_feedforward=2 * self.feature_dim, dropout=0.0,
+                batch_first=True, norm_first=True,
+            )
+            self.context = nn.TransformerEncoder(layer, self.context_layers, enable_nested_tensor=False)
 
     @classmethod
     def from_texts(
-        cls, texts: Sequence[str], dim: int = 64, max_length: int = 32, min_count: int = 1
+        cls, texts: Sequence[str], dim: int = 64, max_length: int = 32, min_count: int = 1, context_layers: int = 1
     ) -> "LearnedTextEncoder":
         """Build the vocabulary from ``texts`` (words seen at least ``min_count`` times) and the encoder."""
         texts = check_texts(texts)
@@ -62,10 +77,11 @@ class LearnedTextEncoder(TextEncoder):
             raise LvsegError("the learned text encoder needs the training reports to build its vocabulary; got none")
         vocab = build_vocabulary(texts, min_count=min_count)
         logger.info("learned text vocabulary: %d words from %d reports", len(vocab) - 2, len(texts))
-        return cls(vocab, dim=dim, max_length=max_length)
+        return cls(vocab, dim=dim, max_length=max_length, context_layers=context_layers)
 
     def config(self) -> dict[str, Any]:
-        return {"type": "learned", "vocab": list(self.vocab), "dim": self.feature_dim, "max_length": self.max_length}
+        return {"type": "learned", "vocab": list(self.vocab), "dim": self.feature_dim, "max_length": self.max_length,
+                "context_layers": self.context_layers}
 
     def token_ids(self, text: str) -> list[int]:
         """Ids of ``text``'s tokens, truncated to ``max_length`` (no padding); cached per text."""
@@ -91,8 +107,11 @@ class LearnedTextEncoder(TextEncoder):
         mask = ids != PAD_ID  # (B, L)
         positions = torch.arange(self.max_length, device=ids.device)
         tokens = self.word_embedding(ids) + self.position_embedding(positions).unsqueeze(0)  # (B, L, D)
+        if self.context is not None:
+            tokens = self.context(tokens, src_key_padding_mask=~mask)
         tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
         return TextFeatures(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
 
     def extra_repr(self) -> str:
-        return f"vocab={len(self.vocab)}, dim={self.feature_dim}, max_length={self.max_length}"
+        return (f"vocab={len(self.vocab)}, dim={self.feature_dim}, max_length={self.max_length}, "
+                f"context_layers={self.context_layers}")
