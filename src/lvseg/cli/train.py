@@ -27,8 +27,31 @@ def train_command(
     strategy: str = typer.Option("auto", "--strategy", help="Lightning strategy: auto, ddp, ddp_spawn, ..."),
     accelerator: str = typer.Option("auto", "--accelerator", help="auto (CUDA when present), cpu or gpu."),
     num_workers: int = typer.Option(0, "--num-workers", help="Data-loading worker processes."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="Disable rotation/flip augmentation."),
+    augment: str = typer.Option(
+        "paper", "--augment",
+        help="paper (rot90 + flip or rotation, as LViT), rotate (keeps left/right and upper/lower: use it when "
+        "reports name locations) or none.",
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out from last.ckpt."),
+    labeled_fraction: Optional[float] = typer.Option(
+        None, "--labeled-fraction",
+        help="Semi-supervised: use the masks of this seeded fraction of the training images (e.g. 0.25); "
+        "the others are trained with EPI pseudo-labels and the LV loss, their masks never read.",
+    ),
+    labeled_list: Optional[Path] = typer.Option(
+        None, "--labeled-list", help="Semi-supervised: a file naming the labeled training images, one per line."
+    ),
+    supervised_only: bool = typer.Option(
+        False, "--supervised-only", help="With --labeled-fraction/--labeled-list: drop the unlabeled images (baseline)."
+    ),
+    lv_templates: Optional[Path] = typer.Option(
+        None, "--lv-templates",
+        help="LV-loss templates folder (LV_loss.xlsx + figN.png); default: the labeled training images.",
+    ),
+    epi_beta: float = typer.Option(0.8, "--epi-beta", help="EPI: P_t = beta * P_(t-1) + (1 - beta) * prediction_t."),
+    unlabeled_weight: float = typer.Option(1.0, "--unlabeled-weight", help="Weight of the unlabeled losses after ramp-up."),
+    rampup_epochs: float = typer.Option(5.0, "--rampup-epochs", help="Epochs of sigmoid ramp-up of the unlabeled weight."),
+    lv_weight: float = typer.Option(0.1, "--lv-weight", help="Weight of the LV loss in the unlabeled loss (0: off)."),
 ) -> None:
     """Train a segmentation model on a dataset in the LViT folder layout."""
     from lvseg.training.fit import TrainConfig, train
@@ -38,9 +61,14 @@ def train_command(
         img_size=img_size, base_channels=base_channels, batch_size=batch_size, lr=lr,
         max_epochs=max_epochs, max_time=max_time, patience=patience, seed=seed,
         devices=int(devices) if devices.isdigit() else devices, strategy=strategy,
-        accelerator=accelerator, num_workers=num_workers, augment=not no_augment, resume=resume,
+        accelerator=accelerator, num_workers=num_workers, augment=augment, resume=resume,
+        labeled_fraction=labeled_fraction, labeled_list=labeled_list, supervised_only=supervised_only,
+        lv_templates=lv_templates, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight,
+        rampup_epochs=rampup_epochs, lv_weight=lv_weight,
     )
     result = train(config)
+    if result.global_rank != 0:  # DDP: the other processes stay quiet
+        return
     console = Console()
     dice = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     console.print(f"best validation Dice {dice} after {result.epochs} epochs")

@@ -15,9 +15,18 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from lvseg.data.transforms import AUGMENTATION_MODES
 from lvseg.errors import LvsegError
 from lvseg.training.checkpoint import AtomicCheckpointIO, read_checkpoint_dict
 from lvseg.training.module import SegmentationTask
+from lvseg.training.semi import (
+    SEMI_HPARAMS,
+    SemiSupervisedTask,
+    build_semi_train_loader,
+    is_semi_supervised,
+    semi_task_options,
+    task_class_for,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +55,19 @@ class TrainConfig:
     accelerator: str = "auto"
     precision: str | None = None
     num_workers: int = 0
-    augment: bool = True
+    augment: str = "paper"
     resume: bool = False
     progress_bar: bool = True
     limit_train_batches: int | float | None = None
+    # Semi-supervised training (lvseg.training.semi): active when labeled_fraction < 1 or labeled_list is set.
+    labeled_fraction: float | None = None
+    labeled_list: Path | None = None
+    supervised_only: bool = False  # drop the unlabeled images: the supervised baseline on the same subset
+    lv_templates: Path | None = None  # LV-loss reference reports/masks; None: the labeled training images
+    epi_beta: float = 0.8
+    unlabeled_weight: float = 1.0
+    rampup_epochs: float = 5.0
+    lv_weight: float = 0.1
 
 
 @dataclass
@@ -58,6 +76,7 @@ class TrainResult:
     last_checkpoint: Path
     best_val_dice: float | None
     epochs: int
+    global_rank: int = 0  # DDP: every process returns; only rank 0 should report
 
 
 def parse_max_time(value: str | None) -> timedelta | None:
@@ -110,11 +129,12 @@ def build_task(config: TrainConfig, train_texts: list[str]) -> SegmentationTask:
         text_config = encoder.config()
         options.update(text_dim=encoder.feature_dim, text_len=encoder.max_length)
     del probe
-    return SegmentationTask(
+    return task_class_for(config)(
         model_name=config.model,
         model_options=options,
         text_encoder=text_config,
         lr=config.lr,
+        **semi_task_options(config),
     )
 
 
@@ -130,7 +150,13 @@ def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask
     if saved_size != config.img_size:
         raise LvsegError(f"cannot resume from '{checkpoint_path}': it was trained at --img-size {saved_size}, not {config.img_size}")
     keep = ("model_name", "model_options", "text_encoder", "lr", "weight_decay", "restart_epochs", "min_lr")
-    return SegmentationTask(**{key: hparams[key] for key in keep if key in hparams})
+    task_class = task_class_for(config)
+    if (task_class is SemiSupervisedTask) != ("epi_beta" in hparams):
+        raise LvsegError(f"cannot resume from '{checkpoint_path}': resume with the same semi-supervised options "
+                         "(--labeled-fraction/--labeled-list, --supervised-only) as the interrupted run")
+    if task_class is SemiSupervisedTask:
+        keep += SEMI_HPARAMS
+    return task_class(**{key: hparams[key] for key in keep if key in hparams})
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -139,9 +165,12 @@ def train(config: TrainConfig) -> TrainResult:
     from lvseg.data.layout import load_split
 
     check_img_size(config.img_size)
+    if config.augment not in AUGMENTATION_MODES:
+        raise LvsegError(f"--augment {config.augment!r} is not one of {', '.join(AUGMENTATION_MODES)}")
     max_time = parse_max_time(config.max_time)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    train_samples = load_split(config.data, "train")
+    semi = is_semi_supervised(config)
+    train_samples = load_split(config.data, "train", require_masks=not semi)  # unlabeled masks stay unopened
     val_samples = load_split(config.data, "val")
 
     out = Path(config.out)
@@ -155,14 +184,19 @@ def train(config: TrainConfig) -> TrainResult:
     else:
         if last_path.exists():
             raise LvsegError(f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
-        task = build_task(config, [sample.text for sample in train_samples])
+        task = build_task(config, [sample.text for sample in train_samples])  # reports only: no mask read
     out.mkdir(parents=True, exist_ok=True)
 
-    train_set = SegmentationDataset(train_samples, config.img_size, augment=config.augment, channels=config.in_channels)
     val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
     loader_options = {"batch_size": config.batch_size, "num_workers": config.num_workers,
                       "persistent_workers": config.num_workers > 0}
-    train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **loader_options)
+    if semi:
+        train_loader = build_semi_train_loader(config, task, train_samples, out, loader_options)
+        train_set = train_loader.dataset
+    else:
+        train_set = SegmentationDataset(train_samples, config.img_size, augment=config.augment, channels=config.in_channels,
+                                    seed=config.seed)  # seeded augmentation: MONAI's own RNG is not seeded by seed_everything
+        train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **loader_options)
     val_loader = DataLoader(val_set, shuffle=False, **loader_options)
 
     accelerator, precision = _accelerator_and_precision(config)
@@ -196,6 +230,7 @@ def train(config: TrainConfig) -> TrainResult:
         last_checkpoint=last_path,
         best_val_dice=task.best_val_dice,
         epochs=trainer.current_epoch,
+        global_rank=trainer.global_rank,
     )
 
 
