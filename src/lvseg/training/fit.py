@@ -12,12 +12,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from lvseg.data.transforms import AUGMENTATION_MODES
 from lvseg.errors import LvsegError
 from lvseg.training.checkpoint import AtomicCheckpointIO, read_checkpoint_dict
+from lvseg.training.csv_log import ResumableCSVLogger
 from lvseg.training.module import SegmentationTask
 from lvseg.training.semi import (
     SEMI_HPARAMS,
@@ -214,7 +215,7 @@ def train(config: TrainConfig) -> TrainResult:
         max_epochs=config.max_epochs,
         max_time=max_time,
         callbacks=[best_callback, early_stopping],
-        logger=[CSVLogger(out, name="logs", version=""), TensorBoardLogger(out, name="logs", version="")],
+        logger=[ResumableCSVLogger(out, name="logs", version="", keep_existing=resume_path is not None), TensorBoardLogger(out, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=config.progress_bar,
         log_every_n_steps=max(1, min(50, len(train_loader))),

@@ -1,0 +1,430 @@
+"""Semi-supervised LViT: a labeled/unlabeled split, EPI pseudo-labels and the LV loss.
+
+``lvseg train --labeled-fraction 0.25`` (or ``--labeled-list FILE``) keeps the masks of a seeded quarter of
+the training images; the other images keep their image and report but their masks are never opened
+(their samples carry ``mask_path=None`` and :func:`lvseg.data.layout.load_split` is called with
+``require_masks=False``, which matches masks by name without reading them).
+
+Each training batch mixes labeled and unlabeled samples (``batch["labeled"]`` (B,) bool,
+``batch["index"]`` (B,) the position in the labeled or unlabeled set). The loss of a batch is
+
+    loss = L_sup + w(t) * (L_pseudo + lv_weight * L_LV)
+
+* ``L_sup``: Dice + class-balanced BCE (:class:`~lvseg.training.losses.DiceBCELoss`) on labeled images;
+* ``L_pseudo``: the same loss between an unlabeled image's prediction and its current pseudo-label;
+* ``L_LV``: :func:`lvseg.training.lv_loss.lv_loss` against the mask of the most similar reference report;
+* ``w(t) = unlabeled_weight * exp(-5 (1 - t / rampup_epochs)^2)`` for ``t < rampup_epochs`` (t in
+  fractional epochs), then ``unlabeled_weight`` (the sigmoid ramp-up of Laine & Aila).
+
+Exponential Pseudo-label Iteration (EPI, :class:`PseudoLabelBank`): every time an unlabeled image is
+trained on (once per epoch), its pseudo-label becomes ``P_t = beta * P_(t-1) + (1 - beta) * p_t`` where
+``p_t`` is the sigmoid of the model's prediction in that step (the first prediction initialises it;
+an image without a pseudo-label yet gets no pseudo loss). The target of a step is ``P_(t-1)``, read
+before the update.
+
+Augmentation vs pseudo-labels: unlabeled images are **not augmented**. Their pseudo-label, the LV
+reference mask (an un-augmented mask of another image) and the prediction are then all in the image's
+own frame, so the prediction of the training step itself can update the pseudo-label at no extra
+cost; labeled images keep the usual augmentation.
+
+Pseudo-labels are stored at model resolution as float16 in ``<run>/pseudo_labels.pt`` (atomic write,
+each time a checkpoint is saved, tagged with the global step) so ``--resume`` continues with them; the
+split is written to ``<run>/semi_split.json`` and must be the same when resuming. Semi-supervised
+training runs in one process (the bank is not shared across DDP ranks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader
+
+from lvseg.data.layout import Sample
+from lvseg.errors import LvsegError
+from lvseg.files import atomic_write, atomic_write_text
+from lvseg.training.lv_loss import LVReferenceSet, load_template_references, lv_loss, references_from_samples
+from lvseg.training.module import SegmentationTask
+
+log = logging.getLogger(__name__)
+
+PSEUDO_LABEL_FILE = "pseudo_labels.pt"
+SPLIT_FILE = "semi_split.json"
+#: hparams of :class:`SemiSupervisedTask` beyond those of :class:`SegmentationTask`.
+SEMI_HPARAMS: tuple[str, ...] = ("epi_beta", "unlabeled_weight", "rampup_epochs", "lv_weight")
+
+
+# --------------------------------------------------------------------------------------------- split
+
+
+@dataclass(frozen=True)
+class LabeledSplit:
+    """Training samples divided into those whose masks are used and those trained without masks.
+
+    ``unlabeled`` samples have ``mask_path=None``: nothing downstream can open their masks.
+    """
+
+    labeled: list[Sample]
+    unlabeled: list[Sample]
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {"labeled": [s.name for s in self.labeled], "unlabeled": [s.name for s in self.unlabeled]}
+
+
+def _drop_masks(samples: Sequence[Sample]) -> list[Sample]:
+    return [dataclasses.replace(sample, mask_path=None) for sample in samples]
+
+
+def split_labeled(samples: Sequence[Sample], fraction: float, seed: int = 0) -> LabeledSplit:
+    """A seeded split: ``round(fraction * N)`` (at least 1) labeled samples, the rest unlabeled.
+
+    The labeled samples are drawn (``random.Random(seed)``) among the samples that have a mask file,
+    from the samples sorted by name, so the split depends only on the names, the fraction and the seed.
+    Both lists keep name order.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise LvsegError(f"--labeled-fraction {fraction} is not in (0, 1]")
+    ordered = sorted(samples, key=lambda sample: sample.name)
+    candidates = [sample.name for sample in ordered if sample.mask_path is not None]
+    n_labeled = max(1, round(fraction * len(ordered)))
+    if n_labeled > len(candidates):
+        raise LvsegError(
+            f"--labeled-fraction {fraction} asks for {n_labeled} labeled images but only {len(candidates)} "
+            "training images have a mask"
+        )
+    chosen = set(random.Random(seed).sample(candidates, n_labeled))
+    return LabeledSplit(
+        labeled=[s for s in ordered if s.name in chosen],
+        unlabeled=_drop_masks([s for s in ordered if s.name not in chosen]),
+    )
+
+
+def read_labeled_list(path: str | Path, samples: Sequence[Sample]) -> LabeledSplit:
+    """Split by a text file naming the labeled images, one per line (image stem or file name; ``#`` comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LvsegError(f"--labeled-list '{path}' does not exist")
+    by_name = {sample.name: sample for sample in samples}
+    wanted: set[str] = set()
+    unknown: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        name = entry if entry in by_name else Path(entry).stem
+        if name.startswith("mask_") and name not in by_name:
+            name = name[len("mask_"):]
+        (wanted.add(name) if name in by_name else unknown.append(entry))
+    if unknown:
+        raise LvsegError(f"--labeled-list '{path}' names {len(unknown)} image(s) not in the training split: {unknown[:5]}")
+    if not wanted:
+        raise LvsegError(f"--labeled-list '{path}' names no image")
+    missing = sorted(name for name in wanted if by_name[name].mask_path is None)
+    if missing:
+        raise LvsegError(f"--labeled-list '{path}' names image(s) without a mask: {missing[:5]}")
+    ordered = sorted(samples, key=lambda sample: sample.name)
+    return LabeledSplit(
+        labeled=[s for s in ordered if s.name in wanted],
+        unlabeled=_drop_masks([s for s in ordered if s.name not in wanted]),
+    )
+
+
+def check_labeled_masks(samples: Sequence[Sample]) -> None:
+    """Validate the masks of the labeled samples only (readable, same size as the image)."""
+    from lvseg.data.layout import _check_readable
+    from lvseg.errors import DataValidationError
+
+    problems = []
+    for sample in samples:
+        assert sample.mask_path is not None
+        problem, mask_size = _check_readable(sample.mask_path, "mask")
+        if problem:
+            problems.append(problem)
+            continue
+        _, image_size = _check_readable(sample.image_path, "image")
+        if image_size is not None and mask_size != image_size:
+            problems.append(f"mask '{sample.mask_path}' is {mask_size} but its image '{sample.image_path}' is {image_size}")
+    if problems:
+        raise DataValidationError(problems, where="labeled training masks")
+
+
+# ----------------------------------------------------------------------------------------------- EPI
+
+
+class PseudoLabelBank:
+    """EPI pseudo-labels of the unlabeled images, at model resolution, on the CPU.
+
+    labels: float16 (N, S, S) in [0, 1]; seen: bool (N,), whether an image has a pseudo-label yet.
+    """
+
+    def __init__(self, names: Sequence[str], img_size: int, beta: float = 0.8) -> None:
+        if not 0.0 <= beta < 1.0:
+            raise LvsegError(f"--epi-beta {beta} is not in [0, 1)")
+        self.names = list(names)
+        self.img_size = int(img_size)
+        self.beta = float(beta)
+        self.labels = torch.zeros((len(self.names), self.img_size, self.img_size), dtype=torch.float16)
+        self.seen = torch.zeros(len(self.names), dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def targets(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """indices (K,) -> (pseudo-labels float32 (K, 1, S, S), seen bool (K,)), on the CPU."""
+        indices = indices.detach().cpu().long()
+        return self.labels[indices].float().unsqueeze(1), self.seen[indices].clone()
+
+    @torch.no_grad()
+    def update(self, indices: torch.Tensor, probabilities: torch.Tensor) -> None:
+        """EPI step for images ``indices`` (K,) with predictions ``probabilities`` (K, 1, S, S) in [0, 1].
+
+        P_t = beta * P_(t-1) + (1 - beta) * p_t; an image seen for the first time gets P_1 = p_t.
+        """
+        indices = indices.detach().cpu().long()
+        new = probabilities.detach().float().cpu().reshape(len(indices), self.img_size, self.img_size)
+        old = self.labels[indices].float()
+        seen = self.seen[indices].view(-1, 1, 1)
+        updated = torch.where(seen, self.beta * old + (1.0 - self.beta) * new, new)
+        self.labels[indices] = updated.clamp(0.0, 1.0).to(torch.float16)
+        self.seen[indices] = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "img_size": self.img_size, "beta": self.beta,
+                "labels": self.labels, "seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state.get("names", [])) != self.names or int(state.get("img_size", -1)) != self.img_size:
+            raise LvsegError(
+                "the stored pseudo-labels belong to other unlabeled images or another --img-size; "
+                "resume with the same data, split and --img-size"
+            )
+        self.labels = state["labels"].to(torch.float16).clone()
+        self.seen = state["seen"].to(torch.bool).clone()
+
+    def save(self, path: str | Path, global_step: int, epoch: int) -> Path:
+        """Write the bank atomically (torch.save of tensors, lists and numbers: weights_only-safe)."""
+        state = self.state_dict() | {"global_step": int(global_step), "epoch": int(epoch)}
+        return atomic_write(path, lambda handle: torch.save(state, handle))
+
+    def load(self, path: str | Path) -> dict[str, Any]:
+        """Load a bank written by :meth:`save`; returns the file's dict (``global_step``, ``epoch``...)."""
+        try:
+            state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except Exception as error:  # damaged file: many exception types
+            raise LvsegError(f"cannot read pseudo-labels '{path}': {type(error).__name__}: {error}") from None
+        self.load_state_dict(state)
+        return state
+
+
+def rampup_weight(progress: float, rampup_epochs: float) -> float:
+    """exp(-5 (1 - progress / rampup_epochs)^2) while progress < rampup_epochs, then 1 (progress in epochs)."""
+    if rampup_epochs <= 0 or progress >= rampup_epochs:
+        return 1.0
+    phase = 1.0 - max(progress, 0.0) / rampup_epochs
+    return float(math.exp(-5.0 * phase * phase))
+
+
+# ---------------------------------------------------------------------------------------------- task
+
+
+class SemiSupervisedTask(SegmentationTask):
+    """:class:`SegmentationTask` trained on mixed labeled/unlabeled batches with EPI and the LV loss.
+
+    Extra hparams: ``epi_beta``, ``unlabeled_weight``, ``rampup_epochs``, ``lv_weight``. Before fitting,
+    :meth:`attach` gives it the pseudo-label bank and the LV references (run-time state, not hparams).
+    Logs ``train_sup_loss``, ``train_pseudo_loss``, ``train_lv_loss``, ``train_unlabeled_weight`` and the
+    total ``train_loss``.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        epi_beta: float = 0.8,
+        unlabeled_weight: float = 1.0,
+        rampup_epochs: float = 5.0,
+        lv_weight: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight,
+                         rampup_epochs=rampup_epochs, lv_weight=lv_weight, **kwargs)
+        self.bank: PseudoLabelBank | None = None
+        self.lv_masks: torch.Tensor | None = None  # uint8 (R, 1, S, S)
+        self.lv_match: torch.Tensor | None = None  # int64 (N_unlabeled,) reference index per unlabeled image
+        self.pseudo_label_path: Path | None = None
+        self._saved_step: int | None = None
+
+    def attach(
+        self,
+        bank: PseudoLabelBank,
+        lv_masks: torch.Tensor | None = None,
+        lv_match: torch.Tensor | None = None,
+        pseudo_label_path: Path | None = None,
+    ) -> None:
+        """Set the run-time state: bank (N unlabeled), reference masks (R, 1, S, S), match (N,) into them."""
+        if (lv_masks is None) != (lv_match is None):
+            raise ValueError("lv_masks and lv_match go together")
+        if lv_match is not None and len(lv_match) != len(bank):
+            raise ValueError(f"lv_match has {len(lv_match)} entries for {len(bank)} unlabeled images")
+        self.bank, self.lv_masks, self.lv_match = bank, lv_masks, lv_match
+        self.pseudo_label_path = pseudo_label_path
+
+    def on_fit_start(self) -> None:
+        if self.bank is None:
+            raise LvsegError("SemiSupervisedTask.attach() must be called before fitting")
+        if self.trainer.world_size > 1:
+            raise LvsegError("semi-supervised training runs on one device; use --devices 1")
+
+    def unlabeled_weight_now(self, batch_idx: int) -> float:
+        """The ramped-up weight w(t) of the unlabeled losses at this step."""
+        batches = self.trainer.num_training_batches if self._trainer is not None else 0
+        fraction = batch_idx / batches if batches and math.isfinite(batches) else 0.0
+        progress = self.current_epoch + fraction
+        return self.hparams.unlabeled_weight * rampup_weight(progress, self.hparams.rampup_epochs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"], batch["text"])  # (B, 1, S, S)
+        labeled = batch["labeled"].to(logits.device).bool()
+        unlabeled = ~labeled
+        zero = logits.sum() * 0.0
+        sup_loss = pseudo_loss = lv_value = zero
+        if labeled.any():
+            sup_loss = self.loss(logits[labeled], batch["mask"][labeled])
+            self.log("train_sup_loss", sup_loss, on_step=False, on_epoch=True, batch_size=int(labeled.sum()))
+        weight = self.unlabeled_weight_now(batch_idx)
+        if unlabeled.any():
+            assert self.bank is not None
+            unlabeled_logits = logits[unlabeled]
+            indices = batch["index"].to(logits.device)[unlabeled].cpu()
+            targets, seen = self.bank.targets(indices)
+            if seen.any():
+                pseudo_loss = self.loss(unlabeled_logits, targets.to(logits.device), seen.to(logits.device).float())
+                self.log("train_pseudo_loss", pseudo_loss, on_step=False, on_epoch=True, batch_size=int(seen.sum()))
+            probabilities = torch.sigmoid(unlabeled_logits.float())
+            if self.lv_masks is not None and self.lv_match is not None and self.hparams.lv_weight > 0:
+                reference = self.lv_masks[self.lv_match[indices]].to(logits.device)
+                lv_value = lv_loss(probabilities, reference).mean()
+                self.log("train_lv_loss", lv_value, on_step=False, on_epoch=True, batch_size=len(indices))
+            self.bank.update(indices, probabilities)  # EPI, after reading P_(t-1) as the target
+        loss = sup_loss + weight * (pseudo_loss + self.hparams.lv_weight * lv_value)
+        self.log("train_unlabeled_weight", weight, on_step=False, on_epoch=True, batch_size=len(batch["text"]))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["text"]))
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.bank is None or self.pseudo_label_path is None or self._trainer is None:
+            return
+        step = int(self.trainer.global_step)
+        if step != self._saved_step and self.trainer.is_global_zero:
+            self.bank.save(self.pseudo_label_path, global_step=step, epoch=int(self.current_epoch))
+            self._saved_step = step
+        checkpoint.setdefault("lvseg", {})["pseudo_labels"] = {"file": PSEUDO_LABEL_FILE, "global_step": step}
+
+
+# ------------------------------------------------------------------------------------------ fit glue
+
+
+def is_semi_supervised(config: Any) -> bool:
+    """Whether a :class:`~lvseg.training.fit.TrainConfig` trains on part of the masks."""
+    fraction = getattr(config, "labeled_fraction", None)
+    return getattr(config, "labeled_list", None) is not None or (fraction is not None and fraction < 1.0)
+
+
+def semi_task_options(config: Any) -> dict[str, Any]:
+    """The :class:`SemiSupervisedTask` hparams from a TrainConfig (empty when it is not semi / supervised-only)."""
+    if not is_semi_supervised(config) or getattr(config, "supervised_only", False):
+        return {}
+    return {name: getattr(config, name) for name in SEMI_HPARAMS}
+
+
+def task_class_for(config: Any) -> type[SegmentationTask]:
+    """SemiSupervisedTask when the config trains with unlabeled images, else SegmentationTask."""
+    return SemiSupervisedTask if semi_task_options(config) else SegmentationTask
+
+
+def make_split(config: Any, train_samples: Sequence[Sample]) -> LabeledSplit:
+    """The labeled/unlabeled split a TrainConfig asks for (list file first, else fraction and seed)."""
+    if config.labeled_list is not None:
+        return read_labeled_list(config.labeled_list, train_samples)
+    return split_labeled(train_samples, config.labeled_fraction, seed=config.seed)
+
+
+def _check_saved_split(path: Path, split: LabeledSplit) -> None:
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("labeled") != split.to_json()["labeled"]:
+        raise LvsegError(
+            f"--resume: this run's labeled images ('{path}') differ from the split of these options; "
+            "resume with the same --labeled-fraction/--labeled-list and --seed"
+        )
+
+
+def build_semi_train_loader(
+    config: Any,
+    task: SegmentationTask,
+    train_samples: Sequence[Sample],
+    out: Path,
+    loader_options: dict[str, Any],
+) -> DataLoader:
+    """Split the training samples, attach EPI/LV state to a :class:`SemiSupervisedTask`, build the loader.
+
+    ``train_samples`` must come from ``load_split(..., require_masks=False)``. With
+    ``config.supervised_only`` the unlabeled images are dropped (the supervised baseline on the same
+    labeled subset). Writes ``semi_split.json`` (checked on ``--resume``) and, on resume, reloads
+    ``pseudo_labels.pt``.
+    """
+    from lvseg.data.dataset import SegmentationDataset
+
+    split = make_split(config, train_samples)
+    check_labeled_masks(split.labeled)
+    split_path = out / SPLIT_FILE
+    if config.resume and split_path.is_file():
+        _check_saved_split(split_path, split)
+    else:
+        record = split.to_json() | {"labeled_fraction": config.labeled_fraction, "seed": config.seed,
+                                    "labeled_list": None if config.labeled_list is None else str(config.labeled_list)}
+        atomic_write_text(split_path, json.dumps(record, indent=1))
+    log.info("semi-supervised split: %d labeled, %d unlabeled training images%s", len(split.labeled),
+             len(split.unlabeled), " (unlabeled dropped: supervised only)" if config.supervised_only else "")
+
+    labeled_set = SegmentationDataset(split.labeled, config.img_size, augment=config.augment,
+                                      channels=config.in_channels, seed=config.seed)
+    shuffle_options = {"shuffle": True, **loader_options}
+    if config.supervised_only or not split.unlabeled:
+        if isinstance(task, SemiSupervisedTask):  # a --labeled-list naming every image: nothing unlabeled
+            task.attach(PseudoLabelBank([], config.img_size, beta=config.epi_beta))
+        return DataLoader(labeled_set, drop_last=len(labeled_set) > config.batch_size, **shuffle_options)
+    if not isinstance(task, SemiSupervisedTask):
+        raise LvsegError("a semi-supervised run needs a SemiSupervisedTask")
+
+    unlabeled_set = SegmentationDataset(split.unlabeled, config.img_size, augment=False, channels=config.in_channels)
+    bank = PseudoLabelBank([s.name for s in split.unlabeled], config.img_size, beta=config.epi_beta)
+    pseudo_path = out / PSEUDO_LABEL_FILE
+    if config.resume:
+        if pseudo_path.is_file():
+            state = bank.load(pseudo_path)
+            log.info("resumed %d pseudo-labels (%d set) from %s, step %s", len(bank), int(bank.seen.sum()),
+                     pseudo_path, state.get("global_step"))
+        else:
+            log.warning("--resume: no %s in %s; pseudo-labels start afresh", PSEUDO_LABEL_FILE, out)
+
+    lv_masks = lv_match = None
+    if config.lv_weight > 0:
+        references: LVReferenceSet = (
+            load_template_references(config.lv_templates, config.img_size)
+            if config.lv_templates is not None
+            else references_from_samples(split.labeled, config.img_size)
+        )
+        lv_masks = references.masks
+        lv_match = torch.from_numpy(references.match([s.text for s in split.unlabeled]))
+    task.attach(bank, lv_masks, lv_match, pseudo_label_path=pseudo_path)
+
+    mixed = ConcatDataset([labeled_set, unlabeled_set])
+    return DataLoader(mixed, drop_last=len(mixed) > config.batch_size, **shuffle_options)

@@ -1,0 +1,208 @@
+"""Semi-supervised training: the labeled/unlabeled split, EPI pseudo-labels, ramp-up, a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lvseg.data.layout import Sample, load_split
+from lvseg.data.synth import generate_synthetic_dataset
+from lvseg.errors import LvsegError
+from lvseg.training.fit import TrainConfig, train
+from lvseg.training.semi import (
+    PSEUDO_LABEL_FILE,
+    SPLIT_FILE,
+    PseudoLabelBank,
+    SemiSupervisedTask,
+    read_labeled_list,
+    rampup_weight,
+    split_labeled,
+)
+
+
+def _samples(n: int) -> list[Sample]:
+    return [Sample(f"img{i:03d}", Path(f"/x/img{i:03d}.png"), Path(f"/x/mask_img{i:03d}.png"), f"text {i}")
+            for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------- split
+
+
+def test_split_is_deterministic_disjoint_and_complete() -> None:
+    samples = _samples(40)
+    first = split_labeled(samples, 0.25, seed=7)
+    again = split_labeled(list(reversed(samples)), 0.25, seed=7)  # input order does not matter
+    assert [s.name for s in first.labeled] == [s.name for s in again.labeled]
+    assert [s.name for s in first.unlabeled] == [s.name for s in again.unlabeled]
+    labeled = {s.name for s in first.labeled}
+    unlabeled = {s.name for s in first.unlabeled}
+    assert len(labeled) == 10 and len(unlabeled) == 30
+    assert labeled.isdisjoint(unlabeled) and labeled | unlabeled == {s.name for s in samples}
+    assert all(s.mask_path is not None for s in first.labeled)
+    assert all(s.mask_path is None for s in first.unlabeled)  # nothing downstream can open them
+    assert all(s.text for s in first.unlabeled)  # reports kept
+    other = split_labeled(samples, 0.25, seed=8)
+    assert {s.name for s in other.labeled} != labeled
+
+
+def test_split_rejects_bad_fractions() -> None:
+    with pytest.raises(LvsegError):
+        split_labeled(_samples(4), 0.0)
+    with pytest.raises(LvsegError):
+        split_labeled(_samples(4), 1.5)
+    assert len(split_labeled(_samples(3), 0.01).labeled) == 1  # at least one labeled image
+
+
+def test_labeled_list(tmp_path: Path) -> None:
+    samples = _samples(6)
+    listing = tmp_path / "labeled.txt"
+    listing.write_text("# labeled images\nimg001.png\nmask_img004.png\n\nimg002\n", encoding="utf-8")
+    split = read_labeled_list(listing, samples)
+    assert [s.name for s in split.labeled] == ["img001", "img002", "img004"]
+    assert [s.name for s in split.unlabeled] == ["img000", "img003", "img005"]
+    listing.write_text("img001\nnope.png\n", encoding="utf-8")
+    with pytest.raises(LvsegError, match="nope.png"):
+        read_labeled_list(listing, samples)
+
+
+# ------------------------------------------------------------------------------------------------- EPI
+
+
+def test_epi_update_matches_the_formula() -> None:
+    beta = 0.7
+    bank = PseudoLabelBank(["a", "b", "c"], img_size=2, beta=beta)
+    first = torch.tensor([[[[0.2, 0.4], [0.6, 0.8]]], [[[1.0, 0.0], [0.5, 0.5]]]])  # (2, 1, 2, 2)
+    bank.update(torch.tensor([0, 2]), first)
+    labels, seen = bank.targets(torch.tensor([0, 1, 2]))
+    assert seen.tolist() == [True, False, True]
+    torch.testing.assert_close(labels[0], first[0], atol=1e-3, rtol=0)  # P_1 = first prediction
+    torch.testing.assert_close(labels[2], first[1], atol=1e-3, rtol=0)
+    assert labels[1].abs().sum() == 0
+
+    second = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+    bank.update(torch.tensor([0]), second)
+    expected = beta * first[0] + (1 - beta) * second[0]  # P_t = beta P_(t-1) + (1 - beta) p_t
+    labels, _ = bank.targets(torch.tensor([0, 2]))
+    torch.testing.assert_close(labels[0], expected, atol=1e-3, rtol=0)
+    torch.testing.assert_close(labels[1], first[1], atol=1e-3, rtol=0)  # untouched
+    assert bank.labels.dtype == torch.float16
+
+
+def test_bank_save_and_load(tmp_path: Path) -> None:
+    bank = PseudoLabelBank(["a", "b"], img_size=4, beta=0.5)
+    bank.update(torch.tensor([1]), torch.rand(1, 1, 4, 4))
+    path = bank.save(tmp_path / PSEUDO_LABEL_FILE, global_step=12, epoch=3)
+    other = PseudoLabelBank(["a", "b"], img_size=4, beta=0.5)
+    state = other.load(path)
+    assert state["global_step"] == 12
+    assert torch.equal(other.labels, bank.labels) and torch.equal(other.seen, bank.seen)
+    with pytest.raises(LvsegError):
+        PseudoLabelBank(["a", "c"], img_size=4).load(path)
+
+
+def test_rampup() -> None:
+    assert rampup_weight(0, 5) == pytest.approx(math.exp(-5))
+    assert rampup_weight(2.5, 5) == pytest.approx(math.exp(-1.25))
+    assert rampup_weight(5, 5) == 1.0 and rampup_weight(9, 5) == 1.0 and rampup_weight(0, 0) == 1.0
+    values = [rampup_weight(t / 2, 5) for t in range(12)]
+    assert values == sorted(values)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def tiny_semi_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """12 training images; the masks of the 9 not in the 25 % split (seed 0) are unreadable garbage."""
+    root = tmp_path_factory.mktemp("semi") / "data"
+    generate_synthetic_dataset(root, n=18, size=64, seed=1, splits=(0.67, 0.11, 0.22))
+    samples = load_split(root, "train")
+    assert len(samples) == 12
+    split = split_labeled(samples, 0.25, seed=0)
+    by_name = {s.name: s for s in samples}
+    for sample in split.unlabeled:
+        mask = by_name[sample.name].mask_path
+        assert mask is not None
+        mask.write_bytes(b"not a PNG: reading this mask would fail")
+    return root, [s.name for s in split.unlabeled]
+
+
+def _config(data: Path, out: Path, **changes: object) -> TrainConfig:
+    options: dict = dict(
+        data=data, out=out, model="unet", img_size=32, base_channels=4, batch_size=4, max_epochs=1,
+        accelerator="cpu", progress_bar=False, labeled_fraction=0.25, rampup_epochs=1.0, seed=0,
+    )
+    options.update(changes)
+    return TrainConfig(**options)
+
+
+def _logged_columns(out: Path) -> set[str]:
+    with open(out / "logs" / "metrics.csv", newline="", encoding="utf-8") as handle:
+        return set(next(csv.reader(handle)))
+
+
+def test_semi_run_never_reads_unlabeled_masks_and_resumes_pseudo_labels(
+    tiny_semi_data: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, unlabeled_names = tiny_semi_data
+    with pytest.raises(Exception):  # the supervised path opens every mask and refuses the garbage
+        load_split(data, "train")
+    out = tmp_path / "run"
+    result = train(_config(data, out))
+    assert result.last_checkpoint.is_file()
+    columns = _logged_columns(out)
+    assert {"train_sup_loss", "train_lv_loss", "train_unlabeled_weight", "train_loss_epoch", "val_dice"} <= columns
+    saved = torch.load(out / PSEUDO_LABEL_FILE, weights_only=True)
+    assert saved["names"] == unlabeled_names
+    assert bool(saved["seen"].all())  # every unlabeled image got a pseudo-label in epoch 1
+    assert (out / SPLIT_FILE).is_file()
+
+    loaded: list[torch.Tensor] = []
+    original_load = PseudoLabelBank.load
+
+    def spy(self: PseudoLabelBank, path: str | Path) -> dict:
+        state = original_load(self, path)
+        loaded.append(self.labels.clone())
+        return state
+
+    monkeypatch.setattr(PseudoLabelBank, "load", spy)
+    train(_config(data, out, max_epochs=2, resume=True))
+    assert len(loaded) == 1 and torch.equal(loaded[0], saved["labels"])  # resumed with the stored labels
+    columns = _logged_columns(out)
+    assert "train_pseudo_loss" in columns  # epoch 2 trains on them
+    resumed = torch.load(out / PSEUDO_LABEL_FILE, weights_only=True)
+    assert resumed["global_step"] > saved["global_step"]
+    checkpoint = torch.load(out / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["epi_beta"] == 0.8
+
+
+def test_semi_with_templates_and_supervised_only(
+    tiny_semi_data: tuple[Path, list[str]], tmp_path: Path, lv_templates_root: Path
+) -> None:
+    data, _ = tiny_semi_data
+    train(_config(data, tmp_path / "templates", lv_templates=lv_templates_root))
+    assert (tmp_path / "templates" / PSEUDO_LABEL_FILE).is_file()
+    baseline = tmp_path / "baseline"
+    train(_config(data, baseline, supervised_only=True))
+    assert not (baseline / PSEUDO_LABEL_FILE).exists()
+    assert "epi_beta" not in torch.load(baseline / "last.ckpt", weights_only=True)["hyper_parameters"]
+
+
+def test_attach_is_required() -> None:
+    task = SemiSupervisedTask("unet", {"img_size": 32, "base_channels": 4})
+    with pytest.raises(ValueError):
+        task.attach(PseudoLabelBank(["a"], 32), lv_masks=torch.zeros(1, 1, 32, 32, dtype=torch.uint8), lv_match=None)
+
+
+def test_cli_has_the_semi_flags() -> None:
+    from lvseg.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for flag in ("--labeled-fraction", "--labeled-list", "--lv-templates", "--epi-beta", "--supervised-only"):
+        assert flag in result.output
