@@ -2,8 +2,9 @@
 
 Starts ``lvseg``'s server in a subprocess (a real checkpoint, or ``--fake`` for a brightness-threshold
 stand-in), sends ``--requests`` POST /api/segment requests from ``--concurrency`` client threads,
-checks that identical inputs always got identical masks, prints a table and appends the figures
-(errors, throughput, p50/p95 latency, machine, date) to benchmarks/RESULTS.md.
+checks that identical inputs always got identical masks, prints a table and appends it (errors,
+throughput, p50/p95 latency) to benchmarks/RESULTS.md in the format of ``benchmarks/common.py``:
+``## <date>: Load test, <model>``, the table, the command and the machine.
 
     python benchmarks/load_test.py --checkpoint runs/lvit/best.ckpt
     python benchmarks/load_test.py --fake            # tests the harness; marked FAKE in RESULTS.md
@@ -18,8 +19,6 @@ import base64
 import hashlib
 import io
 import logging
-import os
-import platform
 import queue
 import socket
 import subprocess
@@ -27,24 +26,26 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, append_section, markdown_table  # noqa: E402
+
 logger = logging.getLogger("lvseg.load_test")
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = """# Load-test results
-
-Produced by `benchmarks/load_test.py`: the server runs in its own process on loopback; client threads
-send `POST /api/segment` (multipart image + report text) with synthetic chest-like images. "Errors" counts
-non-200 answers and transport failures (must be 0); "mask mismatches" counts answers whose mask differs
-from the first answer for the same input (must be 0). Latency is per request, seen by the client.
-Rows marked **FAKE** used the brightness-threshold stand-in model and only test the harness and the
-HTTP stack, not a real network.
-"""
+NOTE = (
+    "The server ran in its own process on loopback; {clients} client threads sent `POST /api/segment` "
+    "(multipart image + report text) with synthetic chest-like images. \"errors\" counts non-200 answers and "
+    "transport failures, \"mask mismatches\" answers whose mask differs from the first answer for the same "
+    "input (both must be 0). Latency is per request, seen by the client. Server device: {device}."
+)
+FAKE_NOTE = (
+    "**FAKE**: the brightness-threshold stand-in model; this only tests the harness and the HTTP stack, "
+    "not a real network."
+)
 REPORTS = [
     "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
     "Unilateral pulmonary infection, one infected area, middle right lung.",
@@ -202,27 +203,6 @@ def serve(args: argparse.Namespace) -> None:
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        import torch
-
-        threads = f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    except ImportError:
-        threads = ""
-    system = f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPUs"
-    return f"{system}, Python {platform.python_version()}{threads}"
-
-
-def record(path: Path, row: dict[str, str]) -> None:
-    """Append one result section to RESULTS.md (created with its header when absent)."""
-    existing = path.read_text(encoding="utf-8") if path.exists() else HEADER
-    lines = [f"\n## {row['date']}: {row['model']}\n", "| " + " | ".join(row["table"].keys()) + " |",
-             "|" + "---|" * len(row["table"]), "| " + " | ".join(row["table"].values()) + " |",
-             f"\nMachine: {row['machine']}. Server device: {row['device']}.\n"]
-    path.write_text(existing.rstrip("\n") + "\n" + "\n".join(lines), encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -277,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         model = f"FAKE brightness-threshold model ({health['model']})"
     else:
         model = f"{health['model']} ({args.checkpoint.name})"
+    device = str(health["device"])
     table = {
         "requests": str(len(summary.outcomes)), "clients": str(args.concurrency),
         "image": f"{args.size}x{args.size} PNG", "response": args.format, "errors": str(summary.errors),
@@ -285,17 +266,17 @@ def main(argv: list[str] | None = None) -> int:
         "max (ms)": f"{summary.latency(100):.0f}",
     }
     width = max(map(len, table))
-    print(f"load test against {model} on {health['device']}")  # noqa: T201 - the script's report
+    print(f"load test against {model} on {device}")  # noqa: T201 - the script's report
     for key, value in table.items():
         print(f"  {key:<{width}}  {value}")  # noqa: T201
     failures = sorted({o.error or str(o.status) for o in summary.outcomes if o.status != 200})
     if failures:
         print(f"  failures: {', '.join(failures)}")  # noqa: T201
     if not args.no_record:
-        record(args.results, {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "model": model, "table": table,
-            "machine": machine(), "device": str(health["device"]),
-        })
+        note = NOTE.format(clients=args.concurrency, device=device)
+        if args.fake:
+            note = FAKE_NOTE + " " + note
+        append_section(f"Load test, {model}", note + "\n\n" + markdown_table([table]), path=args.results)
         print(f"appended to {args.results}")  # noqa: T201
     return 1 if summary.errors or mismatches else 0
 

@@ -9,7 +9,15 @@ import pytest
 import torch
 
 from lvseg.evaluation.metrics import binarize, dice_iou_per_image, hd95_per_image, mask_metrics, summarize
-from lvseg.evaluation.overlay import colorize_lesions, overlay_grid, overlay_mask, to_rgb_uint8
+from lvseg.evaluation.overlay import (
+    colorize_lesions,
+    label_lesions,
+    lesion_colors,
+    overlay_grid,
+    overlay_lesions,
+    overlay_mask,
+    to_rgb_uint8,
+)
 
 
 def _square(top: int, left: int, size: int = 4, shape: tuple[int, int] = (16, 16)) -> np.ndarray:
@@ -125,6 +133,29 @@ def test_colorize_lesions_gives_each_lesion_its_own_colour() -> None:
     assert first.any() and second.any() and not np.array_equal(first, second)
     assert np.array_equal(colored[3, 3], first)
     assert len({tuple(c) for c in colored.reshape(-1, 3)}) == 3  # background + 2 lesions
+
+
+def test_overlay_lesions_colours_each_lesion_over_any_image() -> None:
+    image = np.full((12, 12), 0.2, dtype=np.float32)  # gray float image, like evaluate's
+    mask = np.zeros((12, 12), np.uint8)
+    mask[1:3, 1:3] = 1
+    mask[3, 3] = 1  # diagonal neighbour: the same lesion (8-connectivity)
+    mask[7:11, 7:11] = 1
+    labels, count = label_lesions(mask)
+    assert count == 2
+    out = overlay_lesions(image, labels, count, alpha=0.5)
+    colors = lesion_colors(count)
+    assert out.shape == (12, 12, 3) and out.dtype == np.uint8
+    assert out[0, 11].tolist() == [51, 51, 51]  # background: the image
+    assert out[3, 3].tolist() == colors[0].tolist() and out[7, 7].tolist() == colors[1].tolist()
+    assert np.array_equal(colorize_lesions(mask)[8, 8], colors[1])  # the same colours as colorize_lesions
+    assert np.array_equal(overlay_lesions(image, labels, 0), to_rgb_uint8(image))
+    rgb = to_rgb_uint8(image)
+    before = rgb.copy()
+    overlay_lesions(rgb, labels, count)
+    assert np.array_equal(rgb, before)  # the input is not painted over
+    with pytest.raises(ValueError, match="do not match"):
+        overlay_lesions(image, labels[:5], count)
 
 
 def test_overlay_grid_lays_out_cells_and_titles() -> None:

@@ -7,7 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from lvseg.serving.rendering import label_lesions, lesion_colour, measure, render_overlay
+from lvseg.evaluation.overlay import label_lesions, lesion_color, overlay_lesions
+from lvseg.serving.rendering import measure
 from lvseg.serving.report_pdf import DISCLAIMER, ReportContent, build_report_pdf, find_validation_dice
 
 
@@ -32,7 +33,7 @@ def test_empty_mask_has_no_confidence() -> None:
 
 
 def test_lesion_colours_are_distinct() -> None:
-    colours = [lesion_colour(index) for index in range(40)]
+    colours = [lesion_color(index) for index in range(40)]
     assert len(set(colours)) == 40
 
 
@@ -42,12 +43,26 @@ def test_overlay_colours_each_lesion_and_keeps_background() -> None:
     mask[1:5, 1:5] = 1
     mask[7:11, 7:11] = 1
     labels, count = label_lesions(mask)
-    overlay = render_overlay(pixels, labels, count)
+    overlay = overlay_lesions(pixels, labels, count)
     assert overlay.shape == pixels.shape and overlay.dtype == np.uint8
     assert np.array_equal(overlay[0, 11], [50, 50, 50])
-    assert np.array_equal(overlay[1, 1], lesion_colour(0))  # outline in full colour
-    assert np.array_equal(overlay[7, 7], lesion_colour(1))
+    assert np.array_equal(overlay[1, 1], lesion_color(0))  # outline in full colour
+    assert np.array_equal(overlay[7, 7], lesion_color(1))
     assert not np.array_equal(overlay[2, 2], overlay[8, 8])  # blended interiors differ too
+
+
+def test_legend_colours_match_the_overlay() -> None:
+    pixels = np.full((20, 20, 3), 40, dtype=np.uint8)
+    mask = np.zeros((20, 20), dtype=np.uint8)
+    mask[2:6, 2:6] = 1
+    mask[10:17, 11:18] = 1
+    labels, count = label_lesions(mask)
+    overlay = overlay_lesions(pixels, labels, count)
+    lesions = measure(mask, mask.astype(np.float32), labels, count).lesion_list
+    assert len(lesions) == 2
+    for lesion in lesions:
+        x, y, _, _ = lesion.bbox  # the box's corner is on the lesion's outline, drawn in full colour
+        assert lesion.colour == "#{:02x}{:02x}{:02x}".format(*overlay[y, x].tolist())
 
 
 def test_find_validation_dice() -> None:
@@ -71,7 +86,7 @@ def test_pdf_holds_images_text_measurements_notes_and_disclaimer() -> None:
         image_size=(400, 300), image_format="dicom", inference_ms=12.3, study_id="A-1",
         notes="Patient stable.", recommendations="",
     )
-    pdf = build_report_pdf(pixels, render_overlay(pixels, labels, count), content)
+    pdf = build_report_pdf(pixels, overlay_lesions(pixels, labels, count), content)
     assert pdf.startswith(b"%PDF")
     reader = pypdf.PdfReader(io.BytesIO(pdf))
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())

@@ -17,6 +17,12 @@ Color = tuple[int, int, int]
 
 #: 8-connectivity: lesions that touch diagonally are one lesion.
 _CONNECTIVITY = np.ones((3, 3), dtype=bool)
+# Distinct colours for the first lesions (Sasha Trubetskoy's palette), then golden-ratio hues.
+_PALETTE: tuple[Color, ...] = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+)
 _BACKGROUND = (255, 255, 255)
 _TEXT_COLOR = (0, 0, 0)
 
@@ -97,20 +103,35 @@ def overlay_mask(
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def lesion_color(index: int) -> Color:
+    """The colour of lesion ``index`` (0-based): distinct for neighbours, the same on every call.
+
+    The first 15 come from Sasha Trubetskoy's palette of distinct colours, then golden-ratio hue steps.
+    The web app's overlay, its legend and the PDF report all use these colours.
+    """
+    if index < 0:
+        raise ValueError(f"lesion index must be 0 or more, got {index}")
+    if index < len(_PALETTE):
+        return _PALETTE[index]
+    hue = (index * 0.618033988749895) % 1.0
+    red, green, blue = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
+    return int(red * 255), int(green * 255), int(blue * 255)
+
+
 def lesion_colors(n: int) -> np.ndarray:
-    """``n`` clearly different bright colours (golden-ratio hue steps) -> uint8 (n, 3)."""
-    colors = np.zeros((n, 3), dtype=np.uint8)
-    for i in range(n):
-        hue = (i * 0.618033988749895) % 1.0
-        value = 1.0 if i % 2 == 0 else 0.8
-        colors[i] = np.round(np.array(colorsys.hsv_to_rgb(hue, 0.85, value)) * 255)
-    return colors
+    """The colours of lesions ``0 .. n-1`` (see :func:`lesion_color`) -> uint8 (n, 3)."""
+    return np.asarray([lesion_color(i) for i in range(n)], dtype=np.uint8).reshape(n, 3)
+
+
+def hex_color(rgb: Color) -> str:
+    """``(r, g, b)`` -> ``'#rrggbb'`` (as CSS and the web app's legend take it)."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Connected lesions (8-connectivity) of a binary mask (H, W) -> (labels int32 (H, W), count)."""
     labels, count = ndimage.label(np.asarray(mask) > 0, structure=_CONNECTIVITY)
-    return labels.astype(np.int32), int(count)
+    return labels.astype(np.int32, copy=False), int(count)
 
 
 def colorize_lesions(mask: np.ndarray, background: Color = (0, 0, 0)) -> np.ndarray:
@@ -118,6 +139,38 @@ def colorize_lesions(mask: np.ndarray, background: Color = (0, 0, 0)) -> np.ndar
     labels, count = label_lesions(mask)
     palette = np.concatenate([np.asarray([background], dtype=np.uint8), lesion_colors(count)])
     return palette[labels]
+
+
+def overlay_lesions(image: np.ndarray, labels: np.ndarray, count: int, alpha: float = 0.45) -> np.ndarray:
+    """Each lesion blended over ``image`` in its own colour, with its outline at full opacity.
+
+    Args:
+        image: anything :func:`to_rgb_uint8` accepts (the web app passes uint8 RGB (H, W, 3)).
+        labels: int (H, W) lesion labels ``0 .. count`` from :func:`label_lesions` (0 = background);
+            lesion ``k`` is drawn in ``lesion_color(k - 1)``.
+        count: the number of lesions (the largest label).
+        alpha: opacity of the fill, 0 (outline only) .. 1 (solid).
+    Returns:
+        uint8 RGB (H, W, 3), a new array (``image`` is not modified).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = to_rgb_uint8(image)
+    labels = np.asarray(labels)
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"labels of shape {labels.shape} do not match the image's {rgb.shape[:2]}")
+    overlay = rgb.copy()
+    if count == 0:
+        return overlay
+    lut = np.zeros((count + 1, 3), dtype=np.float32)
+    lut[1:] = lesion_colors(count)
+    inside = labels > 0
+    colours = lut[labels[inside]]
+    blended = (1.0 - alpha) * rgb[inside].astype(np.float32) + alpha * colours
+    overlay[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    outline = mask_outline(inside)
+    overlay[outline] = lut[labels[outline]].astype(np.uint8)
+    return overlay
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

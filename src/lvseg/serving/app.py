@@ -31,9 +31,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lvseg.errors import LvsegError
+from lvseg.evaluation.overlay import label_lesions, overlay_lesions
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import MIB, FormLimits, read_multipart
-from lvseg.serving.rendering import Measurements, encode_png, label_lesions, mask_to_image, measure, render_overlay
+from lvseg.serving.rendering import Measurements, encode_png, mask_to_image, measure
 from lvseg.serving.report_pdf import ReportContent, build_report_pdf, find_validation_dice
 from lvseg.serving.schemas import ErrorResponse, HealthResponse, LesionInfo, Limits, ModelInfo, SegmentResponse
 from lvseg.serving.uploads import DecodedImage, ImageLimits, decode_image
@@ -120,7 +121,7 @@ class Service:
             raise RuntimeError(f"the model returned a {mask.shape} mask for a {expected} image")
         labels, count = label_lesions(mask)
         measurements = measure(mask, probability, labels, count)
-        overlay = render_overlay(image.pixels, labels, count)
+        overlay = overlay_lesions(image.pixels, labels, count)
         return Analysis(image, mask, overlay, measurements, round(inference_ms, 2))
 
 
