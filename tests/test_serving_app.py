@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -151,6 +152,45 @@ def test_page_docs_and_static_files(client: TestClient) -> None:
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
     assert client.get("/docs").status_code == 200
+
+
+def _docs_asset_urls(html: str) -> list[str]:
+    return re.findall(r'(?:src|href)="([^"]+)"', html)
+
+
+def test_docs_page_is_served_from_local_assets_only() -> None:
+    pytest.importorskip("swagger_ui", reason="swagger-ui-py (the serve extra) provides the /docs assets")
+    key = "s3cret-key-0123456789"
+    with TestClient(create_app(FakeSegmenter(), api_key=key)) as client:  # /docs needs no API key
+        page = client.get("/docs")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "http://" not in page.text and "https://" not in page.text  # no CDN, no outside host
+        assert "'/openapi.json'" in page.text and '"validatorUrl": null' in page.text
+        urls = _docs_asset_urls(page.text)
+        assert {url.rsplit("/", 1)[-1] for url in urls} == {"swagger-ui-bundle.js", "swagger-ui.css",
+                                                            "favicon-32x32.png"}
+        for url in urls:
+            assert url.startswith("/docs-assets/"), url  # same origin, not protocol-relative (//host)
+            asset = client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 1000, url
+        assert client.get("/docs-assets/swagger-ui-bundle.js").headers["content-type"].startswith("text/javascript")
+        assert client.get("/docs-assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+        assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
+        # Only the files /docs uses are served; /redoc (CDN-only) is gone.
+        for path in ("/docs-assets/swagger-initializer.js", "/docs-assets/swagger-editor-bundle.js",
+                     "/docs-assets/LICENSE", "/redoc"):
+            assert client.get(path).status_code == 404, path
+
+
+def test_docs_page_without_swagger_ui_py_stays_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lvseg.serving.app as app_module
+
+    monkeypatch.setattr(app_module, "swagger_ui_dir", lambda: None)
+    with TestClient(create_app(FakeSegmenter())) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and "swagger-ui-py" in page.text and 'href="/openapi.json"' in page.text
+        assert "http://" not in page.text and "https://" not in page.text
+        assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 404
 
 
 def test_openapi_describes_every_field(client: TestClient) -> None:

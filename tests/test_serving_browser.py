@@ -105,3 +105,33 @@ def test_errors_are_shown_inline_in_plain_words(browser: object, base_url: str, 
     finally:
         page.close()
 
+
+
+def test_api_docs_render_offline(browser: object, base_url: str) -> None:
+    """/docs renders its operations with every request to another host blocked (an offline hospital)."""
+    pytest.importorskip("swagger_ui", reason="swagger-ui-py (the serve extra) provides the /docs assets")
+    context = browser.new_context()  # type: ignore[attr-defined]
+    blocked: list[str] = []
+
+    def only_local(route: object) -> None:
+        url = route.request.url  # type: ignore[attr-defined]
+        if url.startswith(base_url + "/") or url.startswith("data:") or url.startswith("blob:"):
+            route.continue_()  # type: ignore[attr-defined]
+        else:
+            blocked.append(url)
+            route.abort()  # type: ignore[attr-defined]
+
+    context.route("**/*", only_local)
+    page = context.new_page()
+    console_errors: list[str] = []
+    page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+    try:
+        page.goto(base_url + "/docs")
+        expect(page.locator(".opblock-summary-path", has_text="/api/segment")).to_be_visible(timeout=15000)
+        expect(page.locator(".opblock-summary-path", has_text="/api/report")).to_be_visible()
+        expect(page.locator(".opblock-summary-path", has_text="/healthz")).to_be_visible()
+        expect(page.locator(".info .title")).to_contain_text("lvseg")
+        assert blocked == []
+        assert console_errors == []
+    finally:
+        context.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,11 @@ def test_missing_serve_extra_is_a_clear_error(checkpoint: Path, monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "lvseg.serving.app", None)  # makes the import fail
     with pytest.raises(LvsegError, match=r"lvseg\[serve\]"):
         serve_cli.build_app(checkpoint, None, None)
+
+
+def test_serve_help_mentions_the_api_key_file() -> None:
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
+    for option in ("--api-key-file", "--checkpoint", "--host", "--port", "--device"):
+        assert option in output, option

@@ -16,8 +16,8 @@ from lvseg.errors import LvsegError
 logger = logging.getLogger(__name__)
 
 _MISSING_EXTRA = (
-    "the web service needs the 'serve' extra (fastapi, uvicorn, python-multipart, reportlab, pydicom); "
-    "install it with: pip install 'lvseg[serve]'"
+    "the web service needs the 'serve' extra (fastapi, uvicorn, python-multipart, reportlab, pydicom, "
+    "swagger-ui-py); install it with: pip install 'lvseg[serve]'"
 )
 
 

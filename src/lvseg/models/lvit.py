@@ -6,7 +6,7 @@ through a text pyramid, the ViT tokens are turned back into feature maps and add
 skips, and the decoder gates each skip with pixel-level attention (PLAM).
 
 This implementation computes exactly what the official code computes, but builds only the modules
-its forward pass uses (30.1 M parameters at 224 / base 64 instead of 39.9 M). It returns logits: the
+its forward pass uses (29.9 M parameters at 224 / base 64 instead of 39.9 M). It returns logits: the
 official network's output is ``sigmoid`` of ours. :mod:`lvseg.models.convert` loads official
 checkpoints.
 """

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import importlib.util
 import logging
 import re
 import sys
@@ -23,7 +24,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -42,6 +44,13 @@ from lvseg.serving.uploads import DecodedImage, ImageLimits, decode_image
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+DOCS_ASSETS_PATH = "/docs-assets"
+# The Swagger UI 5.x files that /docs loads, served from the swagger-ui-py package (no CDN: the API docs
+# must work on an offline hospital network). Only these are served, not the rest of that folder.
+_SWAGGER_JS = "swagger-ui-bundle.js"
+_SWAGGER_CSS = "swagger-ui.css"
+_SWAGGER_FAVICON = "favicon-32x32.png"
+_DOCS_ASSET_TYPES = {_SWAGGER_JS: "text/javascript", _SWAGGER_CSS: "text/css", _SWAGGER_FAVICON: "image/png"}
 API_KEY_HEADER = "X-API-Key"
 ACCEPTED_FORMATS = ["png", "jpeg", "tiff", "dicom"]
 _PAGE_CSP = (
@@ -129,6 +138,28 @@ def _inference_mode() -> contextlib.AbstractContextManager[Any]:
     """``torch.inference_mode()`` when torch is in use (a real model), else nothing."""
     torch = sys.modules.get("torch")
     return torch.inference_mode() if torch is not None else contextlib.nullcontext()
+
+
+def swagger_ui_dir() -> Path | None:
+    """The folder of Swagger UI's static files in the ``swagger-ui-py`` package, or None if it is missing."""
+    try:
+        spec = importlib.util.find_spec("swagger_ui")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    folder = Path(spec.origin).resolve().parent / "static"
+    return folder if all((folder / name).is_file() for name in _DOCS_ASSET_TYPES) else None
+
+
+def _docs_unavailable_page(openapi_url: str) -> HTMLResponse:
+    """What /docs shows when swagger-ui-py is not installed: still offline, still useful."""
+    return HTMLResponse(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>lvseg - API docs</title></head><body>"
+        "<h1>lvseg API</h1><p>The interactive API documentation needs the <code>swagger-ui-py</code> package "
+        "(part of the <code>serve</code> extra: <code>pip install 'lvseg[serve]'</code>). "
+        f"The OpenAPI schema is at <a href=\"{openapi_url}\">{openapi_url}</a>.</p></body></html>"
+    )
 
 
 def _b64(data: bytes) -> str:
@@ -266,6 +297,10 @@ def create_app(
             "colour-coded overlay and measurements, or a PDF report. Errors are JSON `{error, detail}`. "
             "Research use only, not a diagnostic device."
         ),
+        # The default /docs and /redoc pages load their scripts from a CDN (blank offline). /docs is served
+        # below from local files; ReDoc has no local copy, so there is no /redoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
     app.add_middleware(_SecurityHeaders)
@@ -331,6 +366,31 @@ def create_app(
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    swagger_dir = swagger_ui_dir()
+    if swagger_dir is None:
+        logger.warning("swagger-ui-py is not installed: /docs shows a plain page (the schema is at /openapi.json)")
+
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs(request: Request) -> HTMLResponse:
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        openapi_url = root + str(app.openapi_url)
+        if swagger_dir is None:
+            return _docs_unavailable_page(openapi_url)
+        assets = root + DOCS_ASSETS_PATH
+        return get_swagger_ui_html(
+            openapi_url=openapi_url, title="lvseg - API docs",
+            swagger_js_url=f"{assets}/{_SWAGGER_JS}", swagger_css_url=f"{assets}/{_SWAGGER_CSS}",
+            swagger_favicon_url=f"{assets}/{_SWAGGER_FAVICON}",
+            swagger_ui_parameters={"validatorUrl": None},  # no calls to the online spec validator
+        )
+
+    @app.get(DOCS_ASSETS_PATH + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> FileResponse:
+        if swagger_dir is None or name not in _DOCS_ASSET_TYPES:
+            raise StarletteHTTPException(404, "Not Found")
+        return FileResponse(swagger_dir / name, media_type=_DOCS_ASSET_TYPES[name],
+                            headers={"cache-control": "public, max-age=86400"})
 
     @app.get("/healthz", response_model=HealthResponse, tags=["service"], summary="Liveness and readiness")
     async def healthz() -> HealthResponse:

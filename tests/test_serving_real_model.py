@@ -1,0 +1,113 @@
+"""The app around a REAL (tiny, untrained) LViT checkpoint instead of the fake segmenter.
+
+The checkpoint goes through the same path as production: ``save_inference_checkpoint`` ->
+``lvseg.inference.load_model`` -> ``create_app``, and through ``lvseg serve`` itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from fastapi.testclient import TestClient  # noqa: E402
+from PIL import Image  # noqa: E402
+from serving_support import REPORT, encode, lesion_image  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from lvseg.serving.app import create_app  # noqa: E402
+
+TRAINING_REPORTS = [
+    REPORT,
+    "Unilateral pulmonary infection, one infected area, lower left lung.",
+    "No lesion visible.",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lvseg.models import create_model
+    from lvseg.text import create_text_encoder
+    from lvseg.training.checkpoint import save_inference_checkpoint
+
+    torch.manual_seed(0)
+    net = create_model("lvit", img_size=32, base_channels=8, text_dim=16, text_len=12)
+    encoder = create_text_encoder("learned", texts=TRAINING_REPORTS, dim=16, max_length=12)
+    path = tmp_path_factory.mktemp("real-model") / "lvit.ckpt"
+    save_inference_checkpoint(path, net, "lvit", net.config, text_encoder=encoder, metrics={"val_dice": 0.5})
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(checkpoint: Path) -> Iterator[TestClient]:
+    from lvseg.inference import load_model
+
+    segmenter = load_model(checkpoint, device="cpu")
+    with TestClient(create_app(segmenter)) as test_client:
+        yield test_client
+
+
+def _segment(client: TestClient, image: bytes, text: str = REPORT, query: str = "") -> Any:
+    return client.post(f"/api/segment{query}", files={"image": ("scan.png", image, "image/png")},
+                       data={"text": text})
+
+
+def _png(b64: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(b64)))
+
+
+def test_model_info_describes_the_real_checkpoint(client: TestClient) -> None:
+    info = client.get("/api/model").json()
+    assert info["model"] == "lvit" and info["input_size"] == 32 and info["requires_text"] is True
+    assert info["metrics"] == {"val_dice": 0.5} and info["validation_dice"] == 0.5
+    assert info["device"] == "cpu"
+    assert info["text_encoder"] is not None and info["text_encoder"]["type"] == "learned"
+    health = client.get("/healthz").json()
+    assert health["model"] == "lvit" and health["ready"] is True
+
+
+def test_segment_returns_results_at_the_original_resolution(client: TestClient) -> None:
+    image = encode(lesion_image(height=50, width=70))  # not square, not the model's 32 x 32
+    first = _segment(client, image)
+    assert first.status_code == 200, first.text
+    result = first.json()
+    assert (result["width"], result["height"], result["model"]) == (70, 50, "lvit")
+    mask, overlay = _png(result["mask"]), _png(result["overlay"])
+    assert mask.size == (70, 50) and overlay.size == (70, 50)  # PIL size is (width, height)
+    assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    assert np.asarray(overlay).shape == (50, 70, 3)
+    assert 0 <= result["area_px"] <= 70 * 50 and result["inference_ms"] >= 0
+
+    second = _segment(client, image).json()
+    assert np.array_equal(np.asarray(_png(second["mask"])), np.asarray(mask))  # deterministic
+    assert second["area_px"] == result["area_px"] and second["confidence"] == result["confidence"]
+
+    png = _segment(client, image, query="?format=png")
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), np.asarray(mask))
+
+
+@pytest.mark.parametrize("text", ["", "  \n "])
+def test_empty_text_is_422(client: TestClient, text: str) -> None:
+    response = _segment(client, encode(lesion_image(height=50, width=70)), text=text)
+    assert response.status_code == 422
+    assert "empty" in response.json()["error"]
+
+
+def test_lvseg_serve_loads_the_real_checkpoint(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from lvseg.cli.main import app
+
+    calls: dict[str, Any] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app_, **kwargs: calls.update(kwargs, app=app_))
+    result = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with TestClient(calls["app"]) as served:
+        assert served.get("/api/model").json()["model"] == "lvit"
