@@ -160,6 +160,20 @@ def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask
     return task_class(**{key: hparams[key] for key in keep if key in hparams})
 
 
+def _make_trainer(**options: Any) -> L.Trainer:
+    """``L.Trainer(**options)``; Lightning's refusals of --devices/--strategy/--accelerator become LvsegError."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return L.Trainer(**options)
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise LvsegError(
+            f"cannot train with --accelerator {options.get('accelerator')} --devices {options.get('devices')} "
+            f"--strategy {options.get('strategy')}: {reason}"
+        ) from None
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train one model on an LViT-layout dataset; writes best.ckpt, last.ckpt and logs into ``config.out``."""
     from lvseg.data.dataset import SegmentationDataset
@@ -206,7 +220,7 @@ def train(config: TrainConfig) -> TrainResult:
         save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
     )
     early_stopping = EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)
-    trainer = L.Trainer(
+    trainer = _make_trainer(
         default_root_dir=out,
         accelerator=accelerator,
         devices=config.devices,

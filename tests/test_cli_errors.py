@@ -1,0 +1,242 @@
+"""Bad input gets one clear ``error:`` line naming the file or value, exit status 2 and no traceback.
+
+Most cases call the console-script entry point ``lvseg.cli.main.main`` in-process (imports are paid
+once); two cases run the installed ``lvseg`` script in a subprocess to check the real process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from lvseg.cli.main import main
+from lvseg.data.synth import generate_synthetic_dataset
+from lvseg.models import create_model
+from lvseg.training.checkpoint import save_inference_checkpoint
+
+LVSEG = Path(sys.executable).parent / "lvseg"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TRAIN = Path("Train_Folder")
+
+
+@pytest.fixture(scope="module")
+def clean_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli_errors") / "data"
+    generate_synthetic_dataset(root, n=8, size=32, seed=0)
+    return root
+
+
+@pytest.fixture
+def data(clean_data: Path, tmp_path: Path) -> Path:
+    """A private copy of the dataset that a test may damage."""
+    return Path(shutil.copytree(clean_data, tmp_path / "data"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cli_ckpts")
+    torch.manual_seed(0)
+    options = {"img_size": 32, "base_channels": 4}
+    net = create_model("unet", **options)
+    good = save_inference_checkpoint(root / "unet.ckpt", net, "unet", options)
+    data = good.read_bytes()
+    (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    (root / "random.ckpt").write_bytes(os.urandom(4096))
+    (root / "empty.ckpt").write_bytes(b"")
+    torch.save(net.state_dict(), root / "state_dict.pt")  # a bare state_dict: weights without a model description
+    torch.save([1, 2, 3], root / "list.pt")
+    return {"good": good, **{name: root / f"{name}.{'pt' if name in ('state_dict', 'list') else 'ckpt'}"
+                             for name in ("truncated", "random", "empty", "state_dict", "list")}}
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["lvseg", *map(str, args)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    return exited.value.code, capsys.readouterr().err
+
+
+def assert_one_error(code: int, stderr: str, *needles: str) -> str:
+    """Exit 2, exactly one ``error:`` line holding every needle, no traceback; returns that line."""
+    stderr = ANSI.sub("", stderr)
+    assert code == 2, stderr
+    assert "Traceback" not in stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def train_args(data: Path, out: Path, *extra: object) -> list[object]:
+    return ["train", "--data", data, "--out", out, "--img-size", 32, "--base-channels", 8, "--max-epochs", 1, *extra]
+
+
+def rewrite_table(split_dir: Path, transform) -> None:
+    table_path = split_dir / f"{split_dir.name.removesuffix('_Folder')}_text.xlsx"
+    table = pd.read_excel(table_path, dtype=str)
+    transform(table).to_excel(table_path, index=False)
+
+
+def first_image(data: Path) -> Path:
+    return sorted((data / TRAIN / "img").iterdir())[0]
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_missing_mask(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    image = first_image(data)
+    (data / TRAIN / "labelcol" / f"mask_{image.name}").unlink()
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run"))
+    assert_one_error(code, err, str(image), "has no mask", f"mask_{image.name}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_text_row(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    image = first_image(data)
+    rewrite_table(data / TRAIN, lambda table: table[table["Image"] != f"mask_{image.name}"])
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run"))
+    assert_one_error(code, err, str(image), "has no row in", "Train_text.xlsx")
+
+
+def test_empty_description(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    def blank_first(table: pd.DataFrame) -> pd.DataFrame:
+        table.loc[0, "Description"] = ""
+        return table
+
+    rewrite_table(data / TRAIN, blank_first)
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run"))
+    assert_one_error(code, err, "row 2", "Train_text.xlsx", "empty 'Description'")
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "truncated"])
+def test_unreadable_image(damage: str, data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    image = first_image(data)
+    if damage == "random bytes":
+        image.write_bytes(os.urandom(300))
+    else:
+        image.write_bytes(image.read_bytes()[:-40])
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run"))
+    assert_one_error(code, err, str(image), "cannot be read")
+
+
+def test_xlsx_without_description_column(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    rewrite_table(data / TRAIN, lambda table: table.rename(columns={"Description": "Report"}))
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run"))
+    assert_one_error(code, err, "Train_text.xlsx", "no column 'Description'", "'Report'")
+
+
+def test_several_problems_are_listed_under_one_error_line(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    images = sorted((data / TRAIN / "img").iterdir())
+    (data / TRAIN / "labelcol" / f"mask_{images[0].name}").unlink()
+    images[1].write_bytes(b"not an image")
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run"))
+    assert_one_error(code, err, "Train_Folder", "2 problem(s)")
+    assert str(images[0]) in err and str(images[1]) in err
+
+
+def test_brackets_in_paths_are_printed_verbatim(clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    missing = tmp_path / "[old]" / "data"  # rich markup must not eat "[old]"
+    code, err = run_main(monkeypatch, capsys, *train_args(missing, tmp_path / "run"))
+    assert_one_error(code, err, str(missing), "not found")
+
+
+# ------------------------------------------------------------------------------------------ train flags
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--img-size", 100], "--img-size 100 is not a positive multiple of 32"),
+        (["--max-time", "soon"], "--max-time 'soon'"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--text-encoder", "bogus"], "unknown text encoder 'bogus'"),
+        (["--strategy", "foo"], "--strategy foo"),
+        (["--accelerator", "cpu", "--devices", "abc"], "--devices abc"),
+    ],
+)
+def test_bad_train_flags(extra: list, needle: str, clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, err = run_main(monkeypatch, capsys, *train_args(clean_data, tmp_path / "run"), *extra)
+    assert_one_error(code, err, needle)
+    assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_resume_into_a_run_of_another_model(clean_data: Path, tmp_path: Path, checkpoints, monkeypatch, capsys) -> None:
+    out = tmp_path / "unet_run"
+    out.mkdir()
+    shutil.copy(checkpoints["good"], out / "last.ckpt")
+    code, err = run_main(monkeypatch, capsys, *train_args(clean_data, out, "--model", "lvit", "--resume"))
+    assert_one_error(code, err, str(out / "last.ckpt"), "'unet' model, not 'lvit'")
+
+
+def test_resume_from_a_corrupted_last_checkpoint(clean_data: Path, tmp_path: Path, checkpoints, monkeypatch,
+                                                 capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(checkpoints["truncated"], out / "last.ckpt")
+    code, err = run_main(monkeypatch, capsys, *train_args(clean_data, out, "--model", "unet", "--resume"))
+    assert_one_error(code, err, str(out / "last.ckpt"), "corrupted")
+
+
+def test_train_into_a_used_folder_without_resume(clean_data: Path, tmp_path: Path, checkpoints, monkeypatch,
+                                                 capsys) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(checkpoints["good"], out / "last.ckpt")
+    code, err = run_main(monkeypatch, capsys, *train_args(clean_data, out, "--model", "unet"))
+    assert_one_error(code, err, str(out), "--resume")
+
+
+# ------------------------------------------------------------------------------ evaluate and predict
+
+
+@pytest.mark.parametrize(
+    ("kind", "needle"),
+    [
+        ("truncated", "corrupted"),
+        ("random", "corrupted"),
+        ("empty", "corrupted"),
+        ("state_dict", "not an lvseg checkpoint"),
+        ("list", "expected a dict"),
+        ("missing", "does not exist"),
+    ],
+)
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_bad_checkpoints(command: str, kind: str, needle: str, clean_data: Path, checkpoints, tmp_path: Path,
+                         monkeypatch, capsys) -> None:
+    checkpoint = checkpoints.get(kind, tmp_path / "missing.ckpt")
+    if command == "evaluate":
+        args = ["evaluate", "--checkpoint", checkpoint, "--data", clean_data, "--out", tmp_path / "eval"]
+    else:
+        image = sorted((clean_data / "Test_Folder" / "img").iterdir())[0]
+        args = ["predict", "--checkpoint", checkpoint, "--image", image, "--out", tmp_path / "mask.png"]
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error(code, err, str(checkpoint), needle)
+    assert not (tmp_path / "mask.png").exists() and not (tmp_path / "eval").exists()
+
+
+# ------------------------------------------------------------------------------------- real processes
+
+
+def test_console_script_reports_errors_without_traceback(data: Path, checkpoints, tmp_path: Path) -> None:
+    image = first_image(data)
+    (data / TRAIN / "labelcol" / f"mask_{image.name}").unlink()
+    env = {key: value for key, value in os.environ.items() if key not in ("FORCE_COLOR", "COLUMNS")}
+    done = subprocess.run([str(LVSEG), *map(str, train_args(data, tmp_path / "run"))],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert_one_error(done.returncode, done.stderr, str(image), "has no mask")
+
+    done = subprocess.run([str(LVSEG), "predict", "--checkpoint", str(checkpoints["truncated"]), "--image",
+                           str(first_image(data)), "--out", str(tmp_path / "mask.png")],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert_one_error(done.returncode, done.stderr, str(checkpoints["truncated"]), "corrupted")
+    assert done.stdout.strip() == ""

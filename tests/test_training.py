@@ -1,0 +1,323 @@
+"""Training through ``train(TrainConfig(...))``: run folder, checkpoints, reproducibility, resume, DDP.
+
+Everything runs on a dozen synthetic 32 px images with an 8-channel network for one or two epochs;
+a module-scoped run is shared by the tests that only read its outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lvseg.data.layout import load_split
+from lvseg.data.synth import generate_synthetic_dataset
+from lvseg.errors import CheckpointError, LvsegError
+from lvseg.inference import load_model
+from lvseg.training import checkpoint as checkpoint_module
+from lvseg.training.checkpoint import AtomicCheckpointIO, read_checkpoint_dict
+from lvseg.training.fit import TrainConfig, TrainResult, parse_max_time, train
+from lvseg.training.module import SegmentationTask
+
+IMG_SIZE = 32
+N_IMAGES = 12  # 9 train / 1 val / 2 test
+LVSEG = Path(sys.executable).parent / "lvseg"
+
+
+def tiny(data: Path, out: Path, **overrides) -> TrainConfig:
+    options = dict(data=data, out=out, img_size=IMG_SIZE, base_channels=8, max_epochs=1, patience=5,
+                   text_length=12, progress_bar=False, num_workers=0, seed=0)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny networks train fastest on one thread; two threads on a busy 2-core machine are ~4x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_synthetic_dataset(root, n=N_IMAGES, size=IMG_SIZE, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def lvit_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One epoch of lvit, keeping the in-memory module as training left it."""
+    out = tmp_path_factory.mktemp("runs") / "lvit"
+    finished: list[SegmentationTask] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegmentationTask, "on_train_end", lambda self: finished.append(self), raising=False)
+        result = train(tiny(data, out))
+    assert len(finished) == 1
+    return {"out": out, "result": result, "task": finished[0]}
+
+
+@pytest.fixture(scope="module")
+def unet_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("runs") / "unet"
+    return {"out": out, "result": train(tiny(data, out, model="unet"))}
+
+
+def state_of(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint_dict(path)["state_dict"]
+
+
+def assert_same_state(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    different = [key for key in first if not torch.equal(first[key], second[key])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def metrics_rows(out: Path) -> list[dict[str, str]]:
+    with (out / "logs" / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+# ------------------------------------------------------------------------------------------- run folder
+
+
+def test_run_writes_checkpoints_csv_and_tensorboard_logs(lvit_run: dict) -> None:
+    out, result = lvit_run["out"], lvit_run["result"]
+    assert isinstance(result, TrainResult)
+    assert result.best_checkpoint == out / "best.ckpt" and result.best_checkpoint.is_file()
+    assert result.last_checkpoint == out / "last.ckpt" and result.last_checkpoint.is_file()
+    assert result.epochs == 1
+    assert list(out.glob("*.tmp")) == [] and list(out.glob(".*")) == []  # atomic writes leave nothing behind
+    rows = metrics_rows(out)
+    assert any(row.get("val_dice") for row in rows) and any(row.get("train_loss_epoch") for row in rows)
+    losses = [float(row["train_loss_epoch"]) for row in rows if row.get("train_loss_epoch")]
+    assert all(math.isfinite(loss) for loss in losses)
+    events = list((out / "logs").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+def test_checkpoint_describes_the_model_and_stores_val_dice(lvit_run: dict) -> None:
+    out, result = lvit_run["out"], lvit_run["result"]
+    checkpoint = read_checkpoint_dict(out / "best.ckpt")
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["model_name"] == "lvit"
+    assert hparams["model_options"]["img_size"] == IMG_SIZE and hparams["model_options"]["base_channels"] == 8
+    assert hparams["text_encoder"]["type"] == "learned" and hparams["text_encoder"]["max_length"] == 12
+    assert hparams["lr"] == 1e-3  # the paper's Adam learning rate is the default
+    assert any(key.startswith("text_encoder.") for key in checkpoint["state_dict"])
+    assert checkpoint["global_step"] > 0
+    val_dice = checkpoint["lvseg"]["metrics"]["val_dice"]
+    logged = [float(row["val_dice"]) for row in metrics_rows(out) if row.get("val_dice")]
+    assert val_dice == pytest.approx(max(logged), abs=1e-6)
+    assert result.best_val_dice == pytest.approx(val_dice)
+    assert load_model(out / "best.ckpt").metrics["val_dice"] == pytest.approx(val_dice)
+
+
+def test_load_model_predicts_exactly_like_the_trained_module(lvit_run: dict, data: Path) -> None:
+    task: SegmentationTask = lvit_run["task"].cpu().eval()
+    segmenter = load_model(lvit_run["out"] / "best.ckpt", device="cpu")
+    assert segmenter.model_name == "lvit" and segmenter.requires_text and segmenter.img_size == IMG_SIZE
+    assert_same_state(
+        {k: v.cpu() for k, v in task.text_encoder.state_dict().items()},
+        segmenter.text_encoder.state_dict(),
+    )
+    samples = load_split(data, "test")
+    torch.manual_seed(1)
+    images = torch.rand(len(samples), 3, IMG_SIZE, IMG_SIZE)
+    texts = [sample.text for sample in samples]
+    with torch.no_grad():
+        expected = torch.sigmoid(task(images, texts))
+    assert torch.allclose(segmenter.probabilities(images, texts), expected, atol=1e-6)
+    prediction = segmenter.predict(samples[0].image_path, samples[0].text)
+    assert prediction.mask.shape == (IMG_SIZE, IMG_SIZE) and prediction.mask.dtype == np.uint8
+
+
+def test_image_only_unet_has_no_text_encoder_in_its_checkpoint(unet_run: dict, data: Path) -> None:
+    checkpoint = read_checkpoint_dict(unet_run["out"] / "best.ckpt")
+    assert checkpoint["hyper_parameters"]["model_name"] == "unet"
+    assert checkpoint["hyper_parameters"]["text_encoder"] is None
+    assert not any(key.startswith("text_encoder.") for key in checkpoint["state_dict"])
+    segmenter = load_model(unet_run["out"] / "last.ckpt")
+    assert segmenter.text_encoder is None and not segmenter.requires_text
+    sample = load_split(data, "test")[0]
+    assert segmenter.predict(sample.image_path, "").mask.shape == (IMG_SIZE, IMG_SIZE)
+
+
+def test_same_seed_gives_identical_weights(lvit_run: dict, data: Path, tmp_path: Path) -> None:
+    again = train(tiny(data, tmp_path / "again"))  # augmentation on: its random state must be seeded too
+    assert_same_state(state_of(lvit_run["out"] / "last.ckpt"), state_of(again.last_checkpoint))
+
+
+# ----------------------------------------------------------------------------------- resume and crashes
+
+
+def test_used_out_folder_without_resume_is_refused(lvit_run: dict, data: Path) -> None:
+    before = (lvit_run["out"] / "last.ckpt").read_bytes()
+    with pytest.raises(LvsegError, match="already holds a run.*--resume"):
+        train(tiny(data, lvit_run["out"]))
+    assert (lvit_run["out"] / "last.ckpt").read_bytes() == before
+
+
+def test_resume_without_a_run_is_refused(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(LvsegError, match="no last.ckpt"):
+        train(tiny(data, tmp_path / "empty", resume=True))
+
+
+def test_resume_with_another_model_is_refused(unet_run: dict, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "unet"
+    shutil.copytree(unet_run["out"], out)
+    with pytest.raises(LvsegError, match="'unet' model, not 'lvit'"):
+        train(tiny(data, out, model="lvit", resume=True))
+    with pytest.raises(LvsegError, match="--img-size 32, not 64"):
+        train(tiny(data, out, model="unet", img_size=64, resume=True))
+
+
+def test_resume_continues_from_the_next_epoch(lvit_run: dict, data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    shutil.copytree(lvit_run["out"], out)
+    first = read_checkpoint_dict(out / "last.ckpt")
+    epochs_run: list[int] = []
+    starting_state: list[dict[str, torch.Tensor]] = []
+
+    def on_train_start(self: SegmentationTask) -> None:
+        starting_state.append({"net." + k: v.detach().clone() for k, v in self.net.state_dict().items()})
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegmentationTask, "on_train_epoch_start",
+                      lambda self: epochs_run.append(self.current_epoch), raising=False)
+        patch.setattr(SegmentationTask, "on_train_start", on_train_start, raising=False)
+        result = train(tiny(data, out, max_epochs=2, resume=True))
+    assert epochs_run == [1], "resuming must run only the remaining epoch"
+    net_state = {k: v for k, v in first["state_dict"].items() if k.startswith("net.")}
+    assert_same_state(net_state, starting_state[0])  # started from the saved weights, not a fresh init
+    second = read_checkpoint_dict(result.last_checkpoint)
+    assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]
+    assert result.epochs == 2
+    assert second["optimizer_states"] and second["lr_schedulers"]  # full training state for the next resume
+    logged_epochs = {int(row["epoch"]) for row in metrics_rows(out) if row.get("val_dice")}
+    assert logged_epochs == {0, 1}
+
+
+def test_crash_mid_run_leaves_a_loadable_last_checkpoint(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "crashed"
+
+    def crash(self: SegmentationTask, batch, batch_idx) -> None:
+        if self.current_epoch == 1:
+            raise RuntimeError("simulated crash in the second epoch")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegmentationTask, "on_train_batch_start", crash, raising=False)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(tiny(data, out, max_epochs=3))
+    assert sorted(path.name for path in out.iterdir() if path.is_file()) == ["best.ckpt", "last.ckpt"]
+    assert read_checkpoint_dict(out / "last.ckpt")["epoch"] == 0
+    segmenter = load_model(out / "last.ckpt")
+    sample = load_split(data, "val")[0]
+    assert segmenter.predict(sample.image_path, sample.text).mask.shape == (IMG_SIZE, IMG_SIZE)
+    with pytest.raises(LvsegError, match="already holds a run"):
+        train(tiny(data, out, max_epochs=3))
+
+
+# ------------------------------------------------------------------------------------------ small parts
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("40", timedelta(minutes=40)),
+        ("40m", timedelta(minutes=40)),
+        ("1.5h", timedelta(minutes=90)),
+        ("2H", timedelta(hours=2)),
+        ("45s", timedelta(seconds=45)),
+        (" 30 s ", timedelta(seconds=30)),
+        ("01:02:03:04", timedelta(days=1, hours=2, minutes=3, seconds=4)),
+    ],
+)
+def test_parse_max_time(text: str | None, expected: timedelta | None) -> None:
+    assert parse_max_time(text) == expected
+
+
+@pytest.mark.parametrize("text", ["soon", "-5", "1d", "2h30m", "1:2:3", "h"])
+def test_parse_max_time_rejects_other_text(text: str) -> None:
+    with pytest.raises(LvsegError, match="--max-time"):
+        parse_max_time(text)
+
+
+@pytest.mark.parametrize("size", [0, 100, 48, -32])
+def test_image_size_must_be_a_multiple_of_32(size: int, data: Path, tmp_path: Path) -> None:
+    with pytest.raises(LvsegError, match=f"--img-size {size} is not a positive multiple of 32"):
+        train(tiny(data, tmp_path / "run", img_size=size))
+    assert not (tmp_path / "run").exists()
+
+
+def test_atomic_checkpoint_io_keeps_the_previous_file_when_saving_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    io_plugin = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io_plugin.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 0}, path)
+    before = path.read_bytes()
+
+    real_save = torch.save
+
+    def failing_save(obj, handle, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        handle.write(buffer.getvalue()[:100])  # half a file reaches the disk, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        io_plugin.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 1}, path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    loaded = io_plugin.load_checkpoint(path)
+    assert loaded["epoch"] == 0 and torch.equal(loaded["state_dict"]["w"], torch.ones(3))
+
+
+class NotAllowed:  # an arbitrary pickled object: loading with weights_only must refuse it
+    pass
+
+
+def test_atomic_checkpoint_io_loads_weights_only(tmp_path: Path) -> None:
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": NotAllowed()}, path)
+    with pytest.raises(CheckpointError, match="evil.ckpt"):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+# ------------------------------------------------------------------------------------------------- DDP
+
+
+def test_ddp_on_two_cpu_processes_over_gloo(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [str(LVSEG), "train", "--data", str(data), "--out", str(out), "--img-size", str(IMG_SIZE),
+               "--base-channels", "8", "--text-length", "12", "--devices", "2", "--strategy", "ddp",
+               "--accelerator", "cpu", "--max-epochs", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "MEMBER: 2/2" in output and "distributed_backend=gloo" in output
+    assert output.count("best validation Dice") == 1, "only rank 0 prints the summary"
+    checkpoint = read_checkpoint_dict(out / "last.ckpt")
+    n_train = len(load_split(data, "train"))
+    # Each process sees half of the images (DistributedSampler), batch 2 with drop_last.
+    assert checkpoint["global_step"] == math.ceil(n_train / 2) // 2 < n_train // 2
+    assert (out / "best.ckpt").is_file()
+    assert load_model(out / "best.ckpt").model_name == "lvit"
