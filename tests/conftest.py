@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One thread: the tests use tiny networks, and two OpenMP threads thrash when other processes share the cores.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MONUSEG = SHARED / "datasets" / "MoNuSeg"

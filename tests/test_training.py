@@ -41,15 +41,6 @@ def tiny(data: Path, out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**options)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny networks train fastest on one thread; two threads on a busy 2-core machine are ~4x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "data"
@@ -123,6 +114,9 @@ def test_checkpoint_describes_the_model_and_stores_val_dice(lvit_run: dict) -> N
     assert val_dice == pytest.approx(max(logged), abs=1e-6)
     assert result.best_val_dice == pytest.approx(val_dice)
     assert load_model(out / "best.ckpt").metrics["val_dice"] == pytest.approx(val_dice)
+    last_metrics = read_checkpoint_dict(out / "last.ckpt")["lvseg"]["metrics"]
+    assert last_metrics["val_dice"] == pytest.approx(logged[-1], abs=1e-6)  # its own epoch, not the best
+    assert last_metrics["best_val_dice"] == pytest.approx(max(logged), abs=1e-6)
 
 
 def test_load_model_predicts_exactly_like_the_trained_module(lvit_run: dict, data: Path) -> None:

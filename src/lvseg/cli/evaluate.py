@@ -10,7 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lvseg.evaluation.evaluate import TEXT_MODES, EvaluationReport
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the evaluation stack (MONAI, Lightning) loads only when a command runs
+    from lvseg.evaluation.evaluate import EvaluationReport
 
 
 class TextModeOption(str, Enum):
@@ -26,6 +29,8 @@ def modes_for(option: str, requires_text: bool) -> list[str]:
     if option == "auto":
         return ["given", "shuffled"] if requires_text else ["given"]
     if option == "all":
+        from lvseg.evaluation.evaluate import TEXT_MODES
+
         return list(TEXT_MODES)
     return [option]
 

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -31,6 +30,7 @@ def describe_model(
     The network is built on the meta device, so nothing is allocated or computed; FLOPs are counted
     by ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2 FLOPs).
     """
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from lvseg.models import create_model

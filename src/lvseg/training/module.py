@@ -43,6 +43,7 @@ class SegmentationTask(L.LightningModule):
             self.text_encoder = text_encoder_from_config(text_encoder)
         self.loss = DiceBCELoss()
         self.best_val_dice: float | None = None
+        self.last_val_dice: float | None = None
 
     def encode_text(self, texts: list[str]) -> torch.Tensor | None:
         """Reports -> (B, L, D) token features on this module's device, or None for image-only models."""
@@ -72,6 +73,7 @@ class SegmentationTask(L.LightningModule):
         value = self.trainer.callback_metrics.get("val_dice")
         if value is not None and not self.trainer.sanity_checking:
             value = float(value)
+            self.last_val_dice = value
             if self.best_val_dice is None or value > self.best_val_dice:
                 self.best_val_dice = value
 
@@ -88,10 +90,15 @@ class SegmentationTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["hyper_parameters"] = dict(self.hparams)
+        # val_dice: this checkpoint's own epoch (best.ckpt: the best one); best_val_dice: the run's best so far.
         metrics = {}
+        if self.last_val_dice is not None:
+            metrics["val_dice"] = self.last_val_dice
         if self.best_val_dice is not None:
-            metrics["val_dice"] = self.best_val_dice
+            metrics["best_val_dice"] = self.best_val_dice
         checkpoint["lvseg"] = {"format": FORMAT_VERSION, "metrics": metrics}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.best_val_dice = checkpoint.get("lvseg", {}).get("metrics", {}).get("val_dice")
+        metrics = checkpoint.get("lvseg", {}).get("metrics", {})
+        self.best_val_dice = metrics.get("best_val_dice", metrics.get("val_dice"))
+        self.last_val_dice = metrics.get("val_dice")
