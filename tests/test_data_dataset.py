@@ -169,3 +169,44 @@ def test_real_monuseg_item_at_224(monuseg_root: Path) -> None:
     assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
     assert item["text"] == samples[0].text and item["labeled"] is True
     np.testing.assert_array_less(0.05, item["image"].std().item())
+
+
+def _quadrant_of_bright_block(image) -> tuple[int, int]:
+    import numpy as np
+
+    array = np.asarray(image[0])
+    rows, cols = np.nonzero(array > 0.5)
+    half = array.shape[0] / 2
+    return int(rows.mean() >= half), int(cols.mean() >= half)
+
+
+def test_rotate_augmentation_keeps_sides_that_reports_name_while_paper_mode_flips():
+    import torch
+
+    from lvseg.data.transforms import build_train_transform
+
+    image = torch.zeros(1, 64, 64)
+    image[:, 8:20, 10:22] = 1.0  # a lesion in the upper-left quadrant
+    sample = {"image": image, "mask": (image > 0.5).float()}
+    rotate_quadrants = {_quadrant_of_bright_block(build_train_transform(seed, mode="rotate")(dict(sample))["image"])
+                        for seed in range(30)}
+    paper_quadrants = {_quadrant_of_bright_block(build_train_transform(seed, mode="paper")(dict(sample))["image"])
+                       for seed in range(30)}
+    assert rotate_quadrants == {(0, 0)}
+    assert len(paper_quadrants) > 1
+
+
+def test_augment_none_returns_the_resized_sample_unchanged(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from lvseg.data.dataset import SegmentationDataset
+    from lvseg.data.layout import Sample
+
+    pixels = (np.arange(32 * 32).reshape(32, 32) % 251).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray((pixels > 128).astype(np.uint8) * 255).save(tmp_path / "m.png")
+    sample = Sample(name="a", image_path=tmp_path / "a.png", mask_path=tmp_path / "m.png", text="t")
+    plain = SegmentationDataset([sample], 32, augment=False)[0]
+    none = SegmentationDataset([sample], 32, augment="none")[0]
+    assert (plain["image"] == none["image"]).all() and (plain["mask"] == none["mask"]).all()
