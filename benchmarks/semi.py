@@ -50,7 +50,8 @@ def run_one(kind: str, data: Path, args: argparse.Namespace) -> dict[str, object
         semi_options = dict(labeled_fraction=args.fraction, supervised_only=kind == "supervised")
     if kind == "semi":
         semi_options.update(
-            lv_templates=args.lv_templates, epi_beta=args.epi_beta, rampup_epochs=args.rampup_epochs,
+            lv_templates=args.lv_templates, epi_beta=args.epi_beta, warmup_epochs=args.warmup_epochs,
+            rampup_epochs=args.rampup_epochs,
             unlabeled_weight=args.unlabeled_weight, lv_weight=args.lv_weight,
         )
     config = TrainConfig(
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", default="rotate", help="paper, rotate or none (rotate keeps sides: reports name them)")
     parser.add_argument("--lv-templates", type=Path, default=None, help="LV templates folder (default: labeled images)")
     parser.add_argument("--epi-beta", type=float, default=0.8)
+    parser.add_argument("--warmup-epochs", type=float, default=3.0, help="supervised epochs before EPI/LV start")
     parser.add_argument("--rampup-epochs", type=float, default=5.0)
     parser.add_argument("--unlabeled-weight", type=float, default=1.0)
     parser.add_argument("--lv-weight", type=float, default=0.1)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             f"(text encoder {args.text_encoder}, width {args.base_channels}, {args.img_size} px, batch "
             f"{args.batch_size}, Adam {args.lr:g}, augmentation {args.augment}), {_budget(args)} training "
             f"budget per run, labeled fraction {args.fraction:g} (seed {args.seed}); semi-supervised: EPI beta "
-            f"{args.epi_beta:g}, ramp-up {args.rampup_epochs:g} epochs, unlabeled weight {args.unlabeled_weight:g}, "
+            f"{args.epi_beta:g}, warm-up {args.warmup_epochs:g} + ramp-up {args.rampup_epochs:g} epochs, unlabeled weight {args.unlabeled_weight:g}, "
             f"LV weight {args.lv_weight:g}, LV references: {references}. Best checkpoint by validation Dice, "
             "evaluated on Test_Folder (threshold 0.5, per-image means at model resolution)."
         )

@@ -135,7 +135,7 @@ def tiny_semi_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list
 def _config(data: Path, out: Path, **changes: object) -> TrainConfig:
     options: dict = dict(
         data=data, out=out, model="unet", img_size=32, base_channels=4, batch_size=4, max_epochs=1,
-        accelerator="cpu", progress_bar=False, labeled_fraction=0.25, rampup_epochs=1.0, seed=0,
+        accelerator="cpu", progress_bar=False, labeled_fraction=0.25, warmup_epochs=0.0, rampup_epochs=1.0, seed=0,
     )
     options.update(changes)
     return TrainConfig(**options)
@@ -206,3 +206,25 @@ def test_cli_has_the_semi_flags() -> None:
     assert result.exit_code == 0
     for flag in ("--labeled-fraction", "--labeled-list", "--lv-templates", "--epi-beta", "--supervised-only"):
         assert flag in result.output
+
+
+def test_balanced_sampler_visits_every_unlabeled_image_once_and_half_of_each_batch_is_labeled() -> None:
+    from lvseg.training.semi import BalancedSemiSampler
+
+    sampler = BalancedSemiSampler(n_labeled=3, n_unlabeled=10, seed=1)
+    order = list(sampler)
+    assert len(order) == len(sampler) == 20
+    unlabeled = [i for i in order if i >= 3]
+    assert sorted(unlabeled) == list(range(3, 13))  # each unlabeled image exactly once
+    assert all(i < 3 for i in order[0::2]) and all(i >= 3 for i in order[1::2])  # alternating: half labeled
+    sampler.set_epoch(0)
+    assert list(sampler) == order  # deterministic per epoch
+    assert list(sampler) != order  # the next epoch is reshuffled
+
+
+def test_no_pseudo_labels_during_the_supervised_warm_up(tiny_semi_data: tuple[Path, list[str]], tmp_path: Path) -> None:
+    data, _ = tiny_semi_data
+    out = tmp_path / "warm"
+    train(_config(data, out, warmup_epochs=5.0))
+    saved = torch.load(out / PSEUDO_LABEL_FILE, weights_only=True)
+    assert not bool(saved["seen"].any())  # the model's first, poor predictions seed no pseudo-label

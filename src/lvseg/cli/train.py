@@ -50,6 +50,9 @@ def train_command(
     ),
     epi_beta: float = typer.Option(0.8, "--epi-beta", help="EPI: P_t = beta * P_(t-1) + (1 - beta) * prediction_t."),
     unlabeled_weight: float = typer.Option(1.0, "--unlabeled-weight", help="Weight of the unlabeled losses after ramp-up."),
+    warmup_epochs: float = typer.Option(
+        3.0, "--warmup-epochs", help="Supervised epochs before pseudo-labels and the LV loss start (semi-supervised)."
+    ),
     rampup_epochs: float = typer.Option(5.0, "--rampup-epochs", help="Epochs of sigmoid ramp-up of the unlabeled weight."),
     lv_weight: float = typer.Option(0.1, "--lv-weight", help="Weight of the LV loss in the unlabeled loss (0: off)."),
 ) -> None:
@@ -64,7 +67,7 @@ def train_command(
         accelerator=accelerator, num_workers=num_workers, augment=augment, resume=resume,
         labeled_fraction=labeled_fraction, labeled_list=labeled_list, supervised_only=supervised_only,
         lv_templates=lv_templates, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight,
-        rampup_epochs=rampup_epochs, lv_weight=lv_weight,
+        warmup_epochs=warmup_epochs, rampup_epochs=rampup_epochs, lv_weight=lv_weight,
     )
     result = train(config)
     if result.global_rank != 0:  # DDP: the other processes stay quiet

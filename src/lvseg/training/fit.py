@@ -67,6 +67,7 @@ class TrainConfig:
     lv_templates: Path | None = None  # LV-loss reference reports/masks; None: the labeled training images
     epi_beta: float = 0.8
     unlabeled_weight: float = 1.0
+    warmup_epochs: float = 3.0
     rampup_epochs: float = 5.0
     lv_weight: float = 0.1
 

@@ -40,13 +40,13 @@ import json
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from lvseg.data.layout import Sample
 from lvseg.errors import LvsegError
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 PSEUDO_LABEL_FILE = "pseudo_labels.pt"
 SPLIT_FILE = "semi_split.json"
 #: hparams of :class:`SemiSupervisedTask` beyond those of :class:`SegmentationTask`.
-SEMI_HPARAMS: tuple[str, ...] = ("epi_beta", "unlabeled_weight", "rampup_epochs", "lv_weight")
+SEMI_HPARAMS: tuple[str, ...] = ("epi_beta", "unlabeled_weight", "warmup_epochs", "rampup_epochs", "lv_weight")
 
 
 # --------------------------------------------------------------------------------------------- split
@@ -235,6 +235,38 @@ def rampup_weight(progress: float, rampup_epochs: float) -> float:
 # ---------------------------------------------------------------------------------------------- task
 
 
+class BalancedSemiSampler(Sampler[int]):
+    """Indices into ``ConcatDataset([labeled, unlabeled])`` alternating labeled and unlabeled images.
+
+    Every epoch visits each unlabeled image exactly once (the EPI update needs one prediction per image
+    per epoch) in a fresh seeded order, and pairs it with a labeled image, cycling through reshuffled
+    labeled images as often as needed. A batch is thus half labeled, however few the labels: the
+    supervised signal is not diluted by the unlabeled majority. Epoch length: 2 x n_unlabeled.
+    """
+
+    def __init__(self, n_labeled: int, n_unlabeled: int, seed: int = 0) -> None:
+        if n_labeled < 1 or n_unlabeled < 1:
+            raise ValueError(f"need labeled and unlabeled images, got {n_labeled} and {n_unlabeled}")
+        self.n_labeled, self.n_unlabeled, self.seed = n_labeled, n_unlabeled, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 2 * self.n_unlabeled
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1
+        unlabeled = (torch.randperm(self.n_unlabeled, generator=generator) + self.n_labeled).tolist()
+        cycles = -(-self.n_unlabeled // self.n_labeled)
+        labeled = torch.cat([torch.randperm(self.n_labeled, generator=generator) for _ in range(cycles)]).tolist()
+        for labeled_index, unlabeled_index in zip(labeled, unlabeled):
+            yield labeled_index
+            yield unlabeled_index
+
+
 class SemiSupervisedTask(SegmentationTask):
     """:class:`SegmentationTask` trained on mixed labeled/unlabeled batches with EPI and the LV loss.
 
@@ -249,11 +281,12 @@ class SemiSupervisedTask(SegmentationTask):
         *args: Any,
         epi_beta: float = 0.8,
         unlabeled_weight: float = 1.0,
+        warmup_epochs: float = 3.0,
         rampup_epochs: float = 5.0,
         lv_weight: float = 0.1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(*args, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight,
+        super().__init__(*args, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight, warmup_epochs=warmup_epochs,
                          rampup_epochs=rampup_epochs, lv_weight=lv_weight, **kwargs)
         self.bank: PseudoLabelBank | None = None
         self.lv_masks: torch.Tensor | None = None  # uint8 (R, 1, S, S)
@@ -283,10 +316,14 @@ class SemiSupervisedTask(SegmentationTask):
             raise LvsegError("semi-supervised training runs on one device; use --devices 1")
 
     def unlabeled_weight_now(self, batch_idx: int) -> float:
-        """The ramped-up weight w(t) of the unlabeled losses at this step."""
+        """The weight w(t) of the unlabeled losses at this step: 0 during the supervised warm-up (the
+        model's early predictions would seed the pseudo-labels with noise that the EMA then keeps),
+        then ramped up over ``rampup_epochs``."""
         batches = self.trainer.num_training_batches if self._trainer is not None else 0
         fraction = batch_idx / batches if batches and math.isfinite(batches) else 0.0
-        progress = self.current_epoch + fraction
+        progress = self.current_epoch + fraction - self.hparams.get("warmup_epochs", 0.0)
+        if progress < 0:
+            return 0.0
         return self.hparams.unlabeled_weight * rampup_weight(progress, self.hparams.rampup_epochs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -299,7 +336,7 @@ class SemiSupervisedTask(SegmentationTask):
             sup_loss = self.loss(logits[labeled], batch["mask"][labeled])
             self.log("train_sup_loss", sup_loss, on_step=False, on_epoch=True, batch_size=int(labeled.sum()))
         weight = self.unlabeled_weight_now(batch_idx)
-        if unlabeled.any():
+        if unlabeled.any() and weight > 0:
             assert self.bank is not None
             unlabeled_logits = logits[unlabeled]
             indices = batch["index"].to(logits.device)[unlabeled].cpu()
@@ -427,4 +464,6 @@ def build_semi_train_loader(
     task.attach(bank, lv_masks, lv_match, pseudo_label_path=pseudo_path)
 
     mixed = ConcatDataset([labeled_set, unlabeled_set])
-    return DataLoader(mixed, drop_last=len(mixed) > config.batch_size, **shuffle_options)
+    sampler = BalancedSemiSampler(len(labeled_set), len(unlabeled_set), seed=config.seed)
+    # No drop_last: every unlabeled image must get its one EPI update per epoch.
+    return DataLoader(mixed, sampler=sampler, drop_last=False, **loader_options)
