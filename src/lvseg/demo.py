@@ -64,7 +64,8 @@ def _overlay_grid(config: DemoConfig, data: Path, checkpoints: dict[str, Path], 
     samples = load_split(data, "test")[: config.grid_cases]
     images = [read_image(sample.image_path) for sample in samples]
     texts = [sample.text for sample in samples]
-    predictions = {name: load_model(ckpt, device="cpu").predict_batch(images, texts) for name, ckpt in checkpoints.items()}
+    paths = [sample.image_path for sample in samples]
+    predictions = {name: load_model(ckpt, device="cpu").predict_batch(paths, texts) for name, ckpt in checkpoints.items()}
     rows = []
     for index, (sample, image) in enumerate(zip(samples, images)):
         truth = read_mask(sample.mask_path)
