@@ -78,8 +78,10 @@ def test_epi_update_matches_the_formula() -> None:
     bank = PseudoLabelBank(["a", "b", "c"], img_size=2, beta=beta)
     first = torch.tensor([[[[0.2, 0.4], [0.6, 0.8]]], [[[1.0, 0.0], [0.5, 0.5]]]])  # (2, 1, 2, 2)
     bank.update(torch.tensor([0, 2]), first)
-    labels, seen = bank.targets(torch.tensor([0, 1, 2]))
+    targets, seen = bank.targets(torch.tensor([0, 1, 2]))
+    labels = bank.labels[torch.tensor([0, 1, 2])].float().unsqueeze(1)  # the soft EMA state P_t
     assert seen.tolist() == [True, False, True]
+    assert torch.equal(targets, (labels >= 0.5).float())  # training targets: P_t thresholded at 0.5
     torch.testing.assert_close(labels[0], first[0], atol=1e-3, rtol=0)  # P_1 = first prediction
     torch.testing.assert_close(labels[2], first[1], atol=1e-3, rtol=0)
     assert labels[1].abs().sum() == 0
@@ -87,7 +89,7 @@ def test_epi_update_matches_the_formula() -> None:
     second = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
     bank.update(torch.tensor([0]), second)
     expected = beta * first[0] + (1 - beta) * second[0]  # P_t = beta P_(t-1) + (1 - beta) p_t
-    labels, _ = bank.targets(torch.tensor([0, 2]))
+    labels = bank.labels[torch.tensor([0, 2])].float().unsqueeze(1)
     torch.testing.assert_close(labels[0], expected, atol=1e-3, rtol=0)
     torch.testing.assert_close(labels[1], first[1], atol=1e-3, rtol=0)  # untouched
     assert bank.labels.dtype == torch.float16

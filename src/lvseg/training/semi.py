@@ -178,9 +178,13 @@ class PseudoLabelBank:
         return len(self.names)
 
     def targets(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """indices (K,) -> (pseudo-labels float32 (K, 1, S, S), seen bool (K,)), on the CPU."""
+        """indices (K,) -> (binary pseudo-label masks float32 (K, 1, S, S), seen bool (K,)), on the CPU.
+
+        The EMA P_t stays soft in the bank; the training target is the mask P_t >= 0.5. Soft targets near
+        0.5 would pull the Dice term toward blurred predictions, which the 0.5 threshold then cuts.
+        """
         indices = indices.detach().cpu().long()
-        return self.labels[indices].float().unsqueeze(1), self.seen[indices].clone()
+        return (self.labels[indices] >= 0.5).float().unsqueeze(1), self.seen[indices].clone()
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, probabilities: torch.Tensor) -> None:
