@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--from-run", type=Path, help="a finished demo folder holding metrics.json")
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--note", default="", help="how the run was made, added to the section (e.g. threads, load)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {config['batch_size']}, {config['minutes_per_model']} min of training per model, augmentation "
             f"'{config['augment']}'; test split. LViT - U-Net Dice: {checks['gain_over_unet']:+.4f} (expected >= +0.15); "
             f"text reliance Dice(given) - Dice(shuffled): {checks['text_reliance']:+.4f} (expected >= 0.15). "
-            f"Wall time {summary['seconds']['total'] / 60:.1f} min.")
+            f"Wall time {summary['seconds']['total'] / 60:.1f} min. {args.note}")
     table = summary_table(summary)
     print(table)
     if not args.no_record:
