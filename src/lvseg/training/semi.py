@@ -345,9 +345,12 @@ class SemiSupervisedTask(SegmentationTask):
             unlabeled_logits = logits[unlabeled]
             indices = batch["index"].to(logits.device)[unlabeled].cpu()
             targets, seen = self.bank.targets(indices)
-            if seen.any():
-                pseudo_loss = self.loss(unlabeled_logits, targets.to(logits.device), seen.to(logits.device).float())
-                self.log("train_pseudo_loss", pseudo_loss, on_step=False, on_epoch=True, batch_size=int(seen.sum()))
+            # An empty pseudo-label teaches "predict nothing" and collapses training (a report describes a
+            # lesion): supervise only with pseudo-labels that hold some lesion.
+            usable = seen & (targets.flatten(1).amax(1) > 0)
+            if usable.any():
+                pseudo_loss = self.loss(unlabeled_logits, targets.to(logits.device), usable.to(logits.device).float())
+                self.log("train_pseudo_loss", pseudo_loss, on_step=False, on_epoch=True, batch_size=int(usable.sum()))
             probabilities = torch.sigmoid(unlabeled_logits.float())
             if self.lv_masks is not None and self.lv_match is not None and self.hparams.lv_weight > 0:
                 reference = self.lv_masks[self.lv_match[indices]].to(logits.device)
