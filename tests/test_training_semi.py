@@ -230,3 +230,28 @@ def test_no_pseudo_labels_during_the_supervised_warm_up(tiny_semi_data: tuple[Pa
     train(_config(data, out, warmup_epochs=5.0))
     saved = torch.load(out / PSEUDO_LABEL_FILE, weights_only=True)
     assert not bool(saved["seen"].any())  # the model's first, poor predictions seed no pseudo-label
+
+
+def test_empty_pseudo_labels_do_not_supervise() -> None:
+    """An unlabeled image whose pseudo-label holds no lesion gets weight 0 in the pseudo-label loss."""
+    from lvseg.training.semi import SemiSupervisedTask
+
+    task = SemiSupervisedTask(model_name="unet", model_options={"img_size": 32, "base_channels": 4},
+                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0)
+    bank = PseudoLabelBank(["empty", "lesion"], img_size=32, beta=0.5)
+    lesion = torch.zeros(1, 1, 32, 32)
+    lesion[..., 8:16, 8:16] = 1.0
+    bank.update(torch.tensor([0, 1]), torch.cat([torch.zeros(1, 1, 32, 32), lesion]))
+    task.attach(bank)
+    weights: list[torch.Tensor | None] = []
+
+    def spy(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        weight = args[2] if len(args) > 2 else kwargs.get("weight")
+        weights.append(None if weight is None else weight.detach().clone())
+
+    task.loss.register_forward_pre_hook(spy, with_kwargs=True)
+    batch = {"image": torch.rand(2, 3, 32, 32), "mask": torch.zeros(2, 1, 32, 32), "text": ["a", "b"],
+             "labeled": torch.tensor([False, False]), "index": torch.tensor([0, 1])}
+    task.training_step(batch, 0)
+    assert len(weights) == 1 and weights[0] is not None
+    assert weights[0].tolist() == [0.0, 1.0]
