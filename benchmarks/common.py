@@ -13,7 +13,8 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmark results
 
 Every section was appended by a script in `benchmarks/` and states its command, machine and date.
-Numbers are measured, never edited by hand.
+Numbers are measured, never edited by hand; paragraphs starting "Annotation (numbers unchanged)" were
+added afterwards to state run conditions the table alone does not show.
 """
 
 
