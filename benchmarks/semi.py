@@ -53,6 +53,7 @@ def run_one(kind: str, data: Path, args: argparse.Namespace) -> dict[str, object
             lv_templates=args.lv_templates, epi_beta=args.epi_beta, warmup_epochs=args.warmup_epochs,
             rampup_epochs=args.rampup_epochs,
             unlabeled_weight=args.unlabeled_weight, lv_weight=args.lv_weight,
+            teacher_decay=args.teacher_decay, strong_view=not args.no_strong_view,
         )
     config = TrainConfig(
         data=data, out=out, model=args.model, text_encoder=args.text_encoder, img_size=args.img_size,
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rampup-epochs", type=float, default=5.0)
     parser.add_argument("--unlabeled-weight", type=float, default=1.0)
     parser.add_argument("--lv-weight", type=float, default=0.1)
+    parser.add_argument("--teacher-decay", type=float, default=0.99, help="EMA decay of the pseudo-label teacher")
+    parser.add_argument("--no-strong-view", action="store_true", help="train on un-perturbed unlabeled images")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -142,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.batch_size}, Adam {args.lr:g}, augmentation {args.augment}), {_budget(args)} training "
             f"budget per run, labeled fraction {args.fraction:g} (seed {args.seed}); semi-supervised: EPI beta "
             f"{args.epi_beta:g}, warm-up {args.warmup_epochs:g} + ramp-up {args.rampup_epochs:g} epochs, unlabeled weight {args.unlabeled_weight:g}, "
-            f"LV weight {args.lv_weight:g}, LV references: {references}. Best checkpoint by validation Dice, "
+            f"LV weight {args.lv_weight:g}, LV references: {references}, teacher EMA decay {args.teacher_decay:g}, "
+            f"strong view {'off' if args.no_strong_view else 'on'}. Best checkpoint by validation Dice, "
             "evaluated on Test_Folder (threshold 0.5, per-image means at model resolution)."
         )
         append_section(f"Semi-supervised, {dataset_name}", note + "\n\n" + table, path=args.results)

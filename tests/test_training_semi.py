@@ -17,6 +17,7 @@ from lvseg.training.fit import TrainConfig, train
 from lvseg.training.semi import (
     PSEUDO_LABEL_FILE,
     SPLIT_FILE,
+    TEACHER_KEY,
     PseudoLabelBank,
     SemiSupervisedTask,
     read_labeled_list,
@@ -181,6 +182,22 @@ def test_semi_run_never_reads_unlabeled_masks_and_resumes_pseudo_labels(
     assert resumed["global_step"] > saved["global_step"]
     checkpoint = torch.load(out / "last.ckpt", weights_only=True)
     assert checkpoint["hyper_parameters"]["epi_beta"] == 0.8
+    assert "module.net.head.weight" in checkpoint[TEACHER_KEY]  # the EMA teacher resumes too
+
+
+def test_resume_restores_the_teacher(tiny_semi_data: tuple[Path, list[str]], tmp_path: Path) -> None:
+    data, _ = tiny_semi_data
+    out = tmp_path / "run"
+    train(_config(data, out))
+    saved = torch.load(out / "last.ckpt", weights_only=True)[TEACHER_KEY]
+    task = SemiSupervisedTask("unet", {"img_size": 32, "base_channels": 4})
+    task.on_load_checkpoint({TEACHER_KEY: saved})
+    teacher = task.build_teacher()
+    restored = teacher.state_dict()
+    assert restored.keys() == saved.keys()
+    assert all(torch.equal(restored[key], saved[key]) for key in saved)
+    fresh = SemiSupervisedTask("unet", {"img_size": 32, "base_channels": 4}).build_teacher().state_dict()
+    assert any(not torch.equal(fresh[key], saved[key]) for key in saved if saved[key].is_floating_point())
 
 
 def test_semi_with_templates_and_supervised_only(
@@ -255,3 +272,70 @@ def test_empty_pseudo_labels_do_not_supervise() -> None:
     task.training_step(batch, 0)
     assert len(weights) == 1 and weights[0] is not None
     assert weights[0].tolist() == [0.0, 1.0]
+
+
+# ------------------------------------------------------------------------------- teacher and strong view
+
+
+def test_strong_view_moves_image_pseudo_label_and_reference_together_and_keeps_sides() -> None:
+    from lvseg.training.perturb import StrongPerturbation
+
+    size = 48
+    targets = torch.zeros(4, 1, size, size)
+    targets[..., 18:30, 6:16] = 1.0  # a lesion in the left half of each image
+    images = targets.repeat(1, 3, 1, 1) * 0.8 + 0.1
+    strong, warped, references = StrongPerturbation(size, seed=3)(images, targets, targets.clone())
+    assert references is not None
+    assert strong.shape == images.shape and warped.shape == references.shape == targets.shape
+    assert torch.equal(warped, references)  # one geometry for pseudo-label and reference
+    assert set(warped.unique().tolist()) <= {0.0, 1.0}  # masks stay binary
+    assert not torch.equal(warped, targets)  # the geometry did move them
+    assert float(strong.min()) >= 0.0 and float(strong.max()) <= 1.0
+    # the image moved with its mask: bright pixels sit on the warped lesion
+    inside = strong[:, 0:1][warped > 0].mean()
+    outside = strong[:, 0:1][warped == 0].mean()
+    assert inside > outside + 0.4
+    columns = torch.arange(size, dtype=torch.float32)
+    centre_x = (warped.sum(2).squeeze(1) * columns).sum(1) / warped.sum((1, 2, 3))
+    assert bool((centre_x < size / 2).all())  # no flip: a left lesion stays on the left
+    again = StrongPerturbation(size, seed=3)(images, targets, targets.clone())
+    assert torch.equal(again[0], strong) and torch.equal(again[1], warped)  # seeded
+
+
+def test_ema_teacher_follows_the_formula() -> None:
+    from lvseg.training.semi import EmaTeacher
+
+    student = torch.nn.Linear(3, 2)
+    teacher = EmaTeacher({"net": student}, decay=0.9)
+    start = student.weight.detach().clone()
+    assert torch.equal(teacher["net"].weight, start)
+    teacher.update()  # the first update copies the student
+    with torch.no_grad():
+        student.weight.add_(1.0)
+    teacher.update()
+    assert torch.allclose(teacher["net"].weight, 0.9 * start + 0.1 * (start + 1.0), atol=1e-6)
+    assert not teacher["net"].weight.requires_grad and not teacher.averaged.training
+    with pytest.raises(LvsegError):
+        EmaTeacher({"net": student}, decay=1.0)
+
+
+def test_pseudo_labels_come_from_the_teacher_on_the_unperturbed_image() -> None:
+    task = SemiSupervisedTask(model_name="unet", model_options={"img_size": 32, "base_channels": 4},
+                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0)
+    bank = PseudoLabelBank(["a", "b"], img_size=32, beta=0.5)
+    task.attach(bank, seed=0)
+    task.build_teacher()
+    images = torch.rand(2, 3, 32, 32)
+    expected = task.teacher_probabilities(images, ["a", "b"])
+    with torch.no_grad():  # the student drifts away from its teacher
+        for parameter in task.net.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    task.eval()
+    student = torch.sigmoid(task(images, ["a", "b"]))
+    task.train()
+    batch = {"image": images, "mask": torch.zeros(2, 1, 32, 32), "text": ["a", "b"],
+             "labeled": torch.tensor([False, False]), "index": torch.tensor([0, 1])}
+    task.training_step(batch, 0)
+    stored = bank.labels.float().unsqueeze(1)
+    assert torch.allclose(stored, expected, atol=1e-3)  # P_1 = the teacher's prediction
+    assert not torch.allclose(stored, student, atol=1e-2)

@@ -55,6 +55,12 @@ def train_command(
     ),
     rampup_epochs: float = typer.Option(5.0, "--rampup-epochs", help="Epochs of sigmoid ramp-up of the unlabeled weight."),
     lv_weight: float = typer.Option(0.1, "--lv-weight", help="Weight of the LV loss in the unlabeled loss (0: off)."),
+    teacher_decay: float = typer.Option(
+        0.99, "--teacher-decay", help="Semi-supervised: per-step EMA decay of the teacher that predicts pseudo-labels."
+    ),
+    strong_view: bool = typer.Option(
+        True, "--strong-view/--no-strong-view", help="Semi-supervised: perturb the unlabeled images the student sees."
+    ),
 ) -> None:
     """Train a segmentation model on a dataset in the LViT folder layout."""
     from lvseg.training.fit import TrainConfig, train
@@ -68,6 +74,7 @@ def train_command(
         labeled_fraction=labeled_fraction, labeled_list=labeled_list, supervised_only=supervised_only,
         lv_templates=lv_templates, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight,
         warmup_epochs=warmup_epochs, rampup_epochs=rampup_epochs, lv_weight=lv_weight,
+        teacher_decay=teacher_decay, strong_view=strong_view,
     )
     result = train(config)
     if result.global_rank != 0:  # DDP: the other processes stay quiet

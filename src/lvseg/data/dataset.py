@@ -142,8 +142,8 @@ class SegmentationDataset(Dataset):
         if self.transform is not None:
             self._reseed_for_worker()
             out = self.transform({IMAGE_KEY: image, MASK_KEY: mask})
-            image = _plain_tensor(out[IMAGE_KEY]).clamp(0.0, 1.0)
-            mask = (_plain_tensor(out[MASK_KEY]) > 0.5).float()
+            image = plain_tensor(out[IMAGE_KEY]).clamp(0.0, 1.0)
+            mask = (plain_tensor(out[MASK_KEY]) > 0.5).float()
         return {
             "image": image.contiguous(),
             "mask": mask.contiguous(),
@@ -154,7 +154,7 @@ class SegmentationDataset(Dataset):
         }
 
 
-def _plain_tensor(value: Any) -> torch.Tensor:
+def plain_tensor(value: Any) -> torch.Tensor:
     """A plain float32 tensor from a MONAI MetaTensor, tensor or array."""
     if hasattr(value, "as_tensor"):
         value = value.as_tensor()

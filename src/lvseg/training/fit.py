@@ -70,6 +70,8 @@ class TrainConfig:
     warmup_epochs: float = 3.0
     rampup_epochs: float = 5.0
     lv_weight: float = 0.1
+    teacher_decay: float = 0.99  # EMA of the student's weights that predicts the pseudo-labels
+    strong_view: bool = True  # the student sees perturbed unlabeled images
 
 
 @dataclass

@@ -17,19 +17,24 @@ Each training batch mixes labeled and unlabeled samples (``batch["labeled"]`` (B
   fractional epochs), then ``unlabeled_weight`` (the sigmoid ramp-up of Laine & Aila).
 
 Exponential Pseudo-label Iteration (EPI, :class:`PseudoLabelBank`): every time an unlabeled image is
-trained on (once per epoch), its pseudo-label becomes ``P_t = beta * P_(t-1) + (1 - beta) * p_t`` where
-``p_t`` is the sigmoid of the model's prediction in that step (the first prediction initialises it;
-an image without a pseudo-label yet gets no pseudo loss). The target of a step is ``P_(t-1)``, read
-before the update.
+trained on (once per epoch, after the supervised warm-up), its pseudo-label becomes
+``P_t = beta * P_(t-1) + (1 - beta) * p_t`` (the first prediction initialises it). ``p_t`` comes from a
+*teacher* (:class:`EmaTeacher`): an exponential moving average of the student's weights
+(``teacher_decay`` per step), run in eval mode on the un-augmented image. The training target is the
+updated ``P_t``, binarised at 0.5; an image whose pseudo-label holds no lesion is not supervised.
 
-Augmentation vs pseudo-labels: unlabeled images are **not augmented**. Their pseudo-label, the LV
-reference mask (an un-augmented mask of another image) and the prediction are then all in the image's
-own frame, so the prediction of the training step itself can update the pseudo-label at no extra
-cost; labeled images keep the usual augmentation.
+The student sees a *strong view* of the unlabeled image (:class:`~lvseg.training.perturb.StrongPerturbation`:
+a random affine applied alike to the image, its pseudo-label and its LV reference, plus contrast,
+noise and blur on the image). Why both: predictions of the student on the image it is trained on, in
+training mode, made the pseudo-labels follow every oscillation of the student, and a target predicted
+from the very input it supervises teaches nothing new; the averaged teacher is stabler than the
+student, and the perturbation makes the unlabeled loss a consistency constraint (Mean Teacher,
+Tarvainen & Valpola 2017; FixMatch's weak/strong views, Sohn et al. 2020). Labeled images keep the usual
+augmentation.
 
 Pseudo-labels are stored at model resolution as float16 in ``<run>/pseudo_labels.pt`` (atomic write,
-each time a checkpoint is saved, tagged with the global step) so ``--resume`` continues with them; the
-split is written to ``<run>/semi_split.json`` and must be the same when resuming. Semi-supervised
+each time a checkpoint is saved, tagged with the global step) so ``--resume`` continues with them (the
+teacher's weights travel in the checkpoint, under ``lvseg_teacher``); the split is written to ``<run>/semi_split.json`` and must be the same when resuming. Semi-supervised
 training runs in one process (the bank is not shared across DDP ranks).
 """
 
@@ -46,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from lvseg.data.layout import Sample
@@ -53,13 +60,17 @@ from lvseg.errors import LvsegError
 from lvseg.files import atomic_write, atomic_write_text
 from lvseg.training.lv_loss import LVReferenceSet, load_template_references, lv_loss, references_from_samples
 from lvseg.training.module import SegmentationTask
+from lvseg.training.perturb import StrongPerturbation
 
 log = logging.getLogger(__name__)
 
 PSEUDO_LABEL_FILE = "pseudo_labels.pt"
 SPLIT_FILE = "semi_split.json"
 #: hparams of :class:`SemiSupervisedTask` beyond those of :class:`SegmentationTask`.
-SEMI_HPARAMS: tuple[str, ...] = ("epi_beta", "unlabeled_weight", "warmup_epochs", "rampup_epochs", "lv_weight")
+SEMI_HPARAMS: tuple[str, ...] = (
+    "epi_beta", "unlabeled_weight", "warmup_epochs", "rampup_epochs", "lv_weight", "teacher_decay", "strong_view",
+)
+TEACHER_KEY = "lvseg_teacher"
 
 
 # --------------------------------------------------------------------------------------------- split
@@ -236,6 +247,39 @@ def rampup_weight(progress: float, rampup_epochs: float) -> float:
     return float(math.exp(-5.0 * phase * phase))
 
 
+class EmaTeacher:
+    """Mean teacher: an exponential moving average of the student's trainable modules, used without gradients.
+
+    ``modules`` maps names to the student's modules (e.g. ``{"net": ..., "text": ...}``); the teacher holds
+    a copy (``torch.optim.swa_utils.AveragedModel`` with an EMA of parameters and buffers), kept in eval
+    mode. :meth:`update` after each optimizer step: W_teacher = decay * W_teacher + (1 - decay) * W_student.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], decay: float = 0.99) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise LvsegError(f"--teacher-decay {decay} is not in [0, 1)")
+        self.student = nn.ModuleDict(modules)
+        self.averaged = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.averaged.eval()
+        self.averaged.requires_grad_(False)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self.averaged.module[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.averaged.module
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.averaged.update_parameters(self.student)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {key: value.detach().cpu() for key, value in self.averaged.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.averaged.load_state_dict(state, strict=True)
+
+
 # ---------------------------------------------------------------------------------------------- task
 
 
@@ -274,7 +318,8 @@ class BalancedSemiSampler(Sampler[int]):
 class SemiSupervisedTask(SegmentationTask):
     """:class:`SegmentationTask` trained on mixed labeled/unlabeled batches with EPI and the LV loss.
 
-    Extra hparams: ``epi_beta``, ``unlabeled_weight``, ``rampup_epochs``, ``lv_weight``. Before fitting,
+    Extra hparams: ``epi_beta``, ``unlabeled_weight``, ``warmup_epochs``, ``rampup_epochs``, ``lv_weight``,
+    ``teacher_decay`` and ``strong_view`` (perturb the unlabeled images the student sees). Before fitting,
     :meth:`attach` gives it the pseudo-label bank and the LV references (run-time state, not hparams).
     Logs ``train_sup_loss``, ``train_pseudo_loss``, ``train_lv_loss``, ``train_unlabeled_weight`` and the
     total ``train_loss``.
@@ -288,15 +333,21 @@ class SemiSupervisedTask(SegmentationTask):
         warmup_epochs: float = 3.0,
         rampup_epochs: float = 5.0,
         lv_weight: float = 0.1,
+        teacher_decay: float = 0.99,
+        strong_view: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight, warmup_epochs=warmup_epochs,
-                         rampup_epochs=rampup_epochs, lv_weight=lv_weight, **kwargs)
+                         rampup_epochs=rampup_epochs, lv_weight=lv_weight, teacher_decay=teacher_decay,
+                         strong_view=strong_view, **kwargs)
         self.bank: PseudoLabelBank | None = None
         self.lv_masks: torch.Tensor | None = None  # uint8 (R, 1, S, S)
         self.lv_match: torch.Tensor | None = None  # int64 (N_unlabeled,) reference index per unlabeled image
         self.pseudo_label_path: Path | None = None
         self._saved_step: int | None = None
+        self.teacher: EmaTeacher | None = None
+        self._teacher_state: dict[str, torch.Tensor] | None = None  # from a checkpoint, until the teacher exists
+        self.perturbation: StrongPerturbation | None = None
 
     def attach(
         self,
@@ -304,20 +355,49 @@ class SemiSupervisedTask(SegmentationTask):
         lv_masks: torch.Tensor | None = None,
         lv_match: torch.Tensor | None = None,
         pseudo_label_path: Path | None = None,
+        seed: int | None = None,
     ) -> None:
-        """Set the run-time state: bank (N unlabeled), reference masks (R, 1, S, S), match (N,) into them."""
+        """Set the run-time state: bank (N unlabeled), reference masks (R, 1, S, S), match (N,) into them;
+        ``seed`` seeds the strong-view perturbation."""
         if (lv_masks is None) != (lv_match is None):
             raise ValueError("lv_masks and lv_match go together")
         if lv_match is not None and len(lv_match) != len(bank):
             raise ValueError(f"lv_match has {len(lv_match)} entries for {len(bank)} unlabeled images")
         self.bank, self.lv_masks, self.lv_match = bank, lv_masks, lv_match
         self.pseudo_label_path = pseudo_label_path
+        self.perturbation = StrongPerturbation(bank.img_size, seed=seed) if self.hparams.get("strong_view", True) else None
 
     def on_fit_start(self) -> None:
         if self.bank is None:
             raise LvsegError("SemiSupervisedTask.attach() must be called before fitting")
         if self.trainer.world_size > 1:
             raise LvsegError("semi-supervised training runs on one device; use --devices 1")
+        self.build_teacher()
+
+    def build_teacher(self) -> EmaTeacher:
+        """Create the EMA teacher from the current weights (or the checkpoint's teacher when resuming)."""
+        modules: dict[str, nn.Module] = {"net": self.net}
+        if self.text_encoder is not None and any(p.requires_grad for p in self.text_encoder.parameters()):
+            modules["text"] = self.text_encoder  # a frozen encoder is shared, not copied
+        self.teacher = EmaTeacher(modules, decay=self.hparams.get("teacher_decay", 0.99))
+        if self._teacher_state is not None:
+            self.teacher.load_state_dict(self._teacher_state)
+            self._teacher_state = None
+        return self.teacher
+
+    @torch.no_grad()
+    def teacher_probabilities(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """images (K, C, S, S), K reports -> the teacher's probabilities (K, 1, S, S), float32."""
+        teacher = self.teacher or self.build_teacher()
+        tokens = None
+        if self.text_encoder is not None:
+            text_encoder = teacher["text"] if "text" in teacher else self.text_encoder
+            tokens = text_encoder(list(texts)).tokens.to(images.device)
+        return torch.sigmoid(teacher["net"](images, tokens).float())
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.teacher is not None:
+            self.teacher.update()
 
     def unlabeled_weight_now(self, batch_idx: int) -> float:
         """The weight w(t) of the unlabeled losses at this step: 0 during the supervised warm-up (the
@@ -331,35 +411,45 @@ class SemiSupervisedTask(SegmentationTask):
         return self.hparams.unlabeled_weight * rampup_weight(progress, self.hparams.rampup_epochs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"], batch["text"])  # (B, 1, S, S)
-        labeled = batch["labeled"].to(logits.device).bool()
+        images, texts = batch["image"], list(batch["text"])  # (B, C, S, S), B reports
+        labeled = batch["labeled"].to(images.device).bool()
         unlabeled = ~labeled
+        weight = self.unlabeled_weight_now(batch_idx)
+        train_unlabeled = bool(unlabeled.any()) and weight > 0
+        if train_unlabeled:
+            assert self.bank is not None
+            indices = batch["index"].to(images.device)[unlabeled].cpu()
+            unlabeled_texts = [text for text, is_labeled in zip(texts, labeled.tolist()) if not is_labeled]
+            self.bank.update(indices, self.teacher_probabilities(images[unlabeled], unlabeled_texts))  # EPI
+            targets, seen = self.bank.targets(indices)
+            targets = targets.to(images.device)
+            references = None
+            if self.lv_masks is not None and self.lv_match is not None and self.hparams.lv_weight > 0:
+                references = self.lv_masks[self.lv_match[indices]].to(images.device).float()
+            if self.perturbation is not None:
+                strong, targets, references = self.perturbation(images[unlabeled], targets, references)
+                images = images.clone()
+                images[unlabeled] = strong
+        logits = self(images, texts)  # (B, 1, S, S)
         zero = logits.sum() * 0.0
         sup_loss = pseudo_loss = lv_value = zero
         if labeled.any():
             sup_loss = self.loss(logits[labeled], batch["mask"][labeled])
             self.log("train_sup_loss", sup_loss, on_step=False, on_epoch=True, batch_size=int(labeled.sum()))
-        weight = self.unlabeled_weight_now(batch_idx)
-        if unlabeled.any() and weight > 0:
-            assert self.bank is not None
+        if train_unlabeled:
             unlabeled_logits = logits[unlabeled]
-            indices = batch["index"].to(logits.device)[unlabeled].cpu()
-            targets, seen = self.bank.targets(indices)
             # An empty pseudo-label teaches "predict nothing" and collapses training (a report describes a
             # lesion): supervise only with pseudo-labels that hold some lesion.
-            usable = seen & (targets.flatten(1).amax(1) > 0)
+            usable = seen.to(images.device) & (targets.flatten(1).amax(1) > 0)
             if usable.any():
-                pseudo_loss = self.loss(unlabeled_logits, targets.to(logits.device), usable.to(logits.device).float())
+                pseudo_loss = self.loss(unlabeled_logits, targets, usable.float())
                 self.log("train_pseudo_loss", pseudo_loss, on_step=False, on_epoch=True, batch_size=int(usable.sum()))
-            probabilities = torch.sigmoid(unlabeled_logits.float())
-            if self.lv_masks is not None and self.lv_match is not None and self.hparams.lv_weight > 0:
-                reference = self.lv_masks[self.lv_match[indices]].to(logits.device)
-                lv_value = lv_loss(probabilities, reference).mean()
+            if references is not None:
+                lv_value = lv_loss(torch.sigmoid(unlabeled_logits.float()), references).mean()
                 self.log("train_lv_loss", lv_value, on_step=False, on_epoch=True, batch_size=len(indices))
-            self.bank.update(indices, probabilities)  # EPI, after reading P_(t-1) as the target
         loss = sup_loss + weight * (pseudo_loss + self.hparams.lv_weight * lv_value)
-        self.log("train_unlabeled_weight", weight, on_step=False, on_epoch=True, batch_size=len(batch["text"]))
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["text"]))
+        self.log("train_unlabeled_weight", weight, on_step=False, on_epoch=True, batch_size=len(texts))
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(texts))
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -371,6 +461,15 @@ class SemiSupervisedTask(SegmentationTask):
             self.bank.save(self.pseudo_label_path, global_step=step, epoch=int(self.current_epoch))
             self._saved_step = step
         checkpoint.setdefault("lvseg", {})["pseudo_labels"] = {"file": PSEUDO_LABEL_FILE, "global_step": step}
+        if self.teacher is not None:
+            checkpoint[TEACHER_KEY] = self.teacher.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._teacher_state = checkpoint.get(TEACHER_KEY)
+        if self._teacher_state is not None and self.teacher is not None:
+            self.teacher.load_state_dict(self._teacher_state)
+            self._teacher_state = None
 
 
 # ------------------------------------------------------------------------------------------ fit glue
@@ -468,7 +567,7 @@ def build_semi_train_loader(
         )
         lv_masks = references.masks
         lv_match = torch.from_numpy(references.match([s.text for s in split.unlabeled]))
-    task.attach(bank, lv_masks, lv_match, pseudo_label_path=pseudo_path)
+    task.attach(bank, lv_masks, lv_match, pseudo_label_path=pseudo_path, seed=config.seed)
 
     mixed = ConcatDataset([labeled_set, unlabeled_set])
     sampler = BalancedSemiSampler(len(labeled_set), len(unlabeled_set), seed=config.seed)
