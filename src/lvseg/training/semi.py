@@ -11,7 +11,8 @@ Each training batch mixes labeled and unlabeled samples (``batch["labeled"]`` (B
     loss = L_sup + w(t) * (L_pseudo + lv_weight * L_LV)
 
 * ``L_sup``: Dice + class-balanced BCE (:class:`~lvseg.training.losses.DiceBCELoss`) on labeled images;
-* ``L_pseudo``: the same loss between an unlabeled image's prediction and its current pseudo-label;
+* ``L_pseudo``: the same loss between the prediction for an unlabeled image's strong view and its
+  pseudo-label (moved with the view);
 * ``L_LV``: :func:`lvseg.training.lv_loss.lv_loss` against the mask of the most similar reference report;
 * ``w(t) = unlabeled_weight * exp(-5 (1 - t / rampup_epochs)^2)`` for ``t < rampup_epochs`` (t in
   fractional epochs), then ``unlabeled_weight`` (the sigmoid ramp-up of Laine & Aila).
@@ -34,8 +35,9 @@ augmentation.
 
 Pseudo-labels are stored at model resolution as float16 in ``<run>/pseudo_labels.pt`` (atomic write,
 each time a checkpoint is saved, tagged with the global step) so ``--resume`` continues with them (the
-teacher's weights travel in the checkpoint, under ``lvseg_teacher``); the split is written to ``<run>/semi_split.json`` and must be the same when resuming. Semi-supervised
-training runs in one process (the bank is not shared across DDP ranks).
+teacher's weights travel in the checkpoint, under ``lvseg_teacher``); the split is written to
+``<run>/semi_split.json`` and must be the same when resuming. Semi-supervised training runs in one
+process (the bank is not shared across DDP ranks).
 """
 
 from __future__ import annotations
