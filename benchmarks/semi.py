@@ -68,10 +68,15 @@ def run_one(kind: str, data: Path, args: argparse.Namespace) -> dict[str, object
     labels = "100 %" if kind == "all" else f"{args.fraction:.0%}"
     name = {"all": "all labels", "supervised": f"supervised only, {labels} labels",
             "semi": f"semi-supervised (EPI + LV), {labels} labels"}[kind]
+    budget_seconds = args.seconds if args.seconds is not None else args.minutes * 60
+    stopped = ("time budget" if seconds >= 0.98 * budget_seconds
+               else "max epochs" if result.epochs >= args.max_epochs
+               else f"early stopping ({args.patience} epochs)")
     return {
         "run": name,
         "epochs": result.epochs,
         "training (s)": f"{seconds:.0f}",
+        "stopped by": stopped,
         "best val Dice (%)": f"{(result.best_val_dice or 0) * 100:.2f}",
         "test Dice (%)": f"{report.means['dice'] * 100:.2f}",
         "test IoU (%)": f"{report.means['iou'] * 100:.2f}",
