@@ -18,6 +18,7 @@ from lvseg.training.semi import (
     PSEUDO_LABEL_FILE,
     SPLIT_FILE,
     TEACHER_KEY,
+    EmaTeacher,
     PseudoLabelBank,
     SemiSupervisedTask,
     read_labeled_list,
@@ -174,8 +175,19 @@ def test_semi_run_never_reads_unlabeled_masks_and_resumes_pseudo_labels(
         return state
 
     monkeypatch.setattr(PseudoLabelBank, "load", spy)
+    teacher_loads: list[dict] = []
+    original_teacher_load = EmaTeacher.load_state_dict
+
+    def teacher_spy(self: EmaTeacher, state: dict) -> None:
+        teacher_loads.append(state)
+        original_teacher_load(self, state)
+
+    monkeypatch.setattr(EmaTeacher, "load_state_dict", teacher_spy)
+    saved_teacher = torch.load(out / "last.ckpt", weights_only=True)[TEACHER_KEY]
     train(_config(data, out, max_epochs=2, resume=True))
     assert len(loaded) == 1 and torch.equal(loaded[0], saved["labels"])  # resumed with the stored labels
+    assert len(teacher_loads) == 1  # and with the stored teacher
+    assert all(torch.equal(teacher_loads[0][key], saved_teacher[key]) for key in saved_teacher)
     columns = _logged_columns(out)
     assert "train_pseudo_loss" in columns  # epoch 2 trains on them
     resumed = torch.load(out / PSEUDO_LABEL_FILE, weights_only=True)
