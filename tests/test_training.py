@@ -204,6 +204,22 @@ def test_resume_continues_from_the_next_epoch(lvit_run: dict, data: Path, tmp_pa
     assert logged_epochs == {0, 1}
 
 
+def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(data: Path, tmp_path: Path) -> None:
+    """A resume must continue from where training stopped, not from the last improvement."""
+    out = tmp_path / "declining"
+
+    def declining_validation(self: SegmentationTask, batch, batch_idx) -> None:
+        self.log("val_dice", 0.9 - 0.1 * self.current_epoch, batch_size=len(batch["text"]))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegmentationTask, "validation_step", declining_validation)
+        result = train(tiny(data, out, max_epochs=3, model="unet"))
+    best, last = read_checkpoint_dict(result.best_checkpoint), read_checkpoint_dict(result.last_checkpoint)
+    assert best["epoch"] == 0 and best["lvseg"]["metrics"]["val_dice"] == pytest.approx(0.9)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * best["global_step"]
+    assert last["lvseg"]["metrics"] == pytest.approx({"val_dice": 0.7, "best_val_dice": 0.9})
+
+
 def test_crash_mid_run_leaves_a_loadable_last_checkpoint(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "crashed"
 

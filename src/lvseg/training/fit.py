@@ -220,7 +220,14 @@ def train(config: TrainConfig) -> TrainResult:
     accelerator, precision = _accelerator_and_precision(config)
     best_callback = ModelCheckpoint(
         dirpath=out, filename="best", monitor="val_dice", mode="max", save_top_k=1,
-        save_last=True, enable_version_counter=False, auto_insert_metric_name=False,
+        enable_version_counter=False, auto_insert_metric_name=False,
+    )
+    # Lightning's save_last only writes last.ckpt when best.ckpt is written; a resumed run must continue
+    # from the latest epoch, so last.ckpt is its own checkpoint, written after every validation (after
+    # best.ckpt, so it records the updated best).
+    last_callback = ModelCheckpoint(
+        dirpath=out, filename="last", monitor=None, save_top_k=1,
+        enable_version_counter=False, auto_insert_metric_name=False,
     )
     early_stopping = EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)
     trainer = _make_trainer(
@@ -231,7 +238,7 @@ def train(config: TrainConfig) -> TrainResult:
         precision=precision,
         max_epochs=config.max_epochs,
         max_time=max_time,
-        callbacks=[best_callback, early_stopping],
+        callbacks=[best_callback, last_callback, early_stopping],
         logger=[ResumableCSVLogger(out, name="logs", version="", keep_existing=resume_path is not None), TensorBoardLogger(out, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=config.progress_bar,
