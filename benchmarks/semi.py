@@ -68,7 +68,7 @@ def run_one(kind: str, data: Path, args: argparse.Namespace) -> dict[str, object
     report = evaluate(result.best_checkpoint, data, split="test", out=out / "eval_test", text_mode="given")
     labels = "100 %" if kind == "all" else f"{args.fraction:.0%}"
     name = {"all": "all labels", "supervised": f"supervised only, {labels} labels",
-            "semi": f"semi-supervised (EPI + LV), {labels} labels"}[kind]
+            "semi": f"semi-supervised (EPI{' + LV' if args.lv_weight > 0 else ''}), {labels} labels"}[kind]
     budget_seconds = args.seconds if args.seconds is not None else args.minutes * 60
     stopped = ("time budget" if seconds >= 0.98 * budget_seconds
                else "max epochs" if result.epochs >= args.max_epochs
