@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lvseg.training.losses import DiceBCELoss, class_balanced_bce_with_logits
+from lvseg.models.losses import DiceBCELoss, class_balanced_bce_with_logits
 
 
 def test_class_balanced_bce_weighs_positive_and_negative_halves_equally():

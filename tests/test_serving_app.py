@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from serving_support import REPORT, dicom_bytes, encode, lesion_image, png_bytes, png_with_header_only
 
+from lvseg.data.images import read_image
 from lvseg.serving.app import create_app
 from lvseg.serving.errors import ApiError
 from lvseg.serving.fake import FakeSegmenter
@@ -112,6 +113,34 @@ def test_segment_accepts_jpeg_and_tiff(client: TestClient, fmt: str) -> None:
     result = _segment(client, image=encode(lesion_image(), fmt), query="?include_original=true").json()
     assert result["image_format"] == fmt.lower() and result["lesions"] == 2
     assert _png_array(result["original"]).shape == (64, 96, 3)
+
+
+class _Recorder(FakeSegmenter):
+    """Keeps what the app passes to ``predict``."""
+
+    def predict(self, image: object, text: str | None, threshold: float = 0.5) -> object:
+        self.received = image
+        return super().predict(image, text, threshold)
+
+
+def _twelve_bit(height: int = 40, width: int = 36) -> np.ndarray:
+    image = np.random.default_rng(5).integers(0, 1200, size=(height, width)).astype(np.uint16)
+    image[8:24, 10:30] = 4095  # a bright square; 4095 = the 12-bit maximum
+    return image
+
+
+@pytest.mark.parametrize("kind", ["gray8", "rgb", "rgba", "gray16"])
+def test_the_model_gets_the_array_lvseg_predict_reads(kind: str) -> None:
+    """Through the app, the model reads the same (C, H, W) floats as from the file in ``lvseg predict``."""
+    rgb = np.random.default_rng(6).integers(0, 256, size=(30, 26, 3)).astype(np.uint8)
+    image = {"gray8": lesion_image(), "rgb": rgb, "rgba": np.concatenate([rgb, rgb[..., :1]], axis=2),
+             "gray16": _twelve_bit()}[kind]
+    data = png_bytes(image)
+    recorder = _Recorder()
+    with TestClient(create_app(recorder)) as client:
+        assert _segment(client, image=data).status_code == 200
+    for channels in (1, 3):
+        assert np.array_equal(read_image(recorder.received, channels=channels), read_image(data, channels=channels))
 
 
 def test_segment_accepts_dicom(client: TestClient) -> None:

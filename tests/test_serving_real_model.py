@@ -111,3 +111,47 @@ def test_lvseg_serve_loads_the_real_checkpoint(checkpoint: Path, monkeypatch: py
     assert result.exit_code == 0, result.output
     with TestClient(calls["app"]) as served:
         assert served.get("/api/model").json()["model"] == "lvit"
+
+
+def _twelve_bit_png(path: Path) -> bytes:
+    """A 16-bit PNG holding 12-bit values (max 4095, as many radiographs): dim noise and a bright square."""
+    rng = np.random.default_rng(12)
+    values = rng.integers(0, 1200, size=(48, 40)).astype(np.uint16)
+    values[10:30, 12:32] = 4095
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "I;16"
+    return path.read_bytes()
+
+
+def test_sixteen_bit_png_gives_the_same_mask_through_the_app_and_lvseg_predict(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """The app and ``lvseg predict`` decode with the same reader: same input, same mask (not 16x brighter)."""
+    from lvseg.cli.main import app as cli
+    from lvseg.data.images import read_image
+    from lvseg.inference import load_model
+
+    image_path = tmp_path / "radiograph.png"
+    data = _twelve_bit_png(image_path)
+    segmenter = load_model(checkpoint, device="cpu")
+    # A threshold at the median probability of what training and `lvseg predict` feed the model gives a
+    # mask with about half the pixels: any change of the input's brightness moves many of them.
+    reference = segmenter.predict(np.transpose(read_image(image_path, channels=None), (1, 2, 0)), REPORT)
+    threshold = float(np.median(reference.probability))
+    assert 0.0 < threshold < 1.0
+
+    out = tmp_path / "cli-mask.png"
+    result = CliRunner().invoke(cli, ["predict", "-c", str(checkpoint), "-i", str(image_path), "-t", REPORT,
+                                      "-o", str(out), "--threshold", repr(threshold), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    cli_mask = np.asarray(Image.open(out))
+
+    with TestClient(create_app(segmenter, threshold=threshold)) as client:
+        response = _segment(client, data, query="?format=png")
+    assert response.status_code == 200, response.text
+    app_mask = np.asarray(Image.open(io.BytesIO(response.content)))
+
+    assert cli_mask.shape == app_mask.shape == (48, 40)
+    assert 0 < int((cli_mask > 0).sum()) < cli_mask.size  # a real mask, neither empty nor full
+    assert np.array_equal(app_mask, cli_mask)
+    assert np.array_equal(cli_mask > 0, reference.probability > threshold)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from serving_support import dicom_bytes, encode, lesion_image, png_bytes, png_with_header_only
 
+from lvseg.data.images import read_image, to_display_rgb8
 from lvseg.serving.errors import ApiError
 from lvseg.serving.uploads import ImageLimits, decode_image, sniff_format, window_dicom
 
@@ -39,6 +40,39 @@ def test_sixteen_bit_png_is_scaled_to_its_maximum() -> None:
     image[1, 1] = 2000
     decoded = decode_image(encode(image, "PNG"))
     assert decoded.pixels[0, 0, 0] == 255 and decoded.pixels[1, 1, 0] == 128 and decoded.pixels[2, 2, 0] == 0
+
+
+def twelve_bit_image() -> np.ndarray:
+    """uint16 (H, W) with 12-bit values (max 4095), as a radiograph in a 16-bit PNG: a bright square on noise."""
+    image = np.random.default_rng(3).integers(0, 1500, size=(20, 24)).astype(np.uint16)
+    image[5:12, 6:14] = 4095
+    return image
+
+
+def _test_images() -> dict[str, np.ndarray]:
+    rgb = np.random.default_rng(4).integers(0, 256, size=(20, 24, 3)).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full((20, 24, 1), 90, dtype=np.uint8)], axis=2)
+    return {"gray8": lesion_image(), "rgb": rgb, "rgba": rgba, "gray16": twelve_bit_image()}
+
+
+@pytest.mark.parametrize("kind", ["gray8", "rgb", "rgba", "gray16"])
+def test_upload_decoder_gives_exactly_the_array_of_read_image(kind: str) -> None:
+    """The app decodes with the reader of training and ``lvseg predict``: identical float arrays."""
+    data = encode(_test_images()[kind], "PNG")
+    decoded = decode_image(data)
+    expected = read_image(data, channels=None)
+    assert decoded.array.dtype == np.float32 and decoded.array.shape == expected.shape
+    assert np.array_equal(decoded.array, expected)
+    for channels in (1, 3):  # what a 1- or 3-channel model reads from what the app passes it
+        assert np.array_equal(read_image(decoded.model_input, channels=channels), read_image(data, channels=channels))
+    if kind != "gray16":  # 8-bit images are shown as they are
+        assert np.array_equal(decoded.pixels, to_display_rgb8(expected))
+
+
+def test_sixteen_bit_png_reaches_the_model_scaled_by_65535_not_its_maximum() -> None:
+    decoded = decode_image(encode(twelve_bit_image(), "PNG"))
+    assert decoded.array.max() == np.float32(4095 / 65535)  # 1/16: as in training, not stretched to 1
+    assert decoded.pixels.max() == 255  # the display alone is stretched
 
 
 def test_rgba_and_palette_images_become_rgb() -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lvseg.files import atomic_write, atomic_write_text
+from lvseg.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def _train(config: DemoConfig, data: Path, model: str) -> Any:
 
 
 def _overlay_grid(config: DemoConfig, data: Path, checkpoints: dict[str, Path], path: Path) -> Path:
-    from lvseg.data.images import read_image, read_mask
+    from lvseg.data.images import read_image, read_mask, write_png
     from lvseg.data.layout import load_split
     from lvseg.evaluation.overlay import overlay_grid, overlay_mask
     from lvseg.inference import load_model
@@ -74,7 +74,7 @@ def _overlay_grid(config: DemoConfig, data: Path, checkpoints: dict[str, Path], 
                      overlay_mask(image, predictions["lvit"][index].mask, color=(60, 120, 255))])
     grid = overlay_grid(rows, ["image", "truth", "U-Net (image only)", "LViT (image + report)"],
                         row_labels=[text for text in texts], cell_size=192)
-    return atomic_write(path, lambda handle: grid.save(handle, format="PNG"))
+    return write_png(path, np.asarray(grid))
 
 
 def _report_markdown(config: DemoConfig, summary: dict[str, Any]) -> str:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lvseg.checkpoint import load_checkpoint
 from lvseg.errors import LvsegError
-from lvseg.training.checkpoint import load_checkpoint
 
 
 @dataclass
@@ -42,24 +42,32 @@ def upsample_probability(probability: torch.Tensor, size: tuple[int, int]) -> to
 
 
 class Segmenter:
-    """A trained network and its text encoder, ready to segment images described by reports.
+    """A trained model (a :class:`~lvseg.models.SegmentationModel`, text front end included), ready to
+    segment images described by reports.
 
     Thread-safe: one lock serialises forward passes so concurrent callers get identical results.
     """
 
-    def __init__(self, net: torch.nn.Module, text_encoder: torch.nn.Module | None, hparams: dict[str, Any],
+    def __init__(self, model: torch.nn.Module, hparams: dict[str, Any] | None = None,
                  metrics: dict[str, float] | None = None, device: str | torch.device | None = None) -> None:
         self.device = resolve_device(device)
-        self.net = net.to(self.device).eval()
-        self.text_encoder = text_encoder.to(self.device).eval() if text_encoder is not None else None
-        self.hparams = hparams
+        self.model = model.to(self.device).eval()
+        self.hparams = dict(hparams or {"model_name": model.model_name, "model_config": model.config})
         self.metrics = dict(metrics or {})
-        options = hparams.get("model_options", {})
-        self.model_name: str = hparams["model_name"]
-        self.img_size: int = int(options.get("img_size", 224))
-        self.in_channels: int = int(options.get("in_channels", 3))
-        self.requires_text: bool = bool(getattr(net, "requires_text", False))
+        self.model_name: str = model.model_name
+        self.img_size: int = int(model.config.get("img_size", 224))
+        self.in_channels: int = int(model.config.get("in_channels", 3))
+        self.requires_text: bool = bool(model.requires_text)
         self._lock = threading.Lock()
+
+    @property
+    def net(self) -> torch.nn.Module:
+        """The model (``torch.nn.Module``); same object as :attr:`model`."""
+        return self.model
+
+    @property
+    def text_encoder(self) -> torch.nn.Module | None:
+        return getattr(self.model, "text_encoder", None)
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, texts: list[str], allow_empty_text: bool = False) -> torch.Tensor:
@@ -70,13 +78,9 @@ class Segmenter:
         if self.requires_text and not allow_empty_text and any(not str(text).strip() for text in texts):
             raise LvsegError(f"model '{self.model_name}' reads the report: the text must not be empty")
         images = images.to(self.device)
-        with self._lock:
-            text_features = None
-            if self.text_encoder is not None:
-                text_features = self.text_encoder([str(text) for text in texts]).tokens.to(self.device)
-            with self._autocast():
-                logits = self.net(images, text_features)
-        return torch.sigmoid(logits.float())[:, :1].cpu()
+        with self._lock, self._autocast():
+            probability = self.model.predict_proba(images, [str(text) for text in texts])
+        return probability.float().cpu()
 
     def predict_batch(self, images: list[Any], texts: list[str], threshold: float = 0.5) -> list[Prediction]:
         """Segment several images at once; each result is at its own image's resolution."""
@@ -105,4 +109,4 @@ class Segmenter:
 def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> Segmenter:
     """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)."""
     loaded = load_checkpoint(checkpoint, map_location="cpu")
-    return Segmenter(loaded.net, loaded.text_encoder, loaded.hparams, loaded.metrics, device=device)
+    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device)

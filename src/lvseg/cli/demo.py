@@ -18,9 +18,9 @@ def demo_command(
 ) -> None:
     """Generate the synthetic set, train LViT and U-Net, and report whether the text helps."""
     from lvseg.demo import DemoConfig, run_demo
-    from lvseg.training.fit import check_img_size
+    from lvseg.models.base import check_img_size
 
-    check_img_size(img_size)
+    check_img_size("--img-size", img_size)
     config = DemoConfig(out=out, n_images=n_images, minutes_per_model=minutes_per_model, img_size=img_size,
                         base_channels=base_channels, seed=seed)
     summary = run_demo(config)

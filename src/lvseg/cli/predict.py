@@ -25,17 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import typer
-from PIL import Image
 from rich.console import Console
 
+from lvseg.data.layout import IMAGE_DIR, MASK_PREFIX, find_text_table, read_text_table
 from lvseg.errors import DataValidationError, LvsegError
 
 log = logging.getLogger(__name__)
-
-IMAGE_DIR = "img"
-IMAGE_COLUMN = "Image"
-TEXT_COLUMN = "Description"
-MASK_PREFIX = "mask_"
 
 
 @dataclass(frozen=True)
@@ -48,36 +43,6 @@ class FolderItem:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-
-
-def find_text_table(folder: Path) -> Path | None:
-    """The ``*_text.xlsx`` / ``*_text.csv`` of ``folder`` (None when there is none; several is an error)."""
-    tables = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                    and p.name.lower().endswith(("_text.xlsx", "_text.csv")))
-    if len(tables) > 1:
-        raise LvsegError(f"folder '{folder}' holds several text tables ({', '.join(p.name for p in tables)}); "
-                         "expected one *_text.xlsx or *_text.csv")
-    return tables[0] if tables else None
-
-
-def read_text_table(path: Path) -> list[tuple[int, str, str]]:
-    """Rows ``(row number as a spreadsheet shows it, Image, Description)`` of an LViT text table."""
-    import pandas as pd
-
-    try:
-        if path.suffix.lower() == ".csv":
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
-        else:
-            table = pd.read_excel(path, dtype=str, keep_default_na=False)
-    except Exception as error:  # pandas / openpyxl raise many types for a bad file
-        raise LvsegError(f"cannot read text table '{path}': {type(error).__name__}: {error}") from None
-    table.columns = [str(column).strip() for column in table.columns]
-    missing = [column for column in (IMAGE_COLUMN, TEXT_COLUMN) if column not in table.columns]
-    if missing:
-        raise LvsegError(f"text table '{path}' has no column {' and '.join(repr(c) for c in missing)}; "
-                         f"found {', '.join(repr(c) for c in table.columns) or 'none'}")
-    return [(offset + 2, str(key).strip(), str(text).strip())
-            for offset, (key, text) in enumerate(zip(table[IMAGE_COLUMN], table[TEXT_COLUMN]))]
 
 
 def _png_name(name: str) -> str:
@@ -138,25 +103,19 @@ def read_prediction_folder(folder: Path, requires_text: bool) -> list[FolderItem
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def write_mask(path: Path, mask: np.ndarray) -> Path:
     """Write a (H, W) {0, 1} mask as an 8-bit PNG with values 0/255, atomically."""
-    from lvseg.files import atomic_write_bytes
+    from lvseg.data.images import mask_to_uint8, write_png
 
-    return atomic_write_bytes(path, _png_bytes((np.asarray(mask) > 0).astype(np.uint8) * 255))
+    return write_png(path, mask_to_uint8(mask))
 
 
 def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
     """Write ``mask`` blended over ``image`` ((C, H, W) float or (H, W, 3) uint8) as a PNG, atomically."""
+    from lvseg.data.images import write_png
     from lvseg.evaluation.overlay import overlay_mask
-    from lvseg.files import atomic_write_bytes
 
-    return atomic_write_bytes(path, _png_bytes(overlay_mask(image, mask)))
+    return write_png(path, overlay_mask(image, mask))
 
 
 def _check_png(path: Path, flag: str) -> None:

@@ -1,9 +1,14 @@
-"""Reading images and masks into arrays, and resizing them.
+"""Reading images and masks into arrays, writing PNGs, and resizing.
 
-Every reader returns channel-first arrays: images are float32 ``(C, H, W)`` in
-``[0, 1]`` and masks are uint8 ``(H, W)`` in ``{0, 1}``. Sources may be a file
-path, the file's bytes, a :class:`PIL.Image.Image` or a numpy array; any problem
-with a user's file raises :class:`~lvseg.errors.LvsegError` naming the file.
+This module is the one image decoder of lvseg: training, evaluation, ``lvseg predict`` and the web
+app (:mod:`lvseg.serving.uploads`, after its format and size checks) all turn pixels into model input
+with :func:`read_image`, so the same file always gives the same array. Every reader returns
+channel-first arrays: images are float32 ``(C, H, W)`` in ``[0, 1]`` and masks are uint8 ``(H, W)``
+in ``{0, 1}``. Sources may be a file path, the file's bytes, a :class:`PIL.Image.Image` or a numpy
+array; any problem with a user's file raises :class:`~lvseg.errors.LvsegError` naming the file.
+
+It is also the one PNG writer (:func:`png_bytes`, :func:`write_png`). torch is imported only by the
+resizing functions, so the web app can decode without importing it.
 """
 
 from __future__ import annotations
@@ -14,12 +19,16 @@ import os
 from pathlib import Path
 from typing import Union
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from lvseg.errors import LvsegError
+from lvseg.files import atomic_write
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +182,9 @@ def read_image(source: ImageSource, channels: int | None = 3) -> np.ndarray:
             source's own count (1 for grayscale, 3 for colour).
 
     Handles grayscale, RGB, RGBA (alpha dropped), palette, 16-bit (scaled by
-    65535) and float TIFF images. Raises :class:`LvsegError` naming the file.
+    65535, the dtype's maximum, whatever the values' own maximum: a 12-bit image
+    stays in [0, 0.0625]) and float TIFF images. Raises :class:`LvsegError`
+    naming the file.
     """
     if channels not in (1, 3, None):
         raise LvsegError(f"unsupported channel count {channels!r}; expected 1 or 3")
@@ -219,7 +230,52 @@ def read_mask(source: ImageSource) -> np.ndarray:
     return foreground.astype(np.uint8)
 
 
+def to_display_rgb8(chw: np.ndarray) -> np.ndarray:
+    """The 8-bit view of a :func:`read_image` array: (1 or 3, H, W) in [0, 1] -> uint8 (H, W, 3).
+
+    ``round(value * 255)``, grayscale replicated; uint8 sources come back unchanged.
+    """
+    array = np.asarray(chw)
+    if array.ndim != 3 or array.shape[0] not in (1, 3):
+        raise ValueError(f"expected an image of shape (1 or 3, H, W), got {array.shape}")
+    hwc = np.transpose(array, (1, 2, 0))
+    if hwc.shape[2] == 1:
+        hwc = np.repeat(hwc, 3, axis=2)
+    return np.ascontiguousarray(np.clip(np.rint(hwc * 255.0), 0, 255).astype(np.uint8))
+
+
+def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
+    """A mask as lvseg stores and shows it: uint8 (H, W), 255 where ``mask`` is non-zero, else 0."""
+    return np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
+
+
+def _png_image(array: np.ndarray) -> Image.Image:
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ValueError(f"a PNG is written from uint8 (H, W), (H, W, 3) or (H, W, 4) pixels, "
+                         f"got {array.dtype} {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def png_bytes(array: np.ndarray, compress_level: int = 6) -> bytes:
+    """PNG file bytes of uint8 pixels (H, W) gray, (H, W, 3) RGB or (H, W, 4) RGBA, values kept exactly.
+
+    ``compress_level``: zlib level 0-9 (6, PIL's default; the web app uses 1 for latency).
+    """
+    buffer = io.BytesIO()
+    _png_image(array).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def write_png(path: str | os.PathLike[str], array: np.ndarray, compress_level: int = 6) -> Path:
+    """Write :func:`png_bytes` of ``array`` to ``path`` atomically (parents created); returns the path."""
+    data = png_bytes(array, compress_level)
+    return atomic_write(path, lambda handle: handle.write(data))
+
+
 def _as_chw_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    import torch
+
     tensor = torch.as_tensor(array)
     if tensor.ndim == 2:
         tensor = tensor[None]
@@ -241,6 +297,9 @@ def resize_image(chw: np.ndarray | torch.Tensor, size: int | tuple[int, int]) ->
     Downsampling is antialiased; the result is clamped to [0, 1]. Integer inputs
     (e.g. uint8) are scaled by 255 first.
     """
+    import torch
+    import torch.nn.functional as F
+
     tensor = _as_chw_tensor(chw)
     if tensor.dtype == torch.uint8:
         tensor = tensor.float() / 255.0
@@ -254,6 +313,9 @@ def resize_image(chw: np.ndarray | torch.Tensor, size: int | tuple[int, int]) ->
 
 def resize_mask(mask: np.ndarray | torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Resize a mask (H, W) or (1, H, W) to uint8 (1, size, size) with nearest-neighbour sampling."""
+    import torch
+    import torch.nn.functional as F
+
     tensor = _as_chw_tensor(mask)
     target = _target_size(size)
     if tuple(tensor.shape[-2:]) == target:

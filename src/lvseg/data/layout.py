@@ -14,6 +14,10 @@ detected per split, and files are matched by stem so extensions may differ.
 
 :func:`load_split` checks the whole split and raises one
 :class:`~lvseg.errors.DataValidationError` listing every problem it found.
+
+:func:`read_text_table` is the one reader of such tables (also of a prediction folder's table in
+``lvseg predict`` and of the LV-loss templates' ``LV_loss.xlsx``); :func:`find_text_table` finds the
+``*_text.xlsx`` / ``*_text.csv`` of a folder whose file names are not fixed.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from lvseg.data.images import IMAGE_EXTENSIONS
@@ -58,11 +62,12 @@ class Sample:
         return self.mask_path is not None
 
 
-@dataclass(frozen=True)
-class _TextRow:
+class TextRow(NamedTuple):
+    """One row of an LViT text table (a tuple, so ``for row, key, text in rows`` works too)."""
+
     row_number: int  # as a spreadsheet shows it: the header is row 1
-    key: str  # the Image value as written
-    description: str
+    key: str  # the Image value as written, stripped
+    description: str  # the Description value, stripped
 
 
 def list_splits(root: str | os.PathLike[str]) -> list[str]:
@@ -96,27 +101,58 @@ def _list_image_files(folder: Path) -> list[Path]:
     return images
 
 
-def _read_text_table(path: Path, problems: list[str]) -> list[_TextRow] | None:
-    """Read the text file's rows; on failure append a problem and return None."""
+def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
+    """The rows of an LViT text table: ``.csv``, else a spreadsheet (``.xlsx``), with columns ``Image``
+    and ``Description`` (header names are stripped; other columns are ignored; every value is read as
+    text, empty cells as ``""``).
+
+    Raises :class:`LvsegError` naming the file when it cannot be read or lacks a column.
+    """
+    import pandas as pd
+
+    path = Path(path)
     try:
         if path.suffix.lower() == ".csv":
             table = pd.read_csv(path, dtype=str, keep_default_na=False)
         else:
             table = pd.read_excel(path, dtype=str, keep_default_na=False)
     except Exception as error:  # pandas/openpyxl raise many different types for a bad file
-        problems.append(f"text file '{path}' cannot be read: {type(error).__name__}: {error}")
-        return None
+        raise LvsegError(f"text file '{path}' cannot be read: {type(error).__name__}: {error}") from None
     table.columns = [str(column).strip() for column in table.columns]
     missing = [column for column in (IMAGE_COLUMN, TEXT_COLUMN) if column not in table.columns]
     if missing:
         found = ", ".join(f"'{column}'" for column in table.columns) or "none"
         wanted = " and ".join(f"'{column}'" for column in missing)
-        problems.append(f"text file '{path}' has no column {wanted}; found columns: {found}")
+        raise LvsegError(f"text file '{path}' has no column {wanted}; found columns: {found}")
+    return [
+        TextRow(offset + 2, str(key).strip(), str(description).strip())
+        for offset, (key, description) in enumerate(zip(table[IMAGE_COLUMN], table[TEXT_COLUMN]))
+    ]
+
+
+def find_text_table(folder: str | os.PathLike[str]) -> Path | None:
+    """The one ``*_text.xlsx`` / ``*_text.csv`` of ``folder`` (any prefix, any case), or None when there is none.
+
+    Raises :class:`LvsegError` when the folder holds several.
+    """
+    folder = Path(folder)
+    endings = tuple(f"_text{suffix}" for suffix in TEXT_FILE_SUFFIXES)
+    tables = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
+                    and path.name.lower().endswith(endings))
+    if len(tables) > 1:
+        expected = " or ".join(f"*{ending}" for ending in endings)
+        raise LvsegError(f"folder '{folder}' holds several text tables ({', '.join(p.name for p in tables)}); "
+                         f"expected one {expected}")
+    return tables[0] if tables else None
+
+
+def _read_text_table(path: Path, problems: list[str]) -> list[TextRow] | None:
+    """:func:`read_text_table`, but on failure append the problem and return None."""
+    try:
+        return read_text_table(path)
+    except LvsegError as error:
+        problems.append(str(error))
         return None
-    rows = []
-    for offset, (key, description) in enumerate(zip(table[IMAGE_COLUMN], table[TEXT_COLUMN])):
-        rows.append(_TextRow(offset + 2, str(key).strip(), str(description).strip()))
-    return rows
 
 
 def _check_readable(path: Path, kind: str) -> tuple[str | None, tuple[int, int] | None]:
@@ -197,7 +233,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
     elif require_masks:
         problems.append(f"mask folder '{mask_dir}' not found")
 
-    rows: list[_TextRow] | None = None
+    rows: list[TextRow] | None = None
     candidates = text_file_candidates(split_dir)
     existing = [path for path in candidates if path.is_file()]
     if not existing:
@@ -257,7 +293,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
         for stem in images_by_stem:
             image_stem_for_key[stem] = stem
             image_stem_for_key[_mask_stem(stem, prefixed)] = stem
-        rows_by_stem: dict[str, list[_TextRow]] = defaultdict(list)
+        rows_by_stem: dict[str, list[TextRow]] = defaultdict(list)
         for row in rows:
             if not row.key:
                 problems.append(f"row {row.row_number} of '{text_path}' has an empty '{IMAGE_COLUMN}'")
@@ -328,7 +364,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
 
 
 def _detect_mask_prefix(
-    images_by_stem: dict[str, Path], masks_by_stem: dict[str, Path], rows: list[_TextRow] | None
+    images_by_stem: dict[str, Path], masks_by_stem: dict[str, Path], rows: list[TextRow] | None
 ) -> bool:
     """Whether this split names masks ``mask_<image name>`` rather than ``<image stem>.png``.
 

@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from lvseg.data.images import png_bytes, write_png
 from lvseg.data.reports import LUNGS, ZONES, Findings, render_report
 from lvseg.errors import LvsegError
-from lvseg.files import atomic_write, atomic_write_bytes, atomic_write_text
+from lvseg.files import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -322,12 +322,6 @@ def synthesize_case(seed: int, index: int, size: int = 224) -> SynthCase:
     return SynthCase(index, image_u8, mask, labels, findings, render_report(findings), opacities, lungs)
 
 
-def _png_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
 def _xlsx_bytes(rows: Sequence[tuple[str, str]]) -> bytes:
     """An ``Image``/``Description`` workbook whose bytes depend only on ``rows``."""
     from openpyxl import Workbook
@@ -473,8 +467,8 @@ def generate_synthetic_dataset(
             name = case_name(index)
             # Plain writes (no fsync per file): the manifest's "complete" flag, written last, marks a
             # finished dataset; an interrupted run leaves "complete": false and is simply regenerated.
-            (out / folder / "img" / name).write_bytes(_png_bytes(case.image))
-            (out / folder / "labelcol" / mask_name(name)).write_bytes(_png_bytes(case.mask))
+            (out / folder / "img" / name).write_bytes(png_bytes(case.image))
+            (out / folder / "labelcol" / mask_name(name)).write_bytes(png_bytes(case.mask))
             rows.append((mask_name(name), case.report))
             for opacity in case.opacities:
                 if opacity.is_target:
@@ -516,4 +510,4 @@ def contact_sheet(cases: Sequence[SynthCase], path: Path | str) -> Path:
         x = k * (size + 2)
         sheet[:size, x:x + size] = case.image
         sheet[size + 2:, x:x + size] = case.mask
-    return atomic_write(path, lambda handle: Image.fromarray(sheet).save(handle, format="PNG"))
+    return write_png(path, sheet)

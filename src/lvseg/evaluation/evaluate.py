@@ -29,10 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lvseg.data.images import to_display_rgb8, write_png
 from lvseg.errors import LvsegError
 from lvseg.evaluation.metrics import METRIC_NAMES, binarize, dice_iou_per_image, mask_metrics, summarize
 from lvseg.evaluation.overlay import overlay_grid, overlay_mask
-from lvseg.files import atomic_write, atomic_write_text
+from lvseg.files import atomic_write_text
 from lvseg.inference import Segmenter, load_model, upsample_probability
 
 log = logging.getLogger(__name__)
@@ -222,23 +223,6 @@ class _Extremes:
         return sorted(self.best, reverse=True), sorted(self.worst, reverse=True)
 
 
-def _display_image(chw: np.ndarray) -> np.ndarray:
-    """(C, H, W) float in [0, 1] -> uint8 (H, W, 3) for overlays."""
-    hwc = np.transpose(chw, (1, 2, 0))
-    if hwc.shape[2] == 1:
-        hwc = np.repeat(hwc, 3, axis=2)
-    return np.clip(np.rint(hwc * 255.0), 0, 255).astype(np.uint8)
-
-
-def _write_png(path: Path, picture: Any) -> Path:
-    def write(handle: Any) -> None:
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        handle.write(buffer.getvalue())
-
-    return atomic_write(path, write)
-
-
 def _write_overlays(extremes: _Extremes, folder: Path) -> list[Path]:
     written = []
     best, worst = extremes.ranked()
@@ -248,7 +232,7 @@ def _write_overlays(extremes: _Extremes, folder: Path) -> list[Path]:
                    overlay_mask(case.image, case.prediction, PREDICTION_COLOR)]
             grid = overlay_grid([row], ["image", "truth", "prediction"],
                                 row_labels=[f"{case.name}  Dice {case.dice:.3f}"])
-            written.append(_write_png(folder / f"{label}_{rank:02d}_{_safe(case.name)}.png", grid))
+            written.append(write_png(folder / f"{label}_{rank:02d}_{_safe(case.name)}.png", np.asarray(grid)))
     return written
 
 
@@ -294,7 +278,7 @@ def _evaluate_modes(
                                      original["dice"], original["iou"], original["hd95"])
                 results[mode].append(result)
                 if extremes[mode].wants(result.dice_original):
-                    extremes[mode].add(sample.name, result.dice_original, _display_image(image), truth, prediction)
+                    extremes[mode].add(sample.name, result.dice_original, to_display_rgb8(image), truth, prediction)
         log.info("evaluated %d / %d images", min(start + batch_size, len(samples)), len(samples))
     return results, extremes
 

@@ -1,15 +1,27 @@
-"""Segmentation networks behind one registry.
+"""Segmentation models behind one registry and one contract (:class:`SegmentationModel`).
 
-Importing this package registers every built-in network (``unet``, ``lvit``)::
+Importing this package registers every built-in model (``unet``, ``lvit``)::
 
-    from lvseg.models import create_model
-    net = create_model("lvit", img_size=224, text_len=10, text_dim=768)
+    from lvseg.models import create_model, list_models
+    net = create_model("lvit", img_size=224, text_encoder="learned", texts=train_reports)
+    probabilities = net.eval().predict_proba(images, reports)       # (B, 1, S, S)
 """
 
 from lvseg.models import lvit as _lvit  # noqa: F401  (registers "lvit")
 from lvseg.models import unet as _unet  # noqa: F401  (registers "unet")
+from lvseg.models.base import ModelOutput, SegmentationModel
 from lvseg.models.lvit import LViT
-from lvseg.models.registry import create_model, list_models, register_model
+from lvseg.models.registry import (
+    create_model,
+    list_models,
+    model_class,
+    model_options,
+    register_model,
+    unregister_model,
+)
 from lvseg.models.unet import UNet
 
-__all__ = ["LViT", "UNet", "create_model", "list_models", "register_model"]
+__all__ = [
+    "LViT", "ModelOutput", "SegmentationModel", "UNet", "create_model", "list_models", "model_class",
+    "model_options", "register_model", "unregister_model",
+]

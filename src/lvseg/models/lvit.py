@@ -7,18 +7,20 @@ skips, and the decoder gates each skip with pixel-level attention (PLAM).
 
 This implementation computes exactly what the official code computes, but builds only the modules
 its forward pass uses (29.9 M parameters at 224 / base 64 instead of 39.9 M). It returns logits: the
-official network's output is ``sigmoid`` of ours. :mod:`lvseg.models.convert` loads official
+official network's output is ``sigmoid`` of ours. :mod:`lvseg.models.lvit_import` loads official
 checkpoints.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
+from lvseg.models.base import ModelOutput, SegmentationModel, check_img_size, check_positive
 from lvseg.models.blocks import (
     ConvBatchNorm,
     ConvTransBN,
@@ -35,10 +37,12 @@ from lvseg.models.registry import register_model
 N_LEVELS = 4
 #: Side of a ViT patch at level 0, in pixels; level i uses patches of PATCH_SIZE / 2**i.
 PATCH_SIZE = 16
+#: Text input of the official model when no encoder is given: 10 tokens of BERT-base features.
+PAPER_TEXT_LEN, PAPER_TEXT_DIM = 10, 768
 
 
 @register_model("lvit")
-class LViT(nn.Module):
+class LViT(SegmentationModel):
     """LViT-T with base width b (options below) for images of ``img_size`` x ``img_size``.
 
     Level i (0..3) has width w_i = b * 2**i, a feature map of img_size / 2**i and a ViT stage on
@@ -52,43 +56,46 @@ class LViT(nn.Module):
       up_vit.i [upVit{i}.Encoder_blocks.0], token_down.(i-1) [downVit{i}.CTBN]: w_i -> w_i / 2,
       token_up.i [upVit{i}.CTBN2]: w_{i+1} -> w_i.
 
-    ``forward(images (B, in_channels, S, S), text_features (B, text_len, text_dim))
-    -> logits (B, n_classes, S, S)`` with S = img_size.
+    Text: ``text_encoder`` (``"learned"`` with ``texts``, ``"hf:<id or path>"``, a config dict or an
+    encoder) gives per-token features of size ``text_dim`` for ``text_len`` tokens (both taken from the
+    encoder; given ones must agree). Without an encoder the model reads features the caller computes,
+    (B, text_len, text_dim), by default the official 10 x 768 BERT-base tokens.
+
+    ``forward(images (B, in_channels, S, S), text_input (B, text_len, text_dim))
+    -> logits (B, 1, S, S)`` with S = img_size (training mode: a :class:`ModelOutput` without
+    auxiliary outputs).
     """
 
     requires_text = True
+    default_text_encoder = "learned"
 
     def __init__(
         self,
         *,
         in_channels: int = 3,
-        n_classes: int = 1,
         img_size: int = 224,
         base_channels: int = 64,
-        text_dim: int = 768,
-        text_len: int = 10,
+        text_encoder: Any = None,
+        text_len: int | None = None,
+        text_dim: int | None = None,
         dropout: float = 0.1,
+        texts: Sequence[str] | None = None,
     ) -> None:
-        super().__init__()
-        if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0 or img_size % 32:
-            raise LvsegError(f"lvit: img_size must be a positive multiple of 32, got {img_size!r}")
-        if base_channels <= 0 or base_channels % 8:
+        super().__init__(text_encoder=text_encoder, text_len=text_len, texts=texts)
+        check_img_size("lvit", img_size)
+        if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels <= 0 or base_channels % 8:
             raise LvsegError(
-                f"lvit: base_channels must be a positive multiple of 8 (8 attention heads), got {base_channels}"
+                f"lvit: base_channels must be a positive multiple of 8 (8 attention heads), got {base_channels!r}"
             )
-        for name, value in (("in_channels", in_channels), ("n_classes", n_classes),
-                            ("text_dim", text_dim), ("text_len", text_len)):
-            if value <= 0:
-                raise LvsegError(f"lvit: {name} must be positive, got {value}")
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels,
-            "n_classes": n_classes,
-            "img_size": img_size,
-            "base_channels": base_channels,
-            "text_dim": text_dim,
-            "text_len": text_len,
-            "dropout": dropout,
-        }
+        if self.text_encoder is not None:
+            encoder_dim = self.text_encoder.feature_dim
+            if text_dim is not None and text_dim != encoder_dim:
+                raise LvsegError(f"lvit: text_dim {text_dim} contradicts the text encoder's feature size {encoder_dim}")
+            text_dim, text_len = encoder_dim, self.text_encoder.max_length
+        text_dim = PAPER_TEXT_DIM if text_dim is None else text_dim
+        text_len = PAPER_TEXT_LEN if text_len is None else text_len
+        check_positive("lvit", in_channels=in_channels, text_dim=text_dim, text_len=text_len)
+        self.in_channels, self.img_size, self.text_len, self.text_dim = in_channels, img_size, text_len, text_dim
         b = base_channels
         widths = [b * 2**i for i in range(N_LEVELS)]  # b, 2b, 4b, 8b
         self.n_tokens = (img_size // PATCH_SIZE) ** 2
@@ -98,7 +105,7 @@ class LViT(nn.Module):
         self.down = nn.ModuleList([DownBlock(w, 2 * w) for w in widths[:-1]] + [DownBlock(widths[-1], widths[-1])])
         # up.i takes [skip_i (w_i), deeper map (w_i)] and gives w_{i-1} (b at level 0).
         self.up = nn.ModuleList([UpBlockAttention(2 * w, max(w // 2, b)) for w in widths])
-        self.head = nn.Conv2d(b, n_classes, kernel_size=1)
+        self.head = nn.Conv2d(b, 1, kernel_size=1)
 
         # Text pyramid: text_dim -> 8b -> 4b -> 2b -> b along the text tokens; only level 0 is used.
         self.text_proj = nn.ModuleList(
@@ -119,26 +126,34 @@ class LViT(nn.Module):
             [Reconstruct(w, w, PATCH_SIZE // 2**i) for i, w in enumerate(widths)]
         )
 
+    def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        config = super()._finalize_config(config)
+        config.update(text_len=self.text_len, text_dim=self.text_dim)
+        return config
+
+    def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        return torch.zeros(batch_size, self.text_len, self.text_dim, device=device)
+
     def _check_inputs(self, images: torch.Tensor, text_features: torch.Tensor | None) -> None:
-        cfg = self.config
-        size, channels = cfg["img_size"], cfg["in_channels"]
+        size, channels = self.img_size, self.in_channels
         if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
             raise LvsegError(
                 f"lvit expects images of shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}"
             )
         if text_features is None:
             raise LvsegError(
-                f"lvit needs text features of shape (B, {cfg['text_len']}, {cfg['text_dim']}), got None"
+                f"lvit needs text features of shape (B, {self.text_len}, {self.text_dim}), got None"
             )
-        expected = (images.shape[0], cfg["text_len"], cfg["text_dim"])
+        expected = (images.shape[0], self.text_len, self.text_dim)
         if tuple(text_features.shape) != expected:
             raise LvsegError(
                 f"lvit expects text features of shape (B={expected[0]}, text_len={expected[1]}, "
                 f"text_dim={expected[2]}), got {tuple(text_features.shape)}"
             )
 
-    def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """images (B, C, S, S), text_features (B, text_len, text_dim) -> logits (B, n_classes, S, S)."""
+    def forward(self, images: torch.Tensor, text_input: torch.Tensor | None = None) -> torch.Tensor | ModelOutput:
+        """images (B, C, S, S), text_input (B, text_len, text_dim) -> logits (B, 1, S, S)."""
+        text_features = text_input
         self._check_inputs(images, text_features)
         assert text_features is not None
 
@@ -170,4 +185,5 @@ class LViT(nn.Module):
         x = bottom
         for i in range(N_LEVELS - 1, -1, -1):
             x = self.up[i](x, skips[i])
-        return self.head(x)
+        logits = self.head(x)
+        return ModelOutput(logits, {}) if self.training else logits

@@ -8,37 +8,31 @@ import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
+from lvseg.models.base import ModelOutput, SegmentationModel, check_img_size, check_positive
 from lvseg.models.blocks import ConvBatchNorm, DownBlock, UpBlock
 from lvseg.models.registry import register_model
 
 
 @register_model("unet")
-class UNet(nn.Module):
+class UNet(SegmentationModel):
     """U-Net with four down and four up levels (widths b, 2b, 4b, 8b, 8b for base b).
 
     Encoder: ConvBatchNorm(in -> b), then DownBlocks b -> 2b -> 4b -> 8b -> 8b. Decoder: nearest
     upsample + concatenation with the skip + two ConvBatchNorm per level (16b -> 4b -> 2b -> b -> b),
-    then a 1x1 convolution to ``n_classes`` logits.
+    then a 1x1 convolution to one logit channel.
 
-    ``forward(images (B, in_channels, H, W), text_features=None) -> logits (B, n_classes, H, W)``;
-    H and W must be divisible by 16 (the input size convention is ``img_size``, divisible by 32).
-    Text is ignored: ``requires_text`` is False.
+    ``forward(images (B, in_channels, H, W), text_input=None) -> logits (B, 1, H, W)`` (a
+    :class:`ModelOutput` without auxiliary outputs in training mode); H and W must be divisible by 16
+    (the input size convention is ``img_size``, divisible by 32). Image-only: no text encoder.
     """
 
     requires_text = False
 
-    def __init__(
-        self, *, in_channels: int = 3, n_classes: int = 1, img_size: int = 224, base_channels: int = 64
-    ) -> None:
+    def __init__(self, *, in_channels: int = 3, img_size: int = 224, base_channels: int = 64) -> None:
         super().__init__()
-        if img_size <= 0 or img_size % 32:
-            raise LvsegError(f"unet: img_size must be a positive multiple of 32, got {img_size}")
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels,
-            "n_classes": n_classes,
-            "img_size": img_size,
-            "base_channels": base_channels,
-        }
+        check_img_size("unet", img_size)
+        check_positive("unet", in_channels=in_channels, base_channels=base_channels)
+        self.in_channels = in_channels
         b = base_channels
         self.inc = ConvBatchNorm(in_channels, b)
         self.down = nn.ModuleList(
@@ -48,11 +42,11 @@ class UNet(nn.Module):
         self.up = nn.ModuleList(
             [UpBlock(2 * b, b), UpBlock(4 * b, b), UpBlock(8 * b, 2 * b), UpBlock(16 * b, 4 * b)]
         )
-        self.head = nn.Conv2d(b, n_classes, kernel_size=1)
+        self.head = nn.Conv2d(b, 1, kernel_size=1)
 
-    def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
-        """images (B, in_channels, H, W) -> logits (B, n_classes, H, W); ``text_features`` is ignored."""
-        expected_channels = self.config["in_channels"]
+    def forward(self, images: torch.Tensor, text_input: Any = None) -> torch.Tensor | ModelOutput:
+        """images (B, in_channels, H, W) -> logits (B, 1, H, W); ``text_input`` is ignored."""
+        expected_channels = self.in_channels
         if images.ndim != 4 or images.shape[1] != expected_channels:
             raise LvsegError(
                 f"unet expects images of shape (B, {expected_channels}, H, W), got {tuple(images.shape)}"
@@ -65,4 +59,5 @@ class UNet(nn.Module):
         x = skips.pop()
         for block in reversed(self.up):
             x = block(x, skips.pop())
-        return self.head(x)
+        logits = self.head(x)
+        return ModelOutput(logits, {}) if self.training else logits

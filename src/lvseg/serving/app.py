@@ -32,11 +32,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lvseg.data.images import mask_to_uint8, png_bytes
 from lvseg.errors import LvsegError
 from lvseg.evaluation.overlay import label_lesions, overlay_lesions
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import MIB, FormLimits, read_multipart
-from lvseg.serving.rendering import Measurements, encode_png, mask_to_image, measure
+from lvseg.serving.rendering import Measurements, measure
 from lvseg.serving.report_pdf import ReportContent, build_report_pdf, find_validation_dice
 from lvseg.serving.schemas import ErrorResponse, HealthResponse, LesionInfo, Limits, ModelInfo, SegmentResponse
 from lvseg.serving.uploads import DecodedImage, ImageLimits, decode_image
@@ -119,7 +120,8 @@ class Service:
         with self.model_lock, _inference_mode():
             start = time.perf_counter()
             try:
-                prediction = self.segmenter.predict(image.pixels, text, threshold=self.config.threshold)
+                # The float array of lvseg.data.images.read_image, as training and `lvseg predict` read the file.
+                prediction = self.segmenter.predict(image.model_input, text, threshold=self.config.threshold)
             except LvsegError as error:  # the model refused this input (e.g. its text), in plain words
                 raise ApiError(422, str(error)) from error
             inference_ms = (time.perf_counter() - start) * 1000.0
@@ -164,6 +166,11 @@ def _docs_unavailable_page(openapi_url: str) -> HTMLResponse:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def _png(array: np.ndarray) -> bytes:
+    """PNG bytes with fast compression (latency over size)."""
+    return png_bytes(array, compress_level=1)
 
 
 def _device_name(device: Any) -> str:
@@ -443,12 +450,12 @@ def create_app(
         result = await run_in_threadpool(service.analyse, image, text)
         m = result.measurements
         if format == "png":
-            return Response(encode_png(mask_to_image(result.mask)), media_type="image/png", headers={
+            return Response(_png(mask_to_uint8(result.mask)), media_type="image/png", headers={
                 "X-Area-Px": str(m.area_px), "X-Lesions": str(m.lesions), "X-Inference-Ms": f"{result.inference_ms}",
             })
         mask_png, overlay_png = await run_in_threadpool(
-            lambda: (encode_png(mask_to_image(result.mask)), encode_png(result.overlay)))
-        original = await run_in_threadpool(encode_png, result.image.pixels) if include_original else None
+            lambda: (_png(mask_to_uint8(result.mask)), _png(result.overlay)))
+        original = await run_in_threadpool(_png, result.image.pixels) if include_original else None
         return SegmentResponse(
             mask=_b64(mask_png), overlay=_b64(overlay_png), original=_b64(original) if original else None,
             width=result.image.width, height=result.image.height, image_format=result.image.format,

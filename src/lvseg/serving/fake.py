@@ -1,7 +1,8 @@
 """A tiny deterministic stand-in for a trained Segmenter, for tests, demos and the load test.
 
-It has the interface of ``lvseg.inference.Segmenter`` (``predict`` and the descriptive attributes)
-and marks bright pixels as lesion: the probability is the pixel's brightness.
+It has the interface of ``lvseg.inference.Segmenter`` (``predict`` and the descriptive attributes),
+reads its input with the same reader (:func:`lvseg.data.images.read_image`), and marks bright pixels
+as lesion: the probability is the pixel's brightness.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from lvseg.data.images import read_image
 
 
 @dataclass
@@ -33,14 +36,11 @@ class FakeSegmenter:
     calls: int = 0
 
     def predict(self, image: Any, text: str | None, threshold: float = 0.5) -> FakePrediction:
-        """Brightness in [0, 1] as probability, ``probability > threshold`` as mask, at the input's size."""
+        """Brightness in [0, 1] (mean over channels) as probability, ``probability > threshold`` as mask.
+
+        ``image``: anything ``Segmenter.predict`` takes (path, bytes, PIL image, (H, W[, C]) array);
+        the results are at the input's size.
+        """
         self.calls += 1
-        array = np.asarray(image)
-        if array.dtype == np.uint8:
-            unit = array.astype(np.float32) / 255.0
-            gray = unit.mean(axis=2) if unit.ndim == 3 else unit
-        else:  # float (C, H, W) in [0, 1]
-            unit = array.astype(np.float32)
-            gray = unit.mean(axis=0) if unit.ndim == 3 else unit
-        probability = np.ascontiguousarray(gray, dtype=np.float32)
+        probability = np.ascontiguousarray(read_image(image, channels=None).mean(axis=0), dtype=np.float32)
         return FakePrediction(mask=(probability > threshold).astype(np.uint8), probability=probability)

@@ -1,16 +1,16 @@
-"""Measurements and PNG encoding of a predicted mask (pure numpy/scipy/PIL).
+"""Measurements of a predicted mask (pure numpy/scipy).
 
 Lesion labelling, lesion colours and the colour-coded overlay live in :mod:`lvseg.evaluation.overlay`
-(shared with ``lvseg evaluate`` / ``lvseg predict``); this module adds what only the web app reports.
+(shared with ``lvseg evaluate`` / ``lvseg predict``), PNG encoding in :mod:`lvseg.data.images`
+(:func:`~lvseg.data.images.png_bytes`, :func:`~lvseg.data.images.mask_to_uint8`); this module adds what
+only the web app reports.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 from lvseg.evaluation.overlay import hex_color, lesion_color
@@ -74,14 +74,3 @@ def measure(
         lesion_list=lesions[:max_listed],
     )
 
-
-def mask_to_image(mask: np.ndarray) -> np.ndarray:
-    """A viewable 8-bit mask: 255 where the lesion is, 0 elsewhere."""
-    return np.where(mask > 0, 255, 0).astype(np.uint8)
-
-
-def encode_png(array: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG bytes of an (H, W) gray or (H, W, 3) RGB uint8 array (fast compression: latency over size)."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()

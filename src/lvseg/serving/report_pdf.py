@@ -14,6 +14,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image as PILImage
 
+from lvseg.data.images import png_bytes
 from lvseg.serving.rendering import Measurements
 
 logger = logging.getLogger(__name__)
@@ -79,9 +80,7 @@ def _pdf_image(pixels: np.ndarray, max_width: float, max_height: float) -> objec
 
     picture = PILImage.fromarray(pixels)
     picture.thumbnail((_PDF_IMAGE_SIDE, _PDF_IMAGE_SIDE))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    buffer.seek(0)
+    buffer = io.BytesIO(png_bytes(np.asarray(picture)))
     scale = min(max_width / picture.width, max_height / picture.height)
     return Image(buffer, width=picture.width * scale, height=picture.height * scale)
 

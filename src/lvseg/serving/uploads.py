@@ -1,9 +1,13 @@
-"""Decode an uploaded image safely: sniff its content, check its size from the header, then decode.
+"""Check an uploaded image safely, then decode it with the data layer's reader.
 
 Accepts PNG, JPEG, TIFF and DICOM. The file name and the declared content type are never trusted:
 the format comes from the file's magic bytes. Width and height are read from the header (PIL opens
 lazily; DICOM ``Rows``/``Columns`` before ``pixel_array``) and checked before any pixel is decoded.
-Everything happens in memory. The result is always an 8-bit RGB array.
+Everything happens in memory.
+
+This module only sniffs, enforces limits and handles DICOM (windowing to [0, 1]). The pixels become
+model input through :func:`lvseg.data.images.read_image`, the reader training and ``lvseg predict``
+use, so an upload reaches the model exactly as the same file does through ``lvseg predict``.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from lvseg.data.images import read_image, to_display_rgb8
+from lvseg.errors import LvsegError
 from lvseg.serving.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
 ACCEPTED = "PNG, JPEG, TIFF or DICOM"
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+# PIL modes of more than 8 bits per sample (16-bit, 32-bit integer, float).
+_DEEP_MODES = ("I", "F")
 
 
 @dataclass(frozen=True)
@@ -34,18 +42,31 @@ class ImageLimits:
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An uploaded image as 8-bit RGB pixels (H, W, 3) plus the format it was sniffed as."""
+    """An uploaded image: what the model reads, what the page shows, and the format it was sniffed as.
 
+    ``array``: float32 (C, H, W) in [0, 1], C = 1 (grayscale) or 3 (colour). For PNG, JPEG and TIFF it
+    is exactly ``lvseg.data.images.read_image(file, channels=None)`` (JPEGs turned upright by their EXIF
+    orientation first); for DICOM the windowed values.
+    ``pixels``: uint8 RGB (H, W, 3) derived from ``array`` for display, overlays and the PDF report; an
+    image of more than 8 bits per sample is shown stretched to its own maximum (display only).
+    """
+
+    array: np.ndarray
     pixels: np.ndarray
     format: str
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.array.shape[1])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.array.shape[2])
+
+    @property
+    def model_input(self) -> np.ndarray:
+        """``array`` as float (H, W, C), which ``Segmenter.predict`` reads back unchanged."""
+        return np.transpose(self.array, (1, 2, 0))
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -89,11 +110,12 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage
     if kind is None:
         raise ApiError(415, f"the upload is not a supported image; expected {ACCEPTED}", {"field": "image"})
     if kind == "dicom":
-        pixels = _decode_dicom(data, limits)
+        array, deep = _decode_dicom(data, limits), False  # already windowed for display
     else:
-        pixels = _decode_pil(data, kind, limits)
-    logger.debug("decoded a %s image of %dx%d", kind, pixels.shape[1], pixels.shape[0])
-    return DecodedImage(pixels=pixels, format=kind)
+        array, deep = _decode_pil(data, kind, limits)
+    decoded = DecodedImage(array=array, pixels=_display_pixels(array, deep), format=kind)
+    logger.debug("decoded a %s image of %dx%d", kind, decoded.width, decoded.height)
+    return decoded
 
 
 def _corrupt(kind: str) -> ApiError:
@@ -101,41 +123,34 @@ def _corrupt(kind: str) -> ApiError:
     return ApiError(422, message, {"field": "image"})
 
 
-def _decode_pil(data: bytes, kind: str, limits: ImageLimits) -> np.ndarray:
+def _decode_pil(data: bytes, kind: str, limits: ImageLimits) -> tuple[np.ndarray, bool]:
+    """(read_image's float (C, H, W) array, whether the image has more than 8 bits per sample)."""
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
             check_dimensions(image.width, image.height, limits)  # header only, nothing decoded yet
             image.load()
             oriented = ImageOps.exif_transpose(image) if kind == "jpeg" else image
-            return _pil_to_rgb8(oriented)
+            return read_image(oriented, channels=None), oriented.mode.startswith(_DEEP_MODES)
     except Image.DecompressionBombError as error:
         raise ApiError(413, "the image is a decompression bomb (too many pixels)", {"field": "image"}) from error
     except ApiError:
         raise
+    except LvsegError as error:  # pixels the reader does not take (an unusual mode or shape)
+        raise ApiError(422, f"the {kind.upper()} image could not be decoded: {error}", {"field": "image"}) from error
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as error:
         raise _corrupt(kind) from error
 
 
-def _pil_to_rgb8(image: Image.Image) -> np.ndarray:
-    """8-bit RGB pixels; 16/32-bit and float grayscale are scaled to their maximum value."""
-    if image.mode.startswith("I") or image.mode == "F":
-        values = np.asarray(image, dtype=np.float64)
-        return _gray_to_rgb8(_scale_to_unit(values, use_min=image.mode == "F"))
-    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+def _display_pixels(array: np.ndarray, deep: bool) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of ``array`` for display; a deep image is stretched to its maximum first.
 
-
-def _scale_to_unit(values: np.ndarray, use_min: bool) -> np.ndarray:
-    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-    low = float(values.min()) if use_min else 0.0
-    high = float(values.max())
-    if high <= low:
-        return np.zeros_like(values)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
-
-
-def _gray_to_rgb8(unit: np.ndarray) -> np.ndarray:
-    gray = np.round(unit * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    A 12-bit radiograph in a 16-bit file reads as values up to 4095 / 65535: shown as they are it
+    would be nearly black. The model still gets ``array`` itself.
+    """
+    if deep:
+        high = float(array.max()) if array.size else 0.0
+        array = array / high if high > 0 else np.zeros_like(array)
+    return to_display_rgb8(array)
 
 
 def _first_value(value: Any) -> float | None:
@@ -153,25 +168,26 @@ def _first_value(value: Any) -> float | None:
 def window_dicom(values: np.ndarray, center: float | None, width: float | None) -> np.ndarray:
     """Apply the DICOM linear VOI window (PS3.3 C.11.2.1.2.1) to modality values, to [0, 1].
 
-    Without a usable window the full range of the values is used.
+    Without a usable window the full range of the values (their minimum to their maximum) is used.
     """
     if center is None or width is None or width < 1:
-        return _scale_to_unit(values, use_min=True)
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        return np.zeros_like(values) if high <= low else (values - low) / (high - low)
     low = center - 0.5 - (width - 1) / 2
     high = center - 0.5 + (width - 1) / 2
     scaled = ((values - (center - 0.5)) / (width - 1)) + 0.5 if width > 1 else (values > low).astype(float)
     return np.where(values <= low, 0.0, np.where(values > high, 1.0, np.clip(scaled, 0.0, 1.0)))
 
 
-def _colour_to_rgb8(pixels: np.ndarray) -> np.ndarray:
-    """Colour DICOM pixels (H, W, 3), already RGB after pydicom's conversion, as 8-bit."""
-    rgb = pixels[:, :, :3]
-    if rgb.dtype != np.uint8:
-        rgb = np.round(_scale_to_unit(rgb.astype(np.float64), use_min=False) * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(rgb)
+def _colour_to_unit(pixels: np.ndarray, bits_stored: int) -> np.ndarray:
+    """Colour DICOM pixels (H, W, 3), already RGB after pydicom's conversion, in [0, 1] of their stored range."""
+    rgb = pixels[:, :, :3].astype(np.float64)
+    return np.clip(rgb / float(2 ** max(bits_stored, 1) - 1), 0.0, 1.0)
 
 
 def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
+    """The first frame as float32 (C, H, W) in [0, 1]: grayscale windowed, colour by its stored bit depth."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -201,7 +217,8 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
         pixels = pixels[0]  # the first frame of a multi-frame object
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples > 1 or pixels.ndim == 3:
-        return _colour_to_rgb8(pixels)
+        bits = int(dataset.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
+        return read_image(_colour_to_unit(pixels, bits), channels=None)
 
     slope = _first_value(dataset.get("RescaleSlope", None))
     intercept = _first_value(dataset.get("RescaleIntercept", None))
@@ -213,4 +230,4 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
     )
     if photometric == "MONOCHROME1":
         unit = 1.0 - unit
-    return _gray_to_rgb8(unit)
+    return read_image(unit, channels=None)

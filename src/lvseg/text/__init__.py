@@ -26,6 +26,7 @@ __all__ = [
     "create_text_encoder",
     "masked_mean",
     "text_encoder_from_config",
+    "build_text_encoder",
 ]
 
 HF_PREFIX = "hf:"
@@ -76,3 +77,28 @@ def text_encoder_from_config(config: dict[str, Any], **options: Any) -> TextEnco
     except KeyError as err:
         raise LvsegError(f"text encoder config of type {kind!r} lacks the field {err.args[0]!r}") from err
     raise LvsegError(f"text encoder config has unknown type {kind!r}; expected 'learned' or 'hf'")
+
+
+def build_text_encoder(
+    spec: str | dict[str, Any] | TextEncoder,
+    texts: Sequence[str] | None = None,
+    max_length: int | None = None,
+) -> TextEncoder:
+    """The text encoder a model option names: a spec string (``"learned"``, ``"hf:<id or path>"``), a
+    config dict from :meth:`TextEncoder.config` (a checkpoint's), or an encoder already built.
+
+    ``texts`` (training reports) build a ``learned`` vocabulary; ``max_length`` (tokens per report) must
+    agree with a config or encoder given whole.
+    """
+    if isinstance(spec, TextEncoder):
+        encoder = spec
+    elif isinstance(spec, dict):
+        encoder = text_encoder_from_config(spec)
+    elif isinstance(spec, str):
+        options = {} if max_length is None else {"max_length": int(max_length)}
+        return create_text_encoder(spec, texts=texts, **options)
+    else:
+        raise LvsegError(f"text_encoder must be {VALID_SPECS}, a text-encoder config or an encoder; got {spec!r}")
+    if max_length is not None and int(max_length) != encoder.max_length:
+        raise LvsegError(f"text_length {max_length} contradicts the text encoder's max_length {encoder.max_length}")
+    return encoder

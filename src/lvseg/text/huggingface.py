@@ -63,13 +63,28 @@ def load_pretrained(name_or_path: str) -> tuple[Any, nn.Module]:
     return tokenizer, model
 
 
+_PRETRAINED_PREFIX = "hf_model."
+
+
+def _drop_pretrained_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix + _PRETRAINED_PREFIX)]:
+        del state_dict[key]
+
+
+def _keep_pretrained_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    """A state dict without the frozen weights loads as if it held the current ones."""
+    for key, value in module.hf_model.state_dict().items():
+        state_dict.setdefault(prefix + _PRETRAINED_PREFIX + key, value)
+
+
 class HuggingFaceTextEncoder(TextEncoder):
     """A frozen Hugging Face encoder: per-token last hidden states, padded/truncated to ``max_length``.
 
-    The model is loaded with ``local_files_only=True`` unless ``LVSEG_ALLOW_DOWNLOAD=1``. It stays in eval
-    mode with ``requires_grad=False`` and is kept *outside* the module tree, so its weights never enter
-    ``state_dict()`` (lvseg checkpoints store only ``config()``, the weights come from the Hub cache or the
-    folder) and ``load_state_dict(..., strict=True)`` needs no keys from it; ``.to(device)`` still moves it.
+    The model is loaded with ``local_files_only=True`` unless ``LVSEG_ALLOW_DOWNLOAD=1``. It is a registered
+    submodule (``hf_model``: ``.to()``, hooks and ``torch.compile`` see it), with ``requires_grad=False`` and
+    kept in eval mode by :meth:`train`. Its weights are reloaded from ``name_or_path`` (``pretrained_source``),
+    so they never enter ``state_dict()`` (lvseg checkpoints store only ``config()``), and
+    ``load_state_dict(..., strict=True)`` needs no keys of it.
 
     Output: ``tokens`` (B, max_length, D) last hidden states (D = the model's hidden size), zero at padding;
     ``mask`` (B, max_length) bool from the tokenizer's attention mask (special tokens such as [CLS]/[SEP]
@@ -100,9 +115,11 @@ class HuggingFaceTextEncoder(TextEncoder):
         tokenizer, model = load_pretrained(name_or_path)
         model.eval()
         model.requires_grad_(False)
-        # object.__setattr__ bypasses nn.Module registration: no parameters, buffers or state_dict keys.
-        object.__setattr__(self, "_hf_model", model)
+        self.hf_model = model
+        self.pretrained_source = name_or_path
         object.__setattr__(self, "tokenizer", tokenizer)
+        self.register_state_dict_post_hook(_drop_pretrained_weights)
+        self.register_load_state_dict_pre_hook(_keep_pretrained_weights)
         hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
         if hidden is None:
             raise LvsegError(f"text encoder '{name_or_path}' has no hidden_size in its config; use an encoder model")
@@ -119,22 +136,11 @@ class HuggingFaceTextEncoder(TextEncoder):
             self.cache = TextFeatureCache(identity, self.max_length, self.feature_dim, cache_dir=cache_dir)
 
     @property
-    def hf_model(self) -> nn.Module:
-        """The wrapped (frozen, unregistered) Hugging Face model."""
-        return self._hf_model  # type: ignore[no-any-return]
-
-    @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
 
     def config(self) -> dict[str, Any]:
         return {"type": "hf", "name_or_path": self.name_or_path, "max_length": self.max_length}
-
-    def _apply(self, fn: Any, recurse: bool = True) -> "HuggingFaceTextEncoder":
-        # .to(), .cuda(), .half() ... reach the unregistered model too.
-        super()._apply(fn, recurse)
-        self.hf_model._apply(fn)
-        return self
 
     def train(self, mode: bool = True) -> "HuggingFaceTextEncoder":
         super().train(mode)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,13 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from lvseg.data.transforms import AUGMENTATION_MODES
+from lvseg.checkpoint import read_checkpoint_dict, upgrade_checkpoint
 from lvseg.errors import LvsegError
-from lvseg.training.checkpoint import AtomicCheckpointIO, read_checkpoint_dict
+from lvseg.training.checkpoint import AtomicCheckpointIO
 from lvseg.training.csv_log import ResumableCSVLogger
 from lvseg.training.module import SegmentationTask
+from lvseg.training.options import SEMI_OPTIONS, TrainConfig, check_train_config
 from lvseg.training.semi import (
-    SEMI_HPARAMS,
     SemiSupervisedTask,
     build_semi_train_loader,
     is_semi_supervised,
@@ -30,48 +30,6 @@ from lvseg.training.semi import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Every option of a training run; defaults follow the LViT paper (batch 2, Adam 1e-3, ...)."""
-
-    data: Path
-    out: Path
-    model: str = "lvit"
-    text_encoder: str = "learned"
-    text_length: int | None = None
-    img_size: int = 224
-    in_channels: int = 3
-    base_channels: int | None = None
-    model_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 2
-    lr: float = 1e-3
-    max_epochs: int = 2000
-    max_time: str | None = None
-    patience: int = 50
-    seed: int = 0
-    devices: int | str = 1
-    strategy: str = "auto"
-    accelerator: str = "auto"
-    precision: str | None = None
-    num_workers: int = 0
-    augment: str = "paper"
-    resume: bool = False
-    progress_bar: bool = True
-    limit_train_batches: int | float | None = None
-    # Semi-supervised training (lvseg.training.semi): active when labeled_fraction < 1 or labeled_list is set.
-    labeled_fraction: float | None = None
-    labeled_list: Path | None = None
-    supervised_only: bool = False  # drop the unlabeled images: the supervised baseline on the same subset
-    lv_templates: Path | None = None  # LV-loss reference reports/masks; None: the labeled training images
-    epi_beta: float = 0.8
-    unlabeled_weight: float = 1.0
-    warmup_epochs: float = 3.0
-    rampup_epochs: float = 5.0
-    lv_weight: float = 0.1
-    teacher_decay: float = 0.99  # EMA of the student's weights that predicts the pseudo-labels
-    strong_view: bool = True  # the student sees perturbed unlabeled images
 
 
 @dataclass
@@ -98,11 +56,6 @@ def parse_max_time(value: str | None) -> timedelta | None:
     return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
 
 
-def check_img_size(img_size: int) -> None:
-    if img_size <= 0 or img_size % 32:
-        raise LvsegError(f"--img-size {img_size} is not a positive multiple of 32 (e.g. 224, 256)")
-
-
 def _accelerator_and_precision(config: TrainConfig) -> tuple[str, str]:
     accelerator = config.accelerator
     if accelerator == "auto":
@@ -116,27 +69,30 @@ def _accelerator_and_precision(config: TrainConfig) -> tuple[str, str]:
     return accelerator, precision
 
 
-def build_task(config: TrainConfig, train_texts: list[str]) -> SegmentationTask:
-    """Create the Lightning module: the network sized from the options and the text encoder."""
-    from lvseg.models import create_model
-    from lvseg.text import create_text_encoder
+def model_config_for(config: TrainConfig) -> dict[str, Any]:
+    """The model options a TrainConfig asks for; a text model gets its text encoder (``--text-encoder``,
+    else the model's default) and ``--text-length``."""
+    from lvseg.models import model_class
 
+    cls = model_class(config.model)
     options: dict[str, Any] = {"in_channels": config.in_channels, "img_size": config.img_size}
     if config.base_channels is not None:
         options["base_channels"] = config.base_channels
+    if cls.requires_text:
+        options["text_encoder"] = config.text_encoder or cls.default_text_encoder
+        if config.text_length is not None:
+            options["text_len"] = config.text_length
     options.update(config.model_options)
-    probe = create_model(config.model, **options)  # validates the options before any encoder work
-    text_config = None
-    if getattr(probe, "requires_text", False):
-        encoder_options = {} if config.text_length is None else {"max_length": config.text_length}
-        encoder = create_text_encoder(config.text_encoder, texts=train_texts, **encoder_options)
-        text_config = encoder.config()
-        options.update(text_dim=encoder.feature_dim, text_len=encoder.max_length)
-    del probe
+    return options
+
+
+def build_task(config: TrainConfig, train_texts: list[str]) -> SegmentationTask:
+    """Create the Lightning module around ``create_model(config.model, ...)``; the reports build a
+    ``learned`` vocabulary."""
     return task_class_for(config)(
         model_name=config.model,
-        model_options=options,
-        text_encoder=text_config,
+        model_config=model_config_for(config),
+        model_texts=list(train_texts),
         lr=config.lr,
         **semi_task_options(config),
     )
@@ -144,22 +100,22 @@ def build_task(config: TrainConfig, train_texts: list[str]) -> SegmentationTask:
 
 def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask:
     """Rebuild the module exactly as the interrupted run had it, refusing a different model."""
-    hparams = read_checkpoint_dict(checkpoint_path).get("hyper_parameters", {})
+    hparams = upgrade_checkpoint(read_checkpoint_dict(checkpoint_path)).get("hyper_parameters", {})
     if hparams.get("model_name") != config.model:
         raise LvsegError(
             f"cannot resume from '{checkpoint_path}': it trains a '{hparams.get('model_name')}' model, "
             f"not '{config.model}'; use another --out folder or the same --model"
         )
-    saved_size = hparams.get("model_options", {}).get("img_size")
+    saved_size = hparams.get("model_config", {}).get("img_size")
     if saved_size != config.img_size:
         raise LvsegError(f"cannot resume from '{checkpoint_path}': it was trained at --img-size {saved_size}, not {config.img_size}")
-    keep = ("model_name", "model_options", "text_encoder", "lr", "weight_decay", "restart_epochs", "min_lr")
+    keep = ("model_name", "model_config", "lr", "weight_decay", "restart_epochs", "min_lr")
     task_class = task_class_for(config)
     if (task_class is SemiSupervisedTask) != ("epi_beta" in hparams):
         raise LvsegError(f"cannot resume from '{checkpoint_path}': resume with the same semi-supervised options "
                          "(--labeled-fraction/--labeled-list, --supervised-only) as the interrupted run")
     if task_class is SemiSupervisedTask:
-        keep += SEMI_HPARAMS
+        keep += SEMI_OPTIONS
     return task_class(**{key: hparams[key] for key in keep if key in hparams})
 
 
@@ -182,9 +138,7 @@ def train(config: TrainConfig) -> TrainResult:
     from lvseg.data.dataset import SegmentationDataset
     from lvseg.data.layout import load_split
 
-    check_img_size(config.img_size)
-    if config.augment not in AUGMENTATION_MODES:
-        raise LvsegError(f"--augment {config.augment!r} is not one of {', '.join(AUGMENTATION_MODES)}")
+    check_train_config(config)
     max_time = parse_max_time(config.max_time)
     L.seed_everything(config.seed, workers=True, verbose=False)
     semi = is_semi_supervised(config)

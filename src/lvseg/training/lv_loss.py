@@ -13,111 +13,31 @@ the most similar reference (cosine similarity of report embeddings) gives a refe
 
 computed per image over the flattened (H * W) maps (:func:`lv_loss`).
 
-Report embedding (:class:`ReportEmbedder`). The run's own text encoder is a poor matching space: a
-learned encoder is a moving target during training and its pooled output is random at the start. The
-LV matching therefore uses a *fixed*, deterministic embedding built once from the reference reports,
-so every unlabeled image's reference is decided once before training (:meth:`LVReferenceSet.match`):
-
-    e(report) = [ sqrt(a) * s / |s| ,  sqrt(1 - a) * t / |t| ]      (a = ``structure_weight`` = 0.5)
-
-* ``s``: the structured findings of :func:`lvseg.data.reports.parse_report`: six zone indicators
-  (left/right x upper/middle/lower), the involved sides (left, right) weighted 2, and a one-hot number
-  of infected areas (1 ... 6+) weighted 0.5 (so a stated count never outweighs the side); all zero for a report outside the QaTa grammar (e.g. MoNuSeg);
-* ``t``: TF-IDF of word unigrams and bigrams over the reference reports (smooth idf), so word order
-  matters (``all left lung and upper middle lower right lung`` differs from
-  ``upper middle lower left lung and all right lung``, which the structured part cannot tell apart).
-
-With both parts unit-length, cos(e(q), e(r)) = a * cos(s_q, s_r) + (1 - a) * cos(t_q, t_r): a
-right-lung-only report shares no zone or side with a left-lung-only template, so it always prefers a
-template of its own side.
+Report matching. The run's own text encoder is a poor matching space: a learned encoder is a moving
+target during training and its pooled output is random at the start. The LV matching therefore uses
+the *fixed*, deterministic :class:`lvseg.data.reports.ReportEmbedder` (QaTa structured findings +
+word/bigram TF-IDF, described there), fitted once on the reference reports, so every unlabeled image's
+reference is decided once before training (:meth:`LVReferenceSet.match`).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from lvseg.data.images import read_mask, resize_mask
-from lvseg.data.layout import IMAGE_COLUMN, TEXT_COLUMN, Sample
-from lvseg.data.reports import LUNGS, ZONES, parse_report
+from lvseg.data.layout import IMAGE_COLUMN, TEXT_COLUMN, Sample, read_text_table
+from lvseg.data.reports import ReportEmbedder
 from lvseg.errors import LvsegError
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_TABLE = "LV_loss.xlsx"
-MAX_COUNT = 6
-SIDE_WEIGHT = 2.0
-COUNT_WEIGHT = 0.5
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def _tokens(text: str) -> list[str]:
-    """Lower-case words plus adjacent word pairs (``"left lung"`` -> ``left``, ``lung``, ``left_lung``)."""
-    words = _WORD.findall(text.lower())
-    return words + [f"{first}_{second}" for first, second in zip(words, words[1:])]
-
-
-def structured_vector(text: str) -> np.ndarray:
-    """The findings of a QaTa-style report as a float32 vector of length 6 + 2 + MAX_COUNT (see module doc)."""
-    findings = parse_report(text)
-    zones = [1.0 if zone in findings.zones(lung) else 0.0 for lung in LUNGS for zone in ZONES]
-    sides = [SIDE_WEIGHT if findings.zones(lung) else 0.0 for lung in LUNGS]
-    count = [0.0] * MAX_COUNT
-    if findings.count > 0:
-        count[min(findings.count, MAX_COUNT) - 1] = COUNT_WEIGHT
-    return np.asarray(zones + sides + count, dtype=np.float32)
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
-
-
-class ReportEmbedder:
-    """Fixed report embedding for LV matching: structured findings + word/bigram TF-IDF (module doc).
-
-    Fitted once on the reference reports; ``embed(texts) -> float32 (N, D)`` with unit-or-zero rows
-    per part, so the dot product of two embeddings is their cosine similarity (for non-empty parts).
-    """
-
-    def __init__(self, reference_texts: Sequence[str], structure_weight: float = 0.5) -> None:
-        if not 0.0 <= structure_weight <= 1.0:
-            raise ValueError(f"structure_weight must be in [0, 1], got {structure_weight}")
-        self.structure_weight = structure_weight
-        documents = [set(_tokens(text)) for text in reference_texts]
-        frequency = Counter(token for document in documents for token in document)
-        self.vocabulary = {token: column for column, token in enumerate(sorted(frequency))}
-        n = len(documents)
-        self.idf = np.asarray(
-            [math.log((1 + n) / (1 + frequency[token])) + 1.0 for token in sorted(frequency)], dtype=np.float32
-        )
-
-    def tfidf(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, V) L2-normalised TF-IDF rows; words unseen in the reference reports are ignored."""
-        matrix = np.zeros((len(texts), len(self.vocabulary)), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for token, count in Counter(_tokens(text)).items():
-                column = self.vocabulary.get(token)
-                if column is not None:
-                    matrix[row, column] = count * self.idf[column]
-        return _unit_rows(matrix)
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(N, 14 + V) embeddings: [sqrt(a) * unit structured, sqrt(1 - a) * unit TF-IDF]."""
-        structured = _unit_rows(np.stack([structured_vector(text) for text in texts])) if texts else np.zeros((0, 14))
-        return np.concatenate(
-            [math.sqrt(self.structure_weight) * structured, math.sqrt(1.0 - self.structure_weight) * self.tfidf(texts)],
-            axis=1,
-        ).astype(np.float32)
 
 
 @dataclass
@@ -157,17 +77,10 @@ def load_template_references(folder: str | Path, img_size: int, structure_weight
     folder = Path(folder)
     table_path = folder / TEMPLATE_TABLE
     if not table_path.is_file():
-        raise LvsegError(f"--lv-templates '{folder}' holds no {TEMPLATE_TABLE} (columns Image, Description)")
-    try:
-        table = pd.read_excel(table_path, dtype=str, keep_default_na=False)
-    except Exception as error:  # openpyxl raises many types for a bad file
-        raise LvsegError(f"cannot read '{table_path}': {type(error).__name__}: {error}") from None
-    table.columns = [str(column).strip() for column in table.columns]
-    if IMAGE_COLUMN not in table.columns or TEXT_COLUMN not in table.columns:
-        raise LvsegError(f"'{table_path}' needs the columns '{IMAGE_COLUMN}' and '{TEXT_COLUMN}'; found {list(table.columns)}")
+        raise LvsegError(f"--lv-templates '{folder}' holds no {TEMPLATE_TABLE} (columns {IMAGE_COLUMN}, {TEXT_COLUMN})")
     texts, masks, names = [], [], []
-    for image_name, description in zip(table[IMAGE_COLUMN], table[TEXT_COLUMN]):
-        image_name, description = str(image_name).strip(), str(description).strip()
+    for row in read_text_table(table_path):
+        image_name, description = row.key, row.description
         if not image_name or not description:
             continue
         mask_path = folder / image_name

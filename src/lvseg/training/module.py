@@ -1,4 +1,4 @@
-"""The Lightning module that trains any registered network with any text encoder."""
+"""The Lightning module that trains any registered model through the model contract."""
 
 from __future__ import annotations
 
@@ -6,66 +6,84 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
+from lvseg.checkpoint import lvseg_record
 from lvseg.evaluation.metrics import binarize, dice_iou_per_image
-from lvseg.models import create_model
-from lvseg.training.checkpoint import FORMAT_VERSION
-from lvseg.training.losses import DiceBCELoss
+from lvseg.models import ModelOutput, create_model
 
 
 class SegmentationTask(L.LightningModule):
-    """Supervised training of ``create_model(model_name, **model_options)``.
+    """Supervised training of ``create_model(model_name, **model_config)``.
 
     Batches are dicts from :class:`lvseg.data.dataset.SegmentationDataset`: ``image`` (B, C, H, W),
-    ``mask`` (B, 1, H, W), ``text`` (list of B strings). Logged: ``train_loss``, ``val_loss``,
-    ``val_dice`` and ``val_iou`` (per-image means at threshold 0.5, the LViT paper's metric).
+    ``mask`` (B, 1, H, W), ``text`` (list of B strings). A training step is::
+
+        batch  = self.prepare_batch(batch, batch_idx)                   # hook (semi-supervised views)
+        output = self.model(images, self.model.encode_text(texts))      # ModelOutput (training mode)
+        terms  = self.loss_terms(output, batch, batch_idx)              # hook; default: the model's terms
+        loss   = sum(terms.values())
+
+    and logs ``train_<name>`` for every term plus ``train_loss``; variants override a hook, never the
+    step. Validation logs ``val_loss``, ``val_dice`` and ``val_iou`` (per-image means at threshold 0.5,
+    the LViT paper's metric) from :meth:`SegmentationModel.predict_logits`.
+
+    ``model_texts``: the training reports, only used to build a ``learned`` vocabulary when the model
+    config asks for one by name (a resumed run's config carries the vocabulary itself).
     """
 
     def __init__(
         self,
         model_name: str,
-        model_options: dict[str, Any],
-        text_encoder: dict[str, Any] | None = None,
+        model_config: dict[str, Any],
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         restart_epochs: int = 10,
         min_lr: float = 1e-4,
+        model_texts: list[str] | None = None,
         **extra: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.net = create_model(model_name, **model_options)
-        self.text_encoder: nn.Module | None = None
-        if text_encoder is not None and getattr(self.net, "requires_text", False):
-            from lvseg.text import text_encoder_from_config
-
-            self.text_encoder = text_encoder_from_config(text_encoder)
-        self.loss = DiceBCELoss()
+        self.model = create_model(model_name, texts=model_texts, **model_config)
+        # The built model's config replaces the request ("learned" -> its vocabulary), so the
+        # checkpoint's hparams rebuild it; the reports themselves are not kept.
+        self.save_hyperparameters(ignore=["model_texts"])
+        self.hparams["model_config"] = dict(self.model.config)
         self.best_val_dice: float | None = None
         self.last_val_dice: float | None = None
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor | None:
-        """Reports -> (B, L, D) token features on this module's device, or None for image-only models."""
-        if self.text_encoder is None:
-            return None
-        return self.text_encoder(list(texts)).tokens.to(self.device)
+    def forward(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor | ModelOutput:
+        """images (B, C, H, W), texts: B strings -> the model's output (logits in eval mode)."""
+        return self.model(images, self.model.encode_text(list(texts)))
 
-    def forward(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """images (B, C, H, W), texts: B strings -> logits (B, n_classes, H, W)."""
-        return self.net(images, self.encode_text(texts))
+    # ------------------------------------------------------------------------------------ hooks
+
+    def prepare_batch(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """The batch the student trains on (identity; semi-supervised training perturbs unlabeled images)."""
+        return batch
+
+    def loss_terms(self, output: ModelOutput, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Named, weighted loss terms of a training batch; their sum is the loss."""
+        return self.model.compute_losses(output, batch["mask"])
+
+    # ------------------------------------------------------------------------------------ steps
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"], batch["text"])
-        loss = self.loss(logits, batch["mask"])
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch["text"]))
+        batch = self.prepare_batch(batch, batch_idx)
+        output = self(batch["image"], batch["text"])
+        terms = self.loss_terms(output, batch, batch_idx)
+        batch_size = len(batch["text"])
+        loss = torch.stack(list(terms.values())).sum() if terms else output.logits.sum() * 0.0
+        for name, value in terms.items():
+            self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["image"], batch["text"])
+        logits = self.model.predict_logits(batch["image"], list(batch["text"]))
         batch_size = len(batch["text"])
         dice, iou = dice_iou_per_image(binarize(torch.sigmoid(logits.float())), batch["mask"])
-        self.log("val_loss", self.loss(logits, batch["mask"]), batch_size=batch_size, sync_dist=True)
+        val_loss = torch.stack(list(self.model.compute_losses(logits, batch["mask"]).values())).sum()
+        self.log("val_loss", val_loss, batch_size=batch_size, sync_dist=True)
         self.log("val_dice", dice.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("val_iou", iou.mean(), batch_size=batch_size, sync_dist=True)
 
@@ -88,6 +106,8 @@ class SegmentationTask(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    # ------------------------------------------------------------------------------ checkpoints
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["hyper_parameters"] = dict(self.hparams)
         # val_dice: this checkpoint's own epoch (best.ckpt: the best one); best_val_dice: the run's best so far.
@@ -96,7 +116,7 @@ class SegmentationTask(L.LightningModule):
             metrics["val_dice"] = self.last_val_dice
         if self.best_val_dice is not None:
             metrics["best_val_dice"] = self.best_val_dice
-        checkpoint["lvseg"] = {"format": FORMAT_VERSION, "metrics": metrics}
+        checkpoint["lvseg"] = lvseg_record(self.model, metrics)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         metrics = checkpoint.get("lvseg", {}).get("metrics", {})

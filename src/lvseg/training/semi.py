@@ -1,4 +1,4 @@
-"""Semi-supervised LViT: a labeled/unlabeled split, EPI pseudo-labels and the LV loss.
+"""Semi-supervised training of any model: a labeled/unlabeled split, EPI pseudo-labels and the LV loss.
 
 ``lvseg train --labeled-fraction 0.25`` (or ``--labeled-list FILE``) keeps the masks of a seeded quarter of
 the training images; the other images keep their image and report but their masks are never opened
@@ -8,19 +8,24 @@ the training images; the other images keep their image and report but their mask
 Each training batch mixes labeled and unlabeled samples (``batch["labeled"]`` (B,) bool,
 ``batch["index"]`` (B,) the position in the labeled or unlabeled set). The loss of a batch is
 
-    loss = L_sup + w(t) * (L_pseudo + lv_weight * L_LV)
+    loss = L_model + w(t) * (L_pseudo + lv_weight * L_LV)
 
-* ``L_sup``: Dice + class-balanced BCE (:class:`~lvseg.training.losses.DiceBCELoss`) on labeled images;
-* ``L_pseudo``: the same loss between the prediction for an unlabeled image's strong view and its
-  pseudo-label (moved with the view);
-* ``L_LV``: :func:`lvseg.training.lv_loss.lv_loss` against the mask of the most similar reference report;
+* ``L_model``: the model's own loss terms (:meth:`~lvseg.models.SegmentationModel.compute_losses`, e.g.
+  ``dice`` and ``bce``) on the labeled images, logged under their names;
+* ``L_pseudo`` (term ``pseudo``): the sum of the model's terms between the prediction for an unlabeled
+  image's strong view and its pseudo-label (moved with the view);
+* ``L_LV`` (term ``lv``): :func:`lvseg.training.lv_loss.lv_loss` against the mask of the most similar
+  reference report;
 * ``w(t) = unlabeled_weight * exp(-5 (1 - t / rampup_epochs)^2)`` for ``t < rampup_epochs`` (t in
   fractional epochs), then ``unlabeled_weight`` (the sigmoid ramp-up of Laine & Aila).
 
-Exponential Pseudo-label Iteration (EPI, :class:`PseudoLabelBank`): every time an unlabeled image is
+The task only overrides the two hooks of :class:`~lvseg.training.module.SegmentationTask`
+(``prepare_batch``: EPI update and strong view; ``loss_terms``: the terms above).
+
+Exponential Pseudo-label Iteration (EPI, :class:`~lvseg.training.pseudo_labels.PseudoLabelBank`): every time an unlabeled image is
 trained on (once per epoch, after the supervised warm-up), its pseudo-label becomes
 ``P_t = beta * P_(t-1) + (1 - beta) * p_t`` (the first prediction initialises it). ``p_t`` comes from a
-*teacher* (:class:`EmaTeacher`): an exponential moving average of the student's weights
+*teacher* (:class:`~lvseg.training.teacher.EmaTeacher`): an exponential moving average of the student's weights
 (``teacher_decay`` per step), run in eval mode on the un-augmented image. The training target is the
 updated ``P_t``, binarised at 0.5; an image whose pseudo-label holds no lesion is not supervised.
 
@@ -42,203 +47,33 @@ process (the bank is not shared across DDP ranks).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
-import random
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import ConcatDataset, DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader
 
 from lvseg.data.layout import Sample
+from lvseg.data.split import BalancedSemiSampler, LabeledSplit, check_labeled_masks, read_labeled_list, split_labeled
 from lvseg.errors import LvsegError
-from lvseg.files import atomic_write, atomic_write_text
+from lvseg.files import atomic_write_text
+from lvseg.models import ModelOutput
 from lvseg.training.lv_loss import LVReferenceSet, load_template_references, lv_loss, references_from_samples
 from lvseg.training.module import SegmentationTask
+from lvseg.training.options import SEMI_OPTIONS, option_defaults
 from lvseg.training.perturb import StrongPerturbation
+from lvseg.training.pseudo_labels import PseudoLabelBank
+from lvseg.training.teacher import EmaTeacher
 
 log = logging.getLogger(__name__)
 
 PSEUDO_LABEL_FILE = "pseudo_labels.pt"
 SPLIT_FILE = "semi_split.json"
-#: hparams of :class:`SemiSupervisedTask` beyond those of :class:`SegmentationTask`.
-SEMI_HPARAMS: tuple[str, ...] = (
-    "epi_beta", "unlabeled_weight", "warmup_epochs", "rampup_epochs", "lv_weight", "teacher_decay", "strong_view",
-)
 TEACHER_KEY = "lvseg_teacher"
-
-
-# --------------------------------------------------------------------------------------------- split
-
-
-@dataclass(frozen=True)
-class LabeledSplit:
-    """Training samples divided into those whose masks are used and those trained without masks.
-
-    ``unlabeled`` samples have ``mask_path=None``: nothing downstream can open their masks.
-    """
-
-    labeled: list[Sample]
-    unlabeled: list[Sample]
-
-    def to_json(self) -> dict[str, list[str]]:
-        return {"labeled": [s.name for s in self.labeled], "unlabeled": [s.name for s in self.unlabeled]}
-
-
-def _drop_masks(samples: Sequence[Sample]) -> list[Sample]:
-    return [dataclasses.replace(sample, mask_path=None) for sample in samples]
-
-
-def split_labeled(samples: Sequence[Sample], fraction: float, seed: int = 0) -> LabeledSplit:
-    """A seeded split: ``round(fraction * N)`` (at least 1) labeled samples, the rest unlabeled.
-
-    The labeled samples are drawn (``random.Random(seed)``) among the samples that have a mask file,
-    from the samples sorted by name, so the split depends only on the names, the fraction and the seed.
-    Both lists keep name order.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise LvsegError(f"--labeled-fraction {fraction} is not in (0, 1]")
-    ordered = sorted(samples, key=lambda sample: sample.name)
-    candidates = [sample.name for sample in ordered if sample.mask_path is not None]
-    n_labeled = max(1, round(fraction * len(ordered)))
-    if n_labeled > len(candidates):
-        raise LvsegError(
-            f"--labeled-fraction {fraction} asks for {n_labeled} labeled images but only {len(candidates)} "
-            "training images have a mask"
-        )
-    chosen = set(random.Random(seed).sample(candidates, n_labeled))
-    return LabeledSplit(
-        labeled=[s for s in ordered if s.name in chosen],
-        unlabeled=_drop_masks([s for s in ordered if s.name not in chosen]),
-    )
-
-
-def read_labeled_list(path: str | Path, samples: Sequence[Sample]) -> LabeledSplit:
-    """Split by a text file naming the labeled images, one per line (image stem or file name; ``#`` comments)."""
-    path = Path(path)
-    if not path.is_file():
-        raise LvsegError(f"--labeled-list '{path}' does not exist")
-    by_name = {sample.name: sample for sample in samples}
-    wanted: set[str] = set()
-    unknown: list[str] = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        entry = line.split("#", 1)[0].strip()
-        if not entry:
-            continue
-        name = entry if entry in by_name else Path(entry).stem
-        if name.startswith("mask_") and name not in by_name:
-            name = name[len("mask_"):]
-        (wanted.add(name) if name in by_name else unknown.append(entry))
-    if unknown:
-        raise LvsegError(f"--labeled-list '{path}' names {len(unknown)} image(s) not in the training split: {unknown[:5]}")
-    if not wanted:
-        raise LvsegError(f"--labeled-list '{path}' names no image")
-    missing = sorted(name for name in wanted if by_name[name].mask_path is None)
-    if missing:
-        raise LvsegError(f"--labeled-list '{path}' names image(s) without a mask: {missing[:5]}")
-    ordered = sorted(samples, key=lambda sample: sample.name)
-    return LabeledSplit(
-        labeled=[s for s in ordered if s.name in wanted],
-        unlabeled=_drop_masks([s for s in ordered if s.name not in wanted]),
-    )
-
-
-def check_labeled_masks(samples: Sequence[Sample]) -> None:
-    """Validate the masks of the labeled samples only (readable, same size as the image)."""
-    from lvseg.data.layout import _check_readable
-    from lvseg.errors import DataValidationError
-
-    problems = []
-    for sample in samples:
-        assert sample.mask_path is not None
-        problem, mask_size = _check_readable(sample.mask_path, "mask")
-        if problem:
-            problems.append(problem)
-            continue
-        _, image_size = _check_readable(sample.image_path, "image")
-        if image_size is not None and mask_size != image_size:
-            problems.append(f"mask '{sample.mask_path}' is {mask_size} but its image '{sample.image_path}' is {image_size}")
-    if problems:
-        raise DataValidationError(problems, where="labeled training masks")
-
-
-# ----------------------------------------------------------------------------------------------- EPI
-
-
-class PseudoLabelBank:
-    """EPI pseudo-labels of the unlabeled images, at model resolution, on the CPU.
-
-    labels: float16 (N, S, S) in [0, 1]; seen: bool (N,), whether an image has a pseudo-label yet.
-    """
-
-    def __init__(self, names: Sequence[str], img_size: int, beta: float = 0.8) -> None:
-        if not 0.0 <= beta < 1.0:
-            raise LvsegError(f"--epi-beta {beta} is not in [0, 1)")
-        self.names = list(names)
-        self.img_size = int(img_size)
-        self.beta = float(beta)
-        self.labels = torch.zeros((len(self.names), self.img_size, self.img_size), dtype=torch.float16)
-        self.seen = torch.zeros(len(self.names), dtype=torch.bool)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def targets(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """indices (K,) -> (binary pseudo-label masks float32 (K, 1, S, S), seen bool (K,)), on the CPU.
-
-        The EMA P_t stays soft in the bank; the training target is the mask P_t >= 0.5. Soft targets near
-        0.5 would pull the Dice term toward blurred predictions, which the 0.5 threshold then cuts.
-        """
-        indices = indices.detach().cpu().long()
-        return (self.labels[indices] >= 0.5).float().unsqueeze(1), self.seen[indices].clone()
-
-    @torch.no_grad()
-    def update(self, indices: torch.Tensor, probabilities: torch.Tensor) -> None:
-        """EPI step for images ``indices`` (K,) with predictions ``probabilities`` (K, 1, S, S) in [0, 1].
-
-        P_t = beta * P_(t-1) + (1 - beta) * p_t; an image seen for the first time gets P_1 = p_t.
-        """
-        indices = indices.detach().cpu().long()
-        new = probabilities.detach().float().cpu().reshape(len(indices), self.img_size, self.img_size)
-        old = self.labels[indices].float()
-        seen = self.seen[indices].view(-1, 1, 1)
-        updated = torch.where(seen, self.beta * old + (1.0 - self.beta) * new, new)
-        self.labels[indices] = updated.clamp(0.0, 1.0).to(torch.float16)
-        self.seen[indices] = True
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "img_size": self.img_size, "beta": self.beta,
-                "labels": self.labels, "seen": self.seen}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if list(state.get("names", [])) != self.names or int(state.get("img_size", -1)) != self.img_size:
-            raise LvsegError(
-                "the stored pseudo-labels belong to other unlabeled images or another --img-size; "
-                "resume with the same data, split and --img-size"
-            )
-        self.labels = state["labels"].to(torch.float16).clone()
-        self.seen = state["seen"].to(torch.bool).clone()
-
-    def save(self, path: str | Path, global_step: int, epoch: int) -> Path:
-        """Write the bank atomically (torch.save of tensors, lists and numbers: weights_only-safe)."""
-        state = self.state_dict() | {"global_step": int(global_step), "epoch": int(epoch)}
-        return atomic_write(path, lambda handle: torch.save(state, handle))
-
-    def load(self, path: str | Path) -> dict[str, Any]:
-        """Load a bank written by :meth:`save`; returns the file's dict (``global_step``, ``epoch``...)."""
-        try:
-            state = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except Exception as error:  # damaged file: many exception types
-            raise LvsegError(f"cannot read pseudo-labels '{path}': {type(error).__name__}: {error}") from None
-        self.load_state_dict(state)
-        return state
 
 
 def rampup_weight(progress: float, rampup_epochs: float) -> float:
@@ -249,99 +84,19 @@ def rampup_weight(progress: float, rampup_epochs: float) -> float:
     return float(math.exp(-5.0 * phase * phase))
 
 
-class EmaTeacher:
-    """Mean teacher: an exponential moving average of the student's trainable modules, used without gradients.
-
-    ``modules`` maps names to the student's modules (e.g. ``{"net": ..., "text": ...}``); the teacher holds
-    a copy (``torch.optim.swa_utils.AveragedModel`` with an EMA of parameters and buffers), kept in eval
-    mode. :meth:`update` after each optimizer step: W_teacher = decay * W_teacher + (1 - decay) * W_student.
-    """
-
-    def __init__(self, modules: dict[str, nn.Module], decay: float = 0.99) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise LvsegError(f"--teacher-decay {decay} is not in [0, 1)")
-        self.student = nn.ModuleDict(modules)
-        self.averaged = AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.averaged.eval()
-        self.averaged.requires_grad_(False)
-
-    def __getitem__(self, name: str) -> nn.Module:
-        return self.averaged.module[name]
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.averaged.module
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.averaged.update_parameters(self.student)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {key: value.detach().cpu() for key, value in self.averaged.state_dict().items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.averaged.load_state_dict(state, strict=True)
-
-
-# ---------------------------------------------------------------------------------------------- task
-
-
-class BalancedSemiSampler(Sampler[int]):
-    """Indices into ``ConcatDataset([labeled, unlabeled])`` alternating labeled and unlabeled images.
-
-    Every epoch visits each unlabeled image exactly once (the EPI update needs one prediction per image
-    per epoch) in a fresh seeded order, and pairs it with a labeled image, cycling through reshuffled
-    labeled images as often as needed. A batch is thus half labeled, however few the labels: the
-    supervised signal is not diluted by the unlabeled majority. Epoch length: 2 x n_unlabeled.
-    """
-
-    def __init__(self, n_labeled: int, n_unlabeled: int, seed: int = 0) -> None:
-        if n_labeled < 1 or n_unlabeled < 1:
-            raise ValueError(f"need labeled and unlabeled images, got {n_labeled} and {n_unlabeled}")
-        self.n_labeled, self.n_unlabeled, self.seed = n_labeled, n_unlabeled, seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return 2 * self.n_unlabeled
-
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        self.epoch += 1
-        unlabeled = (torch.randperm(self.n_unlabeled, generator=generator) + self.n_labeled).tolist()
-        cycles = -(-self.n_unlabeled // self.n_labeled)
-        labeled = torch.cat([torch.randperm(self.n_labeled, generator=generator) for _ in range(cycles)]).tolist()
-        for labeled_index, unlabeled_index in zip(labeled, unlabeled):
-            yield labeled_index
-            yield unlabeled_index
-
-
 class SemiSupervisedTask(SegmentationTask):
     """:class:`SegmentationTask` trained on mixed labeled/unlabeled batches with EPI and the LV loss.
 
-    Extra hparams: ``epi_beta``, ``unlabeled_weight``, ``warmup_epochs``, ``rampup_epochs``, ``lv_weight``,
-    ``teacher_decay`` and ``strong_view`` (perturb the unlabeled images the student sees). Before fitting,
-    :meth:`attach` gives it the pseudo-label bank and the LV references (run-time state, not hparams).
-    Logs ``train_sup_loss``, ``train_pseudo_loss``, ``train_lv_loss``, ``train_unlabeled_weight`` and the
-    total ``train_loss``.
+    Extra hparams: the ``"semi"`` options of :class:`~lvseg.training.options.TrainConfig` (``epi_beta``,
+    ``unlabeled_weight``, ``warmup_epochs``, ``rampup_epochs``, ``lv_weight``, ``teacher_decay``,
+    ``strong_view``). Before fitting, :meth:`attach` gives it the pseudo-label bank and the LV references
+    (run-time state, not hparams). Logs the model's terms (``train_dice``, ``train_bce``, ...),
+    ``train_pseudo``, ``train_lv``, ``train_unlabeled_weight`` and the total ``train_loss``.
     """
 
-    def __init__(
-        self,
-        *args: Any,
-        epi_beta: float = 0.8,
-        unlabeled_weight: float = 1.0,
-        warmup_epochs: float = 3.0,
-        rampup_epochs: float = 5.0,
-        lv_weight: float = 0.1,
-        teacher_decay: float = 0.99,
-        strong_view: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, epi_beta=epi_beta, unlabeled_weight=unlabeled_weight, warmup_epochs=warmup_epochs,
-                         rampup_epochs=rampup_epochs, lv_weight=lv_weight, teacher_decay=teacher_decay,
-                         strong_view=strong_view, **kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        semi = option_defaults(SEMI_OPTIONS) | {name: kwargs.pop(name) for name in SEMI_OPTIONS if name in kwargs}
+        super().__init__(*args, **semi, **kwargs)
         self.bank: PseudoLabelBank | None = None
         self.lv_masks: torch.Tensor | None = None  # uint8 (R, 1, S, S)
         self.lv_match: torch.Tensor | None = None  # int64 (N_unlabeled,) reference index per unlabeled image
@@ -378,24 +133,11 @@ class SemiSupervisedTask(SegmentationTask):
 
     def build_teacher(self) -> EmaTeacher:
         """Create the EMA teacher from the current weights (or the checkpoint's teacher when resuming)."""
-        modules: dict[str, nn.Module] = {"net": self.net}
-        if self.text_encoder is not None and any(p.requires_grad for p in self.text_encoder.parameters()):
-            modules["text"] = self.text_encoder  # a frozen encoder is shared, not copied
-        self.teacher = EmaTeacher(modules, decay=self.hparams.get("teacher_decay", 0.99))
+        self.teacher = EmaTeacher(self.model, decay=self.hparams.get("teacher_decay", 0.99))
         if self._teacher_state is not None:
             self.teacher.load_state_dict(self._teacher_state)
             self._teacher_state = None
         return self.teacher
-
-    @torch.no_grad()
-    def teacher_probabilities(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
-        """images (K, C, S, S), K reports -> the teacher's probabilities (K, 1, S, S), float32."""
-        teacher = self.teacher or self.build_teacher()
-        tokens = None
-        if self.text_encoder is not None:
-            text_encoder = teacher["text"] if "text" in teacher else self.text_encoder
-            tokens = text_encoder(list(texts)).tokens.to(images.device)
-        return torch.sigmoid(teacher["net"](images, tokens).float())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.teacher is not None:
@@ -412,47 +154,56 @@ class SemiSupervisedTask(SegmentationTask):
             return 0.0
         return self.hparams.unlabeled_weight * rampup_weight(progress, self.hparams.rampup_epochs)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def prepare_batch(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """EPI: the teacher updates the unlabeled images' pseudo-labels; the student gets their strong view.
+
+        Adds ``unlabeled_weight`` (float) and, when the unlabeled images train at this step,
+        ``pseudo_target`` (K, 1, S, S), ``pseudo_seen`` (K,) and ``lv_reference`` (K, 1, S, S) or None.
+        """
         images, texts = batch["image"], list(batch["text"])  # (B, C, S, S), B reports
-        labeled = batch["labeled"].to(images.device).bool()
-        unlabeled = ~labeled
+        unlabeled = ~batch["labeled"].to(images.device).bool()
         weight = self.unlabeled_weight_now(batch_idx)
-        train_unlabeled = bool(unlabeled.any()) and weight > 0
-        if train_unlabeled:
-            assert self.bank is not None
-            indices = batch["index"].to(images.device)[unlabeled].cpu()
-            unlabeled_texts = [text for text, is_labeled in zip(texts, labeled.tolist()) if not is_labeled]
-            self.bank.update(indices, self.teacher_probabilities(images[unlabeled], unlabeled_texts))  # EPI
-            targets, seen = self.bank.targets(indices)
-            targets = targets.to(images.device)
-            references = None
-            if self.lv_masks is not None and self.lv_match is not None and self.hparams.lv_weight > 0:
-                references = self.lv_masks[self.lv_match[indices]].to(images.device).float()
-            if self.perturbation is not None:
-                strong, targets, references = self.perturbation(images[unlabeled], targets, references)
-                images = images.clone()
-                images[unlabeled] = strong
-        logits = self(images, texts)  # (B, 1, S, S)
-        zero = logits.sum() * 0.0
-        sup_loss = pseudo_loss = lv_value = zero
+        batch = {**batch, "unlabeled_weight": weight}
+        if not bool(unlabeled.any()) or weight <= 0:
+            return batch
+        assert self.bank is not None
+        teacher = self.teacher or self.build_teacher()
+        indices = batch["index"].to(images.device)[unlabeled].cpu()
+        unlabeled_texts = [text for text, is_unlabeled in zip(texts, unlabeled.tolist()) if is_unlabeled]
+        self.bank.update(indices, teacher.predict_proba(images[unlabeled], unlabeled_texts))  # EPI
+        targets, seen = self.bank.targets(indices)
+        targets = targets.to(images.device)
+        references = None
+        if self.lv_masks is not None and self.lv_match is not None and self.hparams.lv_weight > 0:
+            references = self.lv_masks[self.lv_match[indices]].to(images.device).float()
+        if self.perturbation is not None:
+            strong, targets, references = self.perturbation(images[unlabeled], targets, references)
+            images = images.clone()
+            images[unlabeled] = strong
+        return {**batch, "image": images, "pseudo_target": targets, "pseudo_seen": seen.to(images.device),
+                "lv_reference": references}
+
+    def loss_terms(self, output: ModelOutput, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        labeled = batch["labeled"].to(output.logits.device).bool()
+        unlabeled = ~labeled
+        weight = batch["unlabeled_weight"]
+        self.log("train_unlabeled_weight", weight, on_step=False, on_epoch=True, batch_size=len(labeled))
+        terms: dict[str, torch.Tensor] = {}
         if labeled.any():
-            sup_loss = self.loss(logits[labeled], batch["mask"][labeled])
-            self.log("train_sup_loss", sup_loss, on_step=False, on_epoch=True, batch_size=int(labeled.sum()))
-        if train_unlabeled:
-            unlabeled_logits = logits[unlabeled]
+            terms.update(self.model.compute_losses(output.select(labeled), batch["mask"][labeled]))
+        if "pseudo_target" in batch:
+            targets = batch["pseudo_target"]
+            unlabeled_output = output.select(unlabeled)
             # An empty pseudo-label teaches "predict nothing" and collapses training (a report describes a
             # lesion): supervise only with pseudo-labels that hold some lesion.
-            usable = seen.to(images.device) & (targets.flatten(1).amax(1) > 0)
+            usable = batch["pseudo_seen"] & (targets.flatten(1).amax(1) > 0)
             if usable.any():
-                pseudo_loss = self.loss(unlabeled_logits, targets, usable.float())
-                self.log("train_pseudo_loss", pseudo_loss, on_step=False, on_epoch=True, batch_size=int(usable.sum()))
-            if references is not None:
-                lv_value = lv_loss(torch.sigmoid(unlabeled_logits.float()), references).mean()
-                self.log("train_lv_loss", lv_value, on_step=False, on_epoch=True, batch_size=len(indices))
-        loss = sup_loss + weight * (pseudo_loss + self.hparams.lv_weight * lv_value)
-        self.log("train_unlabeled_weight", weight, on_step=False, on_epoch=True, batch_size=len(texts))
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(texts))
-        return loss
+                pseudo = self.model.compute_losses(unlabeled_output, targets, usable.float())
+                terms["pseudo"] = weight * torch.stack(list(pseudo.values())).sum()
+            if batch["lv_reference"] is not None:
+                lv_value = lv_loss(torch.sigmoid(unlabeled_output.logits.float()), batch["lv_reference"]).mean()
+                terms["lv"] = weight * self.hparams.lv_weight * lv_value
+        return terms
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -473,7 +224,6 @@ class SemiSupervisedTask(SegmentationTask):
             self.teacher.load_state_dict(self._teacher_state)
             self._teacher_state = None
 
-
 # ------------------------------------------------------------------------------------------ fit glue
 
 
@@ -487,7 +237,7 @@ def semi_task_options(config: Any) -> dict[str, Any]:
     """The :class:`SemiSupervisedTask` hparams from a TrainConfig (empty when it is not semi / supervised-only)."""
     if not is_semi_supervised(config) or getattr(config, "supervised_only", False):
         return {}
-    return {name: getattr(config, name) for name in SEMI_HPARAMS}
+    return {name: getattr(config, name) for name in SEMI_OPTIONS}
 
 
 def task_class_for(config: Any) -> type[SegmentationTask]:

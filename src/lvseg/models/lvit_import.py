@@ -122,9 +122,11 @@ def infer_official_options(official: Mapping[str, torch.Tensor]) -> dict[str, An
     grid = math.isqrt(n_tokens)
     if grid * grid != n_tokens:
         raise LvsegError(f"official LViT position embedding has {n_tokens} tokens, not a square grid")
+    n_classes = int(official["outc.weight"].shape[0])
+    if n_classes != 1:
+        raise LvsegError(f"official LViT state_dict has a {n_classes}-class head; lvseg models are binary (one class)")
     return {
         "in_channels": int(inc.shape[1]),
-        "n_classes": int(official["outc.weight"].shape[0]),
         "img_size": int(grid * PATCH_SIZE),
         "base_channels": int(inc.shape[0]),
         "text_dim": int(official["text_module4.weight"].shape[1]),
@@ -219,47 +221,48 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return _extract_state_dict(loaded, path)
 
 
+def official_checkpoint_hint(state_dict: Mapping[str, Any]) -> str:
+    """A hint for the checkpoint loader when ``state_dict`` looks like the official LViT code's, else ''."""
+    if any(str(key).startswith(("module.inc", "module.downVit", "downVit", "text_module")) for key in state_dict):
+        return "; it looks like an official LViT checkpoint: convert it first with `lvseg import-lvit`"
+    return ""
+
+
 def import_official_checkpoint(
     path: str | Path,
     out_path: str | Path,
-    text_encoder_config: dict[str, Any] | None = None,
-    text_encoder: str | None = None,
+    text_encoder: str = "hf:bert-base-uncased",
 ) -> ImportResult:
     """Convert the official LViT checkpoint ``path`` into an lvseg checkpoint at ``out_path``.
 
-    The converted weights are loaded strictly into ``create_model("lvit", **options)`` before
-    anything is written. ``text_encoder_config`` (the official code used per-token BERT-base features)
-    is stored with the checkpoint when given; ``text_encoder`` ("hf:<id or path>") builds that config
-    with the checkpoint's own text length.
+    The converted weights are loaded strictly into ``LViT(**options)`` before anything is written.
+    ``text_encoder`` ("hf:<id or path>", the official code used per-token BERT-base features) is recorded
+    in the checkpoint's config with the checkpoint's own text length; it is not loaded here, only when the
+    checkpoint is used.
     """
+    from lvseg.checkpoint import save_inference_checkpoint
+    from lvseg.text import frozen_encoder_config
+
     path, out_path = Path(path), Path(out_path)
     official = load_official_state_dict(path)
     try:
         state, dropped, options = convert_official_lvit_state_dict(official)
     except LvsegError as error:
         raise CheckpointError(f"{path}: {error}") from error
+    text_config = frozen_encoder_config(text_encoder, max_length=options["text_len"])
     net = LViT(**options)
-    net.load_state_dict(state, strict=True)
+    net.load_weights(state, source=str(path))
     net.eval()
     bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
     if bad:
         raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:8])}")
     logger.info("converted %s: %d keys kept, %d unused keys dropped", path, len(state), len(dropped))
-
-    from lvseg.training.checkpoint import save_inference_checkpoint
-
-    if text_encoder is not None and text_encoder_config is None:
-        from lvseg.text import frozen_encoder_config
-
-        text_encoder_config = frozen_encoder_config(text_encoder, max_length=options["text_len"])
-
-    save_inference_checkpoint(
-        out_path, net, "lvit", dict(net.config), text_encoder_config=text_encoder_config, metrics=None
-    )
+    config = {**net.config, "text_encoder": text_config}
+    save_inference_checkpoint(out_path, net, config=config)
     return ImportResult(
         source=path,
         output=out_path,
-        model_options=dict(net.config),
+        model_options=config,
         dropped_keys=dropped,
         n_parameters=sum(p.numel() for p in net.parameters()),
     )

@@ -35,28 +35,35 @@ def class_balanced_bce_with_logits(
     return torch.stack(halves).mean()
 
 
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice loss on sigmoid outputs, per image, averaged over the batch (optionally weighted).
+
+    Per image 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps) (MONAI ``DiceLoss`` with squared
+    predictions). logits, target: (B, 1, H, W); ``weight``: optional (B,) per-image weights. -> scalar.
+    """
+    dice_per_image = _DICE(logits, target).flatten(1).mean(1)
+    if weight is None:
+        return dice_per_image.mean()
+    return (dice_per_image * weight).sum() / weight.sum().clamp_min(1e-8)
+
+
+_DICE = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")
+
+
 class DiceBCELoss(nn.Module):
     """0.5 x soft Dice + 0.5 x class-balanced BCE on sigmoid outputs (the LViT paper's loss).
 
-    The Dice term is computed per image as 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps)
-    (MONAI ``DiceLoss`` with squared predictions) and averaged over the batch.
-
-    forward(logits (B, 1, H, W), target (B, 1, H, W), weight (B,) | None) -> scalar.
+    forward(logits (B, 1, H, W), target (B, 1, H, W), weight (B,) | None) -> scalar. Models declare the
+    same two terms by name (:meth:`lvseg.models.base.SegmentationModel.compute_losses`).
     """
 
     def __init__(self, dice_weight: float = 0.5, bce_weight: float = 0.5) -> None:
         super().__init__()
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight
-        self.dice = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")
 
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        dice_per_image = self.dice(logits, target).flatten(1).mean(1)
-        if weight is None:
-            dice = dice_per_image.mean()
-        else:
-            dice = (dice_per_image * weight).sum() / weight.sum().clamp_min(1e-8)
-        bce = class_balanced_bce_with_logits(logits, target, weight)
-        return self.dice_weight * dice + self.bce_weight * bce
+        return (self.dice_weight * soft_dice_loss(logits, target, weight)
+                + self.bce_weight * class_balanced_bce_with_logits(logits, target, weight))

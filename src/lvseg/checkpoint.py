@@ -1,0 +1,183 @@
+"""The lvseg checkpoint format: read and written here, without Lightning (prediction and the app import it).
+
+Format 2 (written since the model contract; format 1 files are upgraded on load)::
+
+    state_dict        {"model.<key>": tensor}       the model's weights (no frozen pretrained weights)
+    hyper_parameters  {"model_name": str, "model_config": dict, <training options> ...}
+    lvseg             {"format": 2,
+                       "metrics": {"val_dice": float, "best_val_dice": float},
+                       "pretrained": {"model.text_encoder.hf_model": "<id or path>"},   reloaded, not stored
+                       "training_modules": "kept" | "dropped"}
+
+Lightning's training checkpoints add optimizer and loop state; ``save_inference_checkpoint`` writes
+the weights alone, without the model's training-only modules. Every file is read with
+``torch.load(weights_only=True)``.
+
+Format 1 (lvseg 0.1): ``net.<key>`` and ``text_encoder.<key>`` weights, ``hyper_parameters`` with
+``model_options`` (including ``n_classes``) and a separate ``text_encoder`` config.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lvseg.errors import CheckpointError, LvsegError
+from lvseg.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 2
+MODEL_PREFIX = "model."
+_V1_NET_PREFIX, _V1_TEXT_PREFIX = "net.", "text_encoder."
+
+
+def read_checkpoint_dict(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint file safely (``weights_only=True``); bad files raise :class:`CheckpointError`."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint '{path}' is a directory; expected a .ckpt file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint '{path}' does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch.load raises many types on damaged files; all mean "unreadable"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint '{path}': the file is corrupted or not a PyTorch checkpoint ({reason[:200]})"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a dict")
+    return checkpoint
+
+
+def checkpoint_format(checkpoint: dict[str, Any]) -> int:
+    return int(checkpoint.get("lvseg", {}).get("format", 1))
+
+
+def upgrade_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+    """A format-1 checkpoint dict as format 2 (same weights, same outputs); format 2 is returned as is."""
+    version = checkpoint_format(checkpoint)
+    if version == FORMAT_VERSION:
+        return checkpoint
+    if version != 1:
+        raise CheckpointError(f"{source} has lvseg checkpoint format {version}; this lvseg reads formats 1 and "
+                              f"{FORMAT_VERSION}: upgrade lvseg")
+    hparams = dict(checkpoint["hyper_parameters"])
+    config = dict(hparams.pop("model_options", {}))
+    n_classes = config.pop("n_classes", 1)
+    if n_classes != 1:
+        raise CheckpointError(f"{source} has a {n_classes}-class head; lvseg models are binary (one lesion class)")
+    text_config = hparams.pop("text_encoder", None)
+    if text_config:
+        config["text_encoder"] = text_config
+    hparams["model_config"] = config
+    state: dict[str, torch.Tensor] = {}
+    for key, value in checkpoint["state_dict"].items():
+        if key.startswith(_V1_NET_PREFIX):
+            state[MODEL_PREFIX + key[len(_V1_NET_PREFIX):]] = value
+        elif key.startswith(_V1_TEXT_PREFIX):
+            state[MODEL_PREFIX + key] = value
+    lvseg = dict(checkpoint.get("lvseg", {}))
+    lvseg["format"] = FORMAT_VERSION
+    lvseg["upgraded_from"] = 1
+    return {**checkpoint, "state_dict": state, "hyper_parameters": hparams, "lvseg": lvseg}
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready for inference, rebuilt from a checkpoint (eval mode)."""
+
+    model: Any  # lvseg.models.SegmentationModel
+    hparams: dict[str, Any]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        return self.hparams["model_name"]
+
+
+def _official_hint(state_dict: Any) -> str:
+    from lvseg.models.lvit_import import official_checkpoint_hint
+
+    return official_checkpoint_hint(state_dict) if isinstance(state_dict, dict) else ""
+
+
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", expected_model: str | None = None
+) -> LoadedCheckpoint:
+    """Rebuild the model stored in an lvseg checkpoint (format 1 or 2), in eval mode.
+
+    Raises :class:`CheckpointError` naming the file when it is missing, corrupted, not an lvseg
+    checkpoint, holds another model than ``expected_model``, or its weights do not fit its model.
+    """
+    from lvseg.models import create_model
+
+    checkpoint = read_checkpoint_dict(path, map_location=map_location)
+    hparams = checkpoint.get("hyper_parameters")
+    if not isinstance(hparams, dict) or "model_name" not in hparams or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"'{path}' is not an lvseg checkpoint (it has no model description)"
+            f"{_official_hint(checkpoint.get('state_dict', checkpoint))}"
+        )
+    checkpoint = upgrade_checkpoint(checkpoint, source=f"checkpoint '{path}'")
+    hparams = checkpoint["hyper_parameters"]
+    model_name = hparams["model_name"]
+    if expected_model is not None and model_name != expected_model:
+        raise CheckpointError(f"checkpoint '{path}' holds a '{model_name}' model, expected '{expected_model}'")
+    try:
+        model = create_model(model_name, **hparams.get("model_config", {}))
+    except LvsegError as error:
+        raise CheckpointError(f"checkpoint '{path}' describes a model lvseg cannot build: {error}") from None
+    state = {key[len(MODEL_PREFIX):]: value for key, value in checkpoint["state_dict"].items()
+             if key.startswith(MODEL_PREFIX)}
+    try:
+        model.load_weights(state, source=f"checkpoint '{path}'")
+    except LvsegError as error:
+        raise CheckpointError(str(error)) from None
+    if model.requires_text and model.text_encoder is None:
+        raise CheckpointError(f"checkpoint '{path}' holds a '{model_name}' model without a text encoder, so it "
+                              "cannot read reports; re-create it with a text encoder")
+    model.eval()
+    metrics = dict(checkpoint.get("lvseg", {}).get("metrics", {}))
+    return LoadedCheckpoint(model=model, hparams=dict(hparams), metrics=metrics)
+
+
+def lvseg_record(model: Any, metrics: dict[str, float] | None = None, training_modules: str = "kept") -> dict[str, Any]:
+    """The ``checkpoint["lvseg"]`` entry for ``model`` (format, metrics, frozen weights reloaded by id/path)."""
+    return {
+        "format": FORMAT_VERSION,
+        "metrics": dict(metrics or {}),
+        "pretrained": {MODEL_PREFIX + name: source for name, source in model.pretrained_sources().items()},
+        "training_modules": training_modules,
+    }
+
+
+def save_inference_checkpoint(
+    path: str | Path,
+    model: Any,
+    metrics: dict[str, float] | None = None,
+    extra_hparams: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+) -> Path:
+    """Write a weights-only lvseg checkpoint of ``model`` without its training-only modules, atomically.
+
+    ``config`` overrides ``model.config`` (e.g. an imported model whose frozen text encoder is named
+    but was not loaded for the conversion).
+    """
+    if model.requires_text and not (config or model.config).get("text_encoder"):
+        raise LvsegError(f"refusing to write '{path}': a '{model.model_name}' checkpoint without a text encoder "
+                         "could not read reports")
+    state_dict = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.inference_state_dict().items()}
+    hparams = {"model_name": model.model_name, "model_config": dict(config or model.config)}
+    hparams.update(extra_hparams or {})
+    record = lvseg_record(model, metrics, training_modules="dropped")
+    text_config = hparams["model_config"].get("text_encoder")
+    if model.text_encoder is None and isinstance(text_config, dict) and text_config.get("type") == "hf":
+        record["pretrained"][MODEL_PREFIX + "text_encoder.hf_model"] = text_config["name_or_path"]
+    checkpoint = {"state_dict": state_dict, "hyper_parameters": hparams, "lvseg": record}
+    return atomic_write(path, lambda handle: torch.save(checkpoint, handle))

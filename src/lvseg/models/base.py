@@ -1,0 +1,270 @@
+"""The contract every lvseg segmentation model follows: :class:`SegmentationModel`.
+
+A model owns everything between "an image and a report" and "logits":
+
+* **its text input**: a text encoder chosen as a model option (``text_encoder="learned"``,
+  ``"hf:<id or path>"``, a config dict from a checkpoint, or a built :class:`~lvseg.text.TextEncoder`),
+  built inside the model and registered as the submodule ``text_encoder``; :meth:`encode_text` turns
+  a list of reports into whatever :meth:`forward` reads (image-only models: ``None``);
+* **its outputs**: ``forward(images, text_input)`` returns logits (B, 1, H, W) in eval mode and a
+  :class:`ModelOutput` (logits plus named auxiliary outputs, e.g. side outputs) in training mode;
+* **its losses**: :meth:`compute_losses` returns a dict of named, already weighted loss terms
+  (default: ``{"dice": 0.5 * soft Dice, "bce": 0.5 * class-balanced BCE}``), which training sums and
+  logs as ``train_<name>``;
+* **one prediction path**: :meth:`predict_logits` / :meth:`predict_proba` (validation, evaluation, the
+  EMA teacher, ``lvseg.load_model().predict``, folder prediction and the web app all call it);
+* **its config**: the keyword arguments of the constructor are captured automatically into
+  ``model.config`` (JSON-able; ``create_model(name, **model.config)`` rebuilds the model);
+* **what a checkpoint keeps**: :meth:`inference_state_dict` drops the modules named in
+  ``training_only_modules``; frozen pretrained sub-models reloadable by id or path
+  (:meth:`pretrained_sources`) never enter ``state_dict()``.
+
+Segmentation is binary (one lesion class): logits have one channel.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from lvseg.errors import LvsegError
+from lvseg.models.losses import class_balanced_bce_with_logits, soft_dice_loss
+
+#: Weights of the default loss terms (the LViT paper's 0.5 Dice + 0.5 class-balanced BCE).
+DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"dice": 0.5, "bce": 0.5}
+
+
+class ModelOutput(NamedTuple):
+    """What ``forward`` returns in training mode.
+
+    logits: (B, 1, H, W) main segmentation logits.
+    aux:    named auxiliary outputs, each batch-first (B, ...), e.g. side-output logits; empty for
+            models without any.
+    """
+
+    logits: torch.Tensor
+    aux: dict[str, torch.Tensor]
+
+    def select(self, rows: torch.Tensor) -> "ModelOutput":
+        """The output of a subset of the batch (``rows``: (B,) bool mask or index tensor)."""
+        return ModelOutput(self.logits[rows], {name: value[rows] for name, value in self.aux.items()})
+
+
+def as_output(output: ModelOutput | torch.Tensor) -> ModelOutput:
+    """``forward``'s result in either mode as a :class:`ModelOutput` (eval mode: no auxiliary outputs)."""
+    return output if isinstance(output, ModelOutput) else ModelOutput(output, {})
+
+
+def _json_able(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(key): _json_able(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_able(item) for item in value]
+    return value
+
+
+class SegmentationModel(nn.Module):
+    """Base class of every registered model (see the module docstring for the contract).
+
+    Subclasses take keyword-only options, call ``super().__init__(text_encoder=..., text_len=...,
+    texts=...)`` (image-only models: ``super().__init__()``) and implement :meth:`forward`.
+    ``texts`` (the training reports, used to build a ``learned`` vocabulary) is never part of the config.
+    """
+
+    #: Registry name, set by :func:`lvseg.models.register_model`.
+    model_name: ClassVar[str] = ""
+    #: Whether the model reads the report (False: image-only, ``encode_text`` gives None).
+    requires_text: ClassVar[bool] = False
+    #: The text encoder ``lvseg train`` builds when ``--text-encoder`` is not given (text models).
+    default_text_encoder: ClassVar[str | None] = None
+    #: Names of submodules used only by training losses; dropped from inference checkpoints.
+    training_only_modules: ClassVar[tuple[str, ...]] = ()
+    #: Named loss terms and their weights; subclasses with auxiliary losses extend it.
+    loss_weights: ClassVar[dict[str, float]] = DEFAULT_LOSS_WEIGHTS
+
+    config: dict[str, Any]
+    text_encoder: nn.Module | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def capturing_init(self: SegmentationModel, *args: Any, **options: Any) -> None:
+            init(self, *args, **options)
+            if type(self).__init__ is capturing_init:  # the most derived constructor records the config
+                bound = signature.bind(self, *args, **options)
+                bound.apply_defaults()
+                config = {name: value for name, value in bound.arguments.items() if name not in ("self", "texts")}
+                for name, parameter in signature.parameters.items():
+                    if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                        config.update(config.pop(name))
+                self.config = self._finalize_config(config)
+
+        cls.__init__ = capturing_init  # type: ignore[method-assign]
+
+    def __init__(
+        self,
+        *,
+        text_encoder: Any = None,
+        text_len: int | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.text_encoder = None
+        if text_encoder is not None:
+            if not self.requires_text:
+                raise LvsegError(f"model {self.model_name!r} does not read reports; it takes no text encoder")
+            from lvseg.text import build_text_encoder
+
+            self.text_encoder = build_text_encoder(text_encoder, texts=texts, max_length=text_len)
+
+    def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The captured options, with a built text encoder recorded as its rebuildable config."""
+        if self.text_encoder is not None:
+            config["text_encoder"] = self.text_encoder.config()
+            if "text_len" in config:
+                config["text_len"] = self.text_encoder.max_length
+        elif "text_encoder" in config:
+            config["text_encoder"] = None
+        return _json_able(config)
+
+    # ------------------------------------------------------------------------------------------ text
+
+    def encode_text(self, texts: Sequence[str]) -> Any:
+        """B reports -> this model's text input for :meth:`forward`, on the model's device (None: image-only).
+
+        Text models with an encoder return its per-token features (B, L, D); models with other
+        text front ends override this.
+        """
+        if not self.requires_text:
+            return None
+        if self.text_encoder is None:
+            raise LvsegError(
+                f"model {self.model_name!r} was built without a text encoder; build it with "
+                "text_encoder='learned' or 'hf:<id or path>', or call forward() with text features"
+            )
+        return self.text_encoder(list(texts)).tokens.to(self.device)
+
+    def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> Any:
+        """A text input of the right shape for :meth:`forward` without running the text front end
+        (shape checks, FLOP counts, export); image-only models: None."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in self.parameters():
+            return tensor.device
+        return torch.device("cpu")
+
+    # ----------------------------------------------------------------------------------- prediction
+
+    def forward(self, images: torch.Tensor, text_input: Any = None) -> torch.Tensor | ModelOutput:
+        """images (B, C, H, W) in [0, 1], text_input from :meth:`encode_text` -> logits (B, 1, H, W)
+        in eval mode, :class:`ModelOutput` in training mode."""
+        raise NotImplementedError
+
+    def predict_logits(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """Encode ``texts`` and run the network: images (B, C, S, S) -> logits (B, 1, S, S).
+
+        The main logits whatever the mode; call it in eval mode (under ``torch.no_grad()`` unless a
+        gradient is wanted).
+        """
+        return as_output(self(images, self.encode_text(texts))).logits
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        """images (B, C, S, S), B reports -> lesion probabilities (B, 1, S, S) float32 (no gradient)."""
+        return torch.sigmoid(self.predict_logits(images, texts).float())
+
+    # ------------------------------------------------------------------------------------------ loss
+
+    def compute_losses(
+        self, output: ModelOutput | torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Named, weighted loss terms (scalars) whose sum is the training loss.
+
+        output: ``forward``'s result (ModelOutput or logits (B, 1, H, W)); target (B, 1, H, W) in [0, 1];
+        weight: optional (B,) per-image weights. Auxiliary terms are only computed when ``output`` holds
+        auxiliary outputs (training mode), so validation losses are the main terms only.
+        """
+        logits = as_output(output).logits
+        weights = self.loss_weights
+        return {
+            "dice": weights["dice"] * soft_dice_loss(logits, target, weight),
+            "bce": weights["bce"] * class_balanced_bce_with_logits(logits, target, weight),
+        }
+
+    # ----------------------------------------------------------------------------------- checkpoints
+
+    def pretrained_sources(self) -> dict[str, str]:
+        """Frozen sub-models whose weights are reloaded by id or path, not stored: {module name: id or path}."""
+        sources: dict[str, str] = {}
+        for name, module in self.named_modules():
+            source = getattr(module, "pretrained_source", None)
+            if source:
+                sources[name] = str(source)
+        return sources
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The frozen pretrained sub-models (shared, not copied, by an EMA teacher)."""
+        return [module for module in self.modules() if getattr(module, "pretrained_source", None)]
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """``state_dict()`` without the training-only modules (frozen pretrained weights are never in it)."""
+        prefixes = tuple(f"{name}." for name in self.training_only_modules)
+        return {key: value for key, value in self.state_dict().items() if not key.startswith(prefixes)}
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Load a full or inference state dict; anything else missing or unexpected is a :class:`LvsegError`."""
+        prefixes = tuple(f"{name}." for name in self.training_only_modules)
+        result = self.load_state_dict(dict(state_dict), strict=False)
+        missing = [key for key in result.missing_keys if not key.startswith(prefixes)]
+        if missing or result.unexpected_keys:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} key(s) such as {', '.join(missing[:3])}")
+            if result.unexpected_keys:
+                parts.append(f"{len(result.unexpected_keys)} unexpected key(s) such as "
+                             f"{', '.join(result.unexpected_keys[:3])}")
+            raise LvsegError(f"the weights in {source} do not fit model {self.model_name!r} "
+                             f"with options {self.config_summary()}: {'; '.join(parts)}")
+
+    def config_summary(self) -> dict[str, Any]:
+        """The config with a learned vocabulary shortened, for messages."""
+        summary = dict(self.config)
+        encoder = summary.get("text_encoder")
+        if isinstance(encoder, dict) and "vocab" in encoder:
+            summary["text_encoder"] = {**encoder, "vocab": f"<{len(encoder['vocab'])} words>"}
+        return summary
+
+    def parameter_counts(self) -> dict[str, int]:
+        """total, trainable, frozen (pretrained, not trained) and inference (without training-only modules)."""
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        training_only = sum(
+            p.numel() for name in self.training_only_modules for p in self.get_submodule(name).parameters()
+        )
+        return {"total": total, "trainable": trainable, "frozen": total - trainable,
+                "training_only": training_only, "inference": total - training_only}
+
+
+def check_positive(model: str, **values: int) -> None:
+    """Raise a :class:`LvsegError` naming each option of ``model`` that is not a positive integer."""
+    bad = [f"{name} must be a positive integer, got {value!r}" for name, value in values.items()
+           if isinstance(value, bool) or not isinstance(value, int) or value <= 0]
+    if bad:
+        raise LvsegError(f"{model}: " + "; ".join(bad))
+
+
+def check_img_size(model: str, img_size: int) -> None:
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size <= 0 or img_size % 32:
+        raise LvsegError(f"{model}: img_size must be a positive multiple of 32, got {img_size!r}")

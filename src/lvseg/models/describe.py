@@ -1,0 +1,55 @@
+"""Size and cost of a registered model: parameters and GFLOPs, without allocating or computing anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from lvseg.models.registry import create_model, list_models, model_options
+
+
+def describe_model(name: str, **options: Any) -> dict[str, Any]:
+    """Parameter counts, GFLOPs of one batch-1 forward pass and expected inputs of ``create_model(name, **options)``.
+
+    The model is built on the meta device, so nothing is allocated or computed; FLOPs are counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2 FLOPs) for the network in
+    eval mode on a text input of the right shape: the text front end (a learned or pretrained
+    encoder) is not built unless ``options`` name one, and is never part of the GFLOPs.
+
+    Returns ``model``, ``options`` (the config), ``parameters`` (total), ``trainable_parameters``,
+    ``frozen_parameters``, ``training_only_parameters``, ``inference_parameters``, ``gflops``,
+    ``requires_text``, ``image_shape`` and ``text_shape`` (None for image-only models or non-tensor inputs).
+    """
+    with torch.device("meta"):
+        model = create_model(name, **options)
+    model.eval()
+    config = dict(model.config)
+    image_shape = [1, config.get("in_channels", 3), config.get("img_size", 224), config.get("img_size", 224)]
+    images = torch.empty(image_shape, device="meta")
+    text = model.example_text_input(1, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(images, text)
+    counts = model.parameter_counts()
+    return {
+        "model": name,
+        "options": model.config_summary(),
+        "parameters": counts["total"],
+        "trainable_parameters": counts["trainable"],
+        "frozen_parameters": counts["frozen"],
+        "training_only_parameters": counts["training_only"],
+        "inference_parameters": counts["inference"],
+        "gflops": counter.get_total_flops() / 1e9,
+        "requires_text": bool(model.requires_text),
+        "image_shape": image_shape,
+        "text_shape": list(text.shape) if isinstance(text, torch.Tensor) else None,
+    }
+
+
+def describe_all(**options: Any) -> list[dict[str, Any]]:
+    """:func:`describe_model` for every registered model, each given those of ``options`` it takes
+    (e.g. ``img_size`` for all, ``text_len`` for text models)."""
+    return [describe_model(name, **{key: value for key, value in options.items() if key in model_options(name)})
+            for name in list_models()]

@@ -1,0 +1,164 @@
+"""Every option of a training run, described once: :class:`TrainConfig`.
+
+Each field carries its command-line flag, help line and allowed range in its metadata. ``lvseg train``
+builds its options from these fields (:func:`lvseg.cli.train.train_command`), :func:`check_train_config`
+validates a config before any work starts (listing every bad option at once), and the semi-supervised
+task's hyperparameters are the fields of group ``"semi"`` (:data:`SEMI_OPTIONS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lvseg.data.transforms import AUGMENTATION_MODES
+from lvseg.errors import LvsegError
+
+_MISSING = dataclasses.MISSING
+
+
+def option(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    group: str = "train",
+    minimum: float | None = None,
+    maximum: float | None = None,
+    above: float | None = None,
+    below: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    cli: bool = True,
+    cli_type: type | None = None,
+    default_factory: Any = _MISSING,
+) -> Any:
+    """A dataclass field with its CLI flag (default ``--field-name``), help line and allowed values.
+
+    ``minimum``/``maximum`` are inclusive bounds, ``above``/``below`` exclusive ones; ``cli=False``
+    keeps an option out of ``lvseg train`` (library use only); ``cli_type`` is the type the CLI parses
+    when the field's own type is a union.
+    """
+    metadata = {"help": help, "flag": flag, "group": group, "minimum": minimum, "maximum": maximum,
+                "above": above, "below": below, "choices": choices, "cli": cli, "cli_type": cli_type}
+    if default_factory is not _MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    if default is _MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; defaults follow the LViT paper (batch 2, Adam 1e-3, ...)."""
+
+    data: Path = option(help="Dataset root in the LViT layout (Train_Folder, Val_Folder, ...).")
+    out: Path = option(help="Run folder: best.ckpt, last.ckpt and logs are written here.")
+    model: str = option("lvit", "Registered model name (see `lvseg info --all`).")
+    text_encoder: str | None = option(
+        None, "Text encoder of text models: 'learned' or 'hf:<model id or local path>' (default: the model's own, "
+        "e.g. 'learned' for lvit).", cli_type=str)
+    text_length: int | None = option(None, "Tokens per report (padded/truncated; default: the encoder's).", minimum=1)
+    img_size: int = option(224, "Model input size, a multiple of 32.")
+    in_channels: int = option(3, "Image channels the model reads (gray images are replicated).", minimum=1)
+    base_channels: int | None = option(None, "Width of the first level (paper: 64).", minimum=1)
+    model_options: dict[str, Any] = option(help="Further model options.", cli=False, default_factory=dict)
+    batch_size: int = option(2, "Images per training step.", minimum=1)
+    lr: float = option(1e-3, "Adam learning rate (cosine annealing with warm restarts).", above=0.0)
+    max_epochs: int = option(2000, "Maximum number of epochs.", minimum=1)
+    max_time: str | None = option(None, "Training time budget: minutes ('40'), '2h' or DD:HH:MM:SS.")
+    patience: int = option(50, "Early stopping: epochs without a better validation Dice.", minimum=1)
+    seed: int = option(0, "Random seed (data order, augmentation, initialisation).", minimum=0)
+    devices: int | str = option("1", "Number of devices (processes with --strategy ddp) or 'auto'.", cli_type=str)
+    strategy: str = option("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
+    accelerator: str = option("auto", "auto (CUDA when present), cpu or gpu.")
+    precision: str | None = option(None, "Lightning precision (default: bf16/fp16 mixed on CUDA, 32-true on CPU).")
+    num_workers: int = option(0, "Data-loading worker processes.", minimum=0)
+    augment: str = option(
+        "paper", "paper (rot90 + flip or rotation, as LViT), rotate (keeps left/right and upper/lower: use it when "
+        "reports name locations) or none.", choices=AUGMENTATION_MODES,
+    )
+    resume: bool = option(False, "Continue the interrupted run in --out from last.ckpt.")
+    progress_bar: bool = option(True, "Show Lightning's progress bar.", cli=False)
+    limit_train_batches: int | float | None = option(None, "Batches per epoch (Lightning).", cli=False)
+    # Semi-supervised training (lvseg.training.semi): active when labeled_fraction < 1 or labeled_list is set.
+    labeled_fraction: float | None = option(
+        None, "Semi-supervised: use the masks of this seeded fraction of the training images (e.g. 0.25); the "
+        "others are trained with EPI pseudo-labels and the LV loss, their masks never read.", above=0.0, maximum=1.0,
+    )
+    labeled_list: Path | None = option(
+        None, "Semi-supervised: a file naming the labeled training images, one per line.")
+    supervised_only: bool = option(
+        False, "With --labeled-fraction/--labeled-list: drop the unlabeled images (the supervised baseline).")
+    lv_templates: Path | None = option(
+        None, "LV-loss templates folder (LV_loss.xlsx + figN.png); default: the labeled training images.")
+    epi_beta: float = option(0.8, "EPI: P_t = beta * P_(t-1) + (1 - beta) * prediction_t.",
+                             group="semi", minimum=0.0, below=1.0)
+    unlabeled_weight: float = option(1.0, "Weight of the unlabeled losses after ramp-up.", group="semi", minimum=0.0)
+    warmup_epochs: float = option(
+        3.0, "Supervised epochs before pseudo-labels and the LV loss start (semi-supervised).", group="semi", minimum=0.0)
+    rampup_epochs: float = option(5.0, "Epochs of sigmoid ramp-up of the unlabeled weight.", group="semi", minimum=0.0)
+    lv_weight: float = option(0.1, "Weight of the LV loss in the unlabeled loss (0: off).", group="semi", minimum=0.0)
+    teacher_decay: float = option(
+        0.99, "Semi-supervised: per-step EMA decay of the teacher that predicts pseudo-labels.",
+        group="semi", minimum=0.0, below=1.0,
+    )
+    strong_view: bool = option(
+        True, "Semi-supervised: perturb the unlabeled images the student sees.", flag="--strong-view/--no-strong-view",
+        group="semi",
+    )
+
+
+#: Fields of :class:`TrainConfig` that are hyperparameters of the semi-supervised task.
+SEMI_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "semi")
+
+
+def option_defaults(names: tuple[str, ...]) -> dict[str, Any]:
+    """The defaults of the named :class:`TrainConfig` fields."""
+    by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    return {name: by_name[name].default for name in names}
+
+
+def cli_flag(field_: dataclasses.Field) -> str:
+    return field_.metadata.get("flag") or "--" + field_.name.replace("_", "-")
+
+
+def _range_problem(value: float, meta: dict[str, Any]) -> str | None:
+    bounds = []
+    if meta["minimum"] is not None:
+        bounds.append(f">= {meta['minimum']:g}")
+    if meta["above"] is not None:
+        bounds.append(f"> {meta['above']:g}")
+    if meta["maximum"] is not None:
+        bounds.append(f"<= {meta['maximum']:g}")
+    if meta["below"] is not None:
+        bounds.append(f"< {meta['below']:g}")
+    ok = math.isfinite(value) and all((
+        meta["minimum"] is None or value >= meta["minimum"],
+        meta["above"] is None or value > meta["above"],
+        meta["maximum"] is None or value <= meta["maximum"],
+        meta["below"] is None or value < meta["below"],
+    ))
+    return None if ok else "must be " + " and ".join(bounds or ["finite"])
+
+
+def check_train_config(config: TrainConfig) -> None:
+    """Raise one :class:`LvsegError` naming every option whose value is out of its allowed range."""
+    problems = []
+    for field_ in dataclasses.fields(config):
+        value, meta = getattr(config, field_.name), field_.metadata
+        if value is None or isinstance(value, bool):
+            continue
+        if meta["choices"] and value not in meta["choices"]:
+            problems.append(f"{cli_flag(field_)} {value!r} is not one of {', '.join(meta['choices'])}")
+        elif isinstance(value, (int, float)):
+            problem = _range_problem(float(value), meta)
+            if problem:
+                problems.append(f"{cli_flag(field_).split('/')[0]} {value!r} {problem}")
+    if isinstance(config.img_size, bool) or not isinstance(config.img_size, int) or config.img_size <= 0 \
+            or config.img_size % 32:
+        problems.append(f"--img-size {config.img_size} is not a positive multiple of 32 (e.g. 224, 256)")
+    if problems:
+        raise LvsegError("; ".join(problems))
