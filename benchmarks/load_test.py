@@ -83,6 +83,8 @@ class Summary:
 
 def synthetic_inputs(count: int, size: int, seed: int = 0) -> list[tuple[bytes, str]]:
     """``count`` PNG chest-like images (dark lungs, bright blobs) with a report each."""
+    from lvseg.data.images import png_bytes
+
     rng = np.random.default_rng(seed)
     inputs = []
     for index in range(count):
@@ -96,9 +98,7 @@ def synthetic_inputs(count: int, size: int, seed: int = 0) -> list[tuple[bytes, 
             draw.ellipse([x - r, y - r, x + r, y + r], fill=int(rng.integers(170, 240)))
         noise = rng.normal(0, 6, (size, size))
         pixels = np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
-        inputs.append((buffer.getvalue(), REPORTS[index % len(REPORTS)]))
+        inputs.append((png_bytes(pixels), REPORTS[index % len(REPORTS)]))
     return inputs
 
 

@@ -20,7 +20,7 @@ import torch
 from lvseg.cli.main import main
 from lvseg.data.synth import generate_synthetic_dataset
 from lvseg.models import create_model
-from lvseg.training.checkpoint import save_inference_checkpoint
+from lvseg.checkpoint import save_inference_checkpoint
 
 LVSEG = Path(sys.executable).parent / "lvseg"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -46,7 +46,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     options = {"img_size": 32, "base_channels": 4}
     net = create_model("unet", **options)
-    good = save_inference_checkpoint(root / "unet.ckpt", net, "unet", options)
+    good = save_inference_checkpoint(root / "unet.ckpt", net)
     data = good.read_bytes()
     (root / "truncated.ckpt").write_bytes(data[: len(data) // 2])
     (root / "random.ckpt").write_bytes(os.urandom(4096))

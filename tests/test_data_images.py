@@ -11,7 +11,17 @@ import torch
 from PIL import Image
 
 from data_builders import truncate
-from lvseg.data.images import read_image, read_mask, resize_image, resize_mask, to_channels
+from lvseg.data.images import (
+    mask_to_uint8,
+    png_bytes,
+    read_image,
+    read_mask,
+    resize_image,
+    resize_mask,
+    to_channels,
+    to_display_rgb8,
+    write_png,
+)
 from lvseg.errors import LvsegError
 
 RGB = np.array([[[255, 0, 0], [0, 128, 0]], [[0, 0, 64], [10, 20, 30]]], dtype=np.uint8)  # (2, 2, 3)
@@ -148,3 +158,46 @@ def test_resize_mask_nearest_keeps_binary() -> None:
     assert resized.shape == (1, 12, 12) and resized.dtype == torch.uint8
     assert set(resized.unique().tolist()) == {0, 1}
     assert resized[0, 6, 2] == 1 and resized[0, 6, 9] == 0 and resized[0, 1, 2] == 0
+
+
+# --- writing PNGs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (5, 7, 4)])
+def test_png_bytes_keep_every_pixel_value(shape: tuple[int, ...]) -> None:
+    array = np.random.default_rng(1).integers(0, 256, size=shape).astype(np.uint8)
+    decoded = Image.open(io.BytesIO(png_bytes(array)))
+    assert decoded.format == "PNG" and decoded.mode == {1: "L", 3: "RGB", 4: "RGBA"}[(shape + (1,))[2]]
+    assert np.array_equal(np.asarray(decoded), array)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(array, compress_level=1)))), array)
+
+
+def test_png_bytes_refuse_what_is_not_uint8_pixels() -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        png_bytes(np.zeros((4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(4, 4, 2\)"):
+        png_bytes(np.zeros((4, 4, 2), dtype=np.uint8))
+
+
+def test_write_png_is_atomic_and_masks_are_0_255(tmp_path: Path) -> None:
+    mask = np.array([[0, 1], [3, 0]], dtype=np.uint8)
+    path = write_png(tmp_path / "sub" / "mask.png", mask_to_uint8(mask))
+    assert path == tmp_path / "sub" / "mask.png"
+    assert np.asarray(Image.open(path)).tolist() == [[0, 255], [255, 0]]
+    assert not list(path.parent.glob(".*.tmp"))
+    assert np.array_equal(read_mask(path), (mask > 0).astype(np.uint8))
+
+
+def test_display_rgb8_inverts_read_image_for_8_bit_images(tmp_path: Path) -> None:
+    gray = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    assert np.array_equal(to_display_rgb8(read_image(gray, channels=None)), np.repeat(gray[:, :, None], 3, axis=2))
+    assert np.array_equal(to_display_rgb8(read_image(RGB)), RGB)
+    with pytest.raises(ValueError, match="shape"):
+        to_display_rgb8(np.zeros((2, 5, 5), dtype=np.float32))
+
+
+def test_sixteen_bit_is_scaled_by_the_dtype_maximum(tmp_path: Path) -> None:
+    values = np.array([[0, 4095], [32768, 65535]], dtype=np.uint16)
+    path = saved(tmp_path, Image.fromarray(values), "deep.png")
+    assert Image.open(path).mode == "I;16"
+    np.testing.assert_array_equal(read_image(path, channels=None)[0], values / np.float32(65535))

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from data_builders import make_split, square_image, truncate, write_table
-from lvseg.data.layout import SPLIT_FOLDERS, Sample, list_splits, load_split
+from lvseg.data.layout import SPLIT_FOLDERS, Sample, TextRow, find_text_table, list_splits, load_split, read_text_table
 from lvseg.errors import DataValidationError, LvsegError
 
 
@@ -194,3 +194,39 @@ def test_real_monuseg_splits(monuseg_root: Path) -> None:
         assert [s.name for s in samples] == sorted(s.name for s in samples)
         assert all(s.mask_path is not None and s.mask_path.stem == s.name and s.text for s in samples)
     assert all(s.image_path.suffix == ".tif" and s.mask_path.suffix == ".png" for s in counts["test"])
+
+
+# --- the text table reader ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text_format", ["xlsx", "csv"])
+def test_read_text_table_rows_with_spreadsheet_row_numbers(tmp_path: Path, text_format: str) -> None:
+    path = tmp_path / f"Test_text.{text_format}"
+    write_table(path, [{"Image": " a.png ", "Description": "first "}, {"Image": "b.png", "Description": ""}])
+    rows = read_text_table(path)
+    assert rows == [TextRow(2, "a.png", "first"), TextRow(3, "b.png", "")]
+    row, key, description = rows[0]  # rows unpack as tuples too
+    assert (row, key, description) == (2, "a.png", "first") and rows[0].description == "first"
+
+
+def test_read_text_table_errors_name_the_file_and_what_was_expected(tmp_path: Path) -> None:
+    path = tmp_path / "Test_text.csv"
+    write_table(path, [{"Image": "a.png", "Report": "x"}], columns=["Image", "Report"])
+    with pytest.raises(LvsegError, match=r"Test_text\.csv' has no column 'Description'; found columns: 'Image', 'Report'"):
+        read_text_table(path)
+    broken = tmp_path / "Other_text.xlsx"
+    broken.write_bytes(b"not a spreadsheet")
+    with pytest.raises(LvsegError, match=r"text file '.*Other_text\.xlsx' cannot be read"):
+        read_text_table(broken)
+
+
+def test_find_text_table(tmp_path: Path) -> None:
+    assert find_text_table(tmp_path) is None
+    (tmp_path / ".hidden_text.csv").write_text("Image,Description\n")
+    (tmp_path / "notes.csv").write_text("x\n")
+    assert find_text_table(tmp_path) is None
+    (tmp_path / "Test_TEXT.xlsx").write_bytes(b"")
+    assert find_text_table(tmp_path) == tmp_path / "Test_TEXT.xlsx"
+    (tmp_path / "Other_text.csv").write_text("Image,Description\n")
+    with pytest.raises(LvsegError, match="several text tables"):
+        find_text_table(tmp_path)

@@ -25,7 +25,7 @@ from lvseg.evaluation.evaluate import (
 from lvseg.evaluation.metrics import mask_metrics
 from lvseg.models import create_model
 from lvseg.text import create_text_encoder
-from lvseg.training.checkpoint import save_inference_checkpoint
+from lvseg.checkpoint import save_inference_checkpoint
 
 IMG_SIZE = 32
 # (height, width) of each test image: non-square and off the model size, so original != model resolution.
@@ -63,15 +63,15 @@ def unet_checkpoint(path: Path, fill: float | None = None, in_channels: int = 3)
         with torch.no_grad():
             net.head.weight.zero_()
             net.head.bias.fill_(fill)
-    return save_inference_checkpoint(path, net, "unet", options)
+    return save_inference_checkpoint(path, net)
 
 
 def lvit_checkpoint(path: Path, texts: list[str] = TEXTS) -> Path:
     torch.manual_seed(0)
     encoder = create_text_encoder("learned", texts=texts, dim=8, max_length=6)
     options = {"img_size": IMG_SIZE, "base_channels": 8, "text_dim": 8, "text_len": 6}
-    net = create_model("lvit", **options)
-    return save_inference_checkpoint(path, net, "lvit", options, text_encoder=encoder)
+    net = create_model("lvit", **options, text_encoder=encoder)
+    return save_inference_checkpoint(path, net)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -60,15 +59,11 @@ def test_info_user_errors() -> None:
 
 
 def test_import_lvit_prints_dropped_keys_and_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    saved: list[Path] = []
-    module = types.ModuleType("lvseg.training.checkpoint")
-    module.save_inference_checkpoint = lambda path, net, *args, **kwargs: saved.append(Path(path))
-    monkeypatch.setitem(sys.modules, "lvseg.training.checkpoint", module)
     source = tmp_path / "official.pth"
     torch.save({"state_dict": OfficialLayoutLViT(img_size=64, base=8, text_len=5, text_dim=16).state_dict()}, source)
     result = runner.invoke(app, ["import-lvit", str(source), "--out", str(tmp_path / "m.ckpt")], terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert saved == [tmp_path / "m.ckpt"]
+    assert (tmp_path / "m.ckpt").is_file()  # the BERT it names is recorded, not loaded
     assert "dropped 203 unused official keys" in result.stdout
     assert "pix_module4.conv_sig.0.bias" in result.stdout and "upVit3.CTBN2.conv.weight" in result.stdout
     assert '"base_channels": 8' in result.stdout and '"text_len": 5' in result.stdout

@@ -25,29 +25,29 @@ def test_registry_lists_both_models() -> None:
 @pytest.mark.parametrize("img_size", [64, 96])
 @pytest.mark.parametrize("text_len", [5, 7])
 def test_lvit_output_shapes(img_size: int, text_len: int) -> None:
-    net = create_model("lvit", img_size=img_size, base_channels=8, text_len=text_len, text_dim=12, n_classes=2).eval()
+    net = create_model("lvit", img_size=img_size, base_channels=8, text_len=text_len, text_dim=12).eval()
     assert net.n_tokens == (img_size // 16) ** 2
     assert net.embed[0].pos_embed.shape == (1, (img_size // 16) ** 2, 8)
     with torch.no_grad():
         out = net(torch.rand(2, 3, img_size, img_size), torch.randn(2, text_len, 12))
-    assert out.shape == (2, 2, img_size, img_size)
+    assert out.shape == (2, 1, img_size, img_size)  # binary segmentation: one logit channel
     assert torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("img_size", [64, 96])
 def test_unet_output_shapes_and_ignores_text(img_size: int) -> None:
-    net = create_model("unet", img_size=img_size, base_channels=8, in_channels=1, n_classes=3).eval()
+    net = create_model("unet", img_size=img_size, base_channels=8, in_channels=1).eval()
     x = torch.rand(2, 1, img_size, img_size)
     with torch.no_grad():
         out = net(x)
-        assert out.shape == (2, 3, img_size, img_size)
+        assert out.shape == (2, 1, img_size, img_size)
         torch.testing.assert_close(net(x, torch.randn(2, 4, 5)), out)
 
 
 def _assert_all_params_get_gradient(net: torch.nn.Module, *inputs: torch.Tensor) -> None:
     net.train()
     torch.manual_seed(1)
-    out = net(*inputs)
+    out = net(*inputs).logits  # training mode: a ModelOutput
     (out * torch.randn_like(out)).sum().backward()
     missing = [name for name, p in net.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing, f"parameters without gradient: {missing}"
@@ -94,8 +94,8 @@ def test_lvit_sizes_follow_options() -> None:
 
 
 def test_lvit_config_rebuilds_same_model() -> None:
-    net = create_model("lvit", **SMALL, n_classes=2, dropout=0.2)
-    assert net.config == {**SMALL, "n_classes": 2, "dropout": 0.2, "in_channels": 3}
+    net = create_model("lvit", **SMALL, dropout=0.2)
+    assert net.config == {**SMALL, "dropout": 0.2, "in_channels": 3, "text_encoder": None}
     twin = create_model("lvit", **net.config)
     twin.load_state_dict(net.state_dict())  # strict: same keys and shapes
     assert create_model("unet", **create_model("unet", img_size=64, base_channels=8).config).config["img_size"] == 64

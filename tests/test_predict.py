@@ -18,7 +18,7 @@ from lvseg.cli.main import app
 from lvseg.errors import LvsegError
 from lvseg.models import create_model
 from lvseg.text import create_text_encoder
-from lvseg.training.checkpoint import save_inference_checkpoint
+from lvseg.checkpoint import save_inference_checkpoint
 
 IMG_SIZE = 32
 REPORTS = ["lesion upper left", "lesion lower right"]
@@ -31,7 +31,7 @@ def _unet(path: Path, fill: float) -> Path:
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.fill_(fill)  # +10: lesion everywhere, -10: nowhere
-    return save_inference_checkpoint(path, net, "unet", options)
+    return save_inference_checkpoint(path, net)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,7 @@ def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     encoder = create_text_encoder("learned", texts=REPORTS, dim=8, max_length=6)
     options = {"img_size": IMG_SIZE, "base_channels": 8, "text_dim": 8, "text_len": 6}
-    lvit = save_inference_checkpoint(root / "lvit.ckpt", create_model("lvit", **options), "lvit", options,
-                                     text_encoder=encoder)
+    lvit = save_inference_checkpoint(root / "lvit.ckpt", create_model("lvit", **options, text_encoder=encoder))
     return {"full": _unet(root / "full.ckpt", 10.0), "none": _unet(root / "none.ckpt", -10.0), "lvit": lvit}
 
 

@@ -1,19 +1,23 @@
-"""The QaTa-COV19 report grammar: rendering, parsing, the zone vector."""
+"""The QaTa-COV19 report grammar: rendering, parsing, the zone vector, the report embedding for matching."""
 
 from __future__ import annotations
 
 import itertools
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from lvseg.data.reports import (
+    STRUCTURED_SIZE,
     ZONE_VECTOR_LABELS,
     ZONES,
     Findings,
+    ReportEmbedder,
     parse_report,
     render_report,
+    structured_vector,
     zone_vector,
 )
 
@@ -136,3 +140,25 @@ def test_findings_validation() -> None:
         Findings(NONE, NONE, -1)
     assert Findings(["Upper", "upper"], [], 1).left == frozenset({"upper"})
     assert Findings({"upper"}, NONE, 1).lungs == ("left",)
+
+
+# --- report embedding (LV-loss matching) ----------------------------------------------------------
+
+
+def test_matching_is_order_sensitive() -> None:
+    a = "Bilateral pulmonary infection, three infected areas, all left lung and upper middle lower right lung."
+    b = "Bilateral pulmonary infection, three infected areas, upper middle lower left lung and all right lung."
+    embedder = ReportEmbedder([a, b])
+    e = embedder.embed([a, b])
+    assert e[0] @ e[0] == pytest.approx(1.0, abs=1e-5)
+    assert e[0] @ e[1] < 0.99
+
+
+def test_structured_vector_layout() -> None:
+    vector = structured_vector("Unilateral pulmonary infection, two infected areas, upper middle right lung.")
+    assert vector.shape == (STRUCTURED_SIZE,) and vector.dtype == np.float32
+    assert vector[:6].tolist() == [0, 0, 0, 1, 1, 0]  # left upper/middle/lower, right upper/middle/lower
+    assert vector[6:8].tolist() == [0, 2]  # sides, weighted 2
+    assert vector[8:].tolist() == [0, 0.5, 0, 0, 0, 0]  # one-hot count, weighted 0.5
+    assert not structured_vector("The nuclei density is high.").any()
+    assert ReportEmbedder(["a b"]).embed([]).shape == (0, STRUCTURED_SIZE + 3)  # a, b, a_b

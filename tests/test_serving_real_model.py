@@ -34,13 +34,13 @@ TRAINING_REPORTS = [
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from lvseg.models import create_model
     from lvseg.text import create_text_encoder
-    from lvseg.training.checkpoint import save_inference_checkpoint
+    from lvseg.checkpoint import save_inference_checkpoint
 
     torch.manual_seed(0)
-    net = create_model("lvit", img_size=32, base_channels=8, text_dim=16, text_len=12)
     encoder = create_text_encoder("learned", texts=TRAINING_REPORTS, dim=16, max_length=12)
+    net = create_model("lvit", img_size=32, base_channels=8, text_dim=16, text_len=12, text_encoder=encoder)
     path = tmp_path_factory.mktemp("real-model") / "lvit.ckpt"
-    save_inference_checkpoint(path, net, "lvit", net.config, text_encoder=encoder, metrics={"val_dice": 0.5})
+    save_inference_checkpoint(path, net, metrics={"val_dice": 0.5})
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from lvseg.errors import LvsegError
 from lvseg.text import HuggingFaceTextEncoder, create_text_encoder, text_encoder_from_config
 from lvseg.text.cache import cache_key
 
-WORDS = "bilateral unilateral pulmonary infection infected area areas one two three left right lung middle upper lower , .".split()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_support import save_tiny_bert  # noqa: E402
+
 REPORTS = [
     "Bilateral pulmonary infection, two infected areas.",
     "Unilateral pulmonary infection, one infected area.",
@@ -25,21 +28,7 @@ HIDDEN = 32
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer, 32-wide random BERT and its tokenizer, saved with ``save_pretrained`` to a folder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder = tmp_path_factory.mktemp("tiny_bert")
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(vocab_file))
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=5 + len(WORDS), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )
-    model = BertModel(config)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), hidden=HIDDEN)
 
 
 def count_forwards(encoder: HuggingFaceTextEncoder) -> list[int]:
@@ -73,8 +62,10 @@ def test_max_length_option_truncates(tiny_bert: Path, tmp_path: Path) -> None:
 def test_frozen_and_weights_outside_state_dict(tiny_bert: Path, tmp_path: Path) -> None:
     encoder = HuggingFaceTextEncoder(str(tiny_bert), cache=False)
     assert encoder.trainable is False
-    assert list(encoder.parameters()) == []
-    assert all(not p.requires_grad for p in encoder.hf_model.parameters())
+    # Registered (so .to(), hooks and torch.compile see it) but frozen, and reloaded from its folder.
+    assert len(list(encoder.parameters())) == len(list(encoder.hf_model.parameters())) > 0
+    assert all(not p.requires_grad for p in encoder.parameters())
+    assert encoder.pretrained_source == str(tiny_bert)
     parent = nn.Module()
     parent.text = encoder
     parent.head = nn.Linear(HIDDEN, 1)
@@ -92,7 +83,7 @@ def test_frozen_and_weights_outside_state_dict(tiny_bert: Path, tmp_path: Path) 
     torch.testing.assert_close(out.tokens, fresh.text(REPORTS).tokens)
 
 
-def test_to_reaches_the_unregistered_model(tiny_bert: Path) -> None:
+def test_to_reaches_the_registered_frozen_model(tiny_bert: Path) -> None:
     encoder = HuggingFaceTextEncoder(str(tiny_bert), cache=False)
     assert encoder.to(torch.float64) is encoder
     assert all(p.dtype == torch.float64 for p in encoder.hf_model.parameters())

@@ -104,10 +104,12 @@ def test_checkpoint_describes_the_model_and_stores_val_dice(lvit_run: dict) -> N
     checkpoint = read_checkpoint_dict(out / "best.ckpt")
     hparams = checkpoint["hyper_parameters"]
     assert hparams["model_name"] == "lvit"
-    assert hparams["model_options"]["img_size"] == IMG_SIZE and hparams["model_options"]["base_channels"] == 8
-    assert hparams["text_encoder"]["type"] == "learned" and hparams["text_encoder"]["max_length"] == 12
+    assert hparams["model_config"]["img_size"] == IMG_SIZE and hparams["model_config"]["base_channels"] == 8
+    text_encoder = hparams["model_config"]["text_encoder"]
+    assert text_encoder["type"] == "learned" and text_encoder["max_length"] == 12
     assert hparams["lr"] == 1e-3  # the paper's Adam learning rate is the default
-    assert any(key.startswith("text_encoder.") for key in checkpoint["state_dict"])
+    assert any(key.startswith("model.text_encoder.") for key in checkpoint["state_dict"])
+    assert checkpoint["lvseg"]["format"] == 2 and checkpoint["lvseg"]["pretrained"] == {}
     assert checkpoint["global_step"] > 0
     val_dice = checkpoint["lvseg"]["metrics"]["val_dice"]
     logged = [float(row["val_dice"]) for row in metrics_rows(out) if row.get("val_dice")]
@@ -124,7 +126,7 @@ def test_load_model_predicts_exactly_like_the_trained_module(lvit_run: dict, dat
     segmenter = load_model(lvit_run["out"] / "best.ckpt", device="cpu")
     assert segmenter.model_name == "lvit" and segmenter.requires_text and segmenter.img_size == IMG_SIZE
     assert_same_state(
-        {k: v.cpu() for k, v in task.text_encoder.state_dict().items()},
+        {k: v.cpu() for k, v in task.model.text_encoder.state_dict().items()},
         segmenter.text_encoder.state_dict(),
     )
     samples = load_split(data, "test")
@@ -141,8 +143,8 @@ def test_load_model_predicts_exactly_like_the_trained_module(lvit_run: dict, dat
 def test_image_only_unet_has_no_text_encoder_in_its_checkpoint(unet_run: dict, data: Path) -> None:
     checkpoint = read_checkpoint_dict(unet_run["out"] / "best.ckpt")
     assert checkpoint["hyper_parameters"]["model_name"] == "unet"
-    assert checkpoint["hyper_parameters"]["text_encoder"] is None
-    assert not any(key.startswith("text_encoder.") for key in checkpoint["state_dict"])
+    assert "text_encoder" not in checkpoint["hyper_parameters"]["model_config"]
+    assert not any(".text_encoder." in key for key in checkpoint["state_dict"])
     segmenter = load_model(unet_run["out"] / "last.ckpt")
     assert segmenter.text_encoder is None and not segmenter.requires_text
     sample = load_split(data, "test")[0]
@@ -186,7 +188,7 @@ def test_resume_continues_from_the_next_epoch(lvit_run: dict, data: Path, tmp_pa
     starting_state: list[dict[str, torch.Tensor]] = []
 
     def on_train_start(self: SegmentationTask) -> None:
-        starting_state.append({"net." + k: v.detach().clone() for k, v in self.net.state_dict().items()})
+        starting_state.append({"model." + k: v.detach().clone() for k, v in self.model.state_dict().items()})
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SegmentationTask, "on_train_epoch_start",
@@ -194,7 +196,7 @@ def test_resume_continues_from_the_next_epoch(lvit_run: dict, data: Path, tmp_pa
         patch.setattr(SegmentationTask, "on_train_start", on_train_start, raising=False)
         result = train(tiny(data, out, max_epochs=2, resume=True))
     assert epochs_run == [1], "resuming must run only the remaining epoch"
-    net_state = {k: v for k, v in first["state_dict"].items() if k.startswith("net.")}
+    net_state = {k: v for k, v in first["state_dict"].items() if k.startswith("model.")}
     assert_same_state(net_state, starting_state[0])  # started from the saved weights, not a fresh init
     second = read_checkpoint_dict(result.last_checkpoint)
     assert second["epoch"] == 1 and second["global_step"] == 2 * first["global_step"]

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         assert model is not None
         unknown = [key for key in options if key not in model_options(model) and key not in ("img_size", "in_channels")]
         if unknown:
-            raise LvsegError(f"model {model!r} does not take option(s) {', '.join('--' + k.replace('_', '-') for k in unknown)}")
+            raise LvsegError(f"model {model!r} does not take option(s) {', '.join(unknown)}")
         report = describe_model(model, **options)
         typer.echo(json.dumps(report, indent=2)) if as_json else _print_one(report)
 

@@ -17,15 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "IMAGE_EXTENSIONS": "lvseg.data.images",
+    "mask_to_uint8": "lvseg.data.images",
+    "png_bytes": "lvseg.data.images",
     "read_image": "lvseg.data.images",
     "read_mask": "lvseg.data.images",
     "resize_image": "lvseg.data.images",
     "resize_mask": "lvseg.data.images",
     "to_channels": "lvseg.data.images",
+    "to_display_rgb8": "lvseg.data.images",
+    "write_png": "lvseg.data.images",
     "SPLIT_FOLDERS": "lvseg.data.layout",
     "Sample": "lvseg.data.layout",
+    "TextRow": "lvseg.data.layout",
+    "find_text_table": "lvseg.data.layout",
     "list_splits": "lvseg.data.layout",
     "load_split": "lvseg.data.layout",
+    "read_text_table": "lvseg.data.layout",
     "SegmentationDataset": "lvseg.data.dataset",
     "build_train_transform": "lvseg.data.transforms",
 }
@@ -34,8 +41,27 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover
     from lvseg.data.dataset import SegmentationDataset
-    from lvseg.data.images import IMAGE_EXTENSIONS, read_image, read_mask, resize_image, resize_mask, to_channels
-    from lvseg.data.layout import SPLIT_FOLDERS, Sample, list_splits, load_split
+    from lvseg.data.images import (
+        IMAGE_EXTENSIONS,
+        mask_to_uint8,
+        png_bytes,
+        read_image,
+        read_mask,
+        resize_image,
+        resize_mask,
+        to_channels,
+        to_display_rgb8,
+        write_png,
+    )
+    from lvseg.data.layout import (
+        SPLIT_FOLDERS,
+        Sample,
+        TextRow,
+        find_text_table,
+        list_splits,
+        load_split,
+        read_text_table,
+    )
     from lvseg.data.transforms import build_train_transform
 
 

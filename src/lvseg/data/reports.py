@@ -27,13 +27,36 @@ Rules chosen for :func:`render_report` (the templates are not fully consistent, 
 
 :func:`parse_report` accepts any case, extra spaces, hyphens (``upper-middle``), ``lungs`` and
 digits; ``all`` expands to the three zones; text it does not understand gives empty findings.
+
+Report matching (:class:`ReportEmbedder`, used by the LV loss to find the most similar reference
+report, :mod:`lvseg.training.lv_loss`): a *fixed*, deterministic embedding fitted once on the
+reference reports,
+
+    e(report) = [ sqrt(a) * s / |s| ,  sqrt(1 - a) * t / |t| ]      (a = ``structure_weight`` = 0.5)
+
+* ``s`` = :func:`structured_vector`: the structured findings of :func:`parse_report`: six zone
+  indicators (left/right x upper/middle/lower), the involved sides (left, right) weighted 2, and a
+  one-hot number of infected areas (1 ... 6+) weighted 0.5 (so a stated count never outweighs the
+  side); all zero for a report outside the QaTa grammar (e.g. MoNuSeg);
+* ``t``: TF-IDF of word unigrams and bigrams over the reference reports (smooth idf), so word order
+  matters (``all left lung and upper middle lower right lung`` differs from
+  ``upper middle lower left lung and all right lung``, which the structured part cannot tell apart).
+
+With both parts unit-length, cos(e(q), e(r)) = a * cos(s_q, s_r) + (1 - a) * cos(t_q, t_r): a
+right-lung-only report shares no zone or side with a left-lung-only template, so it always prefers a
+template of its own side.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -168,3 +191,74 @@ def zone_vector(findings: Findings) -> list[float]:
     vector = [1.0 if zone in findings.zones(lung) else 0.0 for lung in LUNGS for zone in ZONES]
     vector.append(float(findings.count))
     return vector
+
+
+# ------------------------------------------------------------------------------------- report matching
+
+MAX_COUNT = 6
+SIDE_WEIGHT = 2.0
+COUNT_WEIGHT = 0.5
+#: Length of :func:`structured_vector`: zone indicators, side indicators, one-hot count.
+STRUCTURED_SIZE = len(LUNGS) * len(ZONES) + len(LUNGS) + MAX_COUNT
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _tokens(text: str) -> list[str]:
+    """Lower-case words plus adjacent word pairs (``"left lung"`` -> ``left``, ``lung``, ``left_lung``)."""
+    words = _WORD.findall(text.lower())
+    return words + [f"{first}_{second}" for first, second in zip(words, words[1:])]
+
+
+def structured_vector(text: str) -> np.ndarray:
+    """The findings of a QaTa-style report as a float32 vector of length 6 + 2 + MAX_COUNT (see module doc)."""
+    findings = parse_report(text)
+    zones = [1.0 if zone in findings.zones(lung) else 0.0 for lung in LUNGS for zone in ZONES]
+    sides = [SIDE_WEIGHT if findings.zones(lung) else 0.0 for lung in LUNGS]
+    count = [0.0] * MAX_COUNT
+    if findings.count > 0:
+        count[min(findings.count, MAX_COUNT) - 1] = COUNT_WEIGHT
+    return np.asarray(zones + sides + count, dtype=np.float32)
+
+
+def _unit_rows(matrix: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+
+
+class ReportEmbedder:
+    """Fixed report embedding for matching: structured findings + word/bigram TF-IDF (module doc).
+
+    Fitted once on the reference reports; ``embed(texts) -> float32 (N, D)`` with unit-or-zero rows
+    per part, so the dot product of two embeddings is their cosine similarity (for non-empty parts).
+    """
+
+    def __init__(self, reference_texts: Sequence[str], structure_weight: float = 0.5) -> None:
+        if not 0.0 <= structure_weight <= 1.0:
+            raise ValueError(f"structure_weight must be in [0, 1], got {structure_weight}")
+        self.structure_weight = structure_weight
+        documents = [set(_tokens(text)) for text in reference_texts]
+        frequency = Counter(token for document in documents for token in document)
+        self.vocabulary = {token: column for column, token in enumerate(sorted(frequency))}
+        n = len(documents)
+        self.idf = np.asarray(
+            [math.log((1 + n) / (1 + frequency[token])) + 1.0 for token in sorted(frequency)], dtype=np.float32
+        )
+
+    def tfidf(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, V) L2-normalised TF-IDF rows; words unseen in the reference reports are ignored."""
+        matrix = np.zeros((len(texts), len(self.vocabulary)), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for token, count in Counter(_tokens(text)).items():
+                column = self.vocabulary.get(token)
+                if column is not None:
+                    matrix[row, column] = count * self.idf[column]
+        return _unit_rows(matrix)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, STRUCTURED_SIZE + V) embeddings: [sqrt(a) * unit structured, sqrt(1 - a) * unit TF-IDF]."""
+        structured = (_unit_rows(np.stack([structured_vector(text) for text in texts])) if texts
+                      else np.zeros((0, STRUCTURED_SIZE)))
+        return np.concatenate(
+            [math.sqrt(self.structure_weight) * structured, math.sqrt(1.0 - self.structure_weight) * self.tfidf(texts)],
+            axis=1,
+        ).astype(np.float32)

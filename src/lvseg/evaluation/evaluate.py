@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lvseg.data.images import to_display_rgb8, write_png
 from lvseg.errors import LvsegError

@@ -6,7 +6,6 @@ import json
 import math
 import os
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ import torch
 
 from lvseg.errors import CheckpointError, LvsegError
 from lvseg.models import create_model
-from lvseg.models.convert import (
+from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict
+from lvseg.models.lvit_import import (
     convert_official_lvit_state_dict,
     import_official_checkpoint,
     load_official_state_dict,
@@ -23,6 +23,7 @@ from lvseg.models.convert import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_support import save_tiny_bert  # noqa: E402
 from official_lvit_layout import OfficialLayoutLViT, randomize_  # noqa: E402
 
 SMALL = {"img_size": 64, "base": 8, "text_len": 5, "text_dim": 16}
@@ -36,20 +37,10 @@ def _is_unused(key: str, unused_modules: list[str]) -> bool:
     return any(key.startswith(module + ".") for module in unused_modules)
 
 
-@pytest.fixture
-def fake_saver(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Stand-in for lvseg.training.checkpoint.save_inference_checkpoint (written by the lead)."""
-    calls: list[dict[str, Any]] = []
-
-    def save_inference_checkpoint(path, net, model_name, model_options, text_encoder_config=None, metrics=None):
-        calls.append({"path": Path(path), "net": net, "model_name": model_name, "model_options": model_options,
-                      "text_encoder_config": text_encoder_config})
-        torch.save({"model_name": model_name, "model_options": model_options, "state_dict": net.state_dict()}, path)
-
-    module = types.ModuleType("lvseg.training.checkpoint")
-    module.save_inference_checkpoint = save_inference_checkpoint
-    monkeypatch.setitem(sys.modules, "lvseg.training.checkpoint", module)
-    return calls
+@pytest.fixture(scope="module")
+def bert16(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT whose 16-wide token features fit SMALL's text_dim."""
+    return save_tiny_bert(tmp_path_factory.mktemp("bert16"), hidden=SMALL["text_dim"])
 
 
 def test_reference_layout_equals_manifest(reference_root: Path) -> None:
@@ -69,7 +60,7 @@ def test_mapping_is_complete_against_manifest(reference_root: Path) -> None:
     official = {e["key"]: torch.empty(e["shape"], dtype=getattr(torch, e["dtype"]), device="meta")
                 for e in manifest["state_dict"]}
     ours, dropped, options = convert_official_lvit_state_dict(official)
-    assert options == {"in_channels": 3, "n_classes": 1, "img_size": 224, "base_channels": 64,
+    assert options == {"in_channels": 3, "img_size": 224, "base_channels": 64,
                        "text_dim": 768, "text_len": 10}
 
     # Every kept official key maps to exactly one of our keys, with an equal shape, and fills all of ours.
@@ -126,24 +117,33 @@ def test_converted_model_matches_official_layout_full_config() -> None:
     assert diff < 1e-5
 
 
-def test_import_checkpoint_file_roundtrip(tmp_path: Path, fake_saver: list[dict[str, Any]]) -> None:
+def test_import_checkpoint_file_roundtrip(tmp_path: Path, bert16: Path) -> None:
     official = randomize_(OfficialLayoutLViT(**SMALL), seed=3).eval()
     source = tmp_path / "best_model.pth"
     torch.save({"epoch": 7, "state_dict": {"module." + k: v for k, v in official.state_dict().items()},
                 "val_loss": 0.3}, source)
-    result = import_official_checkpoint(source, tmp_path / "lvit.ckpt", text_encoder_config={"spec": "x"})
-    assert result.model_options == {"in_channels": 3, "n_classes": 1, "img_size": 64, "base_channels": 8,
-                                     "text_dim": 16, "text_len": 5, "dropout": 0.1}
+    result = import_official_checkpoint(source, tmp_path / "lvit.ckpt", text_encoder=f"hf:{bert16}")
+    text_config = {"type": "hf", "name_or_path": str(bert16), "max_length": 5}
+    assert result.model_options == {"in_channels": 3, "img_size": 64, "base_channels": 8, "text_encoder": text_config,
+                                    "text_dim": 16, "text_len": 5, "dropout": 0.1}
     assert len(result.dropped_keys) == 203 and "downVit.head.weight" in result.dropped_keys
-    (call,) = fake_saver
-    assert call["model_name"] == "lvit" and call["path"] == tmp_path / "lvit.ckpt"
-    assert call["text_encoder_config"] == {"spec": "x"}
-    saved = torch.load(tmp_path / "lvit.ckpt", weights_only=True)
-    net = create_model(saved["model_name"], **saved["model_options"]).eval()
-    net.load_state_dict(saved["state_dict"])
+    saved = read_checkpoint_dict(tmp_path / "lvit.ckpt")
+    assert saved["hyper_parameters"]["model_name"] == "lvit"
+    assert saved["lvseg"]["format"] == 2
+    assert saved["lvseg"]["pretrained"] == {"model.text_encoder.hf_model": str(bert16)}  # reloaded, not stored
+    assert not any("hf_model" in key for key in saved["state_dict"])
+    net = create_model("lvit", **{**saved["hyper_parameters"]["model_config"], "text_encoder": None}).eval()
+    net.load_weights({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})
     images, text = torch.rand(1, 3, 64, 64), torch.randn(1, 5, 16)
     with torch.no_grad():
         assert (torch.sigmoid(net(images, text)) - official(images, text)).abs().max() < 1e-5
+
+    # The converted checkpoint is a complete lvseg model: it loads with its (tiny local) BERT and predicts.
+    loaded = load_checkpoint(tmp_path / "lvit.ckpt", expected_model="lvit")
+    reports = ["Unilateral pulmonary infection, one infected area, lower left lung."]
+    tokens = loaded.model.text_encoder(reports).tokens
+    with torch.no_grad():
+        assert (loaded.model.predict_proba(images, reports) - official(images, tokens)).abs().max() < 1e-5
 
 
 def test_bare_state_dict_is_accepted(tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def _save(tmp_path: Path, obj: Any, name: str = "ckpt.pth") -> Path:
     return path
 
 
-def test_import_errors_name_the_file(tmp_path: Path, fake_saver: list[dict[str, Any]]) -> None:
+def test_import_errors_name_the_file(tmp_path: Path) -> None:
     out = tmp_path / "out.ckpt"
     with pytest.raises(CheckpointError, match="missing.pth.*no such file"):
         import_official_checkpoint(tmp_path / "missing.pth", out)
@@ -178,7 +178,7 @@ def test_import_errors_name_the_file(tmp_path: Path, fake_saver: list[dict[str, 
 
     with pytest.raises(CheckpointError, match="list.pth.*expected a dict"):
         import_official_checkpoint(_save(tmp_path, [1, 2], "list.pth"), out)
-    assert not fake_saver and not out.exists()
+    assert not out.exists()
 
 
 def test_conversion_errors(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_conversion_errors(tmp_path: Path) -> None:
         import_official_checkpoint(_save(tmp_path, {"state_dict": unet}, "unet.pth"), tmp_path / "o")
 
     ours = create_model("lvit", img_size=64, base_channels=8, text_len=5, text_dim=16).state_dict()
-    lightning_like = {"state_dict": {"net." + k: v for k, v in ours.items()}, "hparams": {"model_name": "lvit"}}
+    lightning_like = {"state_dict": {"model." + k: v for k, v in ours.items()}, "hparams": {"model_name": "lvit"}}
     with pytest.raises(CheckpointError, match="lvseg_ckpt.pth.*not an official LViT"):
         import_official_checkpoint(_save(tmp_path, lightning_like, "lvseg_ckpt.pth"), tmp_path / "o")
 
@@ -210,14 +210,8 @@ def test_conversion_errors(tmp_path: Path) -> None:
         map_official_key("upVit0.CTBN2.conv.weight")
 
 
-def test_import_with_real_lvseg_checkpoint_format(tmp_path: Path) -> None:
-    checkpoint = pytest.importorskip("lvseg.training.checkpoint")
-    if not hasattr(checkpoint, "load_checkpoint"):
-        pytest.skip("lvseg.training.checkpoint.load_checkpoint not available yet")
-    official = randomize_(OfficialLayoutLViT(**SMALL), seed=4).eval()
-    source = _save(tmp_path, {"state_dict": {"module." + k: v for k, v in official.state_dict().items()}}, "o.pth")
-    import_official_checkpoint(source, tmp_path / "lvit.ckpt")
-    loaded = checkpoint.load_checkpoint(tmp_path / "lvit.ckpt", expected_model="lvit")
-    images, text = torch.rand(2, 3, 64, 64), torch.randn(2, 5, 16)
-    with torch.no_grad():
-        assert (torch.sigmoid(loaded.net(images, text)) - official(images, text)).abs().max() < 1e-5
+def test_import_refuses_a_checkpoint_that_could_not_read_reports(tmp_path: Path) -> None:
+    source = _save(tmp_path, {"state_dict": OfficialLayoutLViT(**SMALL).state_dict()}, "o.pth")
+    with pytest.raises(LvsegError, match="not a frozen encoder"):
+        import_official_checkpoint(source, tmp_path / "lvit.ckpt", text_encoder="none")
+    assert not (tmp_path / "lvit.ckpt").exists()
