@@ -1,0 +1,282 @@
+"""The model contract, checked for every registered model (``list_models()``) on tiny sizes.
+
+A model that registers itself is tested here with no new test code: forward in training and eval
+mode, gradients from its declared losses, config round trip, a short ``lvseg train`` run, the
+checkpoint through ``lvseg.load_model``, ``evaluate`` with given/shuffled/empty text, ``lvseg predict``,
+the web app, a semi-supervised step and ``lvseg info``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from lvseg.cli.main import app
+from lvseg.data.layout import load_split
+from lvseg.data.synth import generate_synthetic_dataset
+from lvseg.models import ModelOutput, SegmentationModel, create_model, list_models, register_model, unregister_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serving_support import REPORT, png_bytes  # noqa: E402
+
+IMG_SIZE = 32
+TINY: dict[str, dict[str, Any]] = {"lvit": {"base_channels": 8}, "unet": {"base_channels": 8}}
+REPORTS = [REPORT, "Unilateral pulmonary infection, one infected area, lower left lung.", "No pulmonary infection."]
+
+
+def tiny_options(name: str) -> dict[str, Any]:
+    """Small options for ``name``; a model without an entry is built with img_size alone."""
+    options: dict[str, Any] = {"img_size": IMG_SIZE, **TINY.get(name, {})}
+    cls = create_model.__globals__["model_class"](name)
+    if cls.requires_text and cls.default_text_encoder:
+        options["text_encoder"] = cls.default_text_encoder
+    return options
+
+
+def build(name: str) -> SegmentationModel:
+    torch.manual_seed(0)
+    return create_model(name, texts=REPORTS, **tiny_options(name))
+
+
+MODELS = list_models()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("contract") / "data"
+    generate_synthetic_dataset(root, n=12, size=IMG_SIZE, seed=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``lvseg train`` for one epoch per registered model: {name: best.ckpt}."""
+    runs = tmp_path_factory.mktemp("runs")
+    checkpoints = {}
+    for name in MODELS:
+        out = runs / name
+        extra = [f"--base-channels={TINY[name]['base_channels']}"] if name in TINY else []
+        result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--model", name,
+                                          "--img-size", str(IMG_SIZE), "--batch-size", "4", "--max-epochs", "1",
+                                          "--augment", "none", *extra])
+        assert result.exit_code == 0, result.output
+        checkpoints[name] = out / "best.ckpt"
+    return checkpoints
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_in_training_and_eval_mode(name: str) -> None:
+    model = build(name)
+    images = torch.rand(2, model.config.get("in_channels", 3), IMG_SIZE, IMG_SIZE)
+    model.train()
+    output = model(images, model.encode_text(REPORTS[:2]))
+    assert isinstance(output, ModelOutput)
+    assert output.logits.shape == (2, 1, IMG_SIZE, IMG_SIZE)
+    assert all(value.shape[0] == 2 for value in output.aux.values())
+    model.eval()
+    with torch.no_grad():
+        logits = model(images, model.encode_text(REPORTS[:2]))
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 1, IMG_SIZE, IMG_SIZE)
+    probability = model.predict_proba(images, REPORTS[:2])
+    assert probability.shape == (2, 1, IMG_SIZE, IMG_SIZE) and probability.dtype == torch.float32
+    assert float(probability.min()) >= 0 and float(probability.max()) <= 1
+    torch.testing.assert_close(probability, torch.sigmoid(logits))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_trainable_parameter_gets_a_gradient_from_the_declared_losses(name: str) -> None:
+    model = build(name).train()
+    images = torch.rand(2, model.config.get("in_channels", 3), IMG_SIZE, IMG_SIZE)
+    target = torch.zeros(2, 1, IMG_SIZE, IMG_SIZE)
+    target[:, :, 8:20, 4:14] = 1.0
+    terms = model.compute_losses(model(images, model.encode_text(REPORTS[:2])), target)
+    assert set(model.loss_weights) <= set(terms) and all(term.ndim == 0 for term in terms.values())
+    torch.stack(list(terms.values())).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_config_rebuilds_an_equal_model(name: str) -> None:
+    model = build(name).eval()
+    json.dumps(model.config)  # JSON-able: it travels in checkpoints
+    twin = create_model(name, **model.config).eval()
+    twin.load_weights(model.state_dict())
+    assert twin.config == model.config
+    images = torch.rand(1, model.config.get("in_channels", 3), IMG_SIZE, IMG_SIZE)
+    torch.testing.assert_close(twin.predict_proba(images, REPORTS[:1]), model.predict_proba(images, REPORTS[:1]))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_trained_checkpoint_loads_with_identical_outputs(name: str, trained: dict[str, Path], data: Path) -> None:
+    from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict
+    from lvseg.inference import load_model
+
+    checkpoint = read_checkpoint_dict(trained[name])
+    assert checkpoint["lvseg"]["format"] == 2 and checkpoint["hyper_parameters"]["model_name"] == name
+    segmenter = load_model(trained[name], device="cpu")
+    again = load_checkpoint(trained[name]).model
+    images = torch.rand(2, segmenter.in_channels, IMG_SIZE, IMG_SIZE)
+    texts = [s.text for s in load_split(data, "test")[:2]]
+    torch.testing.assert_close(segmenter.probabilities(images, texts), again.predict_proba(images, texts))
+    sample = load_split(data, "test")[0]
+    prediction = segmenter.predict(sample.image_path, sample.text)
+    assert prediction.mask.shape == (IMG_SIZE, IMG_SIZE) and set(np.unique(prediction.mask)) <= {0, 1}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_evaluate_with_given_shuffled_and_empty_text(name: str, trained: dict[str, Path], data: Path,
+                                                     tmp_path: Path) -> None:
+    from lvseg.evaluation.evaluate import evaluate_modes
+
+    segmenter_modes = ("given", "shuffled", "empty")
+    reports = evaluate_modes(trained[name], data, "test", modes=segmenter_modes, out=tmp_path, device="cpu")
+    for mode in segmenter_modes:
+        assert 0.0 <= reports[mode].dice <= 1.0
+    if not create_model.__globals__["model_class"](name).requires_text:  # image-only: text changes nothing
+        assert reports["given"].dice == reports["shuffled"].dice == reports["empty"].dice
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_lvseg_predict_and_info(name: str, trained: dict[str, Path], data: Path, tmp_path: Path) -> None:
+    sample = load_split(data, "test")[0]
+    text = ["--text", sample.text] if create_model.__globals__["model_class"](name).requires_text else []
+    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(trained[name]), "--image",
+                                      str(sample.image_path), *text, "--out", str(tmp_path / "mask.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "mask.png").is_file()
+    result = CliRunner().invoke(app, ["info", "--model", name, "--img-size", "64", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["parameters"] >= report["trainable_parameters"] > 0 and report["gflops"] > 0
+    result = CliRunner().invoke(app, ["info", "--all", "--json"])
+    assert name in [row["model"] for row in json.loads(result.stdout)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_web_app_serves_the_checkpoint(name: str, trained: dict[str, Path]) -> None:
+    from lvseg.inference import load_model
+    from lvseg.serving.app import create_app
+
+    with TestClient(create_app(load_model(trained[name], device="cpu"))) as client:
+        assert client.get("/api/model").json()["model"] == name
+        response = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
+                               data={"text": REPORT})
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_semi_supervised_step(name: str) -> None:
+    from lvseg.training.pseudo_labels import PseudoLabelBank
+    from lvseg.training.semi import SemiSupervisedTask
+
+    torch.manual_seed(0)
+    task = SemiSupervisedTask(model_name=name, model_config=tiny_options(name), model_texts=REPORTS,
+                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0)
+    bank = PseudoLabelBank(["u0", "u1"], img_size=IMG_SIZE)
+    task.attach(bank, seed=0)
+    mask = torch.zeros(4, 1, IMG_SIZE, IMG_SIZE)
+    mask[:, :, 4:12, 4:12] = 1
+    batch = {"image": torch.rand(4, 3, IMG_SIZE, IMG_SIZE), "mask": mask, "text": REPORTS + REPORTS[:1],
+             "labeled": torch.tensor([True, True, False, False]), "index": torch.tensor([0, 1, 0, 1])}
+    task.train()
+    loss = task.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    assert bool(bank.seen.all())  # the teacher labelled both unlabeled images
+
+
+# ------------------------------------------------------------------- the contract's own mechanisms
+
+
+class _WithTrainingBranch(SegmentationModel):
+    """A tiny model with an auxiliary output, an extra loss term and a training-only module."""
+
+    training_only_modules = ("reconstructor",)
+    loss_weights = {"dice": 0.5, "bce": 0.5, "reconstruction": 2.0}
+
+    def __init__(self, *, in_channels: int = 3, img_size: int = 32, width: int = 4) -> None:
+        super().__init__()
+        self.body = torch.nn.Conv2d(in_channels, width, 3, padding=1)
+        self.head = torch.nn.Conv2d(width, 1, 1)
+        self.reconstructor = torch.nn.Conv2d(width, in_channels, 1)
+
+    def forward(self, images: torch.Tensor, text_input: Any = None) -> torch.Tensor | ModelOutput:
+        features = torch.relu(self.body(images))
+        logits = self.head(features)
+        if not self.training:
+            return logits
+        return ModelOutput(logits, {"reconstruction": self.reconstructor(features), "images": images})
+
+    def compute_losses(self, output, target, weight=None):  # type: ignore[no-untyped-def]
+        terms = super().compute_losses(output, target, weight)
+        if isinstance(output, ModelOutput) and output.aux:
+            error = (output.aux["reconstruction"] - output.aux["images"]).pow(2).mean()
+            terms["reconstruction"] = self.loss_weights["reconstruction"] * error
+        return terms
+
+
+@pytest.fixture
+def branch_model() -> Iterator[str]:
+    register_model("contract-branch")(_WithTrainingBranch)
+    yield "contract-branch"
+    unregister_model("contract-branch")
+
+
+def test_training_only_modules_are_dropped_from_inference_checkpoints(branch_model: str, tmp_path: Path) -> None:
+    from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict, save_inference_checkpoint
+
+    model = create_model(branch_model, width=6)
+    assert model.config == {"in_channels": 3, "img_size": 32, "width": 6}  # captured from the constructor
+    counts = model.parameter_counts()
+    assert counts["training_only"] == 6 * 3 + 3 and counts["inference"] == counts["total"] - counts["training_only"]
+    save_inference_checkpoint(tmp_path / "m.ckpt", model)
+    saved = read_checkpoint_dict(tmp_path / "m.ckpt")
+    assert not any("reconstructor" in key for key in saved["state_dict"])
+    assert saved["lvseg"]["training_modules"] == "dropped"
+    loaded = load_checkpoint(tmp_path / "m.ckpt").model
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(loaded.predict_proba(images, [""]), model.eval().predict_proba(images, [""]))
+
+
+def test_declared_terms_are_summed_and_logged_by_name(branch_model: str, tmp_path: Path) -> None:
+    import csv
+
+    from lvseg.training.fit import train
+    from lvseg.training.options import TrainConfig
+
+    data = tmp_path / "data"
+    generate_synthetic_dataset(data, n=8, size=32, seed=0)
+    train(TrainConfig(data=data, out=tmp_path / "run", model=branch_model, img_size=32, batch_size=4, max_epochs=1,
+                      progress_bar=False))
+    with open(tmp_path / "run" / "logs" / "metrics.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    epoch = next(row for row in rows if row.get("train_loss_epoch"))
+    terms = [float(epoch[f"train_{name}"]) for name in ("dice", "bce", "reconstruction")]
+    assert all(term > 0 for term in terms)
+    assert float(epoch["train_loss_epoch"]) == pytest.approx(sum(terms), rel=1e-4)
+
+
+def test_unknown_model_option_is_named() -> None:
+    from lvseg.errors import LvsegError
+
+    with pytest.raises(LvsegError, match="does not take option.*n_classes"):
+        create_model("unet", n_classes=2)
+
+
+def test_prediction_path_does_not_import_lightning() -> None:
+    import subprocess
+
+    code = ("import sys, lvseg, lvseg.inference, lvseg.checkpoint, lvseg.serving.app; "
+            "lvseg.create_model('unet', img_size=32, base_channels=4); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip() == "[]"
