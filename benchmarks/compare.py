@@ -47,13 +47,15 @@ def cpu_ms_per_image(checkpoint: Path, repeats: int = 20) -> float:
 
 def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     from lvseg.evaluation.evaluate import evaluate_text_reliance
+    from lvseg.models import model_options
     from lvseg.models.describe import describe_model
-    from lvseg.training.fit import train
+    from lvseg.training.fit import model_config_for, train
     from lvseg.training.options import TrainConfig
 
     out = args.out / model
+    base_channels = args.base_channels if "base_channels" in model_options(model) else None
     config = TrainConfig(
-        data=data, out=out, model=model, img_size=args.img_size, base_channels=args.base_channels,
+        data=data, out=out, model=model, img_size=args.img_size, base_channels=base_channels,
         batch_size=args.batch_size, max_epochs=100_000, max_time=f"{args.minutes}m", patience=args.patience,
         seed=args.seed, augment=args.augment, progress_bar=False, resume=(out / "last.ckpt").exists(),
     )
@@ -61,7 +63,7 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     reliance = evaluate_text_reliance(result.best_checkpoint, data, split="test", out=out / "eval",
                                       modes=("given", "shuffled"), device="cpu")
     given, shuffled = reliance.reports["given"].means, reliance.reports["shuffled"].means
-    size = describe_model(model, img_size=args.img_size, base_channels=args.base_channels)
+    size = describe_model(model, **{k: v for k, v in model_config_for(config).items() if k != "text_encoder"})
     return {
         "model": model,
         "epochs": result.epochs,

@@ -24,6 +24,7 @@ from lvseg.cli.main import app
 from lvseg.data.layout import load_split
 from lvseg.data.synth import generate_synthetic_dataset
 from lvseg.models import ModelOutput, SegmentationModel, create_model, list_models, register_model, unregister_model
+from lvseg.models.base import as_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving_support import REPORT, png_bytes  # noqa: E402
@@ -124,16 +125,18 @@ def test_config_rebuilds_an_equal_model(name: str) -> None:
 
 @pytest.mark.parametrize("name", MODELS)
 def test_trained_checkpoint_loads_with_identical_outputs(name: str, trained: dict[str, Path], data: Path) -> None:
-    from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict
+    from lvseg.checkpoint import read_checkpoint_dict
     from lvseg.inference import load_model
+    from lvseg.training.module import SegmentationTask
 
     checkpoint = read_checkpoint_dict(trained[name])
     assert checkpoint["lvseg"]["format"] == 2 and checkpoint["hyper_parameters"]["model_name"] == name
     segmenter = load_model(trained[name], device="cpu")
-    again = load_checkpoint(trained[name]).model
+    # The module as training left it, restored by Lightning itself (not by lvseg's loader).
+    trained_model = SegmentationTask.load_from_checkpoint(trained[name], map_location="cpu", weights_only=True).model
     images = torch.rand(2, segmenter.in_channels, IMG_SIZE, IMG_SIZE)
     texts = [s.text for s in load_split(data, "test")[:2]]
-    torch.testing.assert_close(segmenter.probabilities(images, texts), again.predict_proba(images, texts))
+    torch.testing.assert_close(segmenter.probabilities(images, texts), trained_model.eval().predict_proba(images, texts))
     sample = load_split(data, "test")[0]
     prediction = segmenter.predict(sample.image_path, sample.text)
     assert prediction.mask.shape == (IMG_SIZE, IMG_SIZE) and set(np.unique(prediction.mask)) <= {0, 1}
@@ -173,11 +176,15 @@ def test_web_app_serves_the_checkpoint(name: str, trained: dict[str, Path]) -> N
     from lvseg.inference import load_model
     from lvseg.serving.app import create_app
 
-    with TestClient(create_app(load_model(trained[name], device="cpu"))) as client:
+    segmenter = load_model(trained[name], device="cpu")
+    image = png_bytes()
+    expected = segmenter.predict(image, REPORT).mask
+    with TestClient(create_app(segmenter)) as client:
         assert client.get("/api/model").json()["model"] == name
-        response = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
+        response = client.post("/api/segment", files={"image": ("scan.png", image, "image/png")},
                                data={"text": REPORT})
         assert response.status_code == 200, response.text
+        assert response.json()["area_px"] == int(expected.sum())  # the same mask as the Python API
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -188,16 +195,22 @@ def test_a_semi_supervised_step(name: str) -> None:
     torch.manual_seed(0)
     task = SemiSupervisedTask(model_name=name, model_config=tiny_options(name), model_texts=REPORTS,
                               warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0)
-    bank = PseudoLabelBank(["u0", "u1"], img_size=IMG_SIZE)
-    task.attach(bank, seed=0)
-    mask = torch.zeros(4, 1, IMG_SIZE, IMG_SIZE)
+    bank = PseudoLabelBank(["u0", "u1"], img_size=IMG_SIZE, beta=0.9)
+    mask = torch.zeros(2, 1, IMG_SIZE, IMG_SIZE)
     mask[:, :, 4:12, 4:12] = 1
-    batch = {"image": torch.rand(4, 3, IMG_SIZE, IMG_SIZE), "mask": mask, "text": REPORTS + REPORTS[:1],
-             "labeled": torch.tensor([True, True, False, False]), "index": torch.tensor([0, 1, 0, 1])}
+    bank.update(torch.tensor([0, 1]), mask)  # earlier pseudo-labels holding a lesion
+    task.attach(bank, seed=0)
+    batch = {"image": torch.rand(4, 3, IMG_SIZE, IMG_SIZE), "mask": torch.cat([mask, mask]),
+             "text": REPORTS + REPORTS[:1], "labeled": torch.tensor([True, True, False, False]),
+             "index": torch.tensor([0, 1, 0, 1])}
     task.train()
-    loss = task.training_step(batch, 0)
-    assert torch.isfinite(loss) and loss.requires_grad
-    assert bool(bank.seen.all())  # the teacher labelled both unlabeled images
+    prepared = task.prepare_batch(batch, 0)
+    terms = task.loss_terms(as_output(task(prepared["image"], prepared["text"])), prepared, 0)
+    assert set(task.model.loss_weights) | {"pseudo"} <= set(terms)  # the model's terms + the pseudo-label term
+    assert task.training_step(batch, 0).requires_grad
+    assert not torch.equal(bank.labels.float(), torch.cat([mask, mask])[:2, 0])  # the teacher updated them (EPI)
+    frozen = {id(m) for m in task.model.frozen_modules()}
+    assert frozen == {id(m) for m in task.teacher.model.frozen_modules()}  # shared, not copied
 
 
 # ------------------------------------------------------------------- the contract's own mechanisms
@@ -286,3 +299,32 @@ def test_prediction_path_does_not_import_lightning() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def test_a_frozen_hf_encoder_is_registered_shared_by_the_teacher_and_not_stored(tmp_path: Path) -> None:
+    from hf_support import save_tiny_bert
+
+    from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict, save_inference_checkpoint
+    from lvseg.training.teacher import EmaTeacher
+
+    bert = save_tiny_bert(tmp_path / "bert", hidden=16)
+    model = create_model("lvit", img_size=32, base_channels=8, text_encoder=f"hf:{bert}", text_len=8)
+    assert model.config["text_encoder"] == {"type": "hf", "name_or_path": str(bert), "max_length": 8}
+    hf_parameters = list(model.text_encoder.hf_model.parameters())
+    assert hf_parameters and all(not p.requires_grad for p in hf_parameters)
+    assert {id(p) for p in hf_parameters} <= {id(p) for p in model.parameters()}  # registered: .to() reaches it
+    model.train()
+    assert not model.text_encoder.hf_model.training  # kept in eval mode
+    assert not any("hf_model" in key for key in model.state_dict())
+    assert model.pretrained_sources() == {"text_encoder": str(bert)}
+
+    teacher = EmaTeacher(model, decay=0.5)
+    assert teacher.model.text_encoder is model.text_encoder  # shared, not copied
+    assert teacher.model.inc is not model.inc
+
+    save_inference_checkpoint(tmp_path / "m.ckpt", model)
+    saved = read_checkpoint_dict(tmp_path / "m.ckpt")
+    assert saved["lvseg"]["pretrained"] == {"model.text_encoder": str(bert)}
+    loaded = load_checkpoint(tmp_path / "m.ckpt").model
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(loaded.predict_proba(images, REPORTS[:1]), model.eval().predict_proba(images, REPORTS[:1]))

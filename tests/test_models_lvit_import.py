@@ -130,7 +130,7 @@ def test_import_checkpoint_file_roundtrip(tmp_path: Path, bert16: Path) -> None:
     saved = read_checkpoint_dict(tmp_path / "lvit.ckpt")
     assert saved["hyper_parameters"]["model_name"] == "lvit"
     assert saved["lvseg"]["format"] == 2
-    assert saved["lvseg"]["pretrained"] == {"model.text_encoder.hf_model": str(bert16)}  # reloaded, not stored
+    assert saved["lvseg"]["pretrained"] == {"model.text_encoder": str(bert16)}  # reloaded, not stored
     assert not any("hf_model" in key for key in saved["state_dict"])
     net = create_model("lvit", **{**saved["hyper_parameters"]["model_config"], "text_encoder": None}).eval()
     net.load_weights({k.removeprefix("model."): v for k, v in saved["state_dict"].items()})

@@ -6,7 +6,7 @@ Format 2 (written since the model contract; format 1 files are upgraded on load)
     hyper_parameters  {"model_name": str, "model_config": dict, <training options> ...}
     lvseg             {"format": 2,
                        "metrics": {"val_dice": float, "best_val_dice": float},
-                       "pretrained": {"model.text_encoder.hf_model": "<id or path>"},   reloaded, not stored
+                       "pretrained": {"model.text_encoder": "<id or path>"},   reloaded, not stored
                        "training_modules": "kept" | "dropped"}
 
 Lightning's training checkpoints add optimizer and loop state; ``save_inference_checkpoint`` writes
@@ -67,6 +67,8 @@ def upgrade_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -
     if version != 1:
         raise CheckpointError(f"{source} has lvseg checkpoint format {version}; this lvseg reads formats 1 and "
                               f"{FORMAT_VERSION}: upgrade lvseg")
+    if not isinstance(checkpoint.get("hyper_parameters"), dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{source} is not an lvseg checkpoint (it has no model description)")
     hparams = dict(checkpoint["hyper_parameters"])
     config = dict(hparams.pop("model_options", {}))
     n_classes = config.pop("n_classes", 1)
@@ -110,7 +112,8 @@ def _official_hint(state_dict: Any) -> str:
 def load_checkpoint(
     path: str | Path, map_location: Any = "cpu", expected_model: str | None = None
 ) -> LoadedCheckpoint:
-    """Rebuild the model stored in an lvseg checkpoint (format 1 or 2), in eval mode.
+    """Rebuild the model stored in an lvseg checkpoint (format 1 or 2), in eval mode, without its
+    training-only modules.
 
     Raises :class:`CheckpointError` naming the file when it is missing, corrupted, not an lvseg
     checkpoint, holds another model than ``expected_model``, or its weights do not fit its model.
@@ -140,9 +143,11 @@ def load_checkpoint(
     except LvsegError as error:
         raise CheckpointError(str(error)) from None
     if model.requires_text and model.text_encoder is None:
+        hint = (" (convert the official weights again with `lvseg import-lvit --text-encoder hf:<id or folder>`)"
+                if model_name == "lvit" else "")
         raise CheckpointError(f"checkpoint '{path}' holds a '{model_name}' model without a text encoder, so it "
-                              "cannot read reports; re-create it with a text encoder")
-    model.eval()
+                              f"cannot read reports{hint}")
+    model.strip_training_modules().eval()
     metrics = dict(checkpoint.get("lvseg", {}).get("metrics", {}))
     return LoadedCheckpoint(model=model, hparams=dict(hparams), metrics=metrics)
 
@@ -178,6 +183,6 @@ def save_inference_checkpoint(
     record = lvseg_record(model, metrics, training_modules="dropped")
     text_config = hparams["model_config"].get("text_encoder")
     if model.text_encoder is None and isinstance(text_config, dict) and text_config.get("type") == "hf":
-        record["pretrained"][MODEL_PREFIX + "text_encoder.hf_model"] = text_config["name_or_path"]
+        record["pretrained"][MODEL_PREFIX + "text_encoder"] = text_config["name_or_path"]
     checkpoint = {"state_dict": state_dict, "hyper_parameters": hparams, "lvseg": record}
     return atomic_write(path, lambda handle: torch.save(checkpoint, handle))

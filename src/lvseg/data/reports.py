@@ -193,6 +193,92 @@ def zone_vector(findings: Findings) -> list[float]:
     return vector
 
 
+# ------------------------------------------------------------------------------ strict reading, vectors
+
+#: The C2FVL report vector, in its order: bilateral flag, number of infected areas, six zone flags
+#: (also the names of the columns C2FVL's text tables carry).
+REPORT_VECTOR_FIELDS: tuple[str, ...] = (
+    "bilateral", "number", "lupper", "lmiddle", "llower", "rupper", "rmiddle", "rlower",
+)
+
+_LATERALITY = re.compile(r"^(unilateral|bilateral)\s+pulmonary\s+infections?$", re.IGNORECASE)
+_NO_INFECTION = re.compile(r"^no\s+pulmonary\s+infections?$", re.IGNORECASE)
+_COUNT_CLAUSE = re.compile(r"^(" + "|".join(_NUMBER_WORDS) + r"|\d+)\s+infected\s+areas?$", re.IGNORECASE)
+_LUNG_CLAUSE = re.compile(r"^((?:all|upper|middle|lower)(?:[\s\-/]+(?:all|upper|middle|lower))*)\s+(left|right)\s+lungs?$",
+                          re.IGNORECASE)
+
+
+class ReportError(ValueError):
+    """A report outside the grammar: ``report`` is the text, ``part`` the piece not understood, ``reason``."""
+
+    def __init__(self, report: str, part: str, reason: str) -> None:
+        self.report, self.part, self.reason = report, part, reason
+        super().__init__(f"report {report!r}: {reason} ({part!r})" if part else f"report {report!r}: {reason}")
+
+
+def read_report(text: str) -> tuple[Findings, bool]:
+    """Read a report that must follow the grammar exactly; returns (findings, bilateral flag).
+
+    ``<Unilateral|Bilateral> pulmonary infection, <count> infected area(s), <zones> left|right lung
+    [and <zones> left|right lung].`` (any case and spacing, final period optional) or ``No pulmonary
+    infection.``. Raises :class:`ReportError` naming the clause not understood, or the contradiction
+    (``Unilateral`` with both lungs, ``Bilateral`` with one, a lung named twice, fewer areas than lungs).
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ReportError(str(text), "", "the report is empty")
+    sentence = " ".join(text.split()).rstrip(".").strip()
+    if _NO_INFECTION.match(sentence):
+        return Findings(), False
+    clauses = [clause.strip() for clause in sentence.split(",")]
+    if len(clauses) != 3:
+        raise ReportError(text, sentence, "expected three comma-separated parts: '<Unilateral|Bilateral> pulmonary "
+                                          "infection, <count> infected area(s), <zones> left|right lung'")
+    laterality, count_clause, lung_clause = clauses
+    lateral = _LATERALITY.match(laterality)
+    if not lateral:
+        raise ReportError(text, laterality, "expected 'Unilateral pulmonary infection' or 'Bilateral pulmonary infection'")
+    counted = _COUNT_CLAUSE.match(count_clause)
+    if not counted:
+        raise ReportError(text, count_clause, "expected '<one|two|...|number> infected area(s)'")
+    token = counted.group(1).lower()
+    count = _WORD_TO_NUMBER[token] if token in _WORD_TO_NUMBER else int(token)
+    zones: dict[str, set[str]] = {}
+    for piece in re.split(r"\s+and\s+", lung_clause, flags=re.IGNORECASE):
+        lung_match = _LUNG_CLAUSE.match(piece.strip())
+        if not lung_match:
+            raise ReportError(text, piece.strip(), "expected '<all|upper|middle|lower ...> left|right lung'")
+        lung = lung_match.group(2).lower()
+        if lung in zones:
+            raise ReportError(text, piece.strip(), f"the {lung} lung is named twice")
+        words = {word.lower() for word in _ZONE_WORD.findall(lung_match.group(1))}
+        zones[lung] = set(ZONES) if "all" in words else words
+    bilateral = lateral.group(1).lower() == "bilateral"
+    if bilateral != (len(zones) == 2):
+        raise ReportError(text, lung_clause, f"'{lateral.group(1)}' contradicts the {len(zones)} lung(s) named")
+    if count < len(zones):
+        raise ReportError(text, count_clause, f"{count} infected area(s) cannot cover {len(zones)} lungs")
+    findings = Findings(left=frozenset(zones.get("left", ())), right=frozenset(zones.get("right", ())), count=count)
+    return findings, bilateral
+
+
+def report_vector(findings: Findings, bilateral: bool | None = None) -> list[float]:
+    """The C2FVL vector ``[bilateral, number, lupper, lmiddle, llower, rupper, rmiddle, rlower]``
+    (:data:`REPORT_VECTOR_FIELDS`); ``bilateral`` defaults to "both lungs involved"."""
+    if bilateral is None:
+        bilateral = len(findings.lungs) == 2
+    zones = [1.0 if zone in findings.zones(lung) else 0.0 for lung in LUNGS for zone in ZONES]
+    return [1.0 if bilateral else 0.0, float(findings.count), *zones]
+
+
+def findings_from_vector(vector: Sequence[float]) -> Findings:
+    """Inverse of :func:`report_vector` for the zones and count (the bilateral flag follows from the zones)."""
+    if len(vector) != len(REPORT_VECTOR_FIELDS):
+        raise ValueError(f"a report vector has {len(REPORT_VECTOR_FIELDS)} values, got {len(vector)}")
+    flags = [float(value) != 0 for value in vector[2:]]
+    return Findings(left=frozenset(z for z, on in zip(ZONES, flags[:3]) if on),
+                    right=frozenset(z for z, on in zip(ZONES, flags[3:]) if on), count=int(float(vector[1])))
+
+
 # ------------------------------------------------------------------------------------- report matching
 
 MAX_COUNT = 6

@@ -1,12 +1,13 @@
 """Segmentation models behind one registry and one contract (:class:`SegmentationModel`).
 
-Importing this package registers every built-in model (``unet``, ``lvit``)::
+Importing this package registers every built-in model (``unet``, ``lvit``, ``c2fvl``)::
 
     from lvseg.models import create_model, list_models
     net = create_model("lvit", img_size=224, text_encoder="learned", texts=train_reports)
     probabilities = net.eval().predict_proba(images, reports)       # (B, 1, S, S)
 """
 
+from lvseg.models import c2fvl as _c2fvl  # noqa: F401  (registers "c2fvl")
 from lvseg.models import lvit as _lvit  # noqa: F401  (registers "lvit")
 from lvseg.models import unet as _unet  # noqa: F401  (registers "unet")
 from lvseg.models.base import ModelOutput, SegmentationModel

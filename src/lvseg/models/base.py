@@ -26,17 +26,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
+import types
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.losses import class_balanced_bce_with_logits, soft_dice_loss
 
 #: Weights of the default loss terms (the LViT paper's 0.5 Dice + 0.5 class-balanced BCE).
-DEFAULT_LOSS_WEIGHTS: dict[str, float] = {"dice": 0.5, "bce": 0.5}
+DEFAULT_LOSS_WEIGHTS: Mapping[str, float] = types.MappingProxyType({"dice": 0.5, "bce": 0.5})
 
 
 class ModelOutput(NamedTuple):
@@ -61,11 +63,24 @@ def as_output(output: ModelOutput | torch.Tensor) -> ModelOutput:
 
 
 def _json_able(value: Any) -> Any:
+    """Plain JSON types (a checkpoint must load with ``weights_only=True``): paths become strings,
+    numpy scalars Python numbers; anything else that JSON cannot hold is an error."""
     if isinstance(value, Mapping):
         return {str(key): _json_able(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_json_able(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        return value.item()
     return value
+
+
+def _check_json(model: str, config: dict[str, Any]) -> None:
+    try:
+        json.dumps(config)
+    except (TypeError, ValueError) as error:
+        raise LvsegError(f"model {model!r}: its options must be JSON values (numbers, strings, lists, dicts): {error}") from None
 
 
 class SegmentationModel(nn.Module):
@@ -85,7 +100,7 @@ class SegmentationModel(nn.Module):
     #: Names of submodules used only by training losses; dropped from inference checkpoints.
     training_only_modules: ClassVar[tuple[str, ...]] = ()
     #: Named loss terms and their weights; subclasses with auxiliary losses extend it.
-    loss_weights: ClassVar[dict[str, float]] = DEFAULT_LOSS_WEIGHTS
+    loss_weights: ClassVar[Mapping[str, float]] = DEFAULT_LOSS_WEIGHTS
 
     config: dict[str, Any]
     text_encoder: nn.Module | None
@@ -94,8 +109,15 @@ class SegmentationModel(nn.Module):
         super().__init_subclass__(**kwargs)
         init = cls.__dict__.get("__init__")
         if init is None:
+            if cls.__init__ is SegmentationModel.__init__:
+                raise TypeError(f"{cls.__name__} must define __init__ with its keyword-only options")
             return
         signature = inspect.signature(init)
+        variadic = [name for name, parameter in signature.parameters.items()
+                    if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        if variadic:
+            raise TypeError(f"{cls.__name__}.__init__ must name every option (no *args/**kwargs): its config is "
+                            f"captured from them; found {', '.join(variadic)}")
 
         @functools.wraps(init)
         def capturing_init(self: SegmentationModel, *args: Any, **options: Any) -> None:
@@ -104,10 +126,8 @@ class SegmentationModel(nn.Module):
                 bound = signature.bind(self, *args, **options)
                 bound.apply_defaults()
                 config = {name: value for name, value in bound.arguments.items() if name not in ("self", "texts")}
-                for name, parameter in signature.parameters.items():
-                    if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-                        config.update(config.pop(name))
                 self.config = self._finalize_config(config)
+                _check_json(self.model_name or type(self).__name__, self.config)
 
         cls.__init__ = capturing_init  # type: ignore[method-assign]
 
@@ -129,7 +149,7 @@ class SegmentationModel(nn.Module):
 
     def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """The captured options, with a built text encoder recorded as its rebuildable config."""
-        if self.text_encoder is not None:
+        if self.text_encoder is not None and "text_encoder" in config:
             config["text_encoder"] = self.text_encoder.config()
             if "text_len" in config:
                 config["text_len"] = self.text_encoder.max_length
@@ -178,7 +198,11 @@ class SegmentationModel(nn.Module):
         The main logits whatever the mode; call it in eval mode (under ``torch.no_grad()`` unless a
         gradient is wanted).
         """
-        return as_output(self(images, self.encode_text(texts))).logits
+        # The text front end runs in full precision even under an autocast context (only the network is
+        # meant to run in bf16/fp16).
+        with torch.autocast(images.device.type, enabled=False):
+            text_input = self.encode_text(texts)
+        return as_output(self(images, text_input)).logits
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
@@ -196,6 +220,8 @@ class SegmentationModel(nn.Module):
         weight: optional (B,) per-image weights. Auxiliary terms are only computed when ``output`` holds
         auxiliary outputs (training mode), so validation losses are the main terms only.
         """
+        from lvseg.models.losses import class_balanced_bce_with_logits, soft_dice_loss
+
         logits = as_output(output).logits
         weights = self.loss_weights
         return {
@@ -222,6 +248,14 @@ class SegmentationModel(nn.Module):
         """``state_dict()`` without the training-only modules (frozen pretrained weights are never in it)."""
         prefixes = tuple(f"{name}." for name in self.training_only_modules)
         return {key: value for key, value in self.state_dict().items() if not key.startswith(prefixes)}
+
+    def strip_training_modules(self) -> "SegmentationModel":
+        """Remove the training-only modules (after loading, for inference); forward in eval mode never uses them."""
+        for name in self.training_only_modules:
+            if name in self._modules:
+                del self._modules[name]
+                object.__setattr__(self, name, None)
+        return self
 
     def load_weights(self, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
         """Load a full or inference state dict; anything else missing or unexpected is a :class:`LvsegError`."""

@@ -48,7 +48,7 @@ class LViT(SegmentationModel):
     Level i (0..3) has width w_i = b * 2**i, a feature map of img_size / 2**i and a ViT stage on
     N = (img_size / 16)^2 tokens of size w_i (patches of 16 / 2**i pixels).
 
-    Submodules (official names in brackets, see :mod:`lvseg.models.convert`):
+    Submodules (official names in brackets, see :mod:`lvseg.models.lvit_import`):
       inc [inc], down.i [down{i+1}], up.i [up{i+1}], head [outc], reconstruct.i [reconstruct{i+1}],
       text_proj.i [text_module{i+1}]: Conv1d(w_{i+1} -> w_i, or text_dim -> 8b for i = 3),
       text_to_tokens [downVit.CTBN3]: ConvTransBN(text_len -> N) with the text tokens as channels,

@@ -16,10 +16,12 @@ from lvseg.text.base import TextEncoder, TextFeatures, masked_mean
 from lvseg.text.cache import TextFeatureCache
 from lvseg.text.huggingface import HuggingFaceTextEncoder
 from lvseg.text.learned import LearnedTextEncoder
+from lvseg.text.report_vector import ReportVectorEncoder
 
 __all__ = [
     "HuggingFaceTextEncoder",
     "LearnedTextEncoder",
+    "ReportVectorEncoder",
     "TextEncoder",
     "TextFeatureCache",
     "TextFeatures",
@@ -30,7 +32,7 @@ __all__ = [
 ]
 
 HF_PREFIX = "hf:"
-VALID_SPECS = "'learned' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased')"
+VALID_SPECS = "'learned', 'report-vector' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased')"
 
 
 def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options: Any) -> TextEncoder:
@@ -40,8 +42,11 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
     ``max_length=32``, ``min_count=1``, ``context_layers=1``.
     ``"hf:<model id or local path>"``: a frozen Hugging Face encoder; options ``max_length=32``,
     ``cache=True``, ``cache_dir=None``. ``texts`` is ignored.
+    ``"report-vector"``: the report grammar's 8-value vector (C2FVL); option ``unparsable="error"|"zero"``.
     """
     spec = spec.strip()
+    if spec == "report-vector":
+        return ReportVectorEncoder(**{key: value for key, value in options.items() if key != "max_length"})
     if spec == "learned":
         if not texts:
             raise LvsegError("text encoder 'learned' builds its vocabulary from the training reports, but none were given")
@@ -74,9 +79,11 @@ def text_encoder_from_config(config: dict[str, Any], **options: Any) -> TextEnco
                                       context_layers=config.get("context_layers", 0), **options)
         if kind == "hf":
             return HuggingFaceTextEncoder(config["name_or_path"], max_length=config["max_length"], **options)
+        if kind == "report-vector":
+            return ReportVectorEncoder(unparsable=config.get("unparsable", "error"))
     except KeyError as err:
         raise LvsegError(f"text encoder config of type {kind!r} lacks the field {err.args[0]!r}") from err
-    raise LvsegError(f"text encoder config has unknown type {kind!r}; expected 'learned' or 'hf'")
+    raise LvsegError(f"text encoder config has unknown type {kind!r}; expected 'learned', 'hf' or 'report-vector'")
 
 
 def build_text_encoder(

@@ -71,10 +71,10 @@ def _drop_pretrained_weights(module: nn.Module, state_dict: dict[str, Any], pref
         del state_dict[key]
 
 
-def _keep_pretrained_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """A state dict without the frozen weights loads as if it held the current ones."""
-    for key, value in module.hf_model.state_dict().items():
-        state_dict.setdefault(prefix + _PRETRAINED_PREFIX + key, value)
+def _allow_missing_pretrained_weights(module: nn.Module, incompatible_keys: Any) -> None:
+    """A state dict without the frozen weights loads strictly: they stay as loaded from their source."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if not (key.startswith(_PRETRAINED_PREFIX) or "." + _PRETRAINED_PREFIX in key)]
 
 
 class HuggingFaceTextEncoder(TextEncoder):
@@ -110,7 +110,9 @@ class HuggingFaceTextEncoder(TextEncoder):
             raise LvsegError("the hf text encoder needs a model id or folder, as in 'hf:bert-base-uncased'")
         if max_length < 1:
             raise LvsegError(f"text encoder max_length must be at least 1, got {max_length}")
-        self.name_or_path = name_or_path
+        local = Path(name_or_path).expanduser()
+        # A local folder is recorded by its absolute path, so a checkpoint reloads it from any directory.
+        self.name_or_path = name_or_path = str(local.resolve()) if local.exists() else name_or_path
         self.max_length = int(max_length)
         tokenizer, model = load_pretrained(name_or_path)
         model.eval()
@@ -119,7 +121,7 @@ class HuggingFaceTextEncoder(TextEncoder):
         self.pretrained_source = name_or_path
         object.__setattr__(self, "tokenizer", tokenizer)
         self.register_state_dict_post_hook(_drop_pretrained_weights)
-        self.register_load_state_dict_pre_hook(_keep_pretrained_weights)
+        self.register_load_state_dict_post_hook(_allow_missing_pretrained_weights)
         hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
         if hidden is None:
             raise LvsegError(f"text encoder '{name_or_path}' has no hidden_size in its config; use an encoder model")

@@ -15,12 +15,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from lvseg.checkpoint import read_checkpoint_dict, upgrade_checkpoint
+from lvseg.checkpoint import FORMAT_VERSION, checkpoint_format, read_checkpoint_dict
 from lvseg.errors import LvsegError
 from lvseg.training.checkpoint import AtomicCheckpointIO
 from lvseg.training.csv_log import ResumableCSVLogger
 from lvseg.training.module import SegmentationTask
-from lvseg.training.options import SEMI_OPTIONS, TrainConfig, check_train_config
+from lvseg.training.options import OPTIM_OPTIONS, SEMI_OPTIONS, TrainConfig, check_train_config
 from lvseg.training.semi import (
     SemiSupervisedTask,
     build_semi_train_loader,
@@ -75,7 +75,7 @@ def model_config_for(config: TrainConfig) -> dict[str, Any]:
     from lvseg.models import model_class
 
     cls = model_class(config.model)
-    options: dict[str, Any] = {"in_channels": config.in_channels, "img_size": config.img_size}
+    options: dict[str, Any] = {"in_channels": config.in_channels, "img_size": config.img_size}  # every model takes them
     if config.base_channels is not None:
         options["base_channels"] = config.base_channels
     if cls.requires_text:
@@ -93,14 +93,21 @@ def build_task(config: TrainConfig, train_texts: list[str]) -> SegmentationTask:
         model_name=config.model,
         model_config=model_config_for(config),
         model_texts=list(train_texts),
-        lr=config.lr,
+        **{name: getattr(config, name) for name in OPTIM_OPTIONS},
         **semi_task_options(config),
     )
 
 
 def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask:
     """Rebuild the module exactly as the interrupted run had it, refusing a different model."""
-    hparams = upgrade_checkpoint(read_checkpoint_dict(checkpoint_path)).get("hyper_parameters", {})
+    checkpoint = read_checkpoint_dict(checkpoint_path)
+    if checkpoint_format(checkpoint) < FORMAT_VERSION:
+        raise LvsegError(
+            f"cannot resume from '{checkpoint_path}': it was written by an older lvseg (checkpoint format "
+            f"{checkpoint_format(checkpoint)}); its checkpoints still evaluate, predict and serve, but continue "
+            "training in a new --out folder"
+        )
+    hparams = checkpoint.get("hyper_parameters", {})
     if hparams.get("model_name") != config.model:
         raise LvsegError(
             f"cannot resume from '{checkpoint_path}': it trains a '{hparams.get('model_name')}' model, "
@@ -109,7 +116,7 @@ def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask
     saved_size = hparams.get("model_config", {}).get("img_size")
     if saved_size != config.img_size:
         raise LvsegError(f"cannot resume from '{checkpoint_path}': it was trained at --img-size {saved_size}, not {config.img_size}")
-    keep = ("model_name", "model_config", "lr", "weight_decay", "restart_epochs", "min_lr")
+    keep = ("model_name", "model_config", *OPTIM_OPTIONS)
     task_class = task_class_for(config)
     if (task_class is SemiSupervisedTask) != ("epi_beta" in hparams):
         raise LvsegError(f"cannot resume from '{checkpoint_path}': resume with the same semi-supervised options "

@@ -10,6 +10,8 @@ import torch
 from lvseg.checkpoint import lvseg_record
 from lvseg.evaluation.metrics import binarize, dice_iou_per_image
 from lvseg.models import ModelOutput, create_model
+from lvseg.models.base import as_output
+from lvseg.training.options import OPTIM_OPTIONS, option_defaults
 
 
 class SegmentationTask(L.LightningModule):
@@ -28,26 +30,24 @@ class SegmentationTask(L.LightningModule):
     the LViT paper's metric) from :meth:`SegmentationModel.predict_logits`.
 
     ``model_texts``: the training reports, only used to build a ``learned`` vocabulary when the model
-    config asks for one by name (a resumed run's config carries the vocabulary itself).
+    config asks for one by name (a resumed run's config carries the vocabulary itself). The optimiser
+    settings (``lr``, ``weight_decay``, ``restart_epochs``, ``min_lr``) default to
+    :class:`~lvseg.training.options.TrainConfig`'s.
     """
 
     def __init__(
         self,
         model_name: str,
         model_config: dict[str, Any],
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        restart_epochs: int = 10,
-        min_lr: float = 1e-4,
         model_texts: list[str] | None = None,
-        **extra: Any,
+        **options: Any,
     ) -> None:
         super().__init__()
+        options = option_defaults(OPTIM_OPTIONS) | options
         self.model = create_model(model_name, texts=model_texts, **model_config)
         # The built model's config replaces the request ("learned" -> its vocabulary), so the
         # checkpoint's hparams rebuild it; the reports themselves are not kept.
-        self.save_hyperparameters(ignore=["model_texts"])
-        self.hparams["model_config"] = dict(self.model.config)
+        self.save_hyperparameters({"model_name": model_name, "model_config": dict(self.model.config), **options})
         self.best_val_dice: float | None = None
         self.last_val_dice: float | None = None
 
@@ -69,7 +69,7 @@ class SegmentationTask(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         batch = self.prepare_batch(batch, batch_idx)
-        output = self(batch["image"], batch["text"])
+        output = as_output(self(batch["image"], batch["text"]))
         terms = self.loss_terms(output, batch, batch_idx)
         batch_size = len(batch["text"])
         loss = torch.stack(list(terms.values())).sum() if terms else output.logits.sum() * 0.0

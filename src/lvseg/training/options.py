@@ -66,7 +66,11 @@ class TrainConfig:
     base_channels: int | None = option(None, "Width of the first level (paper: 64).", minimum=1)
     model_options: dict[str, Any] = option(help="Further model options.", cli=False, default_factory=dict)
     batch_size: int = option(2, "Images per training step.", minimum=1)
-    lr: float = option(1e-3, "Adam learning rate (cosine annealing with warm restarts).", above=0.0)
+    lr: float = option(1e-3, "Adam learning rate (cosine annealing with warm restarts).", group="optim", above=0.0)
+    weight_decay: float = option(0.0, "Adam weight decay.", group="optim", minimum=0.0)
+    restart_epochs: int = option(10, "Epochs of the first cosine-annealing cycle (warm restarts, T_0).", group="optim",
+                                 minimum=1)
+    min_lr: float = option(1e-4, "Lowest learning rate of the cosine annealing.", group="optim", minimum=0.0)
     max_epochs: int = option(2000, "Maximum number of epochs.", minimum=1)
     max_time: str | None = option(None, "Training time budget: minutes ('40'), '2h' or DD:HH:MM:SS.")
     patience: int = option(50, "Early stopping: epochs without a better validation Dice.", minimum=1)
@@ -111,7 +115,8 @@ class TrainConfig:
     )
 
 
-#: Fields of :class:`TrainConfig` that are hyperparameters of the semi-supervised task.
+#: Fields of :class:`TrainConfig` that are hyperparameters of the optimiser and of the semi-supervised task.
+OPTIM_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "optim")
 SEMI_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == "semi")
 
 
