@@ -160,6 +160,11 @@ def test_semi_run_never_reads_unlabeled_masks_and_resumes_pseudo_labels(
     assert saved["names"] == unlabeled_names
     assert bool(saved["seen"].all())  # every unlabeled image got a pseudo-label in epoch 1
     assert (out / SPLIT_FILE).is_file()
+    # A 4-wide net after one epoch may predict no lesion anywhere, and empty pseudo-labels are not used
+    # (see test_empty_pseudo_labels_do_not_supervise); give the stored labels a lesion, so the resumed epoch
+    # must train on what it reloads.
+    saved["labels"][:, 8:16, 8:16] = 1.0
+    torch.save(saved, out / PSEUDO_LABEL_FILE)
 
     loaded: list[torch.Tensor] = []
     original_load = PseudoLabelBank.load

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 HF_PREFIX = "hf:"
-VALID_SPECS = "'learned', 'report-vector' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased')"
+VALID_SPECS = "'learned' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased'), or 'report-vector'"
 
 
 def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options: Any) -> TextEncoder:

@@ -27,7 +27,9 @@ class ReportVectorEncoder(TextEncoder):
 
     ``unparsable="error"`` (default): a report outside the grammar raises :class:`LvsegError` naming every
     such report of the batch and the part not understood. ``unparsable="zero"``: it becomes the zero
-    vector, counted in :attr:`zeroed` and logged.
+    vector, counted in :attr:`zeroed` and logged. An empty report (what the text ablation's "empty" mode
+    sends) is the zero vector in both modes: no text, no findings. :meth:`problems` still lists it, so a
+    dataset with empty reports fails the training data check.
     """
 
     trainable = False
@@ -59,6 +61,9 @@ class ReportVectorEncoder(TextEncoder):
         """(B, 8) float32 on the encoder's device."""
         rows, failed = [], []
         for text in check_texts(texts):
+            if not text.strip():
+                rows.append([0.0] * self.feature_dim)
+                continue
             try:
                 findings, bilateral = read_report(text)
                 rows.append(report_vector(findings, bilateral))

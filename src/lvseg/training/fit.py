@@ -20,7 +20,7 @@ from lvseg.errors import LvsegError
 from lvseg.training.checkpoint import AtomicCheckpointIO
 from lvseg.training.csv_log import ResumableCSVLogger
 from lvseg.training.module import SegmentationTask
-from lvseg.training.options import OPTIM_OPTIONS, SEMI_OPTIONS, TrainConfig, check_train_config
+from lvseg.training.options import OPTIM_OPTIONS, SEMI_OPTIONS, TrainConfig, check_train_config, with_model_recipe
 from lvseg.training.semi import (
     SemiSupervisedTask,
     build_semi_train_loader,
@@ -72,15 +72,21 @@ def _accelerator_and_precision(config: TrainConfig) -> tuple[str, str]:
 def model_config_for(config: TrainConfig) -> dict[str, Any]:
     """The model options a TrainConfig asks for; a text model gets its text encoder (``--text-encoder``,
     else the model's default) and ``--text-length``."""
-    from lvseg.models import model_class
+    from lvseg.models import model_class, model_options
 
-    cls = model_class(config.model)
+    cls, accepted = model_class(config.model), model_options(config.model)
     options: dict[str, Any] = {"in_channels": config.in_channels, "img_size": config.img_size}  # every model takes them
     if config.base_channels is not None:
         options["base_channels"] = config.base_channels
-    if cls.requires_text:
-        options["text_encoder"] = config.text_encoder or cls.default_text_encoder
+    if cls.requires_text:  # image-only models ignore the text options
+        if "text_encoder" in accepted:
+            options["text_encoder"] = config.text_encoder or cls.default_text_encoder
+        elif config.text_encoder is not None:
+            raise LvsegError(f"--text-encoder: model '{config.model}' has its own text front end; it takes no "
+                             "text encoder")
         if config.text_length is not None:
+            if "text_len" not in accepted:
+                raise LvsegError(f"--text-length: model '{config.model}' takes no text length")
             options["text_len"] = config.text_length
     options.update(config.model_options)
     return options
@@ -146,6 +152,7 @@ def train(config: TrainConfig) -> TrainResult:
     from lvseg.data.layout import load_split
 
     check_train_config(config)
+    config = with_model_recipe(config)
     max_time = parse_max_time(config.max_time)
     L.seed_everything(config.seed, workers=True, verbose=False)
     semi = is_semi_supervised(config)

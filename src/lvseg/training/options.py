@@ -65,7 +65,9 @@ class TrainConfig:
     in_channels: int = option(3, "Image channels the model reads (gray images are replicated).", minimum=1)
     base_channels: int | None = option(None, "Width of the first level (paper: 64).", minimum=1)
     model_options: dict[str, Any] = option(help="Further model options.", cli=False, default_factory=dict)
-    batch_size: int = option(2, "Images per training step.", minimum=1)
+    batch_size: int | None = option(
+        None, "Images per training step (default: the model's recipe; 2, the LViT paper's, unless it says otherwise).",
+        minimum=1)
     lr: float = option(1e-3, "Adam learning rate (cosine annealing with warm restarts).", group="optim", above=0.0)
     weight_decay: float = option(0.0, "Adam weight decay.", group="optim", minimum=0.0)
     restart_epochs: int = option(10, "Epochs of the first cosine-annealing cycle (warm restarts, T_0).", group="optim",
@@ -113,6 +115,20 @@ class TrainConfig:
         True, "Semi-supervised: perturb the unlabeled images the student sees.", flag="--strong-view/--no-strong-view",
         group="semi",
     )
+
+
+#: What a ``None`` of these fields becomes when the model's ``recipe`` does not set it (the LViT paper's values).
+RECIPE_DEFAULTS: dict[str, Any] = {"batch_size": 2}
+
+
+def with_model_recipe(config: TrainConfig) -> TrainConfig:
+    """``config`` with every unset recipe field (``None``) taken from the model's ``recipe``, else the default."""
+    from lvseg.models import model_class
+
+    recipe = dict(getattr(model_class(config.model), "recipe", {}))
+    unset = {name: recipe.get(name, default) for name, default in RECIPE_DEFAULTS.items()
+             if getattr(config, name) is None}
+    return dataclasses.replace(config, **unset)
 
 
 #: Fields of :class:`TrainConfig` that are hyperparameters of the optimiser and of the semi-supervised task.
