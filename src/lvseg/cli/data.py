@@ -56,15 +56,19 @@ def check(
         None, "--split", help="Split(s) to check (train/val/test); default: all present."
     ),
     allow_unlabeled: bool = typer.Option(False, "--allow-unlabeled", help="Accept images without a mask."),
+    model: Optional[str] = typer.Option(
+        None, "--model", help="Also check that this model can read every report (e.g. c2fvl's report grammar)."
+    ),
 ) -> None:
     """Validate an LViT-layout dataset folder and report every problem at once."""
-    from lvseg.data.layout import list_splits, load_split
+    from lvseg.data.layout import list_splits, load_split, unreadable_reports
 
     splits = list(split) if split else list_splits(root)
     if not splits:
         raise LvsegError(f"no Train_Folder, Val_Folder or Test_Folder found under '{root}'")
     console = Console()
     problems: list[str] = []
+    reader = _report_reader(model) if model else None
     for name in splits:
         try:
             samples = load_split(root, name, require_masks=not allow_unlabeled)
@@ -73,9 +77,21 @@ def check(
             continue
         labeled = sum(1 for sample in samples if sample.mask_path is not None)
         console.print(f"{name}: {len(samples)} images, {labeled} with masks", highlight=False)
+        if reader is not None:
+            problems.extend(unreadable_reports(reader, {name: samples}))
     if problems:
         raise DataValidationError(problems, where=str(root))
     console.print(f"ok: {root}", highlight=False)
+
+
+def _report_reader(name: str) -> object:
+    """Model ``name`` with its default options, built on the meta device: only its text front end is used."""
+    import torch
+
+    from lvseg.models import create_model
+
+    with torch.device("meta"):
+        return create_model(name)
 
 
 def register(app: typer.Typer) -> None:

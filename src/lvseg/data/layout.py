@@ -27,7 +27,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
@@ -106,7 +106,13 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
     and ``Description`` (header names are stripped; other columns are ignored; every value is read as
     text, empty cells as ``""``).
 
-    Raises :class:`LvsegError` naming the file when it cannot be read or lacks a column.
+    C2FVL's tables carry the report as 8 columns (:data:`lvseg.data.reports.REPORT_VECTOR_FIELDS`:
+    ``bilateral, number, lupper, ..., rlower``). When a table has them, a missing or empty Description is
+    written from them by the report grammar (:func:`~lvseg.data.reports.render_report`), and a given one
+    must say the same (same vector); every row that does not is listed in one error.
+
+    Raises :class:`LvsegError` naming the file when it cannot be read, lacks a column, or its vector
+    columns are not numbers or contradict its reports.
     """
     import pandas as pd
 
@@ -119,15 +125,68 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
     except Exception as error:  # pandas/openpyxl raise many different types for a bad file
         raise LvsegError(f"text file '{path}' cannot be read: {type(error).__name__}: {error}") from None
     table.columns = [str(column).strip() for column in table.columns]
-    missing = [column for column in (IMAGE_COLUMN, TEXT_COLUMN) if column not in table.columns]
+    vector_columns = _vector_columns(list(table.columns))
+    required = (IMAGE_COLUMN,) if vector_columns else (IMAGE_COLUMN, TEXT_COLUMN)
+    missing = [column for column in required if column not in table.columns]
     if missing:
         found = ", ".join(f"'{column}'" for column in table.columns) or "none"
         wanted = " and ".join(f"'{column}'" for column in missing)
         raise LvsegError(f"text file '{path}' has no column {wanted}; found columns: {found}")
-    return [
-        TextRow(offset + 2, str(key).strip(), str(description).strip())
-        for offset, (key, description) in enumerate(zip(table[IMAGE_COLUMN], table[TEXT_COLUMN]))
-    ]
+    descriptions = table[TEXT_COLUMN] if TEXT_COLUMN in table.columns else [""] * len(table)
+    rows = [TextRow(offset + 2, str(key).strip(), str(description).strip())
+            for offset, (key, description) in enumerate(zip(table[IMAGE_COLUMN], descriptions))]
+    if vector_columns:
+        rows = _reports_from_vector_columns(path, rows, table[vector_columns].values.tolist())
+    return rows
+
+
+def _vector_columns(columns: list[str]) -> list[str]:
+    """The table's columns holding C2FVL's report vector, in vector order (all 8, any case), or []."""
+    from lvseg.data.reports import REPORT_VECTOR_FIELDS
+
+    by_name = {column.lower(): column for column in columns}
+    found = [by_name.get(name) for name in REPORT_VECTOR_FIELDS]
+    return [column for column in found if column is not None] if all(found) else []
+
+
+def _reports_from_vector_columns(path: Path, rows: list[TextRow], vectors: list[list[str]]) -> list[TextRow]:
+    from lvseg.data.reports import REPORT_VECTOR_FIELDS, ReportError, findings_from_vector, read_report, \
+        render_report, report_vector
+
+    result, problems = [], []
+    for row, values in zip(rows, vectors):
+        try:
+            vector = [float(value) for value in values]
+        except ValueError:
+            problems.append(f"row {row.row_number}: the columns {', '.join(REPORT_VECTOR_FIELDS)} must be numbers, "
+                            f"got {values}")
+            continue
+        written = render_report(findings_from_vector(vector))
+        try:
+            consistent = report_vector(*read_report(written)) == vector
+        except ReportError:
+            consistent = False
+        if not consistent:  # e.g. bilateral 1 with one lung, zones without a number: no report says that
+            problems.append(f"row {row.row_number}: the vector {vector} is not a report (bilateral flag, number "
+                            "of areas and zones disagree)")
+            continue
+        if not row.description:
+            result.append(row._replace(description=written))
+            continue
+        try:
+            stated = report_vector(*read_report(row.description))
+        except ReportError as error:
+            problems.append(f"row {row.row_number}: {error}")
+            continue
+        if stated != vector:
+            problems.append(f"row {row.row_number}: Description {row.description!r} reads as {stated}, but the "
+                            f"columns say {vector}")
+            continue
+        result.append(row)
+    if problems:
+        raise LvsegError(f"text file '{path}': {len(problems)} row(s) whose report columns "
+                         f"({', '.join(REPORT_VECTOR_FIELDS)}) do not give a report: " + "; ".join(problems[:20]))
+    return result
 
 
 def find_text_table(folder: str | os.PathLike[str]) -> Path | None:
@@ -379,3 +438,13 @@ def _detect_mask_prefix(
     prefixed_rows = sum(f"{MASK_PREFIX}{stem}" in keys for stem in images_by_stem)
     same_stem_rows = sum(stem in keys for stem in images_by_stem)
     return prefixed_rows > same_stem_rows
+
+
+def unreadable_reports(model: Any, splits: dict[str, list[Sample]]) -> list[str]:
+    """The reports of ``splits`` ({split: samples}) that ``model``'s text front end cannot read, one line
+    each naming the split, the image and what is wrong (see ``SegmentationModel.report_problems``)."""
+    lines = []
+    for split, samples in splits.items():
+        problems = model.report_problems([sample.text for sample in samples])
+        lines += [f"{split}: image '{samples[index].name}': {why}" for index, why in sorted(problems.items())]
+    return lines

@@ -174,6 +174,16 @@ class SegmentationModel(nn.Module):
             )
         return self.text_encoder(list(texts)).tokens.to(self.device)
 
+    def report_problems(self, texts: Sequence[str]) -> dict[int, str]:
+        """Reports this model's text front end cannot read: {position in ``texts``: what is wrong}.
+
+        Training and ``lvseg data check --model`` list them with the image names before any work starts.
+        Default: none (free-text encoders read anything)."""
+        return {}
+
+    #: Whether unreadable reports are accepted (read as an empty input) instead of being an error.
+    accepts_unreadable_reports: bool = True
+
     def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> Any:
         """A text input of the right shape for :meth:`forward` without running the text front end
         (shape checks, FLOP counts, export); image-only models: None."""

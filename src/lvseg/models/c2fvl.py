@@ -114,6 +114,7 @@ class C2FVL(SegmentationModel):
     """
 
     requires_text = True
+    training_only_modules = ("side_heads",)  # side outputs 2..4 only feed the training losses
     loss_weights = MappingProxyType({"dice": 0.5, "bce": 0.5, **{f"cos_{a}_{b}": 0.5 for a, b in SIDE_PAIRS}})
     #: C2FVL's official recipe where it differs from lvseg train's defaults (the LViT paper's).
     recipe = MappingProxyType({"batch_size": 4})
@@ -158,11 +159,13 @@ class C2FVL(SegmentationModel):
         """B reports -> (B, 8) report vectors."""
         return self.text_encoder.vectors(list(texts)).to(self.device)
 
-    def report_problems(self, texts: list[str]) -> dict[int, str]:
-        """Reports this model cannot read ({position: why}); empty when unparsable reports become zero vectors."""
-        if self.text_encoder.unparsable != "error":
-            return {}
-        return {index: str(error) for index, error in self.text_encoder.problems(texts).items()}
+    def report_problems(self, texts: Any) -> dict[int, str]:
+        """Reports outside the report grammar ({position: the part not understood})."""
+        return {index: str(error) for index, error in self.text_encoder.problems(list(texts)).items()}
+
+    @property
+    def accepts_unreadable_reports(self) -> bool:  # type: ignore[override]
+        return self.text_encoder.unparsable == "zero"
 
     def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.zeros(batch_size, VECTOR_SIZE, device=device)

@@ -132,6 +132,21 @@ def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask
     return task_class(**{key: hparams[key] for key in keep if key in hparams})
 
 
+def _check_reports(task: SegmentationTask, splits: dict[str, list[Any]]) -> None:
+    """Every report the model's text front end cannot read, listed at once before training starts (or
+    counted, when the model accepts them as empty input)."""
+    from lvseg.data.layout import unreadable_reports
+    from lvseg.errors import DataValidationError
+
+    problems = unreadable_reports(task.model, splits)
+    if problems and not task.model.accepts_unreadable_reports:
+        raise DataValidationError(problems, where=f"the reports, as model '{task.model.model_name}' reads them")
+    if problems:
+        total = sum(len(samples) for samples in splits.values())
+        log.warning("%d of %d reports are outside the report grammar and are read as empty input (zero "
+                    "vectors), e.g. %s", len(problems), total, problems[0])
+
+
 def _make_trainer(**options: Any) -> L.Trainer:
     """``L.Trainer(**options)``; Lightning's refusals of --devices/--strategy/--accelerator become LvsegError."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -171,6 +186,7 @@ def train(config: TrainConfig) -> TrainResult:
         if last_path.exists():
             raise LvsegError(f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
         task = build_task(config, [sample.text for sample in train_samples])  # reports only: no mask read
+    _check_reports(task, {"train": train_samples, "val": val_samples})
     out.mkdir(parents=True, exist_ok=True)
 
     val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
