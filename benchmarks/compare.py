@@ -3,6 +3,7 @@
     python benchmarks/compare.py                                  # every registered model, synthetic set
     python benchmarks/compare.py --models lvit,unet --minutes 5.5
     python benchmarks/compare.py --data ../shared/datasets/MoNuSeg --img-size 224 --minutes 40
+    python benchmarks/compare.py --models reclmis --text-encoder reclmis=learned   # no CLIP offline here
 
 The synthetic set is the demo's (reports name the zones of the target lesions; distractor opacities
 look alike), generated once under ``--out``. Each model is trained with ``lvseg train``'s defaults for its
@@ -55,7 +56,8 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     out = args.out / model
     base_channels = args.base_channels if "base_channels" in model_options(model) else None
     config = TrainConfig(
-        data=data, out=out, model=model, img_size=args.img_size, base_channels=base_channels,
+        data=data, out=out, model=model, text_encoder=args.text_encoders.get(model), img_size=args.img_size,
+        base_channels=base_channels,
         batch_size=args.batch_size, max_epochs=100_000, max_time=f"{args.minutes}m", patience=args.patience,
         seed=args.seed, augment=args.augment, progress_bar=False, resume=(out / "last.ckpt").exists(),
     )
@@ -65,7 +67,7 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     given, shuffled = reliance.reports["given"].means, reliance.reports["shuffled"].means
     size = describe_model(model, **{k: v for k, v in model_config_for(config).items() if k != "text_encoder"})
     return {
-        "model": model,
+        "model": model + (f" ({args.text_encoders[model]} text)" if model in args.text_encoders else ""),
         "epochs": result.epochs,
         "test Dice": f"{given['dice']:.4f}",
         "IoU": f"{given['iou']:.4f}",
@@ -93,8 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patience", type=int, default=1000)
     parser.add_argument("--augment", default="rotate", help="rotate keeps the sides that reports name")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text-encoder", action="append", default=[], metavar="MODEL=SPEC",
+                        help="a text encoder for one model instead of its default, e.g. reclmis=learned")
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
+    args.text_encoders = dict(item.split("=", 1) for item in args.text_encoder if "=" in item)
     logging.basicConfig(level=logging.WARNING)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = sorted(set(models) - set(list_models()))

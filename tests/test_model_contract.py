@@ -8,8 +8,10 @@ the web app, a semi-supervised step and ``lvseg info``.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,22 +26,32 @@ from lvseg.cli.main import app
 from lvseg.data.layout import load_split
 from lvseg.data.synth import generate_synthetic_dataset
 from lvseg.models import ModelOutput, SegmentationModel, create_model, list_models, register_model, unregister_model
+from lvseg.models import model_class
 from lvseg.models.base import as_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hf_support import save_tiny_clip  # noqa: E402
 from serving_support import REPORT, png_bytes  # noqa: E402
 
 IMG_SIZE = 32
-TINY: dict[str, dict[str, Any]] = {"lvit": {"base_channels": 8}, "unet": {"base_channels": 8}}
+TINY: dict[str, dict[str, Any]] = {name: {"base_channels": 8} for name in ("lvit", "unet", "c2fvl", "reclmis")}
 REPORTS = [REPORT, "Unilateral pulmonary infection, one infected area, lower left lung.", "No pulmonary infection."]
 
 
+@functools.cache
+def tiny_clip() -> Path:
+    """A tiny random CLIP text tower and tokenizer in a folder (pretrained text encoders are not downloaded)."""
+    return save_tiny_clip(Path(tempfile.mkdtemp(prefix="lvseg-clip-")))
+
+
 def tiny_options(name: str) -> dict[str, Any]:
-    """Small options for ``name``; a model without an entry is built with img_size alone."""
+    """Small options for ``name``; a model without an entry is built with img_size alone. A text model's
+    default encoder is used, except that a pretrained one is swapped for a tiny local stand-in."""
     options: dict[str, Any] = {"img_size": IMG_SIZE, **TINY.get(name, {})}
-    cls = create_model.__globals__["model_class"](name)
+    cls = model_class(name)
     if cls.requires_text and cls.default_text_encoder:
-        options["text_encoder"] = cls.default_text_encoder
+        encoder = cls.default_text_encoder
+        options["text_encoder"] = f"clip:{tiny_clip()}" if encoder.startswith("clip") else encoder
     return options
 
 
@@ -65,7 +77,10 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     checkpoints = {}
     for name in MODELS:
         out = runs / name
-        extra = [f"--base-channels={TINY[name]['base_channels']}"] if name in TINY else []
+        options = tiny_options(name)
+        extra = [f"--base-channels={options['base_channels']}"] if "base_channels" in options else []
+        if "text_encoder" in options:
+            extra.append(f"--text-encoder={options['text_encoder']}")
         result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--model", name,
                                           "--img-size", str(IMG_SIZE), "--batch-size", "4", "--max-epochs", "1",
                                           "--augment", "none", *extra])
@@ -151,14 +166,14 @@ def test_evaluate_with_given_shuffled_and_empty_text(name: str, trained: dict[st
     reports = evaluate_modes(trained[name], data, "test", modes=segmenter_modes, out=tmp_path, device="cpu")
     for mode in segmenter_modes:
         assert 0.0 <= reports[mode].dice <= 1.0
-    if not create_model.__globals__["model_class"](name).requires_text:  # image-only: text changes nothing
+    if not model_class(name).requires_text:  # image-only: text changes nothing
         assert reports["given"].dice == reports["shuffled"].dice == reports["empty"].dice
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_lvseg_predict_and_info(name: str, trained: dict[str, Path], data: Path, tmp_path: Path) -> None:
     sample = load_split(data, "test")[0]
-    text = ["--text", sample.text] if create_model.__globals__["model_class"](name).requires_text else []
+    text = ["--text", sample.text] if model_class(name).requires_text else []
     result = CliRunner().invoke(app, ["predict", "--checkpoint", str(trained[name]), "--image",
                                       str(sample.image_path), *text, "--out", str(tmp_path / "mask.png")])
     assert result.exit_code == 0, result.output

@@ -92,3 +92,28 @@ def register(app: typer.Typer) -> None:
         console.print(f"dropped {len(result.dropped_keys)} unused official keys:")
         for key in result.dropped_keys:
             console.print(f"  {key}", highlight=False)
+
+    @app.command("import-reclmis")
+    def import_reclmis(
+        official: Path = typer.Argument(..., help="Checkpoint saved by the official RecLMIS code (best_model-RecLMIS.pth.tar)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Where to write the lvseg checkpoint."),
+        config: Optional[str] = typer.Option(
+            None, "--config", help="qata or mosmed (the training settings it was trained with; default: read off "
+            "the reconstructor depth)."),
+        tokenizer: str = typer.Option(
+            "openai/clip-vit-base-patch32", "--tokenizer",
+            help="CLIP tokenizer files (vocab.json, merges.txt): a Hub id in the local cache or a folder."),
+        clip_heads: Optional[int] = typer.Option(
+            None, "--clip-heads", min=1, help="Attention heads of the CLIP text tower (default: width / 64, as CLIP)."),
+    ) -> None:
+        """Convert an official RecLMIS checkpoint: segmentation path + its own CLIP text tower; the rest is dropped."""
+        from lvseg.models.reclmis_import import import_official_checkpoint
+
+        result = import_official_checkpoint(official, out, preset=config, tokenizer=tokenizer, clip_heads=clip_heads)
+        console = Console()
+        console.print(f"wrote [bold]{result.output}[/] ({result.n_parameters:,} parameters for inference, "
+                      "CLIP text tower included)")
+        console.print("config: " + json.dumps({k: v for k, v in result.model_options.items() if k != "text_encoder"}),
+                      highlight=False)
+        for reason, keys in result.dropped.items():
+            console.print(f"dropped {len(keys)} {reason} official keys", highlight=False)

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from lvseg.training.options import TrainConfig, cli_flag
+from lvseg.training.options import TrainConfig, cli_flag, parse_model_options
 
 
 def _cli_parameters() -> list[inspect.Parameter]:
@@ -23,9 +23,9 @@ def _cli_parameters() -> list[inspect.Parameter]:
         if not meta["cli"]:
             continue
         annotation = meta["cli_type"] or hints[field_.name]
-        required = field_.default is dataclasses.MISSING
-        default = ... if required else field_.default
-        if not required and default is None:
+        required = field_.default is dataclasses.MISSING and field_.default_factory is dataclasses.MISSING
+        default = ... if required else (None if field_.default is dataclasses.MISSING else field_.default)
+        if not required and default is None and typing.get_origin(annotation) is not list:
             annotation = Optional[meta["cli_type"] or typing.get_args(hints[field_.name])[0]]
         parameters.append(inspect.Parameter(
             field_.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
@@ -39,6 +39,7 @@ def train_command(**options: Any) -> None:
     from lvseg.training.fit import train
 
     devices = str(options.pop("devices"))
+    options["model_options"] = parse_model_options(options.pop("model_options"))
     config = TrainConfig(**options, devices=int(devices) if devices.isdigit() else devices)
     result = train(config)
     if result.global_rank != 0:  # DDP: the other processes stay quiet

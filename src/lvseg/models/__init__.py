@@ -1,6 +1,6 @@
 """Segmentation models behind one registry and one contract (:class:`SegmentationModel`).
 
-Importing this package registers every built-in model (``unet``, ``lvit``, ``c2fvl``)::
+Importing this package registers every built-in model (``unet``, ``lvit``, ``c2fvl``, ``reclmis``)::
 
     from lvseg.models import create_model, list_models
     net = create_model("lvit", img_size=224, text_encoder="learned", texts=train_reports)
@@ -9,6 +9,7 @@ Importing this package registers every built-in model (``unet``, ``lvit``, ``c2f
 
 from lvseg.models import c2fvl as _c2fvl  # noqa: F401  (registers "c2fvl")
 from lvseg.models import lvit as _lvit  # noqa: F401  (registers "lvit")
+from lvseg.models import reclmis as _reclmis  # noqa: F401  (registers "reclmis")
 from lvseg.models import unet as _unet  # noqa: F401  (registers "unet")
 from lvseg.models.base import ModelOutput, SegmentationModel
 from lvseg.models.lvit import LViT

@@ -251,8 +251,11 @@ class SegmentationModel(nn.Module):
         return sources
 
     def frozen_modules(self) -> list[nn.Module]:
-        """The frozen pretrained sub-models (shared, not copied, by an EMA teacher)."""
-        return [module for module in self.modules() if getattr(module, "pretrained_source", None)]
+        """The frozen text front ends (``trainable = False``, e.g. pretrained encoders), which an EMA teacher
+        shares instead of copying: they never change."""
+        from lvseg.text.base import TextEncoder
+
+        return [module for module in self.modules() if isinstance(module, TextEncoder) and not module.trainable]
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
         """``state_dict()`` without the training-only modules (frozen pretrained weights are never in it)."""

@@ -14,11 +14,13 @@ from typing import Any
 from lvseg.errors import LvsegError
 from lvseg.text.base import TextEncoder, TextFeatures, masked_mean
 from lvseg.text.cache import TextFeatureCache
+from lvseg.text.clip import DEFAULT_CLIP, CLIPTextEncoder
 from lvseg.text.huggingface import HuggingFaceTextEncoder
 from lvseg.text.learned import LearnedTextEncoder
 from lvseg.text.report_vector import ReportVectorEncoder
 
 __all__ = [
+    "CLIPTextEncoder",
     "HuggingFaceTextEncoder",
     "LearnedTextEncoder",
     "ReportVectorEncoder",
@@ -32,7 +34,9 @@ __all__ = [
 ]
 
 HF_PREFIX = "hf:"
-VALID_SPECS = "'learned' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased'), or 'report-vector'"
+CLIP_PREFIX = "clip:"
+VALID_SPECS = ("'learned' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased'), or 'clip:<id or path>', "
+               "'report-vector'")
 
 
 def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options: Any) -> TextEncoder:
@@ -43,8 +47,13 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
     ``"hf:<model id or local path>"``: a frozen Hugging Face encoder; options ``max_length=32``,
     ``cache=True``, ``cache_dir=None``. ``texts`` is ignored.
     ``"report-vector"``: the report grammar's 8-value vector (C2FVL); option ``unparsable="error"|"zero"``.
+    ``"clip:<id or path>"`` (``"clip"``: openai/clip-vit-base-patch32): a frozen CLIP text tower's projected
+    per-token states (RecLMIS); options ``max_length=18``, ``eof_padding=True``.
     """
     spec = spec.strip()
+    if spec == "clip" or spec.startswith(CLIP_PREFIX):
+        name = spec[len(CLIP_PREFIX):].strip() or DEFAULT_CLIP
+        return CLIPTextEncoder(name, **options)
     if spec == "report-vector":
         return ReportVectorEncoder(**{key: value for key, value in options.items() if key != "max_length"})
     if spec == "learned":
@@ -79,11 +88,14 @@ def text_encoder_from_config(config: dict[str, Any], **options: Any) -> TextEnco
                                       context_layers=config.get("context_layers", 0), **options)
         if kind == "hf":
             return HuggingFaceTextEncoder(config["name_or_path"], max_length=config["max_length"], **options)
+        if kind == "clip":
+            return CLIPTextEncoder(config["name_or_path"], max_length=config["max_length"],
+                                   eof_padding=config.get("eof_padding", True), text_config=config.get("text_config"))
         if kind == "report-vector":
             return ReportVectorEncoder(unparsable=config.get("unparsable", "error"))
     except KeyError as err:
         raise LvsegError(f"text encoder config of type {kind!r} lacks the field {err.args[0]!r}") from err
-    raise LvsegError(f"text encoder config has unknown type {kind!r}; expected 'learned', 'hf' or 'report-vector'")
+    raise LvsegError(f"text encoder config has unknown type {kind!r}; expected 'learned', 'hf', 'clip' or 'report-vector'")
 
 
 def build_text_encoder(

@@ -66,12 +66,13 @@ def load_pretrained(name_or_path: str) -> tuple[Any, nn.Module]:
 _PRETRAINED_PREFIX = "hf_model."
 
 
-def _drop_pretrained_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+def drop_pretrained_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """State-dict hook: a frozen ``hf_model`` reloaded from its id or path is not stored."""
     for key in [key for key in state_dict if key.startswith(prefix + _PRETRAINED_PREFIX)]:
         del state_dict[key]
 
 
-def _allow_missing_pretrained_weights(module: nn.Module, incompatible_keys: Any) -> None:
+def allow_missing_pretrained_weights(module: nn.Module, incompatible_keys: Any) -> None:
     """A state dict without the frozen weights loads strictly: they stay as loaded from their source."""
     missing = incompatible_keys.missing_keys
     missing[:] = [key for key in missing if not (key.startswith(_PRETRAINED_PREFIX) or "." + _PRETRAINED_PREFIX in key)]
@@ -120,8 +121,8 @@ class HuggingFaceTextEncoder(TextEncoder):
         self.hf_model = model
         self.pretrained_source = name_or_path
         object.__setattr__(self, "tokenizer", tokenizer)
-        self.register_state_dict_post_hook(_drop_pretrained_weights)
-        self.register_load_state_dict_post_hook(_allow_missing_pretrained_weights)
+        self.register_state_dict_post_hook(drop_pretrained_weights)
+        self.register_load_state_dict_post_hook(allow_missing_pretrained_weights)
         hidden = getattr(model.config, "hidden_size", None) or getattr(model.config, "d_model", None)
         if hidden is None:
             raise LvsegError(f"text encoder '{name_or_path}' has no hidden_size in its config; use an encoder model")

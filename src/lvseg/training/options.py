@@ -64,18 +64,25 @@ class TrainConfig:
     img_size: int = option(224, "Model input size, a multiple of 32.")
     in_channels: int = option(3, "Image channels the model reads (gray images are replicated).", minimum=1)
     base_channels: int | None = option(None, "Width of the first level (paper: 64).", minimum=1)
-    model_options: dict[str, Any] = option(help="Further model options.", cli=False, default_factory=dict)
+    model_options: dict[str, Any] = option(
+        help="A further model option as NAME=VALUE (repeatable; VALUE read as JSON when it is, e.g. 0.2 or true, "
+        "else as text), e.g. --model-option unparsable_reports=zero for c2fvl.",
+        flag="--model-option", cli_type=list[str], default_factory=dict)
     batch_size: int | None = option(
         None, "Images per training step (default: the model's recipe; 2, the LViT paper's, unless it says otherwise).",
         minimum=1)
-    lr: float = option(1e-3, "Adam learning rate (cosine annealing with warm restarts).", group="optim", above=0.0)
+    lr: float | None = option(
+        None, "Adam learning rate, cosine annealing with warm restarts (default: the model's recipe; 1e-3, the LViT "
+        "paper's, unless it says otherwise).", group="optim", above=0.0)
     weight_decay: float = option(0.0, "Adam weight decay.", group="optim", minimum=0.0)
     restart_epochs: int = option(10, "Epochs of the first cosine-annealing cycle (warm restarts, T_0).", group="optim",
                                  minimum=1)
     min_lr: float = option(1e-4, "Lowest learning rate of the cosine annealing.", group="optim", minimum=0.0)
     max_epochs: int = option(2000, "Maximum number of epochs.", minimum=1)
     max_time: str | None = option(None, "Training time budget: minutes ('40'), '2h' or DD:HH:MM:SS.")
-    patience: int = option(50, "Early stopping: epochs without a better validation Dice.", minimum=1)
+    patience: int | None = option(
+        None, "Early stopping: epochs without a better validation Dice (default: the model's recipe; 50 unless it "
+        "says otherwise).", minimum=1)
     seed: int = option(0, "Random seed (data order, augmentation, initialisation).", minimum=0)
     devices: int | str = option("1", "Number of devices (processes with --strategy ddp) or 'auto'.", cli_type=str)
     strategy: str = option("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
@@ -118,7 +125,7 @@ class TrainConfig:
 
 
 #: What a ``None`` of these fields becomes when the model's ``recipe`` does not set it (the LViT paper's values).
-RECIPE_DEFAULTS: dict[str, Any] = {"batch_size": 2}
+RECIPE_DEFAULTS: dict[str, Any] = {"batch_size": 2, "lr": 1e-3, "patience": 50}
 
 
 def with_model_recipe(config: TrainConfig) -> TrainConfig:
@@ -137,9 +144,25 @@ SEMI_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainCo
 
 
 def option_defaults(names: tuple[str, ...]) -> dict[str, Any]:
-    """The defaults of the named :class:`TrainConfig` fields."""
+    """The defaults of the named :class:`TrainConfig` fields (a recipe field's: :data:`RECIPE_DEFAULTS`)."""
     by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    return {name: by_name[name].default for name in names}
+    return {name: RECIPE_DEFAULTS.get(name, by_name[name].default) for name in names}
+
+
+def parse_model_options(items: list[str] | None) -> dict[str, Any]:
+    """``["name=value", ...]`` from ``--model-option`` -> {name: value}; values are JSON when they parse."""
+    import json
+
+    options: dict[str, Any] = {}
+    for item in items or []:
+        name, separator, value = item.partition("=")
+        if not separator or not name.strip():
+            raise LvsegError(f"--model-option {item!r} is not NAME=VALUE")
+        try:
+            options[name.strip()] = json.loads(value)
+        except ValueError:
+            options[name.strip()] = value
+    return options
 
 
 def cli_flag(field_: dataclasses.Field) -> str:

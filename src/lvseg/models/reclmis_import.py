@@ -1,0 +1,230 @@
+"""Import checkpoints saved by the official RecLMIS code (``ShawnHuang497/RecLMIS``) into :class:`RecLMIS`.
+
+The official ``state_dict`` (RECLMIS.md, "Checkpoint layout"; every key in
+``reclmis_official_state_dict.json``) holds the segmentation path, the frozen CLIP ViT-B/32 text tower,
+the training-only reconstruction branch, the CLIP image tower (never called) and a few never-used
+modules. The converted lvseg checkpoint keeps the segmentation path and the CLIP text tower, mapped onto
+``transformers`` ``CLIPTextModelWithProjection`` (so it needs no CLIP download, only the tokenizer files),
+and drops the rest, listing it. Every kept official key maps to exactly one of our keys with the same
+shape, and every inference key of ours is filled, or the import fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lvseg.errors import CheckpointError, LvsegError
+from lvseg.models import lvit_import
+from lvseg.models.reclmis import PRESETS, RecLMIS
+
+logger = logging.getLogger(__name__)
+
+_UNET = re.compile(r"^(inc|down[1-4]|up[1-4]|outc)\.")
+_DIRECT = {
+    "text_module4.": "text_proj.",
+    "interact.embeddings.patch_embeddings.": "patch_embed.",
+    "interact.attn_text.": "attn_text.",
+    "interact.attn_img.": "attn_image.",
+}
+_DROPPED = (
+    ("training-only", re.compile(r"^(mlp_woi|mlp_visual|interact\.CTBN|rec_text_trans1|rec_img_trans1)\.|^clip\.logit_scale$")),
+    ("CLIP image tower (never called)", re.compile(r"^clip\.visual\.")),
+)
+_CLIP = "text_encoder.hf_model."
+_CLIP_LAYER = re.compile(r"^clip\.transformer\.resblocks\.(\d+)\.(.+)$")
+_CLIP_LAYER_PARTS = {
+    "attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+}
+
+
+@dataclass
+class ImportResult:
+    """What :func:`import_official_checkpoint` did."""
+
+    source: Path
+    output: Path
+    model_options: dict[str, Any]
+    dropped: dict[str, list[str]]  # reason -> official keys
+    n_parameters: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def clip_text_config(official: Mapping[str, torch.Tensor], heads: int | None = None) -> dict[str, Any]:
+    """The ``CLIPTextConfig`` of the official CLIP text tower, read off its shapes (heads: width / 64,
+    as OpenAI's CLIP builds it, unless given)."""
+    vocab, width = official["clip.token_embedding.weight"].shape
+    heads = heads or width // 64
+    if not heads or width % heads:
+        raise LvsegError(f"the CLIP text tower is {width} wide: give its number of attention heads (clip_heads)")
+    layers = 1 + max(int(match.group(1)) for key in official if (match := _CLIP_LAYER.match(key)))
+    return {
+        "vocab_size": int(vocab), "hidden_size": int(width),
+        "intermediate_size": int(official["clip.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+        "num_hidden_layers": layers, "num_attention_heads": int(heads),
+        "max_position_embeddings": int(official["clip.positional_embedding"].shape[0]),
+        "projection_dim": int(official["clip.text_projection"].shape[1]),
+        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+    }
+
+
+def map_clip_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Our key(s) and tensor(s) for one official CLIP text key (``in_proj`` splits into q, k, v)."""
+    prefix = _CLIP + "text_model."
+    if key == "clip.token_embedding.weight":
+        return {prefix + "embeddings.token_embedding.weight": value}
+    if key == "clip.positional_embedding":
+        return {prefix + "embeddings.position_embedding.weight": value}
+    if key.startswith("clip.ln_final."):
+        return {prefix + "final_layer_norm." + key.rsplit(".", 1)[1]: value}
+    if key == "clip.text_projection":  # used as x @ P: a Linear's weight is P transposed
+        return {_CLIP + "text_projection.weight": value.t().contiguous()}
+    match = _CLIP_LAYER.match(key)
+    if match:
+        layer, part = match.groups()
+        base = f"{prefix}encoder.layers.{layer}."
+        if part in ("attn.in_proj_weight", "attn.in_proj_bias"):
+            kind = part.rsplit("_", 1)[1]  # weight / bias
+            return {f"{base}self_attn.{name}_proj.{kind}": chunk
+                    for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0))}
+        if part in _CLIP_LAYER_PARTS:
+            return {base + _CLIP_LAYER_PARTS[part]: value}
+    raise KeyError(key)
+
+
+def _drop_reason(key: str) -> str | None:
+    if key.startswith("up") and ".pixModule.conv_sig." in key:
+        return "never used"
+    if re.match(r"^rec_(text|img)_trans1\.decoder1\.decoder_layers\.\d+\.encoder_attn", key):
+        return "never used"
+    for reason, pattern in _DROPPED:
+        if pattern.match(key):
+            return reason
+    return None
+
+
+def convert_official_reclmis_state_dict(
+    official: Mapping[str, torch.Tensor], tokenizer: str, preset: str | None = None, clip_heads: int | None = None,
+    max_length: int = 18,
+) -> tuple[RecLMIS, dict[str, list[str]]]:
+    """Build a :class:`RecLMIS` holding the official weights (keys without ``module.``).
+
+    Returns (the model in eval mode, {reason: dropped official keys}). Raises :class:`LvsegError` listing
+    every key that maps nowhere, every shape mismatch and every inference key left unfilled.
+    """
+    from lvseg.text.clip import CLIPTextEncoder
+
+    for key in ("inc.conv.weight", "interact.embeddings.position_embeddings", "text_module4.weight",
+                "clip.token_embedding.weight"):
+        if key not in official:
+            raise LvsegError(f"not an official RecLMIS state_dict: missing {key} (expected keys such as "
+                             "inc.conv.weight, interact.attn_text.in_proj_weight, clip.token_embedding.weight)")
+    base = int(official["inc.conv.weight"].shape[0])
+    n_patches = int(official["interact.embeddings.position_embeddings"].shape[1])
+    grid = int(round(n_patches ** 0.5))
+    if grid * grid != n_patches:
+        raise LvsegError(f"official RecLMIS position embedding has {n_patches} patches, not a square grid")
+    layers = [int(m.group(1)) for key in official if (m := re.match(r"^rec_img_trans1\.decoder2\.decoder_layers\.(\d+)\.", key))]
+    if preset is None:
+        preset = "mosmed" if layers and max(layers) + 1 == PRESETS["mosmed"]["reconstructor_layers"] else "qata"
+    encoder = CLIPTextEncoder(tokenizer, max_length=max_length, text_config=clip_text_config(official, clip_heads))
+    model = RecLMIS(in_channels=int(official["inc.conv.weight"].shape[1]), img_size=grid * 16, base_channels=base,
+                    text_encoder=encoder, preset=preset,
+                    reconstructor_layers=(max(layers) + 1) if layers else None)
+    reference = model.state_dict()
+    training_only = tuple(f"{name}." for name in model.training_only_modules)
+    converted: dict[str, torch.Tensor] = {}
+    dropped: dict[str, list[str]] = {}
+    problems: list[str] = []
+    for key, value in official.items():
+        reason = _drop_reason(key)
+        if reason is not None:
+            dropped.setdefault(reason, []).append(key)
+            continue
+        try:
+            if _UNET.match(key):
+                ours_key = lvit_import.map_official_key(key)
+                if ours_key is None:
+                    dropped.setdefault("never used", []).append(key)
+                    continue
+                mapped = {ours_key: value}
+            elif key == "interact.embeddings.position_embeddings":
+                mapped = {"pos_embed": value}
+            elif key.startswith("clip."):
+                mapped = map_clip_key(key, value)
+            else:
+                prefix = next(p for p in _DIRECT if key.startswith(p))
+                mapped = {_DIRECT[prefix] + key[len(prefix):]: value}
+        except (KeyError, StopIteration):
+            problems.append(f"{key} belongs to no official RecLMIS module")
+            continue
+        for ours_key, tensor in mapped.items():
+            if ours_key not in reference:
+                problems.append(f"{key} maps to {ours_key}, which the model does not have")
+            elif tuple(tensor.shape) != tuple(reference[ours_key].shape):
+                problems.append(f"{key}: shape {tuple(tensor.shape)} but {ours_key} expects {tuple(reference[ours_key].shape)}")
+            else:
+                converted[ours_key] = tensor.detach().clone().to(reference[ours_key].dtype)
+    unfilled = [key for key in reference if key not in converted and not key.startswith(training_only)]
+    if unfilled:
+        problems.append(f"{len(unfilled)} key(s) with no official weight: {', '.join(unfilled[:8])}")
+    if problems:
+        raise LvsegError("official RecLMIS state_dict does not convert: " + "; ".join(problems[:20]))
+    model.load_weights({key: converted.get(key, value) for key, value in reference.items()})
+    return model.eval(), dropped
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read an official RecLMIS ``.pth.tar`` with ``weights_only=True``; ``module.`` prefixes removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (expected an official RecLMIS checkpoint, best_model-RecLMIS.pth.tar)")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch.load raises many types on damaged files
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (expected an official RecLMIS checkpoint): "
+                              f"{str(error).splitlines()[0][:200]}") from None
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"{path}: expected a dict with a non-empty 'state_dict' of tensors")
+    tensors = {str(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
+    if tensors and all(key.startswith("module.") for key in tensors):
+        tensors = {key[len("module."):]: value for key, value in tensors.items()}
+    return tensors
+
+
+def import_official_checkpoint(
+    path: str | Path, out_path: str | Path, preset: str | None = None,
+    tokenizer: str = "openai/clip-vit-base-patch32", clip_heads: int | None = None,
+) -> ImportResult:
+    """Convert the official RecLMIS checkpoint ``path`` into an lvseg checkpoint at ``out_path``.
+
+    ``preset``: ``qata`` or ``mosmed`` (default: read off the reconstructor depth); ``tokenizer``: where the
+    CLIP tokenizer files (vocab.json, merges.txt) are, a Hub id in the local cache or a folder.
+    """
+    from lvseg.checkpoint import save_inference_checkpoint
+
+    path, out_path = Path(path), Path(out_path)
+    official = load_official_state_dict(path)
+    try:
+        model, dropped = convert_official_reclmis_state_dict(official, tokenizer, preset=preset, clip_heads=clip_heads)
+    except LvsegError as error:
+        raise CheckpointError(f"{path}: {error}") from None
+    bad = [key for key, value in model.state_dict().items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:8])}")
+    save_inference_checkpoint(out_path, model)
+    counts = model.parameter_counts()
+    logger.info("converted %s: dropped %s", path, {reason: len(keys) for reason, keys in dropped.items()})
+    return ImportResult(source=path, output=out_path, model_options=dict(model.config), dropped=dropped,
+                        n_parameters=counts["inference"])
