@@ -234,5 +234,5 @@ def test_mapping_covers_the_official_manifest(reference_root: Path) -> None:
         assert tuple(ours[ours_key].shape) == tuple(shape), key
         filled.add(ours_key)
     training_only = tuple(f"{name}." for name in ("text_context", "word_scorer", "patch_scorer",
-                                                   "image_reconstructor", "text_reconstructor"))
+                                                   "image_reconstructor", "text_reconstructor", "text_output"))
     assert {key for key in ours if not key.startswith(training_only)} | set(clip) == filled

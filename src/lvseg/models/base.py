@@ -297,9 +297,8 @@ class SegmentationModel(nn.Module):
         """total, trainable, frozen (pretrained, not trained) and inference (without training-only modules)."""
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        training_only = sum(
-            p.numel() for name in self.training_only_modules for p in self.get_submodule(name).parameters()
-        )
+        training_only = sum(p.numel() for name in self.training_only_modules if name in self._modules
+                            for p in self._modules[name].parameters())
         return {"total": total, "trainable": trainable, "frozen": total - trainable,
                 "training_only": training_only, "inference": total - training_only}
 

@@ -177,7 +177,7 @@ class RecLMIS(SegmentationModel):
     requires_text = True
     default_text_encoder = "clip"
     training_only_modules = ("text_context", "word_scorer", "patch_scorer", "image_reconstructor",
-                             "text_reconstructor")
+                             "text_reconstructor", "text_output")
     loss_weights = MappingProxyType({"dice": 2.5, "bce": 2.5, "ccl": 0.2, "text_reconstruction": 1.0,
                                      "image_reconstruction": 1.0})
     recipe = MappingProxyType({"batch_size": 32, "lr": 3e-4, "patience": 100})
