@@ -58,7 +58,7 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     config = TrainConfig(
         data=data, out=out, model=model, text_encoder=args.text_encoders.get(model), img_size=args.img_size,
         base_channels=base_channels,
-        batch_size=args.batch_size, max_epochs=100_000, max_time=f"{args.minutes}m", patience=args.patience,
+        batch_size=args.batch_size, lr=args.lr, max_epochs=100_000, max_time=f"{args.minutes}m", patience=args.patience,
         seed=args.seed, augment=args.augment, progress_bar=False, resume=(out / "last.ckpt").exists(),
     )
     result = train(config)
@@ -75,6 +75,7 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
         "Dice, shuffled text": f"{shuffled['dice']:.4f}",
         "text reliance": f"{reliance.text_reliance:+.4f}",
         "parameters (M)": f"{size['parameters'] / 1e6:.3f}",
+        "of them training-only (M)": f"{size['training_only_parameters'] / 1e6:.3f}",
         "GFLOPs": f"{size['gflops']:.3f}",
         "CPU ms/image": f"{cpu_ms_per_image(result.best_checkpoint):.1f}",
     }
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patience", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate for every model (default: each "
+                        "model's recipe)")
     parser.add_argument("--augment", default="rotate", help="rotate keeps the sides that reports name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--text-encoder", action="append", default=[], metavar="MODEL=SPEC",
@@ -118,10 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if not args.no_record:
         where = "synthetic chest set" if args.data is None else f"`{args.data.name}`"
+        learning_rate = "each model's recipe learning rate" if args.lr is None else f"learning rate {args.lr:g}"
         append_section(
             f"model comparison on the {where}",
             f"Same budget for every model: {args.minutes} CPU minutes of training, {args.img_size} px, base width "
-            f"{args.base_channels}, batch {args.batch_size}, augmentation `{args.augment}`, seed {args.seed}; "
+            f"{args.base_channels}, batch {args.batch_size}, "
+            f"{learning_rate}, "
+            f"augmentation `{args.augment}`, seed {args.seed}; "
             "test split, Dice/IoU per image at threshold 0.5 at model resolution (the LViT paper's metric), "
             "HD95 in pixels; text reliance = Dice with the given reports - Dice with reports shuffled across "
             "images; GFLOPs of one batch-1 forward at the training size (text front end excluded); CPU ms/image: "

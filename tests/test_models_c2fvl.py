@@ -155,6 +155,27 @@ def test_the_vector_is_tiled_over_the_skip_channels() -> None:
         assert (kept > 0).float().mean() > 0.5, level  # the others carry signal (a ReLU can leave one dark)
 
 
+def test_vlab_and_side_outputs_follow_the_official_code() -> None:
+    torch.manual_seed(0)
+    model = create_model("c2fvl", **SMALL).train()
+    vlab = model.up[1].alignment
+    x = torch.randn(2, 16, 8, 8)
+    channel_linear = lambda linear, y: linear(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # noqa: E731
+    a = torch.relu(channel_linear(vlab.linear_avg, vlab.conv_avg(x))).mean(1, keepdim=True)
+    m = torch.relu(channel_linear(vlab.linear_max, vlab.conv_max(x))).amax(1, keepdim=True)
+    w = vlab.bottleneck((a + m).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    torch.testing.assert_close(vlab(x), w * x)
+
+    gated: dict[int, torch.Tensor] = {}
+    for level, block in enumerate(model.up):
+        block.alignment.register_forward_hook(lambda module, args, out, level=level: gated.__setitem__(level, out))
+    output = model(torch.rand(2, 3, 64, 64), torch.tensor([[1.0, 2, 1, 0, 0, 0, 1, 1]] * 2))
+    torch.testing.assert_close(output.aux["side_1"], model.head(gated[0]))  # the finest reuses the main head
+    for level in (1, 2, 3):  # nearest upsampling to full size, then the level's 1x1 conv
+        upsampled = F.interpolate(gated[level], size=(64, 64), mode="nearest")
+        torch.testing.assert_close(output.aux[f"side_{level + 1}"], model.side_heads[level - 1](upsampled))
+
+
 def test_cosine_terms_follow_the_official_loss() -> None:
     torch.manual_seed(0)
     model = create_model("c2fvl", **SMALL).train()
@@ -244,12 +265,14 @@ def test_text_table_with_the_vector_columns(tmp_path: Path) -> None:
     pd.DataFrame([{k: v for k, v in row.items() if k != "Description"} for row in rows]).to_excel(path, index=False)
     assert [row.description for row in read_text_table(path)][1] == "Unilateral pulmonary infection, one infected " \
                                                                     "area, all left lung."
-    bad = [dict(rows[1], Description=TEMPLATES[3][0]), dict(rows[0], bilateral=0), dict(rows[0], number="two")]
+    bad = [dict(rows[1], Description=TEMPLATES[3][0]), dict(rows[0], bilateral=0), dict(rows[0], number="two"),
+           dict(rows[1], Description="free text the grammar does not cover")]
     pd.DataFrame(bad).to_excel(path, index=False)
     with pytest.raises(LvsegError) as error:
         read_text_table(path)
     message = str(error.value)
     assert "3 row(s)" in message and "row 2" in message and "row 3" in message and "row 4" in message
+    assert "row 5" not in message  # free text beside the columns is kept for text models
 
 
 def test_synthetic_reports_follow_the_grammar(tmp_path: Path) -> None:

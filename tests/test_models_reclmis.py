@@ -20,7 +20,7 @@ from lvseg.cli.main import app
 from lvseg.errors import CheckpointError, LvsegError
 from lvseg.models import create_model
 from lvseg.models.reclmis import conditioned_contrastive_loss
-from lvseg.models.reclmis_import import _drop_reason, import_official_checkpoint, map_clip_key
+from lvseg.models.reclmis_import import import_official_checkpoint, map_official_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hf_support import save_tiny_clip  # noqa: E402
@@ -111,6 +111,53 @@ def test_every_training_only_loss_reaches_what_it_trains(clip_folder: Path) -> N
     assert not segmentation & set(model.training_only_modules)
 
 
+def test_contrastive_loss_by_hand() -> None:
+    """B=2, L=2 (second token of report 1 padded), N=3, unequal weights: the formula written out."""
+    text = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [1.0, 1.0]]])
+    image = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], [[0.0, 1.0], [-1.0, 0.0], [3.0, 4.0]]])
+    mask = torch.tensor([[True, False], [True, True]])
+    w_t = torch.tensor([[1.0, 0.0], [0.3, 0.7]])
+    w_v = torch.tensor([[0.2, 0.3, 0.5], [0.6, 0.1, 0.3]])
+    t = text / text.norm(dim=-1, keepdim=True)
+    v = image / image.norm(dim=-1, keepdim=True)
+    logits = torch.zeros(2, 2)
+    for a in range(2):
+        for b in range(2):
+            s_ab = (t[a] @ v[b].T) * mask[a, :, None]  # (L, N)
+            t2v = sum(w_t[a, i] * s_ab[i].max() for i in range(2))
+            v2t = sum(w_v[b, j] * s_ab[:, j].max() for j in range(3))
+            logits[a, b] = 0.5 * (t2v + v2t) * 100
+    expected = 0.5 * (torch.nn.functional.cross_entropy(logits, torch.arange(2))
+                      + torch.nn.functional.cross_entropy(logits.T, torch.arange(2)))
+    torch.testing.assert_close(conditioned_contrastive_loss(text, image, mask, w_t, w_v), expected)
+
+
+def test_masking_zeroes_exactly_n_positions_drawn_by_weight() -> None:
+    from lvseg.models.reclmis import zero_by_weights
+
+    tokens = torch.ones(2, 6, 3)
+    weights = torch.tensor([[0.5, 0.5, 0, 0, 0, 0], [0.0, 0.1, 0.2, 0.3, 0.4, 0.0]])
+    torch.manual_seed(0)
+    masked = zero_by_weights(tokens, weights, torch.tensor([2, 3]))
+    zeroed = (masked.abs().sum(-1) == 0)
+    assert zeroed.sum(dim=1).tolist() == [2, 3]
+    assert zeroed[0].tolist() == [True, True, False, False, False, False]  # weighted positions first
+    assert not zeroed[1, 0] and not zeroed[1, 5]  # zero weight (padding) never drawn while others remain
+
+
+def test_weighted_attention_renormalises_by_key_weights() -> None:
+    from lvseg.models.reclmis import WeightedAttention
+
+    torch.manual_seed(0)
+    attention = WeightedAttention(4, heads=1, dropout=0.0).eval()
+    query, context = torch.randn(1, 2, 4), torch.randn(1, 3, 4)
+    weights = torch.tensor([[1.0, 0.0, 2.0]])
+    q, k, v = attention.query(query), attention.key(context), attention.value(context)
+    probabilities = (q @ k.transpose(1, 2) / 2.0).softmax(-1) * weights[:, None]
+    probabilities = probabilities / probabilities.sum(-1, keepdim=True)
+    torch.testing.assert_close(attention(query, context, weights), attention.out(probabilities @ v))
+
+
 def test_contrastive_loss_prefers_matching_pairs_and_skips_a_batch_of_one(clip_folder: Path, caplog) -> None:
     torch.manual_seed(0)
     text, image = torch.randn(3, 5, 8), torch.randn(3, 7, 8)
@@ -170,6 +217,15 @@ def test_imported_weights_give_the_official_outputs(clip_folder: Path, tmp_path:
         expected = official(images, ids)
     got = segmenter.probabilities(images, REPORTS)
     assert (got - expected).abs().max() < 1e-4
+    # Short reports without the EOF trick leave padded positions (id 0), which the official model reads too.
+    segmenter.model.text_encoder.eof_padding = False
+    short = ["ab", "left lung"]
+    padded = segmenter.model.text_encoder.token_ids(short)
+    assert (padded == 0).sum(dim=1).tolist() == [18 - 4, 18 - 10]
+    with torch.no_grad():
+        expected_padded = official(images, padded)
+    assert (segmenter.probabilities(images, short) - expected_padded).abs().max() < 1e-4
+    segmenter.model.text_encoder.eof_padding = True
 
     result = CliRunner().invoke(app, ["import-reclmis", str(source), "--out", str(tmp_path / "cli.ckpt"),
                                       "--tokenizer", str(clip_folder), "--config", "qata", "--clip-heads", "2"])
@@ -177,6 +233,31 @@ def test_imported_weights_give_the_official_outputs(clip_folder: Path, tmp_path:
     assert "dropped" in result.stdout and "training-only" in result.stdout
     again = load_model(tmp_path / "cli.ckpt", device="cpu")
     torch.testing.assert_close(again.probabilities(images, REPORTS), got)
+
+    from fastapi.testclient import TestClient
+
+    from lvseg.serving.app import create_app
+    from serving_support import png_bytes
+
+    with TestClient(create_app(again)) as client:  # what `lvseg serve --checkpoint reclmis.ckpt` runs
+        response = client.post("/api/segment", files={"image": ("x.png", png_bytes(), "image/png")},
+                               data={"text": REPORTS[0]})
+        assert response.status_code == 200, response.text
+
+
+def test_info_reports_training_only_and_frozen_parameters(clip_folder: Path) -> None:
+    result = CliRunner().invoke(app, ["info", "--model", "reclmis", "--img-size", "64", "--base-channels", "8",
+                                      "--text-encoder", f"clip:{clip_folder}", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    from transformers import CLIPTextModelWithProjection
+
+    tower = sum(p.numel() for p in CLIPTextModelWithProjection.from_pretrained(clip_folder).parameters())
+    assert report["frozen_parameters"] == tower  # the CLIP text tower, loaded and counted
+    assert report["inference_learned_parameters"] == report["inference_parameters"] - tower
+    assert report["training_only_parameters"] > 0 and report["text_encoder_gflops"] > 0
+    assert report["parameters"] == report["inference_parameters"] + report["training_only_parameters"]
+    assert report["text_shape"] == [1, 18, 16]
 
 
 def test_import_errors_name_the_file(clip_folder: Path, tmp_path: Path) -> None:
@@ -201,9 +282,6 @@ def test_mapping_covers_the_official_manifest(reference_root: Path) -> None:
     training-only, CLIP image and unused keys are dropped."""
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    from lvseg.models import lvit_import
-    from lvseg.models.reclmis_import import _DIRECT, _UNET
-
     manifest = json.loads((reference_root / "reclmis_official_state_dict.json").read_text())
     with torch.device("meta"):
         ours = create_model("reclmis", img_size=224, base_channels=64).state_dict()
@@ -213,26 +291,15 @@ def test_mapping_covers_the_official_manifest(reference_root: Path) -> None:
     clip = {"text_encoder.hf_model." + key: value for key, value in clip.items()}
     filled: set[str] = set()
     for key, shape, _dtype, group in manifest["state_dict"]:
-        value = torch.empty(shape, device="meta")
-        reason = _drop_reason(key) or (None if not _UNET.match(key) or lvit_import.map_official_key(key) else "never used")
+        mapped = map_official_key(key, torch.empty(shape, device="meta"))
         if group in ("train_only", "clip_image", "unused"):
-            assert reason is not None, key
+            assert isinstance(mapped, str), key  # dropped, with its reason
             continue
-        assert reason is None, key
-        if group == "clip_text":
-            for ours_key, tensor in map_clip_key(key, value).items():
-                assert tuple(clip[ours_key].shape) == tuple(tensor.shape), key
-                filled.add(ours_key)
-            continue
-        if _UNET.match(key):
-            ours_key = lvit_import.map_official_key(key)
-        elif key == "interact.embeddings.position_embeddings":
-            ours_key = "pos_embed"
-        else:
-            prefix = next(p for p in _DIRECT if key.startswith(p))
-            ours_key = _DIRECT[prefix] + key[len(prefix):]
-        assert tuple(ours[ours_key].shape) == tuple(shape), key
-        filled.add(ours_key)
+        assert isinstance(mapped, dict), key
+        for ours_key, tensor in mapped.items():
+            reference = clip if group == "clip_text" else ours
+            assert tuple(reference[ours_key].shape) == tuple(tensor.shape), key
+            filled.add(ours_key)
     training_only = tuple(f"{name}." for name in ("text_context", "word_scorer", "patch_scorer",
                                                    "image_reconstructor", "text_reconstructor", "text_output"))
     assert {key for key in ours if not key.startswith(training_only)} | set(clip) == filled

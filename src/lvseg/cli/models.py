@@ -20,8 +20,13 @@ def _print_one(report: dict[str, Any]) -> None:
     table.add_row("parameters", f"{report['parameters']:,} ({report['parameters'] / 1e6:.2f} M)")
     table.add_row("trainable", f"{report['trainable_parameters']:,}")
     table.add_row("frozen (pretrained)", f"{report['frozen_parameters']:,}")
+    table.add_row("training-only", f"{report['training_only_parameters']:,}")
     table.add_row("inference (without training-only modules)", f"{report['inference_parameters']:,}")
+    table.add_row("inference, learned", f"{report['inference_learned_parameters']:,}")
     table.add_row("GFLOPs (batch 1)", f"{report['gflops']:.2f} ({report['gflops'] / 2:.2f} GMACs)")
+    text_gflops = report["text_encoder_gflops"]
+    table.add_row("text encoder GFLOPs", "not counted (give --text-encoder)" if text_gflops is None
+                  else f"{text_gflops:.2f}")
     table.add_row("image input", "x".join(map(str, report["image_shape"])))
     table.add_row("text input", "x".join(map(str, report["text_shape"])) if report["text_shape"] else "none")
     for key, value in report["options"].items():
@@ -50,6 +55,9 @@ def register(app: typer.Typer) -> None:
         in_channels: int = typer.Option(3, help="Image channels."),
         text_len: Optional[int] = typer.Option(None, help="Text tokens L (text models; default: the model's)."),
         text_dim: Optional[int] = typer.Option(None, help="Text feature size D (text models; default: the model's)."),
+        text_encoder: Optional[str] = typer.Option(
+            None, "--text-encoder", help="A pretrained text encoder (clip:..., hf:...) to load and count as frozen "
+            "parameters (default: the text front end is left out)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Parameters (total, trainable, inference) and GFLOPs of one forward pass (batch 1) of a model or all."""
@@ -60,8 +68,11 @@ def register(app: typer.Typer) -> None:
             raise LvsegError("give --model NAME or --all")
         options = {key: value for key, value in (("img_size", img_size), ("base_channels", base_channels),
                                                   ("in_channels", in_channels), ("text_len", text_len),
-                                                  ("text_dim", text_dim)) if value is not None}
+                                                  ("text_dim", text_dim), ("text_encoder", text_encoder))
+                   if value is not None}
         if all_models:
+            if text_encoder is not None:
+                raise LvsegError("--text-encoder describes one model: give it with --model")
             reports = describe_all(**options)
             typer.echo(json.dumps(reports, indent=2)) if as_json else _print_all(reports)
             return
@@ -116,4 +127,7 @@ def register(app: typer.Typer) -> None:
         console.print("config: " + json.dumps({k: v for k, v in result.model_options.items() if k != "text_encoder"}),
                       highlight=False)
         for reason, keys in result.dropped.items():
-            console.print(f"dropped {len(keys)} {reason} official keys", highlight=False)
+            prefixes = sorted({".".join(key.split(".")[:2]) for key in keys})
+            console.print(f"dropped {len(keys)} {reason} official keys: {', '.join(prefixes)}", highlight=False)
+        console.print(f"the checkpoint reads the CLIP tokenizer files (vocab.json, merges.txt) from '{tokenizer}' "
+                      "when it is loaded; nothing else is downloaded", highlight=False)

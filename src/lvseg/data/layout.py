@@ -109,7 +109,8 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
     C2FVL's tables carry the report as 8 columns (:data:`lvseg.data.reports.REPORT_VECTOR_FIELDS`:
     ``bilateral, number, lupper, ..., rlower``). When a table has them, a missing or empty Description is
     written from them by the report grammar (:func:`~lvseg.data.reports.render_report`), and a given one
-    must say the same (same vector); every row that does not is listed in one error.
+    in the grammar must say the same (same vector); every row that does not is listed in one error (a
+    free-text Description is kept as it is).
 
     Raises :class:`LvsegError` naming the file when it cannot be read, lacks a column, or its vector
     columns are not numbers or contradict its reports.
@@ -146,6 +147,9 @@ def _vector_columns(columns: list[str]) -> list[str]:
 
     by_name = {column.lower(): column for column in columns}
     found = [by_name.get(name) for name in REPORT_VECTOR_FIELDS]
+    if any(found) and not all(found):
+        missing = [name for name, column in zip(REPORT_VECTOR_FIELDS, found) if column is None]
+        logger.warning("a text table has some of the report-vector columns but not %s; they are ignored", missing)
     return [column for column in found if column is not None] if all(found) else []
 
 
@@ -175,8 +179,8 @@ def _reports_from_vector_columns(path: Path, rows: list[TextRow], vectors: list[
             continue
         try:
             stated = report_vector(*read_report(row.description))
-        except ReportError as error:
-            problems.append(f"row {row.row_number}: {error}")
+        except ReportError:  # free text beside the vector: kept for text models (C2FVL lists it as unreadable)
+            result.append(row)
             continue
         if stated != vector:
             problems.append(f"row {row.row_number}: Description {row.description!r} reads as {stated}, but the "
@@ -448,3 +452,12 @@ def unreadable_reports(model: Any, splits: dict[str, list[Sample]]) -> list[str]
         problems = model.report_problems([sample.text for sample in samples])
         lines += [f"{split}: image '{samples[index].name}': {why}" for index, why in sorted(problems.items())]
     return lines
+
+
+def check_reports(model: Any, splits: dict[str, list[Sample]]) -> list[str]:
+    """Raise :class:`DataValidationError` listing every report of ``splits`` that ``model`` cannot read
+    (before any work starts), unless the model accepts them as empty input; returns those lines then."""
+    problems = unreadable_reports(model, splits)
+    if problems and not model.accepts_unreadable_reports:
+        raise DataValidationError(problems, where=f"the reports, as model '{model.model_name}' reads them")
+    return problems

@@ -160,10 +160,17 @@ def render_report(findings: Findings) -> str:
 def parse_report(text: object) -> Findings:
     """Read the findings of a QaTa-style sentence; unknown or malformed text gives empty findings.
 
-    Never raises: anything that is not a string, or holds no recognisable phrase, yields ``Findings()``.
+    A report in the grammar is read by :func:`read_report`; other text is searched for the grammar's
+    phrases (``<zones> left|right lung``, ``<count> infected area(s)``) wherever they stand (the LV-loss
+    matching reads any report this way). Never raises: anything that is not a string, or holds no
+    recognisable phrase, yields ``Findings()``.
     """
     if not isinstance(text, str):
         return Findings()
+    try:
+        return read_report(text)[0]  # the sentence grammar itself
+    except ReportError:
+        pass  # free or malformed text: look for the grammar's phrases anywhere in it
     normalized = " ".join(text.split())
     zones: dict[str, set[str]] = {lung: set() for lung in LUNGS}
     for match in _LUNG_PHRASE.finditer(normalized):

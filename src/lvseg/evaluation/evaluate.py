@@ -322,12 +322,13 @@ def _check_args(batch_size: int, n_overlays: int) -> None:
 
 def _load(checkpoint: str | Path, data_root: str | Path, split: str, device: str | torch.device | None,
           model: Segmenter | None = None) -> tuple[Segmenter, list[Any]]:
-    from lvseg.data.layout import load_split
+    from lvseg.data.layout import check_reports, load_split
 
     segmenter = model if model is not None else load_model(checkpoint, device=device)
     samples = load_split(data_root, split, require_masks=True)
     if not samples:
         raise LvsegError(f"split '{split}' of '{data_root}' holds no images")
+    check_reports(segmenter.model, {split: samples})
     log.info("evaluating '%s' (%s) on %d %s images", checkpoint, segmenter.model_name, len(samples), split)
     return segmenter, samples
 

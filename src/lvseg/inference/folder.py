@@ -122,6 +122,11 @@ def predict_folder(segmenter: object, folder: Path, out: Path, threshold: float 
     from lvseg.files import atomic_write_text
 
     items = read_prediction_folder(folder, segmenter.requires_text)
+    model = getattr(segmenter, "model", None)
+    problems = model.report_problems([item.text for item in items]) if model is not None else {}
+    if problems and not model.accepts_unreadable_reports:
+        raise DataValidationError([f"image '{items[i].image_path.name}': {why}" for i, why in sorted(problems.items())],
+                                  where=f"the reports in '{folder}', as model '{segmenter.model_name}' reads them")
     rows: list[dict[str, object]] = []
     for start in range(0, len(items), batch_size):
         chunk: Sequence[FolderItem] = items[start:start + batch_size]

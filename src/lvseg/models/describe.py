@@ -15,13 +15,29 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
 
     The model is built on the meta device, so nothing is allocated or computed; FLOPs are counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2 FLOPs) for the network in
-    eval mode on a text input of the right shape: the text front end (a learned or pretrained
-    encoder) is not built unless ``options`` name one, and is never part of the GFLOPs.
+    eval mode on a text input of the right shape: the text front end is not built unless ``options`` name
+    one (``text_encoder="clip"``, ``"hf:<id or path>"``: loaded on the CPU, its frozen parameters counted),
+    and is never part of the GFLOPs.
 
     Returns ``model``, ``options`` (the config), ``parameters`` (total), ``trainable_parameters``,
-    ``frozen_parameters``, ``training_only_parameters``, ``inference_parameters``, ``gflops``,
-    ``requires_text``, ``image_shape`` and ``text_shape`` (None for image-only models or non-tensor inputs).
+    ``frozen_parameters``, ``training_only_parameters``, ``inference_parameters`` (without training-only
+    modules), ``inference_learned_parameters`` (of those, the trained ones), ``gflops`` (the network),
+    ``text_encoder_gflops`` (one report through the built text encoder, else None), ``requires_text``,
+    ``image_shape`` and ``text_shape`` (None for image-only models or non-tensor inputs).
     """
+    spec = options.pop("text_encoder", None)
+    text_gflops = None
+    if spec is not None:  # a pretrained encoder is loaded for real (on the CPU) to count its parameters and FLOPs
+        from lvseg.text import build_text_encoder
+
+        encoder = build_text_encoder(spec, max_length=options.get("text_len"))
+        if getattr(encoder, "cache", None) is not None:
+            encoder.cache = None  # describing a model writes no feature file
+        text_counter = FlopCounterMode(display=False)
+        with text_counter, torch.no_grad():
+            encoder(["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."])
+        text_gflops = text_counter.get_total_flops() / 1e9
+        options["text_encoder"] = encoder
     with torch.device("meta"):
         model = create_model(name, **options)
     model.eval()
@@ -41,7 +57,9 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
         "frozen_parameters": counts["frozen"],
         "training_only_parameters": counts["training_only"],
         "inference_parameters": counts["inference"],
+        "inference_learned_parameters": counts["inference"] - counts["frozen"],
         "gflops": counter.get_total_flops() / 1e9,
+        "text_encoder_gflops": text_gflops,
         "requires_text": bool(model.requires_text),
         "image_shape": image_shape,
         "text_shape": list(text.shape) if isinstance(text, torch.Tensor) else None,

@@ -3,7 +3,9 @@
 The official ``state_dict`` (RECLMIS.md, "Checkpoint layout"; every key in
 ``reclmis_official_state_dict.json``) holds the segmentation path, the frozen CLIP ViT-B/32 text tower,
 the training-only reconstruction branch, the CLIP image tower (never called) and a few never-used
-modules. The converted lvseg checkpoint keeps the segmentation path and the CLIP text tower, mapped onto
+modules. The official code fed images as OpenCV reads them (BGR); lvseg reads RGB, which is the same for
+the grayscale QaTa-COV19 and MosMedData+ images the released weights were trained on. The converted
+lvseg checkpoint keeps the segmentation path and the CLIP text tower, mapped onto
 ``transformers`` ``CLIPTextModelWithProjection`` (so it needs no CLIP download, only the tokenizer files),
 and drops the rest, listing it. Every kept official key maps to exactly one of our keys with the same
 shape, and every inference key of ours is filled, or the import fails.
@@ -113,6 +115,27 @@ def _drop_reason(key: str) -> str | None:
     return None
 
 
+def map_official_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] | str:
+    """Our key(s) and tensor(s) for one official RecLMIS key, or the reason it is dropped.
+
+    Raises KeyError for a key of no official RecLMIS module.
+    """
+    reason = _drop_reason(key)
+    if reason is not None:
+        return reason
+    if _UNET.match(key):
+        ours = lvit_import.map_official_key(key)
+        return "never used" if ours is None else {ours: value}
+    if key == "interact.embeddings.position_embeddings":
+        return {"pos_embed": value}
+    if key.startswith("clip."):
+        return map_clip_key(key, value)
+    for prefix, replacement in _DIRECT.items():
+        if key.startswith(prefix):
+            return {replacement + key[len(prefix):]: value}
+    raise KeyError(key)
+
+
 def convert_official_reclmis_state_dict(
     official: Mapping[str, torch.Tensor], tokenizer: str, preset: str | None = None, clip_heads: int | None = None,
     max_length: int = 18,
@@ -147,26 +170,13 @@ def convert_official_reclmis_state_dict(
     dropped: dict[str, list[str]] = {}
     problems: list[str] = []
     for key, value in official.items():
-        reason = _drop_reason(key)
-        if reason is not None:
-            dropped.setdefault(reason, []).append(key)
-            continue
         try:
-            if _UNET.match(key):
-                ours_key = lvit_import.map_official_key(key)
-                if ours_key is None:
-                    dropped.setdefault("never used", []).append(key)
-                    continue
-                mapped = {ours_key: value}
-            elif key == "interact.embeddings.position_embeddings":
-                mapped = {"pos_embed": value}
-            elif key.startswith("clip."):
-                mapped = map_clip_key(key, value)
-            else:
-                prefix = next(p for p in _DIRECT if key.startswith(p))
-                mapped = {_DIRECT[prefix] + key[len(prefix):]: value}
-        except (KeyError, StopIteration):
+            mapped = map_official_key(key, value)
+        except KeyError:
             problems.append(f"{key} belongs to no official RecLMIS module")
+            continue
+        if isinstance(mapped, str):
+            dropped.setdefault(mapped, []).append(key)
             continue
         for ours_key, tensor in mapped.items():
             if ours_key not in reference:

@@ -81,7 +81,6 @@ class CLIPTextEncoder(TextEncoder):
         local = Path(name_or_path).expanduser()
         self.name_or_path = str(local.resolve()) if local.exists() else name_or_path
         self.max_length, self.eof_padding = int(max_length), bool(eof_padding)
-        object.__setattr__(self, "tokenizer", load_clip_tokenizer(self.name_or_path))
         if text_config is None:
             try:
                 model = CLIPTextModelWithProjection.from_pretrained(
@@ -94,6 +93,8 @@ class CLIPTextEncoder(TextEncoder):
             self.register_load_state_dict_post_hook(allow_missing_pretrained_weights)
         else:
             model = CLIPTextModelWithProjection(CLIPTextConfig(**text_config))  # weights come from the checkpoint
+        object.__setattr__(self, "tokenizer", load_clip_tokenizer(self.name_or_path))  # after the model: a
+        # missing Hub model is named whole, not as its tokenizer files
         self.text_config = None if text_config is None else dict(text_config)
         model.eval()
         model.requires_grad_(False)

@@ -75,8 +75,9 @@ class ReportVectorEncoder(TextEncoder):
                              + "; ".join(str(error) for error in failed[:10])
                              + " (or accept them as zero vectors with unparsable_reports='zero')")
         if failed:
+            log = logger.warning if not self.zeroed else logger.debug  # once; training reports the total upfront
+            log("%d report(s) outside the grammar read as zero vectors, e.g. %s", len(failed), failed[0])
             self.zeroed += len(failed)
-            logger.warning("%d report(s) outside the grammar read as zero vectors, e.g. %s", len(failed), failed[0])
         return torch.tensor(rows, dtype=torch.float32, device=self._device_marker.device)
 
     def forward(self, texts: list[str]) -> TextFeatures:

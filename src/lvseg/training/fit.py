@@ -135,12 +135,9 @@ def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask
 def _check_reports(task: SegmentationTask, splits: dict[str, list[Any]]) -> None:
     """Every report the model's text front end cannot read, listed at once before training starts (or
     counted, when the model accepts them as empty input)."""
-    from lvseg.data.layout import unreadable_reports
-    from lvseg.errors import DataValidationError
+    from lvseg.data.layout import check_reports
 
-    problems = unreadable_reports(task.model, splits)
-    if problems and not task.model.accepts_unreadable_reports:
-        raise DataValidationError(problems, where=f"the reports, as model '{task.model.model_name}' reads them")
+    problems = check_reports(task.model, splits)
     if problems:
         total = sum(len(samples) for samples in splits.values())
         log.warning("%d of %d reports are outside the report grammar and are read as empty input (zero "

@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from lvseg.checkpoint import lvseg_record
+from lvseg.errors import LvsegError
 from lvseg.evaluation.metrics import binarize, dice_iou_per_image
 from lvseg.models import ModelOutput, create_model
 from lvseg.models.base import as_output
@@ -73,6 +74,10 @@ class SegmentationTask(L.LightningModule):
         terms = self.loss_terms(output, batch, batch_idx)
         batch_size = len(batch["text"])
         loss = torch.stack(list(terms.values())).sum() if terms else output.logits.sum() * 0.0
+        if not torch.isfinite(loss):  # fail loudly: a NaN would otherwise flow into every weight
+            values = ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
+            raise LvsegError(f"the training loss is not finite at epoch {self.current_epoch}, batch {batch_idx} "
+                             f"({values}); lower --lr or check the data")
         for name, value in terms.items():
             self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
