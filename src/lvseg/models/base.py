@@ -148,14 +148,28 @@ class SegmentationModel(nn.Module):
             self.text_encoder = build_text_encoder(text_encoder, texts=texts, max_length=text_len)
 
     def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """The captured options, with a built text encoder recorded as its rebuildable config."""
+        """The captured options, with a built text encoder recorded as its rebuildable config and the token
+        input's effective ``text_len``/``text_dim`` (see :meth:`token_input_shape`)."""
         if self.text_encoder is not None and "text_encoder" in config:
             config["text_encoder"] = self.text_encoder.config()
-            if "text_len" in config:
-                config["text_len"] = self.text_encoder.max_length
         elif "text_encoder" in config:
             config["text_encoder"] = None
+        for name in ("text_len", "text_dim"):
+            if name in config and hasattr(self, name):
+                config[name] = getattr(self, name)
         return _json_able(config)
+
+    def token_input_shape(self, text_len: int | None, text_dim: int | None,
+                          default: tuple[int, int]) -> tuple[int, int]:
+        """(text_len, text_dim) of per-token text features: the encoder's when there is one (given values
+        must agree), else the given ones or ``default`` (the paper's), for models reading (B, L, D) tokens."""
+        if self.text_encoder is not None:
+            encoder_dim = self.text_encoder.feature_dim
+            if text_dim is not None and text_dim != encoder_dim:
+                raise LvsegError(f"{self.model_name}: text_dim {text_dim} contradicts the text encoder's feature "
+                                 f"size {encoder_dim}")
+            return self.text_encoder.max_length, encoder_dim
+        return (default[0] if text_len is None else text_len), (default[1] if text_dim is None else text_dim)
 
     # ------------------------------------------------------------------------------------------ text
 

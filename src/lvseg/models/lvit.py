@@ -87,13 +87,7 @@ class LViT(SegmentationModel):
             raise LvsegError(
                 f"lvit: base_channels must be a positive multiple of 8 (8 attention heads), got {base_channels!r}"
             )
-        if self.text_encoder is not None:
-            encoder_dim = self.text_encoder.feature_dim
-            if text_dim is not None and text_dim != encoder_dim:
-                raise LvsegError(f"lvit: text_dim {text_dim} contradicts the text encoder's feature size {encoder_dim}")
-            text_dim, text_len = encoder_dim, self.text_encoder.max_length
-        text_dim = PAPER_TEXT_DIM if text_dim is None else text_dim
-        text_len = PAPER_TEXT_LEN if text_len is None else text_len
+        text_len, text_dim = self.token_input_shape(text_len, text_dim, default=(PAPER_TEXT_LEN, PAPER_TEXT_DIM))
         check_positive("lvit", in_channels=in_channels, text_dim=text_dim, text_len=text_len)
         self.in_channels, self.img_size, self.text_len, self.text_dim = in_channels, img_size, text_len, text_dim
         b = base_channels
@@ -125,11 +119,6 @@ class LViT(SegmentationModel):
         self.reconstruct = nn.ModuleList(
             [Reconstruct(w, w, PATCH_SIZE // 2**i) for i, w in enumerate(widths)]
         )
-
-    def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        config = super()._finalize_config(config)
-        config.update(text_len=self.text_len, text_dim=self.text_dim)
-        return config
 
     def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.zeros(batch_size, self.text_len, self.text_dim, device=device)

@@ -187,38 +187,11 @@ def convert_official_lvit_state_dict(
     return ordered, dropped, options
 
 
-def _extract_state_dict(loaded: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The state_dict inside an official checkpoint: under ``state_dict`` or bare; ``module.`` removed."""
-    if not isinstance(loaded, Mapping):
-        raise CheckpointError(
-            f"{path}: expected a dict (an official LViT checkpoint), got {type(loaded).__name__}"
-        )
-    state = loaded.get("state_dict", loaded)
-    if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{path}: expected a non-empty 'state_dict' of tensors")
-    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(
-            f"{path}: expected an official LViT state_dict (tensors under keys like inc.conv.weight), "
-            f"found keys {', '.join(map(str, list(state)[:6]))}"
-        )
-    if all(str(key).startswith("module.") for key in tensors):
-        tensors = {key[len("module."):]: value for key, value in tensors.items()}
-    return tensors
-
-
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official LViT ``.pth`` with ``torch.load(weights_only=True)``; errors name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (expected an official LViT .pth checkpoint)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types (UnpicklingError, IndexError, RuntimeError, ...)
-        raise CheckpointError(
-            f"{path}: not a readable PyTorch checkpoint (expected an official LViT .pth): {error}"
-        ) from error
-    return _extract_state_dict(loaded, path)
+    from lvseg.checkpoint import read_foreign_state_dict
+
+    return read_foreign_state_dict(path, "official LViT .pth checkpoint", "inc.conv.weight")
 
 
 def official_checkpoint_hint(state_dict: Mapping[str, Any]) -> str:

@@ -217,13 +217,7 @@ class RecLMIS(SegmentationModel):
         for name in ("image_mask_rate", "text_mask_rate", "scorer_dropout"):
             if not 0.0 <= float(settings[name]) < 1.0:
                 raise LvsegError(f"reclmis: {name} must be in [0, 1), got {settings[name]}")
-        if self.text_encoder is not None:
-            encoder_dim = self.text_encoder.feature_dim
-            if text_dim is not None and text_dim != encoder_dim:
-                raise LvsegError(f"reclmis: text_dim {text_dim} contradicts the text encoder's feature size {encoder_dim}")
-            text_dim, text_len = encoder_dim, self.text_encoder.max_length
-        text_dim = PAPER_TEXT_DIM if text_dim is None else text_dim
-        text_len = PAPER_TEXT_LEN if text_len is None else text_len
+        text_len, text_dim = self.token_input_shape(text_len, text_dim, default=(PAPER_TEXT_LEN, PAPER_TEXT_DIM))
         check_positive("reclmis", in_channels=in_channels, base_channels=base_channels, text_dim=text_dim,
                        text_len=text_len, heads=heads, reconstructor_layers=int(settings["reconstructor_layers"]))
         width = 8 * base_channels
@@ -259,7 +253,7 @@ class RecLMIS(SegmentationModel):
 
     def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
         config = super()._finalize_config(config)
-        config.update(text_len=self.text_len, text_dim=self.text_dim, **self.settings)
+        config.update(self.settings)
         return config
 
     # ------------------------------------------------------------------------------------------ text

@@ -196,21 +196,10 @@ def convert_official_reclmis_state_dict(
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official RecLMIS ``.pth.tar`` with ``weights_only=True``; ``module.`` prefixes removed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (expected an official RecLMIS checkpoint, best_model-RecLMIS.pth.tar)")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types on damaged files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (expected an official RecLMIS checkpoint): "
-                              f"{str(error).splitlines()[0][:200]}") from None
-    state = loaded.get("state_dict", loaded) if isinstance(loaded, Mapping) else None
-    if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{path}: expected a dict with a non-empty 'state_dict' of tensors")
-    tensors = {str(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
-    if tensors and all(key.startswith("module.") for key in tensors):
-        tensors = {key[len("module."):]: value for key, value in tensors.items()}
-    return tensors
+    from lvseg.checkpoint import read_foreign_state_dict
+
+    return read_foreign_state_dict(path, "official RecLMIS checkpoint (best_model-RecLMIS.pth.tar)",
+                                   "inc.conv.weight")
 
 
 def import_official_checkpoint(
