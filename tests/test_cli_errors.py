@@ -162,12 +162,34 @@ def test_brackets_in_paths_are_printed_verbatim(clean_data: Path, tmp_path: Path
         (["--text-encoder", "bogus"], "unknown text encoder 'bogus'"),
         (["--strategy", "foo"], "--strategy foo"),
         (["--accelerator", "cpu", "--devices", "abc"], "--devices abc"),
+        # Validated before any work starts (issue 13): each names the option, the value and the allowed range.
+        (["--batch-size", 0], "--batch-size 0 must be >= 1"),
+        (["--batch-size", -2], "--batch-size -2 must be >= 1"),
+        (["--lr", -1], "--lr -1.0 must be > 0"),
+        (["--num-workers", -1], "--num-workers -1 must be >= 0"),
+        (["--labeled-fraction", 1.5], "--labeled-fraction 1.5 must be > 0 and <= 1"),
+        (["--patience", -1], "--patience -1 must be >= 1"),
+        (["--max-epochs", 0], "--max-epochs 0 must be >= 1"),
+        (["--teacher-decay", 5, "--labeled-fraction", 0.5], "--teacher-decay 5.0 must be >= 0 and < 1"),
     ],
 )
 def test_bad_train_flags(extra: list, needle: str, clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     code, err = run_main(monkeypatch, capsys, *train_args(clean_data, tmp_path / "run"), *extra)
     assert_one_error(code, err, needle)
     assert not (tmp_path / "run" / "last.ckpt").exists()
+
+
+def test_out_naming_an_existing_file(clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    code, err = run_main(monkeypatch, capsys, *train_args(clean_data, existing))
+    assert_one_error(code, err, "--out", str(existing), "is a file")
+    assert existing.read_text() == "keep me"
+
+
+def test_info_with_a_bad_width(monkeypatch, capsys) -> None:
+    code, err = run_main(monkeypatch, capsys, "info", "--model", "unet", "--base-channels", "0")
+    assert_one_error(code, err, "base_channels must be a positive integer, got 0")
 
 
 def test_resume_into_a_run_of_another_model(clean_data: Path, tmp_path: Path, checkpoints, monkeypatch, capsys) -> None:

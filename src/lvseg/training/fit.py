@@ -172,6 +172,8 @@ def train(config: TrainConfig) -> TrainResult:
     val_samples = load_split(config.data, "val")
 
     out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise LvsegError(f"--out '{out}' is a file; expected a run folder (it is created if missing)")
     last_path = out / "last.ckpt"
     resume_path = None
     if config.resume:
