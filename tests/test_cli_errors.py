@@ -187,6 +187,29 @@ def test_out_naming_an_existing_file(clean_data: Path, tmp_path: Path, monkeypat
     assert existing.read_text() == "keep me"
 
 
+def test_predict_on_a_decompression_bomb(checkpoints, tmp_path: Path, monkeypatch, capsys) -> None:
+    from serving_support import png_with_header_only
+
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_with_header_only(30_000, 30_000))  # 900 megapixels claimed by a few bytes
+    code, err = run_main(monkeypatch, capsys, "predict", "--checkpoint", checkpoints["good"], "--image", bomb,
+                         "--out", tmp_path / "mask.png")
+    assert_one_error(code, err, str(bomb), "too large to decode safely")
+    assert not (tmp_path / "mask.png").exists()
+
+
+def test_serve_on_a_busy_port_fails_before_announcing(checkpoints, monkeypatch, capsys, caplog) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, err = run_main(monkeypatch, capsys, "serve", "--checkpoint", checkpoints["good"], "--port", port)
+    assert_one_error(code, err, f"cannot serve on 127.0.0.1:{port}", "--port")
+    assert "serving on" not in caplog.text + err
+
+
 def test_info_with_a_bad_width(monkeypatch, capsys) -> None:
     code, err = run_main(monkeypatch, capsys, "info", "--model", "unet", "--base-channels", "0")
     assert_one_error(code, err, "base_channels must be a positive integer, got 0")

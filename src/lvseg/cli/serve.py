@@ -57,6 +57,19 @@ def _load_segmenter(checkpoint: Path, device: str | None) -> Any:
     return load_model(checkpoint, device=device)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`LvsegError` when ``host:port`` cannot be bound (before any model is loaded)."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        raise LvsegError(f"cannot serve on {host}:{port}: {error.strerror or error} (another server may be using "
+                         "the port: choose one with --port)") from None
+
+
 def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None) -> Any:
     """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing."""
     try:
@@ -88,6 +101,7 @@ def serve(
         raise LvsegError(_MISSING_EXTRA) from error
     if not _is_loopback(host) and api_key_file is None:
         logger.warning("listening on %s without --api-key-file: anyone on the network can use the service", host)
+    check_port_free(host, port)
     app = build_app(checkpoint, device, api_key_file)
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)

@@ -81,6 +81,8 @@ def open_pil(source: ImageSource, kind: str = "image") -> Image.Image:
         image.load()
     except UnidentifiedImageError:
         raise LvsegError(f"cannot read {kind} {name}: {_EXPECTED_FORMATS}") from None
+    except Image.DecompressionBombError as error:
+        raise LvsegError(f"cannot read {kind} {name}: it is too large to decode safely ({error})") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise LvsegError(f"cannot read {kind} {name}: file is truncated or corrupt ({error})") from None
     return image
