@@ -177,7 +177,7 @@ def test_missing_model_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch, tm
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("text encoder 'lvseg-test/no-such-model' is not available offline")
-    assert "huggingface-cli download lvseg-test/no-such-model" in message
+    assert "`hf download lvseg-test/no-such-model`" in message  # the current client (issue 13), not huggingface-cli
     assert "--text-encoder hf:/path/to/model" in message
 
 

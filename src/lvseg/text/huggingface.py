@@ -34,14 +34,14 @@ def _missing_model_message(name_or_path: str) -> str:
     if downloads_allowed():
         return (
             f"text encoder '{name_or_path}' could not be downloaded from the Hugging Face Hub: check the model id "
-            f"and the network, or download it with `huggingface-cli download {name_or_path}` and pass the folder "
-            "with `--text-encoder hf:/path/to/model`."
+            f"and the network, or download it with `hf download {name_or_path}` (the Hugging Face client) and, "
+            "when training, pass the folder as `--text-encoder hf:/path/to/model`."
         )
     return (
         f"text encoder '{name_or_path}' is not available offline: download it with "
-        f"`huggingface-cli download {name_or_path}` (into the Hugging Face cache, ~/.cache/huggingface) "
-        f"or pass a local folder with `--text-encoder hf:/path/to/model` (or set {ALLOW_DOWNLOAD_ENV}=1 to let "
-        "lvseg download it)."
+        f"`hf download {name_or_path}` (the Hugging Face client; into its cache, ~/.cache/huggingface, where "
+        "checkpoints that name it find it), or, when training, pass a local folder as "
+        f"`--text-encoder hf:/path/to/model` (or set {ALLOW_DOWNLOAD_ENV}=1 to let lvseg download it)."
     )
 
 
