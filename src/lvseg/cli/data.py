@@ -94,6 +94,25 @@ def _report_reader(name: str) -> object:
         return create_model(name)
 
 
+def prompts(
+    data: Path = typer.Option(..., "--data", help="Dataset root in the LViT layout, with img/ and labelcol/ per split."),
+    class_name: str = typer.Option(..., "--class-name", help="The target's name, e.g. polyp."),
+    modality: str = typer.Option(..., "--modality", help="The images' modality, e.g. 'endoscopy image'."),
+    style: str = typer.Option("p6", "--style", help="p1 (class) ... p6 (count, size, location), or random."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random style's per-image choice."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing text tables."),
+) -> None:
+    """Write a report for every image from its mask (count, size, location), into each split's text table."""
+    from lvseg.data.prompts import write_prompts
+
+    counts = write_prompts(data, class_name, modality, style=style, seed=seed, overwrite=overwrite)
+    console = Console()
+    for split, count in counts.items():
+        console.print(f"{split}: {count} reports written", highlight=False)
+    console.print(f"next: lvseg data check {data}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``data`` command group to the root app."""
+    """Add the ``data`` command group and ``lvseg prompts`` to the root app."""
     app.add_typer(data_app, name="data")
+    app.command("prompts")(prompts)

@@ -87,7 +87,7 @@ def _strip_image_extension(file_name: str) -> str:
     return path.stem if path.suffix.lower() in IMAGE_EXTENSIONS else file_name
 
 
-def _list_image_files(folder: Path) -> list[Path]:
+def list_image_files(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted; hidden and non-image files are skipped."""
     images, ignored = [], []
     for entry in sorted(folder.iterdir()):
@@ -284,7 +284,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
 
     images: list[Path] | None = None
     if image_dir.is_dir():
-        images = _list_image_files(image_dir)
+        images = list_image_files(image_dir)
         if not images:
             problems.append(f"image folder '{image_dir}' holds no PNG/JPEG/TIFF/BMP images")
     else:
@@ -292,7 +292,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
 
     masks: list[Path] | None = None
     if mask_dir.is_dir():
-        masks = _list_image_files(mask_dir)
+        masks = list_image_files(mask_dir)
     elif require_masks:
         problems.append(f"mask folder '{mask_dir}' not found")
 
