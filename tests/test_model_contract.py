@@ -158,6 +158,20 @@ def test_trained_checkpoint_loads_with_identical_outputs(name: str, trained: dic
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_inference_checkpoint_round_trip(name: str, trained: dict[str, Path], tmp_path: Path) -> None:
+    from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict, save_inference_checkpoint
+    from lvseg.inference import load_model
+
+    segmenter = load_model(trained[name], device="cpu")
+    save_inference_checkpoint(tmp_path / "slim.ckpt", segmenter.model, metrics=segmenter.metrics)
+    slim = read_checkpoint_dict(tmp_path / "slim.ckpt")
+    assert slim["lvseg"]["training_modules"] == "dropped" and "optimizer_states" not in slim
+    again = load_checkpoint(tmp_path / "slim.ckpt").model
+    images = torch.rand(2, segmenter.in_channels, IMG_SIZE, IMG_SIZE)
+    torch.testing.assert_close(again.predict_proba(images, REPORTS[:2]), segmenter.probabilities(images, REPORTS[:2]))
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_evaluate_with_given_shuffled_and_empty_text(name: str, trained: dict[str, Path], data: Path,
                                                      tmp_path: Path) -> None:
     from lvseg.evaluation.evaluate import evaluate_modes

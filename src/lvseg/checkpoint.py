@@ -205,7 +205,7 @@ def save_inference_checkpoint(
     ``config`` overrides ``model.config`` (e.g. an imported model whose frozen text encoder is named
     but was not loaded for the conversion).
     """
-    if model.requires_text and not (config or model.config).get("text_encoder"):
+    if model.requires_text and model.text_encoder is None and not (config or {}).get("text_encoder"):
         raise LvsegError(f"refusing to write '{path}': a '{model.model_name}' checkpoint without a text encoder "
                          "could not read reports")
     state_dict = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.inference_state_dict().items()}

@@ -17,8 +17,9 @@ _REGISTRY: dict[str, type[SegmentationModel]] = {}
 def register_model(name: str) -> Callable[[ModelT], ModelT]:
     """Class decorator that makes a :class:`SegmentationModel` subclass available as ``create_model(name)``.
 
-    Registering is all a new model needs: training, evaluation, prediction, the web app, ``lvseg info``,
-    ``benchmarks/compare.py`` and the contract test (tests/test_model_contract.py) pick it up.
+    Registering (the module is imported by :mod:`lvseg.models`) is all a new model needs: training,
+    evaluation, prediction, the web app, ``lvseg info``, ``benchmarks/compare.py`` and the contract test
+    (tests/test_model_contract.py) pick it up.
     """
 
     def decorator(cls: ModelT) -> ModelT:

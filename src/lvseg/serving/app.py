@@ -294,10 +294,11 @@ def create_app(
     )
     service = Service(segmenter, config, max_concurrent_jobs)
     model_name = str(getattr(segmenter, "model_name", type(segmenter).__name__))
+    from lvseg import __version__ as lvseg_version
 
     app = FastAPI(
         title="lvseg",
-        version="0.1.0",
+        version=lvseg_version,
         summary="Language-guided lesion segmentation of medical images. Research use only.",
         description=(
             "Upload an image (PNG, JPEG, TIFF or DICOM) and the clinician's report; get the lesion mask, a "

@@ -58,8 +58,9 @@ class TrainConfig:
     out: Path = option(help="Run folder: best.ckpt, last.ckpt and logs are written here.")
     model: str = option("lvit", "Registered model name (see `lvseg info --all`).")
     text_encoder: str | None = option(
-        None, "Text encoder of text models: 'learned' or 'hf:<model id or local path>' (default: the model's own, "
-        "e.g. 'learned' for lvit).", cli_type=str)
+        None, "Text encoder of text models: 'learned', 'hf:<model id or local path>' or 'clip[:<id or path>]' "
+        "(default: the model's own, e.g. 'learned' for lvit, 'clip' for reclmis; c2fvl reads its report vector).",
+        cli_type=str)
     text_length: int | None = option(None, "Tokens per report (padded/truncated; default: the encoder's).", minimum=1)
     img_size: int = option(224, "Model input size, a multiple of 32.")
     in_channels: int = option(3, "Image channels the model reads (gray images are replicated).", minimum=1)
