@@ -76,6 +76,21 @@ def test_clip_front_end_ids_and_states(clip_folder: Path) -> None:
     assert all(not p.requires_grad for p in encoder.parameters())
 
 
+def test_clip_states_are_computed_once_per_report(clip_folder: Path) -> None:
+    encoder = small(clip_folder).text_encoder
+    calls: list[int] = []
+    encoder.hf_model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    first = encoder(REPORTS + REPORTS[:1])
+    again = encoder(REPORTS[::-1])
+    assert calls == [2]  # two distinct reports, one forward; the second call is served from memory
+    torch.testing.assert_close(again.tokens, first.tokens[[1, 0]])
+    encoder.eof_padding = False
+    encoder(REPORTS[:1])
+    assert calls == [2, 1]  # other token ids, other states
+    encoder.eof_padding = True
+
+
 def test_missing_clip_is_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(LvsegError) as error:
         create_model("reclmis", img_size=32, base_channels=8, text_encoder="clip:surely/not-a-local-model")

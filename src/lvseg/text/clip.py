@@ -20,6 +20,7 @@ the lvseg checkpoint like any weights (only the tokenizer files are then read fr
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from lvseg.text.huggingface import allow_missing_pretrained_weights, downloads_a
 logger = logging.getLogger(__name__)
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+#: Distinct reports whose states an encoder keeps in memory.
+CACHED_REPORTS = 4096
 PAD_ID = 0
 EOF_WORDS = 9
 
@@ -103,6 +106,7 @@ class CLIPTextEncoder(TextEncoder):
         limit = int(model.config.max_position_embeddings)
         if self.max_length > limit:
             raise LvsegError(f"CLIP '{name_or_path}' reads at most {limit} tokens, but max_length is {self.max_length}")
+        self._states: OrderedDict[tuple[bool, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.start_id = int(self.tokenizer.bos_token_id)
         self.end_id = int(self.tokenizer.eos_token_id)
 
@@ -145,10 +149,29 @@ class CLIPTextEncoder(TextEncoder):
         return self.hf_model.text_projection(hidden).float()
 
     def forward(self, texts: list[str]) -> TextFeatures:
-        ids = self.token_ids(check_texts(texts))
-        tokens = self.encode_ids(ids)
-        mask = (ids != PAD_ID).to(tokens.device)
+        """Frozen weights give fixed states: each distinct report is encoded once and kept in memory (at most
+        :data:`CACHED_REPORTS`, least recently used dropped), so training re-reads its reports for free."""
+        keys = [(self.eof_padding, text) for text in check_texts(texts)]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._states))
+        if missing:
+            ids = self.token_ids([text for _, text in missing])
+            for key, row, states in zip(missing, ids, self.encode_ids(ids).cpu()):
+                self._states[key] = (states, row != PAD_ID)
+                while len(self._states) > CACHED_REPORTS:
+                    self._states.popitem(last=False)
+        for key in keys:
+            self._states.move_to_end(key)
+        tokens = torch.stack([self._states[key][0] for key in keys]).to(self.device)
+        mask = torch.stack([self._states[key][1] for key in keys]).to(tokens.device)
         return TextFeatures(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "CLIPTextEncoder":
+        self._states.clear()  # a dtype change (.half(), ...) or loaded weights invalidate cached states
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        self._states.clear()
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"name_or_path={self.name_or_path!r}, dim={self.feature_dim}, max_length={self.max_length}"
