@@ -31,7 +31,7 @@ Where the official code has a defect, this follows the paper's intent:
 
 Measured on lvseg's synthetic set at the demo's budget (benchmarks/RESULTS.md): with the paper's loss
 weights RecLMIS did not learn to use the reports in 5.5 CPU minutes (text reliance 0.00, with a learned or a
-frozen MiniLM text encoder), while the same run with the auxiliary weights at 0 did.
+frozen MiniLM text encoder); the same run without the conditioned contrastive loss (reconstructions kept) did.
 
 Presets (``preset``): ``qata`` (r_v 0.5, r_t 0.3, 4 reconstructor layers, no scorer dropout) and
 ``mosmed`` (r_v 0.3, r_t 0.3, 3 layers, scorer dropout 0.5); an explicit option overrides its preset value.
