@@ -286,3 +286,23 @@ def test_console_script_reports_errors_without_traceback(data: Path, checkpoints
                           capture_output=True, text=True, timeout=300, env=env)
     assert_one_error(done.returncode, done.stderr, str(checkpoints["truncated"]), "corrupted")
     assert done.stdout.strip() == ""
+
+
+def test_help_shows_flags_as_flags_and_explains_every_option() -> None:
+    import click
+    import typer
+    from typer.testing import CliRunner
+
+    from lvseg.cli.main import app
+
+    output = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "<bool>" not in output  # a flag takes no value
+    assert any(line.split()[:1] == ["--resume"] for line in output.splitlines())
+
+    def options_without_help(command: click.Command, path: str) -> list[str]:
+        if isinstance(command, click.Group):
+            return [item for name, sub in command.commands.items() for item in options_without_help(sub, f"{path} {name}")]
+        return [f"{path} --{param.name}" for param in command.params
+                if isinstance(param, click.Option) and param.name != "help" and not param.help]
+
+    assert options_without_help(typer.main.get_command(app), "lvseg") == []

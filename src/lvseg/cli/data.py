@@ -14,6 +14,7 @@ from lvseg.errors import DataValidationError, LvsegError
 logger = logging.getLogger(__name__)
 
 data_app = typer.Typer(
+    rich_markup_mode=None,
     name="data",
     help="Datasets: generate the synthetic default dataset, check an LViT-layout folder.",
     no_args_is_help=True,

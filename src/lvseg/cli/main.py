@@ -14,6 +14,7 @@ from rich.markup import escape
 from lvseg.errors import DataValidationError, LvsegError
 
 app = typer.Typer(
+    rich_markup_mode=None,  # plain help: flags read as flags (the rich layout prints `--resume <bool>`)
     name="lvseg",
     help="Language-guided medical image segmentation: train, evaluate, predict and serve.",
     no_args_is_help=True,

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from lvseg.errors import LvsegError
 
-report_app = typer.Typer(help="Read reports with the report grammar.", no_args_is_help=True)
+report_app = typer.Typer(help="Read reports with the report grammar.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @report_app.command("parse")
