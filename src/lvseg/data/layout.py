@@ -444,9 +444,10 @@ def _detect_mask_prefix(
     return prefixed_rows > same_stem_rows
 
 
-def unreadable_reports(model: Any, splits: dict[str, list[Sample]]) -> list[str]:
-    """The reports of ``splits`` ({split: samples}) that ``model``'s text front end cannot read, one line
-    each naming the split, the image and what is wrong (see ``SegmentationModel.report_problems``)."""
+def unreadable_reports(model: Any, splits: dict[str, list[Any]]) -> list[str]:
+    """The reports of ``splits`` ({split or folder: samples, anything with ``name`` and ``text``}) that
+    ``model``'s text front end cannot read, one line each naming the split, the image and what is wrong
+    (see ``SegmentationModel.report_problems``)."""
     lines = []
     for split, samples in splits.items():
         problems = model.report_problems([sample.text for sample in samples])
@@ -454,7 +455,7 @@ def unreadable_reports(model: Any, splits: dict[str, list[Sample]]) -> list[str]
     return lines
 
 
-def check_reports(model: Any, splits: dict[str, list[Sample]]) -> list[str]:
+def check_reports(model: Any, splits: dict[str, list[Any]]) -> list[str]:
     """Raise :class:`DataValidationError` listing every report of ``splits`` that ``model`` cannot read
     (before any work starts), unless the model accepts them as empty input; returns those lines then."""
     problems = unreadable_reports(model, splits)

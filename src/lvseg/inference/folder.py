@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lvseg.data.layout import IMAGE_DIR, MASK_PREFIX, find_text_table, read_text_table
+from lvseg.data.layout import IMAGE_DIR, MASK_PREFIX, check_reports, find_text_table, read_text_table
 from lvseg.errors import DataValidationError, LvsegError
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ class FolderItem:
     image_path: Path
     text: str
     mask_name: str
+
+    @property
+    def name(self) -> str:
+        return self.image_path.name
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -123,10 +127,8 @@ def predict_folder(segmenter: object, folder: Path, out: Path, threshold: float 
 
     items = read_prediction_folder(folder, segmenter.requires_text)
     model = getattr(segmenter, "model", None)
-    problems = model.report_problems([item.text for item in items]) if model is not None else {}
-    if problems and not model.accepts_unreadable_reports:
-        raise DataValidationError([f"image '{items[i].image_path.name}': {why}" for i, why in sorted(problems.items())],
-                                  where=f"the reports in '{folder}', as model '{segmenter.model_name}' reads them")
+    if model is not None:
+        check_reports(model, {str(folder): items})
     rows: list[dict[str, object]] = []
     for start in range(0, len(items), batch_size):
         chunk: Sequence[FolderItem] = items[start:start + batch_size]
