@@ -53,3 +53,34 @@ def save_tiny_clip(folder: Path, hidden: int = 32, projection: int = 16, seed: i
     CLIPTextModelWithProjection(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_clipseg(folder: Path, vision_width: int = 128, projection: int = 16, patch: int = 8,
+                      mean: tuple[float, float, float] = (0.5, 0.4, 0.3), seed: int = 0) -> Path:
+    """A tiny random CLIPSeg in the published folder layout of CIDAS/clipseg-rd64-refined: config.json and
+    weights (``save_pretrained``), the CLIP BPE tokenizer files and ``preprocessor_config.json`` (with
+    ``mean`` as image_mean, so a test can see it is read). Three image layers, all tapped."""
+    import json
+
+    from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
+
+    save_tiny_clip(folder, hidden=32, projection=projection, seed=seed)  # tokenizer files (and a text tower)
+    for leftover in ("config.json", "model.safetensors"):
+        (folder / leftover).unlink(missing_ok=True)
+    vocab = json.loads((folder / "vocab.json").read_text())
+    torch.manual_seed(seed)
+    config = CLIPSegConfig(
+        text_config={"vocab_size": len(vocab), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 24, "bos_token_id": vocab["<|startoftext|>"],
+                     "eos_token_id": vocab["<|endoftext|>"], "pad_token_id": 0},
+        vision_config={"hidden_size": vision_width, "intermediate_size": 2 * vision_width, "num_hidden_layers": 3,
+                       "num_attention_heads": 2, "image_size": 32, "patch_size": patch},
+        projection_dim=projection, extract_layers=[0, 1, 2], reduce_dim=16, decoder_num_attention_heads=2,
+        decoder_intermediate_size=32, use_complex_transposed_convolution=True,
+    )
+    CLIPSegForImageSegmentation(config).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "ViTImageProcessor", "do_resize": True, "do_normalize": True, "do_rescale": True,
+        "rescale_factor": 1 / 255, "resample": 2, "size": {"height": 352, "width": 352},
+        "image_mean": list(mean), "image_std": [0.25, 0.25, 0.25]}))
+    return folder

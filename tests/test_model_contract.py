@@ -30,29 +30,63 @@ from lvseg.models import model_class
 from lvseg.models.base import as_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_support import save_tiny_clip  # noqa: E402
+from hf_support import save_tiny_clip, save_tiny_clipseg  # noqa: E402
+from official_biomedclip_layout import save_tiny_biomedclip  # noqa: E402
 from serving_support import REPORT, png_bytes  # noqa: E402
 
 IMG_SIZE = 32
-TINY: dict[str, dict[str, Any]] = {name: {"base_channels": 8} for name in ("lvit", "unet", "c2fvl", "reclmis")}
 REPORTS = [REPORT, "Unilateral pulmonary infection, one infected area, lower left lung.", "No pulmonary infection."]
 
 
 @functools.cache
-def tiny_clip() -> Path:
-    """A tiny random CLIP text tower and tokenizer in a folder (pretrained text encoders are not downloaded)."""
-    return save_tiny_clip(Path(tempfile.mkdtemp(prefix="lvseg-clip-")))
+def tiny_folder(kind: str) -> Path:
+    """Tiny random pretrained models in their published file layouts (nothing is downloaded): a CLIP text
+    tower, a CLIPSeg (image width 128, as the tiny BiomedCLIP's, so its decoder fits -d) and a BiomedCLIP."""
+    folder = Path(tempfile.mkdtemp(prefix=f"lvseg-{kind}-"))
+    if kind == "clip":
+        return save_tiny_clip(folder)
+    if kind == "clipseg":
+        return save_tiny_clipseg(folder, vision_width=128)
+    return save_tiny_biomedclip(folder)[0]
+
+
+def tiny_biomedclipseg() -> dict[str, Any]:
+    return {"biomedclip": str(tiny_folder("biomedclip")), "extract_layers": [0, 1, 2], "reduce_dim": 16,
+            "decoder_heads": 2, "decoder_mlp": 32}
+
+
+#: Small options per model (a model without an entry is built with img_size alone).
+TINY: dict[str, Any] = {
+    **{name: lambda: {"base_channels": 8} for name in ("lvit", "unet", "c2fvl", "reclmis")},
+    "clipseg": lambda: {"name_or_path": str(tiny_folder("clipseg"))},
+    "biomedclipseg": tiny_biomedclipseg,
+    "biomedclipseg-d": lambda: {"biomedclip": str(tiny_folder("biomedclip")),
+                                "decoder_init": str(tiny_folder("clipseg"))},
+}
 
 
 def tiny_options(name: str) -> dict[str, Any]:
-    """Small options for ``name``; a model without an entry is built with img_size alone. A text model's
-    default encoder is used, except that a pretrained one is swapped for a tiny local stand-in."""
-    options: dict[str, Any] = {"img_size": IMG_SIZE, **TINY.get(name, {})}
+    """Small options for ``name``. A text model's default encoder is used, except that a pretrained one is
+    swapped for a tiny local stand-in."""
+    options: dict[str, Any] = {"img_size": IMG_SIZE, **TINY.get(name, dict)()}
     cls = model_class(name)
     if cls.requires_text and cls.default_text_encoder:
         encoder = cls.default_text_encoder
-        options["text_encoder"] = f"clip:{tiny_clip()}" if encoder.startswith("clip") else encoder
+        options["text_encoder"] = f"clip:{tiny_folder('clip')}" if encoder.startswith("clip") else encoder
     return options
+
+
+def cli_options(options: dict[str, Any]) -> list[str]:
+    """``lvseg train`` flags for model options: the shared flags where there is one, else --model-option."""
+    flags = []
+    for key, value in options.items():
+        if key == "img_size":
+            continue
+        if key in ("base_channels", "text_encoder"):
+            flags.append(f"--{key.replace('_', '-')}={value}")
+        else:
+            flags += ["--model-option", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+    return flags
 
 
 def build(name: str) -> SegmentationModel:
@@ -77,10 +111,7 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     checkpoints = {}
     for name in MODELS:
         out = runs / name
-        options = tiny_options(name)
-        extra = [f"--base-channels={options['base_channels']}"] if "base_channels" in options else []
-        if "text_encoder" in options:
-            extra.append(f"--text-encoder={options['text_encoder']}")
+        extra = cli_options(tiny_options(name))
         result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--model", name,
                                           "--img-size", str(IMG_SIZE), "--batch-size", "4", "--max-epochs", "1",
                                           "--augment", "none", *extra])

@@ -150,6 +150,7 @@ def load_checkpoint(
     checkpoint, holds another model than ``expected_model``, or its weights do not fit its model.
     """
     from lvseg.models import create_model
+    from lvseg.models.pretrained import weights_from
 
     checkpoint = read_checkpoint_dict(path, map_location=map_location)
     hparams = checkpoint.get("hyper_parameters")
@@ -164,7 +165,8 @@ def load_checkpoint(
     if expected_model is not None and model_name != expected_model:
         raise CheckpointError(f"checkpoint '{path}' holds a '{model_name}' model, expected '{expected_model}'")
     try:
-        model = create_model(model_name, **hparams.get("model_config", {}))
+        with weights_from("checkpoint"):  # trained weights come from this file, frozen towers from their source
+            model = create_model(model_name, **hparams.get("model_config", {}))
     except LvsegError as error:
         raise CheckpointError(f"checkpoint '{path}' describes a model lvseg cannot build: {error}") from None
     state = {key[len(MODEL_PREFIX):]: value for key, value in checkpoint["state_dict"].items()
@@ -173,7 +175,7 @@ def load_checkpoint(
         model.load_weights(state, source=f"checkpoint '{path}'")
     except LvsegError as error:
         raise CheckpointError(str(error)) from None
-    if model.requires_text and model.text_encoder is None:
+    if model.requires_text and not model.has_text_front_end:
         hint = (" (convert the official weights again with `lvseg import-lvit --text-encoder hf:<id or folder>`)"
                 if model_name == "lvit" else "")
         raise CheckpointError(f"checkpoint '{path}' holds a '{model_name}' model without a text encoder, so it "
@@ -205,7 +207,7 @@ def save_inference_checkpoint(
     ``config`` overrides ``model.config`` (e.g. an imported model whose frozen text encoder is named
     but was not loaded for the conversion).
     """
-    if model.requires_text and model.text_encoder is None and not (config or {}).get("text_encoder"):
+    if model.requires_text and not model.has_text_front_end and not (config or {}).get("text_encoder"):
         raise LvsegError(f"refusing to write '{path}': a '{model.model_name}' checkpoint without a text encoder "
                          "could not read reports")
     state_dict = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.inference_state_dict().items()}

@@ -1,13 +1,16 @@
 """Segmentation models behind one registry and one contract (:class:`SegmentationModel`).
 
-Importing this package registers every built-in model (``unet``, ``lvit``, ``c2fvl``, ``reclmis``)::
+Importing this package registers every built-in model (``unet``, ``lvit``, ``c2fvl``, ``reclmis``, ``clipseg``,
+``biomedclipseg``, ``biomedclipseg-d``)::
 
     from lvseg.models import create_model, list_models
     net = create_model("lvit", img_size=224, text_encoder="learned", texts=train_reports)
     probabilities = net.eval().predict_proba(images, reports)       # (B, 1, S, S)
 """
 
+from lvseg.models import biomedclipseg as _biomedclipseg  # noqa: F401  (registers "biomedclipseg", "-d")
 from lvseg.models import c2fvl as _c2fvl  # noqa: F401  (registers "c2fvl")
+from lvseg.models import clipseg as _clipseg  # noqa: F401  (registers "clipseg")
 from lvseg.models import lvit as _lvit  # noqa: F401  (registers "lvit")
 from lvseg.models import reclmis as _reclmis  # noqa: F401  (registers "reclmis")
 from lvseg.models import unet as _unet  # noqa: F401  (registers "unet")

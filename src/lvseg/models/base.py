@@ -105,8 +105,11 @@ class SegmentationModel(nn.Module):
     config: dict[str, Any]
     text_encoder: nn.Module | None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
+        """``abstract=True``: a shared base of several models, with no options of its own (never built)."""
         super().__init_subclass__(**kwargs)
+        if abstract:
+            return
         init = cls.__dict__.get("__init__")
         if init is None:
             if cls.__init__ is SegmentationModel.__init__:
@@ -195,6 +198,11 @@ class SegmentationModel(nn.Module):
         Default: none (free-text encoders read anything)."""
         return {}
 
+    @property
+    def has_text_front_end(self) -> bool:
+        """Whether :meth:`encode_text` can read reports (a text model built without an encoder cannot)."""
+        return self.text_encoder is not None
+
     #: Whether unreadable reports are accepted (read as an empty input) instead of being an error.
     accepts_unreadable_reports: bool = True
 
@@ -265,11 +273,15 @@ class SegmentationModel(nn.Module):
         return sources
 
     def frozen_modules(self) -> list[nn.Module]:
-        """The frozen text front ends (``trainable = False``, e.g. pretrained encoders), which an EMA teacher
-        shares instead of copying: they never change."""
+        """The frozen pretrained parts (text encoders with ``trainable = False``, frozen
+        :class:`~lvseg.models.pretrained.PretrainedTower` s), which an EMA teacher shares instead of copying:
+        they never change."""
+        from lvseg.models.pretrained import PretrainedTower
         from lvseg.text.base import TextEncoder
 
-        return [module for module in self.modules() if isinstance(module, TextEncoder) and not module.trainable]
+        return [module for module in self.modules()
+                if (isinstance(module, TextEncoder) and not module.trainable)
+                or (isinstance(module, PretrainedTower) and module.frozen)]
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
         """``state_dict()`` without the training-only modules (frozen pretrained weights are never in it)."""

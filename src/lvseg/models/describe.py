@@ -7,13 +7,15 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lvseg.models.pretrained import weights_from
 from lvseg.models.registry import create_model, list_models, model_options
 
 
 def describe_model(name: str, **options: Any) -> dict[str, Any]:
     """Parameter counts, GFLOPs of one batch-1 forward pass and expected inputs of ``create_model(name, **options)``.
 
-    The model is built on the meta device, so nothing is allocated or computed; FLOPs are counted by
+    The model is built on the meta device with no pretrained weights read (configs only), so nothing is
+    allocated or computed; FLOPs are counted by
     ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2 FLOPs) for the network in
     eval mode on a text input of the right shape: the text front end is not built unless ``options`` name
     one (``text_encoder="clip"``, ``"hf:<id or path>"``: loaded on the CPU, its frozen parameters counted),
@@ -38,7 +40,7 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
             encoder(["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."])
         text_gflops = text_counter.get_total_flops() / 1e9
         options["text_encoder"] = encoder
-    with torch.device("meta"):
+    with torch.device("meta"), weights_from("nowhere"):  # architecture only: no weights are read
         model = create_model(name, **options)
     model.eval()
     config = dict(model.config)

@@ -35,19 +35,33 @@ def class_balanced_bce_with_logits(
     return torch.stack(halves).mean()
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                   squared: bool = True) -> torch.Tensor:
     """Soft Dice loss on sigmoid outputs, per image, averaged over the batch (optionally weighted).
 
     Per image 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps) (MONAI ``DiceLoss`` with squared
-    predictions). logits, target: (B, 1, H, W); ``weight``: optional (B,) per-image weights. -> scalar.
+    predictions, the LViT code's); ``squared=False``: sum(p) + sum(t) in the denominator (MONAI's default,
+    the medvlsm study's). logits, target: (B, 1, H, W); ``weight``: optional (B,) per-image weights. -> scalar.
     """
-    dice_per_image = _DICE(logits, target).flatten(1).mean(1)
+    dice_per_image = (_DICE if squared else _PLAIN_DICE)(logits, target).flatten(1).mean(1)
+    return _weighted_mean(dice_per_image, weight)
+
+
+def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy on logits, mean over the pixels of each image, then over the batch (optionally
+    weighted by ``weight`` (B,)). logits, target: (B, 1, H, W), target in [0, 1]. -> scalar."""
+    per_image = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    return _weighted_mean(per_image, weight)
+
+
+def _weighted_mean(per_image: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     if weight is None:
-        return dice_per_image.mean()
-    return (dice_per_image * weight).sum() / weight.sum().clamp_min(1e-8)
+        return per_image.mean()
+    return (per_image * weight).sum() / weight.sum().clamp_min(1e-8)
 
 
 _DICE = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")
+_PLAIN_DICE = DiceLoss(sigmoid=True, reduction="none")
 
 
 class DiceBCELoss(nn.Module):

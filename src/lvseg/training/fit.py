@@ -229,6 +229,7 @@ def train(config: TrainConfig) -> TrainResult:
         deterministic=False,
         limit_train_batches=config.limit_train_batches,
         num_sanity_val_steps=0,
+        gradient_clip_val=config.grad_clip or None,
     )
     log.info("training %s on %d images (validation %d) into %s", config.model, len(train_set), len(val_set), out)
     trainer.fit(task, train_loader, val_loader, ckpt_path=resume_path)

@@ -14,6 +14,9 @@ from lvseg.models import ModelOutput, create_model
 from lvseg.models.base import as_output
 from lvseg.training.options import OPTIM_OPTIONS, option_defaults
 
+#: Epochs without a lower validation loss before ReduceLROnPlateau divides the learning rate by 10.
+PLATEAU_PATIENCE = 5
+
 
 class SegmentationTask(L.LightningModule):
     """Supervised training of ``create_model(model_name, **model_config)``.
@@ -32,8 +35,8 @@ class SegmentationTask(L.LightningModule):
 
     ``model_texts``: the training reports, only used to build a ``learned`` vocabulary when the model
     config asks for one by name (a resumed run's config carries the vocabulary itself). The optimiser
-    settings (``lr``, ``weight_decay``, ``restart_epochs``, ``min_lr``) default to
-    :class:`~lvseg.training.options.TrainConfig`'s.
+    settings (``optimizer``, ``lr``, ``weight_decay``, ``lr_schedule``, ``restart_epochs``, ``min_lr``) default
+    to the ``lvit`` recipe's (:data:`~lvseg.training.options.RECIPES`).
     """
 
     def __init__(
@@ -101,11 +104,16 @@ class SegmentationTask(L.LightningModule):
                 self.best_val_dice = value
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.Adam(
-            (p for p in self.parameters() if p.requires_grad),
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
-        )
+        """``optimizer`` (adam/adamw) and ``lr_schedule``: cosine annealing with warm restarts per epoch, or
+        ReduceLROnPlateau on ``val_loss`` (x0.1 after :data:`PLATEAU_PATIENCE` epochs, the medvlsm study's)."""
+        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.hparams.optimizer]
+        optimizer = optimizer_class((p for p in self.parameters() if p.requires_grad), lr=self.hparams.lr,
+                                    weight_decay=self.hparams.weight_decay)
+        if self.hparams.lr_schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                                   patience=PLATEAU_PATIENCE)
+            return {"optimizer": optimizer,
+                    "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_loss"}}
         scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
             optimizer, T_0=self.hparams.restart_epochs, eta_min=min(self.hparams.min_lr, self.hparams.lr)
         )

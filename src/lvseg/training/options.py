@@ -69,21 +69,28 @@ class TrainConfig:
         help="A further model option as NAME=VALUE (repeatable; VALUE read as JSON when it is, e.g. 0.2 or true, "
         "else as text), e.g. --model-option unparsable_reports=zero for c2fvl.",
         flag="--model-option", cli_type=list[str], default_factory=dict)
-    batch_size: int | None = option(
-        None, "Images per training step (default: the model's recipe; 2, the LViT paper's, unless it says otherwise).",
-        minimum=1)
-    lr: float | None = option(
-        None, "Adam learning rate, cosine annealing with warm restarts (default: the model's recipe; 1e-3, the LViT "
-        "paper's, unless it says otherwise).", group="optim", above=0.0)
-    weight_decay: float = option(0.0, "Adam weight decay.", group="optim", minimum=0.0)
+    recipe: str | None = option(
+        None, "Training preset: lvit (Adam 1e-3, cosine warm restarts, batch 2, patience 50: the LViT paper's) or "
+        "vlsm (AdamW 2e-3, weight decay 1e-3, ReduceLROnPlateau on val loss, gradient clipping 0.5, batch 128, "
+        "patience 20: the medvlsm study's). Default: the model's own. Options given below override it.",
+        choices=("lvit", "vlsm"), cli_type=str)
+    batch_size: int | None = option(None, "Images per training step (default: the recipe's).", minimum=1)
+    optimizer: str | None = option(None, "adam or adamw (default: the recipe's).", group="optim",
+                                   choices=("adam", "adamw"), cli_type=str)
+    lr: float | None = option(None, "Learning rate (default: the recipe's).", group="optim", above=0.0)
+    weight_decay: float | None = option(None, "Weight decay (default: the recipe's).", group="optim", minimum=0.0)
+    lr_schedule: str | None = option(
+        None, "cosine (annealing with warm restarts) or plateau (x0.1 after 5 epochs without a lower validation "
+        "loss); default: the recipe's.", group="optim", choices=("cosine", "plateau"), cli_type=str)
     restart_epochs: int = option(10, "Epochs of the first cosine-annealing cycle (warm restarts, T_0).", group="optim",
                                  minimum=1)
     min_lr: float = option(1e-4, "Lowest learning rate of the cosine annealing.", group="optim", minimum=0.0)
+    grad_clip: float | None = option(
+        None, "Clip the gradient norm to this value (0: off; default: the recipe's).", minimum=0.0)
     max_epochs: int = option(2000, "Maximum number of epochs.", minimum=1)
     max_time: str | None = option(None, "Training time budget: minutes ('40'), '2h' or DD:HH:MM:SS.")
     patience: int | None = option(
-        None, "Early stopping: epochs without a better validation Dice (default: the model's recipe; 50 unless it "
-        "says otherwise).", minimum=1)
+        None, "Early stopping: epochs without a better validation Dice (default: the recipe's).", minimum=1)
     seed: int = option(0, "Random seed (data order, augmentation, initialisation).", minimum=0)
     devices: int | str = option("1", "Number of devices (processes with --strategy ddp) or 'auto'.", cli_type=str)
     strategy: str = option("auto", "Lightning strategy: auto, ddp, ddp_spawn, ...")
@@ -125,17 +132,31 @@ class TrainConfig:
     )
 
 
-#: What a ``None`` of these fields becomes when the model's ``recipe`` does not set it (the LViT paper's values).
-RECIPE_DEFAULTS: dict[str, Any] = {"batch_size": 2, "lr": 1e-3, "patience": 50}
+#: Training presets: what a ``None`` of these fields becomes. ``lvit``: the LViT paper's (lvseg's default);
+#: ``vlsm``: the medvlsm study's (Poudel et al., MIDL 2024) for fine-tuning CLIPSeg-style models.
+RECIPES: dict[str, dict[str, Any]] = {
+    "lvit": {"batch_size": 2, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine",
+             "grad_clip": 0.0, "patience": 50},
+    "vlsm": {"batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-3, "lr_schedule": "plateau",
+             "grad_clip": 0.5, "patience": 20},
+}
+RECIPE_DEFAULTS: dict[str, Any] = RECIPES["lvit"]
+
+
+def model_recipe(model: str) -> dict[str, Any]:
+    """The full recipe of a registered model: its ``recipe`` names a preset or overrides the ``lvit`` one."""
+    from lvseg.models import model_class
+
+    recipe = getattr(model_class(model), "recipe", {})
+    if isinstance(recipe, str):
+        return dict(RECIPES[recipe])
+    return RECIPE_DEFAULTS | dict(recipe)
 
 
 def with_model_recipe(config: TrainConfig) -> TrainConfig:
-    """``config`` with every unset recipe field (``None``) taken from the model's ``recipe``, else the default."""
-    from lvseg.models import model_class
-
-    recipe = dict(getattr(model_class(config.model), "recipe", {}))
-    unset = {name: recipe.get(name, default) for name, default in RECIPE_DEFAULTS.items()
-             if getattr(config, name) is None}
+    """``config`` with every unset recipe field (``None``) taken from ``--recipe``, else the model's recipe."""
+    recipe = RECIPES[config.recipe] if config.recipe else model_recipe(config.model)
+    unset = {name: recipe[name] for name in RECIPE_DEFAULTS if getattr(config, name) is None}
     return dataclasses.replace(config, **unset)
 
 

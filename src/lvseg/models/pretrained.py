@@ -1,0 +1,88 @@
+"""Pretrained sub-models of segmentation models (CLIP/CLIPSeg/BiomedCLIP towers) and where their weights come from.
+
+A model built from a pretrained checkpoint (``CIDAS/clipseg-rd64-refined``, BiomedCLIP) gets its weights
+from one of three places, chosen by the caller with :func:`weights_from`:
+
+* ``"pretrained"`` (default): the published weights, read from their id or folder (training starts here);
+* ``"checkpoint"``: an lvseg checkpoint is about to load the trained weights, so only the *frozen* towers
+  (which checkpoints never store) are read; weights that training changed (a decoder initialised from
+  another checkpoint, encoders that were fine-tuned) are not read at all, so serving a trained model
+  needs no file it does not use;
+* ``"nowhere"``: architecture only (``lvseg info`` on the meta device): nothing is read but configs.
+
+:class:`PretrainedTower` wraps a Hugging Face module: frozen (eval mode, no gradient, kept out of
+``state_dict()`` and reloaded from its source) or fine-tuned (stored like any weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any, Literal
+
+from torch import nn
+
+WeightSource = Literal["pretrained", "checkpoint", "nowhere"]
+_WEIGHT_SOURCE: ContextVar[WeightSource] = ContextVar("lvseg_weight_source", default="pretrained")
+
+_TOWER_PREFIX = "hf_model."
+
+
+@contextlib.contextmanager
+def weights_from(source: WeightSource) -> Iterator[None]:
+    """Within the block, models read pretrained weights as ``source`` says (see the module docstring)."""
+    if source not in ("pretrained", "checkpoint", "nowhere"):
+        raise ValueError(f"unknown weight source {source!r}")
+    token = _WEIGHT_SOURCE.set(source)
+    try:
+        yield
+    finally:
+        _WEIGHT_SOURCE.reset(token)
+
+
+def weight_source() -> WeightSource:
+    """Where models being built now take their pretrained weights from (see :func:`weights_from`)."""
+    return _WEIGHT_SOURCE.get()
+
+
+def _drop_tower_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix + _TOWER_PREFIX)]:
+        del state_dict[key]
+
+
+def _allow_missing_tower_weights(module: nn.Module, incompatible_keys: Any) -> None:
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if not (key.startswith(_TOWER_PREFIX) or "." + _TOWER_PREFIX in key)]
+
+
+class PretrainedTower(nn.Module):
+    """A pretrained Hugging Face module (``hf_model``) inside a segmentation model.
+
+    ``frozen=True``: ``requires_grad`` off, always in eval mode (no dropout), weights kept out of
+    ``state_dict()`` and reloaded from ``source`` (listed by ``SegmentationModel.pretrained_sources``), and
+    shared, not copied, by an EMA teacher. ``frozen=False``: an ordinary trained submodule.
+    """
+
+    def __init__(self, hf_model: nn.Module, source: str, frozen: bool = True) -> None:
+        super().__init__()
+        self.hf_model = hf_model
+        self.frozen = bool(frozen)
+        if self.frozen:
+            self.pretrained_source = source
+            hf_model.requires_grad_(False)
+            hf_model.eval()
+            self.register_state_dict_post_hook(_drop_tower_weights)
+            self.register_load_state_dict_post_hook(_allow_missing_tower_weights)
+
+    def train(self, mode: bool = True) -> "PretrainedTower":
+        super().train(mode)
+        if self.frozen:
+            self.hf_model.eval()
+        return self
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.hf_model(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"frozen={self.frozen}"
