@@ -306,3 +306,20 @@ def test_help_shows_flags_as_flags_and_explains_every_option() -> None:
                 if isinstance(param, click.Option) and param.name != "help" and not param.help]
 
     assert options_without_help(typer.main.get_command(app), "lvseg") == []
+
+
+# --------------------------------------------------------------------------------- recipes, pretrained models
+
+
+def test_bad_recipe_options_are_named_at_once(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run", "--recipe", "fast", "--optimizer",
+                                                          "sgd", "--grad-clip", -1))
+    assert_one_error(code, err, "--recipe 'fast' is not one of lvit, vlsm", "--optimizer 'sgd' is not one of adam, "
+                     "adamw", "--grad-clip -1.0 must be >= 0")
+
+
+def test_missing_biomedclip_weights_say_what_to_download(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    code, err = run_main(monkeypatch, capsys, "train", "--data", data, "--out", tmp_path / "run", "--model",
+                         "biomedclipseg", "--img-size", 32, "--model-option", f"biomedclip={tmp_path / 'empty'}")
+    assert_one_error(code, err, f"BiomedCLIP is not in '{tmp_path / 'empty'}'", "download open_clip_pytorch_model.bin "
+                     "from microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "vocab.txt")

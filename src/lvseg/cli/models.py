@@ -25,8 +25,11 @@ def _print_one(report: dict[str, Any]) -> None:
     table.add_row("inference, learned", f"{report['inference_learned_parameters']:,}")
     table.add_row("GFLOPs (batch 1)", f"{report['gflops']:.2f} ({report['gflops'] / 2:.2f} GMACs)")
     text_gflops = report["text_encoder_gflops"]
-    table.add_row("text encoder GFLOPs", "not counted (give --text-encoder)" if text_gflops is None
-                  else f"{text_gflops:.2f}")
+    if report["text_tower_in_network"]:
+        text_row = "included in GFLOPs (the model runs its own text tower)"
+    else:
+        text_row = "not counted (give --text-encoder)" if text_gflops is None else f"{text_gflops:.2f}"
+    table.add_row("text encoder GFLOPs", text_row)
     table.add_row("image input", "x".join(map(str, report["image_shape"])))
     table.add_row("text input", "x".join(map(str, report["text_shape"])) if report["text_shape"] else "none")
     for key, value in report["options"].items():
@@ -35,12 +38,13 @@ def _print_one(report: dict[str, Any]) -> None:
 
 
 def _print_all(reports: list[dict[str, Any]]) -> None:
-    table = Table(title="registered models (text front ends not included)")
+    table = Table(title="registered models (text encoders not included, except a model's own text tower: *)")
     for column in ("model", "parameters (M)", "trainable (M)", "inference (M)", "GFLOPs", "reads text"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+        table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for report in reports:
+        own_tower = "*" if report["text_tower_in_network"] else ""
         table.add_row(report["model"], f"{report['parameters'] / 1e6:.2f}", f"{report['trainable_parameters'] / 1e6:.2f}",
-                      f"{report['inference_parameters'] / 1e6:.2f}", f"{report['gflops']:.2f}",
+                      f"{report['inference_parameters'] / 1e6:.2f}", f"{report['gflops']:.2f}{own_tower}",
                       "yes" if report["requires_text"] else "no")
     Console().print(table)
 

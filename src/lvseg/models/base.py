@@ -99,6 +99,8 @@ class SegmentationModel(nn.Module):
     default_text_encoder: ClassVar[str | None] = None
     #: Names of submodules used only by training losses; dropped from inference checkpoints.
     training_only_modules: ClassVar[tuple[str, ...]] = ()
+    #: Whether ``forward`` runs the model's own text tower (from token ids), so FLOP counts include it.
+    text_tower_in_forward: ClassVar[bool] = False
     #: Named loss terms and their weights; subclasses with auxiliary losses extend it.
     loss_weights: ClassVar[Mapping[str, float]] = DEFAULT_LOSS_WEIGHTS
 

@@ -147,6 +147,7 @@ class CLIPSegStyleModel(SegmentationModel, abstract=True):
     """
 
     requires_text = True
+    text_tower_in_forward = True
     #: The medvlsm study's loss: Dice + 0.2 BCE (on logits).
     loss_weights = MappingProxyType({"dice": 1.0, "bce": 0.2})
     recipe = "vlsm"

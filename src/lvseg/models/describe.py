@@ -19,13 +19,14 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
     ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add counts as 2 FLOPs) for the network in
     eval mode on a text input of the right shape: the text front end is not built unless ``options`` name
     one (``text_encoder="clip"``, ``"hf:<id or path>"``: loaded on the CPU, its frozen parameters counted),
-    and is never part of the GFLOPs.
+    and is never part of the GFLOPs (a text tower that the forward itself runs, e.g. CLIPSeg's, is).
 
     Returns ``model``, ``options`` (the config), ``parameters`` (total), ``trainable_parameters``,
     ``frozen_parameters``, ``training_only_parameters``, ``inference_parameters`` (without training-only
     modules), ``inference_learned_parameters`` (of those, the trained ones), ``gflops`` (the network),
     ``text_encoder_gflops`` (one report through the built text encoder, else None), ``requires_text``,
-    ``image_shape`` and ``text_shape`` (None for image-only models or non-tensor inputs).
+    ``image_shape`` and ``text_shape`` (the first tensor of the text input; None for image-only models) and
+    ``text_tower_in_network`` (the model's forward runs its own text tower, so ``gflops`` include it).
     """
     spec = options.pop("text_encoder", None)
     text_gflops = None
@@ -64,7 +65,8 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
         "text_encoder_gflops": text_gflops,
         "requires_text": bool(model.requires_text),
         "image_shape": image_shape,
-        "text_shape": list(text.shape) if isinstance(text, torch.Tensor) else None,
+        "text_shape": list(_first_tensor(text).shape) if _first_tensor(text) is not None else None,
+        "text_tower_in_network": bool(model.text_tower_in_forward),
     }
 
 
@@ -73,3 +75,11 @@ def describe_all(**options: Any) -> list[dict[str, Any]]:
     (e.g. ``img_size`` for all, ``text_len`` for text models)."""
     return [describe_model(name, **{key: value for key, value in options.items() if key in model_options(name)})
             for name in list_models()]
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
