@@ -95,7 +95,8 @@ def test_published_sizes_of_the_full_models() -> None:
     assert round(clipseg["parameters"] / 1e6, 2) == 150.75
     biomed = describe_model("biomedclipseg", img_size=224)
     assert round(biomed["frozen_parameters"] / 1e6, 2) == 195.90  # BiomedCLIP less its logit scale
-    assert biomed["trainable_parameters"] == 1_127_009 and biomed["text_shape"] is None
+    assert biomed["trainable_parameters"] == 1_127_009 and biomed["text_shape"] == [1, 256]
+    assert biomed["text_tower_in_network"] and clipseg["text_shape"] == [1, 77]
     assert 75 < biomed["gflops"] < 85 and 95 < clipseg["gflops"] < 102
 
 
@@ -125,6 +126,21 @@ def test_biomedclip_towers_equal_the_open_clip_layout(biomedclip: tuple[Path, to
             alone = ids[row : row + 1, : int(mask[row].sum())]
             torch.testing.assert_close(towers.text_embedding(ids, mask)[row : row + 1], reference.encode_text(alone),
                                        atol=1e-5, rtol=1e-5)
+
+
+def test_biomedclip_loads_from_safetensors_too(biomedclip: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from lvseg.models.biomedclip import load_biomedclip
+
+    folder, reference = biomedclip
+    save_file({key: value.contiguous() for key, value in reference.state_dict().items()},
+              str(tmp_path / "open_clip_model.safetensors"))
+    shutil.copy(folder / "vocab.txt", tmp_path / "vocab.txt")
+    pixels = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(load_biomedclip(tmp_path).image_embedding(pixels), reference.encode_image(pixels),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_every_biomedclip_key_is_mapped_with_its_shape(biomedclip: tuple[Path, torch.nn.Module]) -> None:
@@ -229,6 +245,8 @@ def test_vlsm_models_use_the_study_recipe_unless_overridden(tmp_path: Path) -> N
     assert (paper.optimizer, paper.lr_schedule, paper.grad_clip) == ("adam", "cosine", 0.0)
     assert with_model_recipe(TrainConfig(model="lvit", recipe="vlsm", **base)).optimizer == "adamw"
     assert with_model_recipe(TrainConfig(model="c2fvl", **base)).batch_size == 4  # a model's own override
+    assert recipe.img_size == 352 and with_model_recipe(TrainConfig(model="lvit", **base)).img_size == 224
+    assert with_model_recipe(TrainConfig(model="clipseg", img_size=224, **base)).img_size == 224
 
     task = SegmentationTask("unet", {"img_size": 32, "base_channels": 4}, optimizer="adamw", lr=2e-3,
                             weight_decay=1e-3, lr_schedule="plateau")

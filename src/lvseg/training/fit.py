@@ -75,7 +75,9 @@ def model_config_for(config: TrainConfig) -> dict[str, Any]:
     from lvseg.models import model_class, model_options
 
     cls, accepted = model_class(config.model), model_options(config.model)
-    options: dict[str, Any] = {"in_channels": config.in_channels, "img_size": config.img_size}  # every model takes them
+    options: dict[str, Any] = {"in_channels": config.in_channels}  # every model takes it, and img_size
+    if config.img_size is not None:
+        options["img_size"] = config.img_size
     if config.base_channels is not None:
         options["base_channels"] = config.base_channels
     if cls.requires_text:  # image-only models ignore the text options

@@ -62,7 +62,8 @@ class TrainConfig:
         "(default: the model's own, e.g. 'learned' for lvit, 'clip' for reclmis; c2fvl reads its report vector).",
         cli_type=str)
     text_length: int | None = option(None, "Tokens per report (padded/truncated; default: the encoder's).", minimum=1)
-    img_size: int = option(224, "Model input size, a multiple of 32.")
+    img_size: int | None = option(
+        None, "Model input size, a multiple of 32 (default: the model's own, 224; 352 for clipseg).", cli_type=int)
     in_channels: int = option(3, "Image channels the model reads (gray images are replicated).", minimum=1)
     base_channels: int | None = option(None, "Width of the first level (paper: 64).", minimum=1)
     model_options: dict[str, Any] = option(
@@ -154,10 +155,24 @@ def model_recipe(model: str) -> dict[str, Any]:
 
 
 def with_model_recipe(config: TrainConfig) -> TrainConfig:
-    """``config`` with every unset recipe field (``None``) taken from ``--recipe``, else the model's recipe."""
+    """``config`` with every unset recipe field (``None``) taken from ``--recipe``, else the model's recipe, and an
+    unset ``img_size`` from the model's own default."""
     recipe = RECIPES[config.recipe] if config.recipe else model_recipe(config.model)
     unset = {name: recipe[name] for name in RECIPE_DEFAULTS if getattr(config, name) is None}
+    if config.img_size is None:
+        unset["img_size"] = model_default_size(config.model)
     return dataclasses.replace(config, **unset)
+
+
+def model_default_size(model: str) -> int:
+    """The ``img_size`` default of a registered model's constructor (224 when it has none)."""
+    import inspect
+
+    from lvseg.models import model_class
+
+    parameter = inspect.signature(model_class(model).__init__).parameters.get("img_size")
+    default = None if parameter is None else parameter.default
+    return default if isinstance(default, int) and not isinstance(default, bool) else 224
 
 
 #: Fields of :class:`TrainConfig` that are hyperparameters of the optimiser and of the semi-supervised task.
@@ -223,8 +238,8 @@ def check_train_config(config: TrainConfig) -> None:
             problem = _range_problem(float(value), meta)
             if problem:
                 problems.append(f"{cli_flag(field_).split('/')[0]} {value!r} {problem}")
-    if isinstance(config.img_size, bool) or not isinstance(config.img_size, int) or config.img_size <= 0 \
-            or config.img_size % 32:
+    if config.img_size is not None and (isinstance(config.img_size, bool) or not isinstance(config.img_size, int)
+                                        or config.img_size <= 0 or config.img_size % 32):
         problems.append(f"--img-size {config.img_size} is not a positive multiple of 32 (e.g. 224, 256)")
     if problems:
         raise LvsegError("; ".join(problems))
