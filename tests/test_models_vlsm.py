@@ -87,6 +87,8 @@ def test_clipseg_trains_the_decoder_only_unless_asked(clipseg_dir: Path) -> None
     assert vision.grad is not None and vision.grad.abs().sum() > 0  # transformers' own forward would give none
     assert text.grad is not None and text.grad.abs().sum() > 0
     assert any(key.startswith("tower.") for key in tuned.state_dict())  # fine-tuned towers are stored
+    unreached = [name for name, p in tuned.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not unreached, f"trainable parameters without gradient: {unreached[:5]}"
 
 
 def test_published_sizes_of_the_full_models() -> None:
@@ -164,16 +166,33 @@ def test_every_biomedclip_key_is_mapped_with_its_shape(biomedclip: tuple[Path, t
 
 
 def test_the_decoder_taps_the_clipseg_layers(biomedclip: tuple[Path, torch.nn.Module]) -> None:
-    """Changing the output of block 1 changes the prediction only when block 1 is tapped (or feeds a tap)."""
+    """With extract_layers [0, 1] of a 3-block tower, block 2 is never used and block 1 is: changing block 2
+    leaves the prediction as it was, changing block 1 does not (an off-by-one tap would reverse both)."""
     model = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE,
                          **{**BIOMED_DECODER, "extract_layers": [0, 1]}).eval()
+    vision = model.tower.hf_model.vision
+    blocks = vision.layers if hasattr(vision, "layers") else vision.encoder.layer
     images = torch.rand(1, 3, SIZE, SIZE)
     text = model.encode_text(PROMPTS[:1])
     before = model(images, text)
     with torch.no_grad():
-        model.tower.hf_model.vision.layernorm.weight.mul_(3.0)  # the final norm: after every tap, unused
+        for parameter in blocks[2].parameters():
+            parameter.mul_(3.0)
     torch.testing.assert_close(model(images, text), before)
-    assert model.extract_layers == [0, 1]
+    with torch.no_grad():
+        for parameter in blocks[1].parameters():
+            parameter.mul_(3.0)
+    assert not torch.allclose(model(images, text), before)
+
+
+def test_gray_images_and_upper_case_prompts(clipseg_dir: Path, biomedclip: tuple[Path, torch.nn.Module]) -> None:
+    model = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, in_channels=1,
+                         **BIOMED_DECODER).eval()
+    gray = torch.rand(1, 1, SIZE, SIZE)
+    torch.testing.assert_close(model.predict_proba(gray, PROMPTS[:1]),
+                               model.predict_proba(gray.expand(-1, 3, -1, -1), PROMPTS[:1]))
+    shouting = model.encode_text([PROMPTS[0].upper() + "   "])[0]  # BiomedBERT is uncased, spaces collapse
+    torch.testing.assert_close(shouting, model.encode_text(PROMPTS[:1])[0])
 
 
 def test_biomedclipseg_d_starts_from_the_clipseg_decoder(clipseg_dir: Path, biomedclip: tuple[Path, torch.nn.Module],
@@ -189,6 +208,11 @@ def test_biomedclipseg_d_starts_from_the_clipseg_decoder(clipseg_dir: Path, biom
     assert d.config["extract_layers"] == [0, 1, 2] and d.config["reduce_dim"] == 16  # the checkpoint's geometry
     plain = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, **BIOMED_DECODER)
     assert not torch.equal(plain.decoder.film_mul.weight, source["film_mul.weight"])
+    simple = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, conditional_layer=1,
+                          complex_upsampling=False, **BIOMED_DECODER)
+    twin = create_model("biomedclipseg", **simple.config)  # every geometry value is in the config
+    twin.load_weights(simple.state_dict())
+    assert twin.config["conditional_layer"] == 1 and twin.config["complex_upsampling"] is False
     with pytest.raises(LvsegError, match="reduce_dim=8 contradict"):
         create_model("biomedclipseg-d", biomedclip=str(biomedclip[0]), img_size=SIZE, decoder_init=str(clipseg_dir),
                      reduce_dim=8)
@@ -233,7 +257,7 @@ def test_the_vlsm_loss_is_dice_plus_a_real_bce_term(clipseg_dir: Path) -> None:
 
 
 def test_vlsm_models_use_the_study_recipe_unless_overridden(tmp_path: Path) -> None:
-    from lvseg.training.module import SegmentationTask
+    from lvseg.training.module import PLATEAU_PATIENCE, SegmentationTask
     from lvseg.training.options import TrainConfig, with_model_recipe
 
     base = {"data": tmp_path, "out": tmp_path / "run"}
@@ -255,3 +279,5 @@ def test_vlsm_models_use_the_study_recipe_unless_overridden(tmp_path: Path) -> N
     assert configured["optimizer"].defaults["weight_decay"] == 1e-3
     assert isinstance(configured["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
     assert configured["lr_scheduler"]["monitor"] == "val_loss"
+    plateau = configured["lr_scheduler"]["scheduler"]
+    assert (plateau.factor, plateau.patience, PLATEAU_PATIENCE) == (0.1, 5, 5)  # the study's

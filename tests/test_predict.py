@@ -85,6 +85,20 @@ def test_predict_text_model_with_report(ckpts: dict[str, Path], tmp_path: Path) 
     assert mask.shape == (50, 34) and set(np.unique(mask).tolist()) <= {0, 255}
 
 
+def test_predict_says_how_the_report_was_read_and_when_no_lesion_is_found(ckpts: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    image = _image(tmp_path / "x.png", 30, 30)
+    result = invoke("-c", ckpts["lvit"], "-i", image, "-t", "Right middle lobe consolidation.", "-o", tmp_path / "m.png")
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "warning: 3 of 4 words are not in this model's vocabulary and were ignored: 'middle', 'lobe', " in output
+    assert "most of the report is unknown" in output
+    quiet = invoke("-c", ckpts["lvit"], "-i", image, "-t", REPORTS[0], "-o", tmp_path / "m2.png")
+    assert "warning" not in quiet.output
+    nothing = invoke("-c", ckpts["none"], "-i", image, "-o", tmp_path / "m3.png")
+    assert "no lesion found, highest probability 0.000" in nothing.output
+
+
 # ----------------------------------------------------------------------------------------------- folder
 
 

@@ -103,9 +103,15 @@ def test_segment_png_format_returns_the_mask_itself(client: TestClient) -> None:
     assert response.headers["x-lesions"] == "2"
 
 
-def test_segment_empty_mask_has_null_confidence(client: TestClient) -> None:
-    result = _segment(client, image=png_bytes(np.zeros((10, 12), dtype=np.uint8))).json()
-    assert result["area_px"] == 0 and result["lesions"] == 0 and result["confidence"] is None
+def test_an_empty_mask_is_no_lesion_found_with_the_highest_probability(client: TestClient) -> None:
+    dim = np.zeros((10, 12), dtype=np.uint8)
+    dim[3, 4] = 102  # the fake's probability is brightness: 0.4 at most, under the 0.5 threshold
+    result = _segment(client, image=png_bytes(dim)).json()
+    assert result["area_px"] == 0 and result["lesions"] == 0
+    assert result["finding"] == "no lesion found"
+    assert result["max_probability"] == pytest.approx(0.4, abs=1e-3) and result["confidence"] == result["max_probability"]
+    found = _segment(client).json()
+    assert found["finding"] == "lesion found" and found["confidence"] <= found["max_probability"]
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "TIFF"])

@@ -155,3 +155,63 @@ def test_sixteen_bit_png_gives_the_same_mask_through_the_app_and_lvseg_predict(
     assert 0 < int((cli_mask > 0).sum()) < cli_mask.size  # a real mask, neither empty nor full
     assert np.array_equal(app_mask, cli_mask)
     assert np.array_equal(cli_mask > 0, reference.probability > threshold)
+
+
+def _fields(**values: str) -> dict[str, tuple[None, str]]:
+    """Plain form fields sent as multipart/form-data (the API's only request format)."""
+    return {name: (None, value) for name, value in values.items()}
+
+
+def _pdf_text(content: bytes) -> str:
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is needed to read the PDF's text")
+    return " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(content)).pages).split())
+
+
+def test_words_outside_the_vocabulary_are_reported_not_silently_ignored(client: TestClient) -> None:
+    image = encode(lesion_image(height=50, width=70))
+    known = _segment(client, image).json()
+    assert known["text_warnings"] == [] and known["unknown_words"] == [] and known["report_text"] == REPORT
+    unknown = _segment(client, image, text="Left lower lobe consolidation.").json()
+    assert unknown["unknown_words"] == ["lobe", "consolidation"]
+    assert "2 of 4 words are not in this model's vocabulary" in unknown["text_warnings"][0]
+    mostly = _segment(client, image, text="Right middle lobe consolidation with effusion.").json()
+    assert any("most of the report is unknown" in warning for warning in mostly["text_warnings"])
+    assert mostly["report_parsed"] is None  # a learned vocabulary has no grammar
+
+
+def test_the_pdf_of_a_result_id_shows_that_result(client: TestClient) -> None:
+    """The page's sequence: segment image A with report A, then B; the PDF asked for A shows A."""
+    first = _segment(client, encode(lesion_image(height=50, width=70)), text=REPORT).json()
+    other_text = "Unilateral pulmonary infection, one infected area, lower left lung."
+    second = _segment(client, encode(lesion_image(height=40, width=40)), text=other_text).json()
+    assert first["result_id"] != second["result_id"]
+    response = client.post("/api/report", files=_fields(result_id=first["result_id"], study_id="A-1"))
+    assert response.status_code == 200, response.text
+    text = _pdf_text(response.content)
+    assert REPORT.split(",")[0] in text and other_text not in text
+    assert f"{first['area_px']} px" in text and "70 x 50 px" in text and "A-1" in text
+
+    changed = client.post("/api/report", files=_fields(result_id=first["result_id"], text=other_text))
+    assert changed.status_code == 409 and "differs" in changed.json()["error"]
+    assert client.post("/api/report", files=_fields(result_id="nope")).status_code == 404
+    both = client.post("/api/report", files={**_fields(result_id=first["result_id"]),
+                                             "image": ("a.png", encode(lesion_image(height=20, width=20)), "image/png")})
+    assert both.status_code == 422
+
+
+def test_a_report_outside_c2fvl_grammar_is_flagged(tmp_path: Path) -> None:
+    from lvseg.checkpoint import save_inference_checkpoint
+    from lvseg.inference import load_model
+    from lvseg.models import create_model
+
+    net = create_model("c2fvl", img_size=32, base_channels=8, unparsable_reports="zero")
+    save_inference_checkpoint(tmp_path / "c2fvl.ckpt", net)
+    with TestClient(create_app(load_model(tmp_path / "c2fvl.ckpt", device="cpu"))) as c2fvl:
+        image = encode(lesion_image(height=40, width=40))
+        parsed = _segment(c2fvl, image).json()
+        assert parsed["report_parsed"] is True and parsed["text_warnings"] == []
+        result = _segment(c2fvl, image, text="Left lower lobe consolidation.").json()
+        assert result["report_parsed"] is False
+        assert "does not follow the report grammar" in result["text_warnings"][0]
+        pdf = c2fvl.post("/api/report", files=_fields(result_id=result["result_id"]))
+        assert "does not follow the report grammar" in _pdf_text(pdf.content)

@@ -26,10 +26,14 @@ def test_lesions_are_eight_connected_and_measured() -> None:
     assert result.lesion_list[0].bbox == (6, 6, 3, 3)
 
 
-def test_empty_mask_has_no_confidence() -> None:
+def test_an_empty_mask_says_no_lesion_found_with_the_highest_probability() -> None:
     mask = np.zeros((4, 4), dtype=np.uint8)
     labels, count = label_lesions(mask)
-    assert measure(mask, np.zeros((4, 4), np.float32), labels, count).confidence is None
+    probability = np.zeros((4, 4), np.float32)
+    probability[1, 2] = 0.31
+    result = measure(mask, probability, labels, count)
+    assert result.finding == "no lesion found" and result.max_probability == pytest.approx(0.31)
+    assert result.confidence_text() == "no lesion found (highest probability 0.310)"
 
 
 def test_lesion_colours_are_distinct() -> None:

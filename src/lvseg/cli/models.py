@@ -54,7 +54,9 @@ def register(app: typer.Typer) -> None:
     def info(
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Registered model name (lvit, unet, ...)."),
         all_models: bool = typer.Option(False, "--all", help="Describe every registered model."),
-        img_size: int = typer.Option(224, help="Input size S (images are S x S), a multiple of 32."),
+        img_size: Optional[int] = typer.Option(
+            None, help="Input size S (images are S x S), a multiple of 32 (default: each model's own, e.g. 224; "
+            "352 for clipseg)."),
         base_channels: Optional[int] = typer.Option(None, help="Width of the first level (default: the model's)."),
         in_channels: int = typer.Option(3, help="Image channels."),
         text_len: Optional[int] = typer.Option(None, help="Text tokens L (text models; default: the model's)."),

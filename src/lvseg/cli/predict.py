@@ -68,8 +68,12 @@ def predict_command(
         array = read_hwc(image)
         prediction = segmenter.predict(array, text, threshold=threshold)
         write_mask(out, prediction.mask)
-        console.print(f"mask ({prediction.mask.shape[1]}x{prediction.mask.shape[0]}, "
-                      f"{int(prediction.mask.sum())} lesion pixels): {out}", highlight=False)
+        for warning in prediction.warnings:  # how the model read the report, before the result it produced
+            console.print(f"warning: {warning}", style="yellow", highlight=False)
+        finding = (f"{int(prediction.mask.sum())} lesion pixels" if prediction.lesion_found
+                   else f"no lesion found, highest probability {prediction.max_probability:.3f}")
+        console.print(f"mask ({prediction.mask.shape[1]}x{prediction.mask.shape[0]}, {finding}): {out}",
+                      highlight=False)
         if overlay is not None:
             write_overlay(overlay, array, prediction.mask)
             console.print(f"overlay: {overlay}", highlight=False)

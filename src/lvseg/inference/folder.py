@@ -139,6 +139,8 @@ def predict_folder(segmenter: object, folder: Path, out: Path, threshold: float 
             write_overlay(out / "overlays" / item.mask_name, array, prediction.mask)
             rows.append({"image": item.image_path.name, "mask": str(mask_path.relative_to(out)),
                          "text": item.text, "lesion_pixels": int(prediction.mask.sum()),
+                         "max_probability": round(prediction.max_probability, 6),
+                         "text_warnings": " | ".join(prediction.warnings),
                          "height": prediction.mask.shape[0], "width": prediction.mask.shape[1]})
         log.info("predicted %d / %d images", min(start + batch_size, len(items)), len(items))
     buffer = io.StringIO()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,32 @@ import torch.nn.functional as F
 
 from lvseg.checkpoint import load_checkpoint
 from lvseg.errors import LvsegError
+from lvseg.text.base import TextReading
 
 
 @dataclass
 class Prediction:
-    """mask: (H, W) uint8 {0, 1}; probability: (H, W) float32 in [0, 1]; both at the input's resolution."""
+    """mask: (H, W) uint8 {0, 1}; probability: (H, W) float32 in [0, 1]; both at the input's resolution.
+
+    reading: how the model understood the report (unknown words, whether it parsed); ``warnings`` says it in
+    plain sentences, and whether the mask is empty ("no lesion found", with the highest probability seen).
+    """
 
     mask: np.ndarray
     probability: np.ndarray
+    reading: TextReading = field(default_factory=TextReading)
+
+    @property
+    def lesion_found(self) -> bool:
+        return bool(self.mask.any())
+
+    @property
+    def max_probability(self) -> float:
+        return float(self.probability.max()) if self.probability.size else 0.0
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.reading.warnings()
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -91,9 +109,10 @@ class Segmenter:
         arrays = [read_image(image, channels=self.in_channels) for image in images]
         probabilities = self.probabilities(torch.stack([resize_image(array, self.img_size) for array in arrays]), texts)
         results = []
-        for probability, array in zip(probabilities, arrays):
+        for probability, array, text in zip(probabilities, arrays, texts):
             full = upsample_probability(probability, tuple(array.shape[-2:])).numpy()
-            results.append(Prediction(mask=(full > threshold).astype(np.uint8), probability=full))
+            results.append(Prediction(mask=(full > threshold).astype(np.uint8), probability=full,
+                                      reading=self.model.read_report(text)))
         return results
 
     def predict(self, image: Any, text: str = "", threshold: float = 0.5) -> Prediction:

@@ -30,12 +30,15 @@ import json
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
+
+if TYPE_CHECKING:
+    from lvseg.text.base import TextReading
 
 #: Weights of the default loss terms (the LViT paper's 0.5 Dice + 0.5 class-balanced BCE).
 DEFAULT_LOSS_WEIGHTS: Mapping[str, float] = types.MappingProxyType({"dice": 0.5, "bce": 0.5})
@@ -192,6 +195,14 @@ class SegmentationModel(nn.Module):
                 "text_encoder='learned' or 'hf:<id or path>', or call forward() with text features"
             )
         return self.text_encoder(list(texts)).tokens.to(self.device)
+
+    def read_report(self, text: str) -> "TextReading":
+        """How this model's text front end understands ``text`` (unknown words, whether it parsed), so a report
+        that was mostly not read is said so instead of silently giving "no lesion"."""
+        from lvseg.text.base import TextReading
+
+        reader = getattr(self.text_encoder, "read", None)
+        return reader(text) if self.requires_text and callable(reader) else TextReading()
 
     def report_problems(self, texts: Sequence[str]) -> dict[int, str]:
         """Reports this model's text front end cannot read: {position in ``texts``: what is wrong}.

@@ -71,7 +71,10 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
     ``in_channels`` (3; 1 is replicated), ``text_len`` (256, BiomedCLIP's context), ``decoder_init`` (a CLIPSeg id or folder whose
     decoder weights start training; None: random), and the decoder geometry ``extract_layers``,
     ``reduce_dim``, ``decoder_heads``, ``decoder_mlp`` (default: CIDAS/clipseg-rd64-refined's, or
-    ``decoder_init``'s).
+    ``decoder_init``'s), ``conditional_layer`` (the decoder layer FiLM conditions, 0) and
+    ``complex_upsampling`` (CLIPSeg's "refined" conv + two transposed convolutions, True; False: one).
+    Every geometry value is recorded in the config, so a checkpoint rebuilds its decoder without
+    ``decoder_init``.
     """
 
     def __init__(
@@ -86,6 +89,8 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
         reduce_dim: int | None = None,
         decoder_heads: int | None = None,
         decoder_mlp: int | None = None,
+        conditional_layer: int | None = None,
+        complex_upsampling: bool | None = None,
     ) -> None:
         super().__init__()
         given_path = Path(biomedclip).expanduser()
@@ -114,7 +119,8 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
             if config is not None:
                 geometry = {key: getattr(config, key) for key in DECODER_KEYS}
         given = {"extract_layers": extract_layers, "reduce_dim": reduce_dim,
-                 "decoder_num_attention_heads": decoder_heads, "decoder_intermediate_size": decoder_mlp}
+                 "decoder_num_attention_heads": decoder_heads, "decoder_intermediate_size": decoder_mlp,
+                 "conditional_layer": conditional_layer, "use_complex_transposed_convolution": complex_upsampling}
         if init_weights is not None:
             clash = [f"{name}={value}" for name, value in given.items() if value is not None and value != geometry[name]]
             if clash:
@@ -141,7 +147,9 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
         geometry = self.geometry
         config.update(biomedclip=self.biomedclip, text_len=self.text_len, decoder_init=self.decoder_init, extract_layers=self.extract_layers,
                       reduce_dim=int(geometry["reduce_dim"]), decoder_heads=int(geometry["decoder_num_attention_heads"]),
-                      decoder_mlp=int(geometry["decoder_intermediate_size"]))
+                      decoder_mlp=int(geometry["decoder_intermediate_size"]),
+                      conditional_layer=int(geometry["conditional_layer"]),
+                      complex_upsampling=bool(geometry["use_complex_transposed_convolution"]))
         return super()._finalize_config(config)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,7 +185,10 @@ class BiomedCLIPSegD(BiomedCLIPSeg):
         reduce_dim: int | None = None,
         decoder_heads: int | None = None,
         decoder_mlp: int | None = None,
+        conditional_layer: int | None = None,
+        complex_upsampling: bool | None = None,
     ) -> None:
         super().__init__(biomedclip=biomedclip, img_size=img_size, in_channels=in_channels, text_len=text_len,
                          decoder_init=decoder_init, extract_layers=extract_layers, reduce_dim=reduce_dim,
-                         decoder_heads=decoder_heads, decoder_mlp=decoder_mlp)
+                         decoder_heads=decoder_heads, decoder_mlp=decoder_mlp, conditional_layer=conditional_layer,
+                         complex_upsampling=complex_upsampling)

@@ -228,7 +228,7 @@ class CLIPSegStyleModel(SegmentationModel, abstract=True):
         """Soft Dice (MONAI's, unsquared) + BCE with logits, weighted 1 / 0.2 (the medvlsm study's)."""
         from lvseg.models.losses import bce_with_logits, soft_dice_loss
 
-        logits = as_output(output).logits
+        logits = as_output(output).logits.float()  # losses in fp32 under autocast
         return {"dice": self.loss_weights["dice"] * soft_dice_loss(logits, target, weight, squared=False),
                 "bce": self.loss_weights["bce"] * bce_with_logits(logits, target, weight)}
 
@@ -264,6 +264,14 @@ class CLIPSeg(CLIPSegStyleModel):
 
             full = CLIPSegForImageSegmentation(load_clipseg_config(self.name_or_path))
         config = full.config
+        if train_encoders:  # what segmentation never reads stays frozen: the image embedding (final norm and
+            # projection), the contrastive temperature and the image layers after the deepest tap
+            vision = full.clip.vision_model
+            unused = [vision.post_layernorm, full.clip.visual_projection,
+                      *vision.encoder.layers[max(config.extract_layers) + 1:]]
+            for module in unused:
+                module.requires_grad_(False)
+            full.clip.logit_scale.requires_grad_(False)
         self.tower = PretrainedTower(full.clip, self.name_or_path, frozen=not train_encoders)
         self.decoder = full.decoder
         self.extract_layers = list(config.extract_layers)

@@ -4,10 +4,10 @@ A model built from a pretrained checkpoint (``CIDAS/clipseg-rd64-refined``, Biom
 from one of three places, chosen by the caller with :func:`weights_from`:
 
 * ``"pretrained"`` (default): the published weights, read from their id or folder (training starts here);
-* ``"checkpoint"``: an lvseg checkpoint is about to load the trained weights, so only the *frozen* towers
-  (which checkpoints never store) are read; weights that training changed (a decoder initialised from
-  another checkpoint, encoders that were fine-tuned) are not read at all, so serving a trained model
-  needs no file it does not use;
+* ``"checkpoint"``: an lvseg checkpoint is about to load the trained weights, so the frozen towers (which
+  checkpoints never store) are read, and files needed only for other weights are not: a decoder's
+  initialisation checkpoint (``biomedclipseg-d``) or the towers of a fully fine-tuned CLIPSeg (config only).
+  A frozen CLIPSeg still reads its one published file, decoder included;
 * ``"nowhere"``: architecture only (``lvseg info`` on the meta device): nothing is read but configs.
 
 :class:`PretrainedTower` wraps a Hugging Face module: frozen (eval mode, no gradient, kept out of

@@ -14,10 +14,12 @@ import hmac
 import importlib.util
 import logging
 import re
+import secrets
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -75,13 +77,58 @@ class SegmenterLike(Protocol):
 
 @dataclass
 class Analysis:
-    """The result of one segmentation, before it is encoded for a response."""
+    """The result of one segmentation, before it is encoded for a response.
+
+    text: the report it was computed from; text_warnings / unknown_words / report_parsed: how the model read
+    that report (:class:`lvseg.text.base.TextReading`).
+    """
 
     image: DecodedImage
     mask: np.ndarray
     overlay: np.ndarray
     measurements: Measurements
     inference_ms: float
+    text: str = ""
+    text_warnings: list[str] = field(default_factory=list)
+    unknown_words: list[str] = field(default_factory=list)
+    report_parsed: bool | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.image.pixels.nbytes + self.mask.nbytes + self.overlay.nbytes)
+
+
+class RecentResults:
+    """The last results, in memory only (never on disk), so a PDF is made of the result the user saw.
+
+    At most ``max_items`` results and ``max_bytes`` of images, each for ``ttl_s`` seconds; ids are random
+    (``secrets.token_urlsafe``), so one client cannot guess another's.
+    """
+
+    def __init__(self, max_items: int = 32, max_bytes: int = 256 * MIB, ttl_s: float = 1800.0) -> None:
+        self.max_items, self.max_bytes, self.ttl_s = max_items, max_bytes, ttl_s
+        self._items: OrderedDict[str, tuple[float, Analysis]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, analysis: Analysis) -> str:
+        result_id = secrets.token_urlsafe(16)
+        with self._lock:
+            self._items[result_id] = (time.monotonic(), analysis)
+            self._expire()
+        return result_id
+
+    def get(self, result_id: str) -> Analysis | None:
+        with self._lock:
+            self._expire()
+            entry = self._items.get(result_id)
+            return None if entry is None else entry[1]
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._items and (len(self._items) > self.max_items or sum(
+                item.nbytes for _, item in self._items.values()) > self.max_bytes
+                or now - next(iter(self._items.values()))[0] > self.ttl_s):
+            self._items.popitem(last=False)
 
 
 @dataclass
@@ -104,6 +151,7 @@ class Service:
         self.config = config
         self.model_lock = threading.Lock()
         self.jobs = threading.BoundedSemaphore(max_concurrent_jobs)
+        self.results = RecentResults()
 
     def analyse(self, image_bytes: bytes, text: str) -> Analysis:
         """Decode, segment, measure and render, with at most ``max_concurrent_jobs`` at once."""
@@ -133,7 +181,11 @@ class Service:
         labels, count = label_lesions(mask)
         measurements = measure(mask, probability, labels, count)
         overlay = overlay_lesions(image.pixels, labels, count)
-        return Analysis(image, mask, overlay, measurements, round(inference_ms, 2))
+        reading = getattr(prediction, "reading", None)
+        return Analysis(image, mask, overlay, measurements, round(inference_ms, 2), text=text,
+                        text_warnings=reading.warnings() if reading is not None else [],
+                        unknown_words=list(dict.fromkeys(reading.unknown_words)) if reading is not None else [],
+                        report_parsed=reading.parsed if reading is not None else None)
 
 
 def _inference_mode() -> contextlib.AbstractContextManager[Any]:
@@ -209,6 +261,8 @@ def _multipart_body(fields: dict[str, tuple[str, str, int | None]], required: li
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         401: "Missing or wrong API key (X-API-Key header).",
+        404: "The result_id names no result the server still keeps: segment again.",
+        409: "The text differs from the report the result_id's result was computed from.",
         413: "Upload over the size limit, or an image too large or a decompression bomb.",
         415: "Not a PNG, JPEG, TIFF or DICOM image, or not a multipart/form-data request.",
         422: "Missing field, empty or too long text, or a corrupt or truncated image.",
@@ -294,6 +348,7 @@ def create_app(
     )
     service = Service(segmenter, config, max_concurrent_jobs)
     model_name = str(getattr(segmenter, "model_name", type(segmenter).__name__))
+    validation_data = (getattr(segmenter, "hparams", None) or {}).get("validation_data")
     from lvseg import __version__ as lvseg_version
 
     app = FastAPI(
@@ -341,11 +396,13 @@ def create_app(
         if not provided or not hmac.compare_digest(provided.encode("utf-8"), api_key.encode("utf-8")):
             raise ApiError(401, f"missing or wrong API key; send it in the {API_KEY_HEADER} header")
 
-    async def read_inputs(request: Request, extra: tuple[str, ...] = ()) -> tuple[bytes, str, dict[str, str]]:
-        form = await read_multipart(
+    async def read_form(request: Request) -> Any:
+        return await read_multipart(
             request.headers.get("content-type"), request.headers.get("content-length"),
             request.stream(), {"image"}, config.form_limits,
         )
+
+    def image_and_text(form: Any) -> tuple[bytes, str]:
         image = form.files.get("image")
         if image is None:
             raise ApiError(422, "missing field 'image' (the image file)", {"field": "image"})
@@ -359,15 +416,34 @@ def create_app(
         if segmenter.requires_text and not text.strip():
             raise ApiError(422, "the report text is empty; this model needs the clinician's report",
                            {"field": "text"})
+        return image, text.strip()
+
+    def form_extras(form: Any, names: tuple[str, ...]) -> dict[str, str]:
         extras: dict[str, str] = {}
-        for name in extra:
+        for name in names:
             value = form.fields.get(name, "")
             limit = config.max_study_id_chars if name == "study_id" else config.max_note_chars
             if len(value) > limit:
                 raise ApiError(422, f"field '{name}' is {len(value)} characters long; at most {limit} are accepted",
                                {"field": name, "max": limit})
             extras[name] = value.strip()
-        return image, text.strip(), extras
+        return extras
+
+    def stored_result(form: Any, result_id: str) -> Analysis:
+        """The kept result ``result_id`` (the PDF then shows exactly what the page showed)."""
+        if "image" in form.files:
+            raise ApiError(422, "send either 'result_id' (a result to report on) or 'image', not both",
+                           {"field": "result_id"})
+        result = service.results.get(result_id)
+        if result is None:
+            raise ApiError(404, "this result is no longer kept (the server keeps the last "
+                           f"{service.results.max_items} results for {service.results.ttl_s / 60:.0f} minutes, in "
+                           "memory only): segment the image again", {"field": "result_id"})
+        text = form.fields.get("text")
+        if text is not None and text.strip() != result.text:
+            raise ApiError(409, "the report text differs from the one this result was computed from: segment "
+                           "again with the new text", {"field": "text"})
+        return result
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
@@ -418,6 +494,7 @@ def create_app(
             text_encoder=_text_encoder_config(getattr(segmenter, "text_encoder", None)),
             metrics=metrics,
             validation_dice=find_validation_dice(metrics),
+            validation_data=validation_data,
             device=_device_name(getattr(segmenter, "device", None)),
             threshold=config.threshold,
             accepted_formats=ACCEPTED_FORMATS,
@@ -447,12 +524,15 @@ def create_app(
         format: Literal["json", "png"] = Query("json", description="'png' returns the mask PNG itself."),
         include_original: bool = Query(False, description="Also return the decoded image as PNG (for display)."),
     ) -> Any:
-        image, text, _ = await read_inputs(request)
+        image, text = image_and_text(await read_form(request))
         result = await run_in_threadpool(service.analyse, image, text)
+        result_id = service.results.add(result)
         m = result.measurements
         if format == "png":
             return Response(_png(mask_to_uint8(result.mask)), media_type="image/png", headers={
                 "X-Area-Px": str(m.area_px), "X-Lesions": str(m.lesions), "X-Inference-Ms": f"{result.inference_ms}",
+                "X-Finding": m.finding, "X-Max-Probability": f"{m.max_probability:.6f}", "X-Result-Id": result_id,
+                "X-Text-Warnings": str(len(result.text_warnings)),
             })
         mask_png, overlay_png = await run_in_threadpool(
             lambda: (_png(mask_to_uint8(result.mask)), _png(result.overlay)))
@@ -463,31 +543,43 @@ def create_app(
             area_px=m.area_px, area_percent=m.area_percent, lesions=m.lesions,
             lesion_details=[LesionInfo(label=x.label, area_px=x.area_px, colour=x.colour, bbox=list(x.bbox))
                             for x in m.lesion_list],
-            confidence=m.confidence, inference_ms=result.inference_ms, model=model_name,
+            finding=m.finding, confidence=m.confidence, max_probability=m.max_probability,
+            inference_ms=result.inference_ms, model=model_name, report_text=result.text,
+            text_warnings=result.text_warnings, unknown_words=result.unknown_words,
+            report_parsed=result.report_parsed, result_id=result_id,
         )
 
     report_body = _multipart_body({
+        "result_id": ("text", "A result of POST /api/segment to report on (then send no image): the PDF shows "
+                      "exactly that result. Without it, the image and text are segmented anew.", 64),
         "image": image_field, "text": text_field,
         "study_id": ("text", "Optional study identifier printed on the report.", config.max_study_id_chars),
         "notes": ("text", "Optional clinician notes.", max_note_chars),
         "recommendations": ("text", "Optional recommendations.", max_note_chars),
-    }, ["image", "text"])
+    }, [])
 
     @api.post(
-        "/report", tags=["segmentation"], summary="Segment and return a PDF report",
+        "/report", tags=["segmentation"], summary="A PDF report of a result, or of a new segmentation",
         openapi_extra=report_body, response_class=Response,
         responses={200: {"content": {"application/pdf": {}}, "description": "The PDF report."},
-                   **_error_responses(413, 415, 422)},
+                   **_error_responses(404, 409, 413, 415, 422)},
     )
     async def report(request: Request) -> Response:
-        image, text, extras = await read_inputs(request, ("study_id", "notes", "recommendations"))
-        result = await run_in_threadpool(service.analyse, image, text)
+        form = await read_form(request)
+        extras = form_extras(form, ("study_id", "notes", "recommendations"))
+        result_id = form.fields.get("result_id", "").strip()
+        if result_id:
+            result = stored_result(form, result_id)
+        else:
+            image, text = image_and_text(form)
+            result = await run_in_threadpool(service.analyse, image, text)
         content = ReportContent(
-            report_text=text, measurements=result.measurements, model_name=model_name,
+            report_text=result.text, measurements=result.measurements, model_name=model_name,
             validation_dice=find_validation_dice(getattr(segmenter, "metrics", None)),
+            validation_data=validation_data,
             image_size=(result.image.width, result.image.height), image_format=result.image.format,
-            inference_ms=result.inference_ms, study_id=extras["study_id"], notes=extras["notes"],
-            recommendations=extras["recommendations"],
+            inference_ms=result.inference_ms, text_warnings=result.text_warnings, study_id=extras["study_id"],
+            notes=extras["notes"], recommendations=extras["recommendations"],
         )
         pdf = await run_in_threadpool(service.report, result.image.pixels, result.overlay, content)
         safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", extras["study_id"])[:64].strip("._")

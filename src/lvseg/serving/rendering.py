@@ -26,21 +26,40 @@ class Lesion:
     bbox: tuple[int, int, int, int]
 
 
+NO_LESION = "no lesion found"
+LESION = "lesion found"
+
+
 @dataclass
 class Measurements:
-    """What the app reports about a mask."""
+    """What the app reports about a mask.
+
+    confidence: the mean probability inside the mask; with no lesion, the highest probability anywhere (how
+    close the model came to marking a lesion), never None. max_probability: the highest probability anywhere.
+    """
 
     area_px: int
     area_percent: float
     lesions: int
-    confidence: float | None
+    confidence: float
+    max_probability: float
     lesion_list: list[Lesion] = field(default_factory=list)
+
+    @property
+    def finding(self) -> str:
+        return LESION if self.area_px else NO_LESION
+
+    def confidence_text(self) -> str:
+        """The confidence in words: the mean probability, or "no lesion found" with the highest probability."""
+        if self.area_px:
+            return f"{self.confidence:.3f} (mean probability in the mask)"
+        return f"{NO_LESION} (highest probability {self.max_probability:.3f})"
 
 
 def measure(
     mask: np.ndarray, probability: np.ndarray, labels: np.ndarray, count: int, max_listed: int = 50
 ) -> Measurements:
-    """Area, lesion count, mean probability inside the mask (None for an empty mask), largest lesions.
+    """Area, lesion count, confidence (see :class:`Measurements`), highest probability, largest lesions.
 
     ``labels``/``count`` come from :func:`lvseg.evaluation.overlay.label_lesions`; each lesion's colour is
     the one :func:`lvseg.evaluation.overlay.overlay_lesions` draws it in (the page's legend shows it).
@@ -48,7 +67,8 @@ def measure(
     inside = mask > 0
     area = int(inside.sum())
     total = int(mask.size) or 1
-    confidence = float(probability[inside].mean()) if area else None
+    max_probability = float(probability.max()) if probability.size else 0.0
+    confidence = float(probability[inside].mean()) if area else max_probability
     areas = np.bincount(labels.ravel(), minlength=count + 1)
     boxes = ndimage.find_objects(labels)
     lesions = []
@@ -70,7 +90,8 @@ def measure(
         area_px=area,
         area_percent=round(100.0 * area / total, 4),
         lesions=count,
-        confidence=None if confidence is None else round(confidence, 6),
+        confidence=round(confidence, 6),
+        max_probability=round(max_probability, 6),
         lesion_list=lesions[:max_listed],
     )
 

@@ -36,6 +36,8 @@ class ReportContent:
     image_size: tuple[int, int]
     image_format: str
     inference_ms: float
+    text_warnings: list[str] = field(default_factory=list)
+    validation_data: str | None = None
     study_id: str = ""
     notes: str = ""
     recommendations: str = ""
@@ -120,7 +122,7 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
         ["Created", content.created.strftime("%Y-%m-%d %H:%M UTC")],
         ["Image", f"{content.image_format.upper()}, {content.image_size[0]} x {content.image_size[1]} px"],
         ["Model", content.model_name],
-        ["Validation Dice", dice],
+        ["Validation Dice", dice + (f" on {content.validation_data}" if content.validation_data else "")],
     ]
     story.append(_table(facts, regular, bold, document.width))
     images = Table(
@@ -133,11 +135,14 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     images.setStyle(TableStyle([("ALIGN", (0, 0), (-1, -1), "CENTER"), ("VALIGN", (0, 0), (-1, -1), "MIDDLE")]))
     story += [Spacer(1, 0.3 * cm), images]
     story += [Paragraph("Report text", heading), Paragraph(_paragraph_text(content.report_text) or "\u2014", body)]
-    confidence = "\u2014 (empty mask)" if m.confidence is None else f"{m.confidence:.3f}"
+    for text_warning in content.text_warnings:  # how the model read the report, as the page showed it
+        story.append(Paragraph(_paragraph_text("Warning: " + text_warning[:1].upper() + text_warning[1:] + "."),
+                               warning))
     measures = [
+        ["Finding", m.finding],
         ["Lesion area", f"{m.area_px} px ({m.area_percent:.2f} % of the image)"],
         ["Connected lesions", str(m.lesions)],
-        ["Confidence (mean probability in the mask)", confidence],
+        ["Confidence", m.confidence_text()],
         ["Inference time", f"{content.inference_ms:.0f} ms"],
     ]
     story += [Paragraph("Measurements", heading), _table(measures, regular, bold, document.width)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -37,6 +37,7 @@ class ModelInfo(BaseModel):
     text_encoder: dict[str, Any] | None = Field(description="Configuration of the text encoder, or null.")
     metrics: dict[str, Any] = Field(description="Metrics stored in the checkpoint (e.g. validation Dice).")
     validation_dice: float | None = Field(description="The validation Dice among the metrics, if recorded.")
+    validation_data: str | None = Field(default=None, description="What the validation Dice was measured on.")
     device: str = Field(description="Where inference runs.")
     threshold: float = Field(description="Probability above which a pixel is lesion.")
     accepted_formats: list[str] = Field(description="Image formats accepted by the upload endpoints.")
@@ -63,6 +64,18 @@ class SegmentResponse(BaseModel):
     area_percent: float = Field(description="Lesion pixels as a percentage of the image.")
     lesions: int = Field(description="Number of connected lesions (8-connected).")
     lesion_details: list[LesionInfo] = Field(description="The largest lesions (at most 50), largest first.")
-    confidence: float | None = Field(description="Mean probability inside the mask; null when the mask is empty.")
+    finding: Literal["lesion found", "no lesion found"] = Field(description="Whether the mask holds any lesion.")
+    confidence: float = Field(description="Mean probability inside the mask; with no lesion, the highest "
+                              "probability anywhere (how close the model came to marking one).")
+    max_probability: float = Field(description="The highest lesion probability anywhere in the image.")
     inference_ms: float = Field(description="Model inference time in milliseconds.")
     model: str = Field(description="Name of the network that made the mask.")
+    report_text: str = Field(description="The report text this result was computed from.")
+    text_warnings: list[str] = Field(description="How the model read the report, when it did not read all of it: "
+                                     "unknown words, a report outside its grammar. Empty when read as written.")
+    unknown_words: list[str] = Field(description="Report words outside the model's vocabulary (learned "
+                                     "vocabularies only).")
+    report_parsed: bool | None = Field(description="For a report-grammar model (c2fvl): whether the report "
+                                       "followed the grammar; null for other models.")
+    result_id: str = Field(description="Identifies this result for POST /api/report (kept in memory for a "
+                           "limited time), so the PDF describes exactly this result.")

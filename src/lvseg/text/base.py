@@ -26,6 +26,40 @@ class TextFeatures:
         return TextFeatures(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
 
 
+@dataclass(frozen=True)
+class TextReading:
+    """How a text front end understood one report, so users learn when a report was (mostly) not read.
+
+    words: tokens in the report (0 when the front end does not count words); unknown_words: those a learned
+    vocabulary does not know (read as ``<unk>``); parsed: for a report-grammar front end, whether the report
+    followed the grammar (None: the front end has no grammar); problem: what did not parse.
+    """
+
+    words: int = 0
+    unknown_words: tuple[str, ...] = ()
+    parsed: bool | None = None
+    problem: str | None = None
+
+    #: Above this fraction of unknown words, the report is said to be mostly unread.
+    MOSTLY_UNKNOWN = 0.5
+
+    def warnings(self) -> list[str]:
+        """Plain sentences for the user (empty when the report was read as written)."""
+        found = []
+        if self.parsed is False:
+            found.append("the report does not follow the report grammar this model reads, so it was read as an "
+                         f"empty report{f' ({self.problem})' if self.problem else ''}")
+        if self.unknown_words:
+            distinct = list(dict.fromkeys(self.unknown_words))
+            shown = ", ".join(f"'{word}'" for word in distinct[:12]) + (", ..." if len(distinct) > 12 else "")
+            found.append(f"{len(self.unknown_words)} of {self.words} words are not in this model's vocabulary and "
+                         f"were ignored: {shown}")
+            if self.words and len(self.unknown_words) / self.words > self.MOSTLY_UNKNOWN:
+                found.append("most of the report is unknown to the model: the result barely depends on it; "
+                             "use the wording of the reports it was trained on")
+        return found
+
+
 class TextEncoder(nn.Module):
     """Maps a list of report strings to :class:`TextFeatures`.
 
@@ -43,6 +77,11 @@ class TextEncoder(nn.Module):
 
     def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def read(self, text: str) -> TextReading:
+        """How this encoder understands ``text`` (default: nothing to report, e.g. subword tokenizers read
+        every word)."""
+        return TextReading()
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.text.base import TextEncoder, TextFeatures, check_texts, masked_mean
+from lvseg.text.base import TextEncoder, TextFeatures, TextReading, check_texts, masked_mean
 from lvseg.text.tokenize import PAD, PAD_ID, SPECIAL_TOKENS, UNK, UNK_ID, build_vocabulary, tokenize
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,11 @@ class LearnedTextEncoder(TextEncoder):
     def config(self) -> dict[str, Any]:
         return {"type": "learned", "vocab": list(self.vocab), "dim": self.feature_dim, "max_length": self.max_length,
                 "context_layers": self.context_layers}
+
+    def read(self, text: str) -> TextReading:
+        """Words of ``text`` outside the vocabulary (punctuation is not counted)."""
+        words = [token for token in tokenize(text) if any(char.isalnum() for char in token)]
+        return TextReading(words=len(words), unknown_words=tuple(w for w in words if w not in self._index))
 
     def token_ids(self, text: str) -> list[int]:
         """Ids of ``text``'s tokens, truncated to ``max_length`` (no padding); cached per text."""

@@ -15,7 +15,7 @@ import torch
 
 from lvseg.data.reports import REPORT_VECTOR_FIELDS, ReportError, read_report, report_vector
 from lvseg.errors import LvsegError
-from lvseg.text.base import TextEncoder, TextFeatures, check_texts
+from lvseg.text.base import TextEncoder, TextFeatures, TextReading, check_texts
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,16 @@ class ReportVectorEncoder(TextEncoder):
             except ReportError as error:
                 found[index] = error
         return found
+
+    def read(self, text: str) -> TextReading:
+        """Whether ``text`` follows the report grammar (an empty report is not reported: no text, no findings)."""
+        if not text.strip():
+            return TextReading()
+        try:
+            read_report(text)
+        except ReportError as error:
+            return TextReading(parsed=False, problem=str(error))
+        return TextReading(parsed=True)
 
     def vectors(self, texts: Sequence[str]) -> torch.Tensor:
         """(B, 8) float32 on the encoder's device."""

@@ -191,6 +191,8 @@ def train(config: TrainConfig) -> TrainResult:
     out.mkdir(parents=True, exist_ok=True)
 
     val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
+    # What the checkpoint's validation Dice was measured on (shown by the app and in its PDF reports).
+    task.hparams["validation_data"] = f"the validation split of '{Path(config.data).name}' ({len(val_set)} images)"
     loader_options = {"batch_size": config.batch_size, "num_workers": config.num_workers,
                       "persistent_workers": config.num_workers > 0}
     if semi:
