@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from serving_support import REPORT, png_bytes, running_server
 
@@ -86,6 +87,65 @@ def test_segment_and_download_pdf_in_the_browser(browser: object, base_url: str,
         assert console_errors == []  # e.g. no Content-Security-Policy violations
     finally:
         context.close()
+
+
+def _pdf_text(data: bytes) -> str:
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is needed to read the PDF's text")
+    return " ".join(" ".join(p.extract_text() for p in pypdf.PdfReader(io.BytesIO(data)).pages).split())
+
+
+def test_the_pdf_always_describes_the_result_on_screen(browser: object, base_url: str, tmp_path: Path) -> None:
+    """Segment A; choose B and change the report: A's result leaves the screen (no PDF of a mixture can be
+    asked for); segment B: the PDF shows B's image size and report; an error clears the success message."""
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    first.write_bytes(png_bytes())  # 96 x 64, two lesions
+    wide = np.full((40, 120), 30, dtype=np.uint8)
+    wide[10:30, 20:50] = 220
+    second.write_bytes(png_bytes(wide))  # 120 x 40, one lesion
+    other_report = "Unilateral pulmonary infection, one infected area, lower left lung."
+    context = browser.new_context(accept_downloads=True)  # type: ignore[attr-defined]
+    page = context.new_page()
+    image_input = page.get_by_label("Image (PNG, JPEG, TIFF or DICOM")
+    try:
+        page.goto(base_url + "/")
+        image_input.set_input_files(str(first))
+        page.get_by_label("Report text").fill(REPORT)
+        page.get_by_role("button", name="Segment").click()
+        expect(page.locator("#m-lesions")).to_have_text("2")
+        expect(page.locator("#m-report")).to_have_text(REPORT)
+
+        image_input.set_input_files(str(second))  # a new file: A's result must not stay on screen
+        expect(page.locator("#results")).to_be_hidden()
+        expect(page.locator("#status")).to_contain_text("press Segment")
+        page.get_by_label("Report text").fill(other_report)
+        page.get_by_role("button", name="Segment").click()
+        expect(page.locator("#m-lesions")).to_have_text("1")
+        with page.expect_download(timeout=15000) as download_info:
+            page.get_by_role("button", name="Download PDF report").click()
+        download_info.value.save_as(tmp_path / "b.pdf")
+        text = _pdf_text((tmp_path / "b.pdf").read_bytes())
+        assert other_report in text and REPORT not in text and "120 x 40 px" in text
+        expect(page.locator("#status")).to_have_text("PDF report downloaded.")
+
+        page.get_by_label("Report text").fill(REPORT + " Edited.")  # editing the report clears the result too
+        expect(page.locator("#results")).to_be_hidden()
+        page.get_by_label("Report text").fill("")
+        page.get_by_role("button", name="Segment").click()  # an error: no success message may remain
+        expect(page.get_by_role("alert")).to_contain_text("Type the report text")
+        expect(page.locator("#status")).to_have_text("")
+    finally:
+        context.close()
+
+
+def test_an_image_only_model_says_the_report_is_not_used(browser: object) -> None:
+    with running_server(create_app(FakeSegmenter(requires_text=False))) as url:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        try:
+            page.goto(url + "/")
+            expect(page.locator("#no-report-note")).to_be_visible()
+            expect(page.locator("#report-box")).to_be_hidden()
+        finally:
+            page.close()
 
 
 def test_errors_are_shown_inline_in_plain_words(browser: object, base_url: str, tmp_path: Path) -> None:

@@ -3,13 +3,26 @@
 
 (function () {
   const $ = (id) => document.getElementById(id);
-  const state = { file: null, requiresText: true, maxTextChars: 2000, maxUploadBytes: 20 * 1024 * 1024, urls: [] };
+  const state = {
+    file: null, requiresText: true, maxTextChars: 2000, maxUploadBytes: 20 * 1024 * 1024, urls: [],
+    result: null, // {id, text}: the result on screen; the PDF is made of exactly this result
+  };
   const BROWSER_FORMATS = ["image/png", "image/jpeg"];
 
   function showError(message) {
     const box = $("error");
     box.textContent = message;
     box.hidden = false;
+    setStatus(""); // no success message may outlive an error
+  }
+
+  // The result on screen must always be the one of the image and report in the form: any change clears it.
+  function clearResult(reason) {
+    if (!state.result) return;
+    state.result = null;
+    releaseUrls();
+    $("results").hidden = true;
+    setStatus(reason);
   }
 
   function clearError() {
@@ -56,9 +69,10 @@
     state.file = file || null;
     $("file-name").textContent = file ? "Selected: " + file.name + " (" + Math.ceil(file.size / 1024) + " KB)" : "";
     clearError();
+    clearResult("A new image was chosen: press Segment to analyse it.");
   }
 
-  function validate() {
+  function validateUpload() {
     if (!state.file) {
       return "Choose an image first (PNG, JPEG, TIFF or DICOM).";
     }
@@ -75,16 +89,27 @@
     return null;
   }
 
-  function buildForm(withDetails) {
+  function segmentForm() {
     const form = new FormData();
     form.append("image", state.file, state.file.name || "image");
     form.append("text", $("report-text").value);
-    if (withDetails) {
-      form.append("study_id", $("study-id").value);
-      form.append("notes", $("notes").value);
-      form.append("recommendations", $("recommendations").value);
-    }
     return form;
+  }
+
+  // The PDF names the result on screen by its id: the server renders that result, not the form's new values.
+  function reportForm() {
+    const form = new FormData();
+    form.append("result_id", state.result.id);
+    form.append("study_id", $("study-id").value);
+    form.append("notes", $("notes").value);
+    form.append("recommendations", $("recommendations").value);
+    return form;
+  }
+
+  function describeModel(info) {
+    const dice = info.validation_dice === null ? "not recorded" : info.validation_dice.toFixed(3);
+    const where = info.validation_data ? " on " + info.validation_data : "";
+    return info.model + " (validation Dice " + dice + where + ")";
   }
 
   function showResult(result, file) {
@@ -101,9 +126,23 @@
     $("download-overlay").href = overlayUrl;
     $("m-area").textContent = result.area_px + " px (" + result.area_percent.toFixed(2) + " % of the image)";
     $("m-lesions").textContent = String(result.lesions);
-    $("m-confidence").textContent = result.confidence === null ? "— (no lesion found)" : result.confidence.toFixed(3);
+    $("m-finding").textContent = result.finding === "no lesion found"
+      ? "No lesion found (highest probability " + result.max_probability.toFixed(3) + ")"
+      : "Lesion found";
+    $("m-confidence").textContent = result.finding === "no lesion found"
+      ? "— (no lesion; highest probability " + result.max_probability.toFixed(3) + ")"
+      : result.confidence.toFixed(3);
     $("m-time").textContent = Math.round(result.inference_ms) + " ms";
-    $("m-model").textContent = result.model;
+    $("m-model").textContent = state.modelDescription || result.model;
+    $("m-report").textContent = state.requiresText ? (result.report_text || "—") : "not used by this model";
+    const warnings = $("text-warnings");
+    warnings.replaceChildren();
+    result.text_warnings.forEach((warning) => {
+      const item = document.createElement("li");
+      item.textContent = warning.charAt(0).toUpperCase() + warning.slice(1) + ".";
+      warnings.append(item);
+    });
+    $("text-warnings-box").hidden = result.text_warnings.length === 0;
     const legend = $("lesion-legend");
     legend.replaceChildren();
     result.lesion_details.forEach((lesion) => {
@@ -119,13 +158,15 @@
       more.textContent = "… and " + (result.lesions - result.lesion_details.length) + " smaller lesions";
       legend.append(more);
     }
+    state.result = { id: result.result_id, text: result.report_text };
     $("results").hidden = false;
   }
 
   async function segment(event) {
     event.preventDefault();
     clearError();
-    const problem = validate();
+    clearResult("");
+    const problem = validateUpload();
     if (problem) {
       showError(problem);
       return;
@@ -137,7 +178,7 @@
     const needOriginal = !BROWSER_FORMATS.includes(file.type);
     try {
       const response = await fetch("/api/segment" + (needOriginal ? "?include_original=true" : ""), {
-        method: "POST", body: buildForm(false), headers: apiHeaders(),
+        method: "POST", body: segmentForm(), headers: apiHeaders(),
       });
       if (!response.ok) {
         showError("Could not segment the image. " + await errorMessage(response));
@@ -156,16 +197,15 @@
 
   async function downloadPdf() {
     clearError();
-    const problem = validate();
-    if (problem) {
-      showError(problem);
+    if (!state.result) {
+      showError("Segment the image first: the PDF report describes the result on the screen.");
       return;
     }
     const button = $("download-pdf");
     button.disabled = true;
     setStatus("Preparing the PDF report…");
     try {
-      const response = await fetch("/api/report", { method: "POST", body: buildForm(true), headers: apiHeaders() });
+      const response = await fetch("/api/report", { method: "POST", body: reportForm(), headers: apiHeaders() });
       if (!response.ok) {
         showError("Could not create the PDF report. " + await errorMessage(response));
         return;
@@ -199,8 +239,10 @@
       state.requiresText = info.requires_text;
       state.maxTextChars = info.limits.max_text_chars;
       state.maxUploadBytes = Math.floor(info.limits.max_upload_mb * 1048576);
-      const dice = info.validation_dice === null ? "not recorded" : info.validation_dice.toFixed(3);
-      $("model-info").textContent = "Model: " + info.model + " on " + info.device + ", validation Dice " + dice + ".";
+      state.modelDescription = describeModel(info);
+      $("model-info").textContent = "Model: " + state.modelDescription + ", on " + info.device + ".";
+      $("report-box").hidden = !info.requires_text;
+      $("no-report-note").hidden = info.requires_text;
     } catch (error) {
       $("model-info").textContent = "The model service cannot be reached.";
     }
@@ -220,6 +262,9 @@
     });
     $("report-text").addEventListener("input", () => {
       $("text-count").textContent = $("report-text").value.length + " / " + state.maxTextChars + " characters";
+      if (state.result && $("report-text").value.trim() !== state.result.text) {
+        clearResult("The report was edited: press Segment to analyse the image with the new report.");
+      }
     });
     $("opacity").addEventListener("input", (event) => {
       $("overlay-image").style.opacity = String(event.target.value / 100);
