@@ -109,8 +109,10 @@ def test_lvseg_serve_loads_the_real_checkpoint(checkpoint: Path, monkeypatch: py
     monkeypatch.setattr(uvicorn, "run", lambda app_, **kwargs: calls.update(kwargs, app=app_))
     result = CliRunner().invoke(app, ["serve", "--checkpoint", str(checkpoint), "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    with TestClient(calls["app"]) as served:
+    with TestClient(calls["app"], base_url="http://localhost") as served:
         assert served.get("/api/model").json()["model"] == "lvit"
+        # without an API key, only the server's own names are accepted as Host (DNS rebinding)
+        assert served.get("/api/model", headers={"host": "evil.example"}).status_code == 400
 
 
 def _twelve_bit_png(path: Path) -> bytes:

@@ -70,7 +70,11 @@ def check_port_free(host: str, port: int) -> None:
                          "the port: choose one with --port)") from None
 
 
-def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None) -> Any:
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, read_timeout: float = 30.0,
+              allowed_hosts: list[str] | None = None) -> Any:
     """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing."""
     try:
         from lvseg.serving.app import create_app
@@ -80,7 +84,7 @@ def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None) -
         raise LvsegError(f"checkpoint {checkpoint} does not exist or is not a file")
     api_key = read_api_key(api_key_file) if api_key_file is not None else None
     segmenter = _load_segmenter(checkpoint, device)
-    return create_app(segmenter, api_key=api_key)
+    return create_app(segmenter, api_key=api_key, read_timeout_s=read_timeout, allowed_hosts=allowed_hosts)
 
 
 def serve(
@@ -93,6 +97,11 @@ def serve(
     device: Optional[str] = typer.Option(  # noqa: UP007
         None, help="'cpu', 'cuda' or 'cuda:N'; default: CUDA if available."
     ),
+    read_timeout: float = typer.Option(
+        30.0, "--read-timeout", min=1.0, help="Seconds an upload may send nothing before it is answered 408."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="A host name clients may use to reach the server (repeatable). Without "
+        "--api-key-file only the --host address, loopback names and these are accepted; '*' accepts any."),
 ) -> None:
     """Serve the web page and the HTTP API (/docs describes it) for one checkpoint."""
     try:
@@ -102,7 +111,11 @@ def serve(
     if not _is_loopback(host) and api_key_file is None:
         logger.warning("listening on %s without --api-key-file: anyone on the network can use the service", host)
     check_port_free(host, port)
-    app = build_app(checkpoint, device, api_key_file)
+    # Without authentication only the names given are accepted in the Host header (DNS-rebinding guard); with
+    # an API key, any name, unless --allowed-host restricts them.
+    restrict = "*" not in allowed_host and (api_key_file is None or bool(allowed_host))
+    hosts = sorted({*LOOPBACK_NAMES, host, *allowed_host}) if restrict else None
+    app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts)
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)
 

@@ -87,6 +87,13 @@ class Segmenter:
     def text_encoder(self) -> torch.nn.Module | None:
         return getattr(self.model, "text_encoder", None)
 
+    def keep_text_cache_in_memory(self, max_items: int = 4096) -> None:
+        """Frozen text encoders keep their features in memory only (at most ``max_items`` reports), for servers."""
+        for module in self.model.modules():
+            keep = getattr(module, "keep_cache_in_memory", None)
+            if callable(keep):
+                keep(max_items)
+
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor, texts: list[str], allow_empty_text: bool = False) -> torch.Tensor:
         """Probabilities at model resolution: images (B, C, S, S) in [0, 1] -> (B, 1, S, S) float32 on the CPU.

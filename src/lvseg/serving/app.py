@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -31,6 +32,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -42,7 +44,7 @@ from lvseg.serving.forms import MIB, FormLimits, read_multipart
 from lvseg.serving.rendering import Measurements, measure
 from lvseg.serving.report_pdf import ReportContent, build_report_pdf, find_validation_dice
 from lvseg.serving.schemas import ErrorResponse, HealthResponse, LesionInfo, Limits, ModelInfo, SegmentResponse
-from lvseg.serving.uploads import DecodedImage, ImageLimits, decode_image
+from lvseg.serving.uploads import DecodeBudget, DecodedImage, ImageLimits, decode_image
 
 logger = logging.getLogger(__name__)
 
@@ -93,9 +95,46 @@ class Analysis:
     unknown_words: list[str] = field(default_factory=list)
     report_parsed: bool | None = None
 
+
+
+@dataclass(frozen=True)
+class KeptResult:
+    """What a PDF report needs of an :class:`Analysis`: the image and overlay reduced to the PDF's size, the
+    measurements, the report and how it was read (a few MB, whatever the upload's size)."""
+
+    pixels: np.ndarray
+    overlay: np.ndarray
+    measurements: Measurements
+    text: str
+    text_warnings: list[str]
+    image_format: str
+    image_size: tuple[int, int]
+    analysed_size: tuple[int, int]
+    inference_ms: float
+
+    @classmethod
+    def of(cls, analysis: Analysis) -> "KeptResult":
+        image = analysis.image
+        return cls(pixels=_reduced_for_pdf(image.pixels), overlay=_reduced_for_pdf(analysis.overlay),
+                   measurements=analysis.measurements, text=analysis.text, text_warnings=list(analysis.text_warnings),
+                   image_format=image.format, image_size=(image.original_width, image.original_height),
+                   analysed_size=(image.width, image.height), inference_ms=analysis.inference_ms)
+
     @property
     def nbytes(self) -> int:
-        return int(self.image.pixels.nbytes + self.mask.nbytes + self.overlay.nbytes)
+        return int(self.pixels.nbytes + self.overlay.nbytes)
+
+
+def _reduced_for_pdf(pixels: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    from lvseg.serving.report_pdf import PDF_IMAGE_SIDE
+
+    if max(pixels.shape[:2]) <= PDF_IMAGE_SIDE:
+        return pixels
+    picture = Image.fromarray(pixels)
+    picture.thumbnail((PDF_IMAGE_SIDE, PDF_IMAGE_SIDE))
+    return np.asarray(picture)
 
 
 class RecentResults:
@@ -105,19 +144,20 @@ class RecentResults:
     (``secrets.token_urlsafe``), so one client cannot guess another's.
     """
 
-    def __init__(self, max_items: int = 32, max_bytes: int = 256 * MIB, ttl_s: float = 1800.0) -> None:
+    def __init__(self, max_items: int = 32, max_bytes: int = 128 * MIB, ttl_s: float = 1800.0) -> None:
         self.max_items, self.max_bytes, self.ttl_s = max_items, max_bytes, ttl_s
-        self._items: OrderedDict[str, tuple[float, Analysis]] = OrderedDict()
+        self._items: OrderedDict[str, tuple[float, KeptResult]] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, analysis: Analysis) -> str:
         result_id = secrets.token_urlsafe(16)
+        kept = KeptResult.of(analysis)
         with self._lock:
-            self._items[result_id] = (time.monotonic(), analysis)
+            self._items[result_id] = (time.monotonic(), kept)
             self._expire()
         return result_id
 
-    def get(self, result_id: str) -> Analysis | None:
+    def get(self, result_id: str) -> KeptResult | None:
         with self._lock:
             self._expire()
             entry = self._items.get(result_id)
@@ -149,30 +189,34 @@ class Service:
     def __init__(self, segmenter: SegmenterLike, config: ServiceConfig, max_concurrent_jobs: int) -> None:
         self.segmenter = segmenter
         self.config = config
-        self.model_lock = threading.Lock()
-        self.jobs = threading.BoundedSemaphore(max_concurrent_jobs)
+        # Every model call runs on this one thread: one at a time (identical inputs give identical masks), and
+        # torch's per-calling-thread state (OpenMP team, oneDNN scratch, malloc arena) exists once, not once per
+        # request thread (8 concurrent requests otherwise cost gigabytes).
+        self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lvseg-model")
+        # Decoding, measuring and rendering run on a fixed set of ``max_concurrent_jobs`` threads, not on the
+        # request threads: at most that many large images are in memory at once, and the memory each thread's
+        # allocator keeps after a large image exists for those threads only.
+        self.workers = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="lvseg-job")
+        self.decode_budget = DecodeBudget()
         self.results = RecentResults()
 
     def analyse(self, image_bytes: bytes, text: str) -> Analysis:
         """Decode, segment, measure and render, with at most ``max_concurrent_jobs`` at once."""
-        with self.jobs:
-            return self._analyse(image_bytes, text)
+        return self.workers.submit(self._analyse, image_bytes, text).result()
 
     def report(self, original: np.ndarray, overlay: np.ndarray, content: ReportContent) -> bytes:
         """Render the PDF report, counted as a job like a segmentation."""
-        with self.jobs:
-            return build_report_pdf(original, overlay, content)
+        return self.workers.submit(build_report_pdf, original, overlay, content).result()
 
     def _analyse(self, image_bytes: bytes, text: str) -> Analysis:
-        image = decode_image(image_bytes, self.config.image_limits)
-        with self.model_lock, _inference_mode():
-            start = time.perf_counter()
-            try:
-                # The float array of lvseg.data.images.read_image, as training and `lvseg predict` read the file.
-                prediction = self.segmenter.predict(image.model_input, text, threshold=self.config.threshold)
-            except LvsegError as error:  # the model refused this input (e.g. its text), in plain words
-                raise ApiError(422, str(error)) from error
-            inference_ms = (time.perf_counter() - start) * 1000.0
+        image = decode_image(image_bytes, self.config.image_limits, self.decode_budget)
+        start = time.perf_counter()
+        try:
+            # The float array of lvseg.data.images.read_image, as training and `lvseg predict` read the file.
+            prediction = self.model_thread.submit(self._predict, image.model_input, text).result()
+        except LvsegError as error:  # the model refused this input (e.g. its text), in plain words
+            raise ApiError(422, str(error)) from error
+        inference_ms = (time.perf_counter() - start) * 1000.0
         mask = np.asarray(prediction.mask).astype(np.uint8, copy=False)
         probability = np.asarray(prediction.probability, dtype=np.float32)
         expected = (image.height, image.width)
@@ -180,12 +224,18 @@ class Service:
             raise RuntimeError(f"the model returned a {mask.shape} mask for a {expected} image")
         labels, count = label_lesions(mask)
         measurements = measure(mask, probability, labels, count)
-        overlay = overlay_lesions(image.pixels, labels, count)
         reading = getattr(prediction, "reading", None)
-        return Analysis(image, mask, overlay, measurements, round(inference_ms, 2), text=text,
+        del probability, prediction  # full-size float maps: not kept past the measurements
+        overlay = overlay_lesions(image.pixels, labels, count)
+        return Analysis(image.without_model_input(), mask, overlay, measurements, round(inference_ms, 2), text=text,
                         text_warnings=reading.warnings() if reading is not None else [],
                         unknown_words=list(dict.fromkeys(reading.unknown_words)) if reading is not None else [],
                         report_parsed=reading.parsed if reading is not None else None)
+
+
+    def _predict(self, model_input: np.ndarray, text: str) -> Any:
+        with _inference_mode():
+            return self.segmenter.predict(model_input, text, threshold=self.config.threshold)
 
 
 def _inference_mode() -> contextlib.AbstractContextManager[Any]:
@@ -263,6 +313,7 @@ def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or wrong API key (X-API-Key header).",
         404: "The result_id names no result the server still keeps: segment again.",
         409: "The text differs from the report the result_id's result was computed from.",
+        408: "The upload stalled (no data for the read timeout, 30 s by default) or took too long.",
         413: "Upload over the size limit, or an image too large or a decompression bomb.",
         415: "Not a PNG, JPEG, TIFF or DICOM image, or not a multipart/form-data request.",
         422: "Missing field, empty or too long text, or a corrupt or truncated image.",
@@ -283,6 +334,19 @@ def _validation_message(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
     return "invalid request: " + "; ".join(parts), cleaned
 
 
+def _cross_origin(scope: Scope) -> bool:
+    """Whether a request comes from a page of another origin (browsers send Origin / Sec-Fetch-Site)."""
+    headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
+    if headers.get("sec-fetch-site", "") == "cross-site":
+        return True
+    origin = headers.get("origin")
+    if not origin:
+        return False  # not a browser form post (curl, scripts, same-origin navigations)
+    from urllib.parse import urlsplit
+
+    return origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
+
+
 class _SecurityHeaders:
     """Pure ASGI middleware: security headers, no caching of API results, one log line per request."""
 
@@ -296,6 +360,12 @@ class _SecurityHeaders:
         path: str = scope.get("path", "")
         start = time.perf_counter()
         status = {"code": 0}
+        if scope.get("method") == "POST" and _cross_origin(scope):
+            response = JSONResponse({"error": "cross-origin requests are not accepted: use this server's own page "
+                                     "or a client that sends no Origin header", "detail": None}, status_code=403)
+            await response(scope, receive, send)
+            logger.info("POST %s -> 403 (cross-origin)", path)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -311,6 +381,8 @@ class _SecurityHeaders:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except ClientDisconnect:  # the client went away mid-request: nothing to answer, one line to log
+            logger.info("%s %s: the client disconnected before the request was read", scope.get("method"), path)
         finally:
             if path.startswith("/api"):
                 logger.info(
@@ -329,17 +401,24 @@ def create_app(
     max_note_chars: int = 4000,
     max_concurrent_jobs: int = 2,
     threshold: float = 0.5,
+    read_timeout_s: float = 30.0,
+    allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """Build the app around ``segmenter`` (loaded once, by the caller).
 
     ``api_key``: when set, every ``/api`` route needs it in the ``X-API-Key`` header (401 without).
     ``max_concurrent_jobs`` bounds how many uploads are decoded and rendered at once (memory);
     model calls are serialised by a lock, so identical inputs always give identical masks.
+    ``read_timeout_s``: an upload that sends nothing for this long is answered 408 and closed.
+    ``allowed_hosts``: the Host header values accepted (Starlette's ``TrustedHostMiddleware``; ``lvseg serve``
+    passes its address and the loopback names); None accepts any. POSTs from a page of another origin
+    (``Origin`` not this server, or ``Sec-Fetch-Site: cross-site``) are refused with 403 whatever the setting.
     """
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty; pass None to disable authentication")
     config = ServiceConfig(
-        form_limits=FormLimits(max_file_bytes=max_upload_bytes),
+        form_limits=FormLimits(max_file_bytes=max_upload_bytes, chunk_timeout_s=read_timeout_s,
+                               upload_timeout_s=max(4 * read_timeout_s, 120.0)),
         image_limits=image_limits or ImageLimits(),
         max_text_chars=max_text_chars,
         max_note_chars=max_note_chars,
@@ -347,6 +426,11 @@ def create_app(
         threshold=threshold,
     )
     service = Service(segmenter, config, max_concurrent_jobs)
+    # Anyone who can reach the API chooses the reports: frozen-encoder features stay in a bounded memory cache,
+    # never written to disk by the server (the disk cache is for training).
+    keep_in_memory = getattr(segmenter, "keep_text_cache_in_memory", None)
+    if callable(keep_in_memory):
+        keep_in_memory()
     model_name = str(getattr(segmenter, "model_name", type(segmenter).__name__))
     validation_data = (getattr(segmenter, "hparams", None) or {}).get("validation_data")
     from lvseg import __version__ as lvseg_version
@@ -367,6 +451,10 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(_SecurityHeaders)
+    if allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
@@ -429,7 +517,7 @@ def create_app(
             extras[name] = value.strip()
         return extras
 
-    def stored_result(form: Any, result_id: str) -> Analysis:
+    def stored_result(form: Any, result_id: str) -> KeptResult:
         """The kept result ``result_id`` (the PDF then shows exactly what the page showed)."""
         if "image" in form.files:
             raise ApiError(422, "send either 'result_id' (a result to report on) or 'image', not both",
@@ -502,6 +590,7 @@ def create_app(
                 max_upload_mb=config.form_limits.max_file_bytes / MIB,
                 max_side_px=config.image_limits.max_side,
                 max_pixels=config.image_limits.max_pixels,
+                max_working_side_px=config.image_limits.max_working_side,
                 max_text_chars=config.max_text_chars,
                 max_note_chars=config.max_note_chars,
             ),
@@ -516,7 +605,7 @@ def create_app(
         "/segment", response_model=SegmentResponse, tags=["segmentation"], summary="Segment the lesions",
         openapi_extra=segment_body, responses={
             200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG with ?format=png."},
-            **_error_responses(413, 415, 422),
+            **_error_responses(408, 413, 415, 422),
         },
     )
     async def segment(
@@ -539,7 +628,8 @@ def create_app(
         original = await run_in_threadpool(_png, result.image.pixels) if include_original else None
         return SegmentResponse(
             mask=_b64(mask_png), overlay=_b64(overlay_png), original=_b64(original) if original else None,
-            width=result.image.width, height=result.image.height, image_format=result.image.format,
+            width=result.image.width, height=result.image.height, original_width=result.image.original_width,
+            original_height=result.image.original_height, image_format=result.image.format,
             area_px=m.area_px, area_percent=m.area_percent, lesions=m.lesions,
             lesion_details=[LesionInfo(label=x.label, area_px=x.area_px, colour=x.colour, bbox=list(x.bbox))
                             for x in m.lesion_list],
@@ -562,7 +652,7 @@ def create_app(
         "/report", tags=["segmentation"], summary="A PDF report of a result, or of a new segmentation",
         openapi_extra=report_body, response_class=Response,
         responses={200: {"content": {"application/pdf": {}}, "description": "The PDF report."},
-                   **_error_responses(404, 409, 413, 415, 422)},
+                   **_error_responses(404, 408, 409, 413, 415, 422)},
     )
     async def report(request: Request) -> Response:
         form = await read_form(request)
@@ -572,16 +662,15 @@ def create_app(
             result = stored_result(form, result_id)
         else:
             image, text = image_and_text(form)
-            result = await run_in_threadpool(service.analyse, image, text)
+            result = KeptResult.of(await run_in_threadpool(service.analyse, image, text))
         content = ReportContent(
             report_text=result.text, measurements=result.measurements, model_name=model_name,
             validation_dice=find_validation_dice(getattr(segmenter, "metrics", None)),
-            validation_data=validation_data,
-            image_size=(result.image.width, result.image.height), image_format=result.image.format,
-            inference_ms=result.inference_ms, text_warnings=result.text_warnings, study_id=extras["study_id"],
-            notes=extras["notes"], recommendations=extras["recommendations"],
+            validation_data=validation_data, image_size=result.image_size, analysed_size=result.analysed_size,
+            image_format=result.image_format, inference_ms=result.inference_ms, text_warnings=result.text_warnings,
+            study_id=extras["study_id"], notes=extras["notes"], recommendations=extras["recommendations"],
         )
-        pdf = await run_in_threadpool(service.report, result.image.pixels, result.overlay, content)
+        pdf = await run_in_threadpool(service.report, result.pixels, result.overlay, content)
         safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", extras["study_id"])[:64].strip("._")
         filename = f"lvseg-report-{safe_id}.pdf" if safe_id else "lvseg-report.pdf"
         return Response(pdf, media_type="application/pdf",

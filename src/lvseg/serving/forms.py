@@ -7,7 +7,9 @@ reading as soon as a limit is crossed, whatever ``Content-Length`` claims.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
 
@@ -29,6 +31,10 @@ class FormLimits:
     max_field_bytes: int = 64 * 1024
     max_parts: int = 16
     overhead_bytes: int = 256 * 1024
+    #: Longest wait for the next piece of the body, and longest whole upload, in seconds (stalled uploads
+    #: would otherwise hold a connection open for ever).
+    chunk_timeout_s: float = 30.0
+    upload_timeout_s: float = 120.0
 
     @property
     def max_body_bytes(self) -> int:
@@ -145,8 +151,18 @@ async def read_multipart(
     }
     parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
     received = 0
+    deadline = time.monotonic() + limits.upload_timeout_s
+    chunks = stream.__aiter__()
     try:
-        async for chunk in stream:
+        while True:
+            wait = min(limits.chunk_timeout_s, deadline - time.monotonic())
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), timeout=max(wait, 0.0))
+            except StopAsyncIteration:
+                break
+            except asyncio.TimeoutError:
+                raise ApiError(408, f"the upload stalled: no data for {limits.chunk_timeout_s:g} s, or not complete "
+                               f"within {limits.upload_timeout_s:g} s", {"received_bytes": received}) from None
             received += len(chunk)
             if received > limits.max_body_bytes:
                 raise ApiError(413, f"the request is larger than {limits.max_file_bytes / MIB:g} MB")

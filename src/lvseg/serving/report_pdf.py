@@ -20,7 +20,7 @@ from lvseg.serving.rendering import Measurements
 logger = logging.getLogger(__name__)
 
 DISCLAIMER = "Research use only \u2014 not a diagnostic device."
-_PDF_IMAGE_SIDE = 1024  # images are downscaled to this many pixels per side inside the PDF
+PDF_IMAGE_SIDE = 1024  # images are downscaled to this many pixels per side inside the PDF
 _DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 _DEJAVU_BOLD = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 
@@ -36,6 +36,7 @@ class ReportContent:
     image_size: tuple[int, int]
     image_format: str
     inference_ms: float
+    analysed_size: tuple[int, int] | None = None
     text_warnings: list[str] = field(default_factory=list)
     validation_data: str | None = None
     study_id: str = ""
@@ -81,7 +82,7 @@ def _pdf_image(pixels: np.ndarray, max_width: float, max_height: float) -> objec
     from reportlab.platypus import Image
 
     picture = PILImage.fromarray(pixels)
-    picture.thumbnail((_PDF_IMAGE_SIDE, _PDF_IMAGE_SIDE))
+    picture.thumbnail((PDF_IMAGE_SIDE, PDF_IMAGE_SIDE))
     buffer = io.BytesIO(png_bytes(np.asarray(picture)))
     scale = min(max_width / picture.width, max_height / picture.height)
     return Image(buffer, width=picture.width * scale, height=picture.height * scale)
@@ -120,7 +121,9 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     facts = [
         ["Study ID", content.study_id or "\u2014"],
         ["Created", content.created.strftime("%Y-%m-%d %H:%M UTC")],
-        ["Image", f"{content.image_format.upper()}, {content.image_size[0]} x {content.image_size[1]} px"],
+        ["Image", f"{content.image_format.upper()}, {content.image_size[0]} x {content.image_size[1]} px"
+                  + (f" (analysed at {content.analysed_size[0]} x {content.analysed_size[1]} px; areas in those "
+                     "pixels)" if content.analysed_size and content.analysed_size != content.image_size else "")],
         ["Model", content.model_name],
         ["Validation Dice", dice + (f" on {content.validation_data}" if content.validation_data else "")],
     ]

@@ -26,6 +26,8 @@ class Limits(BaseModel):
     max_upload_mb: float = Field(description="Largest accepted upload, in MiB.")
     max_side_px: int = Field(description="Largest accepted image width or height, in pixels.")
     max_pixels: int = Field(description="Largest accepted number of pixels (decompression-bomb guard).")
+    max_working_side_px: int = Field(description="Larger images are analysed reduced to this many pixels on "
+                                     "their longer side (the model sees its own input size).")
     max_text_chars: int = Field(description="Longest accepted report text, in characters.")
     max_note_chars: int = Field(description="Longest accepted notes or recommendations, in characters.")
 
@@ -57,8 +59,11 @@ class SegmentResponse(BaseModel):
     original: str | None = Field(
         default=None, description="The decoded image as base64 PNG (only with ?include_original=true)."
     )
-    width: int = Field(description="Width of the original image in pixels.")
-    height: int = Field(description="Height of the original image in pixels.")
+    width: int = Field(description="Width of the analysed image (and of mask and overlay) in pixels: the file's "
+                       "own, or less for an image reduced to the server's working size (see original_width).")
+    height: int = Field(description="Height of the analysed image (and of mask and overlay) in pixels.")
+    original_width: int = Field(description="Width of the uploaded image in pixels (upright).")
+    original_height: int = Field(description="Height of the uploaded image in pixels (upright).")
     image_format: str = Field(description="The sniffed format: png, jpeg, tiff or dicom.")
     area_px: int = Field(description="Number of lesion pixels.")
     area_percent: float = Field(description="Lesion pixels as a percentage of the image.")

@@ -12,8 +12,11 @@ use, so an upload reaches the model exactly as the same file does through ``lvse
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +33,19 @@ ACCEPTED = "PNG, JPEG, TIFF or DICOM"
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
 # PIL modes of more than 8 bits per sample (16-bit, 32-bit integer, float).
 _DEEP_MODES = ("I", "F")
+_EXIF_ORIENTATION = 0x0112
+_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
 class ImageLimits:
-    """Largest accepted image: per side, and in total pixels (decompression-bomb guard)."""
+    """Largest accepted image: per side, and in total pixels (decompression-bomb guard); and the largest
+    side an image is analysed at (``max_working_side``: larger images are reduced while they are decoded,
+    keeping their aspect ratio, so memory stays bounded; the model itself sees ``img_size``)."""
 
     max_side: int = 8192
     max_pixels: int = 50_000_000
+    max_working_side: int = 2048
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,27 @@ class DecodedImage:
     orientation first); for DICOM the windowed values.
     ``pixels``: uint8 RGB (H, W, 3) derived from ``array`` for display, overlays and the PDF report; an
     image of more than 8 bits per sample is shown stretched to its own maximum (display only).
+    ``original_size``: (width, height) of the file; H, W are smaller when the image was reduced to
+    ``ImageLimits.max_working_side``.
     """
 
     array: np.ndarray
     pixels: np.ndarray
     format: str
+    original_size: tuple[int, int] = (0, 0)
+
+    @property
+    def original_width(self) -> int:
+        return self.original_size[0] or self.width
+
+    @property
+    def original_height(self) -> int:
+        return self.original_size[1] or self.height
+
+    @property
+    def reduced(self) -> bool:
+        """Whether the image was analysed below its own resolution (see :class:`ImageLimits`)."""
+        return (self.original_width, self.original_height) != (self.width, self.height)
 
     @property
     def height(self) -> int:
@@ -63,10 +87,46 @@ class DecodedImage:
     def width(self) -> int:
         return int(self.array.shape[2])
 
+    def without_model_input(self) -> "DecodedImage":
+        """This image without its float array (4 bytes per sample; only the model reads it): what a result
+        keeps after the prediction. The shape stays readable (a zero-cost broadcast placeholder)."""
+        placeholder = np.broadcast_to(np.float32(0.0), self.array.shape)
+        return DecodedImage(array=placeholder, pixels=self.pixels, format=self.format, original_size=self.original_size)
+
     @property
     def model_input(self) -> np.ndarray:
         """``array`` as float (H, W, C), which ``Segmenter.predict`` reads back unchanged."""
         return np.transpose(self.array, (1, 2, 0))
+
+
+class DecodeBudget:
+    """Bytes of decoded pixels allowed in memory at once, shared by concurrent decodes.
+
+    A decode reserves its image's full-resolution size (width x height x 4 bytes, Pillow's layout) for as
+    long as the full-resolution pixels exist; larger images wait for each other while small ones go
+    together. One decode larger than the whole budget runs alone.
+    """
+
+    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
+        self.max_bytes = int(max_bytes)
+        self._used = 0
+        self._condition = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        nbytes = min(int(nbytes), self.max_bytes)
+        with self._condition:
+            self._condition.wait_for(lambda: self._used + nbytes <= self.max_bytes)
+            self._used += nbytes
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._used -= nbytes
+                self._condition.notify_all()
+
+
+_UNBOUNDED = DecodeBudget(max_bytes=1 << 62)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -101,19 +161,21 @@ def check_dimensions(width: int, height: int, limits: ImageLimits, frames: int =
         )
 
 
-def decode_image(data: bytes, limits: ImageLimits | None = None) -> DecodedImage:
-    """Sniff, check and decode ``data``; raises :class:`ApiError` 415, 413 or 422 on bad input."""
+def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeBudget | None = None) -> DecodedImage:
+    """Sniff, check and decode ``data``; raises :class:`ApiError` 415, 413 or 422 on bad input. ``budget``
+    bounds the full-resolution pixels that concurrent decodes hold at once (default: unbounded)."""
     limits = limits or ImageLimits()
+    budget = budget or _UNBOUNDED
     if not data:
         raise ApiError(422, "the image file is empty", {"field": "image"})
     kind = sniff_format(data)
     if kind is None:
         raise ApiError(415, f"the upload is not a supported image; expected {ACCEPTED}", {"field": "image"})
     if kind == "dicom":
-        array, deep = _decode_dicom(data, limits), False  # already windowed for display
+        (array, original), deep = _decode_dicom(data, limits, budget), False  # already windowed for display
     else:
-        array, deep = _decode_pil(data, kind, limits)
-    decoded = DecodedImage(array=array, pixels=_display_pixels(array, deep), format=kind)
+        array, deep, original = _decode_pil(data, kind, limits, budget)
+    decoded = DecodedImage(array=array, pixels=_display_pixels(array, deep), format=kind, original_size=original)
     logger.debug("decoded a %s image of %dx%d", kind, decoded.width, decoded.height)
     return decoded
 
@@ -123,14 +185,38 @@ def _corrupt(kind: str) -> ApiError:
     return ApiError(422, message, {"field": "image"})
 
 
-def _decode_pil(data: bytes, kind: str, limits: ImageLimits) -> tuple[np.ndarray, bool]:
-    """(read_image's float (C, H, W) array, whether the image has more than 8 bits per sample)."""
+def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(width, height) reduced so the longer side is at most ``max_side``, aspect ratio kept."""
+    longest = max(width, height)
+    if longest <= max_side:
+        return width, height
+    scale = max_side / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _decode_pil(data: bytes, kind: str, limits: ImageLimits,
+                budget: DecodeBudget) -> tuple[np.ndarray, bool, tuple[int, int]]:
+    """(read_image's float (C, H, W) array, whether the image has more than 8 bits per sample, the upright
+    image's full (width, height)). Images over ``limits.max_working_side`` are reduced before they become
+    float: a JPEG while its DCT is decoded (``draft``), other formats right after decoding (box filter)."""
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
             check_dimensions(image.width, image.height, limits)  # header only, nothing decoded yet
-            image.load()
-            oriented = ImageOps.exif_transpose(image) if kind == "jpeg" else image
-            return read_image(oriented, channels=None), oriented.mode.startswith(_DEEP_MODES)
+            original = (image.width, image.height)
+            if kind == "jpeg":
+                target = working_size(image.width, image.height, limits.max_working_side)
+                if target != original:
+                    image.draft(image.mode, target)  # decodes at 1/2, 1/4 or 1/8 scale, no smaller than target
+                if image.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURNS:
+                    original = original[::-1]  # reported upright, as the image is shown
+            with budget.reserve(image.width * image.height * 4):  # decoded (after any draft) at 4 bytes/pixel
+                image.load()
+                upright = ImageOps.exif_transpose(image) if kind == "jpeg" else image
+                if max(upright.size) > limits.max_working_side:
+                    upright = upright.resize(working_size(*upright.size, limits.max_working_side),
+                                             Image.Resampling.BOX)
+                    image.close()  # the full-resolution pixels go now, before the float array is made
+                return read_image(upright, channels=None), upright.mode.startswith(_DEEP_MODES), original
     except Image.DecompressionBombError as error:
         raise ApiError(413, "the image is a decompression bomb (too many pixels)", {"field": "image"}) from error
     except ApiError:
@@ -186,8 +272,9 @@ def _colour_to_unit(pixels: np.ndarray, bits_stored: int) -> np.ndarray:
     return np.clip(rgb / float(2 ** max(bits_stored, 1) - 1), 0.0, 1.0)
 
 
-def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
-    """The first frame as float32 (C, H, W) in [0, 1]: grayscale windowed, colour by its stored bit depth."""
+def _decode_dicom(data: bytes, limits: ImageLimits, budget: DecodeBudget) -> tuple[np.ndarray, tuple[int, int]]:
+    """(the first frame as float32 (C, H, W) in [0, 1], grayscale windowed, colour by its stored bit depth,
+    reduced to ``limits.max_working_side``; the frame's full (width, height))."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -203,6 +290,12 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
     except (TypeError, ValueError) as error:
         raise _corrupt("dicom") from error
     check_dimensions(columns, rows, limits, frames=max(frames, 1))
+    with budget.reserve(columns * rows * max(frames, 1) * 8):  # pixel data, then float64 modality values
+        return _dicom_pixels(dataset, limits, frames, rows, columns)
+
+
+def _dicom_pixels(dataset: Any, limits: ImageLimits, frames: int, rows: int,
+                  columns: int) -> tuple[np.ndarray, tuple[int, int]]:
     try:
         pixels = np.asarray(dataset.pixel_array)
     except (NotImplementedError, RuntimeError) as error:
@@ -218,7 +311,7 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if samples > 1 or pixels.ndim == 3:
         bits = int(dataset.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
-        return read_image(_colour_to_unit(pixels, bits), channels=None)
+        return _shrink(read_image(_colour_to_unit(pixels, bits), channels=None), limits), (columns, rows)
 
     slope = _first_value(dataset.get("RescaleSlope", None))
     intercept = _first_value(dataset.get("RescaleIntercept", None))
@@ -230,4 +323,15 @@ def _decode_dicom(data: bytes, limits: ImageLimits) -> np.ndarray:
     )
     if photometric == "MONOCHROME1":
         unit = 1.0 - unit
-    return read_image(unit, channels=None)
+    return _shrink(read_image(unit, channels=None), limits), (columns, rows)
+
+
+def _shrink(array: np.ndarray, limits: ImageLimits) -> np.ndarray:
+    """A float (C, H, W) array reduced to ``limits.max_working_side`` (box filter per channel), else itself."""
+    height, width = array.shape[1:]
+    size = working_size(width, height, limits.max_working_side)
+    if size == (width, height):
+        return array
+    channels = [np.asarray(Image.fromarray(channel.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
+                for channel in array]
+    return np.stack(channels).astype(np.float32)

@@ -138,6 +138,13 @@ class HuggingFaceTextEncoder(TextEncoder):
             identity = str(local.resolve()) if local.exists() else name_or_path
             self.cache = TextFeatureCache(identity, self.max_length, self.feature_dim, cache_dir=cache_dir)
 
+    def keep_cache_in_memory(self, max_items: int = 4096) -> None:
+        """Keep features in a bounded in-memory cache only (no disk writes): for servers, where the reports
+        come from whoever reaches the API."""
+        if self.cache is not None:
+            self.cache = TextFeatureCache(self.cache.identity, self.max_length, self.feature_dim, disk=False,
+                                          memory_items=max_items)
+
     @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device

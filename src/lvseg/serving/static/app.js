@@ -124,7 +124,10 @@
     $("overlay-image").src = overlayUrl;
     $("download-mask").href = maskUrl;
     $("download-overlay").href = overlayUrl;
-    $("m-area").textContent = result.area_px + " px (" + result.area_percent.toFixed(2) + " % of the image)";
+    const reduced = result.width !== result.original_width || result.height !== result.original_height;
+    $("m-area").textContent = result.area_px + " px (" + result.area_percent.toFixed(2) + " % of the image)"
+      + (reduced ? "; analysed at " + result.width + " x " + result.height + " px (the image is "
+        + result.original_width + " x " + result.original_height + ")" : "");
     $("m-lesions").textContent = String(result.lesions);
     $("m-finding").textContent = result.finding === "no lesion found"
       ? "No lesion found (highest probability " + result.max_probability.toFixed(3) + ")"

@@ -1,0 +1,131 @@
+"""Bounded resources and request hygiene of the app: large images, stalled uploads, disconnects, the
+server's text cache, cross-origin posts."""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serving_support import REPORT, encode, png_bytes, running_server
+
+from lvseg.serving.app import create_app
+from lvseg.serving.fake import FakeSegmenter
+from lvseg.serving.uploads import ImageLimits, decode_image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def test_large_images_are_analysed_at_the_working_size() -> None:
+    big = np.zeros((3000, 4000), dtype=np.uint8)
+    big[1000:2000, 1000:3000] = 255
+    for fmt in ("PNG", "JPEG", "TIFF"):
+        decoded = decode_image(encode(big, fmt), ImageLimits(max_working_side=1000))
+        assert (decoded.width, decoded.height) == (1000, 750), fmt
+        assert (decoded.original_width, decoded.original_height) == (4000, 3000) and decoded.reduced
+        assert decoded.array.dtype == np.float32 and decoded.pixels.shape == (750, 1000, 3)
+        assert abs(float(decoded.array[0, 375, 500]) - 1.0) < 0.05 and float(decoded.array[0, 50, 50]) < 0.05
+    small = decode_image(encode(big[:600, :800], "PNG"), ImageLimits(max_working_side=1000))
+    assert (small.width, small.height) == (800, 600) and not small.reduced
+
+
+def test_an_exif_rotated_jpeg_reports_its_upright_size() -> None:
+    picture = Image.fromarray(np.zeros((60, 100), dtype=np.uint8))
+    exif = picture.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", exif=exif.tobytes())
+    decoded = decode_image(buffer.getvalue(), ImageLimits(max_working_side=50))
+    assert (decoded.original_width, decoded.original_height) == (60, 100)  # upright, as displayed
+    assert (decoded.width, decoded.height) == (30, 50)
+
+
+def test_the_segment_response_names_both_sizes() -> None:
+    big = np.zeros((900, 1200), dtype=np.uint8)
+    big[100:300, 100:500] = 255
+    with TestClient(create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=600))) as client:
+        result = client.post("/api/segment", files={"image": ("big.png", png_bytes(big), "image/png")},
+                             data={"text": REPORT}).json()
+    assert (result["width"], result["height"], result["original_width"], result["original_height"]) == (600, 450, 1200, 900)
+    assert Image.open(io.BytesIO(__import__("base64").b64decode(result["mask"]))).size == (600, 450)
+
+
+def _raw_upload(url: str, body_part: bytes, length: int) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=10)
+    head = (f"POST /api/segment HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+    connection.sendall(head + body_part)
+    return connection
+
+
+def test_a_stalled_upload_is_answered_408() -> None:
+    with running_server(create_app(FakeSegmenter(), read_timeout_s=0.5)) as url:
+        connection = _raw_upload(url, b"--x\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nab", 10_000)
+        started = time.monotonic()
+        answer = connection.recv(4096).decode("latin-1")
+        connection.close()
+    assert answer.startswith("HTTP/1.1 408") and "stalled" in answer
+    assert time.monotonic() - started < 5
+
+
+def test_a_client_that_disconnects_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with running_server(create_app(FakeSegmenter(), read_timeout_s=5)) as url:
+        for _ in range(3):
+            _raw_upload(url, b"--x\r\nContent-Disposition: form-data; name=\"te", 10_000).close()
+        time.sleep(1.0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert not any("Exception in ASGI application" in message for message in messages)
+    assert not any(record.exc_info for record in caplog.records)
+    assert sum("disconnected" in message for message in messages) == 3
+
+
+def test_cross_origin_posts_are_refused() -> None:
+    with TestClient(create_app(FakeSegmenter())) as client:
+        files = {"image": ("scan.png", png_bytes(), "image/png")}
+        foreign = client.post("/api/segment", files=files, data={"text": REPORT},
+                              headers={"origin": "http://evil.example"})
+        assert foreign.status_code == 403 and "cross-origin" in foreign.json()["error"]
+        fetch_site = client.post("/api/segment", files=files, data={"text": REPORT},
+                                 headers={"sec-fetch-site": "cross-site"})
+        assert fetch_site.status_code == 403
+        same = client.post("/api/segment", files=files, data={"text": REPORT}, headers={"origin": "http://testserver"})
+        assert same.status_code == 200
+        assert client.post("/api/segment", files=files, data={"text": REPORT}).status_code == 200  # curl-like
+
+
+def test_allowed_hosts_are_enforced() -> None:
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=["127.0.0.1", "localhost"]),
+                    base_url="http://localhost") as client:
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/healthz", headers={"host": "rebound.example"}).status_code == 400
+
+
+def test_the_server_keeps_frozen_text_features_in_memory_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hf_support import save_tiny_bert
+
+    from lvseg.checkpoint import save_inference_checkpoint
+    from lvseg.inference import load_model
+    from lvseg.models import create_model
+
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("LVSEG_CACHE_DIR", str(cache_dir))
+    bert = save_tiny_bert(tmp_path / "bert", hidden=16)
+    net = create_model("lvit", img_size=32, base_channels=8, text_encoder=f"hf:{bert}", text_len=8)
+    save_inference_checkpoint(tmp_path / "m.ckpt", net)
+    segmenter = load_model(tmp_path / "m.ckpt", device="cpu")
+    with TestClient(create_app(segmenter)) as client:
+        for index in range(3):
+            response = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
+                                   data={"text": f"{REPORT} number {index}"})
+            assert response.status_code == 200, response.text
+    assert segmenter.text_encoder.cache is not None and segmenter.text_encoder.cache.disk is False
+    assert not cache_dir.exists() or not any(cache_dir.rglob("*.safetensors"))
