@@ -55,8 +55,9 @@ def dicom_bytes(
     intercept: float | None = None,
     center: Any = None,
     width: Any = None,
+    pixel_spacing: tuple[float, float] | None = None,
 ) -> bytes:
-    """A minimal, valid 16-bit DICOM secondary-capture file holding ``pixels``."""
+    """A minimal, valid 16-bit DICOM secondary-capture file holding ``pixels`` (PixelSpacing in mm if given)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -83,6 +84,8 @@ def dicom_bytes(
     if center is not None:
         dataset.WindowCenter = center
         dataset.WindowWidth = width
+    if pixel_spacing is not None:
+        dataset.PixelSpacing = list(pixel_spacing)
     dataset.PixelData = pixels.astype("<u2").tobytes()
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)

@@ -119,7 +119,7 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
         read_image(tmp_path / "missing.png")
     text_file = tmp_path / "notes.png"
     text_file.write_text("hello")
-    with pytest.raises(LvsegError, match=r"cannot read image '.*notes\.png': not a PNG/JPEG/TIFF/BMP file"):
+    with pytest.raises(LvsegError, match=r"cannot read image '.*notes\.png': not a PNG/JPEG/TIFF/BMP/DICOM file"):
         read_image(text_file)
     with pytest.raises(LvsegError, match=r"cannot read mask '.*notes\.png'"):
         read_mask(text_file)

@@ -149,7 +149,7 @@ def test_not_an_image_and_truncated_tiff_and_jpeg(tmp_path: Path) -> None:
     truncate(jpeg_split / "img" / "d.jpg", 0.6)
     problems = problems_of(tmp_path)
     assert len(problems) == 2, problems
-    assert any(f"'{img / 'a.tif'}'" in p and "not a PNG/JPEG/TIFF/BMP file" in p for p in problems)
+    assert any(f"'{img / 'a.tif'}'" in p and "not a PNG/JPEG/TIFF/BMP/DICOM file" in p for p in problems)
     assert any(f"'{img / 'b.tif'}'" in p and "truncated or corrupt" in p for p in problems)
     (problem,) = problems_of(tmp_path, "val")
     assert f"'{jpeg_split / 'img' / 'd.jpg'}'" in problem

@@ -60,7 +60,7 @@ def test_segment_and_download_pdf_in_the_browser(browser: object, base_url: str,
     try:
         page.goto(base_url + "/")
         expect(page.locator("#model-info")).to_contain_text("validation Dice 0.500")
-        page.get_by_label("Image (PNG, JPEG, TIFF or DICOM").set_input_files(str(image_path))
+        page.get_by_label("Image (PNG, JPEG, TIFF, BMP or DICOM").set_input_files(str(image_path))
         page.get_by_label("Report text").fill(REPORT)
         page.get_by_role("button", name="Segment").click()
 
@@ -105,7 +105,7 @@ def test_the_pdf_always_describes_the_result_on_screen(browser: object, base_url
     other_report = "Unilateral pulmonary infection, one infected area, lower left lung."
     context = browser.new_context(accept_downloads=True)  # type: ignore[attr-defined]
     page = context.new_page()
-    image_input = page.get_by_label("Image (PNG, JPEG, TIFF or DICOM")
+    image_input = page.get_by_label("Image (PNG, JPEG, TIFF, BMP or DICOM")
     try:
         page.goto(base_url + "/")
         image_input.set_input_files(str(first))
@@ -157,7 +157,7 @@ def test_errors_are_shown_inline_in_plain_words(browser: object, base_url: str, 
         page.get_by_role("button", name="Segment").click()
         expect(page.get_by_role("alert")).to_contain_text("Choose an image")
 
-        page.get_by_label("Image (PNG, JPEG, TIFF or DICOM").set_input_files(str(not_an_image))
+        page.get_by_label("Image (PNG, JPEG, TIFF, BMP or DICOM").set_input_files(str(not_an_image))
         page.get_by_label("Report text").fill(REPORT)
         page.get_by_role("button", name="Segment").click()
         expect(page.get_by_role("alert")).to_contain_text("not a supported image")

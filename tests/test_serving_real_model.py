@@ -115,26 +115,52 @@ def test_lvseg_serve_loads_the_real_checkpoint(checkpoint: Path, monkeypatch: py
         assert served.get("/api/model", headers={"host": "evil.example"}).status_code == 400
 
 
-def _twelve_bit_png(path: Path) -> bytes:
-    """A 16-bit PNG holding 12-bit values (max 4095, as many radiographs): dim noise and a bright square."""
+def _radiograph_values() -> np.ndarray:
+    """12-bit values (max 4095, as many radiographs): dim noise and a bright square, 48 x 40."""
     rng = np.random.default_rng(12)
     values = rng.integers(0, 1200, size=(48, 40)).astype(np.uint16)
     values[10:30, 12:32] = 4095
-    Image.fromarray(values).save(path)
-    assert Image.open(path).mode == "I;16"
-    return path.read_bytes()
+    return values
 
 
-def test_sixteen_bit_png_gives_the_same_mask_through_the_app_and_lvseg_predict(
-    checkpoint: Path, tmp_path: Path
+def _write_case(kind: str, folder: Path) -> tuple[Path, tuple[int, int]]:
+    """An image file of ``kind`` and the (height, width) it is viewed at."""
+    values = _radiograph_values()
+    if kind == "png16":
+        path = folder / "radiograph.png"
+        Image.fromarray(values).save(path)
+        assert Image.open(path).mode == "I;16"
+        return path, values.shape
+    if kind == "dicom":
+        from serving_support import dicom_bytes
+
+        path = folder / "radiograph.dcm"
+        path.write_bytes(dicom_bytes(values, center=[2048], width=[4096]))
+        return path, values.shape
+    eight_bit = (values >> 4).astype(np.uint8)
+    if kind == "bmp":
+        path = folder / "radiograph.bmp"
+        Image.fromarray(eight_bit).convert("RGB").save(path)
+        return path, values.shape
+    path = folder / "rotated.jpg"  # stored sideways, EXIF orientation 6: viewed upright as 40 x 48 -> 48 x 40
+    picture = Image.fromarray(np.ascontiguousarray(np.rot90(eight_bit, 1)))
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    picture.save(path, quality=95, exif=exif.tobytes())
+    return path, values.shape
+
+
+@pytest.mark.parametrize("kind", ["png16", "dicom", "bmp", "jpeg-exif"])
+def test_every_format_gives_the_same_mask_through_the_app_and_lvseg_predict(
+    checkpoint: Path, tmp_path: Path, kind: str
 ) -> None:
-    """The app and ``lvseg predict`` decode with the same reader: same input, same mask (not 16x brighter)."""
+    """The app and ``lvseg predict`` decode with the same reader: same formats (DICOM, BMP), same orientation
+    (EXIF), same values (a 16-bit PNG not 16x brighter in one of them), so the same mask."""
     from lvseg.cli.main import app as cli
     from lvseg.data.images import read_image
     from lvseg.inference import load_model
 
-    image_path = tmp_path / "radiograph.png"
-    data = _twelve_bit_png(image_path)
+    image_path, shape = _write_case(kind, tmp_path)
     segmenter = load_model(checkpoint, device="cpu")
     # A threshold at the median probability of what training and `lvseg predict` feed the model gives a
     # mask with about half the pixels: any change of the input's brightness moves many of them.
@@ -149,11 +175,11 @@ def test_sixteen_bit_png_gives_the_same_mask_through_the_app_and_lvseg_predict(
     cli_mask = np.asarray(Image.open(out))
 
     with TestClient(create_app(segmenter, threshold=threshold)) as client:
-        response = _segment(client, data, query="?format=png")
+        response = _segment(client, image_path.read_bytes(), query="?format=png")
     assert response.status_code == 200, response.text
     app_mask = np.asarray(Image.open(io.BytesIO(response.content)))
 
-    assert cli_mask.shape == app_mask.shape == (48, 40)
+    assert cli_mask.shape == app_mask.shape == shape
     assert 0 < int((cli_mask > 0).sum()) < cli_mask.size  # a real mask, neither empty nor full
     assert np.array_equal(app_mask, cli_mask)
     assert np.array_equal(cli_mask > 0, reference.probability > threshold)

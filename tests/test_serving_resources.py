@@ -129,3 +129,24 @@ def test_the_server_keeps_frozen_text_features_in_memory_only(tmp_path: Path, mo
             assert response.status_code == 200, response.text
     assert segmenter.text_encoder.cache is not None and segmenter.text_encoder.cache.disk is False
     assert not cache_dir.exists() or not any(cache_dir.rglob("*.safetensors"))
+
+
+def test_dicom_pixel_spacing_gives_areas_in_square_millimetres() -> None:
+    from serving_support import dicom_bytes
+
+    pixels = np.zeros((40, 60), dtype=np.uint16)
+    pixels[10:20, 10:30] = 4000  # 200 px
+    data = dicom_bytes(pixels, center=[2000], width=[4000], pixel_spacing=(0.5, 0.25))
+    with TestClient(create_app(FakeSegmenter())) as client:
+        result = client.post("/api/segment", files={"image": ("ct.dcm", data, "application/dicom")},
+                             data={"text": REPORT}).json()
+        assert result["area_px"] == 200 and result["pixel_spacing_mm"] == [0.5, 0.25]
+        assert result["area_mm2"] == pytest.approx(200 * 0.125) and result["lesion_details"][0]["area_mm2"] == 25.0
+        png = client.post("/api/segment", files={"image": ("x.png", png_bytes(), "image/png")},
+                          data={"text": REPORT}).json()
+        assert png["area_mm2"] is None and png["pixel_spacing_mm"] is None
+    # reduced to the working size, a pixel covers more: the area in mm2 stays the same
+    with TestClient(create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=30))) as client:
+        small = client.post("/api/segment", files={"image": ("ct.dcm", data, "application/dicom")},
+                            data={"text": REPORT}).json()
+    assert small["width"] == 30 and small["area_mm2"] == pytest.approx(25.0, rel=0.1)

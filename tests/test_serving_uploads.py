@@ -8,7 +8,8 @@ from serving_support import dicom_bytes, encode, lesion_image, png_bytes, png_wi
 
 from lvseg.data.images import read_image, to_display_rgb8
 from lvseg.serving.errors import ApiError
-from lvseg.serving.uploads import ImageLimits, decode_image, sniff_format, window_dicom
+from lvseg.data.dicom import window_dicom
+from lvseg.serving.uploads import ImageLimits, decode_image, sniff_format
 
 
 def _status(data: bytes, limits: ImageLimits | None = None) -> int:

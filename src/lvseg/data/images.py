@@ -22,7 +22,7 @@ from typing import Union
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lvseg.errors import LvsegError
 from lvseg.files import atomic_write
@@ -35,9 +35,10 @@ logger = logging.getLogger(__name__)
 ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
 
 #: File extensions (lower case, with the dot) that the data layer treats as images.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"})
 
-_EXPECTED_FORMATS = "not a PNG/JPEG/TIFF/BMP file"
+_EXPECTED_FORMATS = "not a PNG/JPEG/TIFF/BMP/DICOM file"
+_EXIF_ORIENTATION = 0x0112
 
 # ITU-R BT.601 luma weights, the same ones PIL uses for mode "L".
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -86,6 +87,39 @@ def open_pil(source: ImageSource, kind: str = "image") -> Image.Image:
     except (OSError, ValueError, SyntaxError) as error:
         raise LvsegError(f"cannot read {kind} {name}: file is truncated or corrupt ({error})") from None
     return image
+
+
+#: EXIF orientations that swap width and height (quarter turns).
+QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright; 1 also when absent or unreadable)."""
+    try:
+        return int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
+    except (OSError, ValueError, SyntaxError, TypeError):  # a broken EXIF block: the pixels are still usable
+        return 1
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` turned as its EXIF orientation says it is viewed (any format that carries EXIF), else itself.
+
+    The one orientation rule: training, ``lvseg predict`` and the web app all see images upright.
+    """
+    return ImageOps.exif_transpose(image) if exif_orientation(image) != 1 else image
+
+
+def _dicom_bytes(source: ImageSource) -> bytes | None:
+    """The file's bytes when ``source`` (a path or bytes) is a DICOM file, else None."""
+    from lvseg.data.dicom import DICOM_MAGIC_OFFSET, is_dicom
+
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source) if is_dicom(bytes(source)) else None
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_file():
+        with open(source, "rb") as handle:
+            start = handle.read(DICOM_MAGIC_OFFSET + 4)
+            return start + handle.read() if is_dicom(start) else None
+    return None
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
@@ -185,16 +219,22 @@ def read_image(source: ImageSource, channels: int | None = 3) -> np.ndarray:
 
     Handles grayscale, RGB, RGBA (alpha dropped), palette, 16-bit (scaled by
     65535, the dtype's maximum, whatever the values' own maximum: a 12-bit image
-    stays in [0, 0.0625]) and float TIFF images. Raises :class:`LvsegError`
-    naming the file.
+    stays in [0, 0.0625]), float TIFF and DICOM images (:mod:`lvseg.data.dicom`:
+    first frame, windowed). Files (paths, bytes) are turned upright by their EXIF
+    orientation (:func:`upright`). Raises :class:`LvsegError` naming the file.
     """
     if channels not in (1, 3, None):
         raise LvsegError(f"unsupported channel count {channels!r}; expected 1 or 3")
     name = _describe(source)
+    dicom = None if isinstance(source, (np.ndarray, Image.Image)) else _dicom_bytes(source)
     if isinstance(source, np.ndarray):
         array = source
+    elif dicom is not None:
+        from lvseg.data.dicom import read_dicom
+
+        array = read_dicom(dicom, name)
     else:
-        array = _pil_to_array(open_pil(source, kind="image"))
+        array = _pil_to_array(upright(open_pil(source, kind="image")))
     hwc = _to_hwc(array, name)
     chw = np.ascontiguousarray(np.transpose(_scale_to_unit(hwc), (2, 0, 1)), dtype=np.float32)
     if channels is None:

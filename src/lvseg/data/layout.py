@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 from PIL import Image, UnidentifiedImageError
 
 from lvseg.data.images import IMAGE_EXTENSIONS
+from lvseg.data.dicom import DICOM_MAGIC_OFFSET, is_dicom, read_dicom_header
 from lvseg.errors import DataValidationError, LvsegError
 
 logger = logging.getLogger(__name__)
@@ -222,8 +223,16 @@ def _check_readable(path: Path, kind: str) -> tuple[str | None, tuple[int, int] 
     """Cheaply check that ``path`` is a complete image; return (problem or None, (width, height)).
 
     PNG files are CRC-checked chunk by chunk without decoding; JPEG files must end
-    with the end-of-image marker (or decode fully); other formats are decoded.
+    with the end-of-image marker (or decode fully); DICOM headers are parsed; other formats are decoded.
     """
+    with path.open("rb") as handle:
+        start = handle.read(DICOM_MAGIC_OFFSET + 4)
+    if is_dicom(start):  # the header gives the size; the pixels are decoded when the image is read
+        try:
+            _, header = read_dicom_header(path.read_bytes(), f"'{path}'")
+        except LvsegError as error:
+            return f"{kind} '{path}' cannot be read: {error}", None
+        return None, (header.columns, header.rows)
     try:
         with Image.open(path) as image:
             size = image.size
@@ -232,7 +241,7 @@ def _check_readable(path: Path, kind: str) -> tuple[str | None, tuple[int, int] 
             elif not (image.format == "JPEG" and _ends_with_jpeg_marker(path)):
                 image.load()
     except UnidentifiedImageError:
-        return f"{kind} '{path}' cannot be read: not a PNG/JPEG/TIFF/BMP file", None
+        return f"{kind} '{path}' cannot be read: not a PNG/JPEG/TIFF/BMP/DICOM file", None
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
         return f"{kind} '{path}' cannot be read: file is truncated or corrupt ({error})", None
     return None, size

@@ -57,7 +57,7 @@ _SWAGGER_CSS = "swagger-ui.css"
 _SWAGGER_FAVICON = "favicon-32x32.png"
 _DOCS_ASSET_TYPES = {_SWAGGER_JS: "text/javascript", _SWAGGER_CSS: "text/css", _SWAGGER_FAVICON: "image/png"}
 API_KEY_HEADER = "X-API-Key"
-ACCEPTED_FORMATS = ["png", "jpeg", "tiff", "dicom"]
+ACCEPTED_FORMATS = ["png", "jpeg", "tiff", "bmp", "dicom"]
 _PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
@@ -223,7 +223,7 @@ class Service:
         if mask.shape != expected or probability.shape != expected:
             raise RuntimeError(f"the model returned a {mask.shape} mask for a {expected} image")
         labels, count = label_lesions(mask)
-        measurements = measure(mask, probability, labels, count)
+        measurements = measure(mask, probability, labels, count, pixel_spacing_mm=image.pixel_spacing_mm)
         reading = getattr(prediction, "reading", None)
         del probability, prediction  # full-size float maps: not kept past the measurements
         overlay = overlay_lesions(image.pixels, labels, count)
@@ -315,7 +315,7 @@ def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "The text differs from the report the result_id's result was computed from.",
         408: "The upload stalled (no data for the read timeout, 30 s by default) or took too long.",
         413: "Upload over the size limit, or an image too large or a decompression bomb.",
-        415: "Not a PNG, JPEG, TIFF or DICOM image, or not a multipart/form-data request.",
+        415: "Not a PNG, JPEG, TIFF, BMP or DICOM image, or not a multipart/form-data request.",
         422: "Missing field, empty or too long text, or a corrupt or truncated image.",
     }
     return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
@@ -440,7 +440,7 @@ def create_app(
         version=lvseg_version,
         summary="Language-guided lesion segmentation of medical images. Research use only.",
         description=(
-            "Upload an image (PNG, JPEG, TIFF or DICOM) and the clinician's report; get the lesion mask, a "
+            "Upload an image (PNG, JPEG, TIFF, BMP or DICOM) and the clinician's report; get the lesion mask, a "
             "colour-coded overlay and measurements, or a PDF report. Errors are JSON `{error, detail}`. "
             "Research use only, not a diagnostic device."
         ),
@@ -596,7 +596,7 @@ def create_app(
             ),
         )
 
-    image_field = ("file", "The image: PNG, JPEG, TIFF or DICOM, at most "
+    image_field = ("file", "The image: PNG, JPEG, TIFF, BMP or DICOM, at most "
                    f"{max_upload_bytes / MIB:g} MB and {config.image_limits.max_side} px per side.", None)
     text_field = ("text", "The clinician's report (required when the model uses text).", max_text_chars)
     segment_body = _multipart_body({"image": image_field, "text": text_field}, ["image", "text"])
@@ -630,9 +630,11 @@ def create_app(
             mask=_b64(mask_png), overlay=_b64(overlay_png), original=_b64(original) if original else None,
             width=result.image.width, height=result.image.height, original_width=result.image.original_width,
             original_height=result.image.original_height, image_format=result.image.format,
-            area_px=m.area_px, area_percent=m.area_percent, lesions=m.lesions,
-            lesion_details=[LesionInfo(label=x.label, area_px=x.area_px, colour=x.colour, bbox=list(x.bbox))
-                            for x in m.lesion_list],
+            area_px=m.area_px, area_percent=m.area_percent, area_mm2=m.area_mm2,
+            pixel_spacing_mm=list(result.image.pixel_spacing_mm) if result.image.pixel_spacing_mm else None,
+            lesions=m.lesions,
+            lesion_details=[LesionInfo(label=x.label, area_px=x.area_px, area_mm2=x.area_mm2, colour=x.colour,
+                                       bbox=list(x.bbox)) for x in m.lesion_list],
             finding=m.finding, confidence=m.confidence, max_probability=m.max_probability,
             inference_ms=result.inference_ms, model=model_name, report_text=result.text,
             text_warnings=result.text_warnings, unknown_words=result.unknown_words,

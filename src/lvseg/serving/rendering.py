@@ -24,6 +24,7 @@ class Lesion:
     area_px: int
     colour: str
     bbox: tuple[int, int, int, int]
+    area_mm2: float | None = None
 
 
 NO_LESION = "no lesion found"
@@ -44,6 +45,16 @@ class Measurements:
     confidence: float
     max_probability: float
     lesion_list: list[Lesion] = field(default_factory=list)
+    pixel_area_mm2: float | None = None
+
+    @property
+    def area_mm2(self) -> float | None:
+        """The lesion area in mm² when the image gives its pixel size (DICOM PixelSpacing), else None."""
+        return None if self.pixel_area_mm2 is None else round(self.area_px * self.pixel_area_mm2, 3)
+
+    def area_text(self) -> str:
+        text = f"{self.area_px} px ({self.area_percent:.2f} % of the image)"
+        return text + (f", {self.area_mm2:.1f} mm\u00b2" if self.area_mm2 is not None else "")
 
     @property
     def finding(self) -> str:
@@ -57,13 +68,16 @@ class Measurements:
 
 
 def measure(
-    mask: np.ndarray, probability: np.ndarray, labels: np.ndarray, count: int, max_listed: int = 50
+    mask: np.ndarray, probability: np.ndarray, labels: np.ndarray, count: int, max_listed: int = 50,
+    pixel_spacing_mm: tuple[float, float] | None = None,
 ) -> Measurements:
     """Area, lesion count, confidence (see :class:`Measurements`), highest probability, largest lesions.
 
     ``labels``/``count`` come from :func:`lvseg.evaluation.overlay.label_lesions`; each lesion's colour is
     the one :func:`lvseg.evaluation.overlay.overlay_lesions` draws it in (the page's legend shows it).
+    ``pixel_spacing_mm``: (row, column) size of a pixel of ``mask`` in mm; areas are then also in mm².
     """
+    pixel_area = None if pixel_spacing_mm is None else float(pixel_spacing_mm[0] * pixel_spacing_mm[1])
     inside = mask > 0
     area = int(inside.sum())
     total = int(mask.size) or 1
@@ -83,6 +97,7 @@ def measure(
                 area_px=int(areas[label]),
                 colour=hex_color(lesion_color(label - 1)),
                 bbox=(int(x), int(y), int(box[1].stop - x), int(box[0].stop - y)),
+                area_mm2=None if pixel_area is None else round(int(areas[label]) * pixel_area, 3),
             )
         )
     lesions.sort(key=lambda lesion: (-lesion.area_px, lesion.label))
@@ -93,5 +108,6 @@ def measure(
         confidence=round(confidence, 6),
         max_probability=round(max_probability, 6),
         lesion_list=lesions[:max_listed],
+        pixel_area_mm2=pixel_area,
     )
 

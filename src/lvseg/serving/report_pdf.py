@@ -143,16 +143,17 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
                                warning))
     measures = [
         ["Finding", m.finding],
-        ["Lesion area", f"{m.area_px} px ({m.area_percent:.2f} % of the image)"],
+        ["Lesion area", m.area_text()],
         ["Connected lesions", str(m.lesions)],
         ["Confidence", m.confidence_text()],
         ["Inference time", f"{content.inference_ms:.0f} ms"],
     ]
     story += [Paragraph("Measurements", heading), _table(measures, regular, bold, document.width)]
     if m.lesion_list:
-        rows = [["Lesion", "Colour", "Area (px)", "Box x, y, w, h"]]
-        rows += [[str(lesion.label), lesion.colour, str(lesion.area_px), ", ".join(map(str, lesion.bbox))]
-                 for lesion in m.lesion_list[:20]]
+        rows = [["Lesion", "Colour", "Area (px)" + (" / mm\u00b2" if m.pixel_area_mm2 else ""), "Box x, y, w, h"]]
+        rows += [[str(lesion.label), lesion.colour,
+                  str(lesion.area_px) + (f" / {lesion.area_mm2:.1f}" if lesion.area_mm2 is not None else ""),
+                  ", ".join(map(str, lesion.bbox))] for lesion in m.lesion_list[:20]]
         lesions = Table(rows, colWidths=[2.5 * cm, 3 * cm, 3 * cm, 5 * cm], hAlign="LEFT")
         style = [("FONTNAME", (0, 0), (-1, -1), regular), ("FONTNAME", (0, 0), (-1, 0), bold),
                  ("FONTSIZE", (0, 0), (-1, -1), 8), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey)]

@@ -49,6 +49,7 @@ class ModelInfo(BaseModel):
 class LesionInfo(BaseModel):
     label: int = Field(description="Lesion number (1-based), as in the overlay.")
     area_px: int = Field(description="Lesion area in pixels.")
+    area_mm2: float | None = Field(default=None, description="Lesion area in mm² (DICOM with PixelSpacing), else null.")
     colour: str = Field(description="The lesion's overlay colour, '#rrggbb'.")
     bbox: list[int] = Field(description="Bounding box [x, y, width, height] in pixels.")
 
@@ -67,6 +68,9 @@ class SegmentResponse(BaseModel):
     image_format: str = Field(description="The sniffed format: png, jpeg, tiff or dicom.")
     area_px: int = Field(description="Number of lesion pixels.")
     area_percent: float = Field(description="Lesion pixels as a percentage of the image.")
+    area_mm2: float | None = Field(description="Lesion area in mm² when the image gives its pixel size (DICOM "
+                                   "PixelSpacing or ImagerPixelSpacing), else null.")
+    pixel_spacing_mm: list[float] | None = Field(description="(row, column) size of an analysed pixel in mm, or null.")
     lesions: int = Field(description="Number of connected lesions (8-connected).")
     lesion_details: list[LesionInfo] = Field(description="The largest lesions (at most 50), largest first.")
     finding: Literal["lesion found", "no lesion found"] = Field(description="Whether the mask holds any lesion.")

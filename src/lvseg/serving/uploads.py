@@ -5,9 +5,11 @@ the format comes from the file's magic bytes. Width and height are read from the
 lazily; DICOM ``Rows``/``Columns`` before ``pixel_array``) and checked before any pixel is decoded.
 Everything happens in memory.
 
-This module only sniffs, enforces limits and handles DICOM (windowing to [0, 1]). The pixels become
-model input through :func:`lvseg.data.images.read_image`, the reader training and ``lvseg predict``
-use, so an upload reaches the model exactly as the same file does through ``lvseg predict``.
+This module only sniffs, enforces limits and reduces very large images to the working size. The pixels
+become model input through the data layer (:func:`lvseg.data.images.read_image`, its EXIF orientation
+rule :func:`~lvseg.data.images.upright`, and :mod:`lvseg.data.dicom`), the readers training and
+``lvseg predict`` use, so an upload reaches the model exactly as the same file does through ``lvseg
+predict`` (the same formats, the same orientation).
 """
 
 from __future__ import annotations
@@ -21,20 +23,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from lvseg.data.images import read_image, to_display_rgb8
+from lvseg.data.dicom import is_dicom
+from lvseg.data.images import QUARTER_TURNS, exif_orientation, read_image, to_display_rgb8, upright
 from lvseg.errors import LvsegError
 from lvseg.serving.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
-ACCEPTED = "PNG, JPEG, TIFF or DICOM"
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+ACCEPTED = "PNG, JPEG, TIFF, BMP or DICOM"
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
 # PIL modes of more than 8 bits per sample (16-bit, 32-bit integer, float).
 _DEEP_MODES = ("I", "F")
-_EXIF_ORIENTATION = 0x0112
-_QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,24 @@ class DecodedImage:
     ``pixels``: uint8 RGB (H, W, 3) derived from ``array`` for display, overlays and the PDF report; an
     image of more than 8 bits per sample is shown stretched to its own maximum (display only).
     ``original_size``: (width, height) of the file; H, W are smaller when the image was reduced to
-    ``ImageLimits.max_working_side``.
+    ``ImageLimits.max_working_side``. ``original_spacing_mm``: the file's (row, column) pixel size in mm
+    (DICOM), else None.
     """
 
     array: np.ndarray
     pixels: np.ndarray
     format: str
     original_size: tuple[int, int] = (0, 0)
+    original_spacing_mm: tuple[float, float] | None = None
+
+    @property
+    def pixel_spacing_mm(self) -> tuple[float, float] | None:
+        """(row, column) size of one *analysed* pixel in mm (DICOM ``PixelSpacing`` scaled by any reduction), or
+        None when the file does not give it."""
+        if self.original_spacing_mm is None:
+            return None
+        row, column = self.original_spacing_mm
+        return row * self.original_height / self.height, column * self.original_width / self.width
 
     @property
     def original_width(self) -> int:
@@ -91,7 +103,8 @@ class DecodedImage:
         """This image without its float array (4 bytes per sample; only the model reads it): what a result
         keeps after the prediction. The shape stays readable (a zero-cost broadcast placeholder)."""
         placeholder = np.broadcast_to(np.float32(0.0), self.array.shape)
-        return DecodedImage(array=placeholder, pixels=self.pixels, format=self.format, original_size=self.original_size)
+        return DecodedImage(array=placeholder, pixels=self.pixels, format=self.format, original_size=self.original_size,
+                            original_spacing_mm=self.original_spacing_mm)
 
     @property
     def model_input(self) -> np.ndarray:
@@ -130,15 +143,17 @@ _UNBOUNDED = DecodeBudget(max_bytes=1 << 62)
 
 
 def sniff_format(data: bytes) -> str | None:
-    """The image format from the magic bytes: ``png``, ``jpeg``, ``tiff``, ``dicom`` or None."""
+    """The image format from the magic bytes: ``png``, ``jpeg``, ``tiff``, ``bmp``, ``dicom`` or None."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if is_dicom(data):
         return "dicom"
+    if data.startswith(b"BM") and len(data) >= 26:
+        return "bmp"
     return None
 
 
@@ -171,11 +186,13 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeB
     kind = sniff_format(data)
     if kind is None:
         raise ApiError(415, f"the upload is not a supported image; expected {ACCEPTED}", {"field": "image"})
+    spacing = None
     if kind == "dicom":
-        (array, original), deep = _decode_dicom(data, limits, budget), False  # already windowed for display
+        (array, original, spacing), deep = _decode_dicom(data, limits, budget), False  # already windowed
     else:
         array, deep, original = _decode_pil(data, kind, limits, budget)
-    decoded = DecodedImage(array=array, pixels=_display_pixels(array, deep), format=kind, original_size=original)
+    decoded = DecodedImage(array=array, pixels=_display_pixels(array, deep), format=kind, original_size=original,
+                           original_spacing_mm=spacing)
     logger.debug("decoded a %s image of %dx%d", kind, decoded.width, decoded.height)
     return decoded
 
@@ -203,20 +220,18 @@ def _decode_pil(data: bytes, kind: str, limits: ImageLimits,
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
             check_dimensions(image.width, image.height, limits)  # header only, nothing decoded yet
             original = (image.width, image.height)
-            if kind == "jpeg":
-                target = working_size(image.width, image.height, limits.max_working_side)
-                if target != original:
-                    image.draft(image.mode, target)  # decodes at 1/2, 1/4 or 1/8 scale, no smaller than target
-                if image.getexif().get(_EXIF_ORIENTATION, 1) in _QUARTER_TURNS:
-                    original = original[::-1]  # reported upright, as the image is shown
+            target = working_size(image.width, image.height, limits.max_working_side)
+            if kind == "jpeg" and target != original:
+                image.draft(image.mode, target)  # decodes at 1/2, 1/4 or 1/8 scale, no smaller than target
             with budget.reserve(image.width * image.height * 4):  # decoded (after any draft) at 4 bytes/pixel
                 image.load()
-                upright = ImageOps.exif_transpose(image) if kind == "jpeg" else image
-                if max(upright.size) > limits.max_working_side:
-                    upright = upright.resize(working_size(*upright.size, limits.max_working_side),
-                                             Image.Resampling.BOX)
+                if exif_orientation(image) in QUARTER_TURNS:  # read after load: a PNG's EXIF loads the pixels
+                    original = original[::-1]  # reported upright, as the image is shown
+                turned = upright(image)  # the data layer's orientation rule, as `lvseg predict` reads the file
+                if max(turned.size) > limits.max_working_side:
+                    turned = turned.resize(working_size(*turned.size, limits.max_working_side), Image.Resampling.BOX)
                     image.close()  # the full-resolution pixels go now, before the float array is made
-                return read_image(upright, channels=None), upright.mode.startswith(_DEEP_MODES), original
+                return read_image(turned, channels=None), turned.mode.startswith(_DEEP_MODES), original
     except Image.DecompressionBombError as error:
         raise ApiError(413, "the image is a decompression bomb (too many pixels)", {"field": "image"}) from error
     except ApiError:
@@ -239,91 +254,22 @@ def _display_pixels(array: np.ndarray, deep: bool) -> np.ndarray:
     return to_display_rgb8(array)
 
 
-def _first_value(value: Any) -> float | None:
-    """The first number of a possibly multi-valued DICOM element, or None."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            value = value[0] if len(value) else None
-        return None if value is None or value == "" else float(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def window_dicom(values: np.ndarray, center: float | None, width: float | None) -> np.ndarray:
-    """Apply the DICOM linear VOI window (PS3.3 C.11.2.1.2.1) to modality values, to [0, 1].
-
-    Without a usable window the full range of the values (their minimum to their maximum) is used.
-    """
-    if center is None or width is None or width < 1:
-        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        return np.zeros_like(values) if high <= low else (values - low) / (high - low)
-    low = center - 0.5 - (width - 1) / 2
-    high = center - 0.5 + (width - 1) / 2
-    scaled = ((values - (center - 0.5)) / (width - 1)) + 0.5 if width > 1 else (values > low).astype(float)
-    return np.where(values <= low, 0.0, np.where(values > high, 1.0, np.clip(scaled, 0.0, 1.0)))
-
-
-def _colour_to_unit(pixels: np.ndarray, bits_stored: int) -> np.ndarray:
-    """Colour DICOM pixels (H, W, 3), already RGB after pydicom's conversion, in [0, 1] of their stored range."""
-    rgb = pixels[:, :, :3].astype(np.float64)
-    return np.clip(rgb / float(2 ** max(bits_stored, 1) - 1), 0.0, 1.0)
-
-
-def _decode_dicom(data: bytes, limits: ImageLimits, budget: DecodeBudget) -> tuple[np.ndarray, tuple[int, int]]:
-    """(the first frame as float32 (C, H, W) in [0, 1], grayscale windowed, colour by its stored bit depth,
-    reduced to ``limits.max_working_side``; the frame's full (width, height))."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+def _decode_dicom(data: bytes, limits: ImageLimits,
+                  budget: DecodeBudget) -> tuple[np.ndarray, tuple[int, int], tuple[float, float] | None]:
+    """(the first frame as float32 (C, H, W) in [0, 1] (:mod:`lvseg.data.dicom`, as ``lvseg predict`` reads it),
+    reduced to ``limits.max_working_side``; the frame's full (width, height); its pixel spacing in mm or None)."""
+    from lvseg.data.dicom import DicomError, dicom_pixels, read_dicom_header
 
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))  # pixel data stays encoded bytes until pixel_array
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise _corrupt("dicom") from error
-    if "PixelData" not in dataset or "Rows" not in dataset or "Columns" not in dataset:
-        raise ApiError(422, "the DICOM file holds no image (no pixel data, rows or columns)", {"field": "image"})
-    try:
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    except (TypeError, ValueError) as error:
-        raise _corrupt("dicom") from error
-    check_dimensions(columns, rows, limits, frames=max(frames, 1))
-    with budget.reserve(columns * rows * max(frames, 1) * 8):  # pixel data, then float64 modality values
-        return _dicom_pixels(dataset, limits, frames, rows, columns)
-
-
-def _dicom_pixels(dataset: Any, limits: ImageLimits, frames: int, rows: int,
-                  columns: int) -> tuple[np.ndarray, tuple[int, int]]:
-    try:
-        pixels = np.asarray(dataset.pixel_array)
-    except (NotImplementedError, RuntimeError) as error:
-        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", str(syntax))
-        raise ApiError(415, f"DICOM pixel data in '{name}' encoding is not supported", {"field": "image"}) from error
-    except (ValueError, OSError, EOFError, AttributeError, KeyError, TypeError, IndexError) as error:
-        raise _corrupt("dicom") from error
-
-    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-    if frames > 1 or pixels.ndim == (4 if samples > 1 else 3):
-        pixels = pixels[0]  # the first frame of a multi-frame object
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if samples > 1 or pixels.ndim == 3:
-        bits = int(dataset.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
-        return _shrink(read_image(_colour_to_unit(pixels, bits), channels=None), limits), (columns, rows)
-
-    slope = _first_value(dataset.get("RescaleSlope", None))
-    intercept = _first_value(dataset.get("RescaleIntercept", None))
-    values = pixels.astype(np.float64) * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
-    unit = window_dicom(
-        values,
-        _first_value(dataset.get("WindowCenter", None)),
-        _first_value(dataset.get("WindowWidth", None)),
-    )
-    if photometric == "MONOCHROME1":
-        unit = 1.0 - unit
-    return _shrink(read_image(unit, channels=None), limits), (columns, rows)
+        dataset, header = read_dicom_header(data, "upload")
+        check_dimensions(header.columns, header.rows, limits, frames=header.frames)
+        with budget.reserve(header.columns * header.rows * header.frames * 8):  # pixels, then float64 values
+            unit = dicom_pixels(dataset, header, "upload")
+            return (_shrink(read_image(unit, channels=None), limits), (header.columns, header.rows),
+                    header.pixel_spacing_mm)
+    except DicomError as error:
+        raise ApiError(415 if error.unsupported else 422, str(error).replace("cannot read DICOM upload: ", "the DICOM "
+                       "file could not be read: "), {"field": "image"}) from error
 
 
 def _shrink(array: np.ndarray, limits: ImageLimits) -> np.ndarray:

@@ -74,7 +74,7 @@
 
   function validateUpload() {
     if (!state.file) {
-      return "Choose an image first (PNG, JPEG, TIFF or DICOM).";
+      return "Choose an image first (PNG, JPEG, TIFF, BMP or DICOM).";
     }
     if (state.file.size > state.maxUploadBytes) {
       return "The image is larger than " + Math.round(state.maxUploadBytes / 1048576) + " MB.";
@@ -126,6 +126,7 @@
     $("download-overlay").href = overlayUrl;
     const reduced = result.width !== result.original_width || result.height !== result.original_height;
     $("m-area").textContent = result.area_px + " px (" + result.area_percent.toFixed(2) + " % of the image)"
+      + (result.area_mm2 === null ? "" : ", " + result.area_mm2.toFixed(1) + " mm²")
       + (reduced ? "; analysed at " + result.width + " x " + result.height + " px (the image is "
         + result.original_width + " x " + result.original_height + ")" : "");
     $("m-lesions").textContent = String(result.lesions);
@@ -153,7 +154,8 @@
       const swatch = document.createElement("span");
       swatch.className = "swatch";
       swatch.style.backgroundColor = lesion.colour;
-      item.append(swatch, document.createTextNode("Lesion " + lesion.label + ": " + lesion.area_px + " px"));
+      const mm = lesion.area_mm2 === null ? "" : " (" + lesion.area_mm2.toFixed(1) + " mm²)";
+      item.append(swatch, document.createTextNode("Lesion " + lesion.label + ": " + lesion.area_px + " px" + mm));
       legend.append(item);
     });
     if (result.lesions > result.lesion_details.length) {

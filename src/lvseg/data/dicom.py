@@ -1,0 +1,145 @@
+"""DICOM images as lvseg reads them everywhere (training, ``lvseg predict``, the web app): first frame,
+grayscale through the modality rescale and the VOI window to [0, 1], colour by its stored bit depth.
+
+Needs ``pydicom`` (part of the ``serve`` extra: ``pip install 'lvseg[serve]'``); a missing pydicom is a
+:class:`~lvseg.errors.LvsegError` saying so. Width and height are read from the header
+(:func:`read_dicom_header`) before any pixel is decoded, so callers can refuse an image by its size first.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lvseg.errors import LvsegError
+
+DICOM_MAGIC_OFFSET = 128
+
+
+class DicomError(LvsegError):
+    """A DICOM file lvseg cannot read: ``unsupported`` (an encoding pydicom cannot decode here) or not."""
+
+    def __init__(self, message: str, unsupported: bool = False) -> None:
+        super().__init__(message)
+        self.unsupported = unsupported
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the header says: size, frames, and the physical pixel size when it is given.
+
+    pixel_spacing_mm: (row spacing, column spacing) in mm (``PixelSpacing``, else ``ImagerPixelSpacing``),
+    or None.
+    """
+
+    rows: int
+    columns: int
+    frames: int
+    pixel_spacing_mm: tuple[float, float] | None
+
+
+def is_dicom(data: bytes) -> bool:
+    """Whether ``data`` starts like a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
+    return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def _pydicom() -> Any:
+    try:
+        import pydicom
+    except ImportError:
+        raise LvsegError("reading DICOM needs pydicom: pip install 'lvseg[serve]' (or pip install pydicom)") from None
+    return pydicom
+
+
+def first_value(value: Any) -> float | None:
+    """The first number of a possibly multi-valued DICOM element, or None."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+            value = value[0] if len(value) else None
+        return None if value is None or value == "" else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _spacing(dataset: Any) -> tuple[float, float] | None:
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = dataset.get(keyword, None)
+        try:
+            row, column = float(value[0]), float(value[1])
+        except (TypeError, ValueError, IndexError):
+            continue
+        if row > 0 and column > 0:
+            return row, column
+    return None
+
+
+def read_dicom_header(data: bytes, name: str = "<DICOM bytes>") -> tuple[Any, DicomHeader]:
+    """(the parsed dataset, its header); pixel data stays encoded until :func:`dicom_pixels`."""
+    pydicom = _pydicom()
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
+        raise DicomError(f"cannot read DICOM {name}: the file is corrupt or truncated") from None
+    if "PixelData" not in dataset or "Rows" not in dataset or "Columns" not in dataset:
+        raise DicomError(f"cannot read DICOM {name}: it holds no image (no pixel data, rows or columns)")
+    try:
+        header = DicomHeader(rows=int(dataset.Rows), columns=int(dataset.Columns),
+                             frames=max(int(dataset.get("NumberOfFrames", 1) or 1), 1), pixel_spacing_mm=_spacing(dataset))
+    except (TypeError, ValueError):
+        raise DicomError(f"cannot read DICOM {name}: its size fields are not numbers") from None
+    return dataset, header
+
+
+def window_dicom(values: np.ndarray, center: float | None, width: float | None) -> np.ndarray:
+    """Apply the DICOM linear VOI window (PS3.3 C.11.2.1.2.1) to modality values, to [0, 1].
+
+    Without a usable window the full range of the values (their minimum to their maximum) is used.
+    """
+    if center is None or width is None or width < 1:
+        values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        return np.zeros_like(values) if high <= low else (values - low) / (high - low)
+    low = center - 0.5 - (width - 1) / 2
+    high = center - 0.5 + (width - 1) / 2
+    scaled = ((values - (center - 0.5)) / (width - 1)) + 0.5 if width > 1 else (values > low).astype(float)
+    return np.where(values <= low, 0.0, np.where(values > high, 1.0, np.clip(scaled, 0.0, 1.0)))
+
+
+def dicom_pixels(dataset: Any, header: DicomHeader, name: str = "<DICOM bytes>") -> np.ndarray:
+    """The first frame as (H, W) or (H, W, 3) float64 in [0, 1]: grayscale windowed (MONOCHROME1
+    inverted), colour scaled by its stored bit depth."""
+    try:
+        pixels = np.asarray(dataset.pixel_array)
+    except (NotImplementedError, RuntimeError):
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        raise DicomError(f"cannot read DICOM {name}: pixel data in '{getattr(syntax, 'name', syntax)}' encoding is "
+                         "not supported", unsupported=True) from None
+    except (ValueError, OSError, EOFError, AttributeError, KeyError, TypeError, IndexError):
+        raise DicomError(f"cannot read DICOM {name}: the pixel data is corrupt or truncated") from None
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if header.frames > 1 or pixels.ndim == (4 if samples > 1 else 3):
+        pixels = pixels[0]
+    if samples > 1 or pixels.ndim == 3:
+        bits = int(dataset.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
+        return np.clip(pixels[:, :, :3].astype(np.float64) / float(2 ** max(bits, 1) - 1), 0.0, 1.0)
+    slope = first_value(dataset.get("RescaleSlope", None))
+    intercept = first_value(dataset.get("RescaleIntercept", None))
+    values = pixels.astype(np.float64) * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+    unit = window_dicom(values, first_value(dataset.get("WindowCenter", None)),
+                        first_value(dataset.get("WindowWidth", None)))
+    if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        unit = 1.0 - unit
+    return unit
+
+
+def read_dicom(data: bytes, name: str = "<DICOM bytes>") -> np.ndarray:
+    """A DICOM file's first frame in [0, 1], (H, W) or (H, W, 3) float64 (see :func:`dicom_pixels`)."""
+    dataset, header = read_dicom_header(data, name)
+    return dicom_pixels(dataset, header, name)
