@@ -240,7 +240,14 @@ def test_openapi_describes_every_field(client: TestClient) -> None:
     for model in ("SegmentResponse", "ModelInfo", "HealthResponse", "ErrorResponse", "LesionInfo"):
         props = schema["components"]["schemas"][model]["properties"]
         assert all(prop.get("description") for name, prop in props.items() if name != "limits"), model
-    assert {"413", "415", "422", "401"} <= set(segment["responses"])
+    assert {"408", "413", "415", "422"} <= set(segment["responses"])
+    # the schema tells the truth about authentication: no key declared when the server asks for none
+    assert "401" not in segment["responses"] and "security" not in segment
+    assert form["properties"]["text"]["minLength"] == 1 and form["properties"]["text"]["pattern"] == r"^\s*\S[\s\S]*$"
+    assert form["additionalProperties"] is False
+    with TestClient(create_app(FakeSegmenter(), api_key="k" * 24)) as keyed:
+        secured = keyed.get("/openapi.json").json()["paths"]["/api/segment"]["post"]
+    assert "401" in secured["responses"] and secured["security"] == [{"APIKeyHeader": []}]
 
 
 # --- bad input ---------------------------------------------------------------------------------

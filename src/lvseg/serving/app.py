@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -58,6 +59,7 @@ _SWAGGER_FAVICON = "favicon-32x32.png"
 _DOCS_ASSET_TYPES = {_SWAGGER_JS: "text/javascript", _SWAGGER_CSS: "text/css", _SWAGGER_FAVICON: "image/png"}
 API_KEY_HEADER = "X-API-Key"
 ACCEPTED_FORMATS = ["png", "jpeg", "tiff", "bmp", "dicom"]
+IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "application/dicom")
 _PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
@@ -135,6 +137,10 @@ def _reduced_for_pdf(pixels: np.ndarray) -> np.ndarray:
     picture = Image.fromarray(pixels)
     picture.thumbnail((PDF_IMAGE_SIDE, PDF_IMAGE_SIDE))
     return np.asarray(picture)
+
+
+#: What a result id looks like (``secrets.token_urlsafe(16)``: 22 URL-safe characters).
+RESULT_ID_PATTERN = r"^[A-Za-z0-9_-]{16,64}$"
 
 
 class RecentResults:
@@ -294,25 +300,34 @@ def _text_encoder_config(encoder: Any) -> dict[str, Any] | None:
             for key, item in value.items()}
 
 
-def _multipart_body(fields: dict[str, tuple[str, str, int | None]], required: list[str]) -> dict[str, Any]:
-    """OpenAPI ``requestBody`` for a multipart form (the reader is custom, so it is declared by hand)."""
+def _multipart_body(fields: dict[str, tuple[str, str, int | None]], required: list[str],
+                    non_blank: tuple[str, ...] = ()) -> dict[str, Any]:
+    """OpenAPI ``requestBody`` for a multipart form (the reader is custom, so it is declared by hand): exactly the
+    fields the server reads (it refuses others); ``non_blank``: text fields that must hold a non-space character.
+    """
     properties: dict[str, Any] = {}
     for name, (kind, description, max_length) in fields.items():
         prop: dict[str, Any] = {"type": "string", "description": description}
         if kind == "file":
-            prop["format"] = "binary"
+            prop.update(format="binary", minLength=1)
         if max_length:
             prop["maxLength"] = max_length
+        if name in non_blank:
+            prop.update(minLength=1, pattern=r"^\s*\S[\s\S]*$")  # some non-space character
         properties[name] = prop
-    schema = {"type": "object", "required": required, "properties": properties}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+    schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties,
+                              "additionalProperties": False}
+    media: dict[str, Any] = {"schema": schema}
+    files = [name for name, (kind, _, _) in fields.items() if kind == "file"]
+    if files:  # the image formats the server decodes (their validity is checked by decoding: 415/422)
+        media["encoding"] = {name: {"contentType": ", ".join(IMAGE_MEDIA_TYPES)} for name in files}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": media}}}
 
 
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     meaning = {
         401: "Missing or wrong API key (X-API-Key header).",
         404: "The result_id names no result the server still keeps: segment again.",
-        409: "The text differs from the report the result_id's result was computed from.",
         408: "The upload stalled (no data for the read timeout, 30 s by default) or took too long.",
         413: "Upload over the size limit, or an image too large or a decompression bomb.",
         415: "Not a PNG, JPEG, TIFF, BMP or DICOM image, or not a multipart/form-data request.",
@@ -484,11 +499,16 @@ def create_app(
         if not provided or not hmac.compare_digest(provided.encode("utf-8"), api_key.encode("utf-8")):
             raise ApiError(401, f"missing or wrong API key; send it in the {API_KEY_HEADER} header")
 
-    async def read_form(request: Request) -> Any:
-        return await read_multipart(
+    async def read_form(request: Request, fields: tuple[str, ...]) -> Any:
+        form = await read_multipart(
             request.headers.get("content-type"), request.headers.get("content-length"),
             request.stream(), {"image"}, config.form_limits,
         )
+        unknown = sorted((set(form.fields) | set(form.files)) - set(fields))
+        if unknown:
+            raise ApiError(422, f"unknown field(s) {', '.join(repr(name) for name in unknown)}; this endpoint takes "
+                           f"{', '.join(fields)}", {"fields": unknown})
+        return form
 
     def image_and_text(form: Any) -> tuple[bytes, str]:
         image = form.files.get("image")
@@ -517,20 +537,13 @@ def create_app(
             extras[name] = value.strip()
         return extras
 
-    def stored_result(form: Any, result_id: str) -> KeptResult:
+    def stored_result(result_id: str) -> KeptResult:
         """The kept result ``result_id`` (the PDF then shows exactly what the page showed)."""
-        if "image" in form.files:
-            raise ApiError(422, "send either 'result_id' (a result to report on) or 'image', not both",
-                           {"field": "result_id"})
         result = service.results.get(result_id)
         if result is None:
             raise ApiError(404, "this result is no longer kept (the server keeps the last "
                            f"{service.results.max_items} results for {service.results.ttl_s / 60:.0f} minutes, in "
                            "memory only): segment the image again", {"field": "result_id"})
-        text = form.fields.get("text")
-        if text is not None and text.strip() != result.text:
-            raise ApiError(409, "the report text differs from the one this result was computed from: segment "
-                           "again with the new text", {"field": "text"})
         return result
 
     @app.get("/", include_in_schema=False)
@@ -570,7 +583,9 @@ def create_app(
                               device=_device_name(getattr(segmenter, "device", None)),
                               auth_required=api_key is not None)
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(require_key)], responses=_error_responses(401))
+    # The schema says what the server does: the API key is declared (and checked) only when one is set.
+    api = (APIRouter(prefix="/api", dependencies=[Depends(require_key)], responses=_error_responses(401))
+           if api_key is not None else APIRouter(prefix="/api"))
 
     @api.get("/model", response_model=ModelInfo, tags=["model"], summary="The loaded model and its metrics")
     async def model_info() -> ModelInfo:
@@ -598,8 +613,12 @@ def create_app(
 
     image_field = ("file", "The image: PNG, JPEG, TIFF, BMP or DICOM, at most "
                    f"{max_upload_bytes / MIB:g} MB and {config.image_limits.max_side} px per side.", None)
-    text_field = ("text", "The clinician's report (required when the model uses text).", max_text_chars)
-    segment_body = _multipart_body({"image": image_field, "text": text_field}, ["image", "text"])
+    needs_text = bool(segmenter.requires_text)
+    text_field = ("text", "The clinician's report." if needs_text else
+                  "Not used by this image-only model (accepted and ignored).", max_text_chars)
+    text_rule = ("text",) if needs_text else ()
+    segment_body = _multipart_body({"image": image_field, "text": text_field},
+                                   ["image", "text"] if needs_text else ["image"], non_blank=text_rule)
 
     @api.post(
         "/segment", response_model=SegmentResponse, tags=["segmentation"], summary="Segment the lesions",
@@ -613,7 +632,7 @@ def create_app(
         format: Literal["json", "png"] = Query("json", description="'png' returns the mask PNG itself."),
         include_original: bool = Query(False, description="Also return the decoded image as PNG (for display)."),
     ) -> Any:
-        image, text = image_and_text(await read_form(request))
+        image, text = image_and_text(await read_form(request, ("image", "text")))
         result = await run_in_threadpool(service.analyse, image, text)
         result_id = service.results.add(result)
         m = result.measurements
@@ -641,30 +660,17 @@ def create_app(
             report_parsed=result.report_parsed, result_id=result_id,
         )
 
-    report_body = _multipart_body({
-        "result_id": ("text", "A result of POST /api/segment to report on (then send no image): the PDF shows "
-                      "exactly that result. Without it, the image and text are segmented anew.", 64),
-        "image": image_field, "text": text_field,
+    detail_fields = {
         "study_id": ("text", "Optional study identifier printed on the report.", config.max_study_id_chars),
         "notes": ("text", "Optional clinician notes.", max_note_chars),
         "recommendations": ("text", "Optional recommendations.", max_note_chars),
-    }, [])
+    }
+    report_body = _multipart_body({"image": image_field, "text": text_field, **detail_fields},
+                                  ["image", "text"] if needs_text else ["image"], non_blank=text_rule)
+    result_report_body = _multipart_body(detail_fields, [])
+    pdf_responses = {200: {"content": {"application/pdf": {}}, "description": "The PDF report."}}
 
-    @api.post(
-        "/report", tags=["segmentation"], summary="A PDF report of a result, or of a new segmentation",
-        openapi_extra=report_body, response_class=Response,
-        responses={200: {"content": {"application/pdf": {}}, "description": "The PDF report."},
-                   **_error_responses(404, 408, 409, 413, 415, 422)},
-    )
-    async def report(request: Request) -> Response:
-        form = await read_form(request)
-        extras = form_extras(form, ("study_id", "notes", "recommendations"))
-        result_id = form.fields.get("result_id", "").strip()
-        if result_id:
-            result = stored_result(form, result_id)
-        else:
-            image, text = image_and_text(form)
-            result = KeptResult.of(await run_in_threadpool(service.analyse, image, text))
+    def pdf_response(result: KeptResult, extras: dict[str, str]) -> Response:
         content = ReportContent(
             report_text=result.text, measurements=result.measurements, model_name=model_name,
             validation_dice=find_validation_dice(getattr(segmenter, "metrics", None)),
@@ -672,11 +678,37 @@ def create_app(
             image_format=result.image_format, inference_ms=result.inference_ms, text_warnings=result.text_warnings,
             study_id=extras["study_id"], notes=extras["notes"], recommendations=extras["recommendations"],
         )
-        pdf = await run_in_threadpool(service.report, result.pixels, result.overlay, content)
+        pdf = service.report(result.pixels, result.overlay, content)
         safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", extras["study_id"])[:64].strip("._")
         filename = f"lvseg-report-{safe_id}.pdf" if safe_id else "lvseg-report.pdf"
         return Response(pdf, media_type="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    @api.post(
+        "/results/{result_id}/report", tags=["segmentation"], summary="The PDF report of a segmentation result",
+        description="The result that POST /api/segment returned under `result_id`, exactly as it was shown "
+                    "(image, report, mask, numbers); results are kept in memory for a limited time.",
+        openapi_extra=result_report_body, response_class=Response,
+        responses={**pdf_responses, **_error_responses(404, 408, 413, 415, 422)},
+    )
+    async def result_report(
+        request: Request,
+        result_id: str = PathParam(..., pattern=RESULT_ID_PATTERN, description="The result_id of a segmentation."),
+    ) -> Response:
+        extras = form_extras(await read_form(request, tuple(detail_fields)), tuple(detail_fields))
+        return await run_in_threadpool(pdf_response, stored_result(result_id), extras)
+
+    @api.post(
+        "/report", tags=["segmentation"], summary="Segment an image and return the PDF report",
+        openapi_extra=report_body, response_class=Response,
+        responses={**pdf_responses, **_error_responses(408, 413, 415, 422)},
+    )
+    async def report(request: Request) -> Response:
+        form = await read_form(request, ("image", "text", *detail_fields))
+        extras = form_extras(form, tuple(detail_fields))
+        image, text = image_and_text(form)
+        result = KeptResult.of(await run_in_threadpool(service.analyse, image, text))
+        return await run_in_threadpool(pdf_response, result, extras)
 
     app.include_router(api)
     logger.info("lvseg app ready: model %s, auth %s", model_name, "on" if api_key else "off")

@@ -86,5 +86,5 @@ class SegmentResponse(BaseModel):
                                      "vocabularies only).")
     report_parsed: bool | None = Field(description="For a report-grammar model (c2fvl): whether the report "
                                        "followed the grammar; null for other models.")
-    result_id: str = Field(description="Identifies this result for POST /api/report (kept in memory for a "
-                           "limited time), so the PDF describes exactly this result.")
+    result_id: str = Field(description="Identifies this result for POST /api/results/{result_id}/report (kept in "
+                           "memory for a limited time), so the PDF describes exactly this result.")

@@ -99,7 +99,6 @@
   // The PDF names the result on screen by its id: the server renders that result, not the form's new values.
   function reportForm() {
     const form = new FormData();
-    form.append("result_id", state.result.id);
     form.append("study_id", $("study-id").value);
     form.append("notes", $("notes").value);
     form.append("recommendations", $("recommendations").value);
@@ -210,7 +209,8 @@
     button.disabled = true;
     setStatus("Preparing the PDF report…");
     try {
-      const response = await fetch("/api/report", { method: "POST", body: reportForm(), headers: apiHeaders() });
+      const response = await fetch("/api/results/" + encodeURIComponent(state.result.id) + "/report",
+        { method: "POST", body: reportForm(), headers: apiHeaders() });
       if (!response.ok) {
         showError("Could not create the PDF report. " + await errorMessage(response));
         return;
