@@ -206,6 +206,48 @@ def test_resume_continues_from_the_next_epoch(lvit_run: dict, data: Path, tmp_pa
     assert logged_epochs == {0, 1}
 
 
+def test_a_resumed_run_logs_each_epoch_once_and_cleans_unfinished_writes(lvit_run: dict, data: Path,
+                                                                        tmp_path: Path, caplog) -> None:
+    """A crash after epoch 1 started logging (its rows are in metrics.csv, not in last.ckpt) and during a
+    checkpoint write (a .tmp file): the resumed run logs epoch 1 once and removes the temporary file."""
+    import csv
+    import logging
+
+    out = tmp_path / "crashed-then-resumed"
+    shutil.copytree(lvit_run["out"], out)
+    metrics = out / "logs" / "metrics.csv"
+    with metrics.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    stale_row = {**rows[-1], "epoch": "1", "step": str(int(float(rows[-1]["step"] or 0)) + 1)}
+    with metrics.open("a", newline="") as handle:
+        csv.DictWriter(handle, fieldnames=header, lineterminator="\n").writerow(stale_row)
+    (out / ".last.ckpt.abc123.tmp").write_bytes(b"half a checkpoint")
+    caplog.set_level(logging.INFO)
+    train(tiny(data, out, max_epochs=2, resume=True))
+    epochs = [int(float(row["epoch"])) for row in metrics_rows(out) if row.get("val_dice")]
+    assert sorted(epochs) == [0, 1], "each validated epoch appears once"
+    assert not list(out.glob(".*.tmp"))
+    assert any("unfinished file" in record.getMessage() for record in caplog.records)
+
+
+def test_lightning_prints_each_line_once_without_tips_or_an_empty_summary(data: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from lvseg.cli.main import main; sys.argv = ['lvseg', 'train', '--data', sys.argv[1], "
+            "'--out', sys.argv[2], '--model', 'unet', '--img-size', '32', '--base-channels', '4', '--max-epochs', '1']; "
+            "main()")
+    result = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "run")], capture_output=True,
+                            text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert output.count("GPU available") == 1
+    assert "Tip:" not in output and "Total FLOPs: 0" not in output
+    assert "exists and is not empty" not in output
+    assert "model unet:" in output and "GFLOPs per image at 32 px" in output
+
+
 def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(data: Path, tmp_path: Path) -> None:
     """A resume must continue from where training stopped, not from the last improvement."""
     out = tmp_path / "declining"

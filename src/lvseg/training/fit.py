@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -146,6 +147,53 @@ def _check_reports(task: SegmentationTask, splits: dict[str, list[Any]]) -> None
                     "vectors), e.g. %s", len(problems), total, problems[0])
 
 
+class _DropLightningTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _tidy_lightning_logging() -> None:
+    """One copy of each Lightning log line, without its product tips: when the application has configured
+    logging (the CLI does), Lightning's own stderr handler would print every line a second time."""
+    lightning_logger = logging.getLogger("lightning")
+    if logging.getLogger().handlers:
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+    for name in ("lightning", "lightning.pytorch", "lightning.pytorch.utilities.rank_zero"):
+        target = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in target.filters):
+            target.addFilter(_DropLightningTips())
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``folder`` (``.<name>.<random>.tmp``)."""
+    removed = []
+    for path in sorted(folder.glob(".*.tmp")):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d unfinished file(s) of an interrupted write: %s", len(removed),
+                 ", ".join(path.name for path in removed))
+    return removed
+
+
+def _log_model_summary(task: SegmentationTask, img_size: int) -> None:
+    """Parameters and GFLOPs of the model, in one line (Lightning's own summary has no FLOPs for it)."""
+    from lvseg.models.describe import describe_model
+
+    counts = task.model.parameter_counts()
+    options = {key: value for key, value in task.model.config.items() if key != "text_encoder"}
+    try:
+        gflops = f", {describe_model(task.model.model_name, **options)['gflops']:.3g} GFLOPs per image"
+    except (LvsegError, RuntimeError, NotImplementedError, TypeError, ValueError) as error:
+        log.debug("FLOPs of %s not counted: %r", task.model.model_name, error)
+        gflops = ""
+    log.info("model %s: %.3g M parameters (%.3g M trainable, %.3g M frozen)%s at %d px",
+             task.model.model_name, counts["total"] / 1e6, counts["trainable"] / 1e6, counts["frozen"] / 1e6, gflops,
+             img_size)
+
+
 def _make_trainer(**options: Any) -> L.Trainer:
     """``L.Trainer(**options)``; Lightning's refusals of --devices/--strategy/--accelerator become LvsegError."""
     from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -178,17 +226,21 @@ def train(config: TrainConfig) -> TrainResult:
         raise LvsegError(f"--out '{out}' is a file; expected a run folder (it is created if missing)")
     last_path = out / "last.ckpt"
     resume_path = None
+    resumed_epoch = None
     if config.resume:
         if not last_path.is_file():
             raise LvsegError(f"--resume: there is no interrupted run to continue in '{out}' (no last.ckpt)")
         resume_path = last_path
         task = _resume_task(config, last_path)
+        resumed_epoch = int(read_checkpoint_dict(last_path).get("epoch", -1))  # the last epoch it holds
     else:
         if last_path.exists():
             raise LvsegError(f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
         task = build_task(config, [sample.text for sample in train_samples])  # reports only: no mask read
     _check_reports(task, {"train": train_samples, "val": val_samples})
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    _tidy_lightning_logging()
 
     val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
     # What the checkpoint's validation Dice was measured on (shown by the app and in its PDF reports).
@@ -226,7 +278,9 @@ def train(config: TrainConfig) -> TrainResult:
         max_epochs=config.max_epochs,
         max_time=max_time,
         callbacks=[best_callback, last_callback, early_stopping],
-        logger=[ResumableCSVLogger(out, name="logs", version="", keep_existing=resume_path is not None), TensorBoardLogger(out, name="logs", version="")],
+        logger=[ResumableCSVLogger(out, name="logs", version="", keep_existing=resume_path is not None,
+                                   resumed_epoch=resumed_epoch),
+                TensorBoardLogger(out, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=config.progress_bar,
         log_every_n_steps=max(1, min(50, len(train_loader))),
@@ -234,9 +288,15 @@ def train(config: TrainConfig) -> TrainResult:
         limit_train_batches=config.limit_train_batches,
         num_sanity_val_steps=0,
         gradient_clip_val=config.grad_clip or None,
+        enable_model_summary=False,  # replaced by _log_model_summary (Lightning's shows "Total FLOPs: 0")
     )
     log.info("training %s on %d images (validation %d) into %s", config.model, len(train_set), len(val_set), out)
-    trainer.fit(task, train_loader, val_loader, ckpt_path=resume_path)
+    _log_model_summary(task, config.img_size)
+    with warnings.catch_warnings():
+        # lvseg itself refuses to start a new run over an old one (last.ckpt), so Lightning's warning about a
+        # non-empty checkpoint folder (it holds the logs just created) says nothing.
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        trainer.fit(task, train_loader, val_loader, ckpt_path=resume_path)
     best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else last_path
     return TrainResult(
         best_checkpoint=best_path,
