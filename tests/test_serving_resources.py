@@ -150,3 +150,56 @@ def test_dicom_pixel_spacing_gives_areas_in_square_millimetres() -> None:
         small = client.post("/api/segment", files={"image": ("ct.dcm", data, "application/dicom")},
                             data={"text": REPORT}).json()
     assert small["width"] == 30 and small["area_mm2"] == pytest.approx(25.0, rel=0.1)
+
+
+def _pdf_text(content: bytes) -> str:
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is needed to read the PDF's text")
+    return " ".join(" ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(content)).pages).split())
+
+
+def test_the_pdf_renders_cjk_reports_and_carries_patient_referrer_and_sign_off() -> None:
+    report = "双肺感染，两处感染区，左上肺和右下肺。 左肺に浸潤影。 양측 폐렴."
+    with TestClient(create_app(FakeSegmenter())) as client:
+        segmented = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
+                                data={"text": report}).json()
+        response = client.post(f"/api/results/{segmented['result_id']}/report",
+                               files={"patient_id": (None, "P-0042"), "referrer": (None, "Dr. 李")})
+    assert response.status_code == 200, response.text
+    text = _pdf_text(response.content)
+    for fragment in ("双肺感染", "左肺に浸潤影", "양측", "P-0042", "Dr. 李", "Reviewed by", "Signature and date"):
+        assert fragment in text, fragment
+    assert b"STSong-Light" in response.content and b"HeiseiMin-W3" in response.content
+
+
+def test_heatmap_and_side_markers_from_dicom_orientation() -> None:
+    from serving_support import dicom_bytes
+
+    from lvseg.evaluation.overlay import probability_heatmap, side_markers
+
+    heat = probability_heatmap(np.array([[0.0, 0.5, 1.0]]))
+    assert heat.shape == (1, 3, 3) and tuple(heat[0, 0]) == (68, 1, 84) and tuple(heat[0, 2]) == (253, 231, 37)
+    assert side_markers("L") == ("R", "L") and side_markers("RA") == ("LP", "RA") and side_markers("?") is None
+
+    pixels = np.full((64, 96), 500, dtype=np.uint16)
+    plain = dicom_bytes(pixels, center=[2000], width=[4000])
+    import pydicom
+
+    dataset = pydicom.dcmread(io.BytesIO(plain))
+    dataset.PatientOrientation = ["L", "F"]
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    with TestClient(create_app(FakeSegmenter())) as client:
+        oriented = client.post("/api/segment", files={"image": ("pa.dcm", buffer.getvalue(), "application/dicom")},
+                               data={"text": REPORT}).json()
+        unmarked = client.post("/api/segment", files={"image": ("pa.dcm", plain, "application/dicom")},
+                               data={"text": REPORT}).json()
+    assert oriented["side_markers"] == ["R", "L"] and unmarked["side_markers"] is None
+    import base64
+
+    def image(b64: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+    marked, bare = image(oriented["overlay"]), image(unmarked["overlay"])
+    assert not np.array_equal(marked[:, :20], bare[:, :20]) and not np.array_equal(marked[:, -20:], bare[:, -20:])
+    assert np.array_equal(image(oriented["mask"]), image(unmarked["mask"]))  # markers never touch the mask
+    assert image(oriented["heatmap"]).shape == (64, 96, 3)

@@ -32,13 +32,15 @@ class DicomHeader:
     """What the header says: size, frames, and the physical pixel size when it is given.
 
     pixel_spacing_mm: (row spacing, column spacing) in mm (``PixelSpacing``, else ``ImagerPixelSpacing``),
-    or None.
+    or None. row_direction: the patient direction the rows run toward (first value of ``PatientOrientation``,
+    e.g. "L"), or None.
     """
 
     rows: int
     columns: int
     frames: int
     pixel_spacing_mm: tuple[float, float] | None
+    row_direction: str | None = None
 
 
 def is_dicom(data: bytes) -> bool:
@@ -78,6 +80,15 @@ def _spacing(dataset: Any) -> tuple[float, float] | None:
     return None
 
 
+def _row_direction(dataset: Any) -> str | None:
+    value = dataset.get("PatientOrientation", None)
+    try:
+        first = str(value[0]).strip().upper() if value is not None and len(value) else ""
+    except (TypeError, IndexError):
+        return None
+    return first or None
+
+
 def read_dicom_header(data: bytes, name: str = "<DICOM bytes>") -> tuple[Any, DicomHeader]:
     """(the parsed dataset, its header); pixel data stays encoded until :func:`dicom_pixels`."""
     pydicom = _pydicom()
@@ -91,7 +102,8 @@ def read_dicom_header(data: bytes, name: str = "<DICOM bytes>") -> tuple[Any, Di
         raise DicomError(f"cannot read DICOM {name}: it holds no image (no pixel data, rows or columns)")
     try:
         header = DicomHeader(rows=int(dataset.Rows), columns=int(dataset.Columns),
-                             frames=max(int(dataset.get("NumberOfFrames", 1) or 1), 1), pixel_spacing_mm=_spacing(dataset))
+                             frames=max(int(dataset.get("NumberOfFrames", 1) or 1), 1), pixel_spacing_mm=_spacing(dataset),
+                             row_direction=_row_direction(dataset))
     except (TypeError, ValueError):
         raise DicomError(f"cannot read DICOM {name}: its size fields are not numbers") from None
     return dataset, header

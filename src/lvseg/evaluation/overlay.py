@@ -173,6 +173,50 @@ def overlay_lesions(image: np.ndarray, labels: np.ndarray, count: int, alpha: fl
     return overlay
 
 
+#: Colour stops of the probability heat-map (0, 0.25, 0.5, 0.75, 1): dark blue through green to yellow,
+#: perceptually ordered like viridis and readable by people with red-green colour blindness.
+_HEAT_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)
+
+
+def probability_heatmap(probability: np.ndarray) -> np.ndarray:
+    """Lesion probabilities (H, W) in [0, 1] -> uint8 RGB (H, W, 3), 0 dark blue ... 1 yellow."""
+    values = np.clip(np.asarray(probability, dtype=np.float32), 0.0, 1.0) * (len(_HEAT_STOPS) - 1)
+    low = np.minimum(values.astype(np.int32), len(_HEAT_STOPS) - 2)
+    weight = (values - low)[..., None]
+    rgb = _HEAT_STOPS[low] * (1.0 - weight) + _HEAT_STOPS[low + 1] * weight
+    return np.rint(rgb).astype(np.uint8)
+
+
+_OPPOSITE_SIDE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
+
+
+def side_markers(row_direction: str) -> tuple[str, str] | None:
+    """(left-edge, right-edge) labels of an image whose rows run toward ``row_direction`` (the first value of
+    DICOM PatientOrientation, e.g. "L": column index grows toward the patient's left, so the image's left
+    edge is the patient's right, "R"). None for an unknown direction."""
+    direction = "".join(letter for letter in row_direction.upper() if letter in _OPPOSITE_SIDE)
+    if not direction:
+        return None
+    return "".join(_OPPOSITE_SIDE[letter] for letter in direction), direction
+
+
+def draw_side_markers(rgb: np.ndarray, markers: tuple[str, str]) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 with the two labels written at the middle of its left and right edges."""
+    picture = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(picture)
+    size = max(12, min(picture.size) // 12)
+    font = _font(size)
+    margin = max(2, size // 4)
+    for label, left in ((markers[0], True), (markers[1], False)):
+        box = draw.textbbox((0, 0), label, font=font)
+        width, height = box[2] - box[0], box[3] - box[1]
+        x = margin if left else picture.width - width - margin
+        y = (picture.height - height) // 2
+        draw.text((x, y), label, font=font, fill=(255, 255, 255), stroke_width=max(1, size // 10),
+                  stroke_fill=(0, 0, 0))
+    return np.asarray(picture)
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)

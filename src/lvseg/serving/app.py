@@ -39,7 +39,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lvseg.data.images import mask_to_uint8, png_bytes
 from lvseg.errors import LvsegError
-from lvseg.evaluation.overlay import label_lesions, overlay_lesions
+from lvseg.evaluation.overlay import (
+    draw_side_markers,
+    label_lesions,
+    overlay_lesions,
+    probability_heatmap,
+    side_markers,
+)
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import MIB, FormLimits, read_multipart
 from lvseg.serving.rendering import Measurements, measure
@@ -92,6 +98,8 @@ class Analysis:
     overlay: np.ndarray
     measurements: Measurements
     inference_ms: float
+    heatmap: np.ndarray | None = None
+    side_markers: tuple[str, str] | None = None
     text: str = ""
     text_warnings: list[str] = field(default_factory=list)
     unknown_words: list[str] = field(default_factory=list)
@@ -231,9 +239,14 @@ class Service:
         labels, count = label_lesions(mask)
         measurements = measure(mask, probability, labels, count, pixel_spacing_mm=image.pixel_spacing_mm)
         reading = getattr(prediction, "reading", None)
+        heatmap = probability_heatmap(probability)
         del probability, prediction  # full-size float maps: not kept past the measurements
         overlay = overlay_lesions(image.pixels, labels, count)
-        return Analysis(image.without_model_input(), mask, overlay, measurements, round(inference_ms, 2), text=text,
+        markers = side_markers(image.row_direction) if image.row_direction else None
+        if markers:  # the patient's sides, from DICOM PatientOrientation, on what is shown (not on the mask)
+            overlay, heatmap = draw_side_markers(overlay, markers), draw_side_markers(heatmap, markers)
+        return Analysis(image.without_model_input(), mask, overlay, measurements, round(inference_ms, 2),
+                        heatmap=heatmap, side_markers=markers, text=text,
                         text_warnings=reading.warnings() if reading is not None else [],
                         unknown_words=list(dict.fromkeys(reading.unknown_words)) if reading is not None else [],
                         report_parsed=reading.parsed if reading is not None else None)
@@ -313,7 +326,7 @@ def _multipart_body(fields: dict[str, tuple[str, str, int | None]], required: li
         if max_length:
             prop["maxLength"] = max_length
         if name in non_blank:
-            prop.update(minLength=1, pattern=r"^\s*\S[\s\S]*$")  # some non-space character
+            prop.update(minLength=1, **{"not": {"pattern": r"^\s*$"}})  # not blank: some non-space character
         properties[name] = prop
     schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties,
                               "additionalProperties": False}
@@ -530,7 +543,7 @@ def create_app(
         extras: dict[str, str] = {}
         for name in names:
             value = form.fields.get(name, "")
-            limit = config.max_study_id_chars if name == "study_id" else config.max_note_chars
+            limit = config.max_note_chars if name in ("notes", "recommendations") else config.max_study_id_chars
             if len(value) > limit:
                 raise ApiError(422, f"field '{name}' is {len(value)} characters long; at most {limit} are accepted",
                                {"field": name, "max": limit})
@@ -642,11 +655,13 @@ def create_app(
                 "X-Finding": m.finding, "X-Max-Probability": f"{m.max_probability:.6f}", "X-Result-Id": result_id,
                 "X-Text-Warnings": str(len(result.text_warnings)),
             })
-        mask_png, overlay_png = await run_in_threadpool(
-            lambda: (_png(mask_to_uint8(result.mask)), _png(result.overlay)))
+        mask_png, overlay_png, heatmap_png = await run_in_threadpool(
+            lambda: (_png(mask_to_uint8(result.mask)), _png(result.overlay), _png(result.heatmap)))
         original = await run_in_threadpool(_png, result.image.pixels) if include_original else None
         return SegmentResponse(
-            mask=_b64(mask_png), overlay=_b64(overlay_png), original=_b64(original) if original else None,
+            mask=_b64(mask_png), overlay=_b64(overlay_png), heatmap=_b64(heatmap_png),
+            side_markers=list(result.side_markers) if result.side_markers else None,
+            original=_b64(original) if original else None,
             width=result.image.width, height=result.image.height, original_width=result.image.original_width,
             original_height=result.image.original_height, image_format=result.image.format,
             area_px=m.area_px, area_percent=m.area_percent, area_mm2=m.area_mm2,
@@ -662,6 +677,8 @@ def create_app(
 
     detail_fields = {
         "study_id": ("text", "Optional study identifier printed on the report.", config.max_study_id_chars),
+        "patient_id": ("text", "Optional patient identifier printed on the report.", config.max_study_id_chars),
+        "referrer": ("text", "Optional referring clinician printed on the report.", config.max_study_id_chars),
         "notes": ("text", "Optional clinician notes.", max_note_chars),
         "recommendations": ("text", "Optional recommendations.", max_note_chars),
     }
@@ -676,7 +693,8 @@ def create_app(
             validation_dice=find_validation_dice(getattr(segmenter, "metrics", None)),
             validation_data=validation_data, image_size=result.image_size, analysed_size=result.analysed_size,
             image_format=result.image_format, inference_ms=result.inference_ms, text_warnings=result.text_warnings,
-            study_id=extras["study_id"], notes=extras["notes"], recommendations=extras["recommendations"],
+            study_id=extras["study_id"], patient_id=extras["patient_id"], referrer=extras["referrer"],
+            notes=extras["notes"], recommendations=extras["recommendations"],
         )
         pdf = service.report(result.pixels, result.overlay, content)
         safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", extras["study_id"])[:64].strip("._")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,6 +41,8 @@ class ReportContent:
     text_warnings: list[str] = field(default_factory=list)
     validation_data: str | None = None
     study_id: str = ""
+    patient_id: str = ""
+    referrer: str = ""
     notes: str = ""
     recommendations: str = ""
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
@@ -74,8 +77,36 @@ def _fonts() -> tuple[str, str]:
     return "Helvetica", "Helvetica-Bold"
 
 
+#: reportlab's built-in Adobe CID fonts for text DejaVu Sans has no glyphs for, by script (first match wins).
+_CID_FONTS = (
+    ("HYSMyeongJo-Medium", re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]+")),  # Hangul
+    ("HeiseiMin-W3", re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]+")),  # Hiragana, Katakana
+    ("STSong-Light", re.compile(r"[\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+                                r"\uff00-\uff65]+")),  # Han, CJK punctuation, full-width forms
+)
+_CJK_RUN = re.compile("|".join(f"(?P<f{index}>{pattern.pattern})" for index, (_, pattern) in enumerate(_CID_FONTS)))
+
+
+@functools.lru_cache(maxsize=None)
+def _cid_font(name: str) -> str:
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.cidfonts import UnicodeCIDFont
+
+    pdfmetrics.registerFont(UnicodeCIDFont(name))
+    return name
+
+
 def _paragraph_text(text: str) -> str:
-    return escape(text).replace("\n", "<br/>")
+    """``text`` as reportlab paragraph markup: escaped, line breaks kept, and runs of Chinese, Japanese or
+    Korean characters set in a CID font that has their glyphs (DejaVu Sans has none)."""
+    parts, position = [], 0
+    for match in _CJK_RUN.finditer(text):
+        font = _CID_FONTS[int(match.lastgroup[1:])][0]
+        parts.append(escape(text[position:match.start()]))
+        parts.append(f'<font name="{_cid_font(font)}">{escape(match.group())}</font>')
+        position = match.end()
+    parts.append(escape(text[position:]))
+    return "".join(parts).replace("\n", "<br/>")
 
 
 def _pdf_image(pixels: np.ndarray, max_width: float, max_height: float) -> object:
@@ -120,6 +151,8 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     ]
     facts = [
         ["Study ID", content.study_id or "\u2014"],
+        *([["Patient ID", content.patient_id]] if content.patient_id else []),
+        *([["Referring clinician", content.referrer]] if content.referrer else []),
         ["Created", content.created.strftime("%Y-%m-%d %H:%M UTC")],
         ["Image", f"{content.image_format.upper()}, {content.image_size[0]} x {content.image_size[1]} px"
                   + (f" (analysed at {content.analysed_size[0]} x {content.analysed_size[1]} px; areas in those "
@@ -166,7 +199,9 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     for label, text in (("Clinician notes", content.notes), ("Recommendations", content.recommendations)):
         if text.strip():
             story += [Paragraph(label, heading), Paragraph(_paragraph_text(text), body)]
-    story += [Spacer(1, 0.5 * cm), Paragraph(_paragraph_text(DISCLAIMER), warning)]
+    story += [Spacer(1, 0.8 * cm),
+              _table([["Reviewed by", " "], ["Signature and date", " "]], regular, bold, document.width),
+              Spacer(1, 0.5 * cm), Paragraph(_paragraph_text(DISCLAIMER), warning)]
 
     def footer(canvas: object, doc: object) -> None:
         canvas.saveState()  # type: ignore[attr-defined]

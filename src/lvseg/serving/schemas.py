@@ -57,6 +57,11 @@ class LesionInfo(BaseModel):
 class SegmentResponse(BaseModel):
     mask: str = Field(description="The mask as a base64 PNG (8-bit, 255 = lesion) at the original resolution.")
     overlay: str = Field(description="The image with each lesion in its own colour, base64 PNG, original resolution.")
+    heatmap: str = Field(description="The lesion probability of every pixel as a colour map (dark blue 0 ... "
+                         "yellow 1), base64 PNG at the mask's size.")
+    side_markers: list[str] | None = Field(description="The patient's sides at the image's [left, right] edges "
+                                           "(e.g. ['R', 'L']), drawn on the overlay and heat-map, when the "
+                                           "DICOM gives PatientOrientation; else null.")
     original: str | None = Field(
         default=None, description="The decoded image as base64 PNG (only with ?include_original=true)."
     )

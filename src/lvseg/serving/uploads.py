@@ -15,6 +15,7 @@ predict`` (the same formats, the same orientation).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import threading
@@ -68,6 +69,7 @@ class DecodedImage:
     format: str
     original_size: tuple[int, int] = (0, 0)
     original_spacing_mm: tuple[float, float] | None = None
+    row_direction: str | None = None
 
     @property
     def pixel_spacing_mm(self) -> tuple[float, float] | None:
@@ -103,8 +105,7 @@ class DecodedImage:
         """This image without its float array (4 bytes per sample; only the model reads it): what a result
         keeps after the prediction. The shape stays readable (a zero-cost broadcast placeholder)."""
         placeholder = np.broadcast_to(np.float32(0.0), self.array.shape)
-        return DecodedImage(array=placeholder, pixels=self.pixels, format=self.format, original_size=self.original_size,
-                            original_spacing_mm=self.original_spacing_mm)
+        return dataclasses.replace(self, array=placeholder)
 
     @property
     def model_input(self) -> np.ndarray:
@@ -186,13 +187,14 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeB
     kind = sniff_format(data)
     if kind is None:
         raise ApiError(415, f"the upload is not a supported image; expected {ACCEPTED}", {"field": "image"})
-    spacing = None
+    header = None
     if kind == "dicom":
-        (array, original, spacing), deep = _decode_dicom(data, limits, budget), False  # already windowed
+        (array, original, header), deep = _decode_dicom(data, limits, budget), False  # already windowed
     else:
         array, deep, original = _decode_pil(data, kind, limits, budget)
     decoded = DecodedImage(array=array, pixels=_display_pixels(array, deep), format=kind, original_size=original,
-                           original_spacing_mm=spacing)
+                           original_spacing_mm=header.pixel_spacing_mm if header else None,
+                           row_direction=header.row_direction if header else None)
     logger.debug("decoded a %s image of %dx%d", kind, decoded.width, decoded.height)
     return decoded
 
@@ -254,10 +256,9 @@ def _display_pixels(array: np.ndarray, deep: bool) -> np.ndarray:
     return to_display_rgb8(array)
 
 
-def _decode_dicom(data: bytes, limits: ImageLimits,
-                  budget: DecodeBudget) -> tuple[np.ndarray, tuple[int, int], tuple[float, float] | None]:
+def _decode_dicom(data: bytes, limits: ImageLimits, budget: DecodeBudget) -> tuple[np.ndarray, tuple[int, int], Any]:
     """(the first frame as float32 (C, H, W) in [0, 1] (:mod:`lvseg.data.dicom`, as ``lvseg predict`` reads it),
-    reduced to ``limits.max_working_side``; the frame's full (width, height); its pixel spacing in mm or None)."""
+    reduced to ``limits.max_working_side``; the frame's full (width, height); its :class:`DicomHeader`)."""
     from lvseg.data.dicom import DicomError, dicom_pixels, read_dicom_header
 
     try:
@@ -265,8 +266,7 @@ def _decode_dicom(data: bytes, limits: ImageLimits,
         check_dimensions(header.columns, header.rows, limits, frames=header.frames)
         with budget.reserve(header.columns * header.rows * header.frames * 8):  # pixels, then float64 values
             unit = dicom_pixels(dataset, header, "upload")
-            return (_shrink(read_image(unit, channels=None), limits), (header.columns, header.rows),
-                    header.pixel_spacing_mm)
+            return _shrink(read_image(unit, channels=None), limits), (header.columns, header.rows), header
     except DicomError as error:
         raise ApiError(415 if error.unsupported else 422, str(error).replace("cannot read DICOM upload: ", "the DICOM "
                        "file could not be read: "), {"field": "image"}) from error

@@ -100,6 +100,8 @@
   function reportForm() {
     const form = new FormData();
     form.append("study_id", $("study-id").value);
+    form.append("patient_id", $("patient-id").value);
+    form.append("referrer", $("referrer").value);
     form.append("notes", $("notes").value);
     form.append("recommendations", $("recommendations").value);
     return form;
@@ -118,9 +120,16 @@
       : keepUrl(URL.createObjectURL(file));
     const overlayUrl = pngBlobUrl(result.overlay);
     const maskUrl = pngBlobUrl(result.mask);
+    state.views = { overlay: overlayUrl, heatmap: pngBlobUrl(result.heatmap) };
     $("original-image").src = originalUrl;
     $("overlay-base").src = originalUrl;
-    $("overlay-image").src = overlayUrl;
+    showView();
+    const note = $("side-markers-note");
+    note.hidden = !result.side_markers;
+    note.textContent = result.side_markers
+      ? "Patient sides from the DICOM orientation: " + result.side_markers[0] + " on the left edge, "
+        + result.side_markers[1] + " on the right edge."
+      : "";
     $("download-mask").href = maskUrl;
     $("download-overlay").href = overlayUrl;
     const reduced = result.width !== result.original_width || result.height !== result.original_height;
@@ -164,6 +173,15 @@
     }
     state.result = { id: result.result_id, text: result.report_text };
     $("results").hidden = false;
+  }
+
+  function showView() {
+    if (!state.views) return;
+    const heat = $("view-heatmap").checked;
+    $("overlay-image").src = heat ? state.views.heatmap : state.views.overlay;
+    $("overlay-image").alt = heat ? "The lesion probability of every pixel as a colour map"
+      : "The image with each lesion in its own colour";
+    $("overlay-caption").textContent = heat ? "Probability heat-map" : "Overlay";
   }
 
   async function segment(event) {
@@ -276,6 +294,8 @@
       $("opacity-value").textContent = event.target.value + " %";
     });
     $("api-key").addEventListener("change", loadModelInfo);
+    $("view-overlay").addEventListener("change", showView);
+    $("view-heatmap").addEventListener("change", showView);
     $("segment-form").addEventListener("submit", segment);
     $("download-pdf").addEventListener("click", downloadPdf);
     loadModelInfo();
