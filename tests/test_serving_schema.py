@@ -2,7 +2,8 @@
 
 Runs the schemathesis command line against the app served on loopback (the fake segmenter, with and
 without an API key), a bounded number of examples per operation and a fixed seed, with the settings of
-tests/fixtures/schemathesis.toml (which says why a schema-valid upload may be answered 413/415).
+tests/fixtures/schemathesis.toml (which says why a schema-valid upload may be answered 413/415, and why
+negative_data_rejection, which cannot judge multipart text fields, is left out).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def test_schemathesis_finds_no_failure(requires_text: bool, api_key: str | None,
     app = create_app(FakeSegmenter(requires_text=requires_text), api_key=api_key)
     with running_server(app) as url:
         command = [str(executable), "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "--checks", "all",
-                   "--max-examples", "25", "--seed", "7", "--no-color", "--report-dir", str(tmp_path)]
+                   "--exclude-checks", "negative_data_rejection", "--max-examples", "25", "--seed", "7",
+                   "--no-color", "--report-dir", str(tmp_path)]
         if api_key:
             command += ["--header", f"X-API-Key: {api_key}"]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300)
