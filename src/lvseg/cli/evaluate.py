@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lvseg.inference.backend_choice import BACKEND_HELP
+
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the evaluation stack (MONAI, Lightning) loads only when a command runs
@@ -65,13 +67,14 @@ def evaluate_command(
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
     n_overlays: int = typer.Option(4, "--overlays", min=0, help="Best and worst cases to draw per mode."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-text permutation."),
+    backend: str = typer.Option("eager", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Evaluate a checkpoint on a dataset split (Dice, IoU, HD95, text reliance)."""
     from lvseg.evaluation.evaluate import evaluate_modes, evaluate_text_reliance
     from lvseg.inference import load_model
 
     console = Console()
-    segmenter = load_model(checkpoint, device=device)
+    segmenter = load_model(checkpoint, device=device, backend=backend)
     modes = modes_for(text_mode.value, segmenter.requires_text)
     options = dict(split=split, out=out, batch_size=batch_size, seed=seed, n_overlays=n_overlays, model=segmenter)
     if "given" in modes and "shuffled" in modes:

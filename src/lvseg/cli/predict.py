@@ -23,6 +23,7 @@ from rich.console import Console
 
 from lvseg.errors import LvsegError
 from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
+from lvseg.inference.backend_choice import BACKEND_HELP
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def predict_command(
     threshold: float = typer.Option(0.5, "--threshold", help="Probability above which a pixel is lesion."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass (--folder)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
+    backend: str = typer.Option("eager", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Segment an image described by its report (or every image of a folder)."""
     from lvseg.inference import load_model
@@ -59,7 +61,7 @@ def predict_command(
             _check_png(overlay, "--overlay")
         if not image.is_file():
             raise LvsegError(f"image '{image}' not found")
-        segmenter = load_model(checkpoint, device=device)
+        segmenter = load_model(checkpoint, device=device, backend=backend)
         if segmenter.requires_text and not text.strip():
             raise LvsegError(f"model '{segmenter.model_name}' in '{checkpoint}' reads the report: "
                              "give the image's report with --text")
@@ -82,7 +84,7 @@ def predict_command(
         raise LvsegError("--overlay is for --image; with --folder the overlays go to OUT/overlays/")
     if out.suffix.lower() == ".png":
         raise LvsegError(f"with --folder, --out must be a folder, got the file name '{out}'")
-    segmenter = load_model(checkpoint, device=device)
+    segmenter = load_model(checkpoint, device=device, backend=backend)
     rows = predict_folder(segmenter, folder, out, threshold=threshold, batch_size=batch_size)
     console.print(f"{len(rows)} masks in {out / 'masks'}, overlays in {out / 'overlays'}, "
                   f"summary {out / 'predictions.csv'}", highlight=False)

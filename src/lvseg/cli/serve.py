@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from lvseg.errors import LvsegError
+from lvseg.inference.backend_choice import BACKEND_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +51,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _load_segmenter(checkpoint: Path, device: str | None) -> Any:
-    """Load the model once (``lvseg.inference.load_model``; checkpoints load with weights_only)."""
+def _load_segmenter(checkpoint: Path, device: str | None, backend: str = "eager") -> Any:
+    """Load the model once (``lvseg.inference.load_model``; checkpoints load with weights_only) and warm it up,
+    so the first request is not the slow one."""
     from lvseg.inference import load_model
 
-    return load_model(checkpoint, device=device)
+    segmenter = load_model(checkpoint, device=device, backend=backend)
+    segmenter.warm_up()
+    return segmenter
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -74,7 +78,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, read_timeout: float = 30.0,
-              allowed_hosts: list[str] | None = None) -> Any:
+              allowed_hosts: list[str] | None = None, backend: str = "eager") -> Any:
     """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing."""
     try:
         from lvseg.serving.app import create_app
@@ -83,7 +87,7 @@ def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, r
     if not checkpoint.is_file():
         raise LvsegError(f"checkpoint {checkpoint} does not exist or is not a file")
     api_key = read_api_key(api_key_file) if api_key_file is not None else None
-    segmenter = _load_segmenter(checkpoint, device)
+    segmenter = _load_segmenter(checkpoint, device, backend)
     return create_app(segmenter, api_key=api_key, read_timeout_s=read_timeout, allowed_hosts=allowed_hosts)
 
 
@@ -97,6 +101,7 @@ def serve(
     device: Optional[str] = typer.Option(  # noqa: UP007
         None, help="'cpu', 'cuda' or 'cuda:N'; default: CUDA if available."
     ),
+    backend: str = typer.Option("eager", "--backend", help=BACKEND_HELP),
     read_timeout: float = typer.Option(
         30.0, "--read-timeout", min=1.0, help="Seconds an upload may send nothing before it is answered 408."),
     allowed_host: list[str] = typer.Option(
@@ -115,7 +120,7 @@ def serve(
     # an API key, any name, unless --allowed-host restricts them.
     restrict = "*" not in allowed_host and (api_key_file is None or bool(allowed_host))
     hosts = sorted({*LOOPBACK_NAMES, host, *allowed_host}) if restrict else None
-    app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts)
+    app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts, backend=backend)
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)
 

@@ -67,7 +67,10 @@ class Segmenter:
     """
 
     def __init__(self, model: torch.nn.Module, hparams: dict[str, Any] | None = None,
-                 metrics: dict[str, float] | None = None, device: str | torch.device | None = None) -> None:
+                 metrics: dict[str, float] | None = None, device: str | torch.device | None = None,
+                 backend: str = "eager") -> None:
+        from lvseg.inference.backends import make_runner, resolve_backend
+
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.hparams = dict(hparams or {"model_name": model.model_name, "model_config": model.config})
@@ -77,6 +80,15 @@ class Segmenter:
         self.in_channels: int = int(model.config.get("in_channels", 3))
         self.requires_text: bool = bool(model.requires_text)
         self._lock = threading.Lock()
+        self.backend = resolve_backend(backend, self.device)
+        example = None
+        if self.backend in ("onnx", "openvino"):
+            from lvseg.inference.backends import texts_for
+
+            with torch.no_grad():
+                example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
+                           self.model.encode_text(texts_for(self.model, 1)) if self.requires_text else None)
+        self._runner = make_runner(self.backend, self.model, self.device, example)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -103,9 +115,16 @@ class Segmenter:
         if self.requires_text and not allow_empty_text and any(not str(text).strip() for text in texts):
             raise LvsegError(f"model '{self.model_name}' reads the report: the text must not be empty")
         images = images.to(self.device)
-        with self._lock, self._autocast():
-            probability = self.model.predict_proba(images, [str(text) for text in texts])
-        return probability.float().cpu()
+        with self._lock:
+            text_input = self.model.encode_text([str(text) for text in texts])  # the text front end: eager fp32
+            logits = self._runner(images, text_input)
+        return torch.sigmoid(logits.float()).cpu()
+
+    def warm_up(self) -> None:
+        """One prediction on a blank image, so the first real request does not pay for lazy initialisation
+        (compilation, allocator warm-up)."""
+        images = torch.zeros(1, self.in_channels, self.img_size, self.img_size)
+        self.probabilities(images, ["warm-up report"] if self.requires_text else [""], allow_empty_text=True)
 
     def predict_batch(self, images: list[Any], texts: list[str], threshold: float = 0.5) -> list[Prediction]:
         """Segment several images at once; each result is at its own image's resolution."""
@@ -126,13 +145,11 @@ class Segmenter:
         """Segment one image (path, bytes, PIL image or array) described by ``text``."""
         return self.predict_batch([image], [text], threshold=threshold)[0]
 
-    def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-        return torch.autocast("cpu", enabled=False)
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device | None = None) -> Segmenter:
-    """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)."""
+def load_model(checkpoint: str | Path, device: str | torch.device | None = None, backend: str = "eager") -> Segmenter:
+    """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)
+    running its network with ``backend`` (:mod:`lvseg.inference.backends`: eager, bf16, compile, onnx, openvino,
+    auto)."""
     loaded = load_checkpoint(checkpoint, map_location="cpu")
-    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device)
+    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device, backend=backend)

@@ -1,0 +1,277 @@
+"""Inference backends: how a model's network runs at prediction time.
+
+The text front end (``model.encode_text``) always runs in eager fp32; a backend runs the network
+``model(images, text_input) -> logits``. Every backend is held to the same accuracy guard
+(:func:`agreement`: masks against fp32 eager). Measured for LViT 224, batch 1, on a 2-core Xeon with AMX/AVX-512
+bf16 (benchmarks/RESULTS.md): eager fp32 196 ms, ``bf16`` 99 ms, ``compile`` 79 ms, ``onnx`` 125 ms,
+``openvino`` (bf16) 57 ms.
+
+* ``eager``: the model as it is, fp32 (CUDA: bf16/fp16 autocast, as before). The reference.
+* ``bf16``: channels-last memory layout and bf16 autocast where the device supports bf16 (CPUs with
+  AVX-512 bf16 or AMX, CUDA); plain fp32 elsewhere.
+* ``compile``: ``torch.compile`` of the ``bf16`` path (slow first call: compilation).
+* ``onnx``: the network exported to ONNX and run by ONNX Runtime (CPU, fp32).
+* ``openvino``: the same ONNX graph run by OpenVINO, in bf16 on CPUs that have it.
+
+``auto`` picks the fastest backend that passed the accuracy guard (per-image mask Dice >= 0.99 against fp32
+eager) on the trained demo checkpoints: on a CPU ``onnx`` when ONNX Runtime is installed, else ``eager``; on
+CUDA ``eager`` (autocast). The bf16 paths (``bf16``, ``compile``, ``openvino``) are 2-3x faster but did not pass
+it there (lowest per-image Dice 0.977-0.985, boundary pixels of small lesions), so they are opt-in. ONNX
+Runtime and OpenVINO come with the ``deploy`` extra (``pip install 'lvseg[deploy]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lvseg.errors import LvsegError
+from lvseg.inference.backend_choice import BACKENDS
+
+logger = logging.getLogger(__name__)
+
+
+_DEPLOY_EXTRA = "pip install 'lvseg[deploy]'"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX-512 bf16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def resolve_backend(name: str, device: torch.device) -> str:
+    """The backend ``name`` stands for on ``device`` (``auto`` resolved; unknown names are an error)."""
+    if name not in BACKENDS:
+        raise LvsegError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if name != "auto":
+        if name in ("onnx", "openvino") and device.type != "cpu":
+            raise LvsegError(f"backend {name!r} runs on the CPU; use --device cpu, or --backend eager/bf16 on {device}")
+        return name
+    if device.type != "cpu":
+        return "eager"
+    # The fastest backend that passed the accuracy guard on the trained demo checkpoints (benchmarks/RESULTS.md):
+    # the bf16 paths were faster but flipped boundary pixels of small lesions (lowest per-image Dice 0.977).
+    return "onnx" if _installed("onnxruntime") else "eager"
+
+
+def _flatten(text_input: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
+    """A model's text input as a flat list of tensors, and the function that rebuilds it from such a list."""
+    if text_input is None:
+        return [], lambda tensors: None
+    if isinstance(text_input, torch.Tensor):
+        return [text_input], lambda tensors: tensors[0]
+    if isinstance(text_input, (tuple, list)):
+        present = [item is not None for item in text_input]
+        tensors = [item for item in text_input if item is not None]
+
+        def rebuild(values: list[torch.Tensor]) -> tuple[Any, ...]:
+            it = iter(values)
+            return tuple(next(it) if here else None for here in present)
+
+        return tensors, rebuild
+    raise LvsegError(f"a text input of type {type(text_input).__name__} cannot be exported")
+
+
+class NetworkRunner:
+    """Runs ``model(images, text_input)`` -> logits (B, 1, S, S) float32 with one backend."""
+
+    name = "eager"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model, self.device = model, device
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        return contextlib.nullcontext()
+
+    def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
+        with self._autocast():
+            return _logits(self.model(images, text_input)).float()
+
+
+def _logits(output: Any) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+class Bf16Runner(NetworkRunner):
+    """Channels-last layout and bf16 autocast where the device has bf16 (else fp32 channels-last)."""
+
+    name = "bf16"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        super().__init__(model.to(memory_format=torch.channels_last), device)
+        self.use_bf16 = device.type == "cuda" or cpu_has_bf16()
+        if not self.use_bf16:
+            logger.info("this CPU has no native bf16: the bf16 backend runs in fp32 (channels-last)")
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if not self.use_bf16:
+            return contextlib.nullcontext()
+        if self.device.type == "cuda":
+            return super()._autocast()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
+        return super().__call__(images.contiguous(memory_format=torch.channels_last), text_input)
+
+
+class CompiledRunner(Bf16Runner):
+    """``torch.compile`` of the bf16 path (the first call compiles: tens of seconds)."""
+
+    name = "compile"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        super().__init__(model, device)
+        self.compiled = torch.compile(self.model)
+
+    def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
+        with self._autocast():
+            return _logits(self.compiled(images.contiguous(memory_format=torch.channels_last), text_input)).float()
+
+
+def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, path: Path) -> list[str]:
+    """Export the network (eval mode) to ONNX at ``path`` with a dynamic batch axis; returns the input names
+    (``images``, then ``text_0``, ``text_1``, ... for the tensors of the text input). Raises
+    :class:`LvsegError` naming the model when it cannot be exported."""
+    tensors, rebuild = _flatten(text_input)
+    names = ["images", *(f"text_{index}" for index in range(len(tensors)))]
+
+    class Network(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, image_batch: torch.Tensor, *text_tensors: torch.Tensor) -> torch.Tensor:
+            return _logits(self.inner(image_batch, rebuild(list(text_tensors))))
+
+    axes = {name: {0: "batch"} for name in [*names, "logits"]}
+    try:
+        with torch.no_grad(), warnings_quiet():
+            torch.onnx.export(Network().eval(), (images, *tensors), str(path), input_names=names,
+                              output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    except Exception as error:  # the exporter raises many types for unsupported operations
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise LvsegError(f"model '{getattr(model, 'model_name', type(model).__name__)}' cannot be exported to ONNX: "
+                         f"{reason}") from None
+    return names
+
+
+@contextlib.contextmanager
+def warnings_quiet() -> Any:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant per export
+        yield
+
+
+class _ExportedRunner(NetworkRunner):
+    """The network exported once to ONNX (for one example batch; the batch axis is dynamic)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any]) -> None:
+        super().__init__(model, device)
+        self.folder = tempfile.TemporaryDirectory(prefix="lvseg-onnx-")
+        self.path = Path(self.folder.name) / "network.onnx"
+        images, text_input = example
+        self.input_names = export_onnx(model, images, text_input, self.path)
+
+    #: The inputs the exported graph kept (an input the network never reads, e.g. a mask, is pruned).
+    graph_inputs: set[str] = set()
+
+    def _feed(self, images: torch.Tensor, text_input: Any) -> dict[str, np.ndarray]:
+        tensors, _ = _flatten(text_input)
+        values = [images, *tensors]
+        return {name: value.detach().cpu().numpy() for name, value in zip(self.input_names, values)
+                if name in self.graph_inputs}
+
+
+class OnnxRuntimeRunner(_ExportedRunner):
+    name = "onnx"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any]) -> None:
+        try:
+            import onnxruntime
+        except ImportError:
+            raise LvsegError(f"the onnx backend needs ONNX Runtime: {_DEPLOY_EXTRA}") from None
+        super().__init__(model, device, example)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        self.graph_inputs = {item.name for item in self.session.get_inputs()}
+
+    def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, self._feed(images, text_input))[0]).float()
+
+
+class OpenVinoRunner(_ExportedRunner):
+    name = "openvino"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any]) -> None:
+        try:
+            import openvino
+        except ImportError:
+            raise LvsegError(f"the openvino backend needs OpenVINO: {_DEPLOY_EXTRA}") from None
+        super().__init__(model, device, example)
+        core = openvino.Core()
+        precision = "bf16" if cpu_has_bf16() else "f32"
+        self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", {
+            "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        self.request = self.compiled.create_infer_request()
+        self.graph_inputs = {name for port in self.compiled.inputs for name in port.get_names()}
+
+    def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
+        result = self.request.infer(self._feed(images, text_input))
+        return torch.from_numpy(np.asarray(result[self.compiled.output(0)])).float()
+
+
+def make_runner(name: str, model: torch.nn.Module, device: torch.device,
+                example: tuple[torch.Tensor, Any]) -> NetworkRunner:
+    """The runner of backend ``name`` (already resolved) for ``model`` on ``device``; ``example``: an
+    (images, text_input) batch for the exporting backends."""
+    if name == "eager":
+        return NetworkRunner(model, device)
+    if name == "bf16":
+        return Bf16Runner(model, device)
+    if name == "compile":
+        return CompiledRunner(model, device)
+    if name == "onnx":
+        return OnnxRuntimeRunner(model, device, example)
+    if name == "openvino":
+        return OpenVinoRunner(model, device, example)
+    raise LvsegError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """The accuracy guard: probabilities (B, ..., H, W) of fp32 eager and of a fast backend ->
+    ``min_dice`` (the lowest per-image Dice between the two masks; 1 for two empty masks) and
+    ``max_abs_diff`` (the largest probability difference)."""
+    reference, candidate = np.asarray(reference, np.float32), np.asarray(candidate, np.float32)
+    dices = []
+    for ref, cand in zip(reference, candidate):
+        a, b = ref > threshold, cand > threshold
+        total = int(a.sum() + b.sum())
+        dices.append(1.0 if total == 0 else 2.0 * float((a & b).sum()) / total)
+    return {"min_dice": min(dices) if dices else 1.0, "max_abs_diff": float(np.abs(reference - candidate).max())}
+
+
+def texts_for(model: Any, batch: int) -> Sequence[str]:
+    """Example reports for exporting a model's network (any text the front end reads)."""
+    return ["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."] * batch

@@ -1,0 +1,99 @@
+"""Inference backends against the fp32 eager reference (the accuracy guard), on small trained models."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from lvseg.errors import LvsegError
+from lvseg.inference import Segmenter
+from lvseg.inference.backends import agreement, cpu_has_bf16, resolve_backend
+from lvseg.models import create_model
+
+SIZE = 32
+REPORTS = ["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
+           "Unilateral pulmonary infection, one infected area, lower left lung."]
+
+
+def _fitted(name: str, **options: object) -> torch.nn.Module:
+    """A tiny model fitted for 60 steps to two images and masks, so its masks are decisive (the guard
+    compares masks; an untrained model sits at probability 0.5 everywhere)."""
+    torch.manual_seed(0)
+    model = create_model(name, img_size=SIZE, base_channels=8, texts=REPORTS, **options)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    masks = torch.zeros(2, 1, SIZE, SIZE)
+    masks[0, :, 4:14, 4:14] = 1
+    masks[1, :, 16:28, 10:30] = 1
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(60):
+        optimizer.zero_grad()
+        terms = model.compute_losses(model(images, model.encode_text(REPORTS)), masks)
+        torch.stack(list(terms.values())).sum().backward()
+        optimizer.step()
+    model.eval()
+    model.example_images = images
+    return model
+
+
+AVAILABLE = ["bf16"] + [name for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"))
+                        if importlib.util.find_spec(module) is not None]
+
+
+@pytest.mark.parametrize("model_name,options", [("unet", {}), ("lvit", {"text_encoder": "learned"}),
+                                                ("c2fvl", {}), ("reclmis", {"text_encoder": "learned"})])
+@pytest.mark.parametrize("backend", AVAILABLE)
+def test_every_backend_passes_the_accuracy_guard(model_name: str, options: dict, backend: str) -> None:
+    model = _fitted(model_name, **options)
+    images = model.example_images
+    reference = Segmenter(model, device="cpu", backend="eager").probabilities(images, REPORTS).numpy()
+    fast = Segmenter(model, device="cpu", backend=backend)
+    assert fast.backend == backend
+    found = agreement(reference, fast.probabilities(images, REPORTS).numpy())
+    assert found["min_dice"] >= 0.99, found
+    exact = backend == "onnx" or (backend in ("bf16", "openvino") and not cpu_has_bf16())
+    assert found["max_abs_diff"] < (1e-4 if exact else 0.05), found
+    # batches of another size run through the same exported graph (dynamic batch axis)
+    single = fast.probabilities(images[:1], REPORTS[:1]).numpy()
+    assert agreement(reference[:1], single)["min_dice"] >= 0.99
+
+
+def test_the_guard_sees_a_different_mask() -> None:
+    first = np.zeros((1, 1, 8, 8), np.float32)
+    first[..., :4, :] = 0.9
+    second = first.copy()
+    second[..., 3, :] = 0.1
+    found = agreement(first, second)
+    assert found["min_dice"] == pytest.approx(2 * 24 / (32 + 24)) and found["max_abs_diff"] == pytest.approx(0.8)
+    assert agreement(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))["min_dice"] == 1.0
+
+
+def test_backend_names_are_checked_and_auto_resolves() -> None:
+    with pytest.raises(LvsegError, match="unknown backend 'fast'"):
+        resolve_backend("fast", torch.device("cpu"))
+    expected = "onnx" if importlib.util.find_spec("onnxruntime") else "eager"
+    assert resolve_backend("auto", torch.device("cpu")) == expected  # the fastest that passes the guard
+    assert resolve_backend("eager", torch.device("cpu")) == "eager"
+
+
+def test_lvseg_predict_takes_a_backend(tmp_path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from lvseg.checkpoint import save_inference_checkpoint
+    from lvseg.cli.main import app
+
+    model = _fitted("lvit", text_encoder="learned")
+    save_inference_checkpoint(tmp_path / "m.ckpt", model)
+    image = (model.example_images[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    masks = {}
+    for backend in ("eager", "bf16"):
+        result = CliRunner().invoke(app, ["predict", "-c", str(tmp_path / "m.ckpt"), "-i", str(tmp_path / "x.png"),
+                                          "-t", REPORTS[0], "-o", str(tmp_path / f"{backend}.png"), "--backend", backend])
+        assert result.exit_code == 0, result.output
+        masks[backend] = np.asarray(Image.open(tmp_path / f"{backend}.png")) > 0
+    assert agreement(masks["eager"][None].astype(np.float32), masks["bf16"][None].astype(np.float32))["min_dice"] >= 0.99
