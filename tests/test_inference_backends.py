@@ -97,3 +97,81 @@ def test_lvseg_predict_takes_a_backend(tmp_path) -> None:
         assert result.exit_code == 0, result.output
         masks[backend] = np.asarray(Image.open(tmp_path / f"{backend}.png")) > 0
     assert agreement(masks["eager"][None].astype(np.float32), masks["bf16"][None].astype(np.float32))["min_dice"] >= 0.99
+
+
+def _run_exported_with_plain_onnxruntime(folder, image_path, report: str) -> np.ndarray:
+    """What a deployment without lvseg does, following lvseg_export.json: probabilities (S, S)."""
+    import json
+    import re
+
+    import onnxruntime
+    from PIL import Image
+
+    manifest = json.loads((folder / "lvseg_export.json").read_text())
+    size = manifest["image"]["size"]
+    pixels = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32) / 255.0
+    tensor = torch.nn.functional.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None], size=(size, size),
+                                             mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    feed = {"images": tensor.numpy()}
+    text = manifest["text"]
+    tokenize = text["tokenize"]
+    vocab = {word: index for index, word in enumerate(text["vocab"])}
+    ids = [vocab.get(token, tokenize["unknown_id"]) for token in re.findall(tokenize["regex"], report.lower())]
+    ids = (ids[: tokenize["max_length"]] or [tokenize["unknown_id"]])
+    ids = np.array([ids + [tokenize["pad_id"]] * (tokenize["max_length"] - len(ids))], dtype=np.int64)
+    encoder = onnxruntime.InferenceSession(str(folder / text["exported"]))
+    feed["text_0"] = encoder.run(None, {"token_ids": ids})[0]
+    network = onnxruntime.InferenceSession(str(folder / "network.onnx"))
+    wanted = {item.name for item in network.get_inputs()}
+    logits = network.run(None, {name: value for name, value in feed.items() if name in wanted})[0]
+    return 1.0 / (1.0 + np.exp(-logits[0, 0]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime (the deploy extra) is missing")
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_lvseg_export_round_trip(tmp_path, fmt: str) -> None:
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from lvseg.checkpoint import save_inference_checkpoint
+    from lvseg.cli.main import app
+    from lvseg.data.images import read_image, resize_image
+    from lvseg.inference import load_model
+
+    if fmt == "openvino" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino (the deploy extra) is missing")
+    model = _fitted("lvit", text_encoder="learned")
+    save_inference_checkpoint(tmp_path / "m.ckpt", model)
+    image = (model.example_images[1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    result = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "m.ckpt"), "--format", fmt,
+                                      "-o", str(tmp_path / "exported")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "exported" / "lvseg_export.json").read_text())
+    assert manifest["model"] == "lvit" and manifest["image"]["size"] == SIZE
+    assert manifest["text"]["tensors"][0]["name"] == "text_0" and manifest["text"]["type"] == "learned"
+
+    eager = load_model(tmp_path / "m.ckpt", device="cpu")
+    images = resize_image(read_image(tmp_path / "x.png"), SIZE)[None]
+    reference = eager.probabilities(images, [REPORTS[1]]).numpy()[0, 0]
+    exported = _run_exported_with_plain_onnxruntime(tmp_path / "exported", tmp_path / "x.png", REPORTS[1])
+    found = agreement(reference[None], exported[None])
+    assert found["min_dice"] >= 0.99 and found["max_abs_diff"] < 1e-4, found
+    if fmt == "openvino":
+        import openvino
+
+        compiled = openvino.Core().compile_model(str(tmp_path / "exported" / "network.xml"), "CPU",
+                                                 {"INFERENCE_PRECISION_HINT": "f32"})
+        assert {name for port in compiled.inputs for name in port.get_names()} >= {"images"}
+
+
+def test_export_names_its_problems(tmp_path) -> None:
+    from lvseg.inference.export import export_model
+
+    with pytest.raises(LvsegError, match="--format 'tflite' is not one of onnx, openvino"):
+        export_model(tmp_path / "missing.ckpt", tmp_path / "out", "tflite")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LvsegError, match="is a file"):
+        export_model(tmp_path / "missing.ckpt", tmp_path / "file", "onnx")

@@ -26,7 +26,7 @@ def checkpoint(tmp_path: Path) -> Path:
 @pytest.fixture
 def fake_run(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     calls: dict[str, Any] = {}
-    monkeypatch.setattr(serve_cli, "_load_segmenter", lambda path, device: FakeSegmenter())
+    monkeypatch.setattr(serve_cli, "_load_segmenter", lambda path, device, backend="eager": FakeSegmenter())
     import uvicorn
 
     def run(app_: Any, **kwargs: Any) -> None:
@@ -80,3 +80,16 @@ def test_serve_help_mentions_the_api_key_file() -> None:
     output = re.sub(r"\x1b\[[0-9;]*m", "", result.output)
     for option in ("--api-key-file", "--checkpoint", "--host", "--port", "--device"):
         assert option in output, option
+
+
+def test_serve_warms_the_model_up_before_it_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lvseg.checkpoint import save_inference_checkpoint
+    from lvseg.inference import Segmenter
+    from lvseg.models import create_model
+
+    real = save_inference_checkpoint(tmp_path / "unet.ckpt", create_model("unet", img_size=32, base_channels=4))
+    calls: list[str] = []
+    original = Segmenter.warm_up
+    monkeypatch.setattr(Segmenter, "warm_up", lambda self: (calls.append(self.backend), original(self)))
+    serve_cli._load_segmenter(real, "cpu", "eager")
+    assert calls == ["eager"]

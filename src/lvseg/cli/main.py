@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 # Each module defines ``register(app)`` that adds its commands.
-COMMAND_MODULES = ("data", "report", "models", "train", "evaluate", "predict", "serve", "demo")
+COMMAND_MODULES = ("data", "report", "models", "train", "evaluate", "predict", "export", "serve", "demo")
 for _module in COMMAND_MODULES:
     importlib.import_module(f"lvseg.cli.{_module}").register(app)
 

@@ -70,7 +70,7 @@ def resolve_backend(name: str, device: torch.device) -> str:
     return "onnx" if _installed("onnxruntime") else "eager"
 
 
-def _flatten(text_input: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
+def flatten_text_input(text_input: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
     """A model's text input as a flat list of tensors, and the function that rebuilds it from such a list."""
     if text_input is None:
         return [], lambda tensors: None
@@ -150,7 +150,7 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, p
     """Export the network (eval mode) to ONNX at ``path`` with a dynamic batch axis; returns the input names
     (``images``, then ``text_0``, ``text_1``, ... for the tensors of the text input). Raises
     :class:`LvsegError` naming the model when it cannot be exported."""
-    tensors, rebuild = _flatten(text_input)
+    tensors, rebuild = flatten_text_input(text_input)
     names = ["images", *(f"text_{index}" for index in range(len(tensors)))]
 
     class Network(torch.nn.Module):
@@ -163,7 +163,7 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, p
 
     axes = {name: {0: "batch"} for name in [*names, "logits"]}
     try:
-        with torch.no_grad(), warnings_quiet():
+        with torch.no_grad(), quiet_warnings():
             torch.onnx.export(Network().eval(), (images, *tensors), str(path), input_names=names,
                               output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
     except Exception as error:  # the exporter raises many types for unsupported operations
@@ -174,7 +174,7 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, p
 
 
 @contextlib.contextmanager
-def warnings_quiet() -> Any:
+def quiet_warnings() -> Any:
     import warnings
 
     with warnings.catch_warnings():
@@ -196,7 +196,7 @@ class _ExportedRunner(NetworkRunner):
     graph_inputs: set[str] = set()
 
     def _feed(self, images: torch.Tensor, text_input: Any) -> dict[str, np.ndarray]:
-        tensors, _ = _flatten(text_input)
+        tensors, _ = flatten_text_input(text_input)
         values = [images, *tensors]
         return {name: value.detach().cpu().numpy() for name, value in zip(self.input_names, values)
                 if name in self.graph_inputs}

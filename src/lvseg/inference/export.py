@@ -1,0 +1,131 @@
+"""``lvseg export``: a trained checkpoint as a deployable ONNX or OpenVINO model, with its preprocessing.
+
+The folder holds:
+
+* ``network.onnx`` (and, for ``openvino``, ``network.xml``/``network.bin``): the segmentation network, inputs
+  ``images`` (B, C, S, S) float32 in [0, 1] and the text tensors ``text_0``, ``text_1``, ... (a graph keeps only
+  the inputs its network reads), output ``logits`` (B, 1, S, S); the batch axis is dynamic;
+* ``text_encoder.onnx`` for a ``learned`` vocabulary: token ids (B, L) int64 -> ``text_0`` (B, L, D), with the
+  vocabulary and the tokenisation rule in the manifest, so the whole model runs without lvseg;
+* ``lvseg_export.json``: the manifest. Image: size S, channels, how to read it (:func:`lvseg.data.images.read_image`:
+  [0, 1], grayscale replicated to 3 channels, alpha dropped), bicubic antialiased resize to S x S; the sigmoid
+  and threshold 0.5; for each text tensor its shape and dtype; for front ends that are not exported (frozen
+  Hugging Face or CLIP towers, the report vector) exactly what computes the tensors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lvseg.errors import LvsegError
+from lvseg.inference.backends import export_onnx, flatten_text_input, quiet_warnings, texts_for
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "lvseg_export.json"
+FORMATS = ("onnx", "openvino")
+
+
+def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
+    return {"name": name, "shape": ["batch", *list(tensor.shape[1:])], "dtype": str(tensor.dtype).removeprefix("torch.")}
+
+
+def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
+    """Export a ``learned`` encoder's ids -> features path; returns its manifest entry."""
+    from lvseg.text.tokenize import _TOKEN_RE, PAD_ID, UNK_ID
+
+    class IdsToFeatures(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.encoder.features_from_ids(ids)
+
+    ids = encoder.encode_ids(texts_for(None, 1))
+    fast_path = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
+    try:
+        with torch.no_grad(), quiet_warnings():
+            torch.onnx.export(IdsToFeatures().eval(), (ids,), str(path), input_names=["token_ids"],
+                              output_names=["text_0"], dynamic_axes={"token_ids": {0: "batch"}, "text_0": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast_path)
+    return {
+        "type": "learned", "exported": path.name, "input": {"name": "token_ids", "shape": ["batch", encoder.max_length],
+                                                               "dtype": "int64"},
+        "tokenize": {"lowercase": True, "regex": _TOKEN_RE.pattern, "unknown_id": UNK_ID, "pad_id": PAD_ID,
+                     "max_length": encoder.max_length,
+                     "rule": "ids = [vocab.index(token) if token in vocab else unknown_id for token in "
+                             "re.findall(regex, text.lower())][:max_length] (an empty list becomes [unknown_id]), "
+                             "then padded with pad_id to max_length"},
+        "vocab": list(encoder.vocab),
+    }
+
+
+def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
+    """Export ``checkpoint`` into the folder ``out`` (see the module docstring); returns the manifest's path."""
+    from lvseg.checkpoint import load_checkpoint
+    from lvseg.files import atomic_write_text
+    from lvseg.text.learned import LearnedTextEncoder
+
+    if fmt not in FORMATS:
+        raise LvsegError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LvsegError(f"--out '{out}' is a file; expected a folder for the exported model")
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_checkpoint(checkpoint)
+    model = loaded.model.eval()
+    size, channels = int(model.config.get("img_size", 224)), int(model.config.get("in_channels", 3))
+    images = torch.rand(1, channels, size, size)
+    with torch.no_grad():
+        text_input = model.encode_text(texts_for(model, 1)) if model.requires_text else None
+    names = export_onnx(model, images, text_input, out / "network.onnx")
+    tensors, _ = flatten_text_input(text_input)
+    files = ["network.onnx"]
+    text_entry: dict[str, Any]
+    encoder = getattr(model, "text_encoder", None)
+    if not model.requires_text:
+        text_entry = {"type": "none", "note": "image-only model: no text input"}
+    elif isinstance(encoder, LearnedTextEncoder):
+        text_entry = _export_learned_text_encoder(encoder, out / "text_encoder.onnx")
+        files.append("text_encoder.onnx")
+    else:
+        front_end = encoder.config() if encoder is not None and hasattr(encoder, "config") else {
+            "model": loaded.hparams.get("model_name"), "model_config": dict(model.config)}
+        text_entry = {"type": front_end.get("type", "model"), "exported": None, "config": front_end,
+                      "how": "these tensors are what lvseg computes with lvseg.load_model(checkpoint).model"
+                             ".encode_text(reports) (a frozen pretrained tower or a report parser: not exported); "
+                             "feed them with the shapes and dtypes listed"}
+    if fmt == "openvino":
+        try:
+            import openvino
+        except ImportError:
+            raise LvsegError("--format openvino needs OpenVINO: pip install 'lvseg[deploy]'") from None
+        openvino.save_model(openvino.convert_model(str(out / "network.onnx")), str(out / "network.xml"))
+        files += ["network.xml", "network.bin"]
+    manifest = {
+        "lvseg_export": 1, "format": fmt, "files": files, "model": loaded.hparams.get("model_name"),
+        "checkpoint": str(Path(checkpoint).name), "metrics": loaded.metrics,
+        "image": {
+            "input": _tensor_spec("images", images), "size": size, "channels": channels, "dtype": "float32",
+            "values": "[0, 1]: 8-bit / 255, 16-bit / 65535; grayscale replicated to 3 channels, alpha dropped "
+                      "(lvseg.data.images.read_image)",
+            "resize": f"bicubic, antialiased, to {size} x {size} (torch.nn.functional.interpolate, clamped to [0, 1])",
+        },
+        "text": {**text_entry, "tensors": [_tensor_spec(name, tensor) for name, tensor in zip(names[1:], tensors)]},
+        "output": {"name": "logits", "shape": ["batch", 1, size, size],
+                   "postprocess": "probability = sigmoid(logits); lesion where probability > 0.5; resize the "
+                                  "probability (bilinear) to the image's own size before thresholding"},
+    }
+    path = out / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    logger.info("exported %s to %s (%s)", manifest["model"], out, ", ".join(files))
+    return path
