@@ -237,6 +237,8 @@ def train(config: TrainConfig) -> TrainResult:
         if last_path.exists():
             raise LvsegError(f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
         task = build_task(config, [sample.text for sample in train_samples])  # reports only: no mask read
+    if config.channels_last:
+        task.use_channels_last()
     _check_reports(task, {"train": train_samples, "val": val_samples})
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)

@@ -55,6 +55,20 @@ class SegmentationTask(L.LightningModule):
         self.best_val_dice: float | None = None
         self.last_val_dice: float | None = None
 
+    #: Channels-last memory layout for images (set with the model's by ``lvseg train --channels-last``).
+    channels_last: bool = False
+
+    def use_channels_last(self) -> None:
+        """Weights and every batch's images in channels-last layout (faster bf16 convolutions)."""
+        self.channels_last = True
+        self.model.to(memory_format=torch.channels_last)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.channels_last and isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) \
+                and batch["image"].ndim == 4:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        return batch
+
     def forward(self, images: torch.Tensor, texts: list[str]) -> torch.Tensor | ModelOutput:
         """images (B, C, H, W), texts: B strings -> the model's output (logits in eval mode)."""
         return self.model(images, self.model.encode_text(list(texts)))
