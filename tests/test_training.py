@@ -248,6 +248,27 @@ def test_lightning_prints_each_line_once_without_tips_or_an_empty_summary(data: 
     assert "model unet:" in output and "GFLOPs per image at 32 px" in output
 
 
+def test_bf16_mixed_with_channels_last_trains_and_its_checkpoint_predicts(data: Path, tmp_path: Path) -> None:
+    from lvseg.inference import load_model
+    from lvseg.training.module import SegmentationTask
+
+    layouts: list[bool] = []
+    original = SegmentationTask.training_step
+
+    def spy(self, batch, batch_idx):  # noqa: ANN001, ANN202
+        layouts.append(batch["image"].is_contiguous(memory_format=torch.channels_last))
+        return original(self, batch, batch_idx)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SegmentationTask, "training_step", spy)
+        result = train(tiny(data, tmp_path / "fast", model="lvit", max_epochs=1, precision="bf16-mixed",
+                            channels_last=True))
+    assert layouts and all(layouts)  # every training batch reached the model in channels-last layout
+    segmenter = load_model(result.best_checkpoint, device="cpu")
+    probability = segmenter.probabilities(torch.rand(1, 3, 32, 32), ["Bilateral pulmonary infection."])
+    assert probability.dtype == torch.float32 and torch.isfinite(probability).all()
+
+
 def test_last_checkpoint_is_the_latest_epoch_even_when_it_is_not_the_best(data: Path, tmp_path: Path) -> None:
     """A resume must continue from where training stopped, not from the last improvement."""
     out = tmp_path / "declining"
