@@ -137,6 +137,34 @@ def test_the_pdf_always_describes_the_result_on_screen(browser: object, base_url
         context.close()
 
 
+class _SlowFake(FakeSegmenter):
+    def predict(self, image, text, threshold=0.5):  # noqa: ANN001, ANN201
+        import time
+
+        time.sleep(1.0)
+        return super().predict(image, text, threshold)
+
+
+def test_an_answer_for_a_changed_form_is_not_shown(browser: object, tmp_path: Path) -> None:
+    """Segment A, then choose B while A is still being segmented: A's answer must not appear as current."""
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    first.write_bytes(png_bytes())
+    second.write_bytes(png_bytes(np.full((40, 120), 30, dtype=np.uint8)))
+    with running_server(create_app(_SlowFake())) as url:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        try:
+            page.goto(url + "/")
+            image_input = page.get_by_label("Image (PNG, JPEG, TIFF, BMP or DICOM")
+            image_input.set_input_files(str(first))
+            page.get_by_label("Report text").fill(REPORT)
+            page.get_by_role("button", name="Segment").click()
+            image_input.set_input_files(str(second))  # while A is still on the server
+            expect(page.locator("#status")).to_contain_text("changed while segmenting", timeout=10000)
+            assert page.locator("#results").is_hidden()
+        finally:
+            page.close()
+
+
 def test_an_image_only_model_says_the_report_is_not_used(browser: object) -> None:
     with running_server(create_app(FakeSegmenter(requires_text=False))) as url:
         page = browser.new_page()  # type: ignore[attr-defined]

@@ -203,3 +203,26 @@ def test_heatmap_and_side_markers_from_dicom_orientation() -> None:
     assert not np.array_equal(marked[:, :20], bare[:, :20]) and not np.array_equal(marked[:, -20:], bare[:, -20:])
     assert np.array_equal(image(oriented["mask"]), image(unmarked["mask"]))  # markers never touch the mask
     assert image(oriented["heatmap"]).shape == (64, 96, 3)
+
+
+def test_uploads_over_the_pending_limit_are_answered_503() -> None:
+    import httpx
+
+    with running_server(create_app(FakeSegmenter(), max_pending_requests=1, read_timeout_s=5)) as url:
+        holding = _raw_upload(url, b"--x\r\nContent-Disposition: form-data; name=\"te", 10_000)  # holds the slot
+        time.sleep(0.3)
+        busy = httpx.post(f"{url}/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
+                          data={"text": REPORT}, timeout=10)
+        holding.close()
+        time.sleep(0.3)
+        after = httpx.post(f"{url}/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
+                           data={"text": REPORT}, timeout=10)
+    assert busy.status_code == 503 and "busy" in busy.json()["error"]
+    assert after.status_code == 200  # the slot is given back when the stalled upload ends
+
+
+def test_an_image_only_model_keeps_no_report_and_the_answer_names_its_model() -> None:
+    with TestClient(create_app(FakeSegmenter(requires_text=False))) as client:
+        result = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
+                             data={"text": "ignored words"}).json()
+    assert result["report_text"] == "" and result["validation_dice"] == 0.5 and result["model"] == "fake-brightness"

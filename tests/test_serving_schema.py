@@ -37,6 +37,6 @@ def test_schemathesis_finds_no_failure(requires_text: bool, api_key: str | None,
                    "--no-color", "--report-dir", str(tmp_path)]
         if api_key:
             command += ["--header", f"X-API-Key: {api_key}"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its cache stays there
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout or " passed" in result.stdout

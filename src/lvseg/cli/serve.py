@@ -77,6 +77,19 @@ def check_port_free(host: str, port: int) -> None:
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+def _machine_names() -> set[str]:
+    """This machine's host name, fully qualified name and the addresses they resolve to."""
+    import socket
+
+    names = {socket.gethostname(), socket.getfqdn()}
+    for name in list(names):
+        try:
+            names.update(info[4][0] for info in socket.getaddrinfo(name, None))
+        except OSError:
+            continue
+    return {name for name in names if name}
+
+
 def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, read_timeout: float = 30.0,
               allowed_hosts: list[str] | None = None, backend: str = "eager") -> Any:
     """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing."""
@@ -119,7 +132,10 @@ def serve(
     # Without authentication only the names given are accepted in the Host header (DNS-rebinding guard); with
     # an API key, any name, unless --allowed-host restricts them.
     restrict = "*" not in allowed_host and (api_key_file is None or bool(allowed_host))
-    hosts = sorted({*LOOPBACK_NAMES, host, *allowed_host}) if restrict else None
+    own_names = _machine_names() if not _is_loopback(host) else set()  # how LAN clients reach this machine
+    hosts = sorted({*LOOPBACK_NAMES, host, *own_names, *allowed_host}) if restrict else None
+    if hosts is not None and not _is_loopback(host):
+        logger.info("accepting the Host names %s (add others with --allowed-host)", ", ".join(hosts))
     app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts, backend=backend)
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)

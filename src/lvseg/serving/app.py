@@ -214,6 +214,11 @@ class Service:
         self.decode_budget = DecodeBudget()
         self.results = RecentResults()
 
+    def close(self) -> None:
+        """Stop the worker and model threads (the app's shutdown)."""
+        for executor in (self.workers, self.model_thread):
+            executor.shutdown(wait=False, cancel_futures=True)
+
     def analyse(self, image_bytes: bytes, text: str) -> Analysis:
         """Decode, segment, measure and render, with at most ``max_concurrent_jobs`` at once."""
         return self.workers.submit(self._analyse, image_bytes, text).result()
@@ -342,6 +347,7 @@ def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         401: "Missing or wrong API key (X-API-Key header).",
         404: "The result_id names no result the server still keeps: segment again.",
         408: "The upload stalled (no data for the read timeout, 30 s by default) or took too long.",
+        503: "The server is busy with the most uploads it takes at once: try again in a moment.",
         413: "Upload over the size limit, or an image too large or a decompression bomb.",
         415: "Not a PNG, JPEG, TIFF, BMP or DICOM image, or not a multipart/form-data request.",
         422: "Missing field, empty or too long text, or a corrupt or truncated image.",
@@ -430,6 +436,7 @@ def create_app(
     max_concurrent_jobs: int = 2,
     threshold: float = 0.5,
     read_timeout_s: float = 30.0,
+    max_pending_requests: int = 16,
     allowed_hosts: list[str] | None = None,
 ) -> FastAPI:
     """Build the app around ``segmenter`` (loaded once, by the caller).
@@ -438,6 +445,8 @@ def create_app(
     ``max_concurrent_jobs`` bounds how many uploads are decoded and rendered at once (memory);
     model calls are serialised by a lock, so identical inputs always give identical masks.
     ``read_timeout_s``: an upload that sends nothing for this long is answered 408 and closed.
+    ``max_pending_requests``: uploads being received or waiting for a worker at once; more are answered 503
+    (each may hold up to ``max_upload_bytes`` in memory).
     ``allowed_hosts``: the Host header values accepted (Starlette's ``TrustedHostMiddleware``; ``lvseg serve``
     passes its address and the loopback names); None accepts any. POSTs from a page of another origin
     (``Origin`` not this server, or ``Sec-Fetch-Site: cross-site``) are refused with 403 whatever the setting.
@@ -453,7 +462,22 @@ def create_app(
         max_study_id_chars=128,
         threshold=threshold,
     )
+    if max_pending_requests < 1:
+        raise ValueError("max_pending_requests must be at least 1")
     service = Service(segmenter, config, max_concurrent_jobs)
+    pending = {"uploads": 0}
+
+    @contextlib.contextmanager
+    def admitted() -> Any:
+        """One of at most ``max_pending_requests`` uploads in the server (an event-loop counter: no lock)."""
+        if pending["uploads"] >= max_pending_requests:
+            raise ApiError(503, f"the server is busy with {max_pending_requests} uploads; try again in a moment",
+                           {"max_pending_requests": max_pending_requests})
+        pending["uploads"] += 1
+        try:
+            yield
+        finally:
+            pending["uploads"] -= 1
     # Anyone who can reach the API chooses the reports: frozen-encoder features stay in a bounded memory cache,
     # never written to disk by the server (the disk cache is for training).
     keep_in_memory = getattr(segmenter, "keep_text_cache_in_memory", None)
@@ -478,6 +502,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.service = service
+    app.router.on_shutdown.append(service.close)
     app.add_middleware(_SecurityHeaders)
     if allowed_hosts is not None:
         from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -537,7 +562,7 @@ def create_app(
         if segmenter.requires_text and not text.strip():
             raise ApiError(422, "the report text is empty; this model needs the clinician's report",
                            {"field": "text"})
-        return image, text.strip()
+        return image, text.strip() if segmenter.requires_text else ""  # an image-only model's result has no report
 
     def form_extras(form: Any, names: tuple[str, ...]) -> dict[str, str]:
         extras: dict[str, str] = {}
@@ -637,7 +662,7 @@ def create_app(
         "/segment", response_model=SegmentResponse, tags=["segmentation"], summary="Segment the lesions",
         openapi_extra=segment_body, responses={
             200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG with ?format=png."},
-            **_error_responses(408, 413, 415, 422),
+            **_error_responses(408, 413, 415, 422, 503),
         },
     )
     async def segment(
@@ -645,9 +670,10 @@ def create_app(
         format: Literal["json", "png"] = Query("json", description="'png' returns the mask PNG itself."),
         include_original: bool = Query(False, description="Also return the decoded image as PNG (for display)."),
     ) -> Any:
-        image, text = image_and_text(await read_form(request, ("image", "text")))
-        result = await run_in_threadpool(service.analyse, image, text)
-        result_id = service.results.add(result)
+        with admitted():
+            image, text = image_and_text(await read_form(request, ("image", "text")))
+            result = await run_in_threadpool(service.analyse, image, text)
+        result_id = await run_in_threadpool(service.results.add, result)  # reduces images: off the event loop
         m = result.measurements
         if format == "png":
             return Response(_png(mask_to_uint8(result.mask)), media_type="image/png", headers={
@@ -670,7 +696,9 @@ def create_app(
             lesion_details=[LesionInfo(label=x.label, area_px=x.area_px, area_mm2=x.area_mm2, colour=x.colour,
                                        bbox=list(x.bbox)) for x in m.lesion_list],
             finding=m.finding, confidence=m.confidence, max_probability=m.max_probability,
-            inference_ms=result.inference_ms, model=model_name, report_text=result.text,
+            inference_ms=result.inference_ms, model=model_name,
+            validation_dice=find_validation_dice(getattr(segmenter, "metrics", None)), validation_data=validation_data,
+            report_text=result.text,
             text_warnings=result.text_warnings, unknown_words=result.unknown_words,
             report_parsed=result.report_parsed, result_id=result_id,
         )
@@ -719,13 +747,14 @@ def create_app(
     @api.post(
         "/report", tags=["segmentation"], summary="Segment an image and return the PDF report",
         openapi_extra=report_body, response_class=Response,
-        responses={**pdf_responses, **_error_responses(408, 413, 415, 422)},
+        responses={**pdf_responses, **_error_responses(408, 413, 415, 422, 503)},
     )
     async def report(request: Request) -> Response:
-        form = await read_form(request, ("image", "text", *detail_fields))
-        extras = form_extras(form, tuple(detail_fields))
-        image, text = image_and_text(form)
-        result = KeptResult.of(await run_in_threadpool(service.analyse, image, text))
+        with admitted():
+            form = await read_form(request, ("image", "text", *detail_fields))
+            extras = form_extras(form, tuple(detail_fields))
+            image, text = image_and_text(form)
+            result = KeptResult.of(await run_in_threadpool(service.analyse, image, text))
         return await run_in_threadpool(pdf_response, result, extras)
 
     app.include_router(api)

@@ -84,6 +84,8 @@ class SegmentResponse(BaseModel):
     max_probability: float = Field(description="The highest lesion probability anywhere in the image.")
     inference_ms: float = Field(description="Model inference time in milliseconds.")
     model: str = Field(description="Name of the network that made the mask.")
+    validation_dice: float | None = Field(description="That model's validation Dice, if recorded.")
+    validation_data: str | None = Field(description="What that validation Dice was measured on, if recorded.")
     report_text: str = Field(description="The report text this result was computed from.")
     text_warnings: list[str] = Field(description="How the model read the report, when it did not read all of it: "
                                      "unknown words, a report outside its grammar. Empty when read as written.")

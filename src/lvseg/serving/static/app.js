@@ -6,6 +6,7 @@
   const state = {
     file: null, requiresText: true, maxTextChars: 2000, maxUploadBytes: 20 * 1024 * 1024, urls: [],
     result: null, // {id, text}: the result on screen; the PDF is made of exactly this result
+    formVersion: 0, // bumped whenever the image or the report changes: an answer to an older form is dropped
   };
   const BROWSER_FORMATS = ["image/png", "image/jpeg"];
 
@@ -66,6 +67,7 @@
   }
 
   function chooseFile(file) {
+    state.formVersion += 1;
     state.file = file || null;
     $("file-name").textContent = file ? "Selected: " + file.name + " (" + Math.ceil(file.size / 1024) + " KB)" : "";
     clearError();
@@ -145,7 +147,7 @@
       ? "— (no lesion; highest probability " + result.max_probability.toFixed(3) + ")"
       : result.confidence.toFixed(3);
     $("m-time").textContent = Math.round(result.inference_ms) + " ms";
-    $("m-model").textContent = state.modelDescription || result.model;
+    $("m-model").textContent = describeModel(result); // from the answer itself, not from page load
     $("m-report").textContent = state.requiresText ? (result.report_text || "—") : "not used by this model";
     const warnings = $("text-warnings");
     warnings.replaceChildren();
@@ -197,6 +199,7 @@
     button.disabled = true;
     setStatus("Segmenting…");
     const file = state.file;
+    const version = state.formVersion;
     const needOriginal = !BROWSER_FORMATS.includes(file.type);
     try {
       const response = await fetch("/api/segment" + (needOriginal ? "?include_original=true" : ""), {
@@ -207,6 +210,10 @@
         return;
       }
       const result = await response.json();
+      if (version !== state.formVersion) { // the image or report changed while this one was segmented
+        setStatus("The image or the report changed while segmenting: press Segment again.");
+        return;
+      }
       showResult(result, file);
       setStatus("Done.");
     } catch (error) {
@@ -285,6 +292,7 @@
     });
     $("report-text").addEventListener("input", () => {
       $("text-count").textContent = $("report-text").value.length + " / " + state.maxTextChars + " characters";
+      state.formVersion += 1;
       if (state.result && $("report-text").value.trim() !== state.result.text) {
         clearResult("The report was edited: press Segment to analyse the image with the new report.");
       }
