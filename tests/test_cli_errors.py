@@ -323,3 +323,14 @@ def test_missing_biomedclip_weights_say_what_to_download(data: Path, tmp_path: P
                          "biomedclipseg", "--img-size", 32, "--model-option", f"biomedclip={tmp_path / 'empty'}")
     assert_one_error(code, err, f"BiomedCLIP is not in '{tmp_path / 'empty'}'", "download open_clip_pytorch_model.bin "
                      "from microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "vocab.txt")
+
+
+def test_a_folder_or_a_file_in_the_wrong_place_is_named_as_such(checkpoints: dict, tmp_path: Path, monkeypatch,
+                                                                 capsys) -> None:
+    code, err = run_main(monkeypatch, capsys, "predict", "-c", checkpoints["good"], "-i", tmp_path, "-o",
+                         tmp_path / "m.png")
+    assert_one_error(code, err, f"--image '{tmp_path}' is a folder")
+    (tmp_path / "image.png").write_bytes(b"x")
+    code, err = run_main(monkeypatch, capsys, "predict", "-c", checkpoints["good"], "--folder", tmp_path / "image.png",
+                         "-o", tmp_path / "out")
+    assert_one_error(code, err, "is a file")

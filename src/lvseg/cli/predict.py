@@ -59,6 +59,8 @@ def predict_command(
         _check_png(out, "--out")
         if overlay is not None:
             _check_png(overlay, "--overlay")
+        if image.is_dir():
+            raise LvsegError(f"--image '{image}' is a folder; give one image file, or the folder with --folder")
         if not image.is_file():
             raise LvsegError(f"image '{image}' not found")
         segmenter = load_model(checkpoint, device=device, backend=backend)

@@ -52,6 +52,8 @@ def read_prediction_folder(folder: Path, requires_text: bool) -> list[FolderItem
     """
     from lvseg.data.images import IMAGE_EXTENSIONS
 
+    if folder.is_file():
+        raise LvsegError(f"--folder '{folder}' is a file; give the folder holding img/ (or one image with --image)")
     if not folder.is_dir():
         raise LvsegError(f"folder '{folder}' not found")
     image_dir = folder / IMAGE_DIR
