@@ -142,7 +142,7 @@ def guard_on_data(checkpoint: Path, data: Path, backends: list[str]) -> list[dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lvseg.inference.backend_choice import BACKENDS
+    from lvseg.inference.backend_choice import BACKENDS, EXPORTING_BACKENDS
     from lvseg.models import list_models
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     installed = [name for name in BACKENDS if name != "auto" and (
-        name not in ("onnx", "openvino") or importlib.util.find_spec({"onnx": "onnxruntime"}.get(name, name)))]
+        name not in EXPORTING_BACKENDS
+        or importlib.util.find_spec({"onnx": "onnxruntime", "openvino-bf16": "openvino"}.get(name, name)))]
     chosen = args.backends.split(",") if args.backends else installed
     guard_backends = ["eager", *[b for b in chosen if b not in ("eager", "compile")]]
     guard_rows = [row for checkpoint, data in args.guard for row in guard_on_data(checkpoint, data, guard_backends)]

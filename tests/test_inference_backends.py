@@ -39,7 +39,8 @@ def _fitted(name: str, **options: object) -> torch.nn.Module:
     return model
 
 
-AVAILABLE = ["bf16"] + [name for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"))
+AVAILABLE = ["bf16"] + [name for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"),
+                                                  ("openvino-bf16", "openvino"))
                         if importlib.util.find_spec(module) is not None]
 
 
@@ -54,7 +55,7 @@ def test_every_backend_passes_the_accuracy_guard(model_name: str, options: dict,
     assert fast.backend == backend
     found = agreement(reference, fast.probabilities(images, REPORTS).numpy())
     assert found["min_dice"] >= 0.99, found
-    exact = backend == "onnx" or (backend in ("bf16", "openvino") and not cpu_has_bf16())
+    exact = backend in ("onnx", "openvino") or (backend in ("bf16", "openvino-bf16") and not cpu_has_bf16())
     assert found["max_abs_diff"] < (1e-4 if exact else 0.05), found
     # batches of another size run through the same exported graph (dynamic batch axis)
     single = fast.probabilities(images[:1], REPORTS[:1]).numpy()
@@ -74,7 +75,8 @@ def test_the_guard_sees_a_different_mask() -> None:
 def test_backend_names_are_checked_and_auto_resolves() -> None:
     with pytest.raises(LvsegError, match="unknown backend 'fast'"):
         resolve_backend("fast", torch.device("cpu"))
-    expected = "onnx" if importlib.util.find_spec("onnxruntime") else "eager"
+    expected = ("openvino" if importlib.util.find_spec("openvino") else
+                "onnx" if importlib.util.find_spec("onnxruntime") else "eager")
     assert resolve_backend("auto", torch.device("cpu")) == expected  # the fastest that passes the guard
     assert resolve_backend("eager", torch.device("cpu")) == "eager"
 

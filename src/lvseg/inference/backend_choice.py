@@ -1,7 +1,9 @@
 """The names of the inference backends and the help line of ``--backend`` (no torch import: the CLI reads it)."""
 
-BACKENDS = ("auto", "eager", "bf16", "compile", "onnx", "openvino")
+BACKENDS = ("auto", "eager", "bf16", "compile", "onnx", "openvino", "openvino-bf16")
+#: The backends that run the network exported to ONNX (CPU only; they need an example batch to export).
+EXPORTING_BACKENDS = ("onnx", "openvino", "openvino-bf16")
 #: The help line of every ``--backend`` option (predict, evaluate, serve).
 BACKEND_HELP = ("How the network runs: eager (fp32 reference), bf16 (channels-last + bf16 where the CPU/GPU has it), "
-                "compile (torch.compile), onnx (ONNX Runtime), openvino, or auto (the fastest that passes the accuracy guard: "
-                "onnx when installed).")
+                "compile (torch.compile), onnx (ONNX Runtime), openvino (fp32), openvino-bf16, or auto (the fastest "
+                "that passes the accuracy guard: openvino, else onnx, when installed).")

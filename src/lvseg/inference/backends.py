@@ -2,22 +2,22 @@
 
 The text front end (``model.encode_text``) always runs in eager fp32; a backend runs the network
 ``model(images, text_input) -> logits``. Every backend is held to the same accuracy guard
-(:func:`agreement`: masks against fp32 eager). Measured for LViT 224, batch 1, on a 2-core Xeon with AMX/AVX-512
-bf16 (benchmarks/RESULTS.md): eager fp32 196 ms, ``bf16`` 99 ms, ``compile`` 79 ms, ``onnx`` 125 ms,
-``openvino`` (bf16) 57 ms.
+(:func:`agreement`: masks against fp32 eager); speeds per model and backend are in benchmarks/RESULTS.md
+(``benchmarks/speed.py``).
 
 * ``eager``: the model as it is, fp32 (CUDA: bf16/fp16 autocast, as before). The reference.
 * ``bf16``: channels-last memory layout and bf16 autocast where the device supports bf16 (CPUs with
   AVX-512 bf16 or AMX, CUDA); plain fp32 elsewhere.
 * ``compile``: ``torch.compile`` of the ``bf16`` path (slow first call: compilation).
 * ``onnx``: the network exported to ONNX and run by ONNX Runtime (CPU, fp32).
-* ``openvino``: the same ONNX graph run by OpenVINO, in bf16 on CPUs that have it.
+* ``openvino``: the same ONNX graph run by OpenVINO in fp32; ``openvino-bf16``: in bf16 on CPUs that have it.
 
 ``auto`` picks the fastest backend that passed the accuracy guard (per-image mask Dice >= 0.99 against fp32
-eager) on the trained demo checkpoints: on a CPU ``onnx`` when ONNX Runtime is installed, else ``eager``; on
-CUDA ``eager`` (autocast). The bf16 paths (``bf16``, ``compile``, ``openvino``) are 2-3x faster but did not pass
-it there (lowest per-image Dice 0.977-0.985, boundary pixels of small lesions), so they are opt-in. ONNX
-Runtime and OpenVINO come with the ``deploy`` extra (``pip install 'lvseg[deploy]'``).
+eager) on the trained demo checkpoints: on a CPU ``openvino`` (fp32) when OpenVINO is installed, else ``onnx``
+when ONNX Runtime is, else ``eager``; on CUDA ``eager`` (autocast). The bf16 paths (``bf16``, ``compile``,
+``openvino-bf16``) are faster still but did not pass it there (lowest per-image Dice 0.977-0.985, boundary
+pixels of small lesions), so they are opt-in. ONNX Runtime and OpenVINO come with the ``deploy`` extra
+(``pip install 'lvseg[deploy]'``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from lvseg.errors import LvsegError
-from lvseg.inference.backend_choice import BACKENDS
+from lvseg.inference.backend_choice import BACKENDS, EXPORTING_BACKENDS
 
 logger = logging.getLogger(__name__)
 
@@ -60,13 +60,15 @@ def resolve_backend(name: str, device: torch.device) -> str:
     if name not in BACKENDS:
         raise LvsegError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
     if name != "auto":
-        if name in ("onnx", "openvino") and device.type != "cpu":
+        if name in EXPORTING_BACKENDS and device.type != "cpu":
             raise LvsegError(f"backend {name!r} runs on the CPU; use --device cpu, or --backend eager/bf16 on {device}")
         return name
     if device.type != "cpu":
         return "eager"
-    # The fastest backend that passed the accuracy guard on the trained demo checkpoints (benchmarks/RESULTS.md):
-    # the bf16 paths were faster but flipped boundary pixels of small lesions (lowest per-image Dice 0.977).
+    # The fastest backends that passed the accuracy guard on the trained demo checkpoints (benchmarks/RESULTS.md),
+    # in order; the bf16 paths were faster but flipped boundary pixels of small lesions (lowest Dice 0.977).
+    if _installed("openvino"):
+        return "openvino"
     return "onnx" if _installed("onnxruntime") else "eager"
 
 
@@ -221,16 +223,21 @@ class OnnxRuntimeRunner(_ExportedRunner):
 
 
 class OpenVinoRunner(_ExportedRunner):
+    """OpenVINO on the CPU: ``bf16=False`` computes in fp32 (the graph as exported), ``bf16=True`` in bf16 where
+    the CPU has it (fp32 otherwise)."""
+
     name = "openvino"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any],
+                 bf16: bool = False) -> None:
         try:
             import openvino
         except ImportError:
             raise LvsegError(f"the openvino backend needs OpenVINO: {_DEPLOY_EXTRA}") from None
         super().__init__(model, device, example)
         core = openvino.Core()
-        precision = "bf16" if cpu_has_bf16() else "f32"
+        self.name = "openvino-bf16" if bf16 else "openvino"
+        precision = "bf16" if bf16 and cpu_has_bf16() else "f32"
         self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", {
             "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": torch.get_num_threads()})
@@ -254,8 +261,8 @@ def make_runner(name: str, model: torch.nn.Module, device: torch.device,
         return CompiledRunner(model, device)
     if name == "onnx":
         return OnnxRuntimeRunner(model, device, example)
-    if name == "openvino":
-        return OpenVinoRunner(model, device, example)
+    if name in ("openvino", "openvino-bf16"):
+        return OpenVinoRunner(model, device, example, bf16=name == "openvino-bf16")
     raise LvsegError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 

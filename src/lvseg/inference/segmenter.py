@@ -69,6 +69,7 @@ class Segmenter:
     def __init__(self, model: torch.nn.Module, hparams: dict[str, Any] | None = None,
                  metrics: dict[str, float] | None = None, device: str | torch.device | None = None,
                  backend: str = "eager") -> None:
+        from lvseg.inference.backend_choice import EXPORTING_BACKENDS
         from lvseg.inference.backends import make_runner, resolve_backend
 
         self.device = resolve_device(device)
@@ -82,7 +83,7 @@ class Segmenter:
         self._lock = threading.Lock()
         self.backend = resolve_backend(backend, self.device)
         example = None
-        if self.backend in ("onnx", "openvino"):
+        if self.backend in EXPORTING_BACKENDS:
             from lvseg.inference.backends import texts_for
 
             with torch.no_grad():
