@@ -66,11 +66,29 @@ def _raw_upload(url: str, body_part: bytes, length: int) -> socket.socket:
     return connection
 
 
+def _read_answer(connection: socket.socket) -> str:
+    """The whole HTTP answer (headers and body may arrive in separate packets): read until the body is in."""
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _content_length(data):
+        chunk = connection.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("latin-1")
+
+
+def _content_length(data: bytes) -> int:
+    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
+
+
 def test_a_stalled_upload_is_answered_408() -> None:
     with running_server(create_app(FakeSegmenter(), read_timeout_s=0.5)) as url:
         connection = _raw_upload(url, b"--x\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nab", 10_000)
         started = time.monotonic()
-        answer = connection.recv(4096).decode("latin-1")
+        answer = _read_answer(connection)
         connection.close()
     assert answer.startswith("HTTP/1.1 408") and "stalled" in answer
     assert time.monotonic() - started < 5

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 from torch import nn
 
+from lvseg.text.huggingface import allow_missing_pretrained_weights, drop_pretrained_weights
+
 WeightSource = Literal["pretrained", "checkpoint", "nowhere"]
 _WEIGHT_SOURCE: ContextVar[WeightSource] = ContextVar("lvseg_weight_source", default="pretrained")
-
-_TOWER_PREFIX = "hf_model."
 
 
 @contextlib.contextmanager
@@ -46,16 +46,6 @@ def weight_source() -> WeightSource:
     return _WEIGHT_SOURCE.get()
 
 
-def _drop_tower_weights(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
-    for key in [key for key in state_dict if key.startswith(prefix + _TOWER_PREFIX)]:
-        del state_dict[key]
-
-
-def _allow_missing_tower_weights(module: nn.Module, incompatible_keys: Any) -> None:
-    missing = incompatible_keys.missing_keys
-    missing[:] = [key for key in missing if not (key.startswith(_TOWER_PREFIX) or "." + _TOWER_PREFIX in key)]
-
-
 class PretrainedTower(nn.Module):
     """A pretrained Hugging Face module (``hf_model``) inside a segmentation model.
 
@@ -72,8 +62,9 @@ class PretrainedTower(nn.Module):
             self.pretrained_source = source
             hf_model.requires_grad_(False)
             hf_model.eval()
-            self.register_state_dict_post_hook(_drop_tower_weights)
-            self.register_load_state_dict_post_hook(_allow_missing_tower_weights)
+            # the same hooks as the frozen Hugging Face text encoders: weights under ``hf_model.`` are not stored
+            self.register_state_dict_post_hook(drop_pretrained_weights)
+            self.register_load_state_dict_post_hook(allow_missing_pretrained_weights)
 
     def train(self, mode: bool = True) -> "PretrainedTower":
         super().train(mode)
