@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +279,6 @@ def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0
     return {"min_dice": min(dices) if dices else 1.0, "max_abs_diff": float(np.abs(reference - candidate).max())}
 
 
-def texts_for(model: Any, batch: int) -> Sequence[str]:
-    """Example reports for exporting a model's network (any text the front end reads)."""
+def example_reports(batch: int) -> list[str]:
+    """``batch`` copies of a report every text front end reads (the QaTa grammar's), for exporting a network."""
     return ["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."] * batch

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from lvseg.errors import LvsegError
-from lvseg.inference.backends import export_onnx, flatten_text_input, quiet_warnings, texts_for
+from lvseg.inference.backends import example_reports, export_onnx, flatten_text_input, quiet_warnings
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
 
 def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
     """Export a ``learned`` encoder's ids -> features path; returns its manifest entry."""
-    from lvseg.text.tokenize import _TOKEN_RE, PAD_ID, UNK_ID
+    from lvseg.text.tokenize import PAD_ID, TOKEN_REGEX, UNK_ID
 
     class IdsToFeatures(torch.nn.Module):
         def __init__(self) -> None:
@@ -47,7 +47,7 @@ def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return self.encoder.features_from_ids(ids)
 
-    ids = encoder.encode_ids(texts_for(None, 1))
+    ids = encoder.encode_ids(example_reports(1))
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
     try:
@@ -60,7 +60,7 @@ def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
     return {
         "type": "learned", "exported": path.name, "input": {"name": "token_ids", "shape": ["batch", encoder.max_length],
                                                                "dtype": "int64"},
-        "tokenize": {"lowercase": True, "regex": _TOKEN_RE.pattern, "unknown_id": UNK_ID, "pad_id": PAD_ID,
+        "tokenize": {"lowercase": True, "regex": TOKEN_REGEX, "unknown_id": UNK_ID, "pad_id": PAD_ID,
                      "max_length": encoder.max_length,
                      "rule": "ids = [vocab.index(token) if token in vocab else unknown_id for token in "
                              "re.findall(regex, text.lower())][:max_length] (an empty list becomes [unknown_id]), "
@@ -86,7 +86,7 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
     size, channels = int(model.config.get("img_size", 224)), int(model.config.get("in_channels", 3))
     images = torch.rand(1, channels, size, size)
     with torch.no_grad():
-        text_input = model.encode_text(texts_for(model, 1)) if model.requires_text else None
+        text_input = model.encode_text(example_reports(1)) if model.requires_text else None
     names = export_onnx(model, images, text_input, out / "network.onnx")
     tensors, _ = flatten_text_input(text_input)
     files = ["network.onnx"]

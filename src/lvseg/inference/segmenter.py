@@ -84,11 +84,11 @@ class Segmenter:
         self.backend = resolve_backend(backend, self.device)
         example = None
         if self.backend in EXPORTING_BACKENDS:
-            from lvseg.inference.backends import texts_for
+            from lvseg.inference.backends import example_reports
 
             with torch.no_grad():
                 example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
-                           self.model.encode_text(texts_for(self.model, 1)) if self.requires_text else None)
+                           self.model.encode_text(example_reports(1)) if self.requires_text else None)
         self._runner = make_runner(self.backend, self.model, self.device, example)
 
     @property

@@ -15,6 +15,8 @@ SPECIAL_TOKENS: tuple[str, str] = (PAD, UNK)
 # A word is a run of letters/digits (keeping inner apostrophes, hyphens and decimal points, as in
 # "don't", "x-ray", "2.5"); every other non-space character is a token of its own (punctuation).
 _TOKEN_RE = re.compile(r"[^\W_]+(?:['\-.][^\W_]+)*|[^\w\s]|_")
+#: The tokenizer's pattern, for tokenizing the same way elsewhere (``lvseg export`` writes it to its manifest).
+TOKEN_REGEX: str = _TOKEN_RE.pattern
 
 
 def tokenize(text: str) -> list[str]:
