@@ -10,6 +10,10 @@ not depend on the weights. Then LViT end to end through ``lvseg.load_model(...).
 
     python benchmarks/speed.py                                   # every model, every available backend
     python benchmarks/speed.py --models lvit,unet --backends eager,bf16,openvino
+    python benchmarks/speed.py --device cuda --models lvit      # on a GPU: eager (AMP), bf16 + channels-last, compile
+
+On CUDA the exporting backends (CPU runtimes) are left out and eager runs with bf16/fp16 autocast (AMP), the
+reference of the ratios there.
 """
 
 from __future__ import annotations
@@ -55,7 +59,8 @@ def timed(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_model(name: str, img_size: int, backends: list[str], repeats: int, batch: int) -> list[dict[str, object]]:
+def measure_model(name: str, img_size: int, backends: list[str], repeats: int, batch: int,
+                  device: torch.device) -> list[dict[str, object]]:
     from lvseg.inference import Segmenter
     from lvseg.inference.backends import agreement
 
@@ -66,7 +71,7 @@ def measure_model(name: str, img_size: int, backends: list[str], repeats: int, b
         texts = [REPORT] * batch
         try:
             started = time.perf_counter()
-            segmenter = Segmenter(model, device="cpu", backend=backend)
+            segmenter = Segmenter(model, device=device, backend=backend)
             segmenter.probabilities(images[:1], texts[:1])  # compiles / exports here
             setup_s = time.perf_counter() - started
         except Exception as error:  # noqa: BLE001 - a backend that cannot run this model is a row, not a crash
@@ -91,7 +96,7 @@ def measure_model(name: str, img_size: int, backends: list[str], repeats: int, b
     return rows
 
 
-def end_to_end(backends: list[str], repeats: int) -> list[dict[str, object]]:
+def end_to_end(backends: list[str], repeats: int, device: torch.device) -> list[dict[str, object]]:
     """LViT 224 through ``lvseg.load_model(...).predict`` on a 512x512 PNG file."""
     from PIL import Image
 
@@ -104,7 +109,7 @@ def end_to_end(backends: list[str], repeats: int) -> list[dict[str, object]]:
     Image.fromarray((rng.random((512, 512)) * 255).astype(np.uint8)).save(folder / "xray.png")
     rows, eager_ms = [], None
     for backend in backends:
-        segmenter = load_model(folder / "lvit.ckpt", device="cpu", backend=backend)
+        segmenter = load_model(folder / "lvit.ckpt", device=device, backend=backend)
         latency = timed(lambda: segmenter.predict(folder / "xray.png", REPORT), repeats)
         eager_ms = latency if backend == "eager" else eager_ms
         rows.append({"path": "load_model(...).predict, LViT 224, 512 px PNG", "backend": backend,
@@ -155,12 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guard", type=Path, nargs=2, action="append", default=[], metavar=("CHECKPOINT", "DATA"),
                         help="also run the accuracy guard of a trained checkpoint on DATA's test split (repeatable)")
     parser.add_argument("--guard-only", action="store_true", help="only the --guard runs (no timing)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
+    from lvseg.inference import resolve_device
+
+    device = resolve_device(args.device)
     installed = [name for name in BACKENDS if name != "auto" and (
         name not in EXPORTING_BACKENDS
         or importlib.util.find_spec({"onnx": "onnxruntime", "openvino-bf16": "openvino"}.get(name, name)))]
     chosen = args.backends.split(",") if args.backends else installed
+    if device.type != "cpu":  # ONNX Runtime and OpenVINO run here on the CPU only
+        chosen = [name for name in chosen if name not in EXPORTING_BACKENDS]
     guard_backends = ["eager", *[b for b in chosen if b not in ("eager", "compile")]]
     guard_rows = [row for checkpoint, data in args.guard for row in guard_on_data(checkpoint, data, guard_backends)]
     if args.guard_only:
@@ -175,22 +186,27 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         backends = [b for b in chosen if b != "compile" or name == "lvit" or args.backends]
         backends = ["eager", *[b for b in backends if b != "eager"]]
-        rows += measure_model(name, args.img_size, backends, args.repeats, args.batch)
+        rows += measure_model(name, args.img_size, backends, args.repeats, args.batch, device)
     if "lvit" in args.models.split(","):
         rows += measure_model("lvit", 512, ["eager", *[b for b in chosen if b not in ("eager", "compile")]],
-                              max(5, args.repeats // 4), 4)
+                              max(5, args.repeats // 4), 4, device)
     table = markdown_table(rows)
-    e2e = markdown_table(end_to_end(["eager", *[b for b in chosen if b not in ("eager", "compile")]], args.repeats))
+    e2e = markdown_table(end_to_end(["eager", *[b for b in chosen if b not in ("eager", "compile")]], args.repeats,
+                                    device))
     print(table + "\n\n" + e2e)
+    where = (f"GPU {torch.cuda.get_device_name(device)} (eager = bf16/fp16 autocast, the reference of the ratios)"
+             if device.type == "cuda" else "CPU")
+    gpu_note = "" if device.type == "cuda" else (" GPU rows: not measured (no GPU was lent to this session)."
+                                                  if not torch.cuda.is_available() else "")
     if not args.no_record:
         append_section(
-            "Inference speed per backend",
-            "Network through `Segmenter.probabilities` (text encoding included), CPU; batch-1 latency = median of "
+            "Inference speed per backend" + (" on a GPU" if device.type == "cuda" else ""),
+            f"Network through `Segmenter.probabilities` (text encoding included), {where}; batch-1 latency = median of "
             f"{args.repeats} runs after 3 warm-ups; throughput at batch {args.batch} (LViT 512: batch 4); ratio = "
             "eager fp32 batch-1 time / this backend's, same run; guard = lowest per-image Dice between this "
             "backend's masks and eager's (threshold 0.5), largest probability difference. Random weights "
-            "(speed does not depend on them; CLIPSeg/BiomedCLIPSeg at their published sizes). GPU rows: not "
-            "measured (no GPU was lent to this session).\n\n" + table + "\n\nEnd to end:\n\n" + e2e)
+            f"(speed does not depend on them; CLIPSeg/BiomedCLIPSeg at their published sizes).{gpu_note}\n\n"
+            + table + "\n\nEnd to end:\n\n" + e2e)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Training speed: fp32 against bf16-mixed + channels-last, same steps, same data, then the validation Dice.
+"""Training speed: fp32 against bf16-mixed + channels-last (and torch.compile), same steps and data, then val Dice.
 
 For each model and batch size, ``lvseg train`` (the library's ``train``) runs ``--steps`` training steps on
 the synthetic chest set at ``--img-size`` in fp32 (``precision 32-true``) and in ``bf16-mixed`` with
@@ -8,6 +8,7 @@ images/s, ratio, validation Dice of both) is printed and appended to benchmarks/
 
     python benchmarks/train_speed.py                       # LViT and U-Net, batch 2 (paper) and 8, 224 px
     python benchmarks/train_speed.py --models lvit --batches 2 --steps 20
+    python benchmarks/train_speed.py --modes fp32,fast,compile   # torch.compile on top of the fast path
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import append_section, markdown_table  # noqa: E402
 
 
-def run(model: str, batch: int, steps: int, skip: int, img_size: int, data: Path, fast: bool) -> dict[str, object]:
+MODES = {"fp32": {"precision": "32-true"},
+         "bf16-mixed + channels-last": {"precision": "bf16-mixed", "channels_last": True},
+         "bf16-mixed + channels-last + compile": {"precision": "bf16-mixed", "channels_last": True, "compile": True}}
+MODE_NAMES = {"fp32": "fp32", "fast": "bf16-mixed + channels-last", "compile": "bf16-mixed + channels-last + compile"}
+
+
+def run(model: str, batch: int, steps: int, skip: int, img_size: int, data: Path, mode: str) -> dict[str, object]:
     import lightning as L
 
     from lvseg.training import fit
@@ -50,11 +57,11 @@ def run(model: str, batch: int, steps: int, skip: int, img_size: int, data: Path
         result = fit.train(TrainConfig(
             data=data, out=out, model=model, img_size=img_size, batch_size=batch, max_epochs=1, seed=0,
             limit_train_batches=steps, augment="none", progress_bar=False, text_encoder="learned" if model != "unet" else None,
-            precision="bf16-mixed" if fast else "32-true", channels_last=fast))
+            **MODES[mode]))
     finally:
         fit._make_trainer = original
     step = statistics.median(times[skip:]) if len(times) > skip else float("nan")
-    return {"model": model, "batch": batch, "mode": "bf16-mixed + channels-last" if fast else "fp32",
+    return {"model": model, "batch": batch, "mode": mode,
             "step s": step, "images/s": batch / step, "val Dice": result.best_val_dice, "steps": len(times)}
 
 
@@ -64,10 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="2,8")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--skip", type=int, default=4, help="warm-up steps not timed")
+    parser.add_argument("--modes", default="fp32,fast", help="fp32, fast (bf16-mixed + channels-last), compile "
+                        "(fast + torch.compile); the first is the reference of the ratio")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--n-images", type=int, default=240, help="synthetic images (train/val/test split)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.modes.split(",")) - set(MODE_NAMES))
+    if unknown:
+        parser.error(f"--modes: unknown mode(s) {', '.join(unknown)}; expected {', '.join(MODE_NAMES)}")
 
     from lvseg.data.synth import generate_synthetic_dataset
 
@@ -76,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            reference = run(model, batch, args.steps, args.skip, args.img_size, data, fast=False)
-            fast = run(model, batch, args.steps, args.skip, args.img_size, data, fast=True)
-            for row in (reference, fast):
+            runs = [run(model, batch, args.steps, args.skip, args.img_size, data, MODE_NAMES[mode])
+                    for mode in args.modes.split(",")]
+            reference = runs[0]
+            for row in runs:
                 rows.append({**row, "step s": f"{row['step s']:.3f}", "images/s": f"{row['images/s']:.2f}",
                              "ratio": f"{reference['step s'] / row['step s']:.2f}x",
                              "val Dice": "-" if row["val Dice"] is None else f"{row['val Dice']:.4f}"})
@@ -87,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if not args.no_record:
         append_section(
-            "Training speed: fp32 vs bf16-mixed + channels-last",
+            "Training speed: " + " vs ".join(MODE_NAMES[mode] for mode in args.modes.split(",")),
             f"`lvseg.training.fit.train` on the synthetic chest set at {args.img_size} px, {args.steps} training steps "
             f"per run from seed 0 (median step time after {args.skip} warm-up steps, forward + backward + optimiser), "
             "no augmentation, then one validation pass (val Dice after the same steps). CPU; GPU: not measured "

@@ -34,14 +34,16 @@ def legacy(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("name", ["lvit", "unet"])
-def test_format_1_checkpoint_predicts_exactly_as_the_release_did(legacy: dict[str, Path], name: str) -> None:
+def test_format_1_checkpoint_predicts_as_the_release_did(legacy: dict[str, Path], name: str) -> None:
     raw = read_checkpoint_dict(legacy[name])
     assert raw["lvseg"]["format"] == 1 and any(key.startswith("net.") for key in raw["state_dict"])
     segmenter = load_model(legacy[name], device="cpu")
     assert segmenter.model_name == name and segmenter.metrics.get("val_dice") is not None
     expected = np.load(FIXTURES / "expected.npz")[name]
     probability = segmenter.predict(FIXTURES / "image.png", REPORT).probability
-    np.testing.assert_array_equal(probability, expected)
+    # Equal to the last bit on the machine that wrote the fixture; oneDNN picks other convolution kernels on
+    # other CPUs (seen: 6e-8 apart on one of this project's machines), so float32 rounding is allowed, no more.
+    np.testing.assert_allclose(probability, expected, rtol=0, atol=1e-6)
 
 
 def test_upgrade_maps_every_weight_and_drops_n_classes(legacy: dict[str, Path]) -> None:

@@ -9,6 +9,7 @@ the web app, a semi-supervised step and ``lvseg info``.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import sys
 import tempfile
@@ -95,6 +96,23 @@ def build(name: str) -> SegmentationModel:
 
 
 MODELS = list_models()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="ONNX Runtime (the deploy extra) is missing")
+@pytest.mark.parametrize("name", MODELS)
+def test_the_exported_network_takes_any_batch_and_report_length(name: str) -> None:
+    """The exporting backends run every registered model: one graph for batches of 1 and 2 and for reports
+    of different lengths (CLIP-style tokenizers pad to the longest report), as eager computes them."""
+    from lvseg.inference import Segmenter
+
+    model = build(name).eval()
+    images = torch.rand(2, 3, IMG_SIZE, IMG_SIZE)
+    eager, exported = Segmenter(model, device="cpu"), Segmenter(model, device="cpu", backend="onnx")
+    assert exported.backend == "onnx"
+    for texts in (REPORTS[:1], REPORTS[1:2], REPORTS[:2]):
+        batch = images[: len(texts)]
+        difference = (eager.probabilities(batch, texts) - exported.probabilities(batch, texts)).abs().max()
+        assert float(difference) < 1e-4, (texts, float(difference))
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,10 @@ def create_model(name: str, **options: Any):
     return _create_model(name, **options)
 
 
-def load_model(checkpoint: str, device: str | None = None, backend: str = "eager") -> "Segmenter":
-    """Load a trained checkpoint for prediction; see :func:`lvseg.inference.load_model` (``backend``: eager,
-    bf16, compile, onnx, openvino or auto; :mod:`lvseg.inference.backends`)."""
+def load_model(checkpoint: str, device: str | None = None, backend: str | None = None) -> "Segmenter":
+    """Load a trained checkpoint, or a folder written by ``lvseg export``, for prediction; see
+    :func:`lvseg.inference.load_model` (``backend``: eager (a checkpoint's default), bf16, compile, onnx, openvino,
+    openvino-bf16 or auto (an export folder's default); :mod:`lvseg.inference.backends`)."""
     from lvseg.inference import load_model as _load_model
 
     return _load_model(checkpoint, device=device, backend=backend)

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lvseg.inference.backend_choice import BACKEND_HELP
+from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 
 from typing import TYPE_CHECKING
 
@@ -55,7 +55,7 @@ def results_table(reports: dict[str, EvaluationReport]) -> Table:
 
 
 def evaluate_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="An lvseg checkpoint (.ckpt)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     data: Path = typer.Option(..., "--data", "-d", help="Dataset root in the LViT layout (Test_Folder/ ...)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, per_image.csv and overlays."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
@@ -67,7 +67,7 @@ def evaluate_command(
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
     n_overlays: int = typer.Option(4, "--overlays", min=0, help="Best and worst cases to draw per mode."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-text permutation."),
-    backend: str = typer.Option("eager", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Evaluate a checkpoint on a dataset split (Dice, IoU, HD95, text reliance)."""
     from lvseg.evaluation.evaluate import evaluate_modes, evaluate_text_reliance

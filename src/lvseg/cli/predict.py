@@ -23,7 +23,7 @@ from rich.console import Console
 
 from lvseg.errors import LvsegError
 from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
-from lvseg.inference.backend_choice import BACKEND_HELP
+from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _check_png(path: Path, flag: str) -> None:
 
 
 def predict_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="An lvseg checkpoint (.ckpt)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Mask PNG (with --image) or output folder (with --folder)."),
     image: Path = typer.Option(None, "--image", "-i", help="One image to segment."),
     text: str = typer.Option("", "--text", "-t", help="The image's report (required by text models)."),
@@ -45,7 +45,7 @@ def predict_command(
     threshold: float = typer.Option(0.5, "--threshold", help="Probability above which a pixel is lesion."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass (--folder)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
-    backend: str = typer.Option("eager", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Segment an image described by its report (or every image of a folder)."""
     from lvseg.inference import load_model

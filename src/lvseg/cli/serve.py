@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 from lvseg.errors import LvsegError
-from lvseg.inference.backend_choice import BACKEND_HELP
+from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _load_segmenter(checkpoint: Path, device: str | None, backend: str = "eager") -> Any:
+def _load_segmenter(checkpoint: Path, device: str | None, backend: str = "auto") -> Any:
     """Load the model once (``lvseg.inference.load_model``; checkpoints load with weights_only) and warm it up,
     so the first request is not the slow one."""
     from lvseg.inference import load_model
@@ -91,21 +91,22 @@ def _machine_names() -> set[str]:
 
 
 def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, read_timeout: float = 30.0,
-              allowed_hosts: list[str] | None = None, backend: str = "eager") -> Any:
+              allowed_hosts: list[str] | None = None, backend: str = "auto") -> Any:
     """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing."""
     try:
         from lvseg.serving.app import create_app
     except ImportError as error:
         raise LvsegError(_MISSING_EXTRA) from error
-    if not checkpoint.is_file():
-        raise LvsegError(f"checkpoint {checkpoint} does not exist or is not a file")
+    if not checkpoint.is_file() and not checkpoint.is_dir():
+        raise LvsegError(f"checkpoint {checkpoint} does not exist (give a .ckpt file or a folder written by "
+                         "`lvseg export`)")
     api_key = read_api_key(api_key_file) if api_key_file is not None else None
     segmenter = _load_segmenter(checkpoint, device, backend)
     return create_app(segmenter, api_key=api_key, read_timeout_s=read_timeout, allowed_hosts=allowed_hosts)
 
 
 def serve(
-    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="Trained checkpoint (.ckpt) to serve."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; loopback only unless told otherwise."),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
     api_key_file: Optional[Path] = typer.Option(  # noqa: UP007 - typer needs Optional on 3.10
@@ -114,7 +115,7 @@ def serve(
     device: Optional[str] = typer.Option(  # noqa: UP007
         None, help="'cpu', 'cuda' or 'cuda:N'; default: CUDA if available."
     ),
-    backend: str = typer.Option("eager", "--backend", help=BACKEND_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     read_timeout: float = typer.Option(
         30.0, "--read-timeout", min=1.0, help="Seconds an upload may send nothing before it is answered 408."),
     allowed_host: list[str] = typer.Option(

@@ -49,7 +49,7 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def _installed(module: str) -> bool:
+def installed(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
@@ -67,9 +67,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
         return "eager"
     # The fastest backends that passed the accuracy guard on the trained demo checkpoints (benchmarks/RESULTS.md),
     # in order; the bf16 paths were faster but flipped boundary pixels of small lesions (lowest Dice 0.977).
-    if _installed("openvino"):
+    if installed("openvino"):
         return "openvino"
-    return "onnx" if _installed("onnxruntime") else "eager"
+    return "onnx" if installed("onnxruntime") else "eager"
 
 
 def flatten_text_input(text_input: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
@@ -163,16 +163,36 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, p
         def forward(self, image_batch: torch.Tensor, *text_tensors: torch.Tensor) -> torch.Tensor:
             return _logits(self.inner(image_batch, rebuild(list(text_tensors))))
 
-    axes = {name: {0: "batch"} for name in [*names, "logits"]}
+    # The batch axis is dynamic; so is the token axis of the text tensors of a model whose tokenizer pads each
+    # batch to its longest report (CLIPSeg, BiomedCLIPSeg), as their length then changes from call to call.
+    token_axis = _text_length_varies(model)
+    axes = {name: {0: "batch"} for name in ["images", "logits"]}
+    axes.update({name: {0: "batch", 1: f"{name}_length"} if token_axis and tensor.ndim >= 2 else {0: "batch"}
+                 for name, tensor in zip(names[1:], tensors)})
     try:
         with torch.no_grad(), quiet_warnings():
             torch.onnx.export(Network().eval(), (images, *tensors), str(path), input_names=names,
                               output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
     except Exception as error:  # the exporter raises many types for unsupported operations
-        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
         raise LvsegError(f"model '{getattr(model, 'model_name', type(model).__name__)}' cannot be exported to ONNX: "
-                         f"{reason}") from None
+                         f"{_first_line(error)}") from None
     return names
+
+
+def _text_length_varies(model: torch.nn.Module) -> bool:
+    """Whether the text tensors of ``model`` are longer for a longer report (a tokenizer padding to the longest
+    report of the batch), found by encoding a short and a long report."""
+    if not getattr(model, "requires_text", False):
+        return False
+    with torch.no_grad():
+        short, long = (flatten_text_input(model.encode_text([report]))[0] for report in EXAMPLE_REPORTS)
+    return any(a.shape != b.shape for a, b in zip(short, long))
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (at most 300 characters), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -185,10 +205,17 @@ def quiet_warnings() -> Any:
 
 
 class _ExportedRunner(NetworkRunner):
-    """The network exported once to ONNX (for one example batch; the batch axis is dynamic)."""
+    """The network as an ONNX (or OpenVINO IR) graph whose batch axis is dynamic: exported once from ``model`` for
+    the ``example`` batch, or read from ``graph`` (a file ``lvseg export`` wrote) with its ``input_names``."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any] | None = None,
+                 graph: Path | None = None, input_names: list[str] | None = None) -> None:
         super().__init__(model, device)
+        if graph is not None:
+            self.path, self.input_names = Path(graph), list(input_names or ["images"])
+            return
+        if example is None:
+            raise LvsegError(f"backend {self.name!r} needs an example batch (or an exported graph) to run the network")
         self.folder = tempfile.TemporaryDirectory(prefix="lvseg-onnx-")
         self.path = Path(self.folder.name) / "network.onnx"
         images, text_input = example
@@ -207,15 +234,19 @@ class _ExportedRunner(NetworkRunner):
 class OnnxRuntimeRunner(_ExportedRunner):
     name = "onnx"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any]) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any] | None = None,
+                 graph: Path | None = None, input_names: list[str] | None = None) -> None:
         try:
             import onnxruntime
         except ImportError:
             raise LvsegError(f"the onnx backend needs ONNX Runtime: {_DEPLOY_EXTRA}") from None
-        super().__init__(model, device, example)
+        super().__init__(model, device, example, graph, input_names)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime's own exception types
+            raise LvsegError(f"ONNX Runtime cannot load the network '{self.path}': {_first_line(error)}") from None
         self.graph_inputs = {item.name for item in self.session.get_inputs()}
 
     def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
@@ -228,19 +259,22 @@ class OpenVinoRunner(_ExportedRunner):
 
     name = "openvino"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any],
-                 bf16: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any] | None = None,
+                 graph: Path | None = None, input_names: list[str] | None = None, bf16: bool = False) -> None:
         try:
             import openvino
         except ImportError:
             raise LvsegError(f"the openvino backend needs OpenVINO: {_DEPLOY_EXTRA}") from None
-        super().__init__(model, device, example)
-        core = openvino.Core()
         self.name = "openvino-bf16" if bf16 else "openvino"
+        super().__init__(model, device, example, graph, input_names)
+        core = openvino.Core()
         precision = "bf16" if bf16 and cpu_has_bf16() else "f32"
-        self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", {
-            "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        try:
+            self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", {
+                "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
+            raise LvsegError(f"OpenVINO cannot load the network '{self.path}': {_first_line(error)}") from None
         self.request = self.compiled.create_infer_request()
         self.graph_inputs = {name for port in self.compiled.inputs for name in port.get_names()}
 
@@ -250,9 +284,14 @@ class OpenVinoRunner(_ExportedRunner):
 
 
 def make_runner(name: str, model: torch.nn.Module, device: torch.device,
-                example: tuple[torch.Tensor, Any]) -> NetworkRunner:
-    """The runner of backend ``name`` (already resolved) for ``model`` on ``device``; ``example``: an
-    (images, text_input) batch for the exporting backends."""
+                example: tuple[torch.Tensor, Any] | None = None, graph: Path | None = None,
+                input_names: list[str] | None = None) -> NetworkRunner:
+    """The runner of backend ``name`` (already resolved) for ``model`` on ``device``. The exporting backends run
+    ``graph`` (an exported network, inputs ``input_names``) when given, else export ``model`` for ``example``, an
+    (images, text_input) batch."""
+    if name in ("eager", "bf16", "compile") and graph is not None:
+        raise LvsegError(f"backend {name!r} runs a PyTorch model; an exported network runs with "
+                         f"{', '.join(EXPORTING_BACKENDS)} or auto")
     if name == "eager":
         return NetworkRunner(model, device)
     if name == "bf16":
@@ -260,9 +299,9 @@ def make_runner(name: str, model: torch.nn.Module, device: torch.device,
     if name == "compile":
         return CompiledRunner(model, device)
     if name == "onnx":
-        return OnnxRuntimeRunner(model, device, example)
+        return OnnxRuntimeRunner(model, device, example, graph, input_names)
     if name in ("openvino", "openvino-bf16"):
-        return OpenVinoRunner(model, device, example, bf16=name == "openvino-bf16")
+        return OpenVinoRunner(model, device, example, graph, input_names, bf16=name == "openvino-bf16")
     raise LvsegError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 
@@ -279,6 +318,11 @@ def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0
     return {"min_dice": min(dices) if dices else 1.0, "max_abs_diff": float(np.abs(reference - candidate).max())}
 
 
+#: A short and a long report that every text front end reads (the QaTa-COV19 report grammar's).
+EXAMPLE_REPORTS = ("Unilateral pulmonary infection, one infected area, lower left lung.",
+                   "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.")
+
+
 def example_reports(batch: int) -> list[str]:
     """``batch`` copies of a report every text front end reads (the QaTa grammar's), for exporting a network."""
-    return ["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."] * batch
+    return [EXAMPLE_REPORTS[1]] * batch

@@ -7,6 +7,10 @@ The folder holds:
   the inputs its network reads), output ``logits`` (B, 1, S, S); the batch axis is dynamic;
 * ``text_encoder.onnx`` for a ``learned`` vocabulary: token ids (B, L) int64 -> ``text_0`` (B, L, D), with the
   vocabulary and the tokenisation rule in the manifest, so the whole model runs without lvseg;
+* ``text_front_end.safetensors``: the trained weights of the model's text encoder (a ``learned`` vocabulary's
+  embeddings; empty for front ends without trained weights), so that ``lvseg serve/predict/evaluate`` can run the
+  folder itself (:mod:`lvseg.inference.exported`): lvseg reads the reports as the checkpoint did and the exported
+  network segments;
 * ``lvseg_export.json``: the manifest. Image: size S, channels, how to read it (:func:`lvseg.data.images.read_image`:
   [0, 1], grayscale replicated to 3 channels, alpha dropped), bicubic antialiased resize to S x S; the sigmoid
   and threshold 0.5; for each text tensor its shape and dtype; for front ends that are not exported (frozen
@@ -28,7 +32,10 @@ from lvseg.inference.backends import example_reports, export_onnx, flatten_text_
 logger = logging.getLogger(__name__)
 
 MANIFEST = "lvseg_export.json"
+FRONT_END = "text_front_end.safetensors"
 FORMATS = ("onnx", "openvino")
+#: Version of the export folder's layout; 2 added ``model_config`` and the text front end's weights.
+EXPORT_VERSION = 2
 
 
 def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
@@ -71,8 +78,10 @@ def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
 
 def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
     """Export ``checkpoint`` into the folder ``out`` (see the module docstring); returns the manifest's path."""
+    from safetensors.torch import save
+
     from lvseg.checkpoint import load_checkpoint
-    from lvseg.files import atomic_write_text
+    from lvseg.files import atomic_write_bytes, atomic_write_text
     from lvseg.text.learned import LearnedTextEncoder
 
     if fmt not in FORMATS:
@@ -90,6 +99,10 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
     names = export_onnx(model, images, text_input, out / "network.onnx")
     tensors, _ = flatten_text_input(text_input)
     files = ["network.onnx"]
+    front_end_weights = {key: value.detach().cpu().contiguous() for key, value in model.inference_state_dict().items()
+                         if key.startswith("text_encoder.")}
+    atomic_write_bytes(out / FRONT_END, save(front_end_weights, metadata={"lvseg_export": str(EXPORT_VERSION)}))
+    files.append(FRONT_END)
     text_entry: dict[str, Any]
     encoder = getattr(model, "text_encoder", None)
     if not model.requires_text:
@@ -109,10 +122,13 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
             import openvino
         except ImportError:
             raise LvsegError("--format openvino needs OpenVINO: pip install 'lvseg[deploy]'") from None
-        openvino.save_model(openvino.convert_model(str(out / "network.onnx")), str(out / "network.xml"))
+        # fp32 weights: save_model would otherwise compress them to fp16 (probabilities off by ~2e-4)
+        openvino.save_model(openvino.convert_model(str(out / "network.onnx")), str(out / "network.xml"),
+                            compress_to_fp16=False)
         files += ["network.xml", "network.bin"]
     manifest = {
-        "lvseg_export": 1, "format": fmt, "files": files, "model": loaded.hparams.get("model_name"),
+        "lvseg_export": EXPORT_VERSION, "format": fmt, "files": files, "model": loaded.hparams.get("model_name"),
+        "model_config": dict(model.config), "validation_data": loaded.hparams.get("validation_data"),
         "checkpoint": str(Path(checkpoint).name), "metrics": loaded.metrics,
         "image": {
             "input": _tensor_spec("images", images), "size": size, "channels": channels, "dtype": "float32",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from lvseg.checkpoint import load_checkpoint
 from lvseg.errors import LvsegError
 from lvseg.text.base import TextReading
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,11 +67,15 @@ class Segmenter:
     segment images described by reports.
 
     Thread-safe: one lock serialises forward passes so concurrent callers get identical results.
+
+    ``backend`` says how the network runs (:mod:`lvseg.inference.backends`); ``auto`` falls back to ``eager``,
+    with a warning, for a model that cannot be exported. ``graph`` (with ``input_names``): an exported network
+    (``lvseg export``) to run instead of ``model``'s own; ``model`` then provides the text front end only.
     """
 
     def __init__(self, model: torch.nn.Module, hparams: dict[str, Any] | None = None,
                  metrics: dict[str, float] | None = None, device: str | torch.device | None = None,
-                 backend: str = "eager") -> None:
+                 backend: str = "eager", graph: Path | None = None, input_names: list[str] | None = None) -> None:
         from lvseg.inference.backend_choice import EXPORTING_BACKENDS
         from lvseg.inference.backends import make_runner, resolve_backend
 
@@ -83,13 +90,20 @@ class Segmenter:
         self._lock = threading.Lock()
         self.backend = resolve_backend(backend, self.device)
         example = None
-        if self.backend in EXPORTING_BACKENDS:
+        if self.backend in EXPORTING_BACKENDS and graph is None:
             from lvseg.inference.backends import example_reports
 
             with torch.no_grad():
                 example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
                            self.model.encode_text(example_reports(1)) if self.requires_text else None)
-        self._runner = make_runner(self.backend, self.model, self.device, example)
+        try:
+            self._runner = make_runner(self.backend, self.model, self.device, example, graph, input_names)
+        except LvsegError as error:
+            if backend != "auto" or graph is not None:
+                raise
+            logger.warning("backend auto: %s; running the model with eager instead", error)
+            self.backend = "eager"
+            self._runner = make_runner("eager", self.model, self.device)
 
     @property
     def net(self) -> torch.nn.Module:
@@ -148,9 +162,17 @@ class Segmenter:
 
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device | None = None, backend: str = "eager") -> Segmenter:
+def load_model(checkpoint: str | Path, device: str | torch.device | None = None,
+               backend: str | None = None) -> Segmenter:
     """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)
     running its network with ``backend`` (:mod:`lvseg.inference.backends`: eager, bf16, compile, onnx, openvino,
-    auto)."""
+    openvino-bf16, auto; default eager, the fp32 reference; the CLI's default is auto).
+
+    ``checkpoint`` may also be a folder written by ``lvseg export``: its exported network then runs with onnx or
+    openvino (default and ``auto``: OpenVINO when installed), see :mod:`lvseg.inference.exported`."""
+    if Path(checkpoint).is_dir():
+        from lvseg.inference.exported import load_export
+
+        return load_export(checkpoint, device=device, backend=backend or "auto")
     loaded = load_checkpoint(checkpoint, map_location="cpu")
-    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device, backend=backend)
+    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device, backend=backend or "eager")

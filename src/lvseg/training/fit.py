@@ -239,6 +239,8 @@ def train(config: TrainConfig) -> TrainResult:
         task = build_task(config, [sample.text for sample in train_samples])  # reports only: no mask read
     if config.channels_last:
         task.use_channels_last()
+    if config.compile:
+        task.use_compile()
     _check_reports(task, {"train": train_samples, "val": val_samples})
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)

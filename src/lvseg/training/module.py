@@ -63,6 +63,11 @@ class SegmentationTask(L.LightningModule):
         self.channels_last = True
         self.model.to(memory_format=torch.channels_last)
 
+    def use_compile(self) -> None:
+        """``torch.compile`` the network in place (``nn.Module.compile``: parameter names, so checkpoints, are
+        unchanged); ``encode_text`` runs outside it, eager."""
+        self.model.compile()
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.channels_last and isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) \
                 and batch["image"].ndim == 4:

@@ -103,6 +103,9 @@ class TrainConfig:
     channels_last: bool = option(
         False, "Channels-last memory layout for images and weights (faster convolutions with bf16 on such CPUs and "
         "on GPUs).", flag="--channels-last/--no-channels-last")
+    compile: bool = option(
+        False, "torch.compile the network for training (its text front end stays eager; the first steps compile, "
+        "which takes minutes on a CPU). Not with semi-supervised training.", flag="--compile/--no-compile")
     num_workers: int = option(0, "Data-loading worker processes.", minimum=0)
     augment: str = option(
         "paper", "paper (rot90 + flip or rotation, as LViT), rotate (keeps left/right and upper/lower: use it when "
@@ -231,6 +234,12 @@ def _range_problem(value: float, meta: dict[str, Any]) -> str | None:
     return None if ok else "must be " + " and ".join(bounds or ["finite"])
 
 
+def is_semi_supervised(config: Any) -> bool:
+    """Whether a :class:`TrainConfig` trains on part of the masks (the others through pseudo-labels)."""
+    fraction = getattr(config, "labeled_fraction", None)
+    return getattr(config, "labeled_list", None) is not None or (fraction is not None and fraction < 1.0)
+
+
 def check_train_config(config: TrainConfig) -> None:
     """Raise one :class:`LvsegError` naming every option whose value is out of its allowed range."""
     problems = []
@@ -247,5 +256,8 @@ def check_train_config(config: TrainConfig) -> None:
     if config.img_size is not None and (isinstance(config.img_size, bool) or not isinstance(config.img_size, int)
                                         or config.img_size <= 0 or config.img_size % 32):
         problems.append(f"--img-size {config.img_size} is not a positive multiple of 32 (e.g. 224, 256)")
+    if config.compile and is_semi_supervised(config) and not config.supervised_only:
+        problems.append("--compile is not available with semi-supervised training (--labeled-fraction / "
+                        "--labeled-list): its EMA teacher copies the network")
     if problems:
         raise LvsegError("; ".join(problems))

@@ -64,7 +64,7 @@ from lvseg.files import atomic_write_text
 from lvseg.models import ModelOutput
 from lvseg.training.lv_loss import LVReferenceSet, load_template_references, lv_loss, references_from_samples
 from lvseg.training.module import SegmentationTask
-from lvseg.training.options import SEMI_OPTIONS, option_defaults
+from lvseg.training.options import SEMI_OPTIONS, is_semi_supervised, option_defaults
 from lvseg.training.perturb import StrongPerturbation
 from lvseg.training.pseudo_labels import PseudoLabelBank
 from lvseg.training.teacher import EmaTeacher
@@ -225,12 +225,6 @@ class SemiSupervisedTask(SegmentationTask):
             self._teacher_state = None
 
 # ------------------------------------------------------------------------------------------ fit glue
-
-
-def is_semi_supervised(config: Any) -> bool:
-    """Whether a :class:`~lvseg.training.fit.TrainConfig` trains on part of the masks."""
-    fraction = getattr(config, "labeled_fraction", None)
-    return getattr(config, "labeled_list", None) is not None or (fraction is not None and fraction < 1.0)
 
 
 def semi_task_options(config: Any) -> dict[str, Any]:
