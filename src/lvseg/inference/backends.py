@@ -165,11 +165,11 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, p
 
     # The batch axis is dynamic; so is the token axis of the text tensors of a model whose tokenizer pads each
     # batch to its longest report (CLIPSeg, BiomedCLIPSeg), as their length then changes from call to call.
-    token_axis = _text_length_varies(model)
-    axes = {name: {0: "batch"} for name in ["images", "logits"]}
-    axes.update({name: {0: "batch", 1: f"{name}_length"} if token_axis and tensor.ndim >= 2 else {0: "batch"}
-                 for name, tensor in zip(names[1:], tensors)})
     try:
+        token_axis = _text_length_varies(model)
+        axes = {name: {0: "batch"} for name in ["images", "logits"]}
+        axes.update({name: {0: "batch", 1: f"{name}_length"} if token_axis and tensor.ndim >= 2 else {0: "batch"}
+                     for name, tensor in zip(names[1:], tensors)})
         with torch.no_grad(), quiet_warnings():
             torch.onnx.export(Network().eval(), (images, *tensors), str(path), input_names=names,
                               output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)

@@ -73,6 +73,10 @@ def _export_backend(backend: str) -> str:
                 return candidate
         raise LvsegError("an exported model runs with OpenVINO or ONNX Runtime, and neither is installed: "
                          "pip install 'lvseg[deploy]'")
+    from lvseg.inference.backend_choice import BACKENDS
+
+    if backend not in BACKENDS:
+        raise LvsegError(f"unknown backend {backend!r}; an export folder runs with {', '.join(EXPORT_BACKENDS)} or auto")
     if backend not in EXPORT_BACKENDS:
         raise LvsegError(f"backend {backend!r} runs a PyTorch checkpoint; an export folder runs with "
                          f"{', '.join(EXPORT_BACKENDS)} or auto (or give the .ckpt it was exported from)")
@@ -90,13 +94,17 @@ def _text_front_end(folder: Path, manifest: dict[str, Any]) -> torch.nn.Module:
     try:
         with weights_from("checkpoint"):  # frozen pretrained towers from their source, as for a checkpoint
             model = create_model(manifest["model"], **manifest["model_config"])
-    except LvsegError as error:
+    except (LvsegError, TypeError, ValueError) as error:
         raise CheckpointError(f"export folder '{folder}' describes a model lvseg cannot build: {error}") from None
     try:
         front_end = load_file(str(folder / FRONT_END))
     except (OSError, SafetensorError) as error:
         raise CheckpointError(f"cannot read '{folder / FRONT_END}': {error}") from None
-    result = model.load_state_dict(front_end, strict=False)
+    try:
+        result = model.load_state_dict(front_end, strict=False)
+    except RuntimeError as error:  # shapes that do not fit
+        raise CheckpointError(f"'{folder / FRONT_END}' does not fit model '{manifest['model']}': "
+                              f"{str(error).strip().splitlines()[-1][:300]}") from None
     missing = [key for key in result.missing_keys if key.startswith("text_encoder.")]
     if result.unexpected_keys or missing:
         raise CheckpointError(f"'{folder / FRONT_END}' does not fit the text encoder of model '{manifest['model']}': "
@@ -122,7 +130,7 @@ def load_export(folder: str | Path, device: str | torch.device | None = None, ba
     """A :class:`Segmenter` over the export folder ``folder`` (see the module docstring), on the CPU."""
     folder = Path(folder)
     if device not in (None, "auto") and _device_type(device) != "cpu":
-        raise LvsegError(f"an exported model runs on the CPU (OpenVINO / ONNX Runtime); got --device {device}")
+        raise LvsegError(f"an exported model runs on the CPU (OpenVINO / ONNX Runtime); got device {device!r}")
     manifest = read_manifest(folder)
     backend = _export_backend(backend)
     graph = folder / "network.xml" if backend.startswith("openvino") and (folder / "network.xml").is_file() \

@@ -89,14 +89,14 @@ class Segmenter:
         self.requires_text: bool = bool(model.requires_text)
         self._lock = threading.Lock()
         self.backend = resolve_backend(backend, self.device)
-        example = None
-        if self.backend in EXPORTING_BACKENDS and graph is None:
-            from lvseg.inference.backends import example_reports
-
-            with torch.no_grad():
-                example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
-                           self.model.encode_text(example_reports(1)) if self.requires_text else None)
         try:
+            example = None
+            if self.backend in EXPORTING_BACKENDS and graph is None:
+                from lvseg.inference.backends import example_reports
+
+                with torch.no_grad():
+                    example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
+                               self.model.encode_text(example_reports(1)) if self.requires_text else None)
             self._runner = make_runner(self.backend, self.model, self.device, example, graph, input_names)
         except LvsegError as error:
             if backend != "auto" or graph is not None:
