@@ -49,7 +49,7 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def installed(module: str) -> bool:
+def _installed(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
@@ -67,9 +67,9 @@ def resolve_backend(name: str, device: torch.device) -> str:
         return "eager"
     # The fastest backends that passed the accuracy guard on the trained demo checkpoints (benchmarks/RESULTS.md),
     # in order; the bf16 paths were faster but flipped boundary pixels of small lesions (lowest Dice 0.977).
-    if installed("openvino"):
+    if _installed("openvino"):
         return "openvino"
-    return "onnx" if installed("onnxruntime") else "eager"
+    return "onnx" if _installed("onnxruntime") else "eager"
 
 
 def flatten_text_input(text_input: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "lvseg_export.json"
 FRONT_END = "text_front_end.safetensors"
+#: The state-dict keys of a model's text front end (what ``FRONT_END`` stores).
+FRONT_END_PREFIX = "text_encoder."
 FORMATS = ("onnx", "openvino")
 #: Version of the export folder's layout; 2 added ``model_config`` and the text front end's weights.
 EXPORT_VERSION = 2
@@ -100,7 +102,7 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
     tensors, _ = flatten_text_input(text_input)
     files = ["network.onnx"]
     front_end_weights = {key: value.detach().cpu().contiguous() for key, value in model.inference_state_dict().items()
-                         if key.startswith("text_encoder.")}
+                         if key.startswith(FRONT_END_PREFIX)}
     atomic_write_bytes(out / FRONT_END, save(front_end_weights, metadata={"lvseg_export": str(EXPORT_VERSION)}))
     files.append(FRONT_END)
     text_entry: dict[str, Any]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lvseg.errors import CheckpointError, LvsegError
-from lvseg.inference.export import EXPORT_VERSION, FRONT_END, MANIFEST
+from lvseg.inference.export import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST
 from lvseg.inference.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)
@@ -65,22 +65,20 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 def _export_backend(backend: str) -> str:
-    from lvseg.inference.backends import installed
-
-    if backend == "auto":
-        for candidate, module in (("openvino", "openvino"), ("onnx", "onnxruntime")):
-            if installed(module):
-                return candidate
-        raise LvsegError("an exported model runs with OpenVINO or ONNX Runtime, and neither is installed: "
-                         "pip install 'lvseg[deploy]'")
+    """The backend an export folder runs with: ``auto`` as for a checkpoint on the CPU, which must not be eager."""
     from lvseg.inference.backend_choice import BACKENDS
+    from lvseg.inference.backends import resolve_backend
 
     if backend not in BACKENDS:
         raise LvsegError(f"unknown backend {backend!r}; an export folder runs with {', '.join(EXPORT_BACKENDS)} or auto")
-    if backend not in EXPORT_BACKENDS:
+    resolved = resolve_backend(backend, torch.device("cpu"))
+    if backend == "auto" and resolved not in EXPORT_BACKENDS:
+        raise LvsegError("an exported model runs with OpenVINO or ONNX Runtime, and neither is installed: "
+                         "pip install 'lvseg[deploy]'")
+    if resolved not in EXPORT_BACKENDS:
         raise LvsegError(f"backend {backend!r} runs a PyTorch checkpoint; an export folder runs with "
                          f"{', '.join(EXPORT_BACKENDS)} or auto (or give the .ckpt it was exported from)")
-    return backend
+    return resolved
 
 
 def _text_front_end(folder: Path, manifest: dict[str, Any]) -> torch.nn.Module:
@@ -105,7 +103,7 @@ def _text_front_end(folder: Path, manifest: dict[str, Any]) -> torch.nn.Module:
     except RuntimeError as error:  # shapes that do not fit
         raise CheckpointError(f"'{folder / FRONT_END}' does not fit model '{manifest['model']}': "
                               f"{str(error).strip().splitlines()[-1][:300]}") from None
-    missing = [key for key in result.missing_keys if key.startswith("text_encoder.")]
+    missing = [key for key in result.missing_keys if key.startswith(FRONT_END_PREFIX)]
     if result.unexpected_keys or missing:
         raise CheckpointError(f"'{folder / FRONT_END}' does not fit the text encoder of model '{manifest['model']}': "
                               f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
