@@ -37,7 +37,8 @@ Where the official code has a defect, this follows the paper's intent:
 
 Measured on lvseg's synthetic set at the demo's budget (benchmarks/RESULTS.md, 5.5 CPU minutes, learned
 text, paper loss weights): with the CCL's weights attached RecLMIS did not learn to use the reports (Dice
-0.60, text reliance 0.00); with them detached, Dice 0.93, text reliance +0.67.
+0.60, text reliance 0.00); with the official second softmax instead, 0.79 and +0.46; with them detached,
+Dice 0.93, text reliance +0.67 (U-Net: 0.60).
 
 Presets (``preset``): ``qata`` (r_v 0.5, r_t 0.3, 4 reconstructor layers, no scorer dropout) and
 ``mosmed`` (r_v 0.3, r_t 0.3, 3 layers, scorer dropout 0.5); an explicit option overrides its preset value.
