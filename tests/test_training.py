@@ -339,6 +339,29 @@ def test_image_size_must_be_a_multiple_of_32(size: int, data: Path, tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
+def test_compile_keeps_parameter_names_so_checkpoints_stay_loadable() -> None:
+    task = SegmentationTask("unet", {"img_size": IMG_SIZE, "base_channels": 8})
+    names = list(task.model.state_dict())
+    task.use_compile()  # nn.Module.compile is lazy: nothing compiles until the first forward
+    assert list(task.model.state_dict()) == names
+
+
+def test_compile_without_a_cpp_compiler_is_one_sentence(data: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
+    with pytest.raises(LvsegError, match=r"--compile needs a C\+\+ compiler") as caught:
+        train(tiny(data, tmp_path / "run", model="unet", compile=True))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_compile_is_refused_with_semi_supervised_training(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(LvsegError, match="--compile is not available with semi-supervised training"):
+        train(tiny(data, tmp_path / "run", compile=True, labeled_fraction=0.5))
+
+
 def test_atomic_checkpoint_io_keeps_the_previous_file_when_saving_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

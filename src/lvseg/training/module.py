@@ -65,7 +65,16 @@ class SegmentationTask(L.LightningModule):
 
     def use_compile(self) -> None:
         """``torch.compile`` the network in place (``nn.Module.compile``: parameter names, so checkpoints, are
-        unchanged); ``encode_text`` runs outside it, eager."""
+        unchanged); ``encode_text`` runs outside it, eager. Refused, in one sentence, where torch.compile would
+        fail at its first step because it finds no C++ compiler (it searches ``$CXX``, then g++)."""
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        from torch._inductor.exc import InvalidCxxCompiler
+
+        try:
+            get_cpp_compiler()
+        except InvalidCxxCompiler:
+            raise LvsegError("--compile needs a C++ compiler that torch.compile can find ($CXX, else g++ on the "
+                             "PATH): install one (e.g. apt install g++) or train without --compile") from None
         self.model.compile()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
