@@ -156,6 +156,7 @@ def test_evaluate_writes_metrics_csv_and_overlays(dataset: Path, tmp_path: Path)
                 "iou_original", "hd95", "std", "hd95_undefined"):
         assert key in metrics, key
     assert metrics["n_images"] == len(SIZES) and metrics["split"] == "test" and metrics["model"] == "unet"
+    assert metrics["backend"] == "eager"  # a checkpoint loaded by the library runs eager unless told otherwise
     assert metrics["dice"] == pytest.approx(np.mean(expected_model), abs=1e-5)
     assert metrics["std"]["dice"] == pytest.approx(np.std(expected_model), abs=1e-5)
     assert metrics["hd95_undefined"] == 1

@@ -91,14 +91,15 @@ def test_lvseg_predict_and_evaluate_run_an_export_folder(tmp_path: Path) -> None
     Image.open(image).save(data / "Test_Folder" / "img" / "x.png")
     Image.fromarray(masks[checkpoint.name]).save(data / "Test_Folder" / "labelcol" / "x.png")
     (data / "Test_Folder" / "Test_text.csv").write_text(f'Image,Description\nx.png,"{REPORTS[1]}"\n')
-    dices = {}
+    dices, backends = {}, {}
     for source in (checkpoint, folder):
         out = tmp_path / f"eval-{source.name}"
         result = CliRunner().invoke(app, ["evaluate", "-c", str(source), "-d", str(data), "-o", str(out),
                                           "--text-mode", "given", "--device", "cpu"])
         assert result.exit_code == 0, result.output
         (metrics,) = out.rglob("metrics.json")
-        dices[source.name] = json.loads(metrics.read_text())["dice"]
+        dices[source.name], backends[source.name] = (json.loads(metrics.read_text())[key] for key in ("dice", "backend"))
+    assert backends[folder.name] == "openvino" and backends[checkpoint.name] in {"openvino", "onnx", "eager"}
     assert dices[checkpoint.name] > 0.5 and dices[folder.name] == pytest.approx(dices[checkpoint.name], abs=1e-6)
 
 

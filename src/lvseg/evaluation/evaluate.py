@@ -72,6 +72,7 @@ class EvaluationReport:
     means: dict[str, float]
     std: dict[str, float]
     hd95_undefined: int
+    backend: str = "eager"  # how the network ran (outputs differ slightly between backends)
     per_image: list[ImageResult] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -84,6 +85,7 @@ class EvaluationReport:
         return {
             "model": self.model_name,
             "checkpoint": self.checkpoint,
+            "backend": self.backend,
             "split": self.split,
             "text_mode": self.text_mode,
             "threshold": THRESHOLD,
@@ -107,6 +109,7 @@ class TextRelianceReport:
         return {
             "model": first.model_name,
             "checkpoint": first.checkpoint,
+            "backend": first.backend,
             "split": first.split,
             "n_images": first.n_images,
             "text_reliance": _json_float(self.text_reliance),
@@ -290,7 +293,7 @@ def _report(segmenter: Segmenter, checkpoint: Path, split: str, mode: str,
         if name == "hd95":
             undefined = missing
     return EvaluationReport(segmenter.model_name, str(checkpoint), split, mode, len(results), means, std,
-                            undefined, per_image=results)
+                            undefined, backend=segmenter.backend, per_image=results)
 
 
 def _per_image_csv(results: Sequence[ImageResult]) -> str:
