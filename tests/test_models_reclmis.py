@@ -129,6 +129,36 @@ def test_every_training_only_loss_reaches_what_it_trains(clip_folder: Path) -> N
     assert not segmentation & set(model.training_only_modules)
 
 
+
+@pytest.mark.parametrize("choice", ["attached", "official"])
+def test_contrastive_weights_options_reach_the_scorers_and_the_interaction(clip_folder: Path, choice: str) -> None:
+    contrastive = _loss_gradients(small(clip_folder, contrastive_weights=choice), "ccl")
+    assert {"word_scorer", "patch_scorer", "text_context", "attn_image", "text_proj", "down"} <= contrastive
+
+
+def test_contrastive_loss_reads_the_learned_weights(clip_folder: Path) -> None:
+    """The detached default changes the gradient, not the value: the CCL sees the scorers' sharp weights."""
+    model = small(clip_folder).train()
+    with torch.no_grad():  # scorers far from their near-uniform initial output
+        model.patch_scorer[-1].weight.mul_(100)
+        model.word_scorer[-1].weight.mul_(100)
+    torch.manual_seed(0)
+    output = model(torch.rand(2, 3, 64, 64), model.encode_text(REPORTS))
+    aux = output.aux
+    expected = model.loss_weights["ccl"] * conditioned_contrastive_loss(
+        aux["text_tokens"], aux["image_tokens"], aux["text_mask"], aux["word_weights"], aux["patch_weights"])
+    flat = torch.full_like(aux["patch_weights"], 1 / aux["patch_weights"].shape[1])
+    uniform = model.loss_weights["ccl"] * conditioned_contrastive_loss(
+        aux["text_tokens"], aux["image_tokens"], aux["text_mask"], aux["word_weights"], flat)
+    ccl = model.compute_losses(output, torch.zeros(2, 1, 64, 64))["ccl"]
+    torch.testing.assert_close(ccl, expected)
+    assert not torch.allclose(ccl, uniform)
+
+
+def test_unknown_contrastive_weights_is_refused(clip_folder: Path) -> None:
+    with pytest.raises(LvsegError, match="contrastive_weights 'sharp' is not one of detached, attached, official"):
+        small(clip_folder, contrastive_weights="sharp")
+
 def test_contrastive_loss_by_hand() -> None:
     """B=2, L=2 (second token of report 1 padded), N=3, unequal weights: the formula written out."""
     text = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [1.0, 1.0]]])

@@ -19,13 +19,7 @@ w_t/w_v-weighted max cosine similarities (x 100, CLIP's frozen temperature). Los
 
 Where the official code has a defect, this follows the paper's intent:
 
-* weights are softmaxed once (the official CCL applies softmax to w a second time), and the CCL reads them
-  detached: it scores how well a report and an image match under the words and patches of interest, it
-  does not choose them. The official second softmax flattens the weights to nearly uniform (no two of 196
-  patches differ by more than a factor e), which all but cuts the CCL's gradient into the scorers and,
-  through them, into the interaction output V'; the scorers are trained by the two reconstructions. With
-  sharp weights left attached, the CCL reshaped V' to make images and reports easy to tell apart, and the
-  segmentation path stopped using the reports (measured, see below);
+* weights are softmaxed once (the official CCL applies softmax to w a second time);
 * the reconstructors attend bidirectionally (the official decoders apply a causal mask to all
   self-attention, which makes token i unable to use tokens after it, meaningless for image patches)
   and ignore padded text tokens as keys;
@@ -35,10 +29,16 @@ Where the official code has a defect, this follows the paper's intent:
   e.g. on a CPU, and trains on L_seg alone without a word); a NaN loss stays NaN, so it is seen;
 * the masked positions are drawn with torch's generator (the official code uses numpy's).
 
-Measured on lvseg's synthetic set at the demo's budget (benchmarks/RESULTS.md, 5.5 CPU minutes, learned
-text, paper loss weights): with the CCL's weights attached RecLMIS did not learn to use the reports (Dice
-0.60, text reliance 0.00); with the official second softmax instead, 0.79 and +0.46; with them detached,
-Dice 0.93, text reliance +0.67 (U-Net: 0.60).
+One choice is lvseg's own, not the official code's (``contrastive_weights``): by default the CCL reads
+the words/patches-of-interest weights *detached*. It scores how well a report and an image match under
+those weights; it does not choose them, so its gradient reaches T and flat(x5) only, and the scorers are
+trained by the two reconstructions. Left attached (``attached``), the CCL's gradient also flows through
+the scorers into T' and V', the segmentation path's bottleneck. The official code keeps them attached, but
+its second softmax (``official``) flattens the weights (no two differ by more than a factor e) and shrinks
+that gradient by roughly the number of positions (16 patches at 64 px, 196 at 224; up to 18 tokens).
+Measured on lvseg's synthetic set at the demo's budget (benchmarks/RESULTS.md; 5.5 CPU minutes, 64 px,
+learned text, paper loss weights, one run each): ``attached`` Dice 0.60, text reliance 0.00 (the model did
+not learn to use the reports); ``official`` 0.79, +0.46; ``detached`` 0.93, +0.67; U-Net 0.60.
 
 Presets (``preset``): ``qata`` (r_v 0.5, r_t 0.3, 4 reconstructor layers, no scorer dropout) and
 ``mosmed`` (r_v 0.3, r_t 0.3, 3 layers, scorer dropout 0.5); an explicit option overrides its preset value.
@@ -70,6 +70,9 @@ PRESETS: dict[str, dict[str, float | int]] = {
     "qata": {"image_mask_rate": 0.5, "text_mask_rate": 0.3, "reconstructor_layers": 4, "scorer_dropout": 0.0},
     "mosmed": {"image_mask_rate": 0.3, "text_mask_rate": 0.3, "reconstructor_layers": 3, "scorer_dropout": 0.5},
 }
+#: How the conditioned contrastive loss reads the word/patch weights (module docstring): lvseg's default
+#: ``detached``; ``attached`` (softmaxed once, gradient kept); ``official`` (a second softmax, gradient kept).
+CONTRASTIVE_WEIGHTS = ("detached", "attached", "official")
 #: Text input of the official model when no encoder is given: 18 tokens of CLIP ViT-B/32 projected states.
 PAPER_TEXT_LEN, PAPER_TEXT_DIM = 18, 512
 
@@ -210,10 +213,15 @@ class RecLMIS(SegmentationModel):
         reconstructor_layers: int | None = None,
         scorer_dropout: float | None = None,
         logit_scale: float = 100.0,
+        contrastive_weights: str = "detached",
         texts: Sequence[str] | None = None,
     ) -> None:
         super().__init__(text_encoder=text_encoder, text_len=text_len, texts=texts)
         check_img_size("reclmis", img_size)
+        if contrastive_weights not in CONTRASTIVE_WEIGHTS:
+            raise LvsegError(f"reclmis: contrastive_weights {contrastive_weights!r} is not one of "
+                             f"{', '.join(CONTRASTIVE_WEIGHTS)}")
+        self.contrastive_weights = contrastive_weights
         if preset not in PRESETS:
             raise LvsegError(f"reclmis: preset {preset!r} is not one of {', '.join(PRESETS)}")
         settings = dict(PRESETS[preset])
@@ -357,8 +365,8 @@ class RecLMIS(SegmentationModel):
         """5 L_seg (``dice``, ``bce``) + 0.2 ``ccl`` + ``text_reconstruction`` + ``image_reconstruction``.
 
         The training-only terms exist in training mode; ``ccl`` needs two or more images (skipped, with one
-        log line, for a batch of one) and reads the word/patch weights detached (module docstring).
-        ``weight`` applies to the segmentation terms.
+        log line, for a batch of one) and reads the word/patch weights as ``contrastive_weights`` says
+        (module docstring). ``weight`` applies to the segmentation terms.
         """
         terms = super().compute_losses(output, target, weight)
         aux = as_output(output).aux
@@ -370,14 +378,25 @@ class RecLMIS(SegmentationModel):
         terms["text_reconstruction"] = weights["text_reconstruction"] * F.mse_loss(
             aux["text_reconstruction"], aux["text_target"])
         if len(aux["text_tokens"]) >= 2:
+            word_weights, patch_weights = self._contrastive_weights(aux["word_weights"], aux["patch_weights"],
+                                                                    aux["text_mask"])
             terms["ccl"] = weights["ccl"] * conditioned_contrastive_loss(
-                aux["text_tokens"], aux["image_tokens"], aux["text_mask"], aux["word_weights"].detach(),
-                aux["patch_weights"].detach(), self.logit_scale)
+                aux["text_tokens"], aux["image_tokens"], aux["text_mask"], word_weights, patch_weights,
+                self.logit_scale)
         elif not self._warned_small_batch:
             logger.warning("reclmis: the conditioned contrastive loss needs two or more images per batch; it is "
                            "skipped for batches of one")
             self._warned_small_batch = True
         return terms
+
+    def _contrastive_weights(self, word_weights: torch.Tensor, patch_weights: torch.Tensor,
+                             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """word (B, L) and patch (B, N) weights as the CCL reads them (``contrastive_weights``)."""
+        if self.contrastive_weights == "detached":
+            return word_weights.detach(), patch_weights.detach()
+        if self.contrastive_weights == "official":
+            return word_weights.masked_fill(~mask, float("-inf")).softmax(dim=-1), patch_weights.softmax(dim=-1)
+        return word_weights, patch_weights
 
 
 def conditioned_contrastive_loss(text: torch.Tensor, image: torch.Tensor, mask: torch.Tensor,
