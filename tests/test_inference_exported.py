@@ -98,7 +98,8 @@ def test_lvseg_predict_and_evaluate_run_an_export_folder(tmp_path: Path) -> None
                                           "--text-mode", "given", "--device", "cpu"])
         assert result.exit_code == 0, result.output
         (metrics,) = out.rglob("metrics.json")
-        dices[source.name], backends[source.name] = (json.loads(metrics.read_text())[key] for key in ("dice", "backend"))
+        written = json.loads(metrics.read_text())
+        dices[source.name], backends[source.name] = written["dice"], written["backend"]
     assert backends[folder.name] == "openvino" and backends[checkpoint.name] in {"openvino", "onnx", "eager"}
     assert dices[checkpoint.name] > 0.5 and dices[folder.name] == pytest.approx(dices[checkpoint.name], abs=1e-6)
 

@@ -129,7 +129,6 @@ def test_every_training_only_loss_reaches_what_it_trains(clip_folder: Path) -> N
     assert not segmentation & set(model.training_only_modules)
 
 
-
 @pytest.mark.parametrize("choice", ["attached", "official"])
 def test_contrastive_weights_options_reach_the_scorers_and_the_interaction(clip_folder: Path, choice: str) -> None:
     contrastive = _loss_gradients(small(clip_folder, contrastive_weights=choice), "ccl")
@@ -158,6 +157,9 @@ def test_contrastive_loss_reads_the_learned_weights(clip_folder: Path) -> None:
 def test_unknown_contrastive_weights_is_refused(clip_folder: Path) -> None:
     with pytest.raises(LvsegError, match="contrastive_weights 'sharp' is not one of detached, attached, official"):
         small(clip_folder, contrastive_weights="sharp")
+    with pytest.raises(LvsegError, match="preset 'kvasir' is not one of qata, mosmed; contrastive_weights 'sharp'"):
+        small(clip_folder, preset="kvasir", contrastive_weights="sharp")  # every bad choice named at once
+
 
 def test_contrastive_loss_by_hand() -> None:
     """B=2, L=2 (second token of report 1 padded), N=3, unequal weights: the formula written out."""

@@ -28,7 +28,7 @@ import functools
 import inspect
 import json
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -346,6 +346,15 @@ def check_positive(model: str, **values: int) -> None:
     """Raise a :class:`LvsegError` naming each option of ``model`` that is not a positive integer."""
     bad = [f"{name} must be a positive integer, got {value!r}" for name, value in values.items()
            if isinstance(value, bool) or not isinstance(value, int) or value <= 0]
+    if bad:
+        raise LvsegError(f"{model}: " + "; ".join(bad))
+
+
+def check_choices(model: str, **values: tuple[Any, Collection[Any]]) -> None:
+    """Raise a :class:`LvsegError` naming each option of ``model`` (``name=(value, choices)``) whose value is
+    not one of its choices."""
+    bad = [f"{name} {value!r} is not one of {', '.join(map(str, choices))}"
+           for name, (value, choices) in values.items() if value not in choices]
     if bad:
         raise LvsegError(f"{model}: " + "; ".join(bad))
 

@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import ModelOutput, SegmentationModel, as_output, check_img_size, check_positive
+from lvseg.models.base import (ModelOutput, SegmentationModel, as_output, check_choices, check_img_size,
+                               check_positive)
 from lvseg.models.blocks import ConvBatchNorm, ConvTransBN, DownBlock, UpBlockAttention
 from lvseg.models.lvit import N_LEVELS, PATCH_SIZE
 from lvseg.models.registry import register_model
@@ -218,12 +219,9 @@ class RecLMIS(SegmentationModel):
     ) -> None:
         super().__init__(text_encoder=text_encoder, text_len=text_len, texts=texts)
         check_img_size("reclmis", img_size)
-        if contrastive_weights not in CONTRASTIVE_WEIGHTS:
-            raise LvsegError(f"reclmis: contrastive_weights {contrastive_weights!r} is not one of "
-                             f"{', '.join(CONTRASTIVE_WEIGHTS)}")
+        check_choices("reclmis", preset=(preset, PRESETS), contrastive_weights=(contrastive_weights,
+                                                                                CONTRASTIVE_WEIGHTS))
         self.contrastive_weights = contrastive_weights
-        if preset not in PRESETS:
-            raise LvsegError(f"reclmis: preset {preset!r} is not one of {', '.join(PRESETS)}")
         settings = dict(PRESETS[preset])
         for name, value in (("image_mask_rate", image_mask_rate), ("text_mask_rate", text_mask_rate),
                             ("reconstructor_layers", reconstructor_layers), ("scorer_dropout", scorer_dropout)):
