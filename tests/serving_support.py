@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+#: The Host that Starlette's TestClient sends ("testserver"), which an app accepts only when told to: by default
+#: ``create_app`` accepts the loopback names only.
+TESTCLIENT_HOSTS = ["testserver"]
 REPORT = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
 
 

@@ -15,7 +15,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serving_support import REPORT, dicom_bytes, encode, lesion_image, png_bytes, png_with_header_only
+from serving_support import (
+    REPORT,
+    TESTCLIENT_HOSTS,
+    dicom_bytes,
+    encode,
+    lesion_image,
+    png_bytes,
+    png_with_header_only,
+)
 
 from lvseg.data.images import read_image
 from lvseg.serving.app import create_app
@@ -28,7 +36,7 @@ MB = 1024 * 1024
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    with TestClient(create_app(FakeSegmenter())) as test_client:
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as test_client:
         yield test_client
 
 
@@ -143,7 +151,7 @@ def test_the_model_gets_the_array_lvseg_predict_reads(kind: str) -> None:
              "gray16": _twelve_bit()}[kind]
     data = png_bytes(image)
     recorder = _Recorder()
-    with TestClient(create_app(recorder)) as client:
+    with TestClient(create_app(recorder, allowed_hosts=TESTCLIENT_HOSTS)) as client:
         assert _segment(client, image=data).status_code == 200
     for channels in (1, 3):
         assert np.array_equal(read_image(recorder.received, channels=channels), read_image(data, channels=channels))
@@ -221,7 +229,7 @@ def test_docs_page_without_swagger_ui_py_stays_offline(monkeypatch: pytest.Monke
     import lvseg.serving.app as app_module
 
     monkeypatch.setattr(app_module, "swagger_ui_dir", lambda: None)
-    with TestClient(create_app(FakeSegmenter())) as client:
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         page = client.get("/docs")
         assert page.status_code == 200 and "swagger-ui-py" in page.text and 'href="/openapi.json"' in page.text
         assert "http://" not in page.text and "https://" not in page.text
@@ -380,7 +388,7 @@ def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
 
 
 def test_image_only_model_accepts_missing_or_empty_text() -> None:
-    with TestClient(create_app(FakeSegmenter(requires_text=False))) as client:
+    with TestClient(create_app(FakeSegmenter(requires_text=False), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         assert client.post("/api/segment", files={"image": ("a.png", png_bytes(), "image/png")}).status_code == 200
         assert _segment(client, text="").status_code == 200
 
@@ -390,7 +398,7 @@ def test_model_failure_is_a_json_500_and_the_server_goes_on() -> None:
         def predict(self, image: object, text: str | None, threshold: float = 0.5) -> object:
             raise RuntimeError("boom")
 
-    with TestClient(create_app(Broken()), raise_server_exceptions=False) as client:
+    with TestClient(create_app(Broken(), allowed_hosts=TESTCLIENT_HOSTS), raise_server_exceptions=False) as client:
         response = _segment(client)
         assert response.status_code == 500
         assert response.json() == {"error": "internal error while processing the request", "detail": None}
@@ -471,7 +479,7 @@ def test_model_refusals_are_422_and_long_encoder_lists_are_summarised() -> None:
         def config(self) -> dict:
             return {"type": "learned", "vocab": [f"word{n}" for n in range(500)], "dim": 64}
 
-    with TestClient(create_app(Picky(text_encoder=Encoder()))) as client:
+    with TestClient(create_app(Picky(text_encoder=Encoder()), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         _assert_error(_segment(client), 422, "English reports only")
         assert client.get("/api/model").json()["text_encoder"] == {"type": "learned", "vocab": "500 entries",
                                                                      "dim": 64}

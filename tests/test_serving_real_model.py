@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
-from serving_support import REPORT, encode, lesion_image  # noqa: E402
+from serving_support import REPORT, TESTCLIENT_HOSTS, encode, lesion_image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from lvseg.serving.app import create_app  # noqa: E402
@@ -49,7 +49,7 @@ def client(checkpoint: Path) -> Iterator[TestClient]:
     from lvseg.inference import load_model
 
     segmenter = load_model(checkpoint, device="cpu")
-    with TestClient(create_app(segmenter)) as test_client:
+    with TestClient(create_app(segmenter, allowed_hosts=TESTCLIENT_HOSTS)) as test_client:
         yield test_client
 
 
@@ -175,7 +175,7 @@ def test_every_format_gives_the_same_mask_through_the_app_and_lvseg_predict(
     assert result.exit_code == 0, result.output
     cli_mask = np.asarray(Image.open(out))
 
-    with TestClient(create_app(segmenter, threshold=threshold)) as client:
+    with TestClient(create_app(segmenter, threshold=threshold, allowed_hosts=TESTCLIENT_HOSTS)) as client:
         response = _segment(client, image_path.read_bytes(), query="?format=png")
     assert response.status_code == 200, response.text
     app_mask = np.asarray(Image.open(io.BytesIO(response.content)))
@@ -233,7 +233,8 @@ def test_a_report_outside_c2fvl_grammar_is_flagged(tmp_path: Path) -> None:
 
     net = create_model("c2fvl", img_size=32, base_channels=8, unparsable_reports="zero")
     save_inference_checkpoint(tmp_path / "c2fvl.ckpt", net)
-    with TestClient(create_app(load_model(tmp_path / "c2fvl.ckpt", device="cpu"))) as c2fvl:
+    served_app = create_app(load_model(tmp_path / "c2fvl.ckpt", device="cpu"), allowed_hosts=TESTCLIENT_HOSTS)
+    with TestClient(served_app) as c2fvl:
         image = encode(lesion_image(height=40, width=40))
         parsed = _segment(c2fvl, image).json()
         assert parsed["report_parsed"] is True and parsed["text_warnings"] == []

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serving_support import REPORT, encode, png_bytes, running_server
+from serving_support import REPORT, TESTCLIENT_HOSTS, encode, png_bytes, running_server
 
 from lvseg.serving.app import create_app
 from lvseg.serving.fake import FakeSegmenter
@@ -50,7 +50,9 @@ def test_an_exif_rotated_jpeg_reports_its_upright_size() -> None:
 def test_the_segment_response_names_both_sizes() -> None:
     big = np.zeros((900, 1200), dtype=np.uint8)
     big[100:300, 100:500] = 255
-    with TestClient(create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=600))) as client:
+    served_app = create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=600),
+                            allowed_hosts=TESTCLIENT_HOSTS)
+    with TestClient(served_app) as client:
         result = client.post("/api/segment", files={"image": ("big.png", png_bytes(big), "image/png")},
                              data={"text": REPORT}).json()
     assert (result["width"], result["height"], result["original_width"], result["original_height"]) == (600, 450, 1200, 900)
@@ -107,7 +109,7 @@ def test_a_client_that_disconnects_is_one_log_line(caplog: pytest.LogCaptureFixt
 
 
 def test_cross_origin_posts_are_refused() -> None:
-    with TestClient(create_app(FakeSegmenter())) as client:
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         files = {"image": ("scan.png", png_bytes(), "image/png")}
         foreign = client.post("/api/segment", files=files, data={"text": REPORT},
                               headers={"origin": "http://evil.example"})
@@ -127,6 +129,33 @@ def test_allowed_hosts_are_enforced() -> None:
         assert client.get("/healthz", headers={"host": "rebound.example"}).status_code == 400
 
 
+def test_by_default_only_loopback_host_names_are_accepted() -> None:
+    app = create_app(FakeSegmenter())
+    for name in ("127.0.0.1", "localhost"):
+        with TestClient(app, base_url=f"http://{name}:8000") as client:
+            assert client.get("/healthz").status_code == 200, name
+    with TestClient(app, base_url="http://localhost") as client:
+        assert client.get("/healthz", headers={"host": "rebound.example"}).status_code == 400
+        assert client.get("/api/model", headers={"host": "testserver"}).status_code == 400
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=["*"])) as anywhere:
+        assert anywhere.get("/healthz", headers={"host": "rebound.example"}).status_code == 200
+    with TestClient(create_app(FakeSegmenter(), api_key="k" * 24)) as keyed:  # a key guards it, as `lvseg serve`
+        assert keyed.get("/healthz", headers={"host": "rebound.example"}).status_code == 200
+
+
+def test_host_policy_of_lvseg_serve(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lvseg.serving import security
+
+    monkeypatch.setattr(security, "machine_names", lambda: {"ward-pc", "10.0.0.5"})
+    loopback = security.allowed_hosts_for("127.0.0.1", api_key_set=False)
+    assert set(loopback) == set(security.LOOPBACK_NAMES)
+    assert set(security.allowed_hosts_for("0.0.0.0", api_key_set=False, extra_hosts=["lvseg.example"])) == {
+        *security.LOOPBACK_NAMES, "0.0.0.0", "ward-pc", "10.0.0.5", "lvseg.example"}
+    assert security.allowed_hosts_for("0.0.0.0", api_key_set=True) == ["*"]
+    assert security.allowed_hosts_for("127.0.0.1", api_key_set=False, extra_hosts=["*"]) == ["*"]
+    assert "lvseg.example" in security.allowed_hosts_for("0.0.0.0", api_key_set=True, extra_hosts=["lvseg.example"])
+
+
 def test_the_server_keeps_frozen_text_features_in_memory_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hf_support import save_tiny_bert
 
@@ -140,7 +169,7 @@ def test_the_server_keeps_frozen_text_features_in_memory_only(tmp_path: Path, mo
     net = create_model("lvit", img_size=32, base_channels=8, text_encoder=f"hf:{bert}", text_len=8)
     save_inference_checkpoint(tmp_path / "m.ckpt", net)
     segmenter = load_model(tmp_path / "m.ckpt", device="cpu")
-    with TestClient(create_app(segmenter)) as client:
+    with TestClient(create_app(segmenter, allowed_hosts=TESTCLIENT_HOSTS)) as client:
         for index in range(3):
             response = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
                                    data={"text": f"{REPORT} number {index}"})
@@ -155,7 +184,7 @@ def test_dicom_pixel_spacing_gives_areas_in_square_millimetres() -> None:
     pixels = np.zeros((40, 60), dtype=np.uint16)
     pixels[10:20, 10:30] = 4000  # 200 px
     data = dicom_bytes(pixels, center=[2000], width=[4000], pixel_spacing=(0.5, 0.25))
-    with TestClient(create_app(FakeSegmenter())) as client:
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         result = client.post("/api/segment", files={"image": ("ct.dcm", data, "application/dicom")},
                              data={"text": REPORT}).json()
         assert result["area_px"] == 200 and result["pixel_spacing_mm"] == [0.5, 0.25]
@@ -164,7 +193,9 @@ def test_dicom_pixel_spacing_gives_areas_in_square_millimetres() -> None:
                           data={"text": REPORT}).json()
         assert png["area_mm2"] is None and png["pixel_spacing_mm"] is None
     # reduced to the working size, a pixel covers more: the area in mm2 stays the same
-    with TestClient(create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=30))) as client:
+    served_app = create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=30),
+                            allowed_hosts=TESTCLIENT_HOSTS)
+    with TestClient(served_app) as client:
         small = client.post("/api/segment", files={"image": ("ct.dcm", data, "application/dicom")},
                             data={"text": REPORT}).json()
     assert small["width"] == 30 and small["area_mm2"] == pytest.approx(25.0, rel=0.1)
@@ -177,7 +208,7 @@ def _pdf_text(content: bytes) -> str:
 
 def test_the_pdf_renders_cjk_reports_and_carries_patient_referrer_and_sign_off() -> None:
     report = "双肺感染，两处感染区，左上肺和右下肺。 左肺に浸潤影。 양측 폐렴."
-    with TestClient(create_app(FakeSegmenter())) as client:
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         segmented = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
                                 data={"text": report}).json()
         response = client.post(f"/api/results/{segmented['result_id']}/report",
@@ -206,7 +237,7 @@ def test_heatmap_and_side_markers_from_dicom_orientation() -> None:
     dataset.PatientOrientation = ["L", "F"]
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
-    with TestClient(create_app(FakeSegmenter())) as client:
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         oriented = client.post("/api/segment", files={"image": ("pa.dcm", buffer.getvalue(), "application/dicom")},
                                data={"text": REPORT}).json()
         unmarked = client.post("/api/segment", files={"image": ("pa.dcm", plain, "application/dicom")},
@@ -240,7 +271,7 @@ def test_uploads_over_the_pending_limit_are_answered_503() -> None:
 
 
 def test_an_image_only_model_keeps_no_report_and_the_answer_names_its_model() -> None:
-    with TestClient(create_app(FakeSegmenter(requires_text=False))) as client:
+    with TestClient(create_app(FakeSegmenter(requires_text=False), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         result = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
                              data={"text": "ignored words"}).json()
     assert result["report_text"] == "" and result["validation_dice"] == 0.5 and result["model"] == "fake-brightness"

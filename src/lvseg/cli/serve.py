@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import stat
@@ -42,15 +41,6 @@ def read_api_key(path: Path) -> str:
     return key
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _load_segmenter(checkpoint: Path, device: str | None, backend: str = "auto") -> Any:
     """Load the model once (``lvseg.inference.load_model``; checkpoints load with weights_only) and warm it up,
     so the first request is not the slow one."""
@@ -74,25 +64,13 @@ def check_port_free(host: str, port: int) -> None:
                          "the port: choose one with --port)") from None
 
 
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
-
-
-def _machine_names() -> set[str]:
-    """This machine's host name, fully qualified name and the addresses they resolve to."""
-    import socket
-
-    names = {socket.gethostname(), socket.getfqdn()}
-    for name in list(names):
-        try:
-            names.update(info[4][0] for info in socket.getaddrinfo(name, None))
-        except OSError:
-            continue
-    return {name for name in names if name}
-
-
 def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, read_timeout: float = 30.0,
               allowed_hosts: list[str] | None = None, backend: str = "auto") -> Any:
-    """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing."""
+    """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing.
+
+    ``allowed_hosts``: the Host names accepted (:func:`lvseg.serving.security.allowed_hosts_for`); None: the
+    library's default (loopback names only without an API key).
+    """
     try:
         from lvseg.serving.app import create_app
     except ImportError as error:
@@ -125,17 +103,15 @@ def serve(
     """Serve the web page and the HTTP API (/docs describes it) for one checkpoint."""
     try:
         import uvicorn
+
+        from lvseg.serving.security import ANY_HOST, allowed_hosts_for, is_loopback
     except ImportError as error:
         raise LvsegError(_MISSING_EXTRA) from error
-    if not _is_loopback(host) and api_key_file is None:
+    if not is_loopback(host) and api_key_file is None:
         logger.warning("listening on %s without --api-key-file: anyone on the network can use the service", host)
     check_port_free(host, port)
-    # Without authentication only the names given are accepted in the Host header (DNS-rebinding guard); with
-    # an API key, any name, unless --allowed-host restricts them.
-    restrict = "*" not in allowed_host and (api_key_file is None or bool(allowed_host))
-    own_names = _machine_names() if not _is_loopback(host) else set()  # how LAN clients reach this machine
-    hosts = sorted({*LOOPBACK_NAMES, host, *own_names, *allowed_host}) if restrict else None
-    if hosts is not None and not _is_loopback(host):
+    hosts = allowed_hosts_for(host, api_key_file is not None, allowed_host)
+    if hosts != ANY_HOST and not is_loopback(host):
         logger.info("accepting the Host names %s (add others with --allowed-host)", ", ".join(hosts))
     app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts, backend=backend)
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)

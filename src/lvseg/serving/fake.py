@@ -17,10 +17,11 @@ from lvseg.data.images import read_image
 
 @dataclass
 class FakePrediction:
-    """Same fields as ``lvseg.inference.Prediction``."""
+    """Same fields as ``lvseg.inference.Prediction``; ``reading`` None: the fake reads no report."""
 
     mask: np.ndarray
     probability: np.ndarray
+    reading: Any = None
 
 
 @dataclass
@@ -32,8 +33,12 @@ class FakeSegmenter:
     img_size: int = 224
     device: str = "cpu"
     metrics: dict[str, float] = field(default_factory=lambda: {"val_dice": 0.5})
+    hparams: dict[str, Any] = field(default_factory=dict)
     text_encoder: Any = None
     calls: int = 0
+
+    def keep_text_cache_in_memory(self, max_items: int = 4096) -> None:
+        """Nothing to do: the fake has no text features to cache."""
 
     def predict(self, image: Any, text: str | None, threshold: float = 0.5) -> FakePrediction:
         """Brightness in [0, 1] (mean over channels) as probability, ``probability > threshold`` as mask.

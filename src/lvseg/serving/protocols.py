@@ -1,0 +1,52 @@
+"""What the app reads of a model: the interface of ``lvseg.inference.Segmenter``, which test fakes provide too."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+
+class ReadingLike(Protocol):
+    """How a model read one report (``lvseg.text.base.TextReading``)."""
+
+    @property
+    def unknown_words(self) -> Sequence[str]: ...
+
+    @property
+    def parsed(self) -> bool | None: ...
+
+    def warnings(self) -> list[str]: ...
+
+
+class PredictionLike(Protocol):
+    """One result of :meth:`SegmenterLike.predict` (``lvseg.inference.Prediction``): arrays at the input's size."""
+
+    @property
+    def mask(self) -> Any: ...
+
+    @property
+    def probability(self) -> Any: ...
+
+    @property
+    def reading(self) -> ReadingLike | None: ...
+
+
+class SegmenterLike(Protocol):
+    """Everything the app reads of a model (``lvseg.inference.Segmenter`` or ``lvseg.serving.fake.FakeSegmenter``).
+
+    ``hparams`` may name the ``validation_data`` the metrics were measured on; ``device`` is shown as text.
+    """
+
+    model_name: str
+    img_size: int
+    requires_text: bool
+    device: Any
+    metrics: dict[str, Any]
+    hparams: dict[str, Any]
+
+    @property
+    def text_encoder(self) -> Any: ...
+
+    def keep_text_cache_in_memory(self) -> None: ...
+
+    def predict(self, image: Any, text: str, threshold: float = 0.5) -> PredictionLike: ...
