@@ -102,11 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from lvseg.data.images import resize_image
     from lvseg.inference import upsample_probability
-    from lvseg.inference.backends import cpu_has_bf16, example_reports
-    from lvseg.models import create_model
+    from lvseg.inference.backends import cpu_has_bf16
+    from lvseg.models import create_model, model_class
 
     torch.manual_seed(0)
-    texts = example_reports(1)
+    texts = list(model_class(args.model).example_reports[-1:])
     options = {"text_encoder": "learned"} if args.model in ("lvit", "reclmis") else {}
     model = create_model(args.model, img_size=args.size, texts=texts, **options).eval()
     images = torch.rand(1, 3, args.size, args.size)

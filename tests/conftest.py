@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,11 @@ def reference_root() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip(f"official LViT reference facts not found at {REFERENCE} (the ../shared folder beside the repository)")
     return REFERENCE
+
+
+# A model family from another package, registered only for the tests through the `lvseg.models` entry-point
+# group (tests/plugin_package holds the package and its dist-info, as pip installs them): every contract test
+# covers it, as every command does.
+PLUGIN_PACKAGE = Path(__file__).resolve().parent / "plugin_package"
+if str(PLUGIN_PACKAGE) not in sys.path:
+    sys.path.insert(0, str(PLUGIN_PACKAGE))

@@ -67,7 +67,7 @@ def test_format_1_checkpoint_evaluates_and_serves(legacy: dict[str, Path], tmp_p
     generate_synthetic_dataset(data, n=12, size=32, seed=0)  # the set the fixtures were trained on
     reports = evaluate_modes(legacy["lvit"], data, "test", modes=("given", "shuffled"), device="cpu")
     assert 0.0 <= reports["given"].dice <= 1.0
-    with TestClient(create_app(load_model(legacy["lvit"], device="cpu"))) as client:
+    with TestClient(create_app(load_model(legacy["lvit"], device="cpu")), base_url="http://localhost") as client:
         assert client.get("/api/model").json()["model"] == "lvit"
         image = (FIXTURES / "image.png").read_bytes()
         response = client.post("/api/segment", files={"image": ("x.png", image, "image/png")}, data={"text": REPORT})

@@ -40,41 +40,28 @@ REPORTS = [REPORT, "Unilateral pulmonary infection, one infected area, lower lef
 
 
 @functools.cache
-def tiny_folder(kind: str) -> Path:
-    """Tiny random pretrained models in their published file layouts (nothing is downloaded): a CLIP text
-    tower, a CLIPSeg (image width 128, as the tiny BiomedCLIP's, so its decoder fits -d) and a BiomedCLIP."""
-    folder = Path(tempfile.mkdtemp(prefix=f"lvseg-{kind}-"))
-    if kind == "clip":
+def tiny_pretrained(layout: str) -> Path:
+    """Tiny random pretrained models in their published file layouts (nothing is downloaded), what a model's
+    ``tiny_options`` asks for: "clip-text" (a CLIP text tower), "clipseg" (image width 128, as the tiny
+    BiomedCLIP's, so its decoder fits -d) and "biomedclip" (open_clip's layout)."""
+    folder = Path(tempfile.mkdtemp(prefix=f"lvseg-{layout}-"))
+    if layout == "clip-text":
         return save_tiny_clip(folder)
-    if kind == "clipseg":
+    if layout == "clipseg":
         return save_tiny_clipseg(folder, vision_width=128)
-    return save_tiny_biomedclip(folder)[0]
-
-
-def tiny_biomedclipseg() -> dict[str, Any]:
-    return {"biomedclip": str(tiny_folder("biomedclip")), "extract_layers": [0, 1, 2], "reduce_dim": 16,
-            "decoder_heads": 2, "decoder_mlp": 32}
-
-
-#: Small options per model (a model without an entry is built with img_size alone).
-TINY: dict[str, Any] = {
-    **{name: lambda: {"base_channels": 8} for name in ("lvit", "unet", "c2fvl", "reclmis")},
-    "clipseg": lambda: {"name_or_path": str(tiny_folder("clipseg"))},
-    "biomedclipseg": tiny_biomedclipseg,
-    "biomedclipseg-d": lambda: {"biomedclip": str(tiny_folder("biomedclip")),
-                                "decoder_init": str(tiny_folder("clipseg"))},
-}
+    if layout == "biomedclip":
+        return save_tiny_biomedclip(folder)[0]
+    raise ValueError(f"no tiny pretrained model in the layout {layout!r}")
 
 
 def tiny_options(name: str) -> dict[str, Any]:
-    """Small options for ``name``. A text model's default encoder is used, except that a pretrained one is
-    swapped for a tiny local stand-in."""
-    options: dict[str, Any] = {"img_size": IMG_SIZE, **TINY.get(name, dict)()}
+    """Small options for ``name``: its default text encoder (text models) and what the model declares in
+    ``tiny_options``."""
     cls = model_class(name)
+    options: dict[str, Any] = {"img_size": IMG_SIZE}
     if cls.requires_text and cls.default_text_encoder:
-        encoder = cls.default_text_encoder
-        options["text_encoder"] = f"clip:{tiny_folder('clip')}" if encoder.startswith("clip") else encoder
-    return options
+        options["text_encoder"] = cls.default_text_encoder
+    return options | cls.tiny_options(tiny_pretrained)
 
 
 def cli_options(options: dict[str, Any]) -> list[str]:
@@ -257,7 +244,7 @@ def test_web_app_serves_the_checkpoint(name: str, trained: dict[str, Path]) -> N
     segmenter = load_model(trained[name], device="cpu")
     image = png_bytes()
     expected = segmenter.predict(image, REPORT).mask
-    with TestClient(create_app(segmenter)) as client:
+    with TestClient(create_app(segmenter), base_url="http://localhost") as client:
         assert client.get("/api/model").json()["model"] == name
         response = client.post("/api/segment", files={"image": ("scan.png", image, "image/png")},
                                data={"text": REPORT})

@@ -280,3 +280,21 @@ def test_synthetic_reports_follow_the_grammar(tmp_path: Path) -> None:
     for split in ("train", "val", "test"):
         for sample in load_split(tmp_path / "data", split):
             assert np.isfinite(vector_of(sample.text)).all()
+
+
+def test_a_c2fvl_checkpoint_trained_the_usual_way_serves(tmp_path: Path) -> None:
+    """Regression: the app's warm-up sent "warm-up report", which C2FVL's report grammar refuses, so
+    `lvseg serve` of a C2FVL checkpoint (unparsable_reports="error", the default) exited at start-up."""
+    from fastapi.testclient import TestClient
+
+    from lvseg.checkpoint import save_inference_checkpoint
+    from lvseg.inference import load_model
+    from lvseg.serving.app import create_app
+
+    model = create_model("c2fvl", img_size=32, base_channels=8)
+    assert model.config["unparsable_reports"] == "error"
+    save_inference_checkpoint(tmp_path / "c2fvl.ckpt", model)
+    segmenter = load_model(tmp_path / "c2fvl.ckpt", device="cpu")
+    segmenter.warm_up()
+    with TestClient(create_app(segmenter), base_url="http://localhost") as client:
+        assert client.get("/api/model").json()["model"] == "c2fvl"

@@ -15,7 +15,7 @@ import torch
 from lvseg.errors import CheckpointError, LvsegError
 from lvseg.models import create_model
 from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict
-from lvseg.models.lvit_import import (
+from lvseg.importers.lvit import (
     convert_official_lvit_state_dict,
     import_official_checkpoint,
     load_official_state_dict,

@@ -20,7 +20,7 @@ from lvseg.cli.main import app
 from lvseg.errors import CheckpointError, LvsegError
 from lvseg.models import create_model
 from lvseg.models.reclmis import conditioned_contrastive_loss
-from lvseg.models.reclmis_import import import_official_checkpoint, map_official_key
+from lvseg.importers.reclmis import import_official_checkpoint, map_official_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from hf_support import save_tiny_clip  # noqa: E402
@@ -289,7 +289,7 @@ def test_imported_weights_give_the_official_outputs(clip_folder: Path, tmp_path:
     from lvseg.serving.app import create_app
     from serving_support import png_bytes
 
-    with TestClient(create_app(again)) as client:  # what `lvseg serve --checkpoint reclmis.ckpt` runs
+    with TestClient(create_app(again), base_url="http://localhost") as client:  # what `lvseg serve --checkpoint reclmis.ckpt` runs
         response = client.post("/api/segment", files={"image": ("x.png", png_bytes(), "image/png")},
                                data={"text": REPORTS[0]})
         assert response.status_code == 200, response.text

@@ -257,7 +257,8 @@ def test_the_vlsm_loss_is_dice_plus_a_real_bce_term(clipseg_dir: Path) -> None:
 
 
 def test_vlsm_models_use_the_study_recipe_unless_overridden(tmp_path: Path) -> None:
-    from lvseg.training.module import PLATEAU_PATIENCE, SegmentationTask
+    from lvseg.training.module import SegmentationTask
+    from lvseg.training.optim import PLATEAU_PATIENCE
     from lvseg.training.options import TrainConfig, with_model_recipe
 
     base = {"data": tmp_path, "out": tmp_path / "run"}

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from lvseg.errors import CheckpointError, LvsegError
+from lvseg.errors import CheckpointError, LvsegError, first_line
 from lvseg.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -46,44 +46,13 @@ def read_checkpoint_dict(path: str | Path, map_location: Any = "cpu") -> dict[st
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch.load raises many types on damaged files; all mean "unreadable"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"cannot read checkpoint '{path}': the file is corrupted or not a PyTorch checkpoint ({reason[:200]})"
+            f"cannot read checkpoint '{path}': the file is corrupted or not a PyTorch checkpoint "
+            f"({first_line(error, 200)})"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(checkpoint).__name__}, expected a dict")
     return checkpoint
-
-
-def read_foreign_state_dict(path: str | Path, what: str, example_key: str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint saved by another code base (an official repository), read with
-    ``weights_only=True``: under ``state_dict`` or bare, ``module.`` (DataParallel) prefixes removed.
-
-    ``what`` names the expected file in errors (e.g. "official LViT .pth checkpoint"), ``example_key`` a key
-    it should hold. Raises :class:`CheckpointError` naming the file.
-    """
-    from collections.abc import Mapping
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (expected an {what})")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types (UnpicklingError, IndexError, RuntimeError, ...)
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (expected an {what}): {reason}") from None
-    if not isinstance(loaded, Mapping):
-        raise CheckpointError(f"{path}: expected a dict (an {what}), got {type(loaded).__name__}")
-    state = loaded.get("state_dict", loaded)
-    if not isinstance(state, Mapping) or not state:
-        raise CheckpointError(f"{path}: expected a non-empty 'state_dict' of tensors")
-    tensors = {str(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(f"{path}: expected a state_dict of tensors under keys like {example_key}, found keys "
-                              f"{', '.join(map(str, list(state)[:6]))}")
-    if all(key.startswith("module.") for key in tensors):
-        tensors = {key[len("module."):]: value for key, value in tensors.items()}
-    return tensors
 
 
 def checkpoint_format(checkpoint: dict[str, Any]) -> int:
@@ -134,10 +103,13 @@ class LoadedCheckpoint:
         return self.hparams["model_name"]
 
 
-def _official_hint(state_dict: Any) -> str:
-    from lvseg.models.lvit_import import official_checkpoint_hint
+class NotAnLvsegCheckpoint(CheckpointError):
+    """A readable PyTorch file that is no lvseg checkpoint; ``keys`` are its state dict's (or top-level) keys,
+    so a caller that knows the official importers can say which one converts it."""
 
-    return official_checkpoint_hint(state_dict) if isinstance(state_dict, dict) else ""
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 def load_checkpoint(
@@ -155,10 +127,9 @@ def load_checkpoint(
     checkpoint = read_checkpoint_dict(path, map_location=map_location)
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict) or "model_name" not in hparams or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"'{path}' is not an lvseg checkpoint (it has no model description)"
-            f"{_official_hint(checkpoint.get('state_dict', checkpoint))}"
-        )
+        state = checkpoint.get("state_dict", checkpoint)
+        raise NotAnLvsegCheckpoint(f"'{path}' is not an lvseg checkpoint (it has no model description)",
+                                   [str(key) for key in state] if isinstance(state, dict) else [])
     checkpoint = upgrade_checkpoint(checkpoint, source=f"checkpoint '{path}'")
     hparams = checkpoint["hyper_parameters"]
     model_name = hparams["model_name"]
@@ -176,8 +147,8 @@ def load_checkpoint(
     except LvsegError as error:
         raise CheckpointError(str(error)) from None
     if model.requires_text and not model.has_text_front_end:
-        hint = (" (convert the official weights again with `lvseg import-lvit --text-encoder hf:<id or folder>`)"
-                if model_name == "lvit" else "")
+        hint = (" (if it was imported from official weights, import them again naming its text encoder)"
+                if model.importer else "")
         raise CheckpointError(f"checkpoint '{path}' holds a '{model_name}' model without a text encoder, so it "
                               f"cannot read reports{hint}")
     model.strip_training_modules().eval()

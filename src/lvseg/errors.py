@@ -26,3 +26,10 @@ class DataValidationError(LvsegError):
 
 class CheckpointError(LvsegError):
     """A checkpoint is missing, corrupted, or holds another kind of model."""
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an error's message (at most ``limit`` characters), else its type's name:
+    what a one-line message quotes of a third-party library's error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(error).__name__

@@ -1,8 +1,11 @@
-"""Model verbs: ``lvseg info`` (size and cost of models) and ``lvseg import-lvit`` (official weights)."""
+"""Model verbs: ``lvseg info`` (size and cost of models) and ``lvseg import-<family>`` (official weights, one
+verb per registered importer)."""
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -89,51 +92,42 @@ def register(app: typer.Typer) -> None:
         report = describe_model(model, **options)
         typer.echo(json.dumps(report, indent=2)) if as_json else _print_one(report)
 
-    @app.command("import-lvit")
-    def import_lvit(
-        official: Path = typer.Argument(..., help="Checkpoint saved by the official LViT code (.pth)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Where to write the lvseg checkpoint."),
-        text_encoder: str = typer.Option(
-            "hf:bert-base-uncased", "--text-encoder",
-            help="Frozen encoder the official model was trained with (per-token BERT-base features), "
-            "'hf:<model id or local folder>'; loaded when the checkpoint is used, not now.",
-        ),
-    ) -> None:
-        """Convert an official LViT checkpoint into an lvseg checkpoint, dropping unused weights."""
-        from lvseg.models.lvit_import import import_official_checkpoint
+    register_import_verbs(app)
 
-        result = import_official_checkpoint(official, out, text_encoder=text_encoder)
+
+def _import_command(importer: Any) -> Callable[..., None]:
+    """The ``lvseg import-<family>`` command of ``importer``: its source file, ``--out`` and its declared options."""
+
+    def command(official: Path, out: Path, **options: Any) -> None:
+        result = importer.convert(official, out, **options)
         console = Console()
         console.print(f"wrote [bold]{result.output}[/] ({result.n_parameters:,} parameters)")
-        console.print("inferred config: " + json.dumps(result.model_options), highlight=False)
-        console.print(f"dropped {len(result.dropped_keys)} unused official keys:")
-        for key in result.dropped_keys:
-            console.print(f"  {key}", highlight=False)
+        console.print("config: " + json.dumps({key: value for key, value in result.model_options.items()
+                                                if key != "text_encoder" or not isinstance(value, dict)
+                                                or "vocab" not in value}), highlight=False)
+        for line in [*importer.result_lines(result), *result.notes]:
+            console.print(line, highlight=False)
 
-    @app.command("import-reclmis")
-    def import_reclmis(
-        official: Path = typer.Argument(..., help="Checkpoint saved by the official RecLMIS code (best_model-RecLMIS.pth.tar)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Where to write the lvseg checkpoint."),
-        config: Optional[str] = typer.Option(
-            None, "--config", help="qata or mosmed (the training settings it was trained with; default: read off "
-            "the reconstructor depth)."),
-        tokenizer: str = typer.Option(
-            "openai/clip-vit-base-patch32", "--tokenizer",
-            help="CLIP tokenizer files (vocab.json, merges.txt): a Hub id in the local cache or a folder."),
-        clip_heads: Optional[int] = typer.Option(
-            None, "--clip-heads", min=1, help="Attention heads of the CLIP text tower (default: width / 64, as CLIP)."),
-    ) -> None:
-        """Convert an official RecLMIS checkpoint: segmentation path + its own CLIP text tower; the rest is dropped."""
-        from lvseg.models.reclmis_import import import_official_checkpoint
+    parameters = [
+        inspect.Parameter("official", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                          default=typer.Argument(..., help=f"The {importer.source_description}.")),
+        inspect.Parameter("out", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
+                          default=typer.Option(..., "--out", "-o", help="Where to write the lvseg checkpoint.")),
+    ]
+    for option in importer.options:
+        annotation = option.type if option.default is not None else Optional[option.type]  # noqa: UP045 (typer)
+        parameters.append(inspect.Parameter(
+            option.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
+            default=typer.Option(option.default, option.cli_flag, help=option.help, min=option.minimum)))
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__doc__ = importer.summary
+    command.__name__ = importer.verb.replace("-", "_")
+    return command
 
-        result = import_official_checkpoint(official, out, preset=config, tokenizer=tokenizer, clip_heads=clip_heads)
-        console = Console()
-        console.print(f"wrote [bold]{result.output}[/] ({result.n_parameters:,} parameters for inference, "
-                      "CLIP text tower included)")
-        console.print("config: " + json.dumps({k: v for k, v in result.model_options.items() if k != "text_encoder"}),
-                      highlight=False)
-        for reason, keys in result.dropped.items():
-            prefixes = sorted({".".join(key.split(".")[:2]) for key in keys})
-            console.print(f"dropped {len(keys)} {reason} official keys: {', '.join(prefixes)}", highlight=False)
-        console.print(f"the checkpoint reads the CLIP tokenizer files (vocab.json, merges.txt) from '{tokenizer}' "
-                      "when it is loaded; nothing else is downloaded", highlight=False)
+
+def register_import_verbs(app: typer.Typer) -> None:
+    """``lvseg import-<family>`` for every registered importer (:func:`lvseg.importers.list_importers`)."""
+    from lvseg.importers import list_importers
+
+    for importer in list_importers().values():
+        app.command(importer.verb)(_import_command(importer))

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from lvseg.training.options import TrainConfig, cli_flag, parse_model_options
+from lvseg.training.options import TrainConfig, cli_flag, parse_lr_scales, parse_model_options
 
 
 def _cli_parameters() -> list[inspect.Parameter]:
@@ -40,6 +40,7 @@ def train_command(**options: Any) -> None:
 
     devices = str(options.pop("devices"))
     options["model_options"] = parse_model_options(options.pop("model_options"))
+    options["lr_scales"] = parse_lr_scales(options.pop("lr_scales"))
     config = TrainConfig(**options, devices=int(devices) if devices.isdigit() else devices)
     result = train(config)
     if result.global_rank != 0:  # DDP: the other processes stay quiet

@@ -64,6 +64,12 @@ LUNGS: tuple[str, str] = ("left", "right")
 ZONES: tuple[str, str, str] = ("upper", "middle", "lower")
 ZONE_VECTOR_LABELS: tuple[str, ...] = tuple(f"{lung}_{zone}" for lung in LUNGS for zone in ZONES) + ("count",)
 
+#: A short and a long report in this grammar (every text front end of a chest X-ray model reads them).
+EXAMPLE_REPORTS: tuple[str, str] = (
+    "Unilateral pulmonary infection, one infected area, lower left lung.",
+    "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
+)
+
 _NUMBER_WORDS: tuple[str, ...] = (
     "zero", "one", "two", "three", "four", "five", "six",
     "seven", "eight", "nine", "ten", "eleven", "twelve",

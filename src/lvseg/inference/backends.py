@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lvseg.errors import LvsegError
+from lvseg.errors import LvsegError, first_line
 from lvseg.inference.backend_choice import BACKENDS, EXPORTING_BACKENDS
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,7 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, p
                               output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
     except Exception as error:  # the exporter raises many types for unsupported operations
         raise LvsegError(f"model '{getattr(model, 'model_name', type(model).__name__)}' cannot be exported to ONNX: "
-                         f"{_first_line(error)}") from None
+                         f"{first_line(error)}") from None
     return names
 
 
@@ -185,14 +185,9 @@ def _text_length_varies(model: torch.nn.Module) -> bool:
     if not getattr(model, "requires_text", False):
         return False
     with torch.no_grad():
-        short, long = (flatten_text_input(model.encode_text([report]))[0] for report in EXAMPLE_REPORTS)
+        examples = (model.example_reports[0], model.example_reports[-1])
+        short, long = (flatten_text_input(model.encode_text([report]))[0] for report in examples)
     return any(a.shape != b.shape for a, b in zip(short, long))
-
-
-def _first_line(error: BaseException) -> str:
-    """The first line of an error's message (at most 300 characters), or its type's name."""
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -246,7 +241,7 @@ class OnnxRuntimeRunner(_ExportedRunner):
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime's own exception types
-            raise LvsegError(f"ONNX Runtime cannot load the network '{self.path}': {_first_line(error)}") from None
+            raise LvsegError(f"ONNX Runtime cannot load the network '{self.path}': {first_line(error)}") from None
         self.graph_inputs = {item.name for item in self.session.get_inputs()}
 
     def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
@@ -274,7 +269,7 @@ class OpenVinoRunner(_ExportedRunner):
                 "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
                 "INFERENCE_NUM_THREADS": torch.get_num_threads()})
         except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
-            raise LvsegError(f"OpenVINO cannot load the network '{self.path}': {_first_line(error)}") from None
+            raise LvsegError(f"OpenVINO cannot load the network '{self.path}': {first_line(error)}") from None
         self.request = self.compiled.create_infer_request()
         self.graph_inputs = {name for port in self.compiled.inputs for name in port.get_names()}
 
@@ -318,11 +313,6 @@ def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0
     return {"min_dice": min(dices) if dices else 1.0, "max_abs_diff": float(np.abs(reference - candidate).max())}
 
 
-#: A short and a long report that every text front end reads (the QaTa-COV19 report grammar's).
-EXAMPLE_REPORTS = ("Unilateral pulmonary infection, one infected area, lower left lung.",
-                   "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.")
-
-
-def example_reports(batch: int) -> list[str]:
-    """``batch`` copies of a report every text front end reads (the QaTa grammar's), for exporting a network."""
-    return [EXAMPLE_REPORTS[1]] * batch
+def example_reports(model: torch.nn.Module, batch: int) -> list[str]:
+    """``batch`` copies of the model's longest example report (its own front end reads it), for exporting."""
+    return [model.example_reports[-1]] * batch

@@ -28,16 +28,12 @@ import torch
 
 from lvseg.errors import LvsegError
 from lvseg.inference.backends import example_reports, export_onnx, flatten_text_input, quiet_warnings
+from lvseg.inference.loading import load_checkpoint_explained
+from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "lvseg_export.json"
-FRONT_END = "text_front_end.safetensors"
-#: The state-dict keys of a model's text front end (what ``FRONT_END`` stores).
-FRONT_END_PREFIX = "text_encoder."
 FORMATS = ("onnx", "openvino")
-#: Version of the export folder's layout; 2 added ``model_config`` and the text front end's weights.
-EXPORT_VERSION = 2
 
 
 def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
@@ -56,7 +52,7 @@ def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
             return self.encoder.features_from_ids(ids)
 
-    ids = encoder.encode_ids(example_reports(1))
+    ids = encoder.encode_ids(["an example report"])  # a learned vocabulary reads any text
     fast_path = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
     try:
@@ -82,7 +78,6 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
     """Export ``checkpoint`` into the folder ``out`` (see the module docstring); returns the manifest's path."""
     from safetensors.torch import save
 
-    from lvseg.checkpoint import load_checkpoint
     from lvseg.files import atomic_write_bytes, atomic_write_text
     from lvseg.text.learned import LearnedTextEncoder
 
@@ -92,12 +87,12 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
     if out.exists() and not out.is_dir():
         raise LvsegError(f"--out '{out}' is a file; expected a folder for the exported model")
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint_explained(checkpoint)
     model = loaded.model.eval()
     size, channels = int(model.config.get("img_size", 224)), int(model.config.get("in_channels", 3))
     images = torch.rand(1, channels, size, size)
     with torch.no_grad():
-        text_input = model.encode_text(example_reports(1)) if model.requires_text else None
+        text_input = model.encode_text(example_reports(model, 1)) if model.requires_text else None
     names = export_onnx(model, images, text_input, out / "network.onnx")
     tensors, _ = flatten_text_input(text_input)
     files = ["network.onnx"]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from lvseg.errors import CheckpointError, LvsegError
-from lvseg.inference.export import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST
+from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST
 from lvseg.inference.segmenter import Segmenter
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lvseg.checkpoint import load_checkpoint
 from lvseg.errors import LvsegError
 from lvseg.text.base import TextReading
 
@@ -92,11 +91,10 @@ class Segmenter:
         try:
             example = None
             if self.backend in EXPORTING_BACKENDS and graph is None:
-                from lvseg.inference.backends import example_reports
-
                 with torch.no_grad():
                     example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
-                               self.model.encode_text(example_reports(1)) if self.requires_text else None)
+                               self.model.encode_text(self.model.example_reports[-1:]) if self.requires_text
+                               else None)
             self._runner = make_runner(self.backend, self.model, self.device, example, graph, input_names)
         except LvsegError as error:
             if backend != "auto" or graph is not None:
@@ -139,7 +137,9 @@ class Segmenter:
         """One prediction on a blank image, so the first real request does not pay for lazy initialisation
         (compilation, allocator warm-up)."""
         images = torch.zeros(1, self.in_channels, self.img_size, self.img_size)
-        self.probabilities(images, ["warm-up report"] if self.requires_text else [""], allow_empty_text=True)
+        # The model's own example report: a report-grammar front end (C2FVL) refuses arbitrary text.
+        self.probabilities(images, [self.model.example_reports[0]] if self.requires_text else [""],
+                           allow_empty_text=True)
 
     def predict_batch(self, images: list[Any], texts: list[str], threshold: float = 0.5) -> list[Prediction]:
         """Segment several images at once; each result is at its own image's resolution."""
@@ -159,20 +159,3 @@ class Segmenter:
     def predict(self, image: Any, text: str = "", threshold: float = 0.5) -> Prediction:
         """Segment one image (path, bytes, PIL image or array) described by ``text``."""
         return self.predict_batch([image], [text], threshold=threshold)[0]
-
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device | None = None,
-               backend: str | None = None) -> Segmenter:
-    """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)
-    running its network with ``backend`` (:mod:`lvseg.inference.backends`: eager, bf16, compile, onnx, openvino,
-    openvino-bf16, auto; default eager, the fp32 reference; the CLI's default is auto).
-
-    ``checkpoint`` may also be a folder written by ``lvseg export``: its exported network then runs with onnx or
-    openvino (default and ``auto``: OpenVINO when installed), see :mod:`lvseg.inference.exported`."""
-    if Path(checkpoint).is_dir():
-        from lvseg.inference.exported import load_export
-
-        return load_export(checkpoint, device=device, backend=backend or "auto")
-    loaded = load_checkpoint(checkpoint, map_location="cpu")
-    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device, backend=backend or "eager")

@@ -24,18 +24,22 @@ Segmentation is binary (one lesion class): logits have one channel.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
 import types
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
 
+from lvseg.data.reports import EXAMPLE_REPORTS
 from lvseg.errors import LvsegError
+from lvseg.recipes import DEFAULT_RECIPE, recipe_problems
 
 if TYPE_CHECKING:
     from lvseg.text.base import TextReading
@@ -58,6 +62,22 @@ class ModelOutput(NamedTuple):
     def select(self, rows: torch.Tensor) -> "ModelOutput":
         """The output of a subset of the batch (``rows``: (B,) bool mask or index tensor)."""
         return ModelOutput(self.logits[rows], {name: value[rows] for name, value in self.aux.items()})
+
+
+@dataclass(frozen=True)
+class ParameterGroup:
+    """Parameters the optimiser treats alike: ``lr_scale`` times the run's learning rate (a recipe's
+    ``lr_scales`` entry for ``name`` overrides it)."""
+
+    name: str
+    parameters: list[nn.Parameter]
+    lr_scale: float = 1.0
+
+
+#: ``pretrained(layout)`` -> a folder holding a tiny random model in a published file layout ("clip-text": a
+#: CLIP text tower and tokenizer as ``save_pretrained`` writes them, "clipseg": a CLIPSeg, "biomedclip": an
+#: open_clip BiomedCLIP), for :meth:`SegmentationModel.tiny_options`.
+PretrainedFolders = Callable[[str], Path]
 
 
 def as_output(output: ModelOutput | torch.Tensor) -> ModelOutput:
@@ -106,13 +126,34 @@ class SegmentationModel(nn.Module):
     text_tower_in_forward: ClassVar[bool] = False
     #: Named loss terms and their weights; subclasses with auxiliary losses extend it.
     loss_weights: ClassVar[Mapping[str, float]] = DEFAULT_LOSS_WEIGHTS
+    #: Training recipe: a preset name of :data:`lvseg.recipes.RECIPES` or a mapping overriding the
+    #: ``lvit`` preset (checked when the class is defined).
+    recipe: ClassVar[str | Mapping[str, Any]] = DEFAULT_RECIPE
+    #: The input size S the model is built at when none is given: its constructor's ``img_size`` default
+    #: (set when the class is defined; 224 for a constructor without one).
+    default_img_size: ClassVar[int] = 224
+    #: Reports the model's text front end reads (warm-up, export, shape probes, the web page's examples);
+    #: the first is short, the last long.
+    example_reports: ClassVar[tuple[str, ...]] = EXAMPLE_REPORTS
+    #: Probability above which a pixel is lesion, unless the user says otherwise.
+    decision_threshold: ClassVar[float] = 0.5
+    #: The importer of the official code's checkpoints, as ``"package.module:ClassName"`` (a subclass of
+    #: :class:`lvseg.importers.OfficialImporter`), or None. Named, not imported: importers sit above models.
+    importer: ClassVar[str | None] = None
 
     config: dict[str, Any]
     text_encoder: nn.Module | None
 
+    #: The class attributes above, which a subclass sets to declare its facts (a near-miss spelling is refused).
+    DECLARED_FACTS: ClassVar[tuple[str, ...]] = (
+        "requires_text", "default_text_encoder", "training_only_modules", "text_tower_in_forward", "loss_weights",
+        "recipe", "default_img_size", "example_reports", "decision_threshold", "importer",
+        "accepts_unreadable_reports")
+
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         """``abstract=True``: a shared base of several models, with no options of its own (never built)."""
         super().__init_subclass__(**kwargs)
+        _check_declared_facts(cls)
         if abstract:
             return
         init = cls.__dict__.get("__init__")
@@ -126,6 +167,9 @@ class SegmentationModel(nn.Module):
         if variadic:
             raise TypeError(f"{cls.__name__}.__init__ must name every option (no *args/**kwargs): its config is "
                             f"captured from them; found {', '.join(variadic)}")
+        size = signature.parameters.get("img_size")
+        if size is not None and isinstance(size.default, int) and not isinstance(size.default, bool):
+            cls.default_img_size = size.default
 
         @functools.wraps(init)
         def capturing_init(self: SegmentationModel, *args: Any, **options: Any) -> None:
@@ -223,6 +267,24 @@ class SegmentationModel(nn.Module):
         """A text input of the right shape for :meth:`forward` without running the text front end
         (shape checks, FLOP counts, export); image-only models: None."""
         return None
+
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        """Small options for tests at ``img_size=32`` (the contract test builds every registered model with
+        them); ``pretrained(layout)`` gives a folder holding a tiny random model in a published layout (see
+        :data:`PretrainedFolders`) for models that read one. Default: none."""
+        return {}
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """The trainable parameters in the groups the optimiser treats alike (default: one group, ``all``).
+        A model with pretrained towers declares them apart, e.g. ``ParameterGroup("towers", ..., 0.1)``."""
+        return [ParameterGroup("all", [p for p in self.parameters() if p.requires_grad])]
+
+    def check_images(self, images: torch.Tensor, channels: int, size: int) -> None:
+        """Raise a :class:`LvsegError` unless ``images`` is (B, channels, size, size)."""
+        if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
+            raise LvsegError(f"{self.model_name} expects images of shape (B, {channels}, {size}, {size}), got "
+                             f"{tuple(images.shape)}")
 
     @property
     def device(self) -> torch.device:
@@ -340,6 +402,27 @@ class SegmentationModel(nn.Module):
                             for p in self._modules[name].parameters())
         return {"total": total, "trainable": trainable, "frozen": total - trainable,
                 "training_only": training_only, "inference": total - training_only}
+
+
+def _check_declared_facts(cls: type[SegmentationModel]) -> None:
+    """Refuse, when a model class is defined, a fact with a wrong value or a near-miss of a fact's name (a
+    misspelt ``recipie`` would otherwise leave the default recipe in force without a word)."""
+    problems = [f"recipe: {problem}" for problem in recipe_problems(cls.recipe)]
+    facts = SegmentationModel.DECLARED_FACTS
+    for name in cls.__dict__:
+        if name.startswith("_") or name in facts or callable(cls.__dict__[name]):
+            continue
+        close = difflib.get_close_matches(name, facts, n=1, cutoff=0.85)
+        if close:
+            problems.append(f"class attribute {name!r} looks like a misspelt {close[0]!r}")
+    if not cls.example_reports or not all(isinstance(text, str) and text.strip() for text in cls.example_reports):
+        problems.append("example_reports must be a non-empty tuple of non-empty reports")
+    if not 0.0 < float(cls.decision_threshold) < 1.0:
+        problems.append(f"decision_threshold must lie in (0, 1), got {cls.decision_threshold!r}")
+    if cls.importer is not None and (not isinstance(cls.importer, str) or ":" not in cls.importer):
+        problems.append(f"importer must be 'package.module:ClassName', got {cls.importer!r}")
+    if problems:
+        raise TypeError(f"{cls.__name__}: " + "; ".join(problems))
 
 
 def check_positive(model: str, **values: int) -> None:

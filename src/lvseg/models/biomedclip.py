@@ -213,7 +213,7 @@ def read_open_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
             return dict(load_file(str(path)))
         except Exception as error:  # safetensors raises its own error types for corrupt files
             raise LvsegError(f"{path}: not a readable safetensors file: {error}") from None
-    from lvseg.checkpoint import read_foreign_state_dict
+    from lvseg.foreign import read_foreign_state_dict
 
     return read_foreign_state_dict(path, "open_clip BiomedCLIP checkpoint", "visual.trunk.cls_token")
 

@@ -16,8 +16,8 @@ only trained under fp16 autocast; here the frozen towers run under ``no_grad``, 
 mixed precision alike.
 
 Text: BiomedBERT WordPiece ids, whitespace collapsed, truncated to ``text_len`` (256) and padded to the
-longest prompt of the batch (the CLS embedding moves by at most ~2e-6 against padding to 256, measured in
-VLSM.md), with the attention mask. Images: [0, 1] at ``img_size`` (224), normalised with CLIP's statistics.
+longest prompt of the batch (the CLS embedding moves by at most ~2e-6 against padding to 256, as measured
+for the medvlsm study's BiomedCLIP), with the attention mask. Images: [0, 1] at ``img_size`` (224), normalised with CLIP's statistics.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from lvseg.models.clipseg import (
     load_clipseg,
     load_clipseg_config,
 )
+from lvseg.models.base import PretrainedFolders
 from lvseg.models.pretrained import PretrainedTower, weight_source
 from lvseg.models.registry import register_model
 
@@ -76,6 +77,11 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
     Every geometry value is recorded in the config, so a checkpoint rebuilds its decoder without
     ``decoder_init``.
     """
+
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        return {"biomedclip": str(pretrained("biomedclip")), "extract_layers": [0, 1, 2], "reduce_dim": 16,
+                "decoder_heads": 2, "decoder_mlp": 32}
 
     def __init__(
         self,
@@ -172,6 +178,10 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
 @register_model("biomedclipseg-d")
 class BiomedCLIPSegD(BiomedCLIPSeg):
     """BiomedCLIPSeg whose decoder starts from CIDAS/clipseg-rd64-refined's decoder (``decoder_init``)."""
+
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        return {"biomedclip": str(pretrained("biomedclip")), "decoder_init": str(pretrained("clipseg"))}
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import ModelOutput, SegmentationModel, as_output, check_img_size, check_positive
+from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_img_size, check_positive
 from lvseg.models.blocks import (
     ConvBatchNorm,
     ConvTransBN,
@@ -119,6 +119,10 @@ class C2FVL(SegmentationModel):
     #: C2FVL's official recipe where it differs from lvseg train's defaults (the LViT paper's).
     recipe = MappingProxyType({"batch_size": 4})
 
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        return {"base_channels": 8}
+
     def __init__(
         self,
         *,
@@ -173,10 +177,7 @@ class C2FVL(SegmentationModel):
     # --------------------------------------------------------------------------------------- forward
 
     def _check_inputs(self, images: torch.Tensor, text: torch.Tensor | None) -> None:
-        size, channels = self.img_size, self.in_channels
-        if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
-            raise LvsegError(f"c2fvl expects images of shape (B, {channels}, {size}, {size}), "
-                             f"got {tuple(images.shape)}")
+        self.check_images(images, self.in_channels, self.img_size)
         if text is None or tuple(text.shape) != (images.shape[0], VECTOR_SIZE):
             raise LvsegError(f"c2fvl expects report vectors of shape (B={images.shape[0]}, {VECTOR_SIZE}), got "
                              f"{None if text is None else tuple(text.shape)}")

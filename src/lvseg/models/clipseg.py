@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import ModelOutput, SegmentationModel, as_output, check_positive
+from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_positive
 from lvseg.models.pretrained import PretrainedTower, weight_source
 from lvseg.models.registry import register_model
 
@@ -241,6 +241,10 @@ class CLIPSeg(CLIPSegStyleModel):
     replicated), ``text_len`` (max prompt tokens; default the text tower's 77), ``train_encoders`` (False:
     decoder only), ``image_mean``/``image_std`` (default: the checkpoint's processor config).
     """
+
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        return {"name_or_path": str(pretrained("clipseg"))}
 
     def __init__(
         self,

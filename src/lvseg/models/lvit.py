@@ -7,7 +7,7 @@ skips, and the decoder gates each skip with pixel-level attention (PLAM).
 
 This implementation computes exactly what the official code computes, but builds only the modules
 its forward pass uses (29.9 M parameters at 224 / base 64 instead of 39.9 M). It returns logits: the
-official network's output is ``sigmoid`` of ours. :mod:`lvseg.models.lvit_import` loads official
+official network's output is ``sigmoid`` of ours. :mod:`lvseg.importers.lvit` loads official
 checkpoints.
 """
 
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import ModelOutput, SegmentationModel, check_img_size, check_positive
+from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, check_img_size, check_positive
 from lvseg.models.blocks import (
     ConvBatchNorm,
     ConvTransBN,
@@ -48,7 +48,7 @@ class LViT(SegmentationModel):
     Level i (0..3) has width w_i = b * 2**i, a feature map of img_size / 2**i and a ViT stage on
     N = (img_size / 16)^2 tokens of size w_i (patches of 16 / 2**i pixels).
 
-    Submodules (official names in brackets, see :mod:`lvseg.models.lvit_import`):
+    Submodules (official names in brackets, see :mod:`lvseg.importers.lvit`):
       inc [inc], down.i [down{i+1}], up.i [up{i+1}], head [outc], reconstruct.i [reconstruct{i+1}],
       text_proj.i [text_module{i+1}]: Conv1d(w_{i+1} -> w_i, or text_dim -> 8b for i = 3),
       text_to_tokens [downVit.CTBN3]: ConvTransBN(text_len -> N) with the text tokens as channels,
@@ -68,6 +68,11 @@ class LViT(SegmentationModel):
 
     requires_text = True
     default_text_encoder = "learned"
+    importer = "lvseg.importers.lvit:LViTImporter"
+
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        return {"base_channels": 8}
 
     def __init__(
         self,
@@ -124,11 +129,7 @@ class LViT(SegmentationModel):
         return torch.zeros(batch_size, self.text_len, self.text_dim, device=device)
 
     def _check_inputs(self, images: torch.Tensor, text_features: torch.Tensor | None) -> None:
-        size, channels = self.img_size, self.in_channels
-        if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
-            raise LvsegError(
-                f"lvit expects images of shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}"
-            )
+        self.check_images(images, self.in_channels, self.img_size)
         if text_features is None:
             raise LvsegError(
                 f"lvit needs text features of shape (B, {self.text_len}, {self.text_dim}), got None"

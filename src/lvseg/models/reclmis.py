@@ -1,13 +1,13 @@
 """RecLMIS: cross-modal conditioned reconstruction for language-guided segmentation (Huang et al., IEEE TMI 2025).
 
-Inference path (RECLMIS.md "Inference path"): a U-Net encoder (LViT's blocks); the report's per-token
+Inference path (the official ``nets/RecLMIS.py``): a U-Net encoder (LViT's blocks); the report's per-token
 states from a frozen CLIP text tower (``text_encoder="clip"``, B x 18 x 512) through a Conv1d
 (``text_proj``); a Conditioned Interaction on the bottleneck: V = Conv1x1(x5) tokens + a learned
 position embedding (zero init), T' = MHA(q=T, k=v=V), V' = MHA(q=V, k=v=T') (4 heads, no residuals,
 no norms, no key-padding mask: padded tokens are attended, as the weights were trained); V' replaces x5
 as the bottleneck of LViT's PLAM decoder. Text reaches the mask only through V'.
 
-Training-only branch (RECLMIS.md "Training-only branch"), dropped from inference checkpoints: words
+Training-only branch (the paper's Sections III-B and III-C), dropped from inference checkpoints: words
 and patches of interest w_t = softmax over valid tokens of ``word_scorer``(CTBN(T')) and w_v = softmax
 over patches of ``patch_scorer``(V'); conditioned visual reconstruction (CVR) rebuilds V' from the raw
 CNN tokens flat(x5) with n_v = max(int(N r_v), 1) positions, drawn by w_v, zeroed, attending to the text
@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import (ModelOutput, SegmentationModel, as_output, check_choices, check_img_size,
+from lvseg.models.base import (ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_choices, check_img_size,
                                check_positive)
 from lvseg.models.blocks import ConvBatchNorm, ConvTransBN, DownBlock, UpBlockAttention
 from lvseg.models.lvit import N_LEVELS, PATCH_SIZE
@@ -177,7 +177,7 @@ def zero_by_weights(tokens: torch.Tensor, weights: torch.Tensor, counts: torch.T
 class RecLMIS(SegmentationModel):
     """RecLMIS with base width b (bottleneck width 8b) for images of ``img_size`` x ``img_size``.
 
-    Submodules (official names in brackets, see :mod:`lvseg.models.reclmis_import`): inc [inc],
+    Submodules (official names in brackets, see :mod:`lvseg.importers.reclmis`): inc [inc],
     down.i [down{i+1}], up.i [up{i+1}] (PLAM ``up.i.attention`` [pixModule]), head [outc], text_proj
     [text_module4], patch_embed / pos_embed [interact.embeddings.patch_embeddings / position_embeddings],
     attn_text [interact.attn_text], attn_image [interact.attn_img]; training only: text_context
@@ -196,6 +196,11 @@ class RecLMIS(SegmentationModel):
     loss_weights = MappingProxyType({"dice": 2.5, "bce": 2.5, "ccl": 0.2, "text_reconstruction": 1.0,
                                      "image_reconstruction": 1.0})
     recipe = MappingProxyType({"batch_size": 32, "lr": 3e-4, "patience": 100})
+    importer = "lvseg.importers.reclmis:RecLMISImporter"
+
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        return {"base_channels": 8, "text_encoder": f"clip:{pretrained('clip-text')}"}
 
     def __init__(
         self,
@@ -296,9 +301,7 @@ class RecLMIS(SegmentationModel):
 
     def forward(self, images: torch.Tensor, text_input: Any = None) -> torch.Tensor | ModelOutput:
         """images (B, C, S, S), text_input (states (B, L, D), mask (B, L)) -> logits (B, 1, S, S)."""
-        size, channels = self.img_size, self.in_channels
-        if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
-            raise LvsegError(f"reclmis expects images of shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}")
+        self.check_images(images, self.in_channels, self.img_size)
         states, mask = self._text_input(images, text_input)
 
         skips = [self.inc(images)]

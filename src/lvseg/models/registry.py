@@ -1,17 +1,56 @@
-"""One registry for every segmentation model: ``create_model(name, **options)``, ``list_models()``."""
+"""One registry for every segmentation model: ``create_model(name, **options)``, ``list_models()``.
+
+Built-in models register when :mod:`lvseg.models` is imported; models of other packages register through
+the entry-point group ``lvseg.models`` (``[project.entry-points."lvseg.models"] mynet = "mypkg.mynet:MyNet"``),
+loaded the first time the registry is read, so they reach every command.
+"""
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
 from lvseg.errors import LvsegError
 from lvseg.models.base import SegmentationModel
 
+logger = logging.getLogger(__name__)
+
 ModelT = TypeVar("ModelT", bound=type[SegmentationModel])
 
+#: The entry-point group through which other packages register models.
+ENTRY_POINT_GROUP = "lvseg.models"
+
 _REGISTRY: dict[str, type[SegmentationModel]] = {}
+_loaded_entry_points: set[str] = set()
+_plugins_scanned = False
+
+
+def load_plugins(rescan: bool = False) -> None:
+    """Import the models that installed packages declare in the ``lvseg.models`` entry-point group (once
+    each). An entry point names a module (importing it registers its models) or a model class (registered
+    under the entry point's name unless it registered itself). A plug-in that fails to load is logged and
+    skipped: it must not take the built-in models down with it. The installed packages are scanned once per
+    process (``rescan=True`` scans again, e.g. after installing one)."""
+    global _plugins_scanned
+    if _plugins_scanned and not rescan:
+        return
+    _plugins_scanned = True
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        key = f"{entry_point.name}={entry_point.value}"
+        if key in _loaded_entry_points:
+            continue
+        _loaded_entry_points.add(key)
+        try:
+            loaded = entry_point.load()
+        except Exception as error:  # a broken third-party package raises anything on import
+            logger.warning("lvseg plug-in %r (%s) could not be loaded and is skipped: %s: %s", entry_point.name,
+                           entry_point.value, type(error).__name__, error)
+            continue
+        if isinstance(loaded, type) and issubclass(loaded, SegmentationModel) and loaded not in _REGISTRY.values():
+            register_model(entry_point.name)(loaded)
 
 
 def register_model(name: str) -> Callable[[ModelT], ModelT]:
@@ -40,10 +79,13 @@ def unregister_model(name: str) -> None:
 
 
 def list_models() -> list[str]:
+    load_plugins()
     return sorted(_REGISTRY)
 
 
 def model_class(name: str) -> type[SegmentationModel]:
+    if name not in _REGISTRY:
+        load_plugins()
     if name not in _REGISTRY:
         raise LvsegError(f"unknown model {name!r}; available models: {', '.join(list_models())}")
     return _REGISTRY[name]

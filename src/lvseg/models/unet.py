@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import ModelOutput, SegmentationModel, check_img_size, check_positive
+from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, check_img_size, check_positive
 from lvseg.models.blocks import ConvBatchNorm, DownBlock, UpBlock
 from lvseg.models.registry import register_model
 
@@ -27,6 +27,10 @@ class UNet(SegmentationModel):
     """
 
     requires_text = False
+
+    @classmethod
+    def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
+        return {"base_channels": 8}
 
     def __init__(self, *, in_channels: int = 3, img_size: int = 224, base_channels: int = 64) -> None:
         super().__init__()

@@ -2,7 +2,7 @@
 
 Runs ``transformers`` ``CLIPTextModelWithProjection`` with ``CLIPTokenizer`` (default
 ``openai/clip-vit-base-patch32``, any Hub id or local folder). Token ids are made as the official
-RecLMIS code makes them (RECLMIS.md, "Checkpoint layout"): ``[<|startoftext|>, BPE ids ..., <|endoftext|>]``
+RecLMIS code makes them (ShawnHuang497/RecLMIS, its CLIP tokenization): ``[<|startoftext|>, BPE ids ..., <|endoftext|>]``
 truncated to ``max_length`` (default 18; a cut sequence ends with ``<|endoftext|>``) and padded with
 id **0**, not the tokenizer's pad id: padded positions reach the model's interactor, so imported weights
 must see the inputs they were trained on. The attention mask is ``ids != 0`` (with CLIP's causal mask).

@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from lvseg.checkpoint import FORMAT_VERSION, checkpoint_format, read_checkpoint_dict
-from lvseg.errors import LvsegError
+from lvseg.errors import LvsegError, first_line
 from lvseg.training.checkpoint import AtomicCheckpointIO
 from lvseg.training.csv_log import ResumableCSVLogger
 from lvseg.training.module import SegmentationTask
@@ -127,12 +127,24 @@ def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask
         raise LvsegError(f"cannot resume from '{checkpoint_path}': it was trained at --img-size {saved_size}, not {config.img_size}")
     keep = ("model_name", "model_config", *OPTIM_OPTIONS)
     task_class = task_class_for(config)
-    if (task_class is SemiSupervisedTask) != ("epi_beta" in hparams):
-        raise LvsegError(f"cannot resume from '{checkpoint_path}': resume with the same semi-supervised options "
+    saved_task = recorded_task(checkpoint)
+    if saved_task != task_class.task_name:
+        raise LvsegError(f"cannot resume from '{checkpoint_path}': it is a {saved_task} run, and these options ask "
+                         f"for a {task_class.task_name} one; resume with the same semi-supervised options "
                          "(--labeled-fraction/--labeled-list, --supervised-only) as the interrupted run")
     if task_class is SemiSupervisedTask:
         keep += SEMI_OPTIONS
     return task_class(**{key: hparams[key] for key in keep if key in hparams})
+
+
+def recorded_task(checkpoint: dict[str, Any]) -> str:
+    """The training task a run's checkpoint records (``checkpoint["lvseg"]["task"]``); checkpoints written before
+    tasks were recorded are told apart by their semi-supervised hyperparameters."""
+    task = checkpoint.get("lvseg", {}).get("task")
+    if isinstance(task, str):
+        return task
+    return SemiSupervisedTask.task_name if "epi_beta" in checkpoint.get("hyper_parameters", {}) else \
+        SegmentationTask.task_name
 
 
 def _check_reports(task: SegmentationTask, splits: dict[str, list[Any]]) -> None:
@@ -201,10 +213,9 @@ def _make_trainer(**options: Any) -> L.Trainer:
     try:
         return L.Trainer(**options)
     except (MisconfigurationException, ValueError, TypeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise LvsegError(
             f"cannot train with --accelerator {options.get('accelerator')} --devices {options.get('devices')} "
-            f"--strategy {options.get('strategy')}: {reason}"
+            f"--strategy {options.get('strategy')}: {first_line(error)}"
         ) from None
 
 

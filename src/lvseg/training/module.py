@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -12,10 +12,20 @@ from lvseg.errors import LvsegError
 from lvseg.evaluation.metrics import binarize, dice_iou_per_image
 from lvseg.models import ModelOutput, create_model
 from lvseg.models.base import as_output
+from lvseg.training.optim import LR_SCHEDULES, OPTIMIZERS, optimizer_groups
 from lvseg.training.options import OPTIM_OPTIONS, option_defaults
 
-#: Epochs without a lower validation loss before ReduceLROnPlateau divides the learning rate by 10.
-PLATEAU_PATIENCE = 5
+#: Training tasks by name; a run's checkpoint records its task (``checkpoint["lvseg"]["task"]``) and
+#: ``--resume`` rebuilds that one.
+TASKS: dict[str, type[SegmentationTask]] = {}
+
+
+def register_task(cls: type[SegmentationTask]) -> type[SegmentationTask]:
+    """Class decorator: make a :class:`SegmentationTask` subclass available as ``TASKS[cls.task_name]``."""
+    if cls.task_name in TASKS:
+        raise ValueError(f"training task {cls.task_name!r} is registered twice")
+    TASKS[cls.task_name] = cls
+    return cls
 
 
 class SegmentationTask(L.LightningModule):
@@ -33,11 +43,15 @@ class SegmentationTask(L.LightningModule):
     step. Validation logs ``val_loss``, ``val_dice`` and ``val_iou`` (per-image means at threshold 0.5,
     the LViT paper's metric) from :meth:`SegmentationModel.predict_logits`.
 
+    ``task_name`` (class attribute) names the task in the task registry and in its checkpoints.
+
     ``model_texts``: the training reports, only used to build a ``learned`` vocabulary when the model
     config asks for one by name (a resumed run's config carries the vocabulary itself). The optimiser
-    settings (``optimizer``, ``lr``, ``weight_decay``, ``lr_schedule``, ``restart_epochs``, ``min_lr``) default
-    to the ``lvit`` recipe's (:data:`~lvseg.training.options.RECIPES`).
+    settings (``optimizer``, ``lr``, ``weight_decay``, ``lr_schedule``, ``restart_epochs``, ``min_lr``,
+    ``lr_scales``) default to the ``lvit`` recipe's (:data:`lvseg.recipes.RECIPES`).
     """
+
+    task_name: ClassVar[str] = "supervised"
 
     def __init__(
         self,
@@ -52,6 +66,11 @@ class SegmentationTask(L.LightningModule):
         # The built model's config replaces the request ("learned" -> its vocabulary), so the
         # checkpoint's hparams rebuild it; the reports themselves are not kept.
         self.save_hyperparameters({"model_name": model_name, "model_config": dict(self.model.config), **options})
+        groups = {group.name for group in self.model.parameter_groups()}
+        unknown = sorted(set(options.get("lr_scales") or {}) - groups)
+        if unknown:
+            raise LvsegError(f"--lr-scale names parameter group(s) {', '.join(unknown)} that model '{model_name}' "
+                             f"does not have; its groups: {', '.join(sorted(groups))}")
         self.best_val_dice: float | None = None
         self.last_val_dice: float | None = None
 
@@ -132,20 +151,13 @@ class SegmentationTask(L.LightningModule):
                 self.best_val_dice = value
 
     def configure_optimizers(self) -> dict[str, Any]:
-        """``optimizer`` (adam/adamw) and ``lr_schedule``: cosine annealing with warm restarts per epoch, or
-        ReduceLROnPlateau on ``val_loss`` (x0.1 after :data:`PLATEAU_PATIENCE` epochs, the medvlsm study's)."""
-        optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.hparams.optimizer]
-        optimizer = optimizer_class((p for p in self.parameters() if p.requires_grad), lr=self.hparams.lr,
-                                    weight_decay=self.hparams.weight_decay)
-        if self.hparams.lr_schedule == "plateau":
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
-                                                                   patience=PLATEAU_PATIENCE)
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_loss"}}
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-            optimizer, T_0=self.hparams.restart_epochs, eta_min=min(self.hparams.min_lr, self.hparams.lr)
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        """``optimizer`` (:data:`~lvseg.training.optim.OPTIMIZERS`) over the model's parameter groups, each at
+        ``lr`` times its scale, and ``lr_schedule`` (:data:`~lvseg.training.optim.LR_SCHEDULES`)."""
+        groups = optimizer_groups(self.model.parameter_groups(), self.hparams.lr, self.hparams.lr_scales or {})
+        optimizer = OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr,
+                                                        weight_decay=self.hparams.weight_decay)
+        schedule = LR_SCHEDULES[self.hparams.lr_schedule].build(optimizer, self.hparams)
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     # ------------------------------------------------------------------------------ checkpoints
 
@@ -157,9 +169,12 @@ class SegmentationTask(L.LightningModule):
             metrics["val_dice"] = self.last_val_dice
         if self.best_val_dice is not None:
             metrics["best_val_dice"] = self.best_val_dice
-        checkpoint["lvseg"] = lvseg_record(self.model, metrics)
+        checkpoint["lvseg"] = lvseg_record(self.model, metrics) | {"task": self.task_name}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         metrics = checkpoint.get("lvseg", {}).get("metrics", {})
         self.best_val_dice = metrics.get("best_val_dice", metrics.get("val_dice"))
         self.last_val_dice = metrics.get("val_dice")
+
+
+register_task(SegmentationTask)

@@ -16,6 +16,8 @@ from typing import Any
 
 from lvseg.data.transforms import AUGMENTATION_MODES
 from lvseg.errors import LvsegError
+from lvseg.training.optim import LR_SCHEDULES, OPTIMIZERS, schedule_help
+from lvseg.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES, describe_recipe, resolve_recipe
 
 _MISSING = dataclasses.MISSING
 
@@ -64,7 +66,8 @@ class TrainConfig:
         cli_type=str)
     text_length: int | None = option(None, "Tokens per report (padded/truncated; default: the encoder's).", minimum=1)
     img_size: int | None = option(
-        None, "Model input size, a multiple of 32 (default: the model's own, 224; 352 for clipseg).", cli_type=int)
+        None, "Model input size, a multiple of 32 (default: the model's own; `lvseg info --all` lists them).",
+        cli_type=int)
     in_channels: int = option(3, "Image channels the model reads (gray images are replicated).", minimum=1)
     base_channels: int | None = option(None, "Width of the first level (paper: 64).", minimum=1)
     model_options: dict[str, Any] = option(
@@ -72,18 +75,20 @@ class TrainConfig:
         "else as text), e.g. --model-option unparsable_reports=zero for c2fvl.",
         flag="--model-option", cli_type=list[str], default_factory=dict)
     recipe: str | None = option(
-        None, "Training preset: lvit (Adam 1e-3, cosine warm restarts, batch 2, patience 50: the LViT paper's) or "
-        "vlsm (AdamW 2e-3, weight decay 1e-3, ReduceLROnPlateau on val loss, gradient clipping 0.5, batch 128, "
-        "patience 20: the medvlsm study's). Default: the model's own. Options given below override it.",
-        choices=("lvit", "vlsm"), cli_type=str)
+        None, "Training preset: " + "; ".join(f"{name} ({describe_recipe(values)})" for name, values in RECIPES.items())
+        + ". Default: the model's own. Options given below override it.",
+        choices=tuple(RECIPES), cli_type=str)
     batch_size: int | None = option(None, "Images per training step (default: the recipe's).", minimum=1)
-    optimizer: str | None = option(None, "adam or adamw (default: the recipe's).", group="optim",
-                                   choices=("adam", "adamw"), cli_type=str)
+    optimizer: str | None = option(None, f"{' or '.join(OPTIMIZERS)} (default: the recipe's).", group="optim",
+                                   choices=tuple(OPTIMIZERS), cli_type=str)
     lr: float | None = option(None, "Learning rate (default: the recipe's).", group="optim", above=0.0)
     weight_decay: float | None = option(None, "Weight decay (default: the recipe's).", group="optim", minimum=0.0)
     lr_schedule: str | None = option(
-        None, "cosine (annealing with warm restarts) or plateau (x0.1 after 5 epochs without a lower validation "
-        "loss); default: the recipe's.", group="optim", choices=("cosine", "plateau"), cli_type=str)
+        None, f"{schedule_help()}; default: the recipe's.", group="optim", choices=tuple(LR_SCHEDULES), cli_type=str)
+    lr_scales: dict[str, float] = option(
+        help="Learning-rate factor of a parameter group the model declares, as GROUP=FACTOR (repeatable; default: "
+        "the recipe's, else the model's), e.g. --lr-scale towers=0.1.", flag="--lr-scale", group="optim",
+        cli_type=list[str], default_factory=dict)
     restart_epochs: int = option(10, "Epochs of the first cosine-annealing cycle (warm restarts, T_0).", group="optim",
                                  minimum=1)
     min_lr: float = option(1e-4, "Lowest learning rate of the cosine annealing.", group="optim", minimum=0.0)
@@ -142,46 +147,29 @@ class TrainConfig:
     )
 
 
-#: Training presets: what a ``None`` of these fields becomes. ``lvit``: the LViT paper's (lvseg's default);
-#: ``vlsm``: the medvlsm study's (Poudel et al., MIDL 2024) for fine-tuning CLIPSeg-style models.
-RECIPES: dict[str, dict[str, Any]] = {
-    "lvit": {"batch_size": 2, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "lr_schedule": "cosine",
-             "grad_clip": 0.0, "patience": 50},
-    "vlsm": {"batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-3, "lr_schedule": "plateau",
-             "grad_clip": 0.5, "patience": 20},
-}
-RECIPE_DEFAULTS: dict[str, Any] = RECIPES["lvit"]
+#: What an unset recipe field becomes when neither ``--recipe`` nor the model says otherwise.
+RECIPE_DEFAULTS: dict[str, Any] = dict(RECIPES[DEFAULT_RECIPE])
 
 
 def model_recipe(model: str) -> dict[str, Any]:
-    """The full recipe of a registered model: its ``recipe`` names a preset or overrides the ``lvit`` one."""
+    """The full recipe of a registered model (its declared ``recipe``, :func:`lvseg.recipes.resolve_recipe`)."""
     from lvseg.models import model_class
 
-    recipe = getattr(model_class(model), "recipe", {})
-    if isinstance(recipe, str):
-        return dict(RECIPES[recipe])
-    return RECIPE_DEFAULTS | dict(recipe)
+    return resolve_recipe(model_class(model).recipe)
 
 
 def with_model_recipe(config: TrainConfig) -> TrainConfig:
     """``config`` with every unset recipe field (``None``) taken from ``--recipe``, else the model's recipe, and an
     unset ``img_size`` from the model's own default."""
-    recipe = RECIPES[config.recipe] if config.recipe else model_recipe(config.model)
-    unset = {name: recipe[name] for name in RECIPE_DEFAULTS if getattr(config, name) is None}
-    if config.img_size is None:
-        unset["img_size"] = model_default_size(config.model)
-    return dataclasses.replace(config, **unset)
-
-
-def model_default_size(model: str) -> int:
-    """The ``img_size`` default of a registered model's constructor (224 when it has none)."""
-    import inspect
-
     from lvseg.models import model_class
 
-    parameter = inspect.signature(model_class(model).__init__).parameters.get("img_size")
-    default = None if parameter is None else parameter.default
-    return default if isinstance(default, int) and not isinstance(default, bool) else 224
+    recipe = resolve_recipe(config.recipe) if config.recipe else model_recipe(config.model)
+    unset = {name: recipe[name] for name in RECIPE_FIELDS if getattr(config, name) is None}
+    if config.img_size is None:
+        unset["img_size"] = model_class(config.model).default_img_size
+    if not config.lr_scales and recipe.get("lr_scales"):
+        unset["lr_scales"] = dict(recipe["lr_scales"])
+    return dataclasses.replace(config, **unset)
 
 
 #: Fields of :class:`TrainConfig` that are hyperparameters of the optimiser and of the semi-supervised task.
@@ -192,7 +180,30 @@ SEMI_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TrainCo
 def option_defaults(names: tuple[str, ...]) -> dict[str, Any]:
     """The defaults of the named :class:`TrainConfig` fields (a recipe field's: :data:`RECIPE_DEFAULTS`)."""
     by_name = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    return {name: RECIPE_DEFAULTS.get(name, by_name[name].default) for name in names}
+
+    def default(field_: dataclasses.Field) -> Any:
+        return field_.default_factory() if field_.default_factory is not _MISSING else field_.default
+
+    return {name: RECIPE_DEFAULTS[name] if name in RECIPE_DEFAULTS else default(by_name[name]) for name in names}
+
+
+def parse_lr_scales(items: list[str] | None) -> dict[str, float]:
+    """``["towers=0.1", ...]`` from ``--lr-scale`` -> {group: factor}; every bad item is named at once."""
+    scales: dict[str, float] = {}
+    problems = []
+    for item in items or []:
+        name, separator, value = item.partition("=")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = math.nan
+        if not separator or not name.strip() or not math.isfinite(factor) or factor < 0:
+            problems.append(f"--lr-scale {item!r} is not GROUP=FACTOR with a factor >= 0")
+        else:
+            scales[name.strip()] = factor
+    if problems:
+        raise LvsegError("; ".join(problems))
+    return scales
 
 
 def parse_model_options(items: list[str] | None) -> dict[str, Any]:

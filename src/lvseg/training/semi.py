@@ -63,7 +63,7 @@ from lvseg.errors import LvsegError
 from lvseg.files import atomic_write_text
 from lvseg.models import ModelOutput
 from lvseg.training.lv_loss import LVReferenceSet, load_template_references, lv_loss, references_from_samples
-from lvseg.training.module import SegmentationTask
+from lvseg.training.module import TASKS, SegmentationTask, register_task
 from lvseg.training.options import SEMI_OPTIONS, is_semi_supervised, option_defaults
 from lvseg.training.perturb import StrongPerturbation
 from lvseg.training.pseudo_labels import PseudoLabelBank
@@ -84,6 +84,7 @@ def rampup_weight(progress: float, rampup_epochs: float) -> float:
     return float(math.exp(-5.0 * phase * phase))
 
 
+@register_task
 class SemiSupervisedTask(SegmentationTask):
     """:class:`SegmentationTask` trained on mixed labeled/unlabeled batches with EPI and the LV loss.
 
@@ -93,6 +94,8 @@ class SemiSupervisedTask(SegmentationTask):
     (run-time state, not hparams). Logs the model's terms (``train_dice``, ``train_bce``, ...),
     ``train_pseudo``, ``train_lv``, ``train_unlabeled_weight`` and the total ``train_loss``.
     """
+
+    task_name = "semi-supervised"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         semi = option_defaults(SEMI_OPTIONS) | {name: kwargs.pop(name) for name in SEMI_OPTIONS if name in kwargs}
@@ -122,7 +125,7 @@ class SemiSupervisedTask(SegmentationTask):
             raise ValueError(f"lv_match has {len(lv_match)} entries for {len(bank)} unlabeled images")
         self.bank, self.lv_masks, self.lv_match = bank, lv_masks, lv_match
         self.pseudo_label_path = pseudo_label_path
-        self.perturbation = StrongPerturbation(bank.img_size, seed=seed) if self.hparams.get("strong_view", True) else None
+        self.perturbation = StrongPerturbation(bank.img_size, seed=seed) if self.hparams.strong_view else None
 
     def on_fit_start(self) -> None:
         if self.bank is None:
@@ -133,7 +136,7 @@ class SemiSupervisedTask(SegmentationTask):
 
     def build_teacher(self) -> EmaTeacher:
         """Create the EMA teacher from the current weights (or the checkpoint's teacher when resuming)."""
-        self.teacher = EmaTeacher(self.model, decay=self.hparams.get("teacher_decay", 0.99))
+        self.teacher = EmaTeacher(self.model, decay=self.hparams.teacher_decay)
         if self._teacher_state is not None:
             self.teacher.load_state_dict(self._teacher_state)
             self._teacher_state = None
@@ -149,7 +152,7 @@ class SemiSupervisedTask(SegmentationTask):
         then ramped up over ``rampup_epochs``."""
         batches = self.trainer.num_training_batches if self._trainer is not None else 0
         fraction = batch_idx / batches if batches and math.isfinite(batches) else 0.0
-        progress = self.current_epoch + fraction - self.hparams.get("warmup_epochs", 0.0)
+        progress = self.current_epoch + fraction - self.hparams.warmup_epochs
         if progress < 0:
             return 0.0
         return self.hparams.unlabeled_weight * rampup_weight(progress, self.hparams.rampup_epochs)
@@ -235,8 +238,9 @@ def semi_task_options(config: Any) -> dict[str, Any]:
 
 
 def task_class_for(config: Any) -> type[SegmentationTask]:
-    """SemiSupervisedTask when the config trains with unlabeled images, else SegmentationTask."""
-    return SemiSupervisedTask if semi_task_options(config) else SegmentationTask
+    """The registered task a TrainConfig asks for: ``semi-supervised`` when it trains with unlabeled images,
+    else ``supervised``."""
+    return TASKS[SemiSupervisedTask.task_name if semi_task_options(config) else SegmentationTask.task_name]
 
 
 def make_split(config: Any, train_samples: Sequence[Sample]) -> LabeledSplit:

@@ -1,7 +1,7 @@
 """Import checkpoints saved by the official RecLMIS code (``ShawnHuang497/RecLMIS``) into :class:`RecLMIS`.
 
-The official ``state_dict`` (RECLMIS.md, "Checkpoint layout"; every key in
-``reclmis_official_state_dict.json``) holds the segmentation path, the frozen CLIP ViT-B/32 text tower,
+The official ``state_dict`` (``RecLMIS`` in the official repository's ``nets/``, saved with its
+``module.`` prefix by the training script) holds the segmentation path, the frozen CLIP ViT-B/32 text tower,
 the training-only reconstruction branch, the CLIP image tower (never called) and a few never-used
 modules. The official code fed images as OpenCV reads them (BGR); lvseg reads RGB, which is the same for
 the grayscale QaTa-COV19 and MosMedData+ images the released weights were trained on. The converted
@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lvseg.checkpoint import save_inference_checkpoint
 from lvseg.errors import CheckpointError, LvsegError
-from lvseg.models import lvit_import
+from lvseg.importers import lvit as lvit_importer
+from lvseg.importers.base import ImporterOption, ImportResult, OfficialImporter, check_finite
 from lvseg.models.reclmis import PRESETS, RecLMIS
 
 logger = logging.getLogger(__name__)
@@ -48,18 +49,6 @@ _CLIP_LAYER_PARTS = {
     "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
     "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
 }
-
-
-@dataclass
-class ImportResult:
-    """What :func:`import_official_checkpoint` did."""
-
-    source: Path
-    output: Path
-    model_options: dict[str, Any]
-    dropped: dict[str, list[str]]  # reason -> official keys
-    n_parameters: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def clip_text_config(official: Mapping[str, torch.Tensor], heads: int | None = None) -> dict[str, Any]:
@@ -124,7 +113,7 @@ def map_official_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] |
     if reason is not None:
         return reason
     if _UNET.match(key):
-        ours = lvit_import.map_official_key(key)
+        ours = lvit_importer.map_official_key(key)
         return "never used" if ours is None else {ours: value}
     if key == "interact.embeddings.position_embeddings":
         return {"pos_embed": value}
@@ -196,10 +185,7 @@ def convert_official_reclmis_state_dict(
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official RecLMIS ``.pth.tar`` with ``weights_only=True``; ``module.`` prefixes removed."""
-    from lvseg.checkpoint import read_foreign_state_dict
-
-    return read_foreign_state_dict(path, "official RecLMIS checkpoint (best_model-RecLMIS.pth.tar)",
-                                   "inc.conv.weight")
+    return RecLMISImporter().read(path)
 
 
 def import_official_checkpoint(
@@ -211,19 +197,42 @@ def import_official_checkpoint(
     ``preset``: ``qata`` or ``mosmed`` (default: read off the reconstructor depth); ``tokenizer``: where the
     CLIP tokenizer files (vocab.json, merges.txt) are, a Hub id in the local cache or a folder.
     """
-    from lvseg.checkpoint import save_inference_checkpoint
-
     path, out_path = Path(path), Path(out_path)
     official = load_official_state_dict(path)
     try:
         model, dropped = convert_official_reclmis_state_dict(official, tokenizer, preset=preset, clip_heads=clip_heads)
     except LvsegError as error:
         raise CheckpointError(f"{path}: {error}") from None
-    bad = [key for key, value in model.state_dict().items() if value.is_floating_point() and not torch.isfinite(value).all()]
-    if bad:
-        raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:8])}")
+    check_finite(path, model.state_dict())
     save_inference_checkpoint(out_path, model)
-    counts = model.parameter_counts()
     logger.info("converted %s: dropped %s", path, {reason: len(keys) for reason, keys in dropped.items()})
-    return ImportResult(source=path, output=out_path, model_options=dict(model.config), dropped=dropped,
-                        n_parameters=counts["inference"])
+    return ImportResult(
+        source=path, output=out_path, model_options=dict(model.config), dropped=dropped,
+        n_parameters=model.parameter_counts()["inference"],
+        notes=[f"the checkpoint reads the CLIP tokenizer files (vocab.json, merges.txt) from '{tokenizer}' when it "
+               "is loaded; nothing else is downloaded"])
+
+
+class RecLMISImporter(OfficialImporter):
+    """Checkpoints of the official RecLMIS code (ShawnHuang497/RecLMIS: ``best_model-RecLMIS.pth.tar``)."""
+
+    family = "reclmis"
+    model_name = "reclmis"
+    source_description = "official RecLMIS checkpoint (best_model-RecLMIS.pth.tar)"
+    example_key = "inc.conv.weight"
+    summary = "Convert an official RecLMIS checkpoint: segmentation path + its own CLIP text tower; the rest is dropped."
+    options = (
+        ImporterOption("config", "qata or mosmed (the training settings it was trained with; default: read off the "
+                       "reconstructor depth).", flag="--config"),
+        ImporterOption("tokenizer", "CLIP tokenizer files (vocab.json, merges.txt): a Hub id in the local cache or a "
+                       "folder.", default="openai/clip-vit-base-patch32"),
+        ImporterOption("clip_heads", "Attention heads of the CLIP text tower (default: width / 64, as CLIP).",
+                       type=int, minimum=1),
+    )
+
+    def recognises(self, keys: Collection[str]) -> bool:
+        return any(key.startswith("interact.") for key in keys) and any(key.startswith("clip.") for key in keys)
+
+    def convert(self, source: Path, out: Path, **options: Any) -> ImportResult:
+        preset = options.pop("config", None)
+        return import_official_checkpoint(source, out, preset=preset, **options)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lvseg.checkpoint import save_inference_checkpoint
 from lvseg.errors import CheckpointError, LvsegError
+from lvseg.importers.base import ImporterOption, ImportResult, OfficialImporter, check_finite
 from lvseg.models.lvit import PATCH_SIZE, LViT
+from lvseg.text import frozen_encoder_config
 
 logger = logging.getLogger(__name__)
 
@@ -84,17 +86,8 @@ _SIGNATURE_KEYS = (
     "downVit.embeddings.position_embeddings",
 )
 
-
-@dataclass
-class ImportResult:
-    """What :func:`import_official_checkpoint` did."""
-
-    source: Path
-    output: Path
-    model_options: dict[str, Any]
-    dropped_keys: list[str]
-    n_parameters: int
-    extra: dict[str, Any] = field(default_factory=dict)
+#: Why the dropped official keys are left out: their modules are never called.
+UNUSED = "unused"
 
 
 def map_official_key(key: str) -> str | None:
@@ -189,16 +182,7 @@ def convert_official_lvit_state_dict(
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an official LViT ``.pth`` with ``torch.load(weights_only=True)``; errors name the file."""
-    from lvseg.checkpoint import read_foreign_state_dict
-
-    return read_foreign_state_dict(path, "official LViT .pth checkpoint", "inc.conv.weight")
-
-
-def official_checkpoint_hint(state_dict: Mapping[str, Any]) -> str:
-    """A hint for the checkpoint loader when ``state_dict`` looks like the official LViT code's, else ''."""
-    if any(str(key).startswith(("module.inc", "module.downVit", "downVit", "text_module")) for key in state_dict):
-        return "; it looks like an official LViT checkpoint: convert it first with `lvseg import-lvit`"
-    return ""
+    return LViTImporter().read(path)
 
 
 def import_official_checkpoint(
@@ -213,9 +197,6 @@ def import_official_checkpoint(
     in the checkpoint's config with the checkpoint's own text length; it is not loaded here, only when the
     checkpoint is used.
     """
-    from lvseg.checkpoint import save_inference_checkpoint
-    from lvseg.text import frozen_encoder_config
-
     path, out_path = Path(path), Path(out_path)
     official = load_official_state_dict(path)
     try:
@@ -226,16 +207,33 @@ def import_official_checkpoint(
     net = LViT(**options)
     net.load_weights(state, source=str(path))
     net.eval()
-    bad = [key for key, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
-    if bad:
-        raise CheckpointError(f"{path}: non-finite values in {', '.join(bad[:8])}")
+    check_finite(path, state)
     logger.info("converted %s: %d keys kept, %d unused keys dropped", path, len(state), len(dropped))
     config = {**net.config, "text_encoder": text_config}
     save_inference_checkpoint(out_path, net, config=config)
-    return ImportResult(
-        source=path,
-        output=out_path,
-        model_options=config,
-        dropped_keys=dropped,
-        n_parameters=sum(p.numel() for p in net.parameters()),
-    )
+    return ImportResult(source=path, output=out_path, model_options=config, dropped={UNUSED: dropped},
+                        n_parameters=sum(p.numel() for p in net.parameters()))
+
+
+class LViTImporter(OfficialImporter):
+    """Checkpoints of the official LViT code (HUANGLIZI/LViT: ``torch.save`` of the network's state dict)."""
+
+    family = "lvit"
+    model_name = "lvit"
+    source_description = "official LViT .pth checkpoint"
+    example_key = "inc.conv.weight"
+    summary = "Convert an official LViT checkpoint into an lvseg checkpoint, dropping unused weights."
+    options = (ImporterOption(
+        "text_encoder", "Frozen encoder the official model was trained with (per-token BERT-base features), "
+        "'hf:<model id or local folder>'; loaded when the checkpoint is used, not now.",
+        default="hf:bert-base-uncased"),)
+
+    def recognises(self, keys: Collection[str]) -> bool:
+        return any(key.startswith("downVit.") for key in keys) and "inc.conv.weight" in keys
+
+    def convert(self, source: Path, out: Path, **options: Any) -> ImportResult:
+        return import_official_checkpoint(source, out, **options)
+
+    def result_lines(self, result: ImportResult) -> list[str]:
+        keys = result.dropped_keys
+        return [f"dropped {len(keys)} {UNUSED} official keys:", *(f"  {key}" for key in keys)]

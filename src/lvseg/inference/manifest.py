@@ -1,0 +1,9 @@
+"""Names in an export folder's layout (written by :mod:`lvseg.inference.export`, read by
+:mod:`lvseg.inference.exported`)."""
+
+MANIFEST = "lvseg_export.json"
+FRONT_END = "text_front_end.safetensors"
+#: The state-dict keys of a model's text front end (what ``FRONT_END`` stores).
+FRONT_END_PREFIX = "text_encoder."
+#: Version of the export folder's layout; 2 added ``model_config`` and the text front end's weights.
+EXPORT_VERSION = 2
