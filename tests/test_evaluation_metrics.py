@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lvseg.evaluation.metrics import binarize, dice_iou_per_image, hd95_per_image, mask_metrics, summarize
-from lvseg.evaluation.overlay import (
+from lvseg.rendering import (
     colorize_lesions,
     label_lesions,
     lesion_colors,

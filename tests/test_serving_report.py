@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from lvseg.evaluation.overlay import label_lesions, lesion_color, overlay_lesions
+from lvseg.rendering import label_lesions, lesion_color, overlay_lesions
 from lvseg.serving.rendering import measure
 from lvseg.serving.report_pdf import DISCLAIMER, ReportContent, build_report_pdf, find_validation_dice
 

@@ -223,7 +223,7 @@ def test_the_pdf_renders_cjk_reports_and_carries_patient_referrer_and_sign_off()
 def test_heatmap_and_side_markers_from_dicom_orientation() -> None:
     from serving_support import dicom_bytes
 
-    from lvseg.evaluation.overlay import probability_heatmap, side_markers
+    from lvseg.rendering import probability_heatmap, side_markers
 
     heat = probability_heatmap(np.array([[0.0, 0.5, 1.0]]))
     assert heat.shape == (1, 3, 3) and tuple(heat[0, 0]) == (68, 1, 84) and tuple(heat[0, 2]) == (253, 231, 37)

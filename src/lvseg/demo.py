@@ -58,7 +58,7 @@ def _train(config: DemoConfig, data: Path, model: str) -> Any:
 def _overlay_grid(config: DemoConfig, data: Path, checkpoints: dict[str, Path], path: Path) -> Path:
     from lvseg.data.images import read_image, read_mask, write_png
     from lvseg.data.layout import load_split
-    from lvseg.evaluation.overlay import overlay_grid, overlay_mask
+    from lvseg.rendering import overlay_grid, overlay_mask
     from lvseg.inference import load_model
 
     samples = load_split(data, "test")[: config.grid_cases]

@@ -1,1 +1,1 @@
-"""Metrics, evaluation runs and overlays."""
+"""Metrics and evaluation runs (overlays: :mod:`lvseg.rendering`)."""

@@ -31,7 +31,7 @@ import torch
 from lvseg.data.images import to_display_rgb8, write_png
 from lvseg.errors import LvsegError
 from lvseg.evaluation.metrics import METRIC_NAMES, binarize, dice_iou_per_image, mask_metrics, summarize
-from lvseg.evaluation.overlay import overlay_grid, overlay_mask
+from lvseg.rendering import overlay_grid, overlay_mask
 from lvseg.files import atomic_write_text
 from lvseg.inference import Segmenter, load_model, upsample_probability
 

@@ -110,7 +110,7 @@ def write_mask(path: Path, mask: np.ndarray) -> Path:
 def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
     """Write ``mask`` blended over ``image`` ((C, H, W) float or (H, W, 3) uint8) as a PNG, atomically."""
     from lvseg.data.images import write_png
-    from lvseg.evaluation.overlay import overlay_mask
+    from lvseg.rendering import overlay_mask
 
     return write_png(path, overlay_mask(image, mask))
 

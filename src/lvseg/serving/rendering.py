@@ -1,6 +1,6 @@
 """Measurements of a predicted mask (pure numpy/scipy).
 
-Lesion labelling, lesion colours and the colour-coded overlay live in :mod:`lvseg.evaluation.overlay`
+Lesion labelling, lesion colours and the colour-coded overlay live in :mod:`lvseg.rendering`
 (shared with ``lvseg evaluate`` / ``lvseg predict``), PNG encoding in :mod:`lvseg.data.images`
 (:func:`~lvseg.data.images.png_bytes`, :func:`~lvseg.data.images.mask_to_uint8`); this module adds what
 only the web app reports.
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from lvseg.evaluation.overlay import hex_color, lesion_color
+from lvseg.rendering import hex_color, lesion_color
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ def measure(
 ) -> Measurements:
     """Area, lesion count, confidence (see :class:`Measurements`), highest probability, largest lesions.
 
-    ``labels``/``count`` come from :func:`lvseg.evaluation.overlay.label_lesions`; each lesion's colour is
-    the one :func:`lvseg.evaluation.overlay.overlay_lesions` draws it in (the page's legend shows it).
+    ``labels``/``count`` come from :func:`lvseg.rendering.label_lesions`; each lesion's colour is
+    the one :func:`lvseg.rendering.overlay_lesions` draws it in (the page's legend shows it).
     ``pixel_spacing_mm``: (row, column) size of a pixel of ``mask`` in mm; areas are then also in mm².
     """
     pixel_area = None if pixel_spacing_mm is None else float(pixel_spacing_mm[0] * pixel_spacing_mm[1])

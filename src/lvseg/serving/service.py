@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from lvseg.errors import LvsegError
-from lvseg.evaluation.overlay import (
+from lvseg.rendering import (
     draw_side_markers,
     label_lesions,
     overlay_lesions,
