@@ -171,6 +171,9 @@ def test_brackets_in_paths_are_printed_verbatim(clean_data: Path, tmp_path: Path
         (["--patience", -1], "--patience -1 must be >= 1"),
         (["--max-epochs", 0], "--max-epochs 0 must be >= 1"),
         (["--teacher-decay", 5, "--labeled-fraction", 0.5], "--teacher-decay 5.0 must be >= 0 and < 1"),
+        (["--in-channels", 2], "--in-channels 2 is not 1 (gray) or 3 (RGB)"),
+        (["--lr-scale", "towers=abc"], "--lr-scale 'towers=abc' is not GROUP=FACTOR"),
+        (["--lr-scale", "towers=0.1"], "--lr-scale names parameter group(s) towers"),
     ],
 )
 def test_bad_train_flags(extra: list, needle: str, clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:

@@ -170,7 +170,6 @@ def save_inference_checkpoint(
     path: str | Path,
     model: Any,
     metrics: dict[str, float] | None = None,
-    extra_hparams: dict[str, Any] | None = None,
     config: dict[str, Any] | None = None,
 ) -> Path:
     """Write a weights-only lvseg checkpoint of ``model`` without its training-only modules, atomically.
@@ -183,7 +182,6 @@ def save_inference_checkpoint(
                          "could not read reports")
     state_dict = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.inference_state_dict().items()}
     hparams = {"model_name": model.model_name, "model_config": dict(config or model.config)}
-    hparams.update(extra_hparams or {})
     record = lvseg_record(model, metrics, training_modules="dropped")
     text_config = hparams["model_config"].get("text_encoder")
     if model.text_encoder is None and isinstance(text_config, dict) and text_config.get("type") == "hf":

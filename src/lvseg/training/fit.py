@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -320,9 +320,3 @@ def train(config: TrainConfig) -> TrainResult:
         epochs=trainer.current_epoch,
         global_rank=trainer.global_rank,
     )
-
-
-def config_summary(config: TrainConfig) -> dict[str, Any]:
-    summary = asdict(config)
-    summary["data"], summary["out"] = str(config.data), str(config.out)
-    return summary

@@ -267,6 +267,9 @@ def check_train_config(config: TrainConfig) -> None:
     if config.img_size is not None and (isinstance(config.img_size, bool) or not isinstance(config.img_size, int)
                                         or config.img_size <= 0 or config.img_size % 32):
         problems.append(f"--img-size {config.img_size} is not a positive multiple of 32 (e.g. 224, 256)")
+    if config.in_channels not in (1, 3):
+        problems.append(f"--in-channels {config.in_channels} is not 1 (gray) or 3 (RGB): images are read with "
+                        "one or three channels")
     if config.compile and is_semi_supervised(config) and not config.supervised_only:
         problems.append("--compile is not available with semi-supervised training (--labeled-fraction / "
                         "--labeled-list): its EMA teacher copies the network")
