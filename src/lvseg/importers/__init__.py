@@ -14,7 +14,7 @@ from typing import Any
 from lvseg.errors import LvsegError
 from lvseg.importers.base import ImporterOption, ImportResult, OfficialImporter
 
-__all__ = ["ImportResult", "ImporterOption", "OfficialImporter", "importer_for", "list_importers",
+__all__ = ["ImportResult", "ImporterOption", "OfficialImporter", "list_importers",
            "official_checkpoint_hint"]
 
 
@@ -42,13 +42,6 @@ def list_importers() -> dict[str, OfficialImporter]:
             importer = _load(reference, name)
             importers[importer.family] = importer
     return dict(sorted(importers.items()))
-
-
-def importer_for(family: str) -> OfficialImporter:
-    importers = list_importers()
-    if family not in importers:
-        raise LvsegError(f"no importer for {family!r}; importers: {', '.join(importers) or 'none'}")
-    return importers[family]
 
 
 def official_checkpoint_hint(state_dict: Mapping[str, Any] | Collection[str]) -> str:

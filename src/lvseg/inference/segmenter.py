@@ -91,9 +91,11 @@ class Segmenter:
         try:
             example = None
             if self.backend in EXPORTING_BACKENDS and graph is None:
+                from lvseg.inference.backends import example_reports
+
                 with torch.no_grad():
                     example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
-                               self.model.encode_text(self.model.example_reports[-1:]) if self.requires_text
+                               self.model.encode_text(example_reports(self.model, 1)) if self.requires_text
                                else None)
             self._runner = make_runner(self.backend, self.model, self.device, example, graph, input_names)
         except LvsegError as error:
