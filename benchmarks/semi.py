@@ -1,31 +1,40 @@
-"""Semi-supervised LViT at 25 % labels versus supervised-only on the same 25 %, and all labels, same budget.
+"""Semi-supervised training at 25 % labels against supervised-only on the same 25 % and all labels, at convergence.
 
-    python benchmarks/semi.py                        # synthetic chest set (generated): n=200, 10 minutes per run
+    python benchmarks/semi.py --n 200 --seeds 0 1 2          # synthetic chest set (generated per seed)
+    python benchmarks/semi.py --n 1000 --seeds 0 1 2
     python benchmarks/semi.py --data ../shared/datasets/MoNuSeg --dataset-name MoNuSeg --img-size 224 \\
-        --batch-size 2 --augment paper --minutes 8 --rampup-epochs 5
+        --batch-size 2 --augment paper --seeds 0
 
-Three runs, each with the same training-time budget (``--minutes`` or ``--seconds``; early stopping after
-``--patience`` epochs without a better validation Dice may end a run sooner, and the table says which),
-the same model, width, seed and schedule, evaluated on ``Test_Folder`` (threshold 0.5, per-image means):
+Every arm trains until early stopping (``--patience`` epochs without a better validation Dice, the same for
+every arm; a semi-supervised run ends its supervised phase by the same rule, then runs its semi phase until
+it stops improving) under a generous cap (``--max-epochs``, ``--max-minutes``); the table says what stopped
+each run, its epochs and wall time beside its Dice. Arms (``--runs``):
 
-* ``all labels``: every training mask;
-* ``supervised, <f> labels``: only the seeded ``--fraction`` of the training images (``--supervised-only``);
-* ``semi-supervised, <f> labels``: the same labeled images plus the others without masks (EPI pseudo-labels
-  and the LV loss; references: the labeled images, or ``--lv-templates``).
+* ``all``: every training mask;
+* ``supervised``: only the seeded ``--fraction`` of the training images (``--supervised-only``);
+* ``semi``: the same labeled images plus the others without masks (supervised phase, then EPI pseudo-labels
+  with the confidence mask and the LV loss);
+* ``semi-filter``: ``semi`` with the report filter (``--report-filter``).
 
-Without ``--data`` the synthetic chest set (:mod:`lvseg.data.synth`) is generated into the run folder.
-The table is printed and appended to ``--results`` (default benchmarks/RESULTS.md) with the command,
-machine and date.
+Each run's best checkpoint is evaluated on ``Test_Folder`` (threshold 0.5, per-image means). Seconds per
+epoch: the semi phase's are (semi run - supervised-only run) / (semi epochs) -- the supervised phase is
+the supervised-only run, step for step. A summary table gives the mean test Dice over seeds and the share
+of the gap between supervised-only and all labels that semi-supervised training closes. Without ``--data``
+the synthetic chest set (:mod:`lvseg.data.synth`) is generated for each seed. Each seed's table, and then the
+summary, is appended to ``--results`` (default benchmarks/RESULTS.md) with the command, machine and date as
+soon as it is measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,55 +42,98 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, append_section, markdown_table  # noqa: E402
 
 log = logging.getLogger("benchmarks.semi")
-RUNS = ("all", "supervised", "semi")
+RUNS = ("all", "supervised", "semi", "semi-filter")
+NAMES = {"all": "all labels", "supervised": "supervised only", "semi": "semi-supervised",
+         "semi-filter": "semi-supervised + report filter"}
 
 
-def _budget(args: argparse.Namespace) -> str:
-    return f"{args.seconds:g}s" if args.seconds is not None else f"{args.minutes:g}m"
-
-
-def run_one(kind: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
-    """Train one configuration under the budget and evaluate its best checkpoint on the test split."""
+def run_one(kind: str, data: Path, out: Path, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one arm until early stopping (or the cap) and evaluate its best checkpoint on the test split."""
     from lvseg.evaluation.evaluate import evaluate
     from lvseg.training.fit import TrainConfig, train
 
-    out = args.out / kind
-    semi_options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if kind != "all":
-        semi_options = dict(labeled_fraction=args.fraction, supervised_only=kind == "supervised")
-    if kind == "semi":
-        semi_options.update(
+        options = dict(labeled_fraction=args.fraction, supervised_only=kind == "supervised")
+    if kind.startswith("semi"):
+        options.update(
             lv_templates=args.lv_templates, epi_beta=args.epi_beta, warmup_epochs=args.warmup_epochs,
-            rampup_epochs=args.rampup_epochs,
-            unlabeled_weight=args.unlabeled_weight, lv_weight=args.lv_weight,
+            rampup_epochs=args.rampup_epochs, unlabeled_weight=args.unlabeled_weight, lv_weight=args.lv_weight,
             teacher_decay=args.teacher_decay, strong_view=not args.no_strong_view,
+            pseudo_confidence=args.pseudo_confidence, report_filter=kind == "semi-filter",
         )
     config = TrainConfig(
-        data=data, out=out, model=args.model, text_encoder=args.text_encoder, img_size=args.img_size,
+        data=data, out=out / kind, model=args.model, text_encoder=args.text_encoder, img_size=args.img_size,
         base_channels=args.base_channels, batch_size=args.batch_size, lr=args.lr, max_epochs=args.max_epochs,
-        max_time=_budget(args), patience=args.patience, seed=args.seed, augment=args.augment,
-        progress_bar=False, accelerator=args.accelerator, **semi_options,
+        max_time=f"{args.max_minutes:g}m", patience=args.patience, seed=seed, augment=args.augment,
+        progress_bar=False, accelerator=args.accelerator, **options,
     )
     started = time.perf_counter()
     result = train(config)
     seconds = time.perf_counter() - started
-    report = evaluate(result.best_checkpoint, data, split="test", out=out / "eval_test", text_mode="given")
-    labels = "100 %" if kind == "all" else f"{args.fraction:.0%}"
-    name = {"all": "all labels", "supervised": f"supervised only, {labels} labels",
-            "semi": f"semi-supervised (EPI{' + LV' if args.lv_weight > 0 else ''}), {labels} labels"}[kind]
-    budget_seconds = args.seconds if args.seconds is not None else args.minutes * 60
-    stopped = ("time budget" if seconds >= 0.98 * budget_seconds
-               else "max epochs" if result.epochs >= args.max_epochs
-               else f"early stopping ({args.patience} epochs)")
-    return {
-        "run": name,
-        "epochs": result.epochs,
-        "training (s)": f"{seconds:.0f}",
-        "stopped by": stopped,
-        "best val Dice (%)": f"{(result.best_val_dice or 0) * 100:.2f}",
-        "test Dice (%)": f"{report.means['dice'] * 100:.2f}",
-        "test IoU (%)": f"{report.means['iou'] * 100:.2f}",
-    }
+    report = evaluate(result.best_checkpoint, data, split="test", out=out / kind / "eval_test", text_mode="given")
+    epochs = result.epochs  # epochs completed
+    stopped = ("time cap" if seconds >= 0.98 * args.max_minutes * 60
+               else "epoch cap" if epochs >= args.max_epochs else "early stopping")
+    phases = result.phases or {}
+    return {"kind": kind, "epochs": epochs, "seconds": seconds, "stopped": stopped,
+            "val": result.best_val_dice or 0.0, "test_dice": report.means["dice"], "test_iou": report.means["iou"],
+            "semi_start": phases.get("semi_start_epoch"), "best_phase": phases.get("best_checkpoint_phase")}
+
+
+def seed_rows(results: list[dict[str, Any]]) -> list[dict[str, object]]:
+    """The per-seed table: one row per arm, with seconds per epoch of each phase."""
+    supervised = next((r for r in results if r["kind"] == "supervised"), None)
+    rows = []
+    for r in results:
+        epochs = f"{r['epochs']}"
+        per_epoch = f"{r['seconds'] / max(r['epochs'], 1):.2f}"
+        if r["semi_start"] is not None:
+            semi_epochs = r["epochs"] - r["semi_start"]
+            epochs = f"{r['semi_start']} + {semi_epochs}"
+            if supervised is not None and semi_epochs > 0:
+                per_epoch = f"{(r['seconds'] - supervised['seconds']) / semi_epochs:.2f} (semi phase)"
+        rows.append({
+            "run": NAMES[r["kind"]], "epochs": epochs, "training (s)": f"{r['seconds']:.0f}", "s / epoch": per_epoch,
+            "stopped by": r["stopped"], "best from": r["best_phase"] or "",
+            "best val Dice (%)": f"{r['val'] * 100:.2f}", "test Dice (%)": f"{r['test_dice'] * 100:.2f}",
+            "test IoU (%)": f"{r['test_iou'] * 100:.2f}",
+        })
+    return rows
+
+
+def summary_rows(by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, object]]:
+    """Mean test Dice per arm over the seeds, each arm's difference to supervised-only, and the gap closed."""
+    means = {kind: statistics.mean(r["test_dice"] for results in by_seed.values() for r in results if r["kind"] == kind)
+             for kind in RUNS if any(r["kind"] == kind for results in by_seed.values() for r in results)}
+    rows = []
+    for kind, mean in means.items():
+        row: dict[str, object] = {"run": NAMES[kind], "seeds": len(by_seed), "mean test Dice (%)": f"{mean * 100:.2f}",
+                                  "vs supervised only (points)": "", "gap closed": ""}
+        if "supervised" in means and kind != "supervised":
+            row["vs supervised only (points)"] = f"{(mean - means['supervised']) * 100:+.2f}"
+            gap = means.get("all", float("nan")) - means["supervised"]
+            if kind.startswith("semi") and "all" in means and abs(gap) > 1e-9:
+                row["gap closed"] = f"{(mean - means['supervised']) / gap * 100:.0f} %"
+        rows.append(row)
+    return rows
+
+
+def _describe(args: argparse.Namespace, dataset_name: str) -> str:
+    references = f"templates {args.lv_templates}" if args.lv_templates else "the labeled training images"
+    warmup = "until early stopping" if args.warmup_epochs is None else f"{args.warmup_epochs:g} epochs"
+    return (
+        f"{args.note + ' ' if args.note else ''}Semi-supervised benchmark at convergence on {dataset_name}: "
+        f"{args.model} (text encoder {args.text_encoder}, width {args.base_channels}, {args.img_size} px, batch "
+        f"{args.batch_size}, Adam {args.lr:g}, augmentation {args.augment}); every arm until early stopping "
+        f"(patience {args.patience}; caps {args.max_epochs} epochs, {args.max_minutes:g} minutes); labeled fraction "
+        f"{args.fraction:g}; semi-supervised: supervised phase {warmup}, then EPI beta {args.epi_beta:g}, pseudo-label "
+        f"confidence {args.pseudo_confidence:g}, ramp-up {args.rampup_epochs:g} epochs, unlabeled weight "
+        f"{args.unlabeled_weight:g}, LV weight {args.lv_weight:g} (references: {references}), teacher EMA decay "
+        f"{args.teacher_decay:g}, strong view {'off' if args.no_strong_view else 'on'}. Best checkpoint by validation "
+        "Dice, evaluated on Test_Folder (threshold 0.5, per-image means at model resolution); torch threads "
+        f"{torch.get_num_threads()}."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200,
                         help="synthetic images to generate (70/10/20 split; 200: 35 labeled at 25 %%, where labels are scarce)")
     parser.add_argument("--synth-size", type=int, default=None, help="synthetic image size (default: --img-size)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (data, split, initialisation)")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default runs/bench/semi-<time>)")
     parser.add_argument("--results", type=Path, default=RESULTS, help="markdown file to append to")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=RUNS)
@@ -101,23 +154,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-channels", type=int, default=16, help="width (paper: 64)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, default=10.0, help="training budget per run")
-    budget.add_argument("--seconds", type=float, default=None, help="training budget per run, in seconds")
-    parser.add_argument("--max-epochs", type=int, default=2000)
-    parser.add_argument("--patience", type=int, default=50)
+    parser.add_argument("--patience", type=int, default=15, help="early stopping, the same for every arm and phase")
+    parser.add_argument("--max-epochs", type=int, default=400, help="cap per run")
+    parser.add_argument("--max-minutes", type=float, default=45.0, help="cap per run")
     parser.add_argument("--augment", default="rotate", help="paper, rotate or none (rotate keeps sides: reports name them)")
     parser.add_argument("--lv-templates", type=Path, default=None, help="LV templates folder (default: labeled images)")
     parser.add_argument("--epi-beta", type=float, default=0.8)
-    parser.add_argument("--warmup-epochs", type=float, default=10.0, help="supervised epochs before EPI/LV start")
-    parser.add_argument("--rampup-epochs", type=float, default=10.0)
+    parser.add_argument("--warmup-epochs", type=float, default=None,
+                        help="supervised phase length (default: until early stopping)")
+    parser.add_argument("--rampup-epochs", type=float, default=5.0)
     parser.add_argument("--unlabeled-weight", type=float, default=1.0)
     parser.add_argument("--lv-weight", type=float, default=0.1)
+    parser.add_argument("--pseudo-confidence", type=float, default=0.9)
     parser.add_argument("--teacher-decay", type=float, default=0.99, help="EMA decay of the pseudo-label teacher")
     parser.add_argument("--no-strong-view", action="store_true", help="train on un-perturbed unlabeled images")
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--note", default="", help="text added to the results section (e.g. 'SMOKE RUN')")
     parser.add_argument("--no-record", action="store_true", help="print only")
     args = parser.parse_args(argv)
@@ -125,38 +177,37 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out = args.out or Path("runs/bench") / f"semi-{datetime.now():%Y%m%d-%H%M%S}"
-    if (args.out / "all" / "last.ckpt").exists() or (args.out / "semi" / "last.ckpt").exists():
+    if any(args.out.glob("seed*/*/last.ckpt")):
         print(f"'{args.out}' already holds runs; choose another --out", file=sys.stderr)
         return 2
-
-    data = args.data
-    dataset_name = args.dataset_name or (data.name if data else "synthetic chest")
-    if data is None:
-        from lvseg.data.synth import generate_synthetic_dataset
-
-        data = args.out / "data"
-        generate_synthetic_dataset(data, n=args.n, size=args.synth_size or args.img_size, seed=args.seed)
-        dataset_name += f" (n={args.n}, {args.synth_size or args.img_size} px, seed {args.seed})"
-    elif not data.is_dir():
-        print(f"dataset not found at {data}", file=sys.stderr)
+    if args.data is not None and not args.data.is_dir():
+        print(f"dataset not found at {args.data}", file=sys.stderr)
         return 2
 
-    rows = [run_one(kind, data, args) for kind in args.runs]
-    table = markdown_table(rows)
-    print(table)
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    base_name = args.dataset_name or (args.data.name if args.data else "synthetic chest")
+    for seed in args.seeds:
+        out = args.out / f"seed{seed}"
+        data, name = args.data, base_name
+        if data is None:
+            from lvseg.data.synth import generate_synthetic_dataset
+
+            data = out / "data"
+            generate_synthetic_dataset(data, n=args.n, size=args.synth_size or args.img_size, seed=seed)
+            name += f" (n={args.n}, {args.synth_size or args.img_size} px)"
+        by_seed[seed] = [run_one(kind, data, out, seed, args) for kind in args.runs]
+        table = markdown_table(seed_rows(by_seed[seed]))
+        print(table)
+        if not args.no_record:
+            append_section(f"Semi-supervised at convergence, {name}, seed {seed}",
+                           _describe(args, f"{name}, seed {seed}") + "\n\n" + table, path=args.results)
+    summary = markdown_table(summary_rows(by_seed))
+    print(summary)
     if not args.no_record:
-        references = f"templates {args.lv_templates}" if args.lv_templates else "the labeled training images"
-        note = (
-            f"{args.note + ' ' if args.note else ''}Semi-supervised benchmark on {dataset_name}: {args.model} "
-            f"(text encoder {args.text_encoder}, width {args.base_channels}, {args.img_size} px, batch "
-            f"{args.batch_size}, Adam {args.lr:g}, augmentation {args.augment}), {_budget(args)} training "
-            f"budget per run, labeled fraction {args.fraction:g} (seed {args.seed}); semi-supervised: EPI beta "
-            f"{args.epi_beta:g}, warm-up {args.warmup_epochs:g} + ramp-up {args.rampup_epochs:g} epochs, unlabeled weight {args.unlabeled_weight:g}, "
-            f"LV weight {args.lv_weight:g}, LV references: {references}, teacher EMA decay {args.teacher_decay:g}, "
-            f"strong view {'off' if args.no_strong_view else 'on'}. Best checkpoint by validation Dice, "
-            "evaluated on Test_Folder (threshold 0.5, per-image means at model resolution)."
-        )
-        append_section(f"Semi-supervised, {dataset_name}", note + "\n\n" + table, path=args.results)
+        seeds = ", ".join(str(seed) for seed in args.seeds)
+        name = base_name + (f" (n={args.n}, {args.synth_size or args.img_size} px)" if args.data is None else "")
+        append_section(f"Semi-supervised at convergence, {name}, mean over seeds {seeds}",
+                       _describe(args, name) + "\n\n" + summary, path=args.results)
         print(f"appended to {args.results}")
     return 0
 

@@ -16,6 +16,7 @@ from lvseg.errors import LvsegError
 from lvseg.training.fit import TrainConfig, train
 from lvseg.data.split import BalancedSemiSampler, read_labeled_list, split_labeled
 from lvseg.models import create_model
+from lvseg.models.losses import image_weight
 from lvseg.training.pseudo_labels import PseudoLabelBank
 from lvseg.training.semi import PSEUDO_LABEL_FILE, SPLIT_FILE, TEACHER_KEY, SemiSupervisedTask, rampup_weight
 from lvseg.training.teacher import EmaTeacher
@@ -151,7 +152,8 @@ def test_semi_run_never_reads_unlabeled_masks_and_resumes_pseudo_labels(
     with pytest.raises(Exception):  # the supervised path opens every mask and refuses the garbage
         load_split(data, "train")
     out = tmp_path / "run"
-    result = train(_config(data, out))
+    # Every pixel supervises (pseudo_confidence 0.5): the stored labels set below are what epoch 2 must train on.
+    result = train(_config(data, out, pseudo_confidence=0.5))
     assert result.last_checkpoint.is_file()
     columns = _logged_columns(out)
     # the model's own terms on labeled images, the LV term, the ramp weight (terms named by the model contract)
@@ -184,7 +186,7 @@ def test_semi_run_never_reads_unlabeled_masks_and_resumes_pseudo_labels(
 
     monkeypatch.setattr(EmaTeacher, "load_state_dict", teacher_spy)
     saved_teacher = torch.load(out / "last.ckpt", weights_only=True)[TEACHER_KEY]
-    train(_config(data, out, max_epochs=2, resume=True))
+    train(_config(data, out, max_epochs=2, resume=True, pseudo_confidence=0.5))
     assert len(loaded) == 1 and torch.equal(loaded[0], saved["labels"])  # resumed with the stored labels
     assert len(teacher_loads) == 1  # and with the stored teacher
     assert all(torch.equal(teacher_loads[0][key], saved_teacher[key]) for key in saved_teacher)
@@ -262,7 +264,7 @@ def test_no_pseudo_labels_during_the_supervised_warm_up(tiny_semi_data: tuple[Pa
 def test_empty_pseudo_labels_do_not_supervise() -> None:
     """An unlabeled image whose pseudo-label holds no lesion gets weight 0 in the pseudo-label loss."""
     task = SemiSupervisedTask(model_name="unet", model_config={"img_size": 32, "base_channels": 4},
-                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0)
+                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0, pseudo_confidence=0.5)
     bank = PseudoLabelBank(["empty", "lesion"], img_size=32, beta=0.5)
     lesion = torch.zeros(1, 1, 32, 32)
     lesion[..., 8:16, 8:16] = 1.0
@@ -280,7 +282,7 @@ def test_empty_pseudo_labels_do_not_supervise() -> None:
              "labeled": torch.tensor([False, False]), "index": torch.tensor([0, 1])}
     task.training_step(batch, 0)
     assert len(weights) == 1 and weights[0] is not None
-    assert weights[0].tolist() == [0.0, 1.0]
+    assert image_weight(weights[0]).tolist() == [0.0, 1.0]  # per-pixel weights; the empty image keeps none
 
 
 # ------------------------------------------------------------------------------- teacher and strong view

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
-
-from typing import TYPE_CHECKING
+from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
 
 if TYPE_CHECKING:  # the evaluation stack (MONAI, Lightning) loads only when a command runs
     from lvseg.evaluation.evaluate import EvaluationReport
@@ -44,7 +44,7 @@ def _fmt(value: float) -> str:
 def results_table(reports: dict[str, EvaluationReport]) -> Table:
     """A rich table with one row per text mode."""
     first = next(iter(reports.values()))
-    table = Table(title=f"{first.model_name} on {first.split} ({first.n_images} images, threshold 0.5)")
+    table = Table(title=f"{first.model_name} on {first.split} ({first.n_images} images, threshold {first.threshold:g})")
     for column in ("text", "Dice", "IoU", "Dice (orig.)", "IoU (orig.)", "HD95 px", "HD95 undefined"):
         table.add_column(column, justify="left" if column == "text" else "right")
     for mode, report in reports.items():
@@ -68,15 +68,19 @@ def evaluate_command(
     n_overlays: int = typer.Option(4, "--overlays", min=0, help="Best and worst cases to draw per mode."),
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-text permutation."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
 ) -> None:
     """Evaluate a checkpoint on a dataset split (Dice, IoU, HD95, text reliance)."""
     from lvseg.evaluation.evaluate import evaluate_modes, evaluate_text_reliance
     from lvseg.inference import load_model
 
+    if threshold is not None:
+        check_threshold(threshold, "--threshold")
     console = Console()
     segmenter = load_model(checkpoint, device=device, backend=backend)
     modes = modes_for(text_mode.value, segmenter.requires_text)
-    options = dict(split=split, out=out, batch_size=batch_size, seed=seed, n_overlays=n_overlays, model=segmenter)
+    options = dict(split=split, out=out, batch_size=batch_size, seed=seed, n_overlays=n_overlays, model=segmenter,
+                   threshold=threshold)
     if "given" in modes and "shuffled" in modes:
         combined = evaluate_text_reliance(checkpoint, data, modes=modes, **options)
         reports = combined.reports

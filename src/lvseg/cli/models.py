@@ -62,7 +62,10 @@ def register(app: typer.Typer) -> None:
             "352 for clipseg)."),
         base_channels: Optional[int] = typer.Option(None, help="Width of the first level (default: the model's)."),
         in_channels: int = typer.Option(3, help="Image channels."),
-        text_len: Optional[int] = typer.Option(None, help="Text tokens L (text models; default: the model's)."),
+        text_len: Optional[int] = typer.Option(
+            None, "--text-length", help="Text tokens L, tokens per report (text models; default: the model's)."),
+        text_len_alias: Optional[int] = typer.Option(None, "--text-len", hidden=True, help="Old spelling of "
+                                                     "--text-length."),
         text_dim: Optional[int] = typer.Option(None, help="Text feature size D (text models; default: the model's)."),
         text_encoder: Optional[str] = typer.Option(
             None, "--text-encoder", help="A pretrained text encoder (clip:..., hf:...) to load and count as frozen "
@@ -75,6 +78,9 @@ def register(app: typer.Typer) -> None:
 
         if (model is None) == (not all_models):
             raise LvsegError("give --model NAME or --all")
+        if text_len_alias is not None and text_len is not None and text_len_alias != text_len:
+            raise LvsegError(f"--text-length {text_len} and --text-len {text_len_alias} disagree; give one")
+        text_len = text_len if text_len is not None else text_len_alias
         options = {key: value for key, value in (("img_size", img_size), ("base_channels", base_channels),
                                                   ("in_channels", in_channels), ("text_len", text_len),
                                                   ("text_dim", text_dim), ("text_encoder", text_encoder))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -24,6 +25,7 @@ from rich.console import Console
 from lvseg.errors import LvsegError
 from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
+from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def predict_command(
     text: str = typer.Option("", "--text", "-t", help="The image's report (required by text models)."),
     overlay: Path = typer.Option(None, "--overlay", help="Also write the mask over the image here (PNG)."),
     folder: Path = typer.Option(None, "--folder", help="A folder with img/ and a *_text.xlsx or *_text.csv."),
-    threshold: float = typer.Option(0.5, "--threshold", help="Probability above which a pixel is lesion."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass (--folder)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
@@ -52,8 +54,8 @@ def predict_command(
 
     if (image is None) == (folder is None):
         raise LvsegError("give either --image (one image, with --text) or --folder (img/ and a text table)")
-    if not 0.0 < threshold < 1.0:
-        raise LvsegError(f"--threshold must be between 0 and 1, got {threshold}")
+    if threshold is not None:
+        check_threshold(threshold, "--threshold")
     console = Console()
     if image is not None:
         _check_png(out, "--out")
@@ -63,10 +65,7 @@ def predict_command(
             raise LvsegError(f"--image '{image}' is a folder; give one image file, or the folder with --folder")
         if not image.is_file():
             raise LvsegError(f"image '{image}' not found")
-        if backend == "auto" and not checkpoint.is_dir():
-            # One image: exporting the network (2 s for LViT, 10 s for CLIPSeg) costs more than it saves (~0.1 s).
-            backend = "eager"
-        segmenter = load_model(checkpoint, device=device, backend=backend)
+        segmenter = load_model(checkpoint, device=device, backend=backend, expected_images=1)
         if segmenter.requires_text and not text.strip():
             raise LvsegError(f"model '{segmenter.model_name}' in '{checkpoint}' reads the report: "
                              "give the image's report with --text")

@@ -12,6 +12,7 @@ import typer
 
 from lvseg.errors import LvsegError
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
+from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,11 @@ def check_port_free(host: str, port: int) -> None:
 
 
 def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, read_timeout: float = 30.0,
-              allowed_hosts: list[str] | None = None, backend: str = "auto") -> Any:
+              allowed_hosts: list[str] | None = None, backend: str = "auto", threshold: float | None = None) -> Any:
     """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing.
 
     ``allowed_hosts``: the Host names accepted (:func:`lvseg.serving.security.allowed_hosts_for`); None: the
-    library's default (loopback names only without an API key).
+    library's default (loopback names only without an API key). ``threshold``: None, the model's declared one.
     """
     try:
         from lvseg.serving.app import create_app
@@ -78,9 +79,12 @@ def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, r
     if not checkpoint.is_file() and not checkpoint.is_dir():
         raise LvsegError(f"checkpoint {checkpoint} does not exist (give a .ckpt file or a folder written by "
                          "`lvseg export`)")
+    if threshold is not None:  # before the model loads
+        check_threshold(threshold, "--threshold")
     api_key = read_api_key(api_key_file) if api_key_file is not None else None
     segmenter = _load_segmenter(checkpoint, device, backend)
-    return create_app(segmenter, api_key=api_key, read_timeout_s=read_timeout, allowed_hosts=allowed_hosts)
+    return create_app(segmenter, api_key=api_key, read_timeout_s=read_timeout, allowed_hosts=allowed_hosts,
+                      threshold=threshold)
 
 
 def serve(
@@ -94,6 +98,7 @@ def serve(
         None, help="'cpu', 'cuda' or 'cuda:N'; default: CUDA if available."
     ),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),  # noqa: UP007
     read_timeout: float = typer.Option(
         30.0, "--read-timeout", min=1.0, help="Seconds an upload may send nothing before it is answered 408."),
     allowed_host: list[str] = typer.Option(
@@ -113,7 +118,8 @@ def serve(
     hosts = allowed_hosts_for(host, api_key_file is not None, allowed_host)
     if hosts != ANY_HOST and not is_loopback(host):
         logger.info("accepting the Host names %s (add others with --allowed-host)", ", ".join(hosts))
-    app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts, backend=backend)
+    app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts, backend=backend,
+                    threshold=threshold)
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)
 

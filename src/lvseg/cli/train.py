@@ -1,4 +1,8 @@
-"""``lvseg train``: its options are the fields of :class:`lvseg.training.options.TrainConfig`."""
+"""``lvseg train``: its options are the fields of :class:`lvseg.training.options.TrainConfig`.
+
+The text-encoder kinds and their options (the registry of :mod:`lvseg.text`) are the epilog of ``--help``. Old
+spellings of a flag (:data:`HIDDEN_ALIASES`) keep working, hidden from the help.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,16 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
+from lvseg.errors import LvsegError
+from lvseg.text import parse_option_items, text_encoder_help
 from lvseg.training.options import TrainConfig, cli_flag, parse_lr_scales, parse_model_options
+
+#: Old flags still accepted, hidden from ``--help``: {TrainConfig field: (parameter name, old flag)}.
+HIDDEN_ALIASES: dict[str, tuple[str, str]] = {"text_length": ("text_len_alias", "--text-len")}
 
 
 def _cli_parameters() -> list[inspect.Parameter]:
-    """One typer option per CLI field of TrainConfig, with its flag, help and default."""
+    """One typer option per CLI field of TrainConfig, with its flag, help and default, plus the hidden aliases."""
     hints = typing.get_type_hints(TrainConfig)
     parameters = []
     for field_ in dataclasses.fields(TrainConfig):
@@ -31,15 +40,44 @@ def _cli_parameters() -> list[inspect.Parameter]:
             field_.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
             default=typer.Option(default, *cli_flag(field_).split(" "), help=meta["help"], show_default=not required),
         ))
+        if field_.name in HIDDEN_ALIASES:
+            parameters.append(_alias_parameter(field_, annotation))
     return parameters
+
+
+def _alias_parameter(field_: dataclasses.Field, annotation: Any) -> inspect.Parameter:
+    """The hidden option of ``field_``'s old flag (no default of its own: an unset alias is None)."""
+    name, flag = HIDDEN_ALIASES[field_.name]
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+        default=typer.Option(None, flag, hidden=True, help=f"Old spelling of {cli_flag(field_)}."),
+    )
+
+
+def merge_aliases(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each hidden alias's value moved to its field; both given with different values is an
+    error naming both flags."""
+    by_name = {field_.name: field_ for field_ in dataclasses.fields(TrainConfig)}
+    for field_name, (name, flag) in HIDDEN_ALIASES.items():
+        value = options.pop(name, None)
+        if value is None:
+            continue
+        current = options.get(field_name)
+        if current is not None and current != value:
+            raise LvsegError(f"{cli_flag(by_name[field_name])} {current} and {flag} {value} disagree; give one "
+                             f"(both spell the same option)")
+        options[field_name] = value
+    return options
 
 
 def train_command(**options: Any) -> None:
     """Train a segmentation model on a dataset in the LViT folder layout."""
     from lvseg.training.fit import train
 
+    options = merge_aliases(options)
     devices = str(options.pop("devices"))
     options["model_options"] = parse_model_options(options.pop("model_options"))
+    options["text_options"] = parse_option_items(options.pop("text_options"), flag="--text-option")
     options["lr_scales"] = parse_lr_scales(options.pop("lr_scales"))
     config = TrainConfig(**options, devices=int(devices) if devices.isdigit() else devices)
     result = train(config)
@@ -58,4 +96,5 @@ train_command.__annotations__ = {p.name: p.annotation for p in _cli_parameters()
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train")(train_command)
+    """Add ``lvseg train``; its epilog lists the text-encoder kinds registered by then."""
+    app.command("train", epilog=text_encoder_help())(train_command)

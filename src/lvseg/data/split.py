@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 from lvseg.data.layout import Sample
 from lvseg.errors import LvsegError
@@ -111,26 +111,35 @@ def check_labeled_masks(samples: Sequence[Sample]) -> None:
         raise DataValidationError(problems, where="labeled training masks")
 
 
-class BalancedSemiSampler(Sampler[int]):
+class BalancedSemiSampler(DistributedSampler):
     """Indices into ``ConcatDataset([labeled, unlabeled])`` alternating labeled and unlabeled images.
 
     Every epoch visits each unlabeled image exactly once (the EPI update needs one prediction per image
     per epoch) in a fresh seeded order, and pairs it with a labeled image, cycling through reshuffled
     labeled images as often as needed. A batch is thus half labeled, however few the labels: the
     supervised signal is not diluted by the unlabeled majority. Epoch length: 2 x n_unlabeled.
+
+    Under DDP (``num_replicas`` processes, this one ``rank``) the pairs are dealt out in turn, so every
+    process trains on half-labeled batches and the processes together visit each unlabeled image once
+    (the last pairs repeat from the start when ``n_unlabeled`` is not a multiple of ``num_replicas``: every
+    process must take the same number of steps). It is a ``DistributedSampler`` so Lightning uses it as it
+    is rather than wrapping it (a wrapper would deal out single indices and break the pairing).
     """
 
-    def __init__(self, n_labeled: int, n_unlabeled: int, seed: int = 0) -> None:
+    def __init__(self, n_labeled: int, n_unlabeled: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         if n_labeled < 1 or n_unlabeled < 1:
             raise ValueError(f"need labeled and unlabeled images, got {n_labeled} and {n_unlabeled}")
-        self.n_labeled, self.n_unlabeled, self.seed = n_labeled, n_unlabeled, seed
-        self.epoch = 0
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        super().__init__(range(n_labeled + n_unlabeled), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        self.n_labeled, self.n_unlabeled = n_labeled, n_unlabeled
+        self.pairs_per_replica = -(-n_unlabeled // num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return 2 * self.n_unlabeled
+        return 2 * self.pairs_per_replica
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
@@ -138,6 +147,8 @@ class BalancedSemiSampler(Sampler[int]):
         unlabeled = (torch.randperm(self.n_unlabeled, generator=generator) + self.n_labeled).tolist()
         cycles = -(-self.n_unlabeled // self.n_labeled)
         labeled = torch.cat([torch.randperm(self.n_labeled, generator=generator) for _ in range(cycles)]).tolist()
-        for labeled_index, unlabeled_index in zip(labeled, unlabeled):
+        pairs = list(zip(labeled, unlabeled))
+        pairs += pairs[:self.pairs_per_replica * self.num_replicas - len(pairs)]
+        for labeled_index, unlabeled_index in pairs[self.rank::self.num_replicas]:
             yield labeled_index
             yield unlabeled_index

@@ -1,6 +1,8 @@
 """Evaluate a checkpoint on a dataset split, with the reports given, shuffled across images, or empty.
 
-Metrics follow the LViT paper: threshold 0.5, per image, averaged over the split.
+Metrics follow the LViT paper: per image, averaged over the split, masks where the probability exceeds the
+model's decision threshold (``SegmentationModel.decision_threshold``: 0.5, the paper's, for most models; an
+export folder's is in its manifest) unless ``threshold`` is given.
 
 * ``dice`` / ``iou``: at model resolution (the truth mask resized nearest to ``img_size``).
 * ``dice_original`` / ``iou_original``: the probability map upsampled bilinear to the image's original size
@@ -34,11 +36,11 @@ from lvseg.evaluation.metrics import METRIC_NAMES, binarize, dice_iou_per_image,
 from lvseg.rendering import overlay_grid, overlay_mask
 from lvseg.files import atomic_write_text
 from lvseg.inference import Segmenter, load_model, upsample_probability
+from lvseg.inference.threshold import threshold_or_default
 
 log = logging.getLogger(__name__)
 
 TEXT_MODES: tuple[str, ...] = ("given", "shuffled", "empty")
-THRESHOLD = 0.5
 PER_IMAGE_COLUMNS: tuple[str, ...] = ("name", "text") + METRIC_NAMES
 TRUTH_COLOR = (0, 200, 0)
 PREDICTION_COLOR = (255, 0, 0)
@@ -73,6 +75,7 @@ class EvaluationReport:
     std: dict[str, float]
     hd95_undefined: int
     backend: str = "eager"  # how the network ran (outputs differ slightly between backends)
+    threshold: float = 0.5  # the probability above which a pixel was lesion
     per_image: list[ImageResult] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -88,7 +91,7 @@ class EvaluationReport:
             "backend": self.backend,
             "split": self.split,
             "text_mode": self.text_mode,
-            "threshold": THRESHOLD,
+            "threshold": self.threshold,
             "n_images": self.n_images,
             **{name: _json_float(value) for name, value in self.means.items()},
             "std": {name: _json_float(value) for name, value in self.std.items()},
@@ -111,6 +114,7 @@ class TextRelianceReport:
             "checkpoint": first.checkpoint,
             "backend": first.backend,
             "split": first.split,
+            "threshold": first.threshold,
             "n_images": first.n_images,
             "text_reliance": _json_float(self.text_reliance),
             "modes": {mode: report.to_json() for mode, report in self.reports.items()},
@@ -251,8 +255,10 @@ def _evaluate_modes(
     texts_by_mode: dict[str, list[str]],
     batch_size: int,
     n_overlays: int,
+    threshold: float,
 ) -> tuple[dict[str, list[ImageResult]], dict[str, _Extremes]]:
-    """Run every mode over the samples, reading each image and mask once; per-image results per mode."""
+    """Run every mode over the samples, reading each image and mask once; per-image results per mode, masks
+    where the probability exceeds ``threshold``."""
     from lvseg.data.images import read_image, read_mask, resize_image, resize_mask
 
     results: dict[str, list[ImageResult]] = {mode: [] for mode in texts_by_mode}
@@ -271,10 +277,10 @@ def _evaluate_modes(
         for mode, all_texts in texts_by_mode.items():
             texts = all_texts[start:start + len(chunk)]
             probability = segmenter.probabilities(batch, texts, allow_empty_text=True)  # (B, 1, S, S)
-            dice, iou = dice_iou_per_image(binarize(probability, THRESHOLD), small_truth)
+            dice, iou = dice_iou_per_image(binarize(probability, threshold), small_truth)
             for i, (sample, image, truth) in enumerate(zip(chunk, images, truths)):
                 full = upsample_probability(probability[i], truth.shape)
-                prediction = (full > THRESHOLD).numpy().astype(np.uint8)
+                prediction = (full > threshold).numpy().astype(np.uint8)
                 original = mask_metrics(prediction, truth)
                 result = ImageResult(sample.name, texts[i], float(dice[i]), float(iou[i]),
                                      original["dice"], original["iou"], original["hd95"])
@@ -285,15 +291,15 @@ def _evaluate_modes(
     return results, extremes
 
 
-def _report(segmenter: Segmenter, checkpoint: Path, split: str, mode: str,
-            results: list[ImageResult]) -> EvaluationReport:
+def _report(segmenter: Segmenter, checkpoint: Path, split: str, mode: str, results: list[ImageResult],
+            threshold: float) -> EvaluationReport:
     means, std, undefined = {}, {}, 0
     for name in METRIC_NAMES:
         means[name], std[name], missing = summarize(getattr(result, name) for result in results)
         if name == "hd95":
             undefined = missing
     return EvaluationReport(segmenter.model_name, str(checkpoint), split, mode, len(results), means, std,
-                            undefined, backend=segmenter.backend, per_image=results)
+                            undefined, backend=segmenter.backend, threshold=threshold, per_image=results)
 
 
 def _per_image_csv(results: Sequence[ImageResult]) -> str:
@@ -347,11 +353,14 @@ def evaluate_modes(
     seed: int = 0,
     n_overlays: int = 4,
     model: Segmenter | None = None,
+    threshold: float | None = None,
 ) -> dict[str, EvaluationReport]:
     """Evaluate several text modes in one pass (model loaded once, images read once).
 
     With ``out``, each mode's files go to ``out/<mode>/`` when there are several modes, else to ``out``.
     ``model``: an already loaded :class:`Segmenter` of ``checkpoint`` (then ``device`` is ignored).
+    ``threshold``: the probability above which a pixel is lesion, in (0, 1) (default: the model's declared
+    decision threshold, :attr:`Segmenter.decision_threshold`).
     """
     _check_args(batch_size, n_overlays)
     unknown = [mode for mode in modes if mode not in TEXT_MODES]
@@ -359,12 +368,14 @@ def evaluate_modes(
         raise LvsegError(f"unknown text mode {unknown[0] if unknown else '(none)'!r}; "
                          f"expected one of {', '.join(TEXT_MODES)}")
     segmenter, samples = _load(checkpoint, data_root, split, device, model)
+    cut = threshold_or_default(threshold, segmenter.decision_threshold)
     own = [sample.text for sample in samples]
     texts_by_mode = {mode: texts_for_mode(own, mode, seed) for mode in dict.fromkeys(modes)}
-    results, extremes = _evaluate_modes(segmenter, samples, texts_by_mode, batch_size, n_overlays if out else 0)
+    results, extremes = _evaluate_modes(segmenter, samples, texts_by_mode, batch_size, n_overlays if out else 0,
+                                        cut)
     reports = {}
     for mode in texts_by_mode:
-        report = _report(segmenter, Path(checkpoint), split, mode, results[mode])
+        report = _report(segmenter, Path(checkpoint), split, mode, results[mode], cut)
         if out is not None:
             _write_report(report, extremes[mode], Path(out) / mode if len(texts_by_mode) > 1 else Path(out))
         reports[mode] = report
@@ -382,16 +393,18 @@ def evaluate(
     seed: int = 0,
     n_overlays: int = 4,
     model: Segmenter | None = None,
+    threshold: float | None = None,
 ) -> EvaluationReport:
     """Evaluate ``checkpoint`` on ``split`` of the LViT-layout dataset at ``data_root``.
 
     ``text_mode``: ``given`` (each image's own report), ``shuffled`` (reports permuted across images with a
     seeded derangement) or ``empty``. With ``out``, writes ``metrics.json``, ``per_image.csv`` (columns
     ``name, text, dice, iou, dice_original, iou_original, hd95``) and ``overlays/best_NN_*.png`` /
-    ``overlays/worst_NN_*.png`` (image | truth | prediction, ranked by ``dice_original``).
+    ``overlays/worst_NN_*.png`` (image | truth | prediction, ranked by ``dice_original``). ``threshold``: as
+    for :func:`evaluate_modes` (default: the model's declared decision threshold).
     """
     return evaluate_modes(checkpoint, data_root, split, (text_mode,), out, batch_size, device, seed,
-                          n_overlays, model)[text_mode]
+                          n_overlays, model, threshold)[text_mode]
 
 
 def evaluate_text_reliance(
@@ -405,14 +418,17 @@ def evaluate_text_reliance(
     seed: int = 0,
     n_overlays: int = 4,
     model: Segmenter | None = None,
+    threshold: float | None = None,
 ) -> TextRelianceReport:
     """Evaluate with the reports given and shuffled (and empty) and measure the model's reliance on text.
 
     ``text_reliance = dice(given) - dice(shuffled)`` (model-resolution Dice). With ``out``, each mode's files
     go to ``out/<mode>/`` and a combined ``out/metrics.json`` holds every mode and ``text_reliance``.
+    ``threshold``: as for :func:`evaluate_modes` (default: the model's declared decision threshold).
     """
     modes = list(dict.fromkeys(["given", "shuffled", *modes]))
-    reports = evaluate_modes(checkpoint, data_root, split, modes, out, batch_size, device, seed, n_overlays, model)
+    reports = evaluate_modes(checkpoint, data_root, split, modes, out, batch_size, device, seed, n_overlays, model,
+                             threshold)
     reliance = reports["given"].dice - reports["shuffled"].dice
     combined = TextRelianceReport(reports, reliance)
     if out is not None:

@@ -14,10 +14,15 @@ The text front end (``model.encode_text``) always runs in eager fp32; a backend 
 
 ``auto`` picks the fastest backend that passed the accuracy guard (per-image mask Dice >= 0.99 against fp32
 eager) on the trained demo checkpoints: on a CPU ``openvino`` (fp32) when OpenVINO is installed, else ``onnx``
-when ONNX Runtime is, else ``eager``; on CUDA ``eager`` (autocast). The bf16 paths (``bf16``, ``compile``,
-``openvino-bf16``) are faster still but did not pass it there (lowest per-image Dice 0.977-0.985, boundary
-pixels of small lesions), so they are opt-in. ONNX Runtime and OpenVINO come with the ``deploy`` extra
-(``pip install 'lvseg[deploy]'``).
+when ONNX Runtime is, else ``eager``; on CUDA ``eager`` (autocast); ``eager`` too for a single image, where
+exporting the network costs more than it saves. The bf16 paths (``bf16``, ``compile``, ``openvino-bf16``) are
+faster still but did not pass it there (lowest per-image Dice 0.977-0.985, boundary pixels of small lesions), so
+they are opt-in. ONNX Runtime and OpenVINO come with the ``deploy`` extra (``pip install 'lvseg[deploy]'``).
+
+The backends are a registry: their names and capabilities are declared in
+:mod:`lvseg.inference.backend_choice` (torch-free: the CLI reads the help text there), and each one's runner
+builder is registered here against its name with :func:`register_runner`; :func:`make_runner` dispatches
+through it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +39,9 @@ import numpy as np
 import torch
 
 from lvseg.errors import LvsegError, first_line
-from lvseg.inference.backend_choice import BACKENDS, EXPORTING_BACKENDS
+from lvseg.inference.backend_choice import DEPLOY_EXTRA, backend_spec, choose_backend, exporting_backends
 
 logger = logging.getLogger(__name__)
-
-
-_DEPLOY_EXTRA = "pip install 'lvseg[deploy]'"
 
 
 def cpu_has_bf16() -> bool:
@@ -49,27 +52,12 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-def resolve_backend(name: str, device: torch.device) -> str:
-    """The backend ``name`` stands for on ``device`` (``auto`` resolved; unknown names are an error)."""
-    if name not in BACKENDS:
-        raise LvsegError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    if name != "auto":
-        if name in EXPORTING_BACKENDS and device.type != "cpu":
-            raise LvsegError(f"backend {name!r} runs on the CPU; use --device cpu, or --backend eager/bf16 on {device}")
-        return name
-    if device.type != "cpu":
-        return "eager"
-    # The fastest backends that passed the accuracy guard on the trained demo checkpoints (benchmarks/RESULTS.md),
-    # in order; the bf16 paths were faster but flipped boundary pixels of small lesions (lowest Dice 0.977).
-    if _installed("openvino"):
-        return "openvino"
-    return "onnx" if _installed("onnxruntime") else "eager"
+def resolve_backend(name: str, device: torch.device, expected_images: int | None = None) -> str:
+    """The backend ``name`` stands for on ``device``: ``auto`` resolved from the registry
+    (:func:`lvseg.inference.backend_choice.auto_backend`: the fastest installed backend that passed the accuracy
+    guard and runs there; ``eager`` when ``expected_images`` is 1, as exporting costs more than it saves for one
+    image), any other name checked. :class:`LvsegError` for an unknown name or a CPU-only backend elsewhere."""
+    return choose_backend(name, str(device), expected_images)
 
 
 def flatten_text_input(text_input: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
@@ -234,7 +222,7 @@ class OnnxRuntimeRunner(_ExportedRunner):
         try:
             import onnxruntime
         except ImportError:
-            raise LvsegError(f"the onnx backend needs ONNX Runtime: {_DEPLOY_EXTRA}") from None
+            raise LvsegError(f"the onnx backend needs ONNX Runtime: {DEPLOY_EXTRA}") from None
         super().__init__(model, device, example, graph, input_names)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
@@ -259,7 +247,7 @@ class OpenVinoRunner(_ExportedRunner):
         try:
             import openvino
         except ImportError:
-            raise LvsegError(f"the openvino backend needs OpenVINO: {_DEPLOY_EXTRA}") from None
+            raise LvsegError(f"the openvino backend needs OpenVINO: {DEPLOY_EXTRA}") from None
         self.name = "openvino-bf16" if bf16 else "openvino"
         super().__init__(model, device, example, graph, input_names)
         core = openvino.Core()
@@ -278,26 +266,81 @@ class OpenVinoRunner(_ExportedRunner):
         return torch.from_numpy(np.asarray(result[self.compiled.output(0)])).float()
 
 
+@dataclass(frozen=True)
+class NetworkSource:
+    """Where an exporting backend's network comes from: ``graph`` (an exported network, inputs ``input_names``)
+    when given, else ``model`` exported for ``example``, an (images (B, C, S, S), text_input) batch."""
+
+    example: tuple[torch.Tensor, Any] | None = None
+    graph: Path | None = None
+    input_names: list[str] | None = None
+
+
+#: Builds a backend's runner: (model, device, source) -> runner.
+RunnerBuilder = Callable[[torch.nn.Module, torch.device, NetworkSource], NetworkRunner]
+
+_RUNNERS: dict[str, RunnerBuilder] = {}
+
+
+def register_runner(name: str) -> Callable[[RunnerBuilder], RunnerBuilder]:
+    """Decorator: register the runner builder of backend ``name``, declared in
+    :mod:`lvseg.inference.backend_choice` (:func:`~lvseg.inference.backend_choice.register_backend`)."""
+    backend_spec(name)  # a runner for an undeclared name is an error here, not at the first prediction
+
+    def register(builder: RunnerBuilder) -> RunnerBuilder:
+        if name in _RUNNERS:
+            raise ValueError(f"backend {name!r} already has a runner; expected one builder per backend")
+        _RUNNERS[name] = builder
+        return builder
+
+    return register
+
+
+@register_runner("eager")
+def _eager(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    return NetworkRunner(model, device)
+
+
+@register_runner("bf16")
+def _bf16(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    return Bf16Runner(model, device)
+
+
+@register_runner("compile")
+def _compile(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    return CompiledRunner(model, device)
+
+
+@register_runner("onnx")
+def _onnx(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    return OnnxRuntimeRunner(model, device, source.example, source.graph, source.input_names)
+
+
+@register_runner("openvino")
+def _openvino(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    return OpenVinoRunner(model, device, source.example, source.graph, source.input_names)
+
+
+@register_runner("openvino-bf16")
+def _openvino_bf16(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    return OpenVinoRunner(model, device, source.example, source.graph, source.input_names, bf16=True)
+
+
 def make_runner(name: str, model: torch.nn.Module, device: torch.device,
                 example: tuple[torch.Tensor, Any] | None = None, graph: Path | None = None,
                 input_names: list[str] | None = None) -> NetworkRunner:
-    """The runner of backend ``name`` (already resolved) for ``model`` on ``device``. The exporting backends run
-    ``graph`` (an exported network, inputs ``input_names``) when given, else export ``model`` for ``example``, an
-    (images, text_input) batch."""
-    if name in ("eager", "bf16", "compile") and graph is not None:
+    """The runner of backend ``name`` (already resolved) for ``model`` on ``device``, built by the builder
+    registered for it. The exporting backends run ``graph`` (an exported network, inputs ``input_names``) when
+    given, else export ``model`` for ``example``, an (images (B, C, S, S), text_input) batch."""
+    spec = backend_spec(name)
+    if graph is not None and not spec.exports:
         raise LvsegError(f"backend {name!r} runs a PyTorch model; an exported network runs with "
-                         f"{', '.join(EXPORTING_BACKENDS)} or auto")
-    if name == "eager":
-        return NetworkRunner(model, device)
-    if name == "bf16":
-        return Bf16Runner(model, device)
-    if name == "compile":
-        return CompiledRunner(model, device)
-    if name == "onnx":
-        return OnnxRuntimeRunner(model, device, example, graph, input_names)
-    if name in ("openvino", "openvino-bf16"):
-        return OpenVinoRunner(model, device, example, graph, input_names, bf16=name == "openvino-bf16")
-    raise LvsegError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+                         f"{', '.join(exporting_backends())} or auto")
+    builder = _RUNNERS.get(name)
+    if builder is None:
+        raise LvsegError(f"backend {name!r} is declared but has no runner; expected one registered with "
+                         "lvseg.inference.backends.register_runner")
+    return builder(model, device, NetworkSource(example, graph, input_names))
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> dict[str, float]:

@@ -13,8 +13,9 @@ The folder holds:
   network segments;
 * ``lvseg_export.json``: the manifest. Image: size S, channels, how to read it (:func:`lvseg.data.images.read_image`:
   [0, 1], grayscale replicated to 3 channels, alpha dropped), bicubic antialiased resize to S x S; the sigmoid
-  and threshold 0.5; for each text tensor its shape and dtype; for front ends that are not exported (frozen
-  Hugging Face or CLIP towers, the report vector) exactly what computes the tensors.
+  and the model's decision threshold (``decision_threshold``, e.g. 0.5); for each text tensor its shape and
+  dtype; for front ends that are not exported (frozen Hugging Face or CLIP towers, the report vector) exactly
+  what computes the tensors.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from lvseg.errors import LvsegError
 from lvseg.inference.backends import example_reports, export_onnx, flatten_text_input, quiet_warnings
 from lvseg.inference.loading import load_checkpoint_explained
-from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST
+from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST, THRESHOLD_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +124,11 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
         openvino.save_model(openvino.convert_model(str(out / "network.onnx")), str(out / "network.xml"),
                             compress_to_fp16=False)
         files += ["network.xml", "network.bin"]
+    threshold = float(model.decision_threshold)
     manifest = {
         "lvseg_export": EXPORT_VERSION, "format": fmt, "files": files, "model": loaded.hparams.get("model_name"),
-        "model_config": dict(model.config), "validation_data": loaded.hparams.get("validation_data"),
+        "model_config": dict(model.config), THRESHOLD_KEY: threshold,
+        "validation_data": loaded.hparams.get("validation_data"),
         "checkpoint": str(Path(checkpoint).name), "metrics": loaded.metrics,
         "image": {
             "input": _tensor_spec("images", images), "size": size, "channels": channels, "dtype": "float32",
@@ -135,8 +138,9 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
         },
         "text": {**text_entry, "tensors": [_tensor_spec(name, tensor) for name, tensor in zip(names[1:], tensors)]},
         "output": {"name": "logits", "shape": ["batch", 1, size, size],
-                   "postprocess": "probability = sigmoid(logits); lesion where probability > 0.5; resize the "
-                                  "probability (bilinear) to the image's own size before thresholding"},
+                   "postprocess": f"probability = sigmoid(logits); lesion where probability > {threshold:g} "
+                                  f"({THRESHOLD_KEY}); resize the probability (bilinear) to the image's own size "
+                                  "before thresholding"},
     }
     path = out / MANIFEST
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")

@@ -4,7 +4,9 @@ The exported network (``network.xml`` for OpenVINO when the folder has it, else 
 lvseg reads the reports exactly as the checkpoint did: the model is rebuilt from the manifest's
 ``model_config`` (frozen pretrained towers from where they were found, as for a checkpoint) and its text encoder
 gets the trained weights of ``text_front_end.safetensors``. The rest of that rebuilt model, the network, is
-never run: its floating-point weights are set to NaN so that any use of them shows at once.
+never run: its floating-point weights are set to NaN so that any use of them shows at once. The decision
+threshold is the manifest's ``decision_threshold`` (the exported model's; 0.5 for folders written before
+manifests recorded it).
 """
 
 from __future__ import annotations
@@ -18,13 +20,12 @@ from typing import Any
 import torch
 
 from lvseg.errors import CheckpointError, LvsegError
-from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST
+from lvseg.inference.backend_choice import AUTO, DEPLOY_EXTRA, backend_names, backend_spec, exporting_backends
+from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST, THRESHOLD_KEY
 from lvseg.inference.segmenter import Segmenter
+from lvseg.inference.threshold import DEFAULT_THRESHOLD
 
 logger = logging.getLogger(__name__)
-
-#: The backends an exported network runs with (``auto``: the first one installed).
-EXPORT_BACKENDS = ("openvino", "openvino-bf16", "onnx")
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -59,26 +60,44 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for name in ("network.onnx", FRONT_END):
         if not (folder / name).is_file():
             problems.append(f"the file '{name}' is missing")
+    threshold = manifest.get(THRESHOLD_KEY, DEFAULT_THRESHOLD)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
+        problems.append(f"'{THRESHOLD_KEY}' is {threshold!r}; expected a number between 0 and 1")
     if problems:
         raise CheckpointError(f"export folder '{folder}' is incomplete: " + "; ".join(problems))
     return manifest
 
 
+def manifest_threshold(manifest: dict[str, Any]) -> float:
+    """The decision threshold an export folder's manifest records (0.5 for folders written before it did)."""
+    return float(manifest.get(THRESHOLD_KEY, DEFAULT_THRESHOLD))
+
+
 def _export_backend(backend: str) -> str:
     """The backend an export folder runs with: ``auto`` as for a checkpoint on the CPU, which must not be eager."""
-    from lvseg.inference.backend_choice import BACKENDS
     from lvseg.inference.backends import resolve_backend
 
-    if backend not in BACKENDS:
-        raise LvsegError(f"unknown backend {backend!r}; an export folder runs with {', '.join(EXPORT_BACKENDS)} or auto")
+    runs_with = f"{', '.join(exporting_backends())} or {AUTO}"
+    if backend not in backend_names():
+        raise LvsegError(f"unknown backend {backend!r}; an export folder runs with {runs_with}")
     resolved = resolve_backend(backend, torch.device("cpu"))
-    if backend == "auto" and resolved not in EXPORT_BACKENDS:
-        raise LvsegError("an exported model runs with OpenVINO or ONNX Runtime, and neither is installed: "
-                         "pip install 'lvseg[deploy]'")
-    if resolved not in EXPORT_BACKENDS:
+    exports = backend_spec(resolved).exports
+    if backend == AUTO and not exports:
+        raise LvsegError(f"an exported model runs with OpenVINO or ONNX Runtime, and neither is installed: "
+                         f"{DEPLOY_EXTRA}")
+    if not exports:
         raise LvsegError(f"backend {backend!r} runs a PyTorch checkpoint; an export folder runs with "
-                         f"{', '.join(EXPORT_BACKENDS)} or auto (or give the .ckpt it was exported from)")
+                         f"{runs_with} (or give the .ckpt it was exported from)")
     return resolved
+
+
+def _graph(folder: Path, backend: str) -> Path:
+    """The network file of ``folder`` that ``backend`` runs: the first of its ``graph_files`` the folder has."""
+    for name in backend_spec(backend).graph_files:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(f"export folder '{folder}' has none of {', '.join(backend_spec(backend).graph_files)}, "
+                          f"which backend {backend!r} runs")
 
 
 def _text_front_end(folder: Path, manifest: dict[str, Any]) -> torch.nn.Module:
@@ -131,13 +150,12 @@ def load_export(folder: str | Path, device: str | torch.device | None = None, ba
         raise LvsegError(f"an exported model runs on the CPU (OpenVINO / ONNX Runtime); got device {device!r}")
     manifest = read_manifest(folder)
     backend = _export_backend(backend)
-    graph = folder / "network.xml" if backend.startswith("openvino") and (folder / "network.xml").is_file() \
-        else folder / "network.onnx"
+    graph = _graph(folder, backend)
     input_names = [manifest["image"]["input"]["name"], *(item["name"] for item in manifest["text"]["tensors"])]
     model = _text_front_end(folder, manifest)
     hparams = {"model_name": manifest["model"], "model_config": manifest["model_config"],
                "validation_data": manifest.get("validation_data"), "export": str(folder)}
     segmenter = Segmenter(model, hparams, manifest.get("metrics") or {}, device="cpu", backend=backend,
-                          graph=graph, input_names=input_names)
+                          graph=graph, input_names=input_names, decision_threshold=manifest_threshold(manifest))
     logger.info("loaded the exported %s from %s (%s, %s)", manifest["model"], folder, graph.name, segmenter.backend)
     return segmenter

@@ -122,9 +122,11 @@ def read_hwc(path: Path) -> np.ndarray:
     return np.transpose(read_image(path, channels=None), (1, 2, 0))
 
 
-def predict_folder(segmenter: object, folder: Path, out: Path, threshold: float = 0.5,
+def predict_folder(segmenter: object, folder: Path, out: Path, threshold: float | None = None,
                    batch_size: int = 8) -> list[dict[str, object]]:
-    """Segment every image of ``folder`` into ``out/masks`` and ``out/overlays``; one summary row per image."""
+    """Segment every image of ``folder`` into ``out/masks`` and ``out/overlays``; one summary row per image.
+    ``threshold``: the probability above which a pixel is lesion (default: the segmenter's
+    ``decision_threshold``, the model's declared one)."""
     from lvseg.files import atomic_write_text
 
     items = read_prediction_folder(folder, segmenter.requires_text)

@@ -25,16 +25,21 @@ def load_checkpoint_explained(path: str | Path) -> LoadedCheckpoint:
 
 
 def load_model(checkpoint: str | Path, device: str | torch.device | None = None,
-               backend: str | None = None) -> Segmenter:
+               backend: str | None = None, expected_images: int | None = None) -> Segmenter:
     """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)
     running its network with ``backend`` (:mod:`lvseg.inference.backends`: eager, bf16, compile, onnx, openvino,
     openvino-bf16, auto; default eager, the fp32 reference; the CLI's default is auto).
 
+    ``expected_images``: how many images the caller will segment (None: unknown, many). With ``auto`` and one
+    image a checkpoint runs eager: exporting its network (seconds) costs more than it saves (~0.1 s an image).
+
     ``checkpoint`` may also be a folder written by ``lvseg export``: its exported network then runs with onnx or
-    openvino (default and ``auto``: OpenVINO when installed), see :mod:`lvseg.inference.exported`."""
+    openvino (default and ``auto``: OpenVINO when installed, whatever ``expected_images``: there is nothing to
+    export), see :mod:`lvseg.inference.exported`."""
     if Path(checkpoint).is_dir():
         from lvseg.inference.exported import load_export
 
         return load_export(checkpoint, device=device, backend=backend or "auto")
     loaded = load_checkpoint_explained(checkpoint)
-    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device, backend=backend or "eager")
+    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device, backend=backend or "eager",
+                     expected_images=expected_images)

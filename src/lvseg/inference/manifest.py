@@ -7,3 +7,5 @@ FRONT_END = "text_front_end.safetensors"
 FRONT_END_PREFIX = "text_encoder."
 #: Version of the export folder's layout; 2 added ``model_config`` and the text front end's weights.
 EXPORT_VERSION = 2
+#: The manifest's key for the exported model's decision threshold (absent from older layout-2 folders: 0.5).
+THRESHOLD_KEY = "decision_threshold"

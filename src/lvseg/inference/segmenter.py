@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lvseg.errors import LvsegError
+from lvseg.inference.threshold import check_threshold, threshold_or_default
 from lvseg.text.base import TextReading
 
 logger = logging.getLogger(__name__)
@@ -68,14 +69,18 @@ class Segmenter:
     Thread-safe: one lock serialises forward passes so concurrent callers get identical results.
 
     ``backend`` says how the network runs (:mod:`lvseg.inference.backends`); ``auto`` falls back to ``eager``,
-    with a warning, for a model that cannot be exported. ``graph`` (with ``input_names``): an exported network
+    with a warning, for a model that cannot be exported, and is ``eager`` when ``expected_images`` is 1 (exporting
+    costs more than it saves for one image). ``graph`` (with ``input_names``): an exported network
     (``lvseg export``) to run instead of ``model``'s own; ``model`` then provides the text front end only.
+    ``decision_threshold``: the probability above which :meth:`predict` marks lesion when not given one (default:
+    the model's declared ``decision_threshold``; an export folder passes the one its manifest records).
     """
 
     def __init__(self, model: torch.nn.Module, hparams: dict[str, Any] | None = None,
                  metrics: dict[str, float] | None = None, device: str | torch.device | None = None,
-                 backend: str = "eager", graph: Path | None = None, input_names: list[str] | None = None) -> None:
-        from lvseg.inference.backend_choice import EXPORTING_BACKENDS
+                 backend: str = "eager", graph: Path | None = None, input_names: list[str] | None = None,
+                 expected_images: int | None = None, decision_threshold: float | None = None) -> None:
+        from lvseg.inference.backend_choice import backend_spec
         from lvseg.inference.backends import make_runner, resolve_backend
 
         self.device = resolve_device(device)
@@ -86,11 +91,14 @@ class Segmenter:
         self.img_size: int = int(model.config.get("img_size", 224))
         self.in_channels: int = int(model.config.get("in_channels", 3))
         self.requires_text: bool = bool(model.requires_text)
+        #: The probability above which :meth:`predict` marks lesion unless given a threshold.
+        self.decision_threshold: float = threshold_or_default(decision_threshold, float(model.decision_threshold),
+                                                              "decision_threshold")
         self._lock = threading.Lock()
-        self.backend = resolve_backend(backend, self.device)
+        self.backend = resolve_backend(backend, self.device, expected_images if graph is None else None)
         try:
             example = None
-            if self.backend in EXPORTING_BACKENDS and graph is None:
+            if backend_spec(self.backend).exports and graph is None:
                 from lvseg.inference.backends import example_reports
 
                 with torch.no_grad():
@@ -143,10 +151,12 @@ class Segmenter:
         self.probabilities(images, [self.model.example_reports[0]] if self.requires_text else [""],
                            allow_empty_text=True)
 
-    def predict_batch(self, images: list[Any], texts: list[str], threshold: float = 0.5) -> list[Prediction]:
-        """Segment several images at once; each result is at its own image's resolution."""
+    def predict_batch(self, images: list[Any], texts: list[str], threshold: float | None = None) -> list[Prediction]:
+        """Segment several images at once; each result is at its own image's resolution. ``threshold``: the
+        probability above which a pixel is lesion, in (0, 1) (default: :attr:`decision_threshold`)."""
         from lvseg.data.images import read_image, resize_image
 
+        cut = self.decision_threshold if threshold is None else check_threshold(threshold)
         if len(images) != len(texts):
             raise LvsegError(f"got {len(images)} images but {len(texts)} texts; give one report per image")
         arrays = [read_image(image, channels=self.in_channels) for image in images]
@@ -154,10 +164,11 @@ class Segmenter:
         results = []
         for probability, array, text in zip(probabilities, arrays, texts):
             full = upsample_probability(probability, tuple(array.shape[-2:])).numpy()
-            results.append(Prediction(mask=(full > threshold).astype(np.uint8), probability=full,
+            results.append(Prediction(mask=(full > cut).astype(np.uint8), probability=full,
                                       reading=self.model.read_report(text)))
         return results
 
-    def predict(self, image: Any, text: str = "", threshold: float = 0.5) -> Prediction:
-        """Segment one image (path, bytes, PIL image or array) described by ``text``."""
+    def predict(self, image: Any, text: str = "", threshold: float | None = None) -> Prediction:
+        """Segment one image (path, bytes, PIL image or array) described by ``text``; mask (H, W) and probability
+        (H, W) at the image's resolution. ``threshold``: default :attr:`decision_threshold`."""
         return self.predict_batch([image], [text], threshold=threshold)[0]

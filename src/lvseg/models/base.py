@@ -324,7 +324,9 @@ class SegmentationModel(nn.Module):
         """Named, weighted loss terms (scalars) whose sum is the training loss.
 
         output: ``forward``'s result (ModelOutput or logits (B, 1, H, W)); target (B, 1, H, W) in [0, 1];
-        weight: optional (B,) per-image weights. Auxiliary terms are only computed when ``output`` holds
+        weight: optional (B,) per-image or (B, 1, H, W) per-pixel weights in [0, 1]
+        (:func:`lvseg.models.losses.split_weight`; terms computed per image use the per-image part,
+        :func:`~lvseg.models.losses.image_weight`). Auxiliary terms are only computed when ``output`` holds
         auxiliary outputs (training mode), so validation losses are the main terms only.
         """
         from lvseg.models.losses import class_balanced_bce_with_logits, soft_dice_loss

@@ -112,8 +112,12 @@ class UpBlock(nn.Module):
         """Hook for subclasses that re-weight the skip connection; identity here."""
         return skip
 
+    def merge(self, x: torch.Tensor, gated_skip: torch.Tensor) -> torch.Tensor:
+        """The block's output from the deeper map x (B, in/2, h, w) and an already gated skip (B, in/2, 2h, 2w)."""
+        return self.convs(torch.cat([gated_skip, self.upsample(x)], dim=1))
+
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.convs(torch.cat([self.gate_skip(skip), self.upsample(x)], dim=1))
+        return self.merge(x, self.gate_skip(skip))
 
 
 class UpBlockAttention(UpBlock):

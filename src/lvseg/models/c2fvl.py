@@ -36,16 +36,16 @@ from torch import nn
 from lvseg.errors import LvsegError
 from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_img_size, check_positive
 from lvseg.models.blocks import (
-    ConvBatchNorm,
     ConvTransBN,
-    DownBlock,
     PatchEmbedding,
     Reconstruct,
     TransformerBlock,
     UpBlock,
     tokens_to_channels_first,
 )
-from lvseg.models.lvit import N_LEVELS, PATCH_SIZE
+from lvseg.models.cnn_encoder import N_LEVELS, build_cnn_decoder, build_cnn_encoder, encode_cnn, level_widths
+from lvseg.models.losses import image_weight
+from lvseg.models.lvit import PATCH_SIZE
 from lvseg.models.registry import register_model
 from lvseg.text.report_vector import ReportVectorEncoder
 
@@ -92,10 +92,6 @@ class UpBlockAlignment(UpBlock):
     def gate_skip(self, skip: torch.Tensor) -> torch.Tensor:
         return self.alignment(skip)
 
-    def merge(self, x: torch.Tensor, gated_skip: torch.Tensor) -> torch.Tensor:
-        """The block's output from the deeper map and an already gated skip."""
-        return self.convs(torch.cat([gated_skip, self.upsample(x)], dim=1))
-
 
 @register_model("c2fvl")
 class C2FVL(SegmentationModel):
@@ -141,19 +137,17 @@ class C2FVL(SegmentationModel):
                              f"8-value report vector tiled over channels), got {base_channels!r}")
         self.in_channels, self.img_size = in_channels, img_size
         b = base_channels
-        widths = [b * 2**i for i in range(N_LEVELS)]  # b, 2b, 4b, 8b
+        widths = level_widths(b)  # b, 2b, 4b, 8b
         n_tokens = (img_size // PATCH_SIZE) ** 2
 
-        self.inc = ConvBatchNorm(in_channels, b)
-        self.down = nn.ModuleList([DownBlock(w, 2 * w) for w in widths[:-1]] + [DownBlock(widths[-1], widths[-1])])
+        self.inc, self.down = build_cnn_encoder(in_channels, b)
         self.embed = nn.ModuleList(
             [PatchEmbedding(w, w, PATCH_SIZE // 2**i, n_tokens, dropout) for i, w in enumerate(widths)]
         )
         self.down_vit = nn.ModuleList([TransformerBlock(w, dropout=dropout) for w in widths])
         self.token_down = nn.ModuleList([ConvTransBN(w, w // 2) for w in widths[1:]])
         self.reconstruct = nn.ModuleList([Reconstruct(w, w, PATCH_SIZE // 2**i) for i, w in enumerate(widths)])
-        self.up = nn.ModuleList([UpBlockAlignment(2 * w, max(w // 2, b)) for w in widths])
-        self.head = nn.Conv2d(b, 1, kernel_size=1)
+        self.up, self.head = build_cnn_decoder(b, UpBlockAlignment)  # VLAB-gated skips: up.i.alignment
         self.side_heads = nn.ModuleList([nn.Conv2d(w, 1, kernel_size=1) for w in widths[1:]])
         self.register_buffer("channel_to_value", torch.arange(max(widths)) % VECTOR_SIZE, persistent=False)
 
@@ -188,13 +182,12 @@ class C2FVL(SegmentationModel):
         assert text_input is not None
         text = text_input.to(images.dtype)
 
-        feats = [self.inc(images)]  # level 0: (B, b, S, S)
+        # CNN levels (B, w_i, S/2^i, S/2^i) and bottom (B, 8b, S/16, S/16, not text-modulated), then the ViT.
+        feats, bottom = encode_cnn(self.inc, self.down, images)
         tokens = [self.down_vit[0](self.embed[0](feats[0]))]  # (B, N, b)
         for i in range(1, N_LEVELS):
-            feats.append(self.down[i - 1](feats[-1]))  # (B, w_i, S/2^i, S/2^i)
             t = tokens_to_channels_first(self.down_vit[i](self.embed[i](feats[i])), self.token_down[i - 1])
             tokens.append(torch.cat([t, tokens[-1]], dim=2))  # (B, N, w_i)
-        bottom = self.down[-1](feats[-1])  # (B, 8b, S/16, S/16), not text-modulated
 
         skips = []
         for i, (feat, rec, t) in enumerate(zip(feats, self.reconstruct, tokens)):
@@ -226,11 +219,12 @@ class C2FVL(SegmentationModel):
         if not aux:
             return terms
         finest = aux["side_1"].flatten(1).float()
+        per_image = image_weight(weight)
         for first, other in SIDE_PAIRS:
             distance = 1.0 - F.cosine_similarity(finest, aux[f"side_{other}"].flatten(1).float(), dim=1)  # (B,)
-            if weight is None:
+            if per_image is None:
                 mean = distance.mean()
             else:
-                mean = (distance * weight).sum() / weight.sum().clamp_min(1e-8)
+                mean = (distance * per_image).sum() / per_image.sum().clamp_min(1e-8)
             terms[f"cos_{first}_{other}"] = self.loss_weights[f"cos_{first}_{other}"] * mean
         return terms

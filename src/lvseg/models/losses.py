@@ -4,8 +4,27 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
+from monai.losses import DiceLoss, MaskedDiceLoss
 from torch import nn
+
+
+def split_weight(weight: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A loss ``weight`` as ``(per-image (B,) or None, per-pixel (B, 1, H, W) or None)``.
+
+    Losses take either per-image weights (B,) or per-pixel weights (B, 1, H, W) in [0, 1] (e.g. the
+    confidence mask of pseudo-labels: 0 where a pixel is ignored). A per-pixel weight also gives each image
+    the weight 1 when it keeps any pixel and 0 when it keeps none.
+    """
+    if weight is None or weight.dim() == 1:
+        return weight, None
+    if weight.dim() != 4 or weight.shape[1] != 1:
+        raise ValueError(f"a loss weight must be (B,) or (B, 1, H, W), got shape {tuple(weight.shape)}")
+    return (weight.flatten(1).amax(1) > 0).to(weight.dtype), weight
+
+
+def image_weight(weight: torch.Tensor | None) -> torch.Tensor | None:
+    """The per-image part (B,) of a loss weight (:func:`split_weight`), for terms computed per image."""
+    return split_weight(weight)[0]
 
 
 def class_balanced_bce_with_logits(
@@ -14,7 +33,8 @@ def class_balanced_bce_with_logits(
     """Binary cross-entropy whose positive and negative pixels each count for half.
 
     logits, target: (B, 1, H, W); target in [0, 1] (soft targets such as pseudo-labels are allowed:
-    a pixel counts as positive where target >= 0.5). ``weight``: optional (B,) per-image weights.
+    a pixel counts as positive where target >= 0.5). ``weight``: optional (B,) per-image or (B, 1, H, W)
+    per-pixel weights (:func:`split_weight`).
     Returns a scalar: 0.5 * mean loss over positive pixels + 0.5 * mean loss over negative pixels,
     so a small lesion is not drowned by the background. A batch without positive (or negative)
     pixels uses the other half alone.
@@ -22,7 +42,8 @@ def class_balanced_bce_with_logits(
     per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pixel_weight = torch.ones_like(per_pixel)
     if weight is not None:
-        pixel_weight = pixel_weight * weight.view(-1, *([1] * (per_pixel.dim() - 1)))
+        pixel_weight = pixel_weight * (weight if weight.dim() == per_pixel.dim()
+                                       else weight.view(-1, *([1] * (per_pixel.dim() - 1))))
     positive = target >= 0.5
     halves = []
     for selected in (positive, ~positive):
@@ -41,17 +62,28 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Ten
 
     Per image 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps) (MONAI ``DiceLoss`` with squared
     predictions, the LViT code's); ``squared=False``: sum(p) + sum(t) in the denominator (MONAI's default,
-    the medvlsm study's). logits, target: (B, 1, H, W); ``weight``: optional (B,) per-image weights. -> scalar.
+    the medvlsm study's). logits, target: (B, 1, H, W); ``weight``: optional (B,) per-image weights, or
+    (B, 1, H, W) per-pixel ones: then the sums run over the weighted pixels (MONAI ``MaskedDiceLoss``) and
+    images without any weighted pixel do not count. -> scalar.
     """
-    dice_per_image = (_DICE if squared else _PLAIN_DICE)(logits, target).flatten(1).mean(1)
-    return _weighted_mean(dice_per_image, weight)
+    per_image_weight, pixel_weight = split_weight(weight)
+    if pixel_weight is None:
+        dice = (_DICE if squared else _PLAIN_DICE)(logits, target)
+    else:
+        dice = (_MASKED_DICE if squared else _MASKED_PLAIN_DICE)(logits, target, pixel_weight)
+    return _weighted_mean(dice.flatten(1).mean(1), per_image_weight)
 
 
 def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Binary cross-entropy on logits, mean over the pixels of each image, then over the batch (optionally
-    weighted by ``weight`` (B,)). logits, target: (B, 1, H, W), target in [0, 1]. -> scalar."""
-    per_image = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    return _weighted_mean(per_image, weight)
+    weighted by ``weight`` (B,), or per pixel by (B, 1, H, W): a weighted mean over each image's pixels).
+    logits, target: (B, 1, H, W), target in [0, 1]. -> scalar."""
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    per_image_weight, pixel_weight = split_weight(weight)
+    if pixel_weight is None:
+        return _weighted_mean(per_pixel.flatten(1).mean(1), per_image_weight)
+    per_image = (per_pixel * pixel_weight).flatten(1).sum(1) / pixel_weight.flatten(1).sum(1).clamp_min(1e-8)
+    return _weighted_mean(per_image, per_image_weight)
 
 
 def _weighted_mean(per_image: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
@@ -62,6 +94,8 @@ def _weighted_mean(per_image: torch.Tensor, weight: torch.Tensor | None) -> torc
 
 _DICE = DiceLoss(sigmoid=True, squared_pred=True, reduction="none")
 _PLAIN_DICE = DiceLoss(sigmoid=True, reduction="none")
+_MASKED_DICE = MaskedDiceLoss(sigmoid=True, squared_pred=True, reduction="none")
+_MASKED_PLAIN_DICE = MaskedDiceLoss(sigmoid=True, reduction="none")
 
 
 class DiceBCELoss(nn.Module):

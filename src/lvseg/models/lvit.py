@@ -22,19 +22,23 @@ from torch import nn
 from lvseg.errors import LvsegError
 from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, check_img_size, check_positive
 from lvseg.models.blocks import (
-    ConvBatchNorm,
     ConvTransBN,
-    DownBlock,
     PatchEmbedding,
     Reconstruct,
     TransformerBlock,
     UpBlockAttention,
     tokens_to_channels_first,
 )
+from lvseg.models.cnn_encoder import (
+    N_LEVELS,
+    build_cnn_decoder,
+    build_cnn_encoder,
+    decode_cnn,
+    encode_cnn,
+    level_widths,
+)
 from lvseg.models.registry import register_model
 
-#: Number of U-Net levels that have a ViT stage; level i has width base * 2**i.
-N_LEVELS = 4
 #: Side of a ViT patch at level 0, in pixels; level i uses patches of PATCH_SIZE / 2**i.
 PATCH_SIZE = 16
 #: Text input of the official model when no encoder is given: 10 tokens of BERT-base features.
@@ -96,15 +100,12 @@ class LViT(SegmentationModel):
         check_positive("lvit", in_channels=in_channels, text_dim=text_dim, text_len=text_len)
         self.in_channels, self.img_size, self.text_len, self.text_dim = in_channels, img_size, text_len, text_dim
         b = base_channels
-        widths = [b * 2**i for i in range(N_LEVELS)]  # b, 2b, 4b, 8b
+        widths = level_widths(b)  # b, 2b, 4b, 8b
         self.n_tokens = (img_size // PATCH_SIZE) ** 2
 
-        # CNN encoder and decoder.
-        self.inc = ConvBatchNorm(in_channels, b)
-        self.down = nn.ModuleList([DownBlock(w, 2 * w) for w in widths[:-1]] + [DownBlock(widths[-1], widths[-1])])
-        # up.i takes [skip_i (w_i), deeper map (w_i)] and gives w_{i-1} (b at level 0).
-        self.up = nn.ModuleList([UpBlockAttention(2 * w, max(w // 2, b)) for w in widths])
-        self.head = nn.Conv2d(b, 1, kernel_size=1)
+        # CNN encoder and decoder (up.i takes [PLAM-gated skip_i (w_i), deeper map (w_i)], gives w_{i-1}; b at 0).
+        self.inc, self.down = build_cnn_encoder(in_channels, b)
+        self.up, self.head = build_cnn_decoder(b, UpBlockAttention)
 
         # Text pyramid: text_dim -> 8b -> 4b -> 2b -> b along the text tokens; only level 0 is used.
         self.text_proj = nn.ModuleList(
@@ -153,15 +154,13 @@ class LViT(SegmentationModel):
             text = proj(text)
         text_tokens = self.text_to_tokens(text.transpose(1, 2))  # (B, N, b)
 
-        # Encoder: CNN levels and the down ViT stages.
-        feats = [self.inc(images)]  # level 0: (B, b, S, S)
+        # Encoder: the CNN levels (B, w_i, S/2^i, S/2^i) and bottom (B, 8b, S/16, S/16), then the down ViT stages.
+        feats, bottom = encode_cnn(self.inc, self.down, images)
         tokens = [self.down_vit[0](self.embed[0](feats[0]) + text_tokens)]  # (B, N, b)
         for i in range(1, N_LEVELS):
-            feats.append(self.down[i - 1](feats[-1]))  # (B, w_i, S/2^i, S/2^i)
             t = self.down_vit[i](self.embed[i](feats[i]))  # (B, N, w_i)
             t = tokens_to_channels_first(t, self.token_down[i - 1])  # (B, N, w_i / 2)
             tokens.append(torch.cat([t, tokens[-1]], dim=2))  # (B, N, w_i)
-        bottom = self.down[-1](feats[-1])  # (B, 8b, S/16, S/16)
 
         # Up ViT stages, deepest first, each adding the deeper stage's output.
         deeper = self.up_vit[-1](tokens[-1])
@@ -172,8 +171,5 @@ class LViT(SegmentationModel):
 
         # Tokens back to feature maps, added to the CNN skips; decoder with PLAM-gated skips.
         skips = [feat + rec(t) for feat, rec, t in zip(feats, self.reconstruct, tokens)]
-        x = bottom
-        for i in range(N_LEVELS - 1, -1, -1):
-            x = self.up[i](x, skips[i])
-        logits = self.head(x)
+        logits = self.head(decode_cnn(self.up, bottom, skips))
         return ModelOutput(logits, {}) if self.training else logits

@@ -61,8 +61,8 @@ from torch import nn
 from lvseg.errors import LvsegError
 from lvseg.models.base import (ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_choices, check_img_size,
                                check_positive)
-from lvseg.models.blocks import ConvBatchNorm, ConvTransBN, DownBlock, UpBlockAttention
-from lvseg.models.lvit import N_LEVELS, PATCH_SIZE
+from lvseg.models.blocks import ConvTransBN, UpBlockAttention
+from lvseg.models.cnn_encoder import DOWNSAMPLING, build_cnn_decoder, build_cnn_encoder, decode_cnn, encode_cnn
 from lvseg.models.registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -245,14 +245,10 @@ class RecLMIS(SegmentationModel):
         self.in_channels, self.img_size, self.text_len, self.text_dim = in_channels, img_size, text_len, text_dim
         self.settings = settings
         self.logit_scale = float(logit_scale)
-        b = base_channels
-        widths = [b * 2**i for i in range(N_LEVELS)]
-        n_patches = (img_size // PATCH_SIZE) ** 2
+        n_patches = (img_size // DOWNSAMPLING) ** 2  # one token per bottleneck pixel
 
-        self.inc = ConvBatchNorm(in_channels, b)
-        self.down = nn.ModuleList([DownBlock(w, 2 * w) for w in widths[:-1]] + [DownBlock(widths[-1], widths[-1])])
-        self.up = nn.ModuleList([UpBlockAttention(2 * w, max(w // 2, b)) for w in widths])
-        self.head = nn.Conv2d(b, 1, kernel_size=1)
+        self.inc, self.down = build_cnn_encoder(in_channels, base_channels)
+        self.up, self.head = build_cnn_decoder(base_channels, UpBlockAttention)  # PLAM-gated skips
         self.text_proj = nn.Conv1d(text_dim, width, kernel_size=3, padding=1)
         self.patch_embed = nn.Conv2d(width, width, kernel_size=1)
         self.pos_embed = nn.Parameter(torch.zeros(1, n_patches, width))
@@ -304,10 +300,7 @@ class RecLMIS(SegmentationModel):
         self.check_images(images, self.in_channels, self.img_size)
         states, mask = self._text_input(images, text_input)
 
-        skips = [self.inc(images)]
-        for block in self.down[:-1]:
-            skips.append(block(skips[-1]))
-        bottom = self.down[-1](skips[-1])  # x5: (B, 8b, S/16, S/16)
+        skips, bottom = encode_cnn(self.inc, self.down, images)  # (B, w_i, S/2^i, S/2^i); x5: (B, 8b, S/16, S/16)
         batch, width, height, breadth = bottom.shape
 
         text = self.text_proj(states.transpose(1, 2)).transpose(1, 2)  # T: (B, L, 8b)
@@ -316,10 +309,8 @@ class RecLMIS(SegmentationModel):
         text_attended = self.attn_text(text, patches, patches, need_weights=False)[0]  # T'
         image_attended = self.attn_image(patches, text_attended, text_attended, need_weights=False)[0]  # V'
 
-        x = image_attended.transpose(1, 2).reshape(batch, width, height, breadth)
-        for i in range(N_LEVELS - 1, -1, -1):
-            x = self.up[i](x, skips[i])
-        logits = self.head(x)
+        x = image_attended.transpose(1, 2).reshape(batch, width, height, breadth)  # V' as a map
+        logits = self.head(decode_cnn(self.up, x, skips))
         if not self.training:
             return logits
         return ModelOutput(logits, self._reconstruction_branch(bottom, states, mask, text, text_attended,

@@ -9,7 +9,8 @@ from torch import nn
 
 from lvseg.errors import LvsegError
 from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, check_img_size, check_positive
-from lvseg.models.blocks import ConvBatchNorm, DownBlock, UpBlock
+from lvseg.models.blocks import UpBlock
+from lvseg.models.cnn_encoder import build_cnn_decoder, build_cnn_encoder, decode_cnn, encode_cnn
 from lvseg.models.registry import register_model
 
 
@@ -37,16 +38,8 @@ class UNet(SegmentationModel):
         check_img_size("unet", img_size)
         check_positive("unet", in_channels=in_channels, base_channels=base_channels)
         self.in_channels = in_channels
-        b = base_channels
-        self.inc = ConvBatchNorm(in_channels, b)
-        self.down = nn.ModuleList(
-            [DownBlock(b, 2 * b), DownBlock(2 * b, 4 * b), DownBlock(4 * b, 8 * b), DownBlock(8 * b, 8 * b)]
-        )
-        # up[i] merges the level-i skip with the deeper map: 2b -> b, 4b -> b, 8b -> 2b, 16b -> 4b.
-        self.up = nn.ModuleList(
-            [UpBlock(2 * b, b), UpBlock(4 * b, b), UpBlock(8 * b, 2 * b), UpBlock(16 * b, 4 * b)]
-        )
-        self.head = nn.Conv2d(b, 1, kernel_size=1)
+        self.inc, self.down = build_cnn_encoder(in_channels, base_channels)
+        self.up, self.head = build_cnn_decoder(base_channels, UpBlock)
 
     def forward(self, images: torch.Tensor, text_input: Any = None) -> torch.Tensor | ModelOutput:
         """images (B, in_channels, H, W) -> logits (B, 1, H, W); ``text_input`` is ignored."""
@@ -57,11 +50,7 @@ class UNet(SegmentationModel):
             )
         if images.shape[-2] % 16 or images.shape[-1] % 16:
             raise LvsegError(f"unet expects H and W divisible by 16, got {tuple(images.shape[-2:])}")
-        skips = [self.inc(images)]
-        for block in self.down:
-            skips.append(block(skips[-1]))
-        x = skips.pop()
-        for block in reversed(self.up):
-            x = block(x, skips.pop())
+        skips, bottom = encode_cnn(self.inc, self.down, images)
+        x = decode_cnn(self.up, bottom, skips)
         logits = self.head(x)
         return ModelOutput(logits, {}) if self.training else logits

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from lvseg.inference.threshold import threshold_or_default
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import MIB, FormLimits
 from lvseg.serving.openapi import _validation_message, docs_router, swagger_ui_dir
@@ -65,7 +66,7 @@ def create_app(
     max_text_chars: int = 2000,
     max_note_chars: int = 4000,
     max_concurrent_jobs: int = 2,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     read_timeout_s: float = 30.0,
     max_pending_requests: int = 16,
     allowed_hosts: list[str] | None = None,
@@ -73,6 +74,8 @@ def create_app(
     """Build the app around ``segmenter`` (loaded once, by the caller).
 
     ``api_key``: when set, every ``/api`` route needs it in the ``X-API-Key`` header (401 without).
+    ``threshold``: the probability above which a pixel is lesion, in (0, 1) (default: the segmenter's
+    ``decision_threshold``, the model's declared one); ``/api/model`` shows it.
     ``max_concurrent_jobs`` bounds how many uploads are decoded and rendered at once (memory);
     model calls are serialised on one thread, so identical inputs always give identical masks.
     ``read_timeout_s``: an upload that sends nothing for this long is answered 408 and closed.
@@ -92,7 +95,7 @@ def create_app(
         max_text_chars=max_text_chars,
         max_note_chars=max_note_chars,
         max_study_id_chars=128,
-        threshold=threshold,
+        threshold=threshold_or_default(threshold, segmenter.decision_threshold, "threshold"),
     )
     admission = Admission(max_pending_requests)
     service = Service(segmenter, config, max_concurrent_jobs)

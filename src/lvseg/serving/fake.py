@@ -35,17 +35,20 @@ class FakeSegmenter:
     metrics: dict[str, float] = field(default_factory=lambda: {"val_dice": 0.5})
     hparams: dict[str, Any] = field(default_factory=dict)
     text_encoder: Any = None
+    decision_threshold: float = 0.5
     calls: int = 0
 
     def keep_text_cache_in_memory(self, max_items: int = 4096) -> None:
         """Nothing to do: the fake has no text features to cache."""
 
-    def predict(self, image: Any, text: str | None, threshold: float = 0.5) -> FakePrediction:
-        """Brightness in [0, 1] (mean over channels) as probability, ``probability > threshold`` as mask.
+    def predict(self, image: Any, text: str | None, threshold: float | None = None) -> FakePrediction:
+        """Brightness in [0, 1] (mean over channels) as probability, ``probability > threshold`` as mask
+        (default: ``decision_threshold``).
 
         ``image``: anything ``Segmenter.predict`` takes (path, bytes, PIL image, (H, W[, C]) array);
         the results are at the input's size.
         """
         self.calls += 1
         probability = np.ascontiguousarray(read_image(image, channels=None).mean(axis=0), dtype=np.float32)
-        return FakePrediction(mask=(probability > threshold).astype(np.uint8), probability=probability)
+        cut = self.decision_threshold if threshold is None else threshold
+        return FakePrediction(mask=(probability > cut).astype(np.uint8), probability=probability)

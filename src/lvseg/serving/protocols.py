@@ -34,7 +34,8 @@ class PredictionLike(Protocol):
 class SegmenterLike(Protocol):
     """Everything the app reads of a model (``lvseg.inference.Segmenter`` or ``lvseg.serving.fake.FakeSegmenter``).
 
-    ``hparams`` may name the ``validation_data`` the metrics were measured on; ``device`` is shown as text.
+    ``hparams`` may name the ``validation_data`` the metrics were measured on; ``device`` is shown as text;
+    ``decision_threshold`` is the model's declared threshold, the app's default.
     """
 
     model_name: str
@@ -43,10 +44,11 @@ class SegmenterLike(Protocol):
     device: Any
     metrics: dict[str, Any]
     hparams: dict[str, Any]
+    decision_threshold: float
 
     @property
     def text_encoder(self) -> Any: ...
 
     def keep_text_cache_in_memory(self) -> None: ...
 
-    def predict(self, image: Any, text: str, threshold: float = 0.5) -> PredictionLike: ...
+    def predict(self, image: Any, text: str, threshold: float | None = None) -> PredictionLike: ...

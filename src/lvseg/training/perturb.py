@@ -35,8 +35,9 @@ MAX_SHIFT_FRACTION = 0.06
 class StrongPerturbation:
     """Random joint geometric + image-only intensity perturbation of a batch.
 
-    ``__call__(images (K, C, S, S) in [0, 1], targets (K, 1, S, S), references (K, 1, S, S) | None)``
-    returns the perturbed ``(images, targets, references)``; targets and references stay binary
+    ``__call__(images (K, C, S, S) in [0, 1], targets (K, T, S, S), references (K, 1, S, S) | None)``
+    returns the perturbed ``(images, targets, references)`` (T target channels move alike, e.g. a pseudo-label
+    and its pixel weights); targets and references stay binary
     (nearest-neighbour resampling), images are clamped to [0, 1].
     """
 

@@ -1,4 +1,5 @@
-"""The EPI pseudo-label bank: one exponentially averaged soft label per unlabeled image."""
+"""The EPI pseudo-label bank (one exponentially averaged soft label per unlabeled image) and what decides
+which of its pixels supervise: the confidence mask and the report filter."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ from typing import Any
 
 import torch
 
+from lvseg.data.report_regions import ChestGeometry, report_consistent_mask
+from lvseg.data.reports import parse_report
 from lvseg.errors import LvsegError
 from lvseg.files import atomic_write
 
 
 class PseudoLabelBank:
-    """EPI pseudo-labels of the unlabeled images, at model resolution, on the CPU.
+    """EPI pseudo-labels of the unlabeled images, at model resolution, on the training device
+    (:meth:`to`; the CPU until then, and in the files it writes).
 
     labels: float16 (N, S, S) in [0, 1]; seen: bool (N,), whether an image has a pseudo-label yet.
     """
@@ -30,14 +34,27 @@ class PseudoLabelBank:
     def __len__(self) -> int:
         return len(self.names)
 
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
+    def to(self, device: torch.device | str) -> PseudoLabelBank:
+        """Keep the labels on ``device`` (the model's), so a training step copies nothing to or from the host."""
+        self.labels, self.seen = self.labels.to(device), self.seen.to(device)
+        return self
+
+    def soft_labels(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (K,) -> the EMA pseudo-labels P_t, float32 (K, 1, S, S), on the bank's device."""
+        return self.labels[indices.to(self.device).long()].float().unsqueeze(1)
+
     def targets(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """indices (K,) -> (binary pseudo-label masks float32 (K, 1, S, S), seen bool (K,)), on the CPU.
+        """indices (K,) -> (binary pseudo-label masks float32 (K, 1, S, S), seen bool (K,)), on the bank's device.
 
         The EMA P_t stays soft in the bank; the training target is the mask P_t >= 0.5. Soft targets near
         0.5 would pull the Dice term toward blurred predictions, which the 0.5 threshold then cuts.
         """
-        indices = indices.detach().cpu().long()
-        return (self.labels[indices] >= 0.5).float().unsqueeze(1), self.seen[indices].clone()
+        indices = indices.to(self.device).long()
+        return (self.soft_labels(indices) >= 0.5).float(), self.seen[indices].clone()
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, probabilities: torch.Tensor) -> None:
@@ -45,8 +62,8 @@ class PseudoLabelBank:
 
         P_t = beta * P_(t-1) + (1 - beta) * p_t; an image seen for the first time gets P_1 = p_t.
         """
-        indices = indices.detach().cpu().long()
-        new = probabilities.detach().float().cpu().reshape(len(indices), self.img_size, self.img_size)
+        indices = indices.detach().to(self.device).long()
+        new = probabilities.detach().float().to(self.device).reshape(len(indices), self.img_size, self.img_size)
         old = self.labels[indices].float()
         seen = self.seen[indices].view(-1, 1, 1)
         updated = torch.where(seen, self.beta * old + (1.0 - self.beta) * new, new)
@@ -55,7 +72,7 @@ class PseudoLabelBank:
 
     def state_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "img_size": self.img_size, "beta": self.beta,
-                "labels": self.labels, "seen": self.seen}
+                "labels": self.labels.cpu(), "seen": self.seen.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state.get("names", [])) != self.names or int(state.get("img_size", -1)) != self.img_size:
@@ -63,8 +80,8 @@ class PseudoLabelBank:
                 "the stored pseudo-labels belong to other unlabeled images or another --img-size; "
                 "resume with the same data, split and --img-size"
             )
-        self.labels = state["labels"].to(torch.float16).clone()
-        self.seen = state["seen"].to(torch.bool).clone()
+        self.labels = state["labels"].to(self.device, torch.float16).clone()
+        self.seen = state["seen"].to(self.device, torch.bool).clone()
 
     def save(self, path: str | Path, global_step: int, epoch: int) -> Path:
         """Write the bank atomically (torch.save of tensors, lists and numbers: weights_only-safe)."""
@@ -79,3 +96,45 @@ class PseudoLabelBank:
             raise LvsegError(f"cannot read pseudo-labels '{path}': {type(error).__name__}: {error}") from None
         self.load_state_dict(state)
         return state
+
+
+def confidence_weight(soft_labels: torch.Tensor, tau: float) -> torch.Tensor:
+    """Pixel weights (K, 1, S, S) that keep the pixels the teacher is sure of: 1 where the EMA pseudo-label P_t
+    is >= ``tau`` (lesion) or <= 1 - ``tau`` (background), 0 in between (the pixel is ignored).
+
+    The confidence threshold of FixMatch (Sohn et al., NeurIPS 2020) and UniMatch (Yang et al., CVPR 2023),
+    applied to the averaged teacher's binary decision per pixel; ``tau = 0.5`` keeps every pixel.
+    """
+    if not 0.5 <= tau < 1.0:
+        raise LvsegError(f"--pseudo-confidence {tau} is not in [0.5, 1)")
+    return ((soft_labels >= tau) | (soft_labels <= 1.0 - tau)).float()
+
+
+class ReportFilter:
+    """Drops the pseudo-label regions that contradict their image's report (:mod:`lvseg.data.report_regions`).
+
+    ``reports``: one per unlabeled image (bank order), parsed once; a report outside the QaTa grammar
+    (empty findings) filters nothing. Dropped regions become background: the report says they are not
+    what it describes.
+    """
+
+    def __init__(self, reports: Sequence[str], geometry: ChestGeometry = ChestGeometry()) -> None:
+        self.findings = [parse_report(report) for report in reports]
+        self.geometry = geometry
+
+    @property
+    def readable(self) -> int:
+        """How many of the reports the grammar reads (the others filter nothing)."""
+        return sum(not findings.is_empty for findings in self.findings)
+
+    def __call__(self, indices: torch.Tensor, targets: torch.Tensor, soft_labels: torch.Tensor) -> torch.Tensor:
+        """indices (K,), binary targets and soft labels (K, 1, S, S) -> the targets without contradicting regions."""
+        filtered = targets.clone()
+        for row, index in enumerate(indices.tolist()):
+            findings = self.findings[index]
+            if findings.is_empty or not bool(targets[row].any()):
+                continue
+            keep = report_consistent_mask(targets[row, 0].cpu().numpy(), findings,
+                                          soft_labels[row, 0].float().cpu().numpy(), self.geometry)
+            filtered[row, 0] = targets[row, 0] * torch.from_numpy(keep).to(targets.device, targets.dtype)
+        return filtered

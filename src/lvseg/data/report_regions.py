@@ -1,0 +1,147 @@
+"""Where a chest report's findings lie in the image, and which mask regions a report contradicts.
+
+A report in the QaTa-COV19 grammar (:mod:`lvseg.data.reports`) names lungs (the *patient's* left/right),
+zones (upper/middle/lower thirds of a lung) and a number of infected areas. In a frontal (PA or AP)
+chest radiograph shown in the radiological convention, which QaTa-COV19 (Degerli et al., 2022) and
+lvseg's synthetic set (:mod:`lvseg.data.synth`) both use, the patient faces the viewer, so the
+**patient's left lung is on the image's right half** and the right lung on the image's left half.
+
+:class:`ChestGeometry` places the lung fields; its defaults are the synthetic set's geometry (lungs centred
+at mid-height with a half-height of 0.32 of the image), which also fits a typical cropped PA radiograph
+where the lungs span about the middle two thirds of the height. :func:`report_consistent_mask` keeps the
+connected regions of a binary mask that agree with a report:
+
+* a region's **lung** is the image half holding its centroid (mirrored as above);
+* its **zones** are the lung-zone bands its rows overlap (rows above or below the lung field count for
+  the nearest zone), so a region straddling a zone border agrees with either zone;
+* a region is dropped when the report names lungs and its lung is not one of them, or names zones of its
+  lung and the region overlaps none of them;
+* when the report states a count and more regions remain, the ``count`` most confident ones (highest mean
+  probability, then largest) are kept.
+
+A report the grammar does not read (empty findings) contradicts nothing: the mask comes back unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lvseg.data.reports import ZONES, Findings
+
+
+@dataclass(frozen=True)
+class ChestGeometry:
+    """The lung fields of a frontal chest radiograph, as fractions of the image size.
+
+    ``lung_top``/``lung_bottom``: the rows (0 top, 1 bottom) the lung fields span, split into
+    :data:`~lvseg.data.reports.ZONES` thirds; ``midline``: the column between the two lungs;
+    ``patient_left_on_image_right``: the radiological convention (True for QaTa-COV19 and the synthetic set).
+    """
+
+    lung_top: float = 0.18
+    lung_bottom: float = 0.82
+    midline: float = 0.5
+    patient_left_on_image_right: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lung_top < self.lung_bottom <= 1.0:
+            raise ValueError(f"lung_top {self.lung_top} and lung_bottom {self.lung_bottom} must satisfy "
+                             "0 <= lung_top < lung_bottom <= 1")
+        if not 0.0 < self.midline < 1.0:
+            raise ValueError(f"midline {self.midline} must lie strictly between 0 and 1")
+
+    def lung_at(self, column_fraction: float) -> str:
+        """The patient's lung (``"left"``/``"right"``) at a horizontal position (0 image left, 1 image right)."""
+        on_image_right = column_fraction >= self.midline
+        return "left" if on_image_right == self.patient_left_on_image_right else "right"
+
+    def zones_between(self, top_fraction: float, bottom_fraction: float) -> frozenset[str]:
+        """The zones whose bands the rows ``[top, bottom]`` (fractions of the height) overlap."""
+        band = (self.lung_bottom - self.lung_top) / len(ZONES)
+        first = int(np.clip((top_fraction - self.lung_top) // band, 0, len(ZONES) - 1))
+        last = int(np.clip((bottom_fraction - self.lung_top) // band, 0, len(ZONES) - 1))
+        return frozenset(ZONES[first:last + 1])
+
+
+@dataclass(frozen=True)
+class RegionVerdict:
+    """One connected region of a mask judged against a report.
+
+    ``lung``/``zones``: where it lies; ``confidence``: mean probability over it; ``area``: pixels;
+    ``reason``: why it was dropped (``""`` when kept).
+    """
+
+    lung: str
+    zones: frozenset[str]
+    confidence: float
+    area: int
+    reason: str = ""
+
+    @property
+    def kept(self) -> bool:
+        return not self.reason
+
+
+def judge_regions(
+    mask: np.ndarray, findings: Findings, probabilities: np.ndarray | None = None,
+    geometry: ChestGeometry = ChestGeometry(),
+) -> tuple[np.ndarray, list[RegionVerdict]]:
+    """Label the regions of ``mask`` (H, W) (8-connectivity) and judge each against ``findings``.
+
+    ``probabilities`` (H, W) in [0, 1] rank regions when there are more than the report's count (default:
+    the mask itself, so the larger region wins). Returns ``(labels (H, W) int, verdicts)`` with
+    ``verdicts[k]`` about the region ``labels == k + 1``.
+    """
+    from scipy import ndimage
+
+    binary = np.asarray(mask) > 0
+    if binary.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {binary.shape}")
+    score = binary.astype(np.float32) if probabilities is None else np.asarray(probabilities, dtype=np.float32)
+    if score.shape != binary.shape:
+        raise ValueError(f"probabilities {score.shape} and mask {binary.shape} differ in shape")
+    labels, count = ndimage.label(binary, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return labels, []
+    height, width = binary.shape
+    indices = np.arange(1, count + 1)
+    areas = ndimage.sum(binary, labels, indices)
+    confidences = ndimage.mean(score, labels, indices)
+    centroids = ndimage.center_of_mass(binary, labels, indices)
+    extents = ndimage.find_objects(labels)
+    named_lungs = findings.lungs
+    verdicts: list[RegionVerdict] = []
+    for k in range(count):
+        rows = extents[k][0]
+        lung = geometry.lung_at((centroids[k][1] + 0.5) / width)
+        zones = geometry.zones_between(rows.start / height, (rows.stop - 1 + 0.5) / height)
+        reason = ""
+        if named_lungs and lung not in named_lungs:
+            reason = f"in the {lung} lung, which the report does not name"
+        elif findings.zones(lung) and not zones & findings.zones(lung):
+            reason = f"in the {'/'.join(sorted(zones))} {lung} lung, a zone the report does not name"
+        verdicts.append(RegionVerdict(lung, zones, float(confidences[k]), int(areas[k]), reason))
+    kept = [k for k, verdict in enumerate(verdicts) if verdict.kept]
+    if findings.count and len(kept) > findings.count:
+        ranked = sorted(kept, key=lambda k: (verdicts[k].confidence, verdicts[k].area), reverse=True)
+        for k in ranked[findings.count:]:
+            verdict = verdicts[k]
+            verdicts[k] = RegionVerdict(verdict.lung, verdict.zones, verdict.confidence, verdict.area,
+                                        f"beyond the report's {findings.count} area(s), less confident")
+    return labels, verdicts
+
+
+def report_consistent_mask(
+    mask: np.ndarray, findings: Findings, probabilities: np.ndarray | None = None,
+    geometry: ChestGeometry = ChestGeometry(),
+) -> np.ndarray:
+    """``mask`` (H, W) without the regions that contradict ``findings`` (module docstring), as bool (H, W)."""
+    labels, verdicts = judge_regions(mask, findings, probabilities, geometry)
+    keep = np.zeros(len(verdicts) + 1, dtype=bool)
+    keep[1:] = [verdict.kept for verdict in verdicts]
+    return keep[labels]
+
+
+__all__ = ["ChestGeometry", "RegionVerdict", "judge_regions", "report_consistent_mask"]
