@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, markdown_table  # noqa: E402
+from common import append_section, markdown_table
 
 
 def cpu_ms_per_image(checkpoint: Path, repeats: int = 20) -> float:
@@ -57,14 +57,26 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     out = args.out / model
     base_channels = args.base_channels if "base_channels" in model_options(model) else None
     config = TrainConfig(
-        data=data, out=out, model=model, text_encoder=args.text_encoders.get(model), img_size=args.img_size,
+        data=data,
+        out=out,
+        model=model,
+        text_encoder=args.text_encoders.get(model),
+        img_size=args.img_size,
         base_channels=base_channels,
-        batch_size=args.batch_size, lr=args.lr, max_epochs=100_000, max_time=f"{args.minutes}m", patience=args.patience,
-        seed=args.seed, augment=args.augment, progress_bar=False, resume=(out / "last.ckpt").exists(),
+        batch_size=args.batch_size,
+        lr=args.lr,
+        max_epochs=100_000,
+        max_time=f"{args.minutes}m",
+        patience=args.patience,
+        seed=args.seed,
+        augment=args.augment,
+        progress_bar=False,
+        resume=(out / "last.ckpt").exists(),
     )
     result = train(config)
-    reliance = evaluate_text_reliance(result.best_checkpoint, data, split="test", out=out / "eval",
-                                      modes=("given", "shuffled"), device="cpu")
+    reliance = evaluate_text_reliance(
+        result.best_checkpoint, data, split="test", out=out / "eval", modes=("given", "shuffled"), device="cpu"
+    )
     given, shuffled = reliance.reports["given"].means, reliance.reports["shuffled"].means
     size = describe_model(model, **{k: v for k, v in model_config_for(config).items() if k != "text_encoder"})
     return {
@@ -95,12 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--patience", type=int, default=1000)
-    parser.add_argument("--lr", type=float, default=None, help="learning rate for every model (default: each "
-                        "model's recipe)")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="learning rate for every model (default: each model's recipe)"
+    )
     parser.add_argument("--augment", default="rotate", help="rotate keeps the sides that reports name")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--text-encoder", action="append", default=[], metavar="MODEL=SPEC",
-                        help="a text encoder for one model instead of its default, e.g. reclmis=learned")
+    parser.add_argument(
+        "--text-encoder",
+        action="append",
+        default=[],
+        metavar="MODEL=SPEC",
+        help="a text encoder for one model instead of its default, e.g. reclmis=learned",
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     args.text_encoders = dict(item.split("=", 1) for item in args.text_encoder if "=" in item)

@@ -1,7 +1,7 @@
 """Record the main job (`lvseg demo`) in benchmarks/RESULTS.md.
 
-    python benchmarks/demo.py                          # runs the demo into runs/demo, then records it
-    python benchmarks/demo.py --from-run runs/demo     # records a finished demo run's metrics.json
+python benchmarks/demo.py                          # runs the demo into runs/demo, then records it
+python benchmarks/demo.py --from-run runs/demo     # records a finished demo run's metrics.json
 """
 
 from __future__ import annotations
@@ -13,18 +13,30 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, markdown_table  # noqa: E402
+from common import append_section, markdown_table
 
 
 def summary_table(summary: dict) -> str:
     metrics, epochs = summary["metrics"], summary["epochs"]
     rows = []
-    for key, model, text in (("unet", "U-Net", "-"), ("lvit", "LViT", "given"),
-                             ("lvit_shuffled", "LViT", "shuffled"), ("lvit_empty", "LViT", "empty")):
+    for key, model, text in (
+        ("unet", "U-Net", "-"),
+        ("lvit", "LViT", "given"),
+        ("lvit_shuffled", "LViT", "shuffled"),
+        ("lvit_empty", "LViT", "empty"),
+    ):
         values = metrics[key]
-        rows.append({"model": model, "text at test": text, "Dice": f"{values['dice']:.4f}", "IoU": f"{values['iou']:.4f}",
-                     "Dice (orig. res.)": f"{values['dice_original']:.4f}", "HD95 (px)": f"{values['hd95']:.2f}",
-                     "epochs": epochs["unet" if key == "unet" else "lvit"]})
+        rows.append(
+            {
+                "model": model,
+                "text at test": text,
+                "Dice": f"{values['dice']:.4f}",
+                "IoU": f"{values['iou']:.4f}",
+                "Dice (orig. res.)": f"{values['dice_original']:.4f}",
+                "HD95 (px)": f"{values['hd95']:.2f}",
+                "epochs": epochs["unet" if key == "unet" else "lvit"],
+            }
+        )
     return markdown_table(rows)
 
 
@@ -43,12 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run_demo(DemoConfig(out=args.out))
     config, checks = summary["config"], summary["checks"]
-    note = (f"`lvseg demo` (the main job of `make demo`): {config['n_images']} synthetic chest images generated at "
-            f"{config['image_size']} px, models at {config['img_size']} px with base width {config['base_channels']}, "
-            f"batch {config['batch_size']}, {config['minutes_per_model']} min of training per model, augmentation "
-            f"'{config['augment']}'; test split. LViT - U-Net Dice: {checks['gain_over_unet']:+.4f} (expected >= +0.15); "
-            f"text reliance Dice(given) - Dice(shuffled): {checks['text_reliance']:+.4f} (expected >= 0.15). "
-            f"Wall time {summary['seconds']['total'] / 60:.1f} min. {args.note}")
+    note = (
+        f"`lvseg demo` (the main job of `make demo`): {config['n_images']} synthetic chest images generated at "
+        f"{config['image_size']} px, models at {config['img_size']} px with base width {config['base_channels']}, "
+        f"batch {config['batch_size']}, {config['minutes_per_model']} min of training per model, augmentation "
+        f"'{config['augment']}'; test split. LViT - U-Net Dice: {checks['gain_over_unet']:+.4f} (expected >= +0.15); "
+        f"text reliance Dice(given) - Dice(shuffled): {checks['text_reliance']:+.4f} (expected >= 0.15). "
+        f"Wall time {summary['seconds']['total'] / 60:.1f} min. {args.note}"
+    )
     table = summary_table(summary)
     print(table)
     if not args.no_record:

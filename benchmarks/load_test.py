@@ -32,14 +32,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, append_section, markdown_table  # noqa: E402
+from common import RESULTS, append_section, markdown_table
 
 logger = logging.getLogger("lvseg.load_test")
 
 NOTE = (
     "The server ran in its own process on loopback; {clients} client threads sent `POST /api/segment` "
-    "(multipart image + report text) with synthetic chest-like images. \"errors\" counts non-200 answers and "
-    "transport failures, \"mask mismatches\" answers whose mask differs from the first answer for the same "
+    '(multipart image + report text) with synthetic chest-like images. "errors" counts non-200 answers and '
+    'transport failures, "mask mismatches" answers whose mask differs from the first answer for the same '
     "input (both must be 0). Latency is per request, seen by the client. Server device: {device}."
 )
 FAKE_NOTE = (
@@ -111,7 +111,8 @@ def mask_digest(png: bytes) -> str:
 def send(client: object, url: str, image: bytes, text: str, fmt: str) -> tuple[int, str | None]:
     response = client.post(  # type: ignore[attr-defined]
         f"{url}/api/segment" + ("?format=png" if fmt == "png" else ""),
-        files={"image": ("image.png", image, "image/png")}, data={"text": text},
+        files={"image": ("image.png", image, "image/png")},
+        data={"text": text},
     )
     if response.status_code != 200:
         return response.status_code, None
@@ -140,7 +141,7 @@ def run_clients(url: str, inputs: list[tuple[bytes, str]], requests: int, concur
                 try:
                     status, digest = send(client, url, *inputs[input_id], fmt)
                     error = None
-                except Exception as exc:  # noqa: BLE001 - every failure counts as an error
+                except Exception as exc:  # every failure counts as an error
                     status, digest, error = 0, None, type(exc).__name__
                 outcome = Outcome(index, input_id, status, (time.perf_counter() - start) * 1000.0, digest, error)
                 with lock:
@@ -259,25 +260,30 @@ def main(argv: list[str] | None = None) -> int:
         model = f"{health['model']} ({args.checkpoint.name})"
     device = str(health["device"])
     table = {
-        "requests": str(len(summary.outcomes)), "clients": str(args.concurrency),
-        "image": f"{args.size}x{args.size} PNG", "response": args.format, "errors": str(summary.errors),
-        "mask mismatches": str(mismatches), "throughput (req/s)": f"{throughput:.1f}",
-        "p50 (ms)": f"{summary.latency(50):.0f}", "p95 (ms)": f"{summary.latency(95):.0f}",
+        "requests": str(len(summary.outcomes)),
+        "clients": str(args.concurrency),
+        "image": f"{args.size}x{args.size} PNG",
+        "response": args.format,
+        "errors": str(summary.errors),
+        "mask mismatches": str(mismatches),
+        "throughput (req/s)": f"{throughput:.1f}",
+        "p50 (ms)": f"{summary.latency(50):.0f}",
+        "p95 (ms)": f"{summary.latency(95):.0f}",
         "max (ms)": f"{summary.latency(100):.0f}",
     }
     width = max(map(len, table))
-    print(f"load test against {model} on {device}")  # noqa: T201 - the script's report
+    print(f"load test against {model} on {device}")
     for key, value in table.items():
-        print(f"  {key:<{width}}  {value}")  # noqa: T201
+        print(f"  {key:<{width}}  {value}")
     failures = sorted({o.error or str(o.status) for o in summary.outcomes if o.status != 200})
     if failures:
-        print(f"  failures: {', '.join(failures)}")  # noqa: T201
+        print(f"  failures: {', '.join(failures)}")
     if not args.no_record:
         note = NOTE.format(clients=args.concurrency, device=device)
         if args.fake:
             note = FAKE_NOTE + " " + note
         append_section(f"Load test, {model}", note + "\n\n" + markdown_table([table]), path=args.results)
-        print(f"appended to {args.results}")  # noqa: T201
+        print(f"appended to {args.results}")
     return 1 if summary.errors or mismatches else 0
 
 

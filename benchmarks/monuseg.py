@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, markdown_table  # noqa: E402
+from common import append_section, markdown_table
 
 PUBLISHED = {"unet": (76.45, 62.86), "lvit": (80.36, 67.31)}
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "MoNuSeg"
@@ -32,10 +32,21 @@ def run(model: str, args: argparse.Namespace) -> dict[str, object]:
 
     out = args.out / model
     config = TrainConfig(
-        data=args.data, out=out, model=model, text_encoder=args.text_encoder, img_size=args.img_size,
-        batch_size=2, lr=1e-3, max_epochs=2000, max_time=f"{args.minutes}m", patience=50, seed=args.seed,
-        progress_bar=False, resume=(out / "last.ckpt").exists(),
-        precision=args.precision, channels_last=args.channels_last,
+        data=args.data,
+        out=out,
+        model=model,
+        text_encoder=args.text_encoder,
+        img_size=args.img_size,
+        batch_size=2,
+        lr=1e-3,
+        max_epochs=2000,
+        max_time=f"{args.minutes}m",
+        patience=50,
+        seed=args.seed,
+        progress_bar=False,
+        resume=(out / "last.ckpt").exists(),
+        precision=args.precision,
+        channels_last=args.channels_last,
     )
     started = time.perf_counter()
     result = train(config)
@@ -67,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["unet", "lvit"], choices=sorted(PUBLISHED))
     parser.add_argument("--minutes", type=float, default=40.0, help="training budget per model")
     parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--text-encoder", default="learned",
-                        help="'learned', 'minilm' (packaged all-MiniLM-L6-v2) or 'hf:<id or path>' (LViT used BERT)")
+    parser.add_argument(
+        "--text-encoder",
+        default="learned",
+        help="'learned', 'minilm' (packaged all-MiniLM-L6-v2) or 'hf:<id or path>' (LViT used BERT)",
+    )
     parser.add_argument("--precision", default=None, help="Lightning precision, e.g. bf16-mixed (default: fp32 on CPU)")
     parser.add_argument("--channels-last", action="store_true", help="channels-last images and weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for this process")
@@ -85,9 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(rows)
     print(table)
     if not args.no_record:
-        note = (f"MoNuSeg, paper settings (batch 2, Adam 1e-3, cosine warm restarts, early stopping 50), "
-                f"{args.minutes:g} min training budget per model, one model at a time on "
-                f"{torch.get_num_threads()} torch threads, Test_Folder (14 images), threshold 0.5, per-image means.")
+        note = (
+            f"MoNuSeg, paper settings (batch 2, Adam 1e-3, cosine warm restarts, early stopping 50), "
+            f"{args.minutes:g} min training budget per model, one model at a time on "
+            f"{torch.get_num_threads()} torch threads, Test_Folder (14 images), threshold 0.5, per-image means."
+        )
         append_section(f"MoNuSeg {', '.join(args.models)}", note + "\n\n" + table)
     return 0
 

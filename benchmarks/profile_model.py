@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, markdown_table  # noqa: E402
+from common import append_section, markdown_table
 
 #: LViT's modules by component: (name pattern, component); the first pattern that matches a module names it.
 LVIT_COMPONENTS = [
@@ -66,6 +66,7 @@ def labelled(model: torch.nn.Module, components: dict[str, str]):
     handles, stack = [], []
     modules = dict(model.named_modules())
     for name, component in components.items():
+
         def enter(module, args, label=f"component: {component}"):
             scope = torch.profiler.record_function(label)
             scope.__enter__()
@@ -116,8 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     precisions = [("fp32", contextlib.nullcontext, torch.contiguous_format)]
     if cpu_has_bf16():
-        precisions.append(("bf16 + channels-last", lambda: torch.autocast("cpu", dtype=torch.bfloat16),
-                           torch.channels_last))
+        precisions.append(
+            ("bf16 + channels-last", lambda: torch.autocast("cpu", dtype=torch.bfloat16), torch.channels_last)
+        )
     component_rows: dict[str, dict[str, object]] = defaultdict(dict)
     op_tables = []
     for label, autocast, layout in precisions:
@@ -142,18 +144,34 @@ def main(argv: list[str] | None = None) -> int:
             component_rows[component]["component"] = component
             component_rows[component][f"{label} ms"] = f"{ms:.1f}"
             component_rows[component][f"{label} %"] = f"{100 * ms / total:.0f}"
-        for name, ms in (("other (additions, concatenations, reshapes between blocks)", total - covered),
-                         ("network forward, total", total)):
-            component_rows[name].update({"component": name, f"{label} ms": f"{ms:.1f}",
-                                         f"{label} %": f"{100 * ms / total:.0f}"})
-        operators = sorted((event for event in prof.key_averages()
-                            if not event.key.startswith(("component: ", "total"))),
-                           key=lambda event: event.self_cpu_time_total, reverse=True)[: args.top]
-        op_tables.append((label, markdown_table([
-            {"operator": f"`{event.key}`", "calls per forward": f"{event.count / args.runs:g}",
-             "self ms per forward": f"{event.self_cpu_time_total / args.runs / 1000:.1f}",
-             "% of forward": f"{100 * event.self_cpu_time_total / args.runs / 1000 / total:.0f}"}
-            for event in operators])))
+        for name, ms in (
+            ("other (additions, concatenations, reshapes between blocks)", total - covered),
+            ("network forward, total", total),
+        ):
+            component_rows[name].update(
+                {"component": name, f"{label} ms": f"{ms:.1f}", f"{label} %": f"{100 * ms / total:.0f}"}
+            )
+        operators = sorted(
+            (event for event in prof.key_averages() if not event.key.startswith(("component: ", "total"))),
+            key=lambda event: event.self_cpu_time_total,
+            reverse=True,
+        )[: args.top]
+        op_tables.append(
+            (
+                label,
+                markdown_table(
+                    [
+                        {
+                            "operator": f"`{event.key}`",
+                            "calls per forward": f"{event.count / args.runs:g}",
+                            "self ms per forward": f"{event.self_cpu_time_total / args.runs / 1000:.1f}",
+                            "% of forward": f"{100 * event.self_cpu_time_total / args.runs / 1000 / total:.0f}",
+                        }
+                        for event in operators
+                    ]
+                ),
+            )
+        )
     model.to(memory_format=torch.contiguous_format)
 
     # Around the network: the text front end and the resampling that predict() does.
@@ -174,10 +192,13 @@ def main(argv: list[str] | None = None) -> int:
         ms = {event.key: event for event in prof.key_averages()}["total"].cpu_time_total / args.runs / 1000
         around_rows.append({"step": name, "fp32 ms": f"{ms:.1f}"})
 
-    body = (f"{args.model} at {args.size} px, batch 1, random weights, eval mode, CPU; torch.profiler means over "
-            f"{args.runs} forwards after 3 warm-ups, per precision (profiling adds a little time to every operator).\n\n"
-            + markdown_table(list(component_rows.values()))
-            + "\n\nAround the network (fp32):\n\n" + markdown_table(around_rows))
+    body = (
+        f"{args.model} at {args.size} px, batch 1, random weights, eval mode, CPU; torch.profiler means over "
+        f"{args.runs} forwards after 3 warm-ups, per precision (profiling adds a little time to every operator).\n\n"
+        + markdown_table(list(component_rows.values()))
+        + "\n\nAround the network (fp32):\n\n"
+        + markdown_table(around_rows)
+    )
     for label, table in op_tables:
         body += f"\n\nOperators by self time, {label}:\n\n{table}"
     print(body)

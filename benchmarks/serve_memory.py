@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_section, markdown_table  # noqa: E402
-from load_test import free_port, wait_ready  # noqa: E402
+from common import append_section, markdown_table
+from load_test import free_port, wait_ready
 
 REPORT = "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
 
@@ -43,8 +43,8 @@ def large_png(width: int, height: int) -> bytes:
     from PIL import Image
 
     pixels = np.full((height, width, 3), 40, dtype=np.uint8)
-    pixels[height // 4: height // 2, width // 5: width // 2] = (220, 200, 190)
-    pixels[height // 2: 3 * height // 4, width // 2: 4 * width // 5] = (200, 210, 220)
+    pixels[height // 4 : height // 2, width // 5 : width // 2] = (220, 200, 190)
+    pixels[height // 2 : 3 * height // 4, width // 2 : 4 * width // 5] = (200, 210, 220)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG", optimize=True)
     return buffer.getvalue()
@@ -68,8 +68,9 @@ def serve(args: argparse.Namespace) -> None:
     from lvseg.serving.app import create_app
     from lvseg.serving.uploads import ImageLimits
 
-    app = create_app(load_model(args.checkpoint, device="cpu"),
-                     image_limits=ImageLimits(max_working_side=args.max_working_side))
+    app = create_app(
+        load_model(args.checkpoint, device="cpu"), image_limits=ImageLimits(max_working_side=args.max_working_side)
+    )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 
@@ -97,8 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     image = large_png(args.width, args.height)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, __file__, "--serve", "--port", str(port), "--checkpoint",
-                                str(checkpoint), "--max-working-side", str(args.max_working_side)])
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--serve",
+            "--port",
+            str(port),
+            "--checkpoint",
+            str(checkpoint),
+            "--max-working-side",
+            str(args.max_working_side),
+        ]
+    )
     statuses: list[int] = []
     try:
         wait_ready(url, process, 180.0)
@@ -109,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def upload() -> None:
             with httpx.Client(timeout=600.0) as client:
-                response = client.post(f"{url}/api/segment", files={"image": ("big.png", image, "image/png")},
-                                       data={"text": REPORT})
+                response = client.post(
+                    f"{url}/api/segment", files={"image": ("big.png", image, "image/png")}, data={"text": REPORT}
+                )
                 statuses.append(response.status_code)
 
         started = time.perf_counter()
@@ -141,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         append_section(
             "Server memory under concurrent large uploads",
             f"Served checkpoint: {'LViT 224 px, width 64 (random weights)' if args.checkpoint is None else args.checkpoint.name}"
-            "; peak = the server process's VmHWM after the burst (target: below 1.5 GB).\n\n" + table)
+            "; peak = the server process's VmHWM after the burst (target: below 1.5 GB).\n\n" + table,
+        )
     return 0 if set(statuses) == {200} else 1
 
 

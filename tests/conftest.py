@@ -34,7 +34,9 @@ def lv_templates_root() -> Path:
 @pytest.fixture
 def reference_root() -> Path:
     if not REFERENCE.is_dir():
-        pytest.skip(f"official LViT reference facts not found at {REFERENCE} (the ../shared folder beside the repository)")
+        pytest.skip(
+            f"official LViT reference facts not found at {REFERENCE} (the ../shared folder beside the repository)"
+        )
     return REFERENCE
 
 

@@ -14,12 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-WORDS = ("bilateral unilateral pulmonary infection infected area areas one two three left right lung middle "
-         "upper lower all polyp small large , .").split()
+WORDS = (
+    "bilateral unilateral pulmonary infection infected area areas one two three left right lung middle "
+    "upper lower all polyp small large , ."
+).split()
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int,
-               key_mask: torch.Tensor | None = None) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     b, n, width = q.shape
     split = lambda t: t.view(b, -1, heads, width // heads).transpose(1, 2)  # noqa: E731
     scores = split(q) @ split(k).transpose(-1, -2) / (width // heads) ** 0.5
@@ -106,8 +109,11 @@ class Bert(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         e = self.embeddings
         positions = torch.arange(ids.shape[1])
-        x = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(positions)[None]
-                        + e.token_type_embeddings(torch.zeros_like(ids)))
+        x = e.LayerNorm(
+            e.word_embeddings(ids)
+            + e.position_embeddings(positions)[None]
+            + e.token_type_embeddings(torch.zeros_like(ids))
+        )
         mask = ids != 0
         for layer in self.encoder.layer:
             x = layer(x, mask)
@@ -117,8 +123,18 @@ class Bert(nn.Module):
 class OpenClipBiomedCLIP(nn.Module):
     """``visual.trunk`` + ``visual.head.proj``, ``text.transformer`` + ``text.proj`` (Linear, GELU, Linear)."""
 
-    def __init__(self, width: int = 128, layers: int = 3, patch: int = 8, image_size: int = 32, text_width: int = 128,
-                 text_layers: int = 2, text_hidden: int = 48, projection: int = 16, positions: int = 64) -> None:
+    def __init__(
+        self,
+        width: int = 128,
+        layers: int = 3,
+        patch: int = 8,
+        image_size: int = 32,
+        text_width: int = 128,
+        text_layers: int = 2,
+        text_hidden: int = 48,
+        projection: int = 16,
+        positions: int = 64,
+    ) -> None:
         super().__init__()
         self.visual = nn.Module()
         self.visual.trunk = TimmViT(width, layers, 2 * width, patch, image_size)
@@ -126,8 +142,9 @@ class OpenClipBiomedCLIP(nn.Module):
         self.visual.head.proj = nn.Linear(width, projection, bias=False)
         self.text = nn.Module()
         self.text.transformer = Bert(5 + len(WORDS), text_width, text_layers, 2 * text_width, positions)
-        self.text.proj = nn.Sequential(nn.Linear(text_width, text_hidden, bias=False), nn.GELU(),
-                                       nn.Linear(text_hidden, projection, bias=False))
+        self.text.proj = nn.Sequential(
+            nn.Linear(text_width, text_hidden, bias=False), nn.GELU(), nn.Linear(text_hidden, projection, bias=False)
+        )
         self.logit_scale = nn.Parameter(torch.tensor(4.6052))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

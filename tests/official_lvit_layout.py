@@ -172,7 +172,7 @@ class Reconstruct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        g = int(round(n**0.5))
+        g = round(n**0.5)
         x = x.permute(0, 2, 1).contiguous().view(b, c, g, g)
         x = nn.Upsample(scale_factor=self.scale)(x)
         return self.activation(self.norm(self.conv(x)))
@@ -186,9 +186,16 @@ class OfficialLayoutLViT(nn.Module):
         c = base
         n = (img_size // 16) ** 2
         self.inc = ConvBatchNorm(n_channels, c)
-        for name, dim, patch in (("downVit", c, 16), ("downVit1", 2 * c, 8), ("downVit2", 4 * c, 4),
-                                 ("downVit3", 8 * c, 2), ("upVit", c, 16), ("upVit1", 2 * c, 8),
-                                 ("upVit2", 4 * c, 4), ("upVit3", 8 * c, 2)):
+        for name, dim, patch in (
+            ("downVit", c, 16),
+            ("downVit1", 2 * c, 8),
+            ("downVit2", 4 * c, 4),
+            ("downVit3", 8 * c, 2),
+            ("upVit", c, 16),
+            ("upVit1", 2 * c, 8),
+            ("upVit2", 4 * c, 4),
+            ("upVit3", 8 * c, 2),
+        ):
             vit = VisionTransformer(dim, patch, n, text_len)
             vit.base = c
             setattr(self, name, vit)
@@ -256,7 +263,7 @@ def randomize_(net: nn.Module, seed: int = 0) -> nn.Module:
                 tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
             elif name.endswith("running_mean") or tensor.ndim == 1 or "position_embeddings" in name:
                 tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.1)
-                if name.endswith("norm.weight") or name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+                if name.endswith(("norm.weight", "norm1.weight", "norm2.weight")):
                     tensor.add_(1.0)
             else:
                 fan_in = tensor[0].numel()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
 from official_lvit_layout import ConvBatchNorm, DownBlock, UpblockAttention
 
 
@@ -53,7 +54,7 @@ class OfficialCLIPText(nn.Module):
         self.positional_embedding = nn.Parameter(torch.randn(context, width) * 0.01)
         self.transformer = Transformer(width, layers, heads)
         self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.randn(width, projection) * width ** -0.5)
+        self.text_projection = nn.Parameter(torch.randn(width, projection) * width**-0.5)
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> clip_hid (B, L, projection)."""
@@ -130,9 +131,14 @@ def official_state_dict(net: OfficialLayoutRecLMIS, reconstructor_layers: int = 
     (names from the manifest), as a checkpoint of the official code holds them."""
     state = dict(net.state_dict())  # includes PLAM's never-called conv_sig
     width = net.text_module4.out_channels
-    extra = {"clip.logit_scale": torch.tensor(4.6052), "clip.visual.conv1.weight": torch.zeros(8, 3, 4, 4),
-             "clip.visual.class_embedding": torch.zeros(8), "mlp_woi.0.weight": torch.zeros(width, width),
-             "mlp_visual.2.bias": torch.zeros(1), "interact.CTBN.conv.weight": torch.zeros(width, width, 3)}
+    extra = {
+        "clip.logit_scale": torch.tensor(4.6052),
+        "clip.visual.conv1.weight": torch.zeros(8, 3, 4, 4),
+        "clip.visual.class_embedding": torch.zeros(8),
+        "mlp_woi.0.weight": torch.zeros(width, width),
+        "mlp_visual.2.bias": torch.zeros(1),
+        "interact.CTBN.conv.weight": torch.zeros(width, width, 3),
+    }
     for name in ("rec_text_trans1", "rec_img_trans1"):
         for decoder in ("decoder1", "decoder2"):
             for layer in range(reconstructor_layers):

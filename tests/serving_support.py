@@ -44,6 +44,7 @@ def png_with_header_only(width: int, height: int) -> bytes:
 
     Decoding it fails (422), so a 413 proves the size was checked from the header first.
     """
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

@@ -49,11 +49,18 @@ def _unet() -> torch.nn.Module:
 def test_the_built_in_backends_declare_their_capabilities() -> None:
     assert backend_choice.BACKENDS == ("auto", *BUILT_IN)
     assert backend_choice.EXPORTING_BACKENDS == ("onnx", "openvino", "openvino-bf16")
-    facts = {name: (backend_spec(name).exports, backend_spec(name).cpu_only, backend_spec(name).precision)
-             for name in BUILT_IN}
-    assert facts == {"eager": (False, False, "fp32"), "bf16": (False, False, "bf16"),
-                     "compile": (False, False, "bf16"), "onnx": (True, True, "fp32"),
-                     "openvino": (True, True, "fp32"), "openvino-bf16": (True, True, "bf16")}
+    facts = {
+        name: (backend_spec(name).exports, backend_spec(name).cpu_only, backend_spec(name).precision)
+        for name in BUILT_IN
+    }
+    assert facts == {
+        "eager": (False, False, "fp32"),
+        "bf16": (False, False, "bf16"),
+        "compile": (False, False, "bf16"),
+        "onnx": (True, True, "fp32"),
+        "openvino": (True, True, "fp32"),
+        "openvino-bf16": (True, True, "bf16"),
+    }
     assert backend_spec("openvino").graph_files == ("network.xml", "network.onnx")
     assert backend_choice.exporting_backends() == ("openvino", "openvino-bf16", "onnx")  # auto's runtime first
     assert set(backends._RUNNERS) == set(BUILT_IN)  # every declared backend has its builder
@@ -68,19 +75,28 @@ def test_the_help_text_is_written_from_the_registry() -> None:
 
 
 def test_names_are_checked_and_cpu_only_backends_refused_elsewhere() -> None:
-    with pytest.raises(LvsegError, match="unknown backend 'fast'; expected one of auto, eager, bf16, compile, onnx, "
-                                         "openvino, openvino-bf16$"):
+    with pytest.raises(
+        LvsegError,
+        match="unknown backend 'fast'; expected one of auto, eager, bf16, compile, onnx, openvino, openvino-bf16$",
+    ):
         resolve_backend("fast", CPU)
     for name in ("onnx", "openvino", "openvino-bf16"):
-        with pytest.raises(LvsegError, match=f"backend '{name}' runs on the CPU; use --device cpu, or --backend "
-                                             "eager/bf16/compile on cuda:1"):
+        with pytest.raises(
+            LvsegError,
+            match=f"backend '{name}' runs on the CPU; use --device cpu, or --backend eager/bf16/compile on cuda:1",
+        ):
             resolve_backend(name, CUDA)
     assert [resolve_backend(name, CUDA) for name in ("eager", "bf16", "compile")] == ["eager", "bf16", "compile"]
 
 
 def test_auto_is_the_best_installed_backend_and_eager_for_one_image_or_on_cuda() -> None:
-    expected = ("openvino" if importlib.util.find_spec("openvino") else
-                "onnx" if importlib.util.find_spec("onnxruntime") else "eager")
+    expected = (
+        "openvino"
+        if importlib.util.find_spec("openvino")
+        else "onnx"
+        if importlib.util.find_spec("onnxruntime")
+        else "eager"
+    )
     assert resolve_backend("auto", CPU) == expected
     assert resolve_backend("auto", CPU, expected_images=8) == expected
     assert resolve_backend("auto", CPU, expected_images=1) == "eager"  # exporting costs more than it saves
@@ -104,8 +120,7 @@ def test_a_registered_backend_reaches_help_names_auto_and_the_segmenter(scratch_
 
 def test_auto_passes_over_a_missing_runtime_and_exporting_backends_for_one_image(scratch_registry: None) -> None:
     register_backend(BackendSpec("absent", summary="", runtime="lvseg_no_such_runtime", auto_rank=-2))
-    register_backend(BackendSpec("exporter", summary="", exports=True, graph_files=("network.onnx",),
-                                 auto_rank=-1))
+    register_backend(BackendSpec("exporter", summary="", exports=True, graph_files=("network.onnx",), auto_rank=-1))
     assert resolve_backend("auto", CPU) == "exporter"  # "absent" is not installed
     assert resolve_backend("auto", CUDA) == "exporter"  # not CPU-only
     assert resolve_backend("auto", CPU, expected_images=1) == "eager"
@@ -128,26 +143,40 @@ def test_registration_errors_name_the_backend(scratch_registry: None) -> None:
 
 
 def test_a_pytorch_backend_refuses_an_exported_graph(tmp_path: Path) -> None:
-    with pytest.raises(LvsegError, match="backend 'bf16' runs a PyTorch model; an exported network runs with "
-                                         "openvino, openvino-bf16, onnx or auto"):
+    with pytest.raises(
+        LvsegError,
+        match="backend 'bf16' runs a PyTorch model; an exported network runs with "
+        "openvino, openvino-bf16, onnx or auto",
+    ):
         backends.make_runner("bf16", _unet(), CPU, graph=tmp_path / "network.onnx")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None and importlib.util.find_spec("openvino") is None,
-                    reason="no exporting backend installed (the deploy extra)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None and importlib.util.find_spec("openvino") is None,
+    reason="no exporting backend installed (the deploy extra)",
+)
 def test_load_model_takes_the_single_image_policy(tmp_path: Path) -> None:
     checkpoint = save_inference_checkpoint(tmp_path / "unet.ckpt", _unet())
     assert load_model(checkpoint, device="cpu", backend="auto", expected_images=1).backend == "eager"
     assert load_model(checkpoint, device="cpu", backend="auto").backend == resolve_backend("auto", CPU) != "eager"
-    assert load_model(checkpoint, device="cpu", backend="onnx" if importlib.util.find_spec("onnxruntime")
-                      else "openvino", expected_images=1).backend != "eager"  # a backend named is kept
+    assert (
+        load_model(
+            checkpoint,
+            device="cpu",
+            backend="onnx" if importlib.util.find_spec("onnxruntime") else "openvino",
+            expected_images=1,
+        ).backend
+        != "eager"
+    )  # a backend named is kept
 
 
 def test_the_declarations_import_without_torch() -> None:
-    code = ("import sys; sys.modules['torch'] = None; "
-            "from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP, choose_backend; "
-            "from lvseg.inference.threshold import THRESHOLD_HELP; "
-            "print(choose_backend('auto', 'cuda:0', 5), choose_backend('auto', 'cpu', 1))")
+    code = (
+        "import sys; sys.modules['torch'] = None; "
+        "from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP, choose_backend; "
+        "from lvseg.inference.threshold import THRESHOLD_HELP; "
+        "print(choose_backend('auto', 'cuda:0', 5), choose_backend('auto', 'cpu', 1))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["eager", "eager"]

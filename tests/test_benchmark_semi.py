@@ -14,11 +14,32 @@ def test_semi_benchmark_records_four_arms_and_a_summary(tmp_path: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     results = tmp_path / "RESULTS.md"
-    code = module.main([
-        "--n", "24", "--img-size", "32", "--base-channels", "8", "--batch-size", "4", "--max-epochs", "3",
-        "--warmup-epochs", "1", "--rampup-epochs", "1", "--accelerator", "cpu", "--seeds", "0",
-        "--out", str(tmp_path / "run"), "--results", str(results),
-    ])
+    code = module.main(
+        [
+            "--n",
+            "24",
+            "--img-size",
+            "32",
+            "--base-channels",
+            "8",
+            "--batch-size",
+            "4",
+            "--max-epochs",
+            "3",
+            "--warmup-epochs",
+            "1",
+            "--rampup-epochs",
+            "1",
+            "--accelerator",
+            "cpu",
+            "--seeds",
+            "0",
+            "--out",
+            str(tmp_path / "run"),
+            "--results",
+            str(results),
+        ]
+    )
     assert code == 0
     text = results.read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| ") and "Dice" not in line]

@@ -54,8 +54,10 @@ def test_upgrade_maps_every_weight_and_drops_n_classes(legacy: dict[str, Path]) 
     assert "n_classes" not in config and config["text_encoder"]["type"] == "learned"
     assert len(upgraded["state_dict"]) == len(raw["state_dict"])
     assert all(key.startswith("model.") for key in upgraded["state_dict"])
-    assert torch.equal(upgraded["state_dict"]["model.text_encoder.word_embedding.weight"],
-                       raw["state_dict"]["text_encoder.word_embedding.weight"])
+    assert torch.equal(
+        upgraded["state_dict"]["model.text_encoder.word_embedding.weight"],
+        raw["state_dict"]["text_encoder.word_embedding.weight"],
+    )
 
 
 def test_format_1_checkpoint_evaluates_and_serves(legacy: dict[str, Path], tmp_path: Path) -> None:

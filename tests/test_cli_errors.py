@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 import torch
 
+from lvseg.checkpoint import save_inference_checkpoint
 from lvseg.cli.main import main
 from lvseg.data.synth import generate_synthetic_dataset
 from lvseg.models import create_model
-from lvseg.checkpoint import save_inference_checkpoint
 
 LVSEG = Path(sys.executable).parent / "lvseg"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -53,8 +53,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "empty.ckpt").write_bytes(b"")
     torch.save(net.state_dict(), root / "state_dict.pt")  # a bare state_dict: weights without a model description
     torch.save([1, 2, 3], root / "list.pt")
-    return {"good": good, **{name: root / f"{name}.{'pt' if name in ('state_dict', 'list') else 'ckpt'}"
-                             for name in ("truncated", "random", "empty", "state_dict", "list")}}
+    return {
+        "good": good,
+        **{
+            name: root / f"{name}.{'pt' if name in ('state_dict', 'list') else 'ckpt'}"
+            for name in ("truncated", "random", "empty", "state_dict", "list")
+        },
+    }
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
@@ -195,8 +200,17 @@ def test_predict_on_a_decompression_bomb(checkpoints, tmp_path: Path, monkeypatc
 
     bomb = tmp_path / "bomb.png"
     bomb.write_bytes(png_with_header_only(30_000, 30_000))  # 900 megapixels claimed by a few bytes
-    code, err = run_main(monkeypatch, capsys, "predict", "--checkpoint", checkpoints["good"], "--image", bomb,
-                         "--out", tmp_path / "mask.png")
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        "predict",
+        "--checkpoint",
+        checkpoints["good"],
+        "--image",
+        bomb,
+        "--out",
+        tmp_path / "mask.png",
+    )
     assert_one_error(code, err, str(bomb), "too large to decode safely")
     assert not (tmp_path / "mask.png").exists()
 
@@ -226,8 +240,9 @@ def test_resume_into_a_run_of_another_model(clean_data: Path, tmp_path: Path, ch
     assert_one_error(code, err, str(out / "last.ckpt"), "'unet' model, not 'lvit'")
 
 
-def test_resume_from_a_corrupted_last_checkpoint(clean_data: Path, tmp_path: Path, checkpoints, monkeypatch,
-                                                 capsys) -> None:
+def test_resume_from_a_corrupted_last_checkpoint(
+    clean_data: Path, tmp_path: Path, checkpoints, monkeypatch, capsys
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(checkpoints["truncated"], out / "last.ckpt")
@@ -235,8 +250,9 @@ def test_resume_from_a_corrupted_last_checkpoint(clean_data: Path, tmp_path: Pat
     assert_one_error(code, err, str(out / "last.ckpt"), "corrupted")
 
 
-def test_train_into_a_used_folder_without_resume(clean_data: Path, tmp_path: Path, checkpoints, monkeypatch,
-                                                 capsys) -> None:
+def test_train_into_a_used_folder_without_resume(
+    clean_data: Path, tmp_path: Path, checkpoints, monkeypatch, capsys
+) -> None:
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(checkpoints["good"], out / "last.ckpt")
@@ -259,8 +275,9 @@ def test_train_into_a_used_folder_without_resume(clean_data: Path, tmp_path: Pat
     ],
 )
 @pytest.mark.parametrize("command", ["evaluate", "predict"])
-def test_bad_checkpoints(command: str, kind: str, needle: str, clean_data: Path, checkpoints, tmp_path: Path,
-                         monkeypatch, capsys) -> None:
+def test_bad_checkpoints(
+    command: str, kind: str, needle: str, clean_data: Path, checkpoints, tmp_path: Path, monkeypatch, capsys
+) -> None:
     checkpoint = checkpoints.get(kind, tmp_path / "missing.ckpt")
     if command == "evaluate":
         args = ["evaluate", "--checkpoint", checkpoint, "--data", clean_data, "--out", tmp_path / "eval"]
@@ -280,13 +297,31 @@ def test_console_script_reports_errors_without_traceback(data: Path, checkpoints
     (data / TRAIN / "labelcol" / f"mask_{image.name}").unlink()
     env = {key: value for key, value in os.environ.items() if key not in ("FORCE_COLOR", "COLUMNS")}
     env["OMP_NUM_THREADS"] = "1"  # tiny model; two threads thrash when the cores are shared
-    done = subprocess.run([str(LVSEG), *map(str, train_args(data, tmp_path / "run"))],
-                          capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [str(LVSEG), *map(str, train_args(data, tmp_path / "run"))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert_one_error(done.returncode, done.stderr, str(image), "has no mask")
 
-    done = subprocess.run([str(LVSEG), "predict", "--checkpoint", str(checkpoints["truncated"]), "--image",
-                           str(first_image(data)), "--out", str(tmp_path / "mask.png")],
-                          capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(
+        [
+            str(LVSEG),
+            "predict",
+            "--checkpoint",
+            str(checkpoints["truncated"]),
+            "--image",
+            str(first_image(data)),
+            "--out",
+            str(tmp_path / "mask.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert_one_error(done.returncode, done.stderr, str(checkpoints["truncated"]), "corrupted")
     assert done.stdout.strip() == ""
 
@@ -304,9 +339,14 @@ def test_help_shows_flags_as_flags_and_explains_every_option() -> None:
 
     def options_without_help(command: click.Command, path: str) -> list[str]:
         if isinstance(command, click.Group):
-            return [item for name, sub in command.commands.items() for item in options_without_help(sub, f"{path} {name}")]
-        return [f"{path} --{param.name}" for param in command.params
-                if isinstance(param, click.Option) and param.name != "help" and not param.help]
+            return [
+                item for name, sub in command.commands.items() for item in options_without_help(sub, f"{path} {name}")
+            ]
+        return [
+            f"{path} --{param.name}"
+            for param in command.params
+            if isinstance(param, click.Option) and param.name != "help" and not param.help
+        ]
 
     assert options_without_help(typer.main.get_command(app), "lvseg") == []
 
@@ -315,25 +355,62 @@ def test_help_shows_flags_as_flags_and_explains_every_option() -> None:
 
 
 def test_bad_recipe_options_are_named_at_once(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run", "--recipe", "fast", "--optimizer",
-                                                          "sgd", "--grad-clip", -1))
-    assert_one_error(code, err, "--recipe 'fast' is not one of lvit, vlsm", "--optimizer 'sgd' is not one of adam, "
-                     "adamw", "--grad-clip -1.0 must be >= 0")
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        *train_args(data, tmp_path / "run", "--recipe", "fast", "--optimizer", "sgd", "--grad-clip", -1),
+    )
+    assert_one_error(
+        code,
+        err,
+        "--recipe 'fast' is not one of lvit, vlsm",
+        "--optimizer 'sgd' is not one of adam, adamw",
+        "--grad-clip -1.0 must be >= 0",
+    )
 
 
 def test_missing_biomedclip_weights_say_what_to_download(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    code, err = run_main(monkeypatch, capsys, "train", "--data", data, "--out", tmp_path / "run", "--model",
-                         "biomedclipseg", "--img-size", 32, "--model-option", f"biomedclip={tmp_path / 'empty'}")
-    assert_one_error(code, err, f"BiomedCLIP is not in '{tmp_path / 'empty'}'", "download open_clip_pytorch_model.bin "
-                     "from microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", "vocab.txt")
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        "train",
+        "--data",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--model",
+        "biomedclipseg",
+        "--img-size",
+        32,
+        "--model-option",
+        f"biomedclip={tmp_path / 'empty'}",
+    )
+    assert_one_error(
+        code,
+        err,
+        f"BiomedCLIP is not in '{tmp_path / 'empty'}'",
+        "download open_clip_pytorch_model.bin from microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+        "vocab.txt",
+    )
 
 
-def test_a_folder_or_a_file_in_the_wrong_place_is_named_as_such(checkpoints: dict, tmp_path: Path, monkeypatch,
-                                                                 capsys) -> None:
-    code, err = run_main(monkeypatch, capsys, "predict", "-c", checkpoints["good"], "-i", tmp_path, "-o",
-                         tmp_path / "m.png")
+def test_a_folder_or_a_file_in_the_wrong_place_is_named_as_such(
+    checkpoints: dict, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    code, err = run_main(
+        monkeypatch, capsys, "predict", "-c", checkpoints["good"], "-i", tmp_path, "-o", tmp_path / "m.png"
+    )
     assert_one_error(code, err, f"--image '{tmp_path}' is a folder")
     (tmp_path / "image.png").write_bytes(b"x")
-    code, err = run_main(monkeypatch, capsys, "predict", "-c", checkpoints["good"], "--folder", tmp_path / "image.png",
-                         "-o", tmp_path / "out")
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        "predict",
+        "-c",
+        checkpoints["good"],
+        "--folder",
+        tmp_path / "image.png",
+        "-o",
+        tmp_path / "out",
+    )
     assert_one_error(code, err, "is a file")

@@ -188,10 +188,14 @@ def test_rotate_augmentation_keeps_sides_that_reports_name_while_paper_mode_flip
     image = torch.zeros(1, 64, 64)
     image[:, 8:20, 10:22] = 1.0  # a lesion in the upper-left quadrant
     sample = {"image": image, "mask": (image > 0.5).float()}
-    rotate_quadrants = {_quadrant_of_bright_block(build_train_transform(seed, mode="rotate")(dict(sample))["image"])
-                        for seed in range(30)}
-    paper_quadrants = {_quadrant_of_bright_block(build_train_transform(seed, mode="paper")(dict(sample))["image"])
-                       for seed in range(30)}
+    rotate_quadrants = {
+        _quadrant_of_bright_block(build_train_transform(seed, mode="rotate")(dict(sample))["image"])
+        for seed in range(30)
+    }
+    paper_quadrants = {
+        _quadrant_of_bright_block(build_train_transform(seed, mode="paper")(dict(sample))["image"])
+        for seed in range(30)
+    }
     assert rotate_quadrants == {(0, 0)}
     assert len(paper_quadrants) > 1
 

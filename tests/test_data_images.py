@@ -108,7 +108,12 @@ def test_masks_of_every_kind(tmp_path: Path) -> None:
     rgb[0, 1, 2] = 9  # only blue is non-zero
     rgb[1, 0, 0] = 255
     sixteen = saved(tmp_path, Image.fromarray(expected.astype(np.uint16) * 40000), "m16.png")
-    for source in (gray, saved(tmp_path, palette, "mp.png"), saved(tmp_path, Image.fromarray(rgb), "mrgb.png"), sixteen):
+    for source in (
+        gray,
+        saved(tmp_path, palette, "mp.png"),
+        saved(tmp_path, Image.fromarray(rgb), "mrgb.png"),
+        sixteen,
+    ):
         mask = read_mask(source)
         assert mask.dtype == np.uint8 and mask.shape == (2, 2)
         np.testing.assert_array_equal(mask, expected, err_msg=str(source))
@@ -123,7 +128,9 @@ def test_read_errors_name_the_file(tmp_path: Path) -> None:
         read_image(text_file)
     with pytest.raises(LvsegError, match=r"cannot read mask '.*notes\.png'"):
         read_mask(text_file)
-    broken = saved(tmp_path, Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)), "t.png")
+    broken = saved(
+        tmp_path, Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)), "t.png"
+    )
     truncate(broken)
     with pytest.raises(LvsegError, match=r"'.*t\.png': file is truncated or corrupt"):
         read_image(broken)

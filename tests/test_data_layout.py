@@ -45,8 +45,10 @@ def test_prefixed_masks_from_csv(tmp_path: Path) -> None:
 
 def test_text_rows_may_name_the_image_instead_of_the_mask(tmp_path: Path) -> None:
     split_dir = make_split(tmp_path, prefixed=True, names=("x", "y"))
-    write_table(split_dir / "Train_text.xlsx", [{"Image": "x.png", "Description": "one"},
-                                                {"Image": "y.png", "Description": "two"}])
+    write_table(
+        split_dir / "Train_text.xlsx",
+        [{"Image": "x.png", "Description": "one"}, {"Image": "y.png", "Description": "two"}],
+    )
     assert [sample.text for sample in load_split(tmp_path, "train")] == ["one", "two"]
 
 
@@ -85,7 +87,7 @@ def test_every_problem_reported_at_once_naming_the_file(tmp_path: Path) -> None:
     split_dir = make_split(tmp_path, names=("good", "nomask", "notext", "empty", "dup", "badimg", "badmask"))
     img, labelcol = split_dir / "img", split_dir / "labelcol"
     (labelcol / "nomask.png").unlink()
-    image, mask = square_image((20, 24), 1, 1, 3)
+    _, mask = square_image((20, 24), 1, 1, 3)
     Image.fromarray(mask).save(labelcol / "orphan.png")  # mask without image
     truncate(img / "badimg.png")
     truncate(labelcol / "badmask.png")
@@ -212,7 +214,9 @@ def test_read_text_table_rows_with_spreadsheet_row_numbers(tmp_path: Path, text_
 def test_read_text_table_errors_name_the_file_and_what_was_expected(tmp_path: Path) -> None:
     path = tmp_path / "Test_text.csv"
     write_table(path, [{"Image": "a.png", "Report": "x"}], columns=["Image", "Report"])
-    with pytest.raises(LvsegError, match=r"Test_text\.csv' has no column 'Description'; found columns: 'Image', 'Report'"):
+    with pytest.raises(
+        LvsegError, match=r"Test_text\.csv' has no column 'Description'; found columns: 'Image', 'Report'"
+    ):
         read_text_table(path)
     broken = tmp_path / "Other_text.xlsx"
     broken.write_bytes(b"not a spreadsheet")

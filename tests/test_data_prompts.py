@@ -60,8 +60,10 @@ def test_empty_masks_single_lesions_and_bad_styles() -> None:
     assert make_prompt(empty, "polyp", "endoscopy image", "p6") == "no polyp in an endoscopy image"
     one = np.zeros((30, 30), dtype=np.uint8)
     one[12:18, 12:18] = 1
-    assert make_prompt(one, "lesion", "dermoscopy image", "p6") == \
-        "one small lesion in a dermoscopy image, located in the center of the image"
+    assert (
+        make_prompt(one, "lesion", "dermoscopy image", "p6")
+        == "one small lesion in a dermoscopy image, located in the center of the image"
+    )
     with pytest.raises(LvsegError, match="p7"):
         make_prompt(one, "lesion", "x", "p7")
     choices = {style_for(f"case{i}", "random", seed=1) for i in range(60)}
@@ -75,7 +77,7 @@ def _dataset_without_text(root: Path, prefixed: bool = False) -> Path:
         (root / folder / "labelcol").mkdir()
         for index in range(4):
             mask = np.zeros((32, 32), dtype=np.uint8)
-            mask[4 + index: 12 + index, 3 + 5 * number: 11 + 5 * number] = 255
+            mask[4 + index : 12 + index, 3 + 5 * number : 11 + 5 * number] = 255
             image = np.stack([mask // 2 + 40] * 3, axis=-1).astype(np.uint8)
             name = f"case{number}{index}.png"
             Image.fromarray(image).save(root / folder / "img" / name)
@@ -85,16 +87,31 @@ def _dataset_without_text(root: Path, prefixed: bool = False) -> Path:
 
 def test_prompts_turn_a_folder_without_text_into_a_trainable_dataset(tmp_path: Path) -> None:
     data = _dataset_without_text(tmp_path / "data", prefixed=True)
-    result = CliRunner().invoke(app, ["prompts", "--data", str(data), "--class-name", "polyp", "--modality",
-                                      "endoscopy image", "--style", "p6"])
+    result = CliRunner().invoke(
+        app, ["prompts", "--data", str(data), "--class-name", "polyp", "--modality", "endoscopy image", "--style", "p6"]
+    )
     assert result.exit_code == 0, result.output
     table = pd.read_csv(data / "Train_Folder" / "Train_text.csv")
     assert list(table.columns) == ["Image", "Description"] and table["Image"][0] == "mask_case00.png"
     # an 8 x 8 square of 32 x 32 is 6.25 % of the image: medium; its centroid (7.5, 6.5) is in the top-left ninth
     assert table["Description"][0] == "one medium polyp in an endoscopy image, located in the top left of the image"
     assert len(load_split(data, "train")) == 4  # the loader accepts it
-    result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--img-size", "32",
-                                      "--base-channels", "8", "--max-epochs", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "run"),
+            "--img-size",
+            "32",
+            "--base-channels",
+            "8",
+            "--max-epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
 
     before = (data / "Train_Folder" / "Train_text.csv").read_text()

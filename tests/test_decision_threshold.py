@@ -55,16 +55,25 @@ def test_the_segmenter_uses_the_declared_threshold_unless_given_one(checkpoint: 
     assert not segmenter.predict(image, REPORT, threshold=0.5).mask.any()
     assert not segmenter.predict_batch([image], [REPORT], threshold=0.5)[0].mask.any()
     assert Segmenter(_constant_model(), device="cpu", decision_threshold=0.5).decision_threshold == 0.5
-    assert load_model(save_inference_checkpoint(checkpoint.parent / "unet.ckpt", create_model(
-        "unet", img_size=32, base_channels=4)), device="cpu").decision_threshold == 0.5  # the base class's
+    assert (
+        load_model(
+            save_inference_checkpoint(
+                checkpoint.parent / "unet.ckpt", create_model("unet", img_size=32, base_channels=4)
+            ),
+            device="cpu",
+        ).decision_threshold
+        == 0.5
+    )  # the base class's
     for bad in (0.0, 1.0, float("nan")):
         with pytest.raises(LvsegError, match="threshold must be between 0 and 1, got"):
             segmenter.predict(image, REPORT, threshold=bad)
 
 
 def _predict(checkpoint: Path, image: Path, out: Path, *extra: str) -> np.ndarray:
-    result = runner.invoke(app, ["predict", "-c", str(checkpoint), "-i", str(image), "-t", REPORT, "-o", str(out),
-                                 "--device", "cpu", *extra])
+    result = runner.invoke(
+        app,
+        ["predict", "-c", str(checkpoint), "-i", str(image), "-t", REPORT, "-o", str(out), "--device", "cpu", *extra],
+    )
     assert result.exit_code == 0, result.output
     return np.asarray(Image.open(out))
 
@@ -72,8 +81,22 @@ def _predict(checkpoint: Path, image: Path, out: Path, *extra: str) -> np.ndarra
 def test_lvseg_predict_defaults_to_the_declared_threshold(checkpoint: Path, image: Path, tmp_path: Path) -> None:
     assert (_predict(checkpoint, image, tmp_path / "default.png") == 255).all()
     assert (_predict(checkpoint, image, tmp_path / "given.png", "--threshold", "0.5") == 0).all()  # given wins
-    result = runner.invoke(app, ["predict", "-c", str(checkpoint), "-i", str(image), "-t", REPORT,
-                                 "-o", str(tmp_path / "bad.png"), "--threshold", "0"])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "-c",
+            str(checkpoint),
+            "-i",
+            str(image),
+            "-t",
+            REPORT,
+            "-o",
+            str(tmp_path / "bad.png"),
+            "--threshold",
+            "0",
+        ],
+    )
     assert isinstance(result.exception, LvsegError)
     assert "--threshold must be between 0 and 1, got 0.0" in str(result.exception)
 
@@ -93,15 +116,33 @@ def test_lvseg_evaluate_defaults_to_the_declared_threshold(checkpoint: Path, ima
     found, shown = {}, {}
     for name, extra in (("default", []), ("given", ["--threshold", "0.5"])):
         out = tmp_path / name
-        result = runner.invoke(app, ["evaluate", "-c", str(checkpoint), "-d", str(data), "-o", str(out),
-                                     "--text-mode", "given", "--device", "cpu", "--backend", "eager", *extra])
+        result = runner.invoke(
+            app,
+            [
+                "evaluate",
+                "-c",
+                str(checkpoint),
+                "-d",
+                str(data),
+                "-o",
+                str(out),
+                "--text-mode",
+                "given",
+                "--device",
+                "cpu",
+                "--backend",
+                "eager",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         found[name], shown[name] = json.loads((out / "metrics.json").read_text()), " ".join(result.output.split())
     assert (found["default"]["threshold"], found["default"]["dice"]) == (0.4, 1.0)
     assert (found["given"]["threshold"], found["given"]["dice"]) == (0.5, 0.0)
     assert "threshold 0.4)" in shown["default"] and "threshold 0.5)" in shown["given"]  # the table's title
-    bad = runner.invoke(app, ["evaluate", "-c", str(checkpoint), "-d", str(data), "-o", str(tmp_path / "bad"),
-                              "--threshold", "1.5"])
+    bad = runner.invoke(
+        app, ["evaluate", "-c", str(checkpoint), "-d", str(data), "-o", str(tmp_path / "bad"), "--threshold", "1.5"]
+    )
     assert isinstance(bad.exception, LvsegError)
     assert "--threshold must be between 0 and 1, got 1.5" in str(bad.exception)
 
@@ -147,8 +188,9 @@ def test_the_app_uses_the_declared_threshold_unless_given_one(checkpoint: Path, 
     for given, expected, lesion in ((None, 0.4, True), (0.5, 0.5, False)):
         with TestClient(create_app(segmenter, threshold=given, allowed_hosts=["testserver"])) as client:
             assert client.get("/api/model").json()["threshold"] == expected
-            answer = client.post("/api/segment", files={"image": ("x.png", image.read_bytes(), "image/png")},
-                                 data={"text": REPORT})
+            answer = client.post(
+                "/api/segment", files={"image": ("x.png", image.read_bytes(), "image/png")}, data={"text": REPORT}
+            )
             assert answer.status_code == 200, answer.text
             assert (answer.json()["finding"] == "lesion found") is lesion
     with pytest.raises(LvsegError, match="threshold must be between 0 and 1, got 1.2"):
@@ -161,8 +203,9 @@ def test_lvseg_serve_takes_a_threshold(monkeypatch: pytest.MonkeyPatch, tmp_path
     from lvseg.cli import serve as serve_cli
     from lvseg.serving.fake import FakeSegmenter
 
-    monkeypatch.setattr(serve_cli, "_load_segmenter", lambda path, device, backend="auto": FakeSegmenter(
-        decision_threshold=0.4))
+    monkeypatch.setattr(
+        serve_cli, "_load_segmenter", lambda path, device, backend="auto": FakeSegmenter(decision_threshold=0.4)
+    )
     (tmp_path / "m.ckpt").write_bytes(b"not read: the loader is faked")
     for given, expected in ((None, 0.4), (0.7, 0.7)):
         built = serve_cli.build_app(tmp_path / "m.ckpt", None, None, allowed_hosts=["testserver"], threshold=given)

@@ -7,8 +7,16 @@ from lvseg.demo import DemoConfig, run_demo
 
 def test_demo_writes_report_metrics_and_grid(tmp_path):
     out = tmp_path / "demo"
-    config = DemoConfig(out=out, n_images=24, image_size=64, img_size=32, base_channels=8,
-                        batch_size=4, minutes_per_model=0.03, grid_cases=2)
+    config = DemoConfig(
+        out=out,
+        n_images=24,
+        image_size=64,
+        img_size=32,
+        base_channels=8,
+        batch_size=4,
+        minutes_per_model=0.03,
+        grid_cases=2,
+    )
     summary = run_demo(config)
 
     saved = json.loads((out / "metrics.json").read_text())

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from lvseg.checkpoint import save_inference_checkpoint
 from lvseg.data.images import read_mask, resize_mask
 from lvseg.errors import LvsegError
 from lvseg.evaluation.evaluate import (
@@ -25,13 +26,11 @@ from lvseg.evaluation.evaluate import (
 from lvseg.evaluation.metrics import mask_metrics
 from lvseg.models import create_model
 from lvseg.text import create_text_encoder
-from lvseg.checkpoint import save_inference_checkpoint
 
 IMG_SIZE = 32
 # (height, width) of each test image: non-square and off the model size, so original != model resolution.
 SIZES = [(40, 56), (48, 48), (37, 61), (64, 40), (33, 33)]
-TEXTS = ["lesion upper left", "lesion lower right", "two lesions both lungs", "lesion middle left",
-         "no lesion"]
+TEXTS = ["lesion upper left", "lesion lower right", "two lesions both lungs", "lesion middle left", "no lesion"]
 
 
 def write_dataset(root: Path, split_folder: str = "Test_Folder") -> Path:
@@ -46,7 +45,7 @@ def write_dataset(root: Path, split_folder: str = "Test_Folder") -> Path:
         image = (rng.random((height, width)) * 255).astype(np.uint8)
         mask = np.zeros((height, width), np.uint8)
         if index < len(SIZES) - 1:  # the last image has no lesion
-            mask[height // 4: height // 4 + 8 + 2 * index, width // 3: width // 3 + 10] = 255
+            mask[height // 4 : height // 4 + 8 + 2 * index, width // 3 : width // 3 + 10] = 255
         Image.fromarray(image).save(folder / "img" / name)
         Image.fromarray(mask).save(folder / "labelcol" / name)
         rows.append({"Image": name, "Description": text})
@@ -152,8 +151,20 @@ def test_evaluate_writes_metrics_csv_and_overlays(dataset: Path, tmp_path: Path)
     assert table["dice"].iloc[-1] == 0 and table["hd95"].iloc[-1] == ""
 
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("model", "checkpoint", "split", "text_mode", "n_images", "dice", "iou", "dice_original",
-                "iou_original", "hd95", "std", "hd95_undefined"):
+    for key in (
+        "model",
+        "checkpoint",
+        "split",
+        "text_mode",
+        "n_images",
+        "dice",
+        "iou",
+        "dice_original",
+        "iou_original",
+        "hd95",
+        "std",
+        "hd95_undefined",
+    ):
         assert key in metrics, key
     assert metrics["n_images"] == len(SIZES) and metrics["split"] == "test" and metrics["model"] == "unet"
     assert metrics["backend"] == "eager"  # a checkpoint loaded by the library runs eager unless told otherwise
@@ -194,8 +205,9 @@ def test_original_resolution_matches_segmenter_predict_batch(dataset: Path, tmp_
         segmenter.net.head.bias -= segmenter.net(batch, None).median()
     predictions = segmenter.predict_batch(images, TEXTS)
     assert any(0 < p.mask.mean() < 1 for p in predictions)
-    expected = [mask_metrics(p.mask, read_mask(str(path).replace("img", "labelcol")))
-                for p, path in zip(predictions, images)]
+    expected = [
+        mask_metrics(p.mask, read_mask(str(path).replace("img", "labelcol"))) for p, path in zip(predictions, images)
+    ]
 
     report = evaluate(checkpoint, dataset, "test", batch_size=3, n_overlays=0, model=segmenter)
     got = [result.dice_original for result in report.per_image]
@@ -215,10 +227,10 @@ def test_text_reliance_runs_given_shuffled_and_empty(dataset: Path, lvit_ckpt: P
     combined = evaluate_text_reliance(lvit_ckpt, dataset, "test", out=out, batch_size=4, n_overlays=1, seed=5)
     assert set(combined.reports) == {"given", "shuffled", "empty"}
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["text_reliance"] == pytest.approx(metrics["modes"]["given"]["dice"]
-                                                     - metrics["modes"]["shuffled"]["dice"])
-    assert combined.text_reliance == pytest.approx(combined.reports["given"].dice
-                                                   - combined.reports["shuffled"].dice)
+    assert metrics["text_reliance"] == pytest.approx(
+        metrics["modes"]["given"]["dice"] - metrics["modes"]["shuffled"]["dice"]
+    )
+    assert combined.text_reliance == pytest.approx(combined.reports["given"].dice - combined.reports["shuffled"].dice)
     tables = {mode: pd.read_csv(out / mode / "per_image.csv", keep_default_na=False) for mode in combined.reports}
     assert tables["given"]["text"].tolist() == TEXTS
     shuffled = tables["shuffled"]["text"].tolist()
@@ -239,8 +251,9 @@ def test_text_model_outputs_depend_on_the_text(dataset: Path, lvit_ckpt: Path) -
     from lvseg.inference import load_model
 
     segmenter = load_model(lvit_ckpt, device="cpu")
-    batch = torch.stack([resize_image(read_image(dataset / "Test_Folder" / "img" / f"case_{i}.png"), IMG_SIZE)
-                         for i in range(2)])
+    batch = torch.stack(
+        [resize_image(read_image(dataset / "Test_Folder" / "img" / f"case_{i}.png"), IMG_SIZE) for i in range(2)]
+    )
     given = segmenter.probabilities(batch, TEXTS[:2])
     empty = segmenter.probabilities(batch, ["", ""], allow_empty_text=True)
     assert given.shape == (2, 1, IMG_SIZE, IMG_SIZE)
@@ -268,8 +281,22 @@ def test_cli_evaluate_text_model_reports_text_reliance(dataset: Path, lvit_ckpt:
     from lvseg.cli.main import app
 
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(lvit_ckpt), "--data", str(dataset),
-                                      "--out", str(out), "--batch-size", "4", "--overlays", "0"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--checkpoint",
+            str(lvit_ckpt),
+            "--data",
+            str(dataset),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--overlays",
+            "0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "text reliance" in result.output and "shuffled" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -282,8 +309,9 @@ def test_cli_evaluate_image_model_runs_given_only(dataset: Path, tmp_path: Path)
 
     checkpoint = unet_checkpoint(tmp_path / "u.ckpt", fill=10.0)
     out = tmp_path / "cli"
-    result = CliRunner().invoke(app, ["evaluate", "-c", str(checkpoint), "-d", str(dataset), "-o", str(out),
-                                      "--overlays", "1"])
+    result = CliRunner().invoke(
+        app, ["evaluate", "-c", str(checkpoint), "-d", str(dataset), "-o", str(out), "--overlays", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "text reliance" not in result.output and "shuffled" not in result.output
     metrics = json.loads((out / "metrics.json").read_text())

@@ -22,7 +22,7 @@ from lvseg.rendering import (
 
 def _square(top: int, left: int, size: int = 4, shape: tuple[int, int] = (16, 16)) -> np.ndarray:
     mask = np.zeros(shape, dtype=np.uint8)
-    mask[top:top + size, left:left + size] = 1
+    mask[top : top + size, left : left + size] = 1
     return mask
 
 

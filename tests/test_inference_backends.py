@@ -14,8 +14,10 @@ from lvseg.inference.backends import agreement, cpu_has_bf16, resolve_backend
 from lvseg.models import create_model
 
 SIZE = 32
-REPORTS = ["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
-           "Unilateral pulmonary infection, one infected area, lower left lung."]
+REPORTS = [
+    "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
+    "Unilateral pulmonary infection, one infected area, lower left lung.",
+]
 
 
 def _fitted(name: str, **options: object) -> torch.nn.Module:
@@ -39,13 +41,17 @@ def _fitted(name: str, **options: object) -> torch.nn.Module:
     return model
 
 
-AVAILABLE = ["bf16"] + [name for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"),
-                                                  ("openvino-bf16", "openvino"))
-                        if importlib.util.find_spec(module) is not None]
+AVAILABLE = ["bf16"] + [
+    name
+    for name, module in (("onnx", "onnxruntime"), ("openvino", "openvino"), ("openvino-bf16", "openvino"))
+    if importlib.util.find_spec(module) is not None
+]
 
 
-@pytest.mark.parametrize("model_name,options", [("unet", {}), ("lvit", {"text_encoder": "learned"}),
-                                                ("c2fvl", {}), ("reclmis", {"text_encoder": "learned"})])
+@pytest.mark.parametrize(
+    "model_name,options",
+    [("unet", {}), ("lvit", {"text_encoder": "learned"}), ("c2fvl", {}), ("reclmis", {"text_encoder": "learned"})],
+)
 @pytest.mark.parametrize("backend", AVAILABLE)
 def test_every_backend_passes_the_accuracy_guard(model_name: str, options: dict, backend: str) -> None:
     model = _fitted(model_name, **options)
@@ -75,8 +81,13 @@ def test_the_guard_sees_a_different_mask() -> None:
 def test_backend_names_are_checked_and_auto_resolves() -> None:
     with pytest.raises(LvsegError, match="unknown backend 'fast'"):
         resolve_backend("fast", torch.device("cpu"))
-    expected = ("openvino" if importlib.util.find_spec("openvino") else
-                "onnx" if importlib.util.find_spec("onnxruntime") else "eager")
+    expected = (
+        "openvino"
+        if importlib.util.find_spec("openvino")
+        else "onnx"
+        if importlib.util.find_spec("onnxruntime")
+        else "eager"
+    )
     assert resolve_backend("auto", torch.device("cpu")) == expected  # the fastest that passes the guard
     assert resolve_backend("eager", torch.device("cpu")) == "eager"
 
@@ -94,11 +105,27 @@ def test_lvseg_predict_takes_a_backend(tmp_path) -> None:
     Image.fromarray(image).save(tmp_path / "x.png")
     masks = {}
     for backend in ("eager", "bf16"):
-        result = CliRunner().invoke(app, ["predict", "-c", str(tmp_path / "m.ckpt"), "-i", str(tmp_path / "x.png"),
-                                          "-t", REPORTS[0], "-o", str(tmp_path / f"{backend}.png"), "--backend", backend])
+        result = CliRunner().invoke(
+            app,
+            [
+                "predict",
+                "-c",
+                str(tmp_path / "m.ckpt"),
+                "-i",
+                str(tmp_path / "x.png"),
+                "-t",
+                REPORTS[0],
+                "-o",
+                str(tmp_path / f"{backend}.png"),
+                "--backend",
+                backend,
+            ],
+        )
         assert result.exit_code == 0, result.output
         masks[backend] = np.asarray(Image.open(tmp_path / f"{backend}.png")) > 0
-    assert agreement(masks["eager"][None].astype(np.float32), masks["bf16"][None].astype(np.float32))["min_dice"] >= 0.99
+    assert (
+        agreement(masks["eager"][None].astype(np.float32), masks["bf16"][None].astype(np.float32))["min_dice"] >= 0.99
+    )
 
 
 def _run_exported_with_plain_onnxruntime(folder, image_path, report: str) -> np.ndarray:
@@ -112,14 +139,19 @@ def _run_exported_with_plain_onnxruntime(folder, image_path, report: str) -> np.
     manifest = json.loads((folder / "lvseg_export.json").read_text())
     size = manifest["image"]["size"]
     pixels = np.asarray(Image.open(image_path).convert("RGB"), dtype=np.float32) / 255.0
-    tensor = torch.nn.functional.interpolate(torch.from_numpy(pixels).permute(2, 0, 1)[None], size=(size, size),
-                                             mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    tensor = torch.nn.functional.interpolate(
+        torch.from_numpy(pixels).permute(2, 0, 1)[None],
+        size=(size, size),
+        mode="bicubic",
+        align_corners=False,
+        antialias=True,
+    ).clamp(0, 1)
     feed = {"images": tensor.numpy()}
     text = manifest["text"]
     tokenize = text["tokenize"]
     vocab = {word: index for index, word in enumerate(text["vocab"])}
     ids = [vocab.get(token, tokenize["unknown_id"]) for token in re.findall(tokenize["regex"], report.lower())]
-    ids = (ids[: tokenize["max_length"]] or [tokenize["unknown_id"]])
+    ids = ids[: tokenize["max_length"]] or [tokenize["unknown_id"]]
     ids = np.array([ids + [tokenize["pad_id"]] * (tokenize["max_length"] - len(ids))], dtype=np.int64)
     encoder = onnxruntime.InferenceSession(str(folder / text["exported"]))
     feed["text_0"] = encoder.run(None, {"token_ids": ids})[0]
@@ -148,8 +180,9 @@ def test_lvseg_export_round_trip(tmp_path, fmt: str) -> None:
     save_inference_checkpoint(tmp_path / "m.ckpt", model)
     image = (model.example_images[1].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "x.png")
-    result = CliRunner().invoke(app, ["export", "-c", str(tmp_path / "m.ckpt"), "--format", fmt,
-                                      "-o", str(tmp_path / "exported")])
+    result = CliRunner().invoke(
+        app, ["export", "-c", str(tmp_path / "m.ckpt"), "--format", fmt, "-o", str(tmp_path / "exported")]
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "exported" / "lvseg_export.json").read_text())
     assert manifest["model"] == "lvit" and manifest["image"]["size"] == SIZE
@@ -164,8 +197,9 @@ def test_lvseg_export_round_trip(tmp_path, fmt: str) -> None:
     if fmt == "openvino":
         import openvino
 
-        compiled = openvino.Core().compile_model(str(tmp_path / "exported" / "network.xml"), "CPU",
-                                                 {"INFERENCE_PRECISION_HINT": "f32"})
+        compiled = openvino.Core().compile_model(
+            str(tmp_path / "exported" / "network.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+        )
         assert {name for port in compiled.inputs for name in port.get_names()} >= {"images"}
 
 

@@ -13,17 +13,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_inference_backends import REPORTS, SIZE, _fitted
 from typer.testing import CliRunner
 
 from lvseg.checkpoint import save_inference_checkpoint
 from lvseg.errors import CheckpointError, LvsegError
 from lvseg.inference import Segmenter, load_model
 from lvseg.inference.backends import agreement
+from test_inference_backends import REPORTS, SIZE, _fitted
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None or
-                                importlib.util.find_spec("openvino") is None,
-                                reason="ONNX Runtime and OpenVINO (the deploy extra) are missing")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("openvino") is None,
+    reason="ONNX Runtime and OpenVINO (the deploy extra) are missing",
+)
 
 MODELS = [("unet", {}), ("lvit", {"text_encoder": "learned"}), ("c2fvl", {}), ("reclmis", {"text_encoder": "learned"})]
 
@@ -74,14 +75,29 @@ def test_lvseg_predict_and_evaluate_run_an_export_folder(tmp_path: Path) -> None
     masks = {}
     for source in (checkpoint, folder):
         out = tmp_path / f"{source.name}.png"
-        result = CliRunner().invoke(app, ["predict", "-c", str(source), "-i", str(image), "-t", REPORTS[1],
-                                          "-o", str(out), "--device", "cpu"])
+        result = CliRunner().invoke(
+            app, ["predict", "-c", str(source), "-i", str(image), "-t", REPORTS[1], "-o", str(out), "--device", "cpu"]
+        )
         assert result.exit_code == 0, result.output
         masks[source.name] = np.asarray(Image.open(out))
     assert masks[checkpoint.name].any() and np.array_equal(masks[checkpoint.name], masks[folder.name])
 
-    result = CliRunner().invoke(app, ["predict", "-c", str(folder), "-i", str(image), "-t", REPORTS[1],
-                                      "-o", str(tmp_path / "e.png"), "--backend", "eager"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "-c",
+            str(folder),
+            "-i",
+            str(image),
+            "-t",
+            REPORTS[1],
+            "-o",
+            str(tmp_path / "e.png"),
+            "--backend",
+            "eager",
+        ],
+    )
     assert isinstance(result.exception, LvsegError)
     assert "export folder runs with openvino, openvino-bf16, onnx or auto" in str(result.exception)
 
@@ -94,8 +110,10 @@ def test_lvseg_predict_and_evaluate_run_an_export_folder(tmp_path: Path) -> None
     dices, backends = {}, {}
     for source in (checkpoint, folder):
         out = tmp_path / f"eval-{source.name}"
-        result = CliRunner().invoke(app, ["evaluate", "-c", str(source), "-d", str(data), "-o", str(out),
-                                          "--text-mode", "given", "--device", "cpu"])
+        result = CliRunner().invoke(
+            app,
+            ["evaluate", "-c", str(source), "-d", str(data), "-o", str(out), "--text-mode", "given", "--device", "cpu"],
+        )
         assert result.exit_code == 0, result.output
         (metrics,) = out.rglob("metrics.json")
         written = json.loads(metrics.read_text())
@@ -115,8 +133,9 @@ def test_lvseg_serve_serves_an_export_folder(tmp_path: Path) -> None:
     with TestClient(build_app(folder, None, None), base_url="http://localhost") as client:
         info = client.get("/api/model").json()
         assert info["model"] == "lvit" and info["validation_dice"] == 0.75 and info["input_size"] == SIZE
-        answer = client.post("/api/segment", files={"image": ("x.png", image.read_bytes(), "image/png")},
-                             data={"text": REPORTS[1]})
+        answer = client.post(
+            "/api/segment", files={"image": ("x.png", image.read_bytes(), "image/png")}, data={"text": REPORTS[1]}
+        )
         assert answer.status_code == 200, answer.text
         served = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["mask"])))) > 0
     assert served.any() and np.array_equal(served, expected.astype(bool))
@@ -142,8 +161,9 @@ def test_export_folder_problems_are_named(tmp_path: Path) -> None:
         load_model(folder, device="cuda")
 
 
-def test_auto_runs_eager_when_a_model_cannot_be_exported(monkeypatch: pytest.MonkeyPatch,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_runs_eager_when_a_model_cannot_be_exported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     import lvseg.inference.backends as backends
 
     def refuse(model, *args, **kwargs):
@@ -174,7 +194,7 @@ def test_folder_prediction_batches_through_the_fast_backends(tmp_path: Path, bac
         pixels = model.example_images[index % 2].permute(1, 2, 0).numpy()
         noisy = np.clip(pixels + rng.normal(0, 0.02, pixels.shape), 0, 1)
         Image.fromarray((noisy * 255).astype(np.uint8)).save(folder / "img" / f"case{index}.png")
-        rows.append(f"case{index}.png,\"{REPORTS[index % 2]}\"")
+        rows.append(f'case{index}.png,"{REPORTS[index % 2]}"')
     (folder / "Test_text.csv").write_text("Image,Description\n" + "\n".join(rows) + "\n")
     outputs = {}
     for name in ("eager", backend):

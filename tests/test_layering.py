@@ -22,8 +22,21 @@ FORBIDDEN = {
     "serving": {"training", "cli"},
     "training": {"serving", "cli"},
     "rendering": {"models", "text", "training", "inference", "serving", "checkpoint", "importers", "evaluation"},
-    **{leaf: {"models", "text", "data", "training", "inference", "serving", "checkpoint", "importers", "evaluation",
-              "cli"} for leaf in ("errors", "files", "foreign", "recipes")},
+    **{
+        leaf: {
+            "models",
+            "text",
+            "data",
+            "training",
+            "inference",
+            "serving",
+            "checkpoint",
+            "importers",
+            "evaluation",
+            "cli",
+        }
+        for leaf in ("errors", "files", "foreign", "recipes")
+    },
 }
 
 
@@ -118,8 +131,12 @@ def test_no_import_cycles() -> None:
 
 
 def test_no_import_points_up_a_layer() -> None:
-    bad = sorted(f"{module} imports {target}" for module, targets in import_graph().items() for target in targets
-                 if _layer(target) in FORBIDDEN.get(_layer(module), set()))
+    bad = sorted(
+        f"{module} imports {target}"
+        for module, targets in import_graph().items()
+        for target in targets
+        if _layer(target) in FORBIDDEN.get(_layer(module), set())
+    )
     assert not bad, "\n".join(bad)
 
 

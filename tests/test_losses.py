@@ -27,7 +27,9 @@ def test_dice_term_matches_the_papers_formula():
     target = (torch.rand(2, 1, 8, 8) > 0.6).float()
     p = torch.sigmoid(logits)
     eps = 1e-5
-    dice_per_image = 1 - (2 * (p * target).sum((1, 2, 3)) + eps) / ((p**2).sum((1, 2, 3)) + (target**2).sum((1, 2, 3)) + eps)
+    dice_per_image = 1 - (2 * (p * target).sum((1, 2, 3)) + eps) / (
+        (p**2).sum((1, 2, 3)) + (target**2).sum((1, 2, 3)) + eps
+    )
     expected = 0.5 * dice_per_image.mean() + 0.5 * class_balanced_bce_with_logits(logits, target)
     assert torch.allclose(DiceBCELoss()(logits, target), expected, atol=1e-6)
 

@@ -26,14 +26,21 @@ from typer.testing import CliRunner
 from lvseg.cli.main import app
 from lvseg.data.layout import load_split
 from lvseg.data.synth import generate_synthetic_dataset
-from lvseg.models import ModelOutput, SegmentationModel, create_model, list_models, register_model, unregister_model
-from lvseg.models import model_class
+from lvseg.models import (
+    ModelOutput,
+    SegmentationModel,
+    create_model,
+    list_models,
+    model_class,
+    register_model,
+    unregister_model,
+)
 from lvseg.models.base import as_output
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_support import save_tiny_clip, save_tiny_clipseg  # noqa: E402
-from official_biomedclip_layout import save_tiny_biomedclip  # noqa: E402
-from serving_support import REPORT, png_bytes  # noqa: E402
+from hf_support import save_tiny_clip, save_tiny_clipseg
+from official_biomedclip_layout import save_tiny_biomedclip
+from serving_support import REPORT, png_bytes
 
 IMG_SIZE = 32
 REPORTS = [REPORT, "Unilateral pulmonary infection, one infected area, lower left lung.", "No pulmonary infection."]
@@ -85,7 +92,9 @@ def build(name: str) -> SegmentationModel:
 MODELS = list_models()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="ONNX Runtime (the deploy extra) is missing")
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="ONNX Runtime (the deploy extra) is missing"
+)
 @pytest.mark.parametrize("name", MODELS)
 def test_the_exported_network_takes_any_batch_and_report_length(name: str) -> None:
     """The exporting backends run every registered model: one graph for batches of 1 and 2 and for reports
@@ -117,9 +126,27 @@ def trained(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     for name in MODELS:
         out = runs / name
         extra = cli_options(tiny_options(name))
-        result = CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(out), "--model", name,
-                                          "--img-size", str(IMG_SIZE), "--batch-size", "4", "--max-epochs", "1",
-                                          "--augment", "none", *extra])
+        result = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--model",
+                name,
+                "--img-size",
+                str(IMG_SIZE),
+                "--batch-size",
+                "4",
+                "--max-epochs",
+                "1",
+                "--augment",
+                "none",
+                *extra,
+            ],
+        )
         assert result.exit_code == 0, result.output
         checkpoints[name] = out / "best.ckpt"
     return checkpoints
@@ -187,7 +214,9 @@ def test_trained_checkpoint_loads_with_identical_outputs(name: str, trained: dic
     trained_model = SegmentationTask.load_from_checkpoint(trained[name], map_location="cpu", weights_only=True).model
     images = torch.rand(2, segmenter.in_channels, IMG_SIZE, IMG_SIZE)
     texts = [s.text for s in load_split(data, "test")[:2]]
-    torch.testing.assert_close(segmenter.probabilities(images, texts), trained_model.eval().predict_proba(images, texts))
+    torch.testing.assert_close(
+        segmenter.probabilities(images, texts), trained_model.eval().predict_proba(images, texts)
+    )
     sample = load_split(data, "test")[0]
     prediction = segmenter.predict(sample.image_path, sample.text)
     assert prediction.mask.shape == (IMG_SIZE, IMG_SIZE) and set(np.unique(prediction.mask)) <= {0, 1}
@@ -208,8 +237,9 @@ def test_inference_checkpoint_round_trip(name: str, trained: dict[str, Path], tm
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_evaluate_with_given_shuffled_and_empty_text(name: str, trained: dict[str, Path], data: Path,
-                                                     tmp_path: Path) -> None:
+def test_evaluate_with_given_shuffled_and_empty_text(
+    name: str, trained: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
     from lvseg.evaluation.evaluate import evaluate_modes
 
     segmenter_modes = ("given", "shuffled", "empty")
@@ -224,8 +254,19 @@ def test_evaluate_with_given_shuffled_and_empty_text(name: str, trained: dict[st
 def test_lvseg_predict_and_info(name: str, trained: dict[str, Path], data: Path, tmp_path: Path) -> None:
     sample = load_split(data, "test")[0]
     text = ["--text", sample.text] if model_class(name).requires_text else []
-    result = CliRunner().invoke(app, ["predict", "--checkpoint", str(trained[name]), "--image",
-                                      str(sample.image_path), *text, "--out", str(tmp_path / "mask.png")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--checkpoint",
+            str(trained[name]),
+            "--image",
+            str(sample.image_path),
+            *text,
+            "--out",
+            str(tmp_path / "mask.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "mask.png").is_file()
     result = CliRunner().invoke(app, ["info", "--model", name, "--img-size", "64", "--json"])
@@ -246,8 +287,7 @@ def test_web_app_serves_the_checkpoint(name: str, trained: dict[str, Path]) -> N
     expected = segmenter.predict(image, REPORT).mask
     with TestClient(create_app(segmenter), base_url="http://localhost") as client:
         assert client.get("/api/model").json()["model"] == name
-        response = client.post("/api/segment", files={"image": ("scan.png", image, "image/png")},
-                               data={"text": REPORT})
+        response = client.post("/api/segment", files={"image": ("scan.png", image, "image/png")}, data={"text": REPORT})
         assert response.status_code == 200, response.text
         assert response.json()["area_px"] == int(expected.sum())  # the same mask as the Python API
 
@@ -258,16 +298,26 @@ def test_a_semi_supervised_step(name: str) -> None:
     from lvseg.training.semi import SemiSupervisedTask
 
     torch.manual_seed(0)
-    task = SemiSupervisedTask(model_name=name, model_config=tiny_options(name), model_texts=REPORTS,
-                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0)
+    task = SemiSupervisedTask(
+        model_name=name,
+        model_config=tiny_options(name),
+        model_texts=REPORTS,
+        warmup_epochs=0.0,
+        rampup_epochs=0.0,
+        lv_weight=0.0,
+    )
     bank = PseudoLabelBank(["u0", "u1"], img_size=IMG_SIZE, beta=0.9)
     mask = torch.zeros(2, 1, IMG_SIZE, IMG_SIZE)
     mask[:, :, 4:12, 4:12] = 1
     bank.update(torch.tensor([0, 1]), mask)  # earlier pseudo-labels holding a lesion
     task.attach(bank, seed=0)
-    batch = {"image": torch.rand(4, 3, IMG_SIZE, IMG_SIZE), "mask": torch.cat([mask, mask]),
-             "text": REPORTS + REPORTS[:1], "labeled": torch.tensor([True, True, False, False]),
-             "index": torch.tensor([0, 1, 0, 1])}
+    batch = {
+        "image": torch.rand(4, 3, IMG_SIZE, IMG_SIZE),
+        "mask": torch.cat([mask, mask]),
+        "text": REPORTS + REPORTS[:1],
+        "labeled": torch.tensor([True, True, False, False]),
+        "index": torch.tensor([0, 1, 0, 1]),
+    }
     task.train()
     prepared = task.prepare_batch(batch, 0)
     terms = task.loss_terms(as_output(task(prepared["image"], prepared["text"])), prepared, 0)
@@ -339,8 +389,17 @@ def test_declared_terms_are_summed_and_logged_by_name(branch_model: str, tmp_pat
 
     data = tmp_path / "data"
     generate_synthetic_dataset(data, n=8, size=32, seed=0)
-    train(TrainConfig(data=data, out=tmp_path / "run", model=branch_model, img_size=32, batch_size=4, max_epochs=1,
-                      progress_bar=False))
+    train(
+        TrainConfig(
+            data=data,
+            out=tmp_path / "run",
+            model=branch_model,
+            img_size=32,
+            batch_size=4,
+            max_epochs=1,
+            progress_bar=False,
+        )
+    )
     with open(tmp_path / "run" / "logs" / "metrics.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     epoch = next(row for row in rows if row.get("train_loss_epoch"))
@@ -359,16 +418,17 @@ def test_unknown_model_option_is_named() -> None:
 def test_prediction_path_does_not_import_lightning() -> None:
     import subprocess
 
-    code = ("import sys, lvseg, lvseg.inference, lvseg.checkpoint, lvseg.serving.app; "
-            "lvseg.create_model('unet', img_size=32, base_channels=4); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    code = (
+        "import sys, lvseg, lvseg.inference, lvseg.checkpoint, lvseg.serving.app; "
+        "lvseg.create_model('unet', img_size=32, base_channels=4); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))"
+    )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
 
 
 def test_a_frozen_hf_encoder_is_registered_shared_by_the_teacher_and_not_stored(tmp_path: Path) -> None:
     from hf_support import save_tiny_bert
-
     from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict, save_inference_checkpoint
     from lvseg.training.teacher import EmaTeacher
 
@@ -392,4 +452,6 @@ def test_a_frozen_hf_encoder_is_registered_shared_by_the_teacher_and_not_stored(
     assert saved["lvseg"]["pretrained"] == {"model.text_encoder": str(bert)}
     loaded = load_checkpoint(tmp_path / "m.ckpt").model
     images = torch.rand(1, 3, 32, 32)
-    torch.testing.assert_close(loaded.predict_proba(images, REPORTS[:1]), model.eval().predict_proba(images, REPORTS[:1]))
+    torch.testing.assert_close(
+        loaded.predict_proba(images, REPORTS[:1]), model.eval().predict_proba(images, REPORTS[:1])
+    )

@@ -62,9 +62,9 @@ def test_self_attention_qkv_layout() -> None:
     hd = dim // heads
     outs = []
     for h in range(heads):
-        q = qkv[..., h * hd:(h + 1) * hd]
-        k = qkv[..., dim + h * hd: dim + (h + 1) * hd]
-        v = qkv[..., 2 * dim + h * hd: 2 * dim + (h + 1) * hd]
+        q = qkv[..., h * hd : (h + 1) * hd]
+        k = qkv[..., dim + h * hd : dim + (h + 1) * hd]
+        v = qkv[..., 2 * dim + h * hd : 2 * dim + (h + 1) * hd]
         outs.append(torch.softmax(q @ k.transpose(1, 2) / math.sqrt(hd), dim=-1) @ v)
     torch.testing.assert_close(attn(x), attn.proj(torch.cat(outs, -1)))
     with pytest.raises(ValueError):

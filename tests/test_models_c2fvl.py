@@ -33,20 +33,35 @@ TEMPLATES = [
     ("Unilateral pulmonary infection, two infected areas, upper middle lower right lung.", [0, 2, 0, 0, 0, 1, 1, 1]),
     ("Unilateral pulmonary infection, three infected areas, upper middle lower right lung.", [0, 3, 0, 0, 0, 1, 1, 1]),
     ("Bilateral pulmonary infection, two infected areas, all left lung and all right lung.", [1, 2, 1, 1, 1, 1, 1, 1]),
-    ("Bilateral pulmonary infection, two infected areas, all left lung and upper middle right lung.",
-     [1, 2, 1, 1, 1, 1, 1, 0]),
-    ("Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung.",
-     [1, 2, 1, 1, 1, 0, 1, 1]),
-    ("Bilateral pulmonary infection, two infected areas, upper middle left lung and all right lung.",
-     [1, 2, 1, 1, 0, 1, 1, 1]),
-    ("Bilateral pulmonary infection, two infected areas, middle lower left lung and all right lung.",
-     [1, 2, 0, 1, 1, 1, 1, 1]),
-    ("Bilateral pulmonary infection, three infected areas, all left lung and upper middle lower right lung.",
-     [1, 3, 1, 1, 1, 1, 1, 1]),
-    ("Bilateral pulmonary infection, three infected areas, upper middle lower left lung and all right lung.",
-     [1, 3, 1, 1, 1, 1, 1, 1]),
-    ("Bilateral pulmonary infection, four infected areas, upper middle lower left lung and upper middle lower "
-     "right lung.", [1, 4, 1, 1, 1, 1, 1, 1]),
+    (
+        "Bilateral pulmonary infection, two infected areas, all left lung and upper middle right lung.",
+        [1, 2, 1, 1, 1, 1, 1, 0],
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung.",
+        [1, 2, 1, 1, 1, 0, 1, 1],
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, upper middle left lung and all right lung.",
+        [1, 2, 1, 1, 0, 1, 1, 1],
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, middle lower left lung and all right lung.",
+        [1, 2, 0, 1, 1, 1, 1, 1],
+    ),
+    (
+        "Bilateral pulmonary infection, three infected areas, all left lung and upper middle lower right lung.",
+        [1, 3, 1, 1, 1, 1, 1, 1],
+    ),
+    (
+        "Bilateral pulmonary infection, three infected areas, upper middle lower left lung and all right lung.",
+        [1, 3, 1, 1, 1, 1, 1, 1],
+    ),
+    (
+        "Bilateral pulmonary infection, four infected areas, upper middle lower left lung and upper middle lower "
+        "right lung.",
+        [1, 4, 1, 1, 1, 1, 1, 1],
+    ),
 ]
 SMALL = {"img_size": 64, "base_channels": 8}
 
@@ -66,10 +81,19 @@ def test_the_templates_here_are_the_shared_ones(lv_templates_root: Path) -> None
 
 
 def test_grammar_variants_and_the_issue_example() -> None:
-    assert vector_of("Bilateral pulmonary infection, two infected areas, all left lung and upper right lung.") == \
-        [1, 2, 1, 1, 1, 1, 0, 0]
-    assert vector_of("bilateral  pulmonary infection, 2 infected areas, upper-middle left lungs and lower right lung") \
-        == [1, 2, 1, 1, 0, 0, 0, 1]
+    assert vector_of("Bilateral pulmonary infection, two infected areas, all left lung and upper right lung.") == [
+        1,
+        2,
+        1,
+        1,
+        1,
+        1,
+        0,
+        0,
+    ]
+    assert vector_of(
+        "bilateral  pulmonary infection, 2 infected areas, upper-middle left lungs and lower right lung"
+    ) == [1, 2, 1, 1, 0, 0, 0, 1]
     assert vector_of("Unilateral pulmonary infection, one infected area, lower right lung.") == [0, 1, 0, 0, 0, 0, 0, 1]
     assert vector_of("No pulmonary infection.") == [0.0] * 8
 
@@ -78,20 +102,41 @@ def test_grammar_variants_and_the_issue_example() -> None:
     ("text", "part", "reason"),
     [
         ("Left lower lobe consolidation.", "Left lower lobe consolidation", "three comma-separated parts"),
-        ("Unilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
-         "upper left lung and lower right lung", "'Unilateral' contradicts the 2 lung(s)"),
-        ("Bilateral pulmonary infection, one infected area, all left lung.", "all left lung",
-         "'Bilateral' contradicts the 1 lung(s)"),
-        ("Bilateral pulmonary infection, one infected area, all left lung and all right lung.", "one infected area",
-         "cannot cover 2 lungs"),
-        ("Bilateral pulmonary infection, two infected areas, all left lung and all top lung.", "all top lung",
-         "left|right lung"),
-        ("Bilateral pulmonary infection, many infected areas, all left lung and all right lung.",
-         "many infected areas", "infected area(s)"),
-        ("Unilateral pulmonary infection, two infected areas, all left lung and upper left lung.", "upper left lung",
-         "named twice"),
-        ("Severe pulmonary infection, one infected area, all left lung.", "Severe pulmonary infection",
-         "'Unilateral pulmonary infection'"),
+        (
+            "Unilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
+            "upper left lung and lower right lung",
+            "'Unilateral' contradicts the 2 lung(s)",
+        ),
+        (
+            "Bilateral pulmonary infection, one infected area, all left lung.",
+            "all left lung",
+            "'Bilateral' contradicts the 1 lung(s)",
+        ),
+        (
+            "Bilateral pulmonary infection, one infected area, all left lung and all right lung.",
+            "one infected area",
+            "cannot cover 2 lungs",
+        ),
+        (
+            "Bilateral pulmonary infection, two infected areas, all left lung and all top lung.",
+            "all top lung",
+            "left|right lung",
+        ),
+        (
+            "Bilateral pulmonary infection, many infected areas, all left lung and all right lung.",
+            "many infected areas",
+            "infected area(s)",
+        ),
+        (
+            "Unilateral pulmonary infection, two infected areas, all left lung and upper left lung.",
+            "upper left lung",
+            "named twice",
+        ),
+        (
+            "Severe pulmonary infection, one infected area, all left lung.",
+            "Severe pulmonary infection",
+            "'Unilateral pulmonary infection'",
+        ),
     ],
 )
 def test_bad_reports_name_the_part_not_understood(text: str, part: str, reason: str) -> None:
@@ -102,8 +147,15 @@ def test_bad_reports_name_the_part_not_understood(text: str, part: str, reason: 
 
 def test_report_parse_command() -> None:
     runner = CliRunner()
-    result = runner.invoke(app, ["report", "parse", "Bilateral pulmonary infection, two infected areas, all left "
-                                                    "lung and upper right lung.", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "report",
+            "parse",
+            "Bilateral pulmonary infection, two infected areas, all left lung and upper right lung.",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     parsed = json.loads(result.stdout)
     assert parsed["vector"] == [1, 2, 1, 1, 1, 1, 0, 0] and parsed["fields"] == list(REPORT_VECTOR_FIELDS)
@@ -216,7 +268,9 @@ def data_with_bad_reports(tmp_path: Path) -> Path:
     table = next((root / "Train_Folder").glob("*_text.*"))
     frame = pd.read_excel(table) if table.suffix == ".xlsx" else pd.read_csv(table)
     frame.loc[0, "Description"] = "Left lower lobe consolidation."
-    frame.loc[1, "Description"] = "Unilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+    frame.loc[1, "Description"] = (
+        "Unilateral pulmonary infection, two infected areas, upper left lung and lower right lung."
+    )
     frame.to_excel(table, index=False) if table.suffix == ".xlsx" else frame.to_csv(table, index=False)
     return root
 
@@ -225,8 +279,15 @@ def test_training_lists_every_unreadable_report_before_starting(data_with_bad_re
     from lvseg.training.fit import train
     from lvseg.training.options import TrainConfig
 
-    config = TrainConfig(data=data_with_bad_reports, out=tmp_path / "run", model="c2fvl", img_size=32,
-                         base_channels=8, max_epochs=1, progress_bar=False)
+    config = TrainConfig(
+        data=data_with_bad_reports,
+        out=tmp_path / "run",
+        model="c2fvl",
+        img_size=32,
+        base_channels=8,
+        max_epochs=1,
+        progress_bar=False,
+    )
     with pytest.raises(DataValidationError) as error:
         train(config)
     assert len(error.value.problems) == 2
@@ -234,9 +295,26 @@ def test_training_lists_every_unreadable_report_before_starting(data_with_bad_re
     assert "Left lower lobe" in error.value.problems[0] and "contradicts" in error.value.problems[1]
     assert not (tmp_path / "run" / "last.ckpt").exists()
 
-    result = CliRunner().invoke(app, ["train", "--data", str(data_with_bad_reports), "--out", str(tmp_path / "zero"),
-                                      "--model", "c2fvl", "--img-size", "32", "--base-channels", "8",
-                                      "--max-epochs", "1", "--model-option", "unparsable_reports=zero"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data_with_bad_reports),
+            "--out",
+            str(tmp_path / "zero"),
+            "--model",
+            "c2fvl",
+            "--img-size",
+            "32",
+            "--base-channels",
+            "8",
+            "--max-epochs",
+            "1",
+            "--model-option",
+            "unparsable_reports=zero",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "zero" / "best.ckpt").is_file()
 
@@ -251,22 +329,39 @@ def test_data_check_with_a_model_reports_unreadable_reports(data_with_bad_report
 
 def test_text_table_with_the_vector_columns(tmp_path: Path) -> None:
     rows = [
-        {"Image": "a.png", "Description": "", "bilateral": 1, "number": 2, "lupper": 1, "lmiddle": 0, "llower": 0,
-         "rupper": 0, "rmiddle": 0, "rlower": 1},
+        {
+            "Image": "a.png",
+            "Description": "",
+            "bilateral": 1,
+            "number": 2,
+            "lupper": 1,
+            "lmiddle": 0,
+            "llower": 0,
+            "rupper": 0,
+            "rmiddle": 0,
+            "rlower": 1,
+        },
         {"Image": "b.png", "Description": TEMPLATES[0][0], **dict(zip(REPORT_VECTOR_FIELDS, TEMPLATES[0][1]))},
     ]
     path = tmp_path / "Train_text.xlsx"
     pd.DataFrame(rows).to_excel(path, index=False)
     parsed = read_text_table(path)
-    assert parsed[0].description == "Bilateral pulmonary infection, two infected areas, upper left lung and lower " \
-                                    "right lung."
+    assert (
+        parsed[0].description == "Bilateral pulmonary infection, two infected areas, upper left lung and lower "
+        "right lung."
+    )
     assert parsed[1].description == TEMPLATES[0][0]
     # Columns only (C2FVL's own tables): the reports are written from them.
     pd.DataFrame([{k: v for k, v in row.items() if k != "Description"} for row in rows]).to_excel(path, index=False)
-    assert [row.description for row in read_text_table(path)][1] == "Unilateral pulmonary infection, one infected " \
-                                                                    "area, all left lung."
-    bad = [dict(rows[1], Description=TEMPLATES[3][0]), dict(rows[0], bilateral=0), dict(rows[0], number="two"),
-           dict(rows[1], Description="free text the grammar does not cover")]
+    assert [row.description for row in read_text_table(path)][
+        1
+    ] == "Unilateral pulmonary infection, one infected area, all left lung."
+    bad = [
+        dict(rows[1], Description=TEMPLATES[3][0]),
+        dict(rows[0], bilateral=0),
+        dict(rows[0], number="two"),
+        dict(rows[1], Description="free text the grammar does not cover"),
+    ]
     pd.DataFrame(bad).to_excel(path, index=False)
     with pytest.raises(LvsegError) as error:
         read_text_table(path)

@@ -15,14 +15,29 @@ from lvseg.errors import LvsegError
 from lvseg.models import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from official_lvit_layout import OfficialLayoutLViT  # noqa: E402
+from official_lvit_layout import OfficialLayoutLViT
 
 runner = CliRunner()
 
 
 def test_info_json_small_lvit() -> None:
-    result = runner.invoke(app, ["info", "--model", "lvit", "--img-size", "64", "--base-channels", "8",
-                                 "--text-len", "5", "--text-dim", "16", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "info",
+            "--model",
+            "lvit",
+            "--img-size",
+            "64",
+            "--base-channels",
+            "8",
+            "--text-len",
+            "5",
+            "--text-dim",
+            "16",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     net = create_model("lvit", img_size=64, base_channels=8, text_len=5, text_dim=16)

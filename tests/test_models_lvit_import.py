@@ -12,19 +12,19 @@ from typing import Any
 import pytest
 import torch
 
-from lvseg.errors import CheckpointError, LvsegError
-from lvseg.models import create_model
 from lvseg.checkpoint import load_checkpoint, read_checkpoint_dict
+from lvseg.errors import CheckpointError, LvsegError
 from lvseg.importers.lvit import (
     convert_official_lvit_state_dict,
     import_official_checkpoint,
     load_official_state_dict,
     map_official_key,
 )
+from lvseg.models import create_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_support import save_tiny_bert  # noqa: E402
-from official_lvit_layout import OfficialLayoutLViT, randomize_  # noqa: E402
+from hf_support import save_tiny_bert
+from official_lvit_layout import OfficialLayoutLViT, randomize_
 
 SMALL = {"img_size": 64, "base": 8, "text_len": 5, "text_dim": 16}
 
@@ -57,11 +57,12 @@ def test_reference_layout_equals_manifest(reference_root: Path) -> None:
 def test_mapping_is_complete_against_manifest(reference_root: Path) -> None:
     manifest = _manifest(reference_root)
     unused = manifest["unused_in_forward_modules"]
-    official = {e["key"]: torch.empty(e["shape"], dtype=getattr(torch, e["dtype"]), device="meta")
-                for e in manifest["state_dict"]}
+    official = {
+        e["key"]: torch.empty(e["shape"], dtype=getattr(torch, e["dtype"]), device="meta")
+        for e in manifest["state_dict"]
+    }
     ours, dropped, options = convert_official_lvit_state_dict(official)
-    assert options == {"in_channels": 3, "img_size": 224, "base_channels": 64,
-                       "text_dim": 768, "text_len": 10}
+    assert options == {"in_channels": 3, "img_size": 224, "base_channels": 64, "text_dim": 768, "text_len": 10}
 
     # Every kept official key maps to exactly one of our keys, with an equal shape, and fills all of ours.
     kept = [key for key in official if map_official_key(key) is not None]
@@ -120,12 +121,21 @@ def test_converted_model_matches_official_layout_full_config() -> None:
 def test_import_checkpoint_file_roundtrip(tmp_path: Path, bert16: Path) -> None:
     official = randomize_(OfficialLayoutLViT(**SMALL), seed=3).eval()
     source = tmp_path / "best_model.pth"
-    torch.save({"epoch": 7, "state_dict": {"module." + k: v for k, v in official.state_dict().items()},
-                "val_loss": 0.3}, source)
+    torch.save(
+        {"epoch": 7, "state_dict": {"module." + k: v for k, v in official.state_dict().items()}, "val_loss": 0.3},
+        source,
+    )
     result = import_official_checkpoint(source, tmp_path / "lvit.ckpt", text_encoder=f"hf:{bert16}")
     text_config = {"type": "hf", "name_or_path": str(bert16), "max_length": 5}
-    assert result.model_options == {"in_channels": 3, "img_size": 64, "base_channels": 8, "text_encoder": text_config,
-                                    "text_dim": 16, "text_len": 5, "dropout": 0.1}
+    assert result.model_options == {
+        "in_channels": 3,
+        "img_size": 64,
+        "base_channels": 8,
+        "text_encoder": text_config,
+        "text_dim": 16,
+        "text_len": 5,
+        "dropout": 0.1,
+    }
     assert len(result.dropped_keys) == 203 and "downVit.head.weight" in result.dropped_keys
     saved = read_checkpoint_dict(tmp_path / "lvit.ckpt")
     assert saved["hyper_parameters"]["model_name"] == "lvit"

@@ -18,17 +18,19 @@ from typer.testing import CliRunner
 
 from lvseg.cli.main import app
 from lvseg.errors import CheckpointError, LvsegError
+from lvseg.importers.reclmis import import_official_checkpoint, map_official_key
 from lvseg.models import create_model
 from lvseg.models.reclmis import conditioned_contrastive_loss
-from lvseg.importers.reclmis import import_official_checkpoint, map_official_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_support import save_tiny_clip  # noqa: E402
-from official_lvit_layout import randomize_  # noqa: E402
-from official_reclmis_layout import OfficialLayoutRecLMIS, official_state_dict  # noqa: E402
+from hf_support import save_tiny_clip
+from official_lvit_layout import randomize_
+from official_reclmis_layout import OfficialLayoutRecLMIS, official_state_dict
 
-REPORTS = ["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
-           "Unilateral pulmonary infection, one infected area, all left lung."]
+REPORTS = [
+    "Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung.",
+    "Unilateral pulmonary infection, one infected area, all left lung.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +66,18 @@ def test_clip_front_end_ids_and_states(clip_folder: Path) -> None:
     # a short report is padded with " EOF XXX" (the official trick); the long one is cut, ending with <|endoftext|>
     assert encoder.token_ids(["abc"])[0].tolist().count(0) < 18 - 5
     assert ids[1, -1] == encoder.end_id
-    plain = create_model("reclmis", img_size=64, base_channels=8,
-                         text_encoder={"type": "clip", "name_or_path": str(clip_folder), "max_length": 18,
-                                       "eof_padding": False, "text_config": None})
+    plain = create_model(
+        "reclmis",
+        img_size=64,
+        base_channels=8,
+        text_encoder={
+            "type": "clip",
+            "name_or_path": str(clip_folder),
+            "max_length": 18,
+            "eof_padding": False,
+            "text_config": None,
+        },
+    )
     short = plain.text_encoder.token_ids(["abc"])[0].tolist()
     assert short[:5] == [encoder.start_id, *short[1:4], encoder.end_id] and short[5:] == [0] * 13  # padding id 0
     states, mask = plain.encode_text(["abc"])
@@ -79,8 +90,9 @@ def test_clip_front_end_ids_and_states(clip_folder: Path) -> None:
 def test_clip_states_are_computed_once_per_report(clip_folder: Path) -> None:
     encoder = small(clip_folder).text_encoder
     calls: list[int] = []
-    encoder.hf_model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
-                                           with_kwargs=True)
+    encoder.hf_model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     first = encoder(REPORTS + REPORTS[:1])
     again = encoder(REPORTS[::-1])
     assert calls == [2]  # two distinct reports, one forward; the second call is served from memory
@@ -112,8 +124,11 @@ def _loss_gradients(model: Any, term: str) -> set[str]:
 
 def test_every_training_only_loss_reaches_what_it_trains(clip_folder: Path) -> None:
     model = small(clip_folder)
-    terms = set(model.compute_losses(model.train()(torch.rand(2, 3, 64, 64), model.encode_text(REPORTS)),
-                                     torch.zeros(2, 1, 64, 64)))
+    terms = set(
+        model.compute_losses(
+            model.train()(torch.rand(2, 3, 64, 64), model.encode_text(REPORTS)), torch.zeros(2, 1, 64, 64)
+        )
+    )
     assert terms == {"dice", "bce", "ccl", "text_reconstruction", "image_reconstruction"}
     image = _loss_gradients(model, "image_reconstruction")
     assert {"image_reconstructor", "word_scorer", "text_context", "text_proj", "attn_text"} <= image
@@ -123,8 +138,15 @@ def test_every_training_only_loss_reaches_what_it_trains(clip_folder: Path) -> N
     contrastive = _loss_gradients(model, "ccl")
     assert {"text_proj", "inc", "down"} <= contrastive
     # the CCL reads the words/patches of interest detached: it must not reshape them or, through them, V'
-    assert not contrastive & {"word_scorer", "patch_scorer", "text_context", "attn_text", "attn_image",
-                              "patch_embed", "pos_embed"}
+    assert not contrastive & {
+        "word_scorer",
+        "patch_scorer",
+        "text_context",
+        "attn_text",
+        "attn_image",
+        "patch_embed",
+        "pos_embed",
+    }
     segmentation = _loss_gradients(model, "dice")
     assert not segmentation & set(model.training_only_modules)
 
@@ -145,10 +167,12 @@ def test_contrastive_loss_reads_the_learned_weights(clip_folder: Path) -> None:
     output = model(torch.rand(2, 3, 64, 64), model.encode_text(REPORTS))
     aux = output.aux
     expected = model.loss_weights["ccl"] * conditioned_contrastive_loss(
-        aux["text_tokens"], aux["image_tokens"], aux["text_mask"], aux["word_weights"], aux["patch_weights"])
+        aux["text_tokens"], aux["image_tokens"], aux["text_mask"], aux["word_weights"], aux["patch_weights"]
+    )
     flat = torch.full_like(aux["patch_weights"], 1 / aux["patch_weights"].shape[1])
     uniform = model.loss_weights["ccl"] * conditioned_contrastive_loss(
-        aux["text_tokens"], aux["image_tokens"], aux["text_mask"], aux["word_weights"], flat)
+        aux["text_tokens"], aux["image_tokens"], aux["text_mask"], aux["word_weights"], flat
+    )
     ccl = model.compute_losses(output, torch.zeros(2, 1, 64, 64))["ccl"]
     torch.testing.assert_close(ccl, expected)
     assert not torch.allclose(ccl, uniform)
@@ -177,8 +201,10 @@ def test_contrastive_loss_by_hand() -> None:
             t2v = sum(w_t[a, i] * s_ab[i].max() for i in range(2))
             v2t = sum(w_v[b, j] * s_ab[:, j].max() for j in range(3))
             logits[a, b] = 0.5 * (t2v + v2t) * 100
-    expected = 0.5 * (torch.nn.functional.cross_entropy(logits, torch.arange(2))
-                      + torch.nn.functional.cross_entropy(logits.T, torch.arange(2)))
+    expected = 0.5 * (
+        torch.nn.functional.cross_entropy(logits, torch.arange(2))
+        + torch.nn.functional.cross_entropy(logits.T, torch.arange(2))
+    )
     torch.testing.assert_close(conditioned_contrastive_loss(text, image, mask, w_t, w_v), expected)
 
 
@@ -189,7 +215,7 @@ def test_masking_zeroes_exactly_n_positions_drawn_by_weight() -> None:
     weights = torch.tensor([[0.5, 0.5, 0, 0, 0, 0], [0.0, 0.1, 0.2, 0.3, 0.4, 0.0]])
     torch.manual_seed(0)
     masked = zero_by_weights(tokens, weights, torch.tensor([2, 3]))
-    zeroed = (masked.abs().sum(-1) == 0)
+    zeroed = masked.abs().sum(-1) == 0
     assert zeroed.sum(dim=1).tolist() == [2, 3]
     assert zeroed[0].tolist() == [True, True, False, False, False, False]  # weighted positions first
     assert not zeroed[1, 0] and not zeroed[1, 5]  # zero weight (padding) never drawn while others remain
@@ -219,8 +245,9 @@ def test_contrastive_loss_prefers_matching_pairs_and_skips_a_batch_of_one(clip_f
     model = small(clip_folder).train()
     with caplog.at_level(logging.WARNING, logger="lvseg.models.reclmis"):
         for _ in range(2):
-            terms = model.compute_losses(model(torch.rand(1, 3, 64, 64), model.encode_text(REPORTS[:1])),
-                                         torch.zeros(1, 1, 64, 64))
+            terms = model.compute_losses(
+                model(torch.rand(1, 3, 64, 64), model.encode_text(REPORTS[:1])), torch.zeros(1, 1, 64, 64)
+            )
     assert "ccl" not in terms and {"text_reconstruction", "image_reconstruction"} <= set(terms)
     assert sum("two or more images" in record.message for record in caplog.records) == 1  # said once
 
@@ -253,8 +280,10 @@ def test_imported_weights_give_the_official_outputs(clip_folder: Path, tmp_path:
     official = _official(clip_folder)
     source = tmp_path / "best_model-RecLMIS.pth.tar"
     state = {"module." + key: value for key, value in official_state_dict(official).items()}
-    torch.save({"epoch": 12, "best_model": True, "model": "RecLMIS", "state_dict": state,
-                "val_loss": torch.tensor(0.2)}, source)
+    torch.save(
+        {"epoch": 12, "best_model": True, "model": "RecLMIS", "state_dict": state, "val_loss": torch.tensor(0.2)},
+        source,
+    )
     result = import_official_checkpoint(source, tmp_path / "reclmis.ckpt", tokenizer=str(clip_folder), clip_heads=2)
     assert set(result.dropped) == {"training-only", "CLIP image tower (never called)", "never used"}
     assert "clip.logit_scale" in result.dropped["training-only"]
@@ -277,8 +306,21 @@ def test_imported_weights_give_the_official_outputs(clip_folder: Path, tmp_path:
     assert (segmenter.probabilities(images, short) - expected_padded).abs().max() < 1e-4
     segmenter.model.text_encoder.eof_padding = True
 
-    result = CliRunner().invoke(app, ["import-reclmis", str(source), "--out", str(tmp_path / "cli.ckpt"),
-                                      "--tokenizer", str(clip_folder), "--config", "qata", "--clip-heads", "2"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "import-reclmis",
+            str(source),
+            "--out",
+            str(tmp_path / "cli.ckpt"),
+            "--tokenizer",
+            str(clip_folder),
+            "--config",
+            "qata",
+            "--clip-heads",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "dropped" in result.stdout and "training-only" in result.stdout
     again = load_model(tmp_path / "cli.ckpt", device="cpu")
@@ -289,15 +331,31 @@ def test_imported_weights_give_the_official_outputs(clip_folder: Path, tmp_path:
     from lvseg.serving.app import create_app
     from serving_support import png_bytes
 
-    with TestClient(create_app(again), base_url="http://localhost") as client:  # what `lvseg serve --checkpoint reclmis.ckpt` runs
-        response = client.post("/api/segment", files={"image": ("x.png", png_bytes(), "image/png")},
-                               data={"text": REPORTS[0]})
+    with TestClient(
+        create_app(again), base_url="http://localhost"
+    ) as client:  # what `lvseg serve --checkpoint reclmis.ckpt` runs
+        response = client.post(
+            "/api/segment", files={"image": ("x.png", png_bytes(), "image/png")}, data={"text": REPORTS[0]}
+        )
         assert response.status_code == 200, response.text
 
 
 def test_info_reports_training_only_and_frozen_parameters(clip_folder: Path) -> None:
-    result = CliRunner().invoke(app, ["info", "--model", "reclmis", "--img-size", "64", "--base-channels", "8",
-                                      "--text-encoder", f"clip:{clip_folder}", "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "info",
+            "--model",
+            "reclmis",
+            "--img-size",
+            "64",
+            "--base-channels",
+            "8",
+            "--text-encoder",
+            f"clip:{clip_folder}",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     from transformers import CLIPTextModelWithProjection
@@ -322,7 +380,9 @@ def test_import_errors_name_the_file(clip_folder: Path, tmp_path: Path) -> None:
     del official["text_module4.bias"]
     torch.save({"state_dict": official}, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError) as error:
-        import_official_checkpoint(tmp_path / "broken.pth", tmp_path / "o.ckpt", tokenizer=str(clip_folder), clip_heads=2)
+        import_official_checkpoint(
+            tmp_path / "broken.pth", tmp_path / "o.ckpt", tokenizer=str(clip_folder), clip_heads=2
+        )
     assert "attn_img.in_proj_bias: shape (7,)" in str(error.value) and "text_proj.bias" in str(error.value)
     assert not (tmp_path / "o.ckpt").exists()
 
@@ -335,9 +395,17 @@ def test_mapping_covers_the_official_manifest(reference_root: Path) -> None:
     manifest = json.loads((reference_root / "reclmis_official_state_dict.json").read_text())
     with torch.device("meta"):
         ours = create_model("reclmis", img_size=224, base_channels=64).state_dict()
-        clip = CLIPTextModelWithProjection(CLIPTextConfig(
-            vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-            max_position_embeddings=77, projection_dim=512)).state_dict()
+        clip = CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=512,
+                intermediate_size=2048,
+                num_hidden_layers=12,
+                num_attention_heads=8,
+                max_position_embeddings=77,
+                projection_dim=512,
+            )
+        ).state_dict()
     clip = {"text_encoder.hf_model." + key: value for key, value in clip.items()}
     filled: set[str] = set()
     for key, shape, _dtype, group in manifest["state_dict"]:
@@ -350,6 +418,15 @@ def test_mapping_covers_the_official_manifest(reference_root: Path) -> None:
             reference = clip if group == "clip_text" else ours
             assert tuple(reference[ours_key].shape) == tuple(tensor.shape), key
             filled.add(ours_key)
-    training_only = tuple(f"{name}." for name in ("text_context", "word_scorer", "patch_scorer",
-                                                   "image_reconstructor", "text_reconstructor", "text_output"))
+    training_only = tuple(
+        f"{name}."
+        for name in (
+            "text_context",
+            "word_scorer",
+            "patch_scorer",
+            "image_reconstructor",
+            "text_reconstructor",
+            "text_output",
+        )
+    )
     assert {key for key in ours if not key.startswith(training_only)} | set(clip) == filled

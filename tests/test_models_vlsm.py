@@ -22,8 +22,8 @@ from lvseg.models.biomedclip import BiomedCLIPTowers, convert_open_clip_state_di
 from lvseg.models.describe import describe_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_support import save_tiny_clipseg  # noqa: E402
-from official_biomedclip_layout import save_tiny_biomedclip  # noqa: E402
+from hf_support import save_tiny_clipseg
+from official_biomedclip_layout import save_tiny_biomedclip
 
 SIZE = 32
 PROMPTS = ["one small polyp , left", "bilateral pulmonary infection , two infected areas , upper left lung"]
@@ -62,7 +62,9 @@ def test_clipseg_equals_transformers_clipseg_on_the_same_inputs(clipseg_dir: Pat
     assert model.config["image_mean"] == [0.5, 0.4, 0.3] and model.config["image_std"] == [0.25] * 3
 
 
-def test_prompt_embedding_does_not_depend_on_the_padding(clipseg_dir: Path, biomedclip: tuple[Path, torch.nn.Module]) -> None:
+def test_prompt_embedding_does_not_depend_on_the_padding(
+    clipseg_dir: Path, biomedclip: tuple[Path, torch.nn.Module]
+) -> None:
     clipseg = create_model("clipseg", name_or_path=str(clipseg_dir), img_size=SIZE).eval()
     biomed = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, **BIOMED_DECODER).eval()
     for model in (clipseg, biomed):
@@ -87,7 +89,9 @@ def test_clipseg_trains_the_decoder_only_unless_asked(clipseg_dir: Path) -> None
     assert vision.grad is not None and vision.grad.abs().sum() > 0  # transformers' own forward would give none
     assert text.grad is not None and text.grad.abs().sum() > 0
     assert any(key.startswith("tower.") for key in tuned.state_dict())  # fine-tuned towers are stored
-    unreached = [name for name, p in tuned.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    unreached = [
+        name for name, p in tuned.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())
+    ]
     assert not unreached, f"trainable parameters without gradient: {unreached[:5]}"
 
 
@@ -105,8 +109,11 @@ def test_published_sizes_of_the_full_models() -> None:
 def test_missing_weights_are_one_sentence(tmp_path: Path) -> None:
     with pytest.raises(LvsegError, match=r"^CLIPSeg model 'nobody/nothing' is not available offline: download it"):
         create_model("clipseg", name_or_path="nobody/nothing")
-    with pytest.raises(LvsegError, match=r"BiomedCLIP is not in '.*': download open_clip_pytorch_model\.bin from "
-                                         r"microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 and vocab\.txt"):
+    with pytest.raises(
+        LvsegError,
+        match=r"BiomedCLIP is not in '.*': download open_clip_pytorch_model\.bin from "
+        r"microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224 and vocab\.txt",
+    ):
         create_model("biomedclipseg", biomedclip=str(tmp_path))
 
 
@@ -126,8 +133,9 @@ def test_biomedclip_towers_equal_the_open_clip_layout(biomedclip: tuple[Path, to
         torch.testing.assert_close(towers.image_embedding(pixels), reference.encode_image(pixels), atol=1e-5, rtol=1e-5)
         for row in range(2):  # the reference runs one unpadded prompt at a time
             alone = ids[row : row + 1, : int(mask[row].sum())]
-            torch.testing.assert_close(towers.text_embedding(ids, mask)[row : row + 1], reference.encode_text(alone),
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                towers.text_embedding(ids, mask)[row : row + 1], reference.encode_text(alone), atol=1e-5, rtol=1e-5
+            )
 
 
 def test_biomedclip_loads_from_safetensors_too(biomedclip: tuple[Path, torch.nn.Module], tmp_path: Path) -> None:
@@ -136,13 +144,16 @@ def test_biomedclip_loads_from_safetensors_too(biomedclip: tuple[Path, torch.nn.
     from lvseg.models.biomedclip import load_biomedclip
 
     folder, reference = biomedclip
-    save_file({key: value.contiguous() for key, value in reference.state_dict().items()},
-              str(tmp_path / "open_clip_model.safetensors"))
+    save_file(
+        {key: value.contiguous() for key, value in reference.state_dict().items()},
+        str(tmp_path / "open_clip_model.safetensors"),
+    )
     shutil.copy(folder / "vocab.txt", tmp_path / "vocab.txt")
     pixels = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
-        torch.testing.assert_close(load_biomedclip(tmp_path).image_embedding(pixels), reference.encode_image(pixels),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            load_biomedclip(tmp_path).image_embedding(pixels), reference.encode_image(pixels), atol=1e-5, rtol=1e-5
+        )
 
 
 def test_every_biomedclip_key_is_mapped_with_its_shape(biomedclip: tuple[Path, torch.nn.Module]) -> None:
@@ -160,16 +171,20 @@ def test_every_biomedclip_key_is_mapped_with_its_shape(biomedclip: tuple[Path, t
     bent = {**state, "visual.head.proj.weight": torch.zeros(3, 3)}
     with pytest.raises(LvsegError, match=r"visual_projection\.weight has shape \(3, 3\)"):
         convert_open_clip_state_dict(bent, towers)
-    older = {**state, "text.transformer.pooler.dense.weight": torch.zeros(2, 2),
-             "text.transformer.embeddings.position_ids": torch.arange(4)}
+    older = {
+        **state,
+        "text.transformer.pooler.dense.weight": torch.zeros(2, 2),
+        "text.transformer.embeddings.position_ids": torch.arange(4),
+    }
     assert set(convert_open_clip_state_dict(older, towers)) == set(converted)  # dropped, as documented
 
 
 def test_the_decoder_taps_the_clipseg_layers(biomedclip: tuple[Path, torch.nn.Module]) -> None:
     """With extract_layers [0, 1] of a 3-block tower, block 2 is never used and block 1 is: changing block 2
     leaves the prediction as it was, changing block 1 does not (an off-by-one tap would reverse both)."""
-    model = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE,
-                         **{**BIOMED_DECODER, "extract_layers": [0, 1]}).eval()
+    model = create_model(
+        "biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, **{**BIOMED_DECODER, "extract_layers": [0, 1]}
+    ).eval()
     vision = model.tower.hf_model.vision
     blocks = vision.layers if hasattr(vision, "layers") else vision.encoder.layer
     images = torch.rand(1, 3, SIZE, SIZE)
@@ -186,17 +201,20 @@ def test_the_decoder_taps_the_clipseg_layers(biomedclip: tuple[Path, torch.nn.Mo
 
 
 def test_gray_images_and_upper_case_prompts(clipseg_dir: Path, biomedclip: tuple[Path, torch.nn.Module]) -> None:
-    model = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, in_channels=1,
-                         **BIOMED_DECODER).eval()
+    model = create_model(
+        "biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, in_channels=1, **BIOMED_DECODER
+    ).eval()
     gray = torch.rand(1, 1, SIZE, SIZE)
-    torch.testing.assert_close(model.predict_proba(gray, PROMPTS[:1]),
-                               model.predict_proba(gray.expand(-1, 3, -1, -1), PROMPTS[:1]))
+    torch.testing.assert_close(
+        model.predict_proba(gray, PROMPTS[:1]), model.predict_proba(gray.expand(-1, 3, -1, -1), PROMPTS[:1])
+    )
     shouting = model.encode_text([PROMPTS[0].upper() + "   "])[0]  # BiomedBERT is uncased, spaces collapse
     torch.testing.assert_close(shouting, model.encode_text(PROMPTS[:1])[0])
 
 
-def test_biomedclipseg_d_starts_from_the_clipseg_decoder(clipseg_dir: Path, biomedclip: tuple[Path, torch.nn.Module],
-                                                         tmp_path: Path) -> None:
+def test_biomedclipseg_d_starts_from_the_clipseg_decoder(
+    clipseg_dir: Path, biomedclip: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
     from transformers import CLIPSegForImageSegmentation
 
     from lvseg.checkpoint import load_checkpoint, save_inference_checkpoint
@@ -208,14 +226,21 @@ def test_biomedclipseg_d_starts_from_the_clipseg_decoder(clipseg_dir: Path, biom
     assert d.config["extract_layers"] == [0, 1, 2] and d.config["reduce_dim"] == 16  # the checkpoint's geometry
     plain = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, **BIOMED_DECODER)
     assert not torch.equal(plain.decoder.film_mul.weight, source["film_mul.weight"])
-    simple = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, conditional_layer=1,
-                          complex_upsampling=False, **BIOMED_DECODER)
+    simple = create_model(
+        "biomedclipseg",
+        biomedclip=str(biomedclip[0]),
+        img_size=SIZE,
+        conditional_layer=1,
+        complex_upsampling=False,
+        **BIOMED_DECODER,
+    )
     twin = create_model("biomedclipseg", **simple.config)  # every geometry value is in the config
     twin.load_weights(simple.state_dict())
     assert twin.config["conditional_layer"] == 1 and twin.config["complex_upsampling"] is False
     with pytest.raises(LvsegError, match="reduce_dim=8 contradict"):
-        create_model("biomedclipseg-d", biomedclip=str(biomedclip[0]), img_size=SIZE, decoder_init=str(clipseg_dir),
-                     reduce_dim=8)
+        create_model(
+            "biomedclipseg-d", biomedclip=str(biomedclip[0]), img_size=SIZE, decoder_init=str(clipseg_dir), reduce_dim=8
+        )
 
     # A trained -d model loads without its decoder_init checkpoint: the trained decoder is in the file.
     copy = tmp_path / "clipseg-copy"
@@ -229,8 +254,9 @@ def test_biomedclipseg_d_starts_from_the_clipseg_decoder(clipseg_dir: Path, biom
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_biomedclipseg_trains_in_full_and_mixed_precision(biomedclip: tuple[Path, torch.nn.Module],
-                                                          dtype: torch.dtype) -> None:
+def test_biomedclipseg_trains_in_full_and_mixed_precision(
+    biomedclip: tuple[Path, torch.nn.Module], dtype: torch.dtype
+) -> None:
     model = create_model("biomedclipseg", biomedclip=str(biomedclip[0]), img_size=SIZE, **BIOMED_DECODER).train()
     target = torch.zeros(2, 1, SIZE, SIZE)
     target[:, :, 4:16, 4:16] = 1
@@ -263,8 +289,15 @@ def test_vlsm_models_use_the_study_recipe_unless_overridden(tmp_path: Path) -> N
 
     base = {"data": tmp_path, "out": tmp_path / "run"}
     recipe = with_model_recipe(TrainConfig(model="clipseg", **base))
-    assert (recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.lr_schedule, recipe.grad_clip,
-            recipe.batch_size, recipe.patience) == ("adamw", 2e-3, 1e-3, "plateau", 0.5, 128, 20)
+    assert (
+        recipe.optimizer,
+        recipe.lr,
+        recipe.weight_decay,
+        recipe.lr_schedule,
+        recipe.grad_clip,
+        recipe.batch_size,
+        recipe.patience,
+    ) == ("adamw", 2e-3, 1e-3, "plateau", 0.5, 128, 20)
     assert with_model_recipe(TrainConfig(model="clipseg", lr=1e-4, **base)).lr == 1e-4
     paper = with_model_recipe(TrainConfig(model="clipseg", recipe="lvit", **base))
     assert (paper.optimizer, paper.lr_schedule, paper.grad_clip) == ("adam", "cosine", 0.0)
@@ -273,8 +306,14 @@ def test_vlsm_models_use_the_study_recipe_unless_overridden(tmp_path: Path) -> N
     assert recipe.img_size == 352 and with_model_recipe(TrainConfig(model="lvit", **base)).img_size == 224
     assert with_model_recipe(TrainConfig(model="clipseg", img_size=224, **base)).img_size == 224
 
-    task = SegmentationTask("unet", {"img_size": 32, "base_channels": 4}, optimizer="adamw", lr=2e-3,
-                            weight_decay=1e-3, lr_schedule="plateau")
+    task = SegmentationTask(
+        "unet",
+        {"img_size": 32, "base_channels": 4},
+        optimizer="adamw",
+        lr=2e-3,
+        weight_decay=1e-3,
+        lr_schedule="plateau",
+    )
     configured = task.configure_optimizers()
     assert isinstance(configured["optimizer"], torch.optim.AdamW)
     assert configured["optimizer"].defaults["weight_decay"] == 1e-3

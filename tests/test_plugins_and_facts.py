@@ -18,9 +18,9 @@ from lvseg.cli.main import app
 from lvseg.models import SegmentationModel, list_models, model_class
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import PLUGIN_PACKAGE  # noqa: E402
-from official_lvit_layout import OfficialLayoutLViT  # noqa: E402
-from official_reclmis_layout import OfficialLayoutRecLMIS, official_state_dict  # noqa: E402
+from conftest import PLUGIN_PACKAGE
+from official_lvit_layout import OfficialLayoutLViT
+from official_reclmis_layout import OfficialLayoutRecLMIS, official_state_dict
 
 PLUGIN = "pooled-text-net"
 runner = CliRunner()
@@ -36,8 +36,9 @@ def test_the_plugin_registers_through_its_entry_point_with_its_declared_facts() 
 def test_a_fresh_process_lists_the_plugin_in_info_and_import_verbs() -> None:
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGIN_PACKAGE), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-c", "from lvseg.cli.main import main; main()"]
-    info = subprocess.run([*command, "info", "--all", "--json"], capture_output=True, text=True, env=environment,
-                          check=True)
+    info = subprocess.run(
+        [*command, "info", "--all", "--json"], capture_output=True, text=True, env=environment, check=True
+    )
     assert PLUGIN in [row["model"] for row in json.loads(info.stdout)]
     helped = subprocess.run([*command, "--help"], capture_output=True, text=True, env=environment, check=True)
     assert f"import-{PLUGIN}" in helped.stdout and "import-lvit" in helped.stdout and "import-reclmis" in helped.stdout
@@ -46,13 +47,20 @@ def test_a_fresh_process_lists_the_plugin_in_info_and_import_verbs() -> None:
 def test_the_plugin_importer_is_a_generated_verb(tmp_path: Path) -> None:
     from lvseg.inference import load_model
 
-    official = {"backbone.stem.weight": torch.randn(4, 3, 3, 3), "backbone.stem.bias": torch.randn(4),
-                "backbone.stage.weight": torch.randn(8, 4, 3, 3), "backbone.stage.bias": torch.randn(8),
-                "classifier.weight": torch.randn(1, 8, 1, 1), "classifier.bias": torch.randn(1),
-                "aux.weight": torch.randn(3)}
+    official = {
+        "backbone.stem.weight": torch.randn(4, 3, 3, 3),
+        "backbone.stem.bias": torch.randn(4),
+        "backbone.stage.weight": torch.randn(8, 4, 3, 3),
+        "backbone.stage.bias": torch.randn(8),
+        "classifier.weight": torch.randn(1, 8, 1, 1),
+        "classifier.bias": torch.randn(1),
+        "aux.weight": torch.randn(3),
+    }
     torch.save({"module." + key: value for key, value in official.items()}, tmp_path / "official.pth")
-    result = runner.invoke(app, [f"import-{PLUGIN}", str(tmp_path / "official.pth"), "--out",
-                                 str(tmp_path / "converted.ckpt"), "--width", "4"])
+    result = runner.invoke(
+        app,
+        [f"import-{PLUGIN}", str(tmp_path / "official.pth"), "--out", str(tmp_path / "converted.ckpt"), "--width", "4"],
+    )
     assert result.exit_code == 0, result.output
     assert "dropped 1 auxiliary official keys: aux.weight" in result.stdout
     segmenter = load_model(tmp_path / "converted.ckpt", device="cpu")
@@ -66,9 +74,20 @@ def _predict_message(checkpoint: Path, tmp_path: Path) -> str:
     from PIL import Image
 
     Image.new("L", (32, 32)).save(tmp_path / "x.png")
-    result = runner.invoke(app, ["predict", "--checkpoint", str(checkpoint), "--image", str(tmp_path / "x.png"),
-                                 "--text", "Unilateral pulmonary infection, one infected area, lower left lung.",
-                                 "--out", str(tmp_path / "m.png")])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            "--checkpoint",
+            str(checkpoint),
+            "--image",
+            str(tmp_path / "x.png"),
+            "--text",
+            "Unilateral pulmonary infection, one infected area, lower left lung.",
+            "--out",
+            str(tmp_path / "m.png"),
+        ],
+    )
     assert result.exit_code != 0
     return str(result.exception)
 
@@ -76,8 +95,10 @@ def _predict_message(checkpoint: Path, tmp_path: Path) -> str:
 def test_an_official_reclmis_checkpoint_is_told_to_run_import_reclmis(tmp_path: Path) -> None:
     clip = {"vocab": 64, "width": 32, "layers": 1, "heads": 2, "context": 24, "projection": 16}
     official = official_state_dict(OfficialLayoutRecLMIS(img_size=64, base=8, clip=clip), reconstructor_layers=1)
-    torch.save({"epoch": 3, "state_dict": {"module." + key: value for key, value in official.items()}},
-               tmp_path / "best_model-RecLMIS.pth.tar")
+    torch.save(
+        {"epoch": 3, "state_dict": {"module." + key: value for key, value in official.items()}},
+        tmp_path / "best_model-RecLMIS.pth.tar",
+    )
     message = _predict_message(tmp_path / "best_model-RecLMIS.pth.tar", tmp_path)
     assert "`lvseg import-reclmis`" in message and "import-lvit" not in message
 
@@ -109,14 +130,16 @@ def test_parameter_groups_and_recipe_scales_reach_the_optimizer(tmp_path: Path) 
 
 def test_a_misspelt_or_wrong_fact_is_refused_when_the_class_is_defined() -> None:
     with pytest.raises(TypeError, match="'recipie' looks like a misspelt 'recipe'"):
-        class Misspelt(SegmentationModel):  # noqa: F841
+
+        class Misspelt(SegmentationModel):
             recipie = "vlsm"
 
             def __init__(self, *, in_channels: int = 3, img_size: int = 32) -> None:
                 super().__init__()
 
     with pytest.raises(TypeError, match="unknown preset 'vlms'.*decision_threshold"):
-        class Wrong(SegmentationModel):  # noqa: F841
+
+        class Wrong(SegmentationModel):
             recipe = "vlms"
             decision_threshold = 1.5
 

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from lvseg.checkpoint import save_inference_checkpoint
 from lvseg.cli.main import app
 from lvseg.errors import LvsegError
 from lvseg.models import create_model
 from lvseg.text import create_text_encoder
-from lvseg.checkpoint import save_inference_checkpoint
 
 IMG_SIZE = 32
 REPORTS = ["lesion upper left", "lesion lower right"]
@@ -78,17 +78,19 @@ def test_predict_writes_mask_at_original_size(ckpts: dict[str, Path], tmp_path: 
 
 def test_predict_text_model_with_report(ckpts: dict[str, Path], tmp_path: Path) -> None:
     image = _image(tmp_path / "rgb.png", 50, 34, mode="RGB")
-    result = invoke("-c", ckpts["lvit"], "-i", image, "-t", REPORTS[0], "-o", tmp_path / "m.png",
-                    "--threshold", "0.3")
+    result = invoke("-c", ckpts["lvit"], "-i", image, "-t", REPORTS[0], "-o", tmp_path / "m.png", "--threshold", "0.3")
     assert result.exit_code == 0, result.output
     mask = np.asarray(Image.open(tmp_path / "m.png"))
     assert mask.shape == (50, 34) and set(np.unique(mask).tolist()) <= {0, 255}
 
 
-def test_predict_says_how_the_report_was_read_and_when_no_lesion_is_found(ckpts: dict[str, Path],
-                                                                         tmp_path: Path) -> None:
+def test_predict_says_how_the_report_was_read_and_when_no_lesion_is_found(
+    ckpts: dict[str, Path], tmp_path: Path
+) -> None:
     image = _image(tmp_path / "x.png", 30, 30)
-    result = invoke("-c", ckpts["lvit"], "-i", image, "-t", "Right middle lobe consolidation.", "-o", tmp_path / "m.png")
+    result = invoke(
+        "-c", ckpts["lvit"], "-i", image, "-t", "Right middle lobe consolidation.", "-o", tmp_path / "m.png"
+    )
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "warning: 3 of 4 words are not in this model's vocabulary and were ignored: 'middle', 'lobe', " in output
@@ -114,8 +116,9 @@ def _folder(root: Path, table: str = "csv") -> Path:
 
 
 @pytest.mark.parametrize("table", ["csv", "xlsx"])
-def test_predict_folder_writes_one_mask_and_overlay_per_image(ckpts: dict[str, Path], tmp_path: Path,
-                                                               table: str) -> None:
+def test_predict_folder_writes_one_mask_and_overlay_per_image(
+    ckpts: dict[str, Path], tmp_path: Path, table: str
+) -> None:
     folder = _folder(tmp_path / "in", table)
     out = tmp_path / "out"
     result = invoke("-c", ckpts["lvit"], "--folder", folder, "-o", out)
@@ -147,7 +150,8 @@ def test_predict_folder_without_table_for_text_model_is_an_error(ckpts: dict[str
 def test_predict_folder_lists_every_bad_row(ckpts: dict[str, Path], tmp_path: Path) -> None:
     folder = _folder(tmp_path / "in", table="none")
     pd.DataFrame({"Image": ["a.png", "ghost.png", "b.png"], "Description": ["ok", "x", ""]}).to_csv(
-        folder / "Test_text.csv", index=False)
+        folder / "Test_text.csv", index=False
+    )
     result = invoke("-c", ckpts["lvit"], "--folder", folder, "-o", tmp_path / "out")
     assert isinstance(result.exception, LvsegError)
     message = str(result.exception)
@@ -186,11 +190,14 @@ def test_empty_text_for_text_model_is_an_error(ckpts: dict[str, Path], tmp_path:
     assert "--text" in str(result.exception) and "lvit" in str(result.exception)
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--threshold", "1.5"], "--threshold"),
-    (["--out-is-jpeg"], "must be a .png"),
-    (["--no-source"], "either --image"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--threshold", "1.5"], "--threshold"),
+        (["--out-is-jpeg"], "must be a .png"),
+        (["--no-source"], "either --image"),
+    ],
+)
 def test_bad_flags_are_user_errors(ckpts: dict[str, Path], tmp_path: Path, args: list[str], needle: str) -> None:
     image = _image(tmp_path / "x.png", 32, 32)
     base = ["-c", ckpts["full"], "-i", image, "-o", tmp_path / "m.png"]
@@ -210,9 +217,22 @@ def test_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
         pytest.skip(f"console script not installed next to {sys.executable}")
     missing = tmp_path / "missing.ckpt"
     completed = subprocess.run(
-        [str(lvseg), "predict", "--checkpoint", str(missing), "--image", str(image), "--text", "r",
-         "--out", str(tmp_path / "m.png")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "400"},
+        [
+            str(lvseg),
+            "predict",
+            "--checkpoint",
+            str(missing),
+            "--image",
+            str(image),
+            "--text",
+            "r",
+            "--out",
+            str(tmp_path / "m.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "400"},
     )
     assert completed.returncode == 2, completed.stderr
     assert "Traceback" not in completed.stderr + completed.stdout

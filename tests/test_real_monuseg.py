@@ -45,8 +45,19 @@ def test_all_44_samples_load_with_masks_and_reports(monuseg_root: Path) -> None:
 @pytest.mark.parametrize("model", ["lvit", "unet"])
 def test_one_short_training_step(model: str, monuseg_root: Path, tmp_path: Path) -> None:
     out = tmp_path / model
-    config = TrainConfig(data=monuseg_root, out=out, model=model, img_size=64, base_channels=8, text_length=16,
-                         max_epochs=1, limit_train_batches=1, progress_bar=False, num_workers=0, seed=0)
+    config = TrainConfig(
+        data=monuseg_root,
+        out=out,
+        model=model,
+        img_size=64,
+        base_channels=8,
+        text_length=16,
+        max_epochs=1,
+        limit_train_batches=1,
+        progress_bar=False,
+        num_workers=0,
+        seed=0,
+    )
     result = train(config)
     assert result.last_checkpoint.is_file() and result.best_checkpoint.is_file()
     checkpoint = read_checkpoint_dict(result.last_checkpoint)

@@ -13,7 +13,7 @@ SIZE = 64
 
 
 def _blob(mask: np.ndarray, row: int, column: int, radius: int = 3) -> np.ndarray:
-    mask[row - radius:row + radius, column - radius:column + radius] = True
+    mask[row - radius : row + radius, column - radius : column + radius] = True
     return mask
 
 
@@ -32,7 +32,10 @@ def test_regions_in_an_unnamed_lung_or_zone_are_dropped() -> None:
     findings = parse_report("Unilateral pulmonary infection, one infected area, upper left lung.")
     _, verdicts = judge_regions(mask, findings)
     assert [(v.lung, sorted(v.zones), v.kept) for v in verdicts] == [
-        ("right", ["upper"], False), ("left", ["upper"], True), ("left", ["lower"], False)]
+        ("right", ["upper"], False),
+        ("left", ["upper"], True),
+        ("left", ["lower"], False),
+    ]
     kept = report_consistent_mask(mask, findings)
     expected = _blob(np.zeros_like(mask), 16, 45)
     assert np.array_equal(kept, expected)

@@ -35,20 +35,35 @@ TEMPLATES: list[tuple[str, Findings]] = [
     ("Unilateral pulmonary infection, two infected areas, upper middle lower right lung.", Findings(NONE, ALL, 2)),
     ("Unilateral pulmonary infection, three infected areas, upper middle lower right lung.", Findings(NONE, ALL, 3)),
     ("Bilateral pulmonary infection, two infected areas, all left lung and all right lung.", Findings(ALL, ALL, 2)),
-    ("Bilateral pulmonary infection, two infected areas, all left lung and upper middle right lung.",
-     Findings(ALL, UM, 2)),
-    ("Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung.",
-     Findings(ALL, ML, 2)),
-    ("Bilateral pulmonary infection, two infected areas, upper middle left lung and all right lung.",
-     Findings(UM, ALL, 2)),
-    ("Bilateral pulmonary infection, two infected areas, middle lower left lung and all right lung.",
-     Findings(ML, ALL, 2)),
-    ("Bilateral pulmonary infection, three infected areas, all left lung and upper middle lower right lung.",
-     Findings(ALL, ALL, 3)),
-    ("Bilateral pulmonary infection, three infected areas, upper middle lower left lung and all right lung.",
-     Findings(ALL, ALL, 3)),
-    ("Bilateral pulmonary infection, four infected areas, upper middle lower left lung and upper middle lower "
-     "right lung.", Findings(ALL, ALL, 4)),
+    (
+        "Bilateral pulmonary infection, two infected areas, all left lung and upper middle right lung.",
+        Findings(ALL, UM, 2),
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, all left lung and middle lower right lung.",
+        Findings(ALL, ML, 2),
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, upper middle left lung and all right lung.",
+        Findings(UM, ALL, 2),
+    ),
+    (
+        "Bilateral pulmonary infection, two infected areas, middle lower left lung and all right lung.",
+        Findings(ML, ALL, 2),
+    ),
+    (
+        "Bilateral pulmonary infection, three infected areas, all left lung and upper middle lower right lung.",
+        Findings(ALL, ALL, 3),
+    ),
+    (
+        "Bilateral pulmonary infection, three infected areas, upper middle lower left lung and all right lung.",
+        Findings(ALL, ALL, 3),
+    ),
+    (
+        "Bilateral pulmonary infection, four infected areas, upper middle lower left lung and upper middle lower "
+        "right lung.",
+        Findings(ALL, ALL, 4),
+    ),
 ]
 # Templates 12 and 13 are ambiguous (which lung holds two areas); the renderer has one canonical form.
 AMBIGUOUS = {11, 12}
@@ -79,7 +94,7 @@ def test_ambiguous_templates_render_canonically() -> None:
 
 def test_template_workbook_parses(lv_templates_root: Path) -> None:
     table = pd.read_excel(lv_templates_root / "LV_loss.xlsx")
-    expected = {sentence: findings for sentence, findings in TEMPLATES}
+    expected = dict(TEMPLATES)
     assert len(table) == 14
     for description in table["Description"]:
         assert parse_report(description) == expected[description.strip()]
@@ -88,7 +103,7 @@ def test_template_workbook_parses(lv_templates_root: Path) -> None:
 def test_round_trip_over_all_combinations() -> None:
     checked = 0
     for left, right in itertools.product(_subsets(), repeat=2):
-        for count in range(0, 8):
+        for count in range(8):
             findings = Findings(left, right, count)
             text = render_report(findings)
             assert parse_report(text) == findings, text
@@ -124,7 +139,13 @@ def test_parse_is_robust() -> None:
 
 def test_zone_vector_order() -> None:
     assert ZONE_VECTOR_LABELS == (
-        "left_upper", "left_middle", "left_lower", "right_upper", "right_middle", "right_lower", "count",
+        "left_upper",
+        "left_middle",
+        "left_lower",
+        "right_upper",
+        "right_middle",
+        "right_lower",
+        "count",
     )
     vector = zone_vector(Findings({"upper"}, {"middle", "lower"}, 3))
     assert vector == [1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 3.0]

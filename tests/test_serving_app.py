@@ -15,6 +15,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+
+from lvseg.data.images import read_image
+from lvseg.serving.app import create_app
+from lvseg.serving.errors import ApiError
+from lvseg.serving.fake import FakeSegmenter
+from lvseg.serving.forms import FormLimits, read_multipart
 from serving_support import (
     REPORT,
     TESTCLIENT_HOSTS,
@@ -25,12 +31,6 @@ from serving_support import (
     png_with_header_only,
 )
 
-from lvseg.data.images import read_image
-from lvseg.serving.app import create_app
-from lvseg.serving.errors import ApiError
-from lvseg.serving.fake import FakeSegmenter
-from lvseg.serving.forms import FormLimits, read_multipart
-
 MB = 1024 * 1024
 
 
@@ -40,8 +40,9 @@ def client() -> Iterator[TestClient]:
         yield test_client
 
 
-def _segment(client: TestClient, image: bytes | None = None, text: str | None = REPORT, query: str = "",
-             **extra: str) -> object:
+def _segment(
+    client: TestClient, image: bytes | None = None, text: str | None = REPORT, query: str = "", **extra: str
+) -> object:
     files = {"image": ("scan.png", png_bytes() if image is None else image, "image/png")}
     data = {"text": text, **extra} if text is not None else dict(extra)
     return client.post(f"/api/segment{query}", files=files, data=data)
@@ -62,9 +63,14 @@ def _assert_error(response: object, status: int, *words: str) -> dict:
 
 # --- endpoints ---------------------------------------------------------------------------------
 
+
 def test_healthz(client: TestClient) -> None:
     assert client.get("/healthz").json() == {
-        "status": "ok", "ready": True, "model": "fake-brightness", "device": "cpu", "auth_required": False,
+        "status": "ok",
+        "ready": True,
+        "model": "fake-brightness",
+        "device": "cpu",
+        "auth_required": False,
     }
 
 
@@ -117,7 +123,9 @@ def test_an_empty_mask_is_no_lesion_found_with_the_highest_probability(client: T
     result = _segment(client, image=png_bytes(dim)).json()
     assert result["area_px"] == 0 and result["lesions"] == 0
     assert result["finding"] == "no lesion found"
-    assert result["max_probability"] == pytest.approx(0.4, abs=1e-3) and result["confidence"] == result["max_probability"]
+    assert (
+        result["max_probability"] == pytest.approx(0.4, abs=1e-3) and result["confidence"] == result["max_probability"]
+    )
     found = _segment(client).json()
     assert found["finding"] == "lesion found" and found["confidence"] <= found["max_probability"]
 
@@ -147,8 +155,12 @@ def _twelve_bit(height: int = 40, width: int = 36) -> np.ndarray:
 def test_the_model_gets_the_array_lvseg_predict_reads(kind: str) -> None:
     """Through the app, the model reads the same (C, H, W) floats as from the file in ``lvseg predict``."""
     rgb = np.random.default_rng(6).integers(0, 256, size=(30, 26, 3)).astype(np.uint8)
-    image = {"gray8": lesion_image(), "rgb": rgb, "rgba": np.concatenate([rgb, rgb[..., :1]], axis=2),
-             "gray16": _twelve_bit()}[kind]
+    image = {
+        "gray8": lesion_image(),
+        "rgb": rgb,
+        "rgba": np.concatenate([rgb, rgb[..., :1]], axis=2),
+        "gray16": _twelve_bit(),
+    }[kind]
     data = png_bytes(image)
     recorder = _Recorder()
     with TestClient(create_app(recorder, allowed_hosts=TESTCLIENT_HOSTS)) as client:
@@ -158,7 +170,7 @@ def test_the_model_gets_the_array_lvseg_predict_reads(kind: str) -> None:
 
 
 def test_segment_accepts_dicom(client: TestClient) -> None:
-    stored = (lesion_image().astype(np.uint16) * 16)  # 12-bit range
+    stored = lesion_image().astype(np.uint16) * 16  # 12-bit range
     data = dicom_bytes(stored, slope=1, intercept=-1024, center=[1024 + 2000 - 1024, 0], width=[4000, 1])
     result = _segment(client, image=data, query="?include_original=true").json()
     assert result["image_format"] == "dicom" and result["lesions"] == 2
@@ -170,8 +182,12 @@ def test_report_returns_a_pdf_with_the_report_text(client: TestClient) -> None:
     response = client.post(
         "/api/report",
         files={"image": ("scan.png", png_bytes(), "image/png")},
-        data={"text": REPORT, "study_id": "ST 42/7", "notes": "Compare with prior <study> & follow up.",
-              "recommendations": "CT in six weeks."},
+        data={
+            "text": REPORT,
+            "study_id": "ST 42/7",
+            "notes": "Compare with prior <study> & follow up.",
+            "recommendations": "CT in six weeks.",
+        },
     )
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/pdf"
@@ -179,8 +195,16 @@ def test_report_returns_a_pdf_with_the_report_text(client: TestClient) -> None:
     assert response.content.startswith(b"%PDF")
     text = " ".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(response.content)).pages)
     flat = " ".join(text.split())
-    for expected in ("upper left lung", "ST 42/7", "Compare with prior <study> & follow up.", "CT in six weeks.",
-                     "fake-brightness", "0.500", "not a diagnostic device", "Connected lesions"):
+    for expected in (
+        "upper left lung",
+        "ST 42/7",
+        "Compare with prior <study> & follow up.",
+        "CT in six weeks.",
+        "fake-brightness",
+        "0.500",
+        "not a diagnostic device",
+        "Connected lesions",
+    ):
         assert expected in flat, expected
     assert len(pypdf.PdfReader(io.BytesIO(response.content)).pages[0].images) >= 2
 
@@ -210,8 +234,11 @@ def test_docs_page_is_served_from_local_assets_only() -> None:
         assert "http://" not in page.text and "https://" not in page.text  # no CDN, no outside host
         assert "'/openapi.json'" in page.text and '"validatorUrl": null' in page.text
         urls = _docs_asset_urls(page.text)
-        assert {url.rsplit("/", 1)[-1] for url in urls} == {"swagger-ui-bundle.js", "swagger-ui.css",
-                                                            "favicon-32x32.png"}
+        assert {url.rsplit("/", 1)[-1] for url in urls} == {
+            "swagger-ui-bundle.js",
+            "swagger-ui.css",
+            "favicon-32x32.png",
+        }
         for url in urls:
             assert url.startswith("/docs-assets/"), url  # same origin, not protocol-relative (//host)
             asset = client.get(url)
@@ -220,8 +247,12 @@ def test_docs_page_is_served_from_local_assets_only() -> None:
         assert client.get("/docs-assets/swagger-ui.css").headers["content-type"].startswith("text/css")
         assert client.get("/openapi.json").json()["openapi"].startswith("3.1")
         # Only the files /docs uses are served; /redoc (CDN-only) is gone.
-        for path in ("/docs-assets/swagger-initializer.js", "/docs-assets/swagger-editor-bundle.js",
-                     "/docs-assets/LICENSE", "/redoc"):
+        for path in (
+            "/docs-assets/swagger-initializer.js",
+            "/docs-assets/swagger-editor-bundle.js",
+            "/docs-assets/LICENSE",
+            "/redoc",
+        ):
             assert client.get(path).status_code == 404, path
 
 
@@ -260,6 +291,7 @@ def test_openapi_describes_every_field(client: TestClient) -> None:
 
 # --- bad input ---------------------------------------------------------------------------------
 
+
 def test_not_an_image_is_415(client: TestClient) -> None:
     _assert_error(_segment(client, image=b"just some text, not pixels"), 415, "not a supported image")
     _assert_error(_segment(client, image=b"GIF89a" + b"\0" * 64), 415)
@@ -285,16 +317,19 @@ def test_size_cap_is_enforced_while_reading_without_content_length(client: TestC
     sent = {"chunks": 0}
 
     def body() -> Iterator[bytes]:
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\n{REPORT}\r\n"
-               f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
-               "Content-Type: image/png\r\n\r\n").encode()
+        yield (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="text"\r\n\r\n{REPORT}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
         for _ in range(40):  # would be 40 MB
             sent["chunks"] += 1
             yield b"\0" * MB
         yield f"\r\n--{boundary}--\r\n".encode()
 
-    response = client.post("/api/segment", content=body(),
-                           headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    response = client.post(
+        "/api/segment", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"}
+    )
     _assert_error(response, 413)
 
 
@@ -303,21 +338,25 @@ def test_reader_stops_reading_soon_after_the_limit() -> None:
     read = {"chunks": 0}
 
     async def stream() -> AsyncIterator[bytes]:
-        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n").encode()
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n').encode()
         for _ in range(40):
             read["chunks"] += 1
             yield b"\0" * MB
 
     with pytest.raises(ApiError) as caught:
-        asyncio.run(read_multipart(f"multipart/form-data; boundary={boundary}", None, stream(), {"image"},
-                                   FormLimits()))
+        asyncio.run(
+            read_multipart(f"multipart/form-data; boundary={boundary}", None, stream(), {"image"}, FormLimits())
+        )
     assert caught.value.status_code == 413
     assert read["chunks"] <= 21
 
 
 def test_lying_content_length_is_413_early(client: TestClient) -> None:
-    response = client.post("/api/segment", content=b"x" * 10,
-                           headers={"content-type": "multipart/form-data; boundary=b", "content-length": str(50 * MB)})
+    response = client.post(
+        "/api/segment",
+        content=b"x" * 10,
+        headers={"content-type": "multipart/form-data; boundary=b", "content-length": str(50 * MB)},
+    )
     assert response.status_code == 413
 
 
@@ -358,19 +397,24 @@ def test_fastapi_validation_errors_use_the_same_shape(client: TestClient) -> Non
 def test_malformed_multipart_and_duplicates_are_422(client: TestClient) -> None:
     headers = {"content-type": "multipart/form-data; boundary=xyz"}
     assert client.post("/api/segment", content=b"--xyz\r\nbroken", headers=headers).status_code == 422
-    _assert_error(client.post("/api/segment", content=b"", headers={"content-type": "multipart/form-data"}), 422,
-                  "boundary")
-    response = client.post("/api/segment", files=[("image", ("a.png", png_bytes(), "image/png")),
-                                                  ("text", (None, REPORT)), ("text", (None, REPORT))])
+    _assert_error(
+        client.post("/api/segment", content=b"", headers={"content-type": "multipart/form-data"}), 422, "boundary"
+    )
+    response = client.post(
+        "/api/segment",
+        files=[("image", ("a.png", png_bytes(), "image/png")), ("text", (None, REPORT)), ("text", (None, REPORT))],
+    )
     _assert_error(response, 422, "more than once")
 
 
 def test_report_validates_its_extra_fields(client: TestClient) -> None:
-    response = client.post("/api/report", files={"image": ("a.png", png_bytes(), "image/png")},
-                           data={"text": REPORT, "notes": "n" * 4001})
+    response = client.post(
+        "/api/report", files={"image": ("a.png", png_bytes(), "image/png")}, data={"text": REPORT, "notes": "n" * 4001}
+    )
     _assert_error(response, 422, "notes")
-    _assert_error(client.post("/api/report", files={"image": ("a.png", b"nope", "image/png")},
-                              data={"text": REPORT}), 415)
+    _assert_error(
+        client.post("/api/report", files={"image": ("a.png", b"nope", "image/png")}, data={"text": REPORT}), 415
+    )
 
 
 def test_unknown_route_is_json_404(client: TestClient) -> None:
@@ -379,8 +423,11 @@ def test_unknown_route_is_json_404(client: TestClient) -> None:
 
 def test_server_keeps_serving_after_bad_requests(client: TestClient) -> None:
     bad = [
-        _segment(client, image=b"nope"), _segment(client, image=png_bytes()[:40]), _segment(client, text=""),
-        _segment(client, image=png_with_header_only(9000, 9000)), client.post("/api/segment"),
+        _segment(client, image=b"nope"),
+        _segment(client, image=png_bytes()[:40]),
+        _segment(client, text=""),
+        _segment(client, image=png_with_header_only(9000, 9000)),
+        client.post("/api/segment"),
     ]
     assert all(400 <= response.status_code < 500 for response in bad)
     assert _segment(client).status_code == 200
@@ -407,6 +454,7 @@ def test_model_failure_is_a_json_500_and_the_server_goes_on() -> None:
 
 # --- API key, privacy, concurrency ---------------------------------------------------------------
 
+
 def test_api_key_protects_every_api_route() -> None:
     key = "s3cret-key-0123456789"
     with TestClient(create_app(FakeSegmenter(), api_key=key)) as client:
@@ -418,10 +466,14 @@ def test_api_key_protects_every_api_route() -> None:
                 _assert_error(response, 401, "API key")
         assert client.get("/api/model", headers={"X-API-Key": key}).status_code == 200
         files = {"image": ("a.png", png_bytes(), "image/png")}
-        assert client.post("/api/segment", files=files, data={"text": REPORT},
-                           headers={"X-API-Key": key}).status_code == 200
-        assert client.post("/api/report", files=files, data={"text": REPORT},
-                           headers={"X-API-Key": key}).status_code == 200
+        assert (
+            client.post("/api/segment", files=files, data={"text": REPORT}, headers={"X-API-Key": key}).status_code
+            == 200
+        )
+        assert (
+            client.post("/api/report", files=files, data={"text": REPORT}, headers={"X-API-Key": key}).status_code
+            == 200
+        )
     with pytest.raises(ValueError):
         create_app(FakeSegmenter(), api_key="  ")
 
@@ -443,8 +495,14 @@ def test_logs_hold_no_report_text_or_image_data(client: TestClient, caplog: pyte
     image = png_bytes()
     with caplog.at_level(logging.DEBUG):
         assert _segment(client, text=secret).status_code == 200
-        assert client.post("/api/report", files={"image": ("Jane Doe.png", image, "image/png")},
-                           data={"text": secret, "notes": secret, "study_id": "ZEBRA"}).status_code == 200
+        assert (
+            client.post(
+                "/api/report",
+                files={"image": ("Jane Doe.png", image, "image/png")},
+                data={"text": secret, "notes": secret, "study_id": "ZEBRA"},
+            ).status_code
+            == 200
+        )
         _segment(client, text=secret, image=b"not an image")
     logged = caplog.text
     assert "/api/segment" in logged  # requests are logged...
@@ -481,5 +539,4 @@ def test_model_refusals_are_422_and_long_encoder_lists_are_summarised() -> None:
 
     with TestClient(create_app(Picky(text_encoder=Encoder()), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         _assert_error(_segment(client), 422, "English reports only")
-        assert client.get("/api/model").json()["text_encoder"] == {"type": "learned", "vocab": "500 entries",
-                                                                     "dim": 64}
+        assert client.get("/api/model").json()["text_encoder"] == {"type": "learned", "vocab": "500 entries", "dim": 64}

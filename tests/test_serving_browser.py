@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from serving_support import REPORT, png_bytes, running_server
 
 try:
@@ -24,8 +25,15 @@ from lvseg.serving.app import create_app
 from lvseg.serving.fake import FakeSegmenter
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -138,7 +146,7 @@ def test_the_pdf_always_describes_the_result_on_screen(browser: object, base_url
 
 
 class _SlowFake(FakeSegmenter):
-    def predict(self, image, text, threshold=0.5):  # noqa: ANN001, ANN201
+    def predict(self, image, text, threshold=0.5):
         import time
 
         time.sleep(1.0)
@@ -194,7 +202,6 @@ def test_errors_are_shown_inline_in_plain_words(browser: object, base_url: str, 
         page.close()
 
 
-
 def test_api_docs_render_offline(browser: object, base_url: str) -> None:
     """/docs renders its operations with every request to another host blocked (an offline hospital)."""
     pytest.importorskip("swagger_ui", reason="swagger-ui-py (the serve extra) provides the /docs assets")
@@ -203,7 +210,7 @@ def test_api_docs_render_offline(browser: object, base_url: str) -> None:
 
     def only_local(route: object) -> None:
         url = route.request.url  # type: ignore[attr-defined]
-        if url.startswith(base_url + "/") or url.startswith("data:") or url.startswith("blob:"):
+        if url.startswith((base_url + "/", "data:", "blob:")):
             route.continue_()  # type: ignore[attr-defined]
         else:
             blocked.append(url)

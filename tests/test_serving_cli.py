@@ -48,8 +48,9 @@ def test_serve_with_api_key_file(checkpoint: Path, fake_run: dict[str, Any], tmp
     key_file = tmp_path / "key"
     key_file.write_text("a-long-random-service-key\n")
     key_file.chmod(0o600)
-    result = CliRunner().invoke(app, ["serve", "-c", str(checkpoint), "--api-key-file", str(key_file),
-                                      "--host", "0.0.0.0", "--port", "8123"])
+    result = CliRunner().invoke(
+        app, ["serve", "-c", str(checkpoint), "--api-key-file", str(key_file), "--host", "0.0.0.0", "--port", "8123"]
+    )
     assert result.exit_code == 0, result.output
     assert fake_run["host"] == "0.0.0.0" and fake_run["port"] == 8123
     client = TestClient(fake_run["app"])

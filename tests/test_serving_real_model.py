@@ -18,10 +18,10 @@ import pytest
 torch = pytest.importorskip("torch")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
-from serving_support import REPORT, TESTCLIENT_HOSTS, encode, lesion_image  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from lvseg.serving.app import create_app  # noqa: E402
+from serving_support import REPORT, TESTCLIENT_HOSTS, encode, lesion_image  # noqa: E402
 
 TRAINING_REPORTS = [
     REPORT,
@@ -32,9 +32,9 @@ TRAINING_REPORTS = [
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lvseg.checkpoint import save_inference_checkpoint
     from lvseg.models import create_model
     from lvseg.text import create_text_encoder
-    from lvseg.checkpoint import save_inference_checkpoint
 
     torch.manual_seed(0)
     encoder = create_text_encoder("learned", texts=TRAINING_REPORTS, dim=16, max_length=12)
@@ -54,8 +54,7 @@ def client(checkpoint: Path) -> Iterator[TestClient]:
 
 
 def _segment(client: TestClient, image: bytes, text: str = REPORT, query: str = "") -> Any:
-    return client.post(f"/api/segment{query}", files={"image": ("scan.png", image, "image/png")},
-                       data={"text": text})
+    return client.post(f"/api/segment{query}", files={"image": ("scan.png", image, "image/png")}, data={"text": text})
 
 
 def _png(b64: str) -> Image.Image:
@@ -169,9 +168,26 @@ def test_every_format_gives_the_same_mask_through_the_app_and_lvseg_predict(
     assert 0.0 < threshold < 1.0
 
     out = tmp_path / "cli-mask.png"
-    result = CliRunner().invoke(cli, ["predict", "-c", str(checkpoint), "-i", str(image_path), "-t", REPORT,
-                                      "-o", str(out), "--threshold", repr(threshold), "--device", "cpu",
-                                      "--backend", "eager"])  # the same arithmetic as the app's segmenter
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            "-c",
+            str(checkpoint),
+            "-i",
+            str(image_path),
+            "-t",
+            REPORT,
+            "-o",
+            str(out),
+            "--threshold",
+            repr(threshold),
+            "--device",
+            "cpu",
+            "--backend",
+            "eager",
+        ],
+    )  # the same arithmetic as the app's segmenter
     assert result.exit_code == 0, result.output
     cli_mask = np.asarray(Image.open(out))
 

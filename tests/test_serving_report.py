@@ -86,16 +86,31 @@ def test_pdf_holds_images_text_measurements_notes_and_disclaimer() -> None:
     measurements = measure(mask, mask.astype(np.float32) * 0.9, labels, count)
     long_text = "Ground-glass opacity <right> & lower lobe. " * 40  # wraps over lines, markup escaped
     content = ReportContent(
-        report_text=long_text, measurements=measurements, model_name="lvit", validation_dice=0.8123,
-        image_size=(400, 300), image_format="dicom", inference_ms=12.3, study_id="A-1",
-        notes="Patient stable.", recommendations="",
+        report_text=long_text,
+        measurements=measurements,
+        model_name="lvit",
+        validation_dice=0.8123,
+        image_size=(400, 300),
+        image_format="dicom",
+        inference_ms=12.3,
+        study_id="A-1",
+        notes="Patient stable.",
+        recommendations="",
     )
     pdf = build_report_pdf(pixels, overlay_lesions(pixels, labels, count), content)
     assert pdf.startswith(b"%PDF")
     reader = pypdf.PdfReader(io.BytesIO(pdf))
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
-    for expected in ("Ground-glass opacity <right> & lower lobe.", "lvit", "0.812", "5000 px", "A-1",
-                     "Patient stable.", DISCLAIMER, "DICOM, 400 x 300 px"):
+    for expected in (
+        "Ground-glass opacity <right> & lower lobe.",
+        "lvit",
+        "0.812",
+        "5000 px",
+        "A-1",
+        "Patient stable.",
+        DISCLAIMER,
+        "DICOM, 400 x 300 px",
+    ):
         assert expected in text, expected
     assert "Recommendations" not in text  # empty sections are left out
     assert sum(len(page.images) for page in reader.pages) == 2

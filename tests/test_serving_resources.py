@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serving_support import REPORT, TESTCLIENT_HOSTS, encode, png_bytes, running_server
 
 from lvseg.serving.app import create_app
 from lvseg.serving.fake import FakeSegmenter
 from lvseg.serving.uploads import ImageLimits, decode_image
+from serving_support import REPORT, TESTCLIENT_HOSTS, encode, png_bytes, running_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -50,20 +50,29 @@ def test_an_exif_rotated_jpeg_reports_its_upright_size() -> None:
 def test_the_segment_response_names_both_sizes() -> None:
     big = np.zeros((900, 1200), dtype=np.uint8)
     big[100:300, 100:500] = 255
-    served_app = create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=600),
-                            allowed_hosts=TESTCLIENT_HOSTS)
+    served_app = create_app(
+        FakeSegmenter(), image_limits=ImageLimits(max_working_side=600), allowed_hosts=TESTCLIENT_HOSTS
+    )
     with TestClient(served_app) as client:
-        result = client.post("/api/segment", files={"image": ("big.png", png_bytes(big), "image/png")},
-                             data={"text": REPORT}).json()
-    assert (result["width"], result["height"], result["original_width"], result["original_height"]) == (600, 450, 1200, 900)
+        result = client.post(
+            "/api/segment", files={"image": ("big.png", png_bytes(big), "image/png")}, data={"text": REPORT}
+        ).json()
+    assert (result["width"], result["height"], result["original_width"], result["original_height"]) == (
+        600,
+        450,
+        1200,
+        900,
+    )
     assert Image.open(io.BytesIO(__import__("base64").b64decode(result["mask"]))).size == (600, 450)
 
 
 def _raw_upload(url: str, body_part: bytes, length: int) -> socket.socket:
     host, port = url.removeprefix("http://").split(":")
     connection = socket.create_connection((host, int(port)), timeout=10)
-    head = (f"POST /api/segment HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
-            f"Content-Length: {length}\r\n\r\n").encode()
+    head = (
+        f"POST /api/segment HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
     connection.sendall(head + body_part)
     return connection
 
@@ -88,7 +97,7 @@ def _content_length(data: bytes) -> int:
 
 def test_a_stalled_upload_is_answered_408() -> None:
     with running_server(create_app(FakeSegmenter(), read_timeout_s=0.5)) as url:
-        connection = _raw_upload(url, b"--x\r\nContent-Disposition: form-data; name=\"text\"\r\n\r\nab", 10_000)
+        connection = _raw_upload(url, b'--x\r\nContent-Disposition: form-data; name="text"\r\n\r\nab', 10_000)
         started = time.monotonic()
         answer = _read_answer(connection)
         connection.close()
@@ -100,7 +109,7 @@ def test_a_client_that_disconnects_is_one_log_line(caplog: pytest.LogCaptureFixt
     caplog.set_level(logging.INFO)
     with running_server(create_app(FakeSegmenter(), read_timeout_s=5)) as url:
         for _ in range(3):
-            _raw_upload(url, b"--x\r\nContent-Disposition: form-data; name=\"te", 10_000).close()
+            _raw_upload(url, b'--x\r\nContent-Disposition: form-data; name="te', 10_000).close()
         time.sleep(1.0)
     messages = [record.getMessage() for record in caplog.records]
     assert not any("Exception in ASGI application" in message for message in messages)
@@ -111,11 +120,13 @@ def test_a_client_that_disconnects_is_one_log_line(caplog: pytest.LogCaptureFixt
 def test_cross_origin_posts_are_refused() -> None:
     with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
         files = {"image": ("scan.png", png_bytes(), "image/png")}
-        foreign = client.post("/api/segment", files=files, data={"text": REPORT},
-                              headers={"origin": "http://evil.example"})
+        foreign = client.post(
+            "/api/segment", files=files, data={"text": REPORT}, headers={"origin": "http://evil.example"}
+        )
         assert foreign.status_code == 403 and "cross-origin" in foreign.json()["error"]
-        fetch_site = client.post("/api/segment", files=files, data={"text": REPORT},
-                                 headers={"sec-fetch-site": "cross-site"})
+        fetch_site = client.post(
+            "/api/segment", files=files, data={"text": REPORT}, headers={"sec-fetch-site": "cross-site"}
+        )
         assert fetch_site.status_code == 403
         same = client.post("/api/segment", files=files, data={"text": REPORT}, headers={"origin": "http://testserver"})
         assert same.status_code == 200
@@ -123,8 +134,9 @@ def test_cross_origin_posts_are_refused() -> None:
 
 
 def test_allowed_hosts_are_enforced() -> None:
-    with TestClient(create_app(FakeSegmenter(), allowed_hosts=["127.0.0.1", "localhost"]),
-                    base_url="http://localhost") as client:
+    with TestClient(
+        create_app(FakeSegmenter(), allowed_hosts=["127.0.0.1", "localhost"]), base_url="http://localhost"
+    ) as client:
         assert client.get("/healthz").status_code == 200
         assert client.get("/healthz", headers={"host": "rebound.example"}).status_code == 400
 
@@ -150,7 +162,12 @@ def test_host_policy_of_lvseg_serve(monkeypatch: pytest.MonkeyPatch) -> None:
     loopback = security.allowed_hosts_for("127.0.0.1", api_key_set=False)
     assert set(loopback) == set(security.LOOPBACK_NAMES)
     assert set(security.allowed_hosts_for("0.0.0.0", api_key_set=False, extra_hosts=["lvseg.example"])) == {
-        *security.LOOPBACK_NAMES, "0.0.0.0", "ward-pc", "10.0.0.5", "lvseg.example"}
+        *security.LOOPBACK_NAMES,
+        "0.0.0.0",
+        "ward-pc",
+        "10.0.0.5",
+        "lvseg.example",
+    }
     assert security.allowed_hosts_for("0.0.0.0", api_key_set=True) == ["*"]
     assert security.allowed_hosts_for("127.0.0.1", api_key_set=False, extra_hosts=["*"]) == ["*"]
     assert "lvseg.example" in security.allowed_hosts_for("0.0.0.0", api_key_set=True, extra_hosts=["lvseg.example"])
@@ -158,7 +175,6 @@ def test_host_policy_of_lvseg_serve(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_server_keeps_frozen_text_features_in_memory_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hf_support import save_tiny_bert
-
     from lvseg.checkpoint import save_inference_checkpoint
     from lvseg.inference import load_model
     from lvseg.models import create_model
@@ -171,8 +187,11 @@ def test_the_server_keeps_frozen_text_features_in_memory_only(tmp_path: Path, mo
     segmenter = load_model(tmp_path / "m.ckpt", device="cpu")
     with TestClient(create_app(segmenter, allowed_hosts=TESTCLIENT_HOSTS)) as client:
         for index in range(3):
-            response = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
-                                   data={"text": f"{REPORT} number {index}"})
+            response = client.post(
+                "/api/segment",
+                files={"image": ("scan.png", png_bytes(), "image/png")},
+                data={"text": f"{REPORT} number {index}"},
+            )
             assert response.status_code == 200, response.text
     assert segmenter.text_encoder.cache is not None and segmenter.text_encoder.cache.disk is False
     assert not cache_dir.exists() or not any(cache_dir.rglob("*.safetensors"))
@@ -185,19 +204,23 @@ def test_dicom_pixel_spacing_gives_areas_in_square_millimetres() -> None:
     pixels[10:20, 10:30] = 4000  # 200 px
     data = dicom_bytes(pixels, center=[2000], width=[4000], pixel_spacing=(0.5, 0.25))
     with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
-        result = client.post("/api/segment", files={"image": ("ct.dcm", data, "application/dicom")},
-                             data={"text": REPORT}).json()
+        result = client.post(
+            "/api/segment", files={"image": ("ct.dcm", data, "application/dicom")}, data={"text": REPORT}
+        ).json()
         assert result["area_px"] == 200 and result["pixel_spacing_mm"] == [0.5, 0.25]
         assert result["area_mm2"] == pytest.approx(200 * 0.125) and result["lesion_details"][0]["area_mm2"] == 25.0
-        png = client.post("/api/segment", files={"image": ("x.png", png_bytes(), "image/png")},
-                          data={"text": REPORT}).json()
+        png = client.post(
+            "/api/segment", files={"image": ("x.png", png_bytes(), "image/png")}, data={"text": REPORT}
+        ).json()
         assert png["area_mm2"] is None and png["pixel_spacing_mm"] is None
     # reduced to the working size, a pixel covers more: the area in mm2 stays the same
-    served_app = create_app(FakeSegmenter(), image_limits=ImageLimits(max_working_side=30),
-                            allowed_hosts=TESTCLIENT_HOSTS)
+    served_app = create_app(
+        FakeSegmenter(), image_limits=ImageLimits(max_working_side=30), allowed_hosts=TESTCLIENT_HOSTS
+    )
     with TestClient(served_app) as client:
-        small = client.post("/api/segment", files={"image": ("ct.dcm", data, "application/dicom")},
-                            data={"text": REPORT}).json()
+        small = client.post(
+            "/api/segment", files={"image": ("ct.dcm", data, "application/dicom")}, data={"text": REPORT}
+        ).json()
     assert small["width"] == 30 and small["area_mm2"] == pytest.approx(25.0, rel=0.1)
 
 
@@ -209,10 +232,13 @@ def _pdf_text(content: bytes) -> str:
 def test_the_pdf_renders_cjk_reports_and_carries_patient_referrer_and_sign_off() -> None:
     report = "双肺感染，两处感染区，左上肺和右下肺。 左肺に浸潤影。 양측 폐렴."
     with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
-        segmented = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
-                                data={"text": report}).json()
-        response = client.post(f"/api/results/{segmented['result_id']}/report",
-                               files={"patient_id": (None, "P-0042"), "referrer": (None, "Dr. 李")})
+        segmented = client.post(
+            "/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")}, data={"text": report}
+        ).json()
+        response = client.post(
+            f"/api/results/{segmented['result_id']}/report",
+            files={"patient_id": (None, "P-0042"), "referrer": (None, "Dr. 李")},
+        )
     assert response.status_code == 200, response.text
     text = _pdf_text(response.content)
     for fragment in ("双肺感染", "左肺に浸潤影", "양측", "P-0042", "Dr. 李", "Reviewed by", "Signature and date"):
@@ -221,9 +247,8 @@ def test_the_pdf_renders_cjk_reports_and_carries_patient_referrer_and_sign_off()
 
 
 def test_heatmap_and_side_markers_from_dicom_orientation() -> None:
-    from serving_support import dicom_bytes
-
     from lvseg.rendering import probability_heatmap, side_markers
+    from serving_support import dicom_bytes
 
     heat = probability_heatmap(np.array([[0.0, 0.5, 1.0]]))
     assert heat.shape == (1, 3, 3) and tuple(heat[0, 0]) == (68, 1, 84) and tuple(heat[0, 2]) == (253, 231, 37)
@@ -238,10 +263,12 @@ def test_heatmap_and_side_markers_from_dicom_orientation() -> None:
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
-        oriented = client.post("/api/segment", files={"image": ("pa.dcm", buffer.getvalue(), "application/dicom")},
-                               data={"text": REPORT}).json()
-        unmarked = client.post("/api/segment", files={"image": ("pa.dcm", plain, "application/dicom")},
-                               data={"text": REPORT}).json()
+        oriented = client.post(
+            "/api/segment", files={"image": ("pa.dcm", buffer.getvalue(), "application/dicom")}, data={"text": REPORT}
+        ).json()
+        unmarked = client.post(
+            "/api/segment", files={"image": ("pa.dcm", plain, "application/dicom")}, data={"text": REPORT}
+        ).json()
     assert oriented["side_markers"] == ["R", "L"] and unmarked["side_markers"] is None
     import base64
 
@@ -258,20 +285,29 @@ def test_uploads_over_the_pending_limit_are_answered_503() -> None:
     import httpx
 
     with running_server(create_app(FakeSegmenter(), max_pending_requests=1, read_timeout_s=5)) as url:
-        holding = _raw_upload(url, b"--x\r\nContent-Disposition: form-data; name=\"te", 10_000)  # holds the slot
+        holding = _raw_upload(url, b'--x\r\nContent-Disposition: form-data; name="te', 10_000)  # holds the slot
         time.sleep(0.3)
-        busy = httpx.post(f"{url}/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
-                          data={"text": REPORT}, timeout=10)
+        busy = httpx.post(
+            f"{url}/api/segment",
+            files={"image": ("scan.png", png_bytes(), "image/png")},
+            data={"text": REPORT},
+            timeout=10,
+        )
         holding.close()
         time.sleep(0.3)
-        after = httpx.post(f"{url}/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
-                           data={"text": REPORT}, timeout=10)
+        after = httpx.post(
+            f"{url}/api/segment",
+            files={"image": ("scan.png", png_bytes(), "image/png")},
+            data={"text": REPORT},
+            timeout=10,
+        )
     assert busy.status_code == 503 and "busy" in busy.json()["error"]
     assert after.status_code == 200  # the slot is given back when the stalled upload ends
 
 
 def test_an_image_only_model_keeps_no_report_and_the_answer_names_its_model() -> None:
     with TestClient(create_app(FakeSegmenter(requires_text=False), allowed_hosts=TESTCLIENT_HOSTS)) as client:
-        result = client.post("/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")},
-                             data={"text": "ignored words"}).json()
+        result = client.post(
+            "/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")}, data={"text": "ignored words"}
+        ).json()
     assert result["report_text"] == "" and result["validation_dice"] == 0.5 and result["model"] == "fake-brightness"

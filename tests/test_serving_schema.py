@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from serving_support import running_server
 
 from lvseg.serving.app import create_app
 from lvseg.serving.fake import FakeSegmenter
+from serving_support import running_server
 
 CONFIG = Path(__file__).resolve().parent / "fixtures" / "schemathesis.toml"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
@@ -32,11 +32,28 @@ def test_schemathesis_finds_no_failure(requires_text: bool, api_key: str | None,
         pytest.skip("schemathesis is not installed (it is in the test extra: pip install -e '.[test]')")
     app = create_app(FakeSegmenter(requires_text=requires_text), api_key=api_key)
     with running_server(app) as url:
-        command = [str(executable), "--config-file", str(CONFIG), "run", f"{url}/openapi.json", "--checks", "all",
-                   "--exclude-checks", "negative_data_rejection", "--max-examples", "25", "--seed", "7",
-                   "--no-color", "--report-dir", str(tmp_path)]
+        command = [
+            str(executable),
+            "--config-file",
+            str(CONFIG),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "negative_data_rejection",
+            "--max-examples",
+            "25",
+            "--seed",
+            "7",
+            "--no-color",
+            "--report-dir",
+            str(tmp_path),
+        ]
         if api_key:
             command += ["--header", f"X-API-Key: {api_key}"]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)  # its cache stays there
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )  # its cache stays there
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout or " passed" in result.stdout

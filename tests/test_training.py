@@ -24,7 +24,6 @@ from lvseg.data.layout import load_split
 from lvseg.data.synth import generate_synthetic_dataset
 from lvseg.errors import CheckpointError, LvsegError
 from lvseg.inference import load_model
-from lvseg.training import checkpoint as checkpoint_module
 from lvseg.training.checkpoint import AtomicCheckpointIO, read_checkpoint_dict
 from lvseg.training.fit import TrainConfig, TrainResult, parse_max_time, train
 from lvseg.training.module import SegmentationTask
@@ -35,8 +34,18 @@ LVSEG = Path(sys.executable).parent / "lvseg"
 
 
 def tiny(data: Path, out: Path, **overrides) -> TrainConfig:
-    options = dict(data=data, out=out, img_size=IMG_SIZE, base_channels=8, max_epochs=1, patience=5,
-                   text_length=12, progress_bar=False, num_workers=0, seed=0)
+    options = dict(
+        data=data,
+        out=out,
+        img_size=IMG_SIZE,
+        base_channels=8,
+        max_epochs=1,
+        patience=5,
+        text_length=12,
+        progress_bar=False,
+        num_workers=0,
+        seed=0,
+    )
     options.update(overrides)
     return TrainConfig(**options)
 
@@ -191,8 +200,9 @@ def test_resume_continues_from_the_next_epoch(lvit_run: dict, data: Path, tmp_pa
         starting_state.append({"model." + k: v.detach().clone() for k, v in self.model.state_dict().items()})
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SegmentationTask, "on_train_epoch_start",
-                      lambda self: epochs_run.append(self.current_epoch), raising=False)
+        patch.setattr(
+            SegmentationTask, "on_train_epoch_start", lambda self: epochs_run.append(self.current_epoch), raising=False
+        )
         patch.setattr(SegmentationTask, "on_train_start", on_train_start, raising=False)
         result = train(tiny(data, out, max_epochs=2, resume=True))
     assert epochs_run == [1], "resuming must run only the remaining epoch"
@@ -206,8 +216,9 @@ def test_resume_continues_from_the_next_epoch(lvit_run: dict, data: Path, tmp_pa
     assert logged_epochs == {0, 1}
 
 
-def test_a_resumed_run_logs_each_epoch_once_and_cleans_unfinished_writes(lvit_run: dict, data: Path,
-                                                                        tmp_path: Path, caplog) -> None:
+def test_a_resumed_run_logs_each_epoch_once_and_cleans_unfinished_writes(
+    lvit_run: dict, data: Path, tmp_path: Path, caplog
+) -> None:
     """A crash after epoch 1 started logging (its rows are in metrics.csv, not in last.ckpt) and during a
     checkpoint write (a .tmp file): the resumed run logs epoch 1 once and removes the temporary file."""
     import csv
@@ -235,11 +246,14 @@ def test_lightning_prints_each_line_once_without_tips_or_an_empty_summary(data: 
     import subprocess
     import sys
 
-    code = ("import sys; from lvseg.cli.main import main; sys.argv = ['lvseg', 'train', '--data', sys.argv[1], "
-            "'--out', sys.argv[2], '--model', 'unet', '--img-size', '32', '--base-channels', '4', '--max-epochs', '1']; "
-            "main()")
-    result = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "run")], capture_output=True,
-                            text=True, timeout=300)
+    code = (
+        "import sys; from lvseg.cli.main import main; sys.argv = ['lvseg', 'train', '--data', sys.argv[1], "
+        "'--out', sys.argv[2], '--model', 'unet', '--img-size', '32', '--base-channels', '4', '--max-epochs', '1']; "
+        "main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(data), str(tmp_path / "run")], capture_output=True, text=True, timeout=300
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert output.count("GPU available") == 1
@@ -255,14 +269,15 @@ def test_bf16_mixed_with_channels_last_trains_and_its_checkpoint_predicts(data: 
     layouts: list[bool] = []
     original = SegmentationTask.training_step
 
-    def spy(self, batch, batch_idx):  # noqa: ANN001, ANN202
+    def spy(self, batch, batch_idx):
         layouts.append(batch["image"].is_contiguous(memory_format=torch.channels_last))
         return original(self, batch, batch_idx)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(SegmentationTask, "training_step", spy)
-        result = train(tiny(data, tmp_path / "fast", model="lvit", max_epochs=1, precision="bf16-mixed",
-                            channels_last=True))
+        result = train(
+            tiny(data, tmp_path / "fast", model="lvit", max_epochs=1, precision="bf16-mixed", channels_last=True)
+        )
     assert layouts and all(layouts)  # every training batch reached the model in channels-last layout
     segmenter = load_model(result.best_checkpoint, device="cpu")
     probability = segmenter.probabilities(torch.rand(1, 3, 32, 32), ["Bilateral pulmonary infection."])
@@ -346,8 +361,9 @@ def test_compile_keeps_parameter_names_so_checkpoints_stay_loadable() -> None:
     assert list(task.model.state_dict()) == names
 
 
-def test_compile_without_a_cpp_compiler_is_one_sentence(data: Path, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_without_a_cpp_compiler_is_one_sentence(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from torch._inductor import config as inductor_config
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", (None, str(tmp_path / "no-such-g++")))
@@ -404,9 +420,28 @@ def test_atomic_checkpoint_io_loads_weights_only(tmp_path: Path) -> None:
 
 def test_ddp_on_two_cpu_processes_over_gloo(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [str(LVSEG), "train", "--data", str(data), "--out", str(out), "--img-size", str(IMG_SIZE),
-               "--base-channels", "8", "--text-length", "12", "--devices", "2", "--strategy", "ddp",
-               "--accelerator", "cpu", "--max-epochs", "1"]
+    command = [
+        str(LVSEG),
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--img-size",
+        str(IMG_SIZE),
+        "--base-channels",
+        "8",
+        "--text-length",
+        "12",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--accelerator",
+        "cpu",
+        "--max-epochs",
+        "1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     output = done.stdout + done.stderr

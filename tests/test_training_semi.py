@@ -11,20 +11,22 @@ import torch
 from typer.testing import CliRunner
 
 from lvseg.data.layout import Sample, load_split
+from lvseg.data.split import BalancedSemiSampler, read_labeled_list, split_labeled
 from lvseg.data.synth import generate_synthetic_dataset
 from lvseg.errors import LvsegError
-from lvseg.training.fit import TrainConfig, train
-from lvseg.data.split import BalancedSemiSampler, read_labeled_list, split_labeled
 from lvseg.models import create_model
 from lvseg.models.losses import image_weight
+from lvseg.training.fit import TrainConfig, train
 from lvseg.training.pseudo_labels import PseudoLabelBank
 from lvseg.training.semi import PSEUDO_LABEL_FILE, SPLIT_FILE, TEACHER_KEY, SemiSupervisedTask, rampup_weight
 from lvseg.training.teacher import EmaTeacher
 
 
 def _samples(n: int) -> list[Sample]:
-    return [Sample(f"img{i:03d}", Path(f"/x/img{i:03d}.png"), Path(f"/x/mask_img{i:03d}.png"), f"text {i}")
-            for i in range(n)]
+    return [
+        Sample(f"img{i:03d}", Path(f"/x/img{i:03d}.png"), Path(f"/x/mask_img{i:03d}.png"), f"text {i}")
+        for i in range(n)
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- split
@@ -133,8 +135,19 @@ def tiny_semi_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list
 
 def _config(data: Path, out: Path, **changes: object) -> TrainConfig:
     options: dict = dict(
-        data=data, out=out, model="unet", img_size=32, base_channels=4, batch_size=4, max_epochs=1,
-        accelerator="cpu", progress_bar=False, labeled_fraction=0.25, warmup_epochs=0.0, rampup_epochs=1.0, seed=0,
+        data=data,
+        out=out,
+        model="unet",
+        img_size=32,
+        base_channels=4,
+        batch_size=4,
+        max_epochs=1,
+        accelerator="cpu",
+        progress_bar=False,
+        labeled_fraction=0.25,
+        warmup_epochs=0.0,
+        rampup_epochs=1.0,
+        seed=0,
     )
     options.update(changes)
     return TrainConfig(**options)
@@ -149,7 +162,7 @@ def test_semi_run_never_reads_unlabeled_masks_and_resumes_pseudo_labels(
     tiny_semi_data: tuple[Path, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data, unlabeled_names = tiny_semi_data
-    with pytest.raises(Exception):  # the supervised path opens every mask and refuses the garbage
+    with pytest.raises(LvsegError):  # the supervised path opens every mask and refuses the garbage
         load_split(data, "train")
     out = tmp_path / "run"
     # Every pixel supervises (pseudo_confidence 0.5): the stored labels set below are what epoch 2 must train on.
@@ -263,8 +276,14 @@ def test_no_pseudo_labels_during_the_supervised_warm_up(tiny_semi_data: tuple[Pa
 
 def test_empty_pseudo_labels_do_not_supervise() -> None:
     """An unlabeled image whose pseudo-label holds no lesion gets weight 0 in the pseudo-label loss."""
-    task = SemiSupervisedTask(model_name="unet", model_config={"img_size": 32, "base_channels": 4},
-                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0, pseudo_confidence=0.5)
+    task = SemiSupervisedTask(
+        model_name="unet",
+        model_config={"img_size": 32, "base_channels": 4},
+        warmup_epochs=0.0,
+        rampup_epochs=0.0,
+        lv_weight=0.0,
+        pseudo_confidence=0.5,
+    )
     bank = PseudoLabelBank(["empty", "lesion"], img_size=32, beta=0.5)
     lesion = torch.zeros(1, 1, 32, 32)
     lesion[..., 8:16, 8:16] = 1.0
@@ -278,8 +297,13 @@ def test_empty_pseudo_labels_do_not_supervise() -> None:
         return compute_losses(output, target, weight)
 
     task.model.compute_losses = spy
-    batch = {"image": torch.rand(2, 3, 32, 32), "mask": torch.zeros(2, 1, 32, 32), "text": ["a", "b"],
-             "labeled": torch.tensor([False, False]), "index": torch.tensor([0, 1])}
+    batch = {
+        "image": torch.rand(2, 3, 32, 32),
+        "mask": torch.zeros(2, 1, 32, 32),
+        "text": ["a", "b"],
+        "labeled": torch.tensor([False, False]),
+        "index": torch.tensor([0, 1]),
+    }
     task.training_step(batch, 0)
     assert len(weights) == 1 and weights[0] is not None
     assert image_weight(weights[0]).tolist() == [0.0, 1.0]  # per-pixel weights; the empty image keeps none
@@ -329,8 +353,13 @@ def test_ema_teacher_follows_the_formula() -> None:
 
 
 def test_pseudo_labels_come_from_the_teacher_on_the_unperturbed_image() -> None:
-    task = SemiSupervisedTask(model_name="unet", model_config={"img_size": 32, "base_channels": 4},
-                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0)
+    task = SemiSupervisedTask(
+        model_name="unet",
+        model_config={"img_size": 32, "base_channels": 4},
+        warmup_epochs=0.0,
+        rampup_epochs=0.0,
+        lv_weight=0.0,
+    )
     bank = PseudoLabelBank(["a", "b"], img_size=32, beta=0.5)
     task.attach(bank, seed=0)
     task.build_teacher()
@@ -342,8 +371,13 @@ def test_pseudo_labels_come_from_the_teacher_on_the_unperturbed_image() -> None:
     task.eval()
     student = torch.sigmoid(task(images, ["a", "b"]))
     task.train()
-    batch = {"image": images, "mask": torch.zeros(2, 1, 32, 32), "text": ["a", "b"],
-             "labeled": torch.tensor([False, False]), "index": torch.tensor([0, 1])}
+    batch = {
+        "image": images,
+        "mask": torch.zeros(2, 1, 32, 32),
+        "text": ["a", "b"],
+        "labeled": torch.tensor([False, False]),
+        "index": torch.tensor([0, 1]),
+    }
     task.training_step(batch, 0)
     stored = bank.labels.float().unsqueeze(1)
     assert torch.allclose(stored, expected, atol=1e-3)  # P_1 = the teacher's prediction

@@ -32,9 +32,22 @@ def semi_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _config(data: Path, out: Path, **changes: object) -> TrainConfig:
-    options: dict = dict(data=data, out=out, model="unet", img_size=32, base_channels=4, batch_size=4, max_epochs=8,
-                         patience=1, accelerator="cpu", progress_bar=False, labeled_fraction=0.34, seed=0,
-                         rampup_epochs=1.0, augment="none")
+    options: dict = dict(
+        data=data,
+        out=out,
+        model="unet",
+        img_size=32,
+        base_channels=4,
+        batch_size=4,
+        max_epochs=8,
+        patience=1,
+        accelerator="cpu",
+        progress_bar=False,
+        labeled_fraction=0.34,
+        seed=0,
+        rampup_epochs=1.0,
+        augment="none",
+    )
     options.update(changes)
     return TrainConfig(**options)
 
@@ -65,8 +78,9 @@ def test_the_supervised_phase_is_supervised_only_training(runs: dict) -> None:
 
 def test_the_returned_checkpoint_is_the_better_phase_on_validation(runs: dict) -> None:
     phases, out = runs["semi"].phases, runs["semi_out"]
-    best_of_both = max(value for value in (phases["supervised_best_val_dice"], phases["semi_best_val_dice"])
-                       if value is not None)
+    best_of_both = max(
+        value for value in (phases["supervised_best_val_dice"], phases["semi_best_val_dice"]) if value is not None
+    )
     checkpoint = read_checkpoint_dict(out / "best.ckpt")
     assert checkpoint["lvseg"]["metrics"]["val_dice"] == pytest.approx(best_of_both)
     assert max(_val_dice(out)) == pytest.approx(best_of_both)
@@ -81,8 +95,9 @@ def test_the_returned_checkpoint_is_the_better_phase_on_validation(runs: dict) -
     assert last["lvseg"]["metrics"]["supervised_best_val_dice"] == pytest.approx(phases["supervised_best_val_dice"])
 
 
-def test_the_semi_phase_starts_from_the_best_supervised_weights(semi_data: Path, tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_semi_phase_starts_from_the_best_supervised_weights(
+    semi_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     restored: list[dict[str, torch.Tensor]] = []
     original = SemiSupervisedTask.start_semi_phase
 
@@ -99,7 +114,7 @@ def test_the_semi_phase_starts_from_the_best_supervised_weights(semi_data: Path,
     assert result.phases is not None and result.phases["semi_start_epoch"] == 2 and len(restored) == 1
     best = read_checkpoint_dict(out / "best.ckpt")
     if best["epoch"] < 2:  # best.ckpt from the supervised phase holds the weights the semi phase started from
-        stored = {key[len("model."):]: value for key, value in best["state_dict"].items()}
+        stored = {key[len("model.") :]: value for key, value in best["state_dict"].items()}
         assert all(torch.equal(stored[key], value) for key, value in restored[0].items())
     pseudo = torch.load(out / PSEUDO_LABEL_FILE, weights_only=True)
     assert bool(pseudo["seen"].all())  # the one semi epoch updated every unlabeled image
@@ -122,7 +137,8 @@ def test_pixel_weights_restrict_the_losses_to_the_kept_pixels() -> None:
     ones = torch.ones(2, 1, 8, 8)
     assert soft_dice_loss(logits, target, ones) == pytest.approx(float(soft_dice_loss(logits, target)), abs=1e-6)
     assert class_balanced_bce_with_logits(logits, target, ones) == pytest.approx(
-        float(class_balanced_bce_with_logits(logits, target)), abs=1e-6)
+        float(class_balanced_bce_with_logits(logits, target)), abs=1e-6
+    )
     keep = torch.zeros(2, 1, 8, 8)
     keep[..., :4] = 1.0
     masked = soft_dice_loss(logits, target, keep)
@@ -131,14 +147,23 @@ def test_pixel_weights_restrict_the_losses_to_the_kept_pixels() -> None:
     changed[..., 4:] = 100.0  # the ignored pixels do not matter
     assert soft_dice_loss(changed, target, keep) == pytest.approx(float(masked), abs=1e-5)
     assert class_balanced_bce_with_logits(changed, target, keep) == pytest.approx(
-        float(class_balanced_bce_with_logits(logits, target, keep)), abs=1e-5)
+        float(class_balanced_bce_with_logits(logits, target, keep)), abs=1e-5
+    )
 
 
 def test_the_task_supervises_only_confident_pixels_and_filters_by_report() -> None:
     size = 32
-    task = SemiSupervisedTask(model_name="unet", model_config={"img_size": size, "base_channels": 4},
-                              warmup_epochs=0.0, rampup_epochs=0.0, lv_weight=0.0, strong_view=False,
-                              pseudo_confidence=0.9, report_filter=True, epi_beta=0.99)
+    task = SemiSupervisedTask(
+        model_name="unet",
+        model_config={"img_size": size, "base_channels": 4},
+        warmup_epochs=0.0,
+        rampup_epochs=0.0,
+        lv_weight=0.0,
+        strong_view=False,
+        pseudo_confidence=0.9,
+        report_filter=True,
+        epi_beta=0.99,
+    )
     bank = PseudoLabelBank(["a"], img_size=size, beta=0.99)
     stored = torch.zeros(1, 1, size, size)
     stored[..., 8:12, 20:26] = 1.0  # image right = the patient's left lung, upper zone: named by the report
@@ -146,8 +171,13 @@ def test_the_task_supervises_only_confident_pixels_and_filters_by_report() -> No
     stored[..., 20:24, 20:26] = 0.7  # a lesion the teacher is unsure of
     bank.update(torch.tensor([0]), stored)
     task.attach(bank, seed=0, reports=["Unilateral pulmonary infection, one infected area, upper left lung."])
-    batch = {"image": torch.rand(2, 3, size, size), "mask": torch.zeros(2, 1, size, size), "text": ["x", "y"],
-             "labeled": torch.tensor([True, False]), "index": torch.tensor([0, 0])}
+    batch = {
+        "image": torch.rand(2, 3, size, size),
+        "mask": torch.zeros(2, 1, size, size),
+        "text": ["x", "y"],
+        "labeled": torch.tensor([True, False]),
+        "index": torch.tensor([0, 0]),
+    }
     prepared = task.prepare_batch(batch, 0)
     target, weight = prepared["pseudo_target"][0, 0], prepared["pseudo_weight"][0, 0]
     assert bool(target[8:12, 20:26].all())  # kept: where the report says
@@ -170,9 +200,34 @@ def test_report_filter_keeps_unreadable_reports_as_they_are() -> None:
 
 def test_semi_supervised_ddp_on_two_cpu_processes_and_resume(semi_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    base = [str(LVSEG), "train", "--data", str(semi_data), "--out", str(out), "--model", "unet", "--img-size", "32",
-            "--base-channels", "4", "--batch-size", "4", "--labeled-fraction", "0.34", "--warmup-epochs", "1",
-            "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu", "--augment", "none"]
+    base = [
+        str(LVSEG),
+        "train",
+        "--data",
+        str(semi_data),
+        "--out",
+        str(out),
+        "--model",
+        "unet",
+        "--img-size",
+        "32",
+        "--base-channels",
+        "4",
+        "--batch-size",
+        "4",
+        "--labeled-fraction",
+        "0.34",
+        "--warmup-epochs",
+        "1",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--accelerator",
+        "cpu",
+        "--augment",
+        "none",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     first = subprocess.run([*base, "--max-epochs", "2"], capture_output=True, text=True, timeout=300, env=env)
     output = first.stdout + first.stderr
@@ -183,8 +238,9 @@ def test_semi_supervised_ddp_on_two_cpu_processes_and_resume(semi_data: Path, tm
     bank = torch.load(out / PSEUDO_LABEL_FILE, weights_only=True)
     assert bool(bank["seen"].all()), "the ranks' EPI updates are gathered: rank 0's bank holds every image"
     steps = checkpoint["global_step"]
-    resumed = subprocess.run([*base, "--max-epochs", "3", "--resume"], capture_output=True, text=True, timeout=300,
-                             env=env)
+    resumed = subprocess.run(
+        [*base, "--max-epochs", "3", "--resume"], capture_output=True, text=True, timeout=300, env=env
+    )
     output = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, output[-3000:]
     again = read_checkpoint_dict(out / "last.ckpt")

@@ -30,8 +30,9 @@ def create_model(name: str, **options: Any):
     return _create_model(name, **options)
 
 
-def load_model(checkpoint: str, device: str | None = None, backend: str | None = None,
-               expected_images: int | None = None) -> "Segmenter":
+def load_model(
+    checkpoint: str, device: str | None = None, backend: str | None = None, expected_images: int | None = None
+) -> Segmenter:
     """Load a trained checkpoint, or a folder written by ``lvseg export``, for prediction; see
     :func:`lvseg.inference.load_model` (``backend``: eager (a checkpoint's default), bf16, compile, onnx, openvino,
     openvino-bf16 or auto (an export folder's default); :mod:`lvseg.inference.backends`; ``expected_images=1``:

@@ -65,8 +65,10 @@ def upgrade_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -
     if version == FORMAT_VERSION:
         return checkpoint
     if version != 1:
-        raise CheckpointError(f"{source} has lvseg checkpoint format {version}; this lvseg reads formats 1 and "
-                              f"{FORMAT_VERSION}: upgrade lvseg")
+        raise CheckpointError(
+            f"{source} has lvseg checkpoint format {version}; this lvseg reads formats 1 and "
+            f"{FORMAT_VERSION}: upgrade lvseg"
+        )
     if not isinstance(checkpoint.get("hyper_parameters"), dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise CheckpointError(f"{source} is not an lvseg checkpoint (it has no model description)")
     hparams = dict(checkpoint["hyper_parameters"])
@@ -81,7 +83,7 @@ def upgrade_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -
     state: dict[str, torch.Tensor] = {}
     for key, value in checkpoint["state_dict"].items():
         if key.startswith(_V1_NET_PREFIX):
-            state[MODEL_PREFIX + key[len(_V1_NET_PREFIX):]] = value
+            state[MODEL_PREFIX + key[len(_V1_NET_PREFIX) :]] = value
         elif key.startswith(_V1_TEXT_PREFIX):
             state[MODEL_PREFIX + key] = value
     lvseg = dict(checkpoint.get("lvseg", {}))
@@ -112,9 +114,7 @@ class NotAnLvsegCheckpoint(CheckpointError):
         self.keys = keys
 
 
-def load_checkpoint(
-    path: str | Path, map_location: Any = "cpu", expected_model: str | None = None
-) -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", expected_model: str | None = None) -> LoadedCheckpoint:
     """Rebuild the model stored in an lvseg checkpoint (format 1 or 2), in eval mode, without its
     training-only modules.
 
@@ -128,8 +128,10 @@ def load_checkpoint(
     hparams = checkpoint.get("hyper_parameters")
     if not isinstance(hparams, dict) or "model_name" not in hparams or "state_dict" not in checkpoint:
         state = checkpoint.get("state_dict", checkpoint)
-        raise NotAnLvsegCheckpoint(f"'{path}' is not an lvseg checkpoint (it has no model description)",
-                                   [str(key) for key in state] if isinstance(state, dict) else [])
+        raise NotAnLvsegCheckpoint(
+            f"'{path}' is not an lvseg checkpoint (it has no model description)",
+            [str(key) for key in state] if isinstance(state, dict) else [],
+        )
     checkpoint = upgrade_checkpoint(checkpoint, source=f"checkpoint '{path}'")
     hparams = checkpoint["hyper_parameters"]
     model_name = hparams["model_name"]
@@ -140,17 +142,24 @@ def load_checkpoint(
             model = create_model(model_name, **hparams.get("model_config", {}))
     except LvsegError as error:
         raise CheckpointError(f"checkpoint '{path}' describes a model lvseg cannot build: {error}") from None
-    state = {key[len(MODEL_PREFIX):]: value for key, value in checkpoint["state_dict"].items()
-             if key.startswith(MODEL_PREFIX)}
+    state = {
+        key[len(MODEL_PREFIX) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
     try:
         model.load_weights(state, source=f"checkpoint '{path}'")
     except LvsegError as error:
         raise CheckpointError(str(error)) from None
     if model.requires_text and not model.has_text_front_end:
-        hint = (" (if it was imported from official weights, import them again naming its text encoder)"
-                if model.importer else "")
-        raise CheckpointError(f"checkpoint '{path}' holds a '{model_name}' model without a text encoder, so it "
-                              f"cannot read reports{hint}")
+        hint = (
+            " (if it was imported from official weights, import them again naming its text encoder)"
+            if model.importer
+            else ""
+        )
+        raise CheckpointError(
+            f"checkpoint '{path}' holds a '{model_name}' model without a text encoder, so it cannot read reports{hint}"
+        )
     model.strip_training_modules().eval()
     metrics = dict(checkpoint.get("lvseg", {}).get("metrics", {}))
     return LoadedCheckpoint(model=model, hparams=dict(hparams), metrics=metrics)
@@ -178,8 +187,10 @@ def save_inference_checkpoint(
     but was not loaded for the conversion).
     """
     if model.requires_text and not model.has_text_front_end and not (config or {}).get("text_encoder"):
-        raise LvsegError(f"refusing to write '{path}': a '{model.model_name}' checkpoint without a text encoder "
-                         "could not read reports")
+        raise LvsegError(
+            f"refusing to write '{path}': a '{model.model_name}' checkpoint without a text encoder "
+            "could not read reports"
+        )
     state_dict = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.inference_state_dict().items()}
     hparams = {"model_name": model.model_name, "model_config": dict(config or model.config)}
     record = lvseg_record(model, metrics, training_modules="dropped")

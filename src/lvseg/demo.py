@@ -47,33 +47,53 @@ def _train(config: DemoConfig, data: Path, model: str) -> Any:
     run_dir = config.out / model
     if run_dir.exists():
         shutil.rmtree(run_dir)  # the demo's own previous run: start again from scratch
-    return train(TrainConfig(
-        data=data, out=run_dir, model=model, text_encoder="learned", img_size=config.img_size,
-        base_channels=config.base_channels, batch_size=config.batch_size, lr=1e-3,
-        max_epochs=1000, max_time=f"{config.minutes_per_model}m", patience=1000, seed=config.seed,
-        augment=config.augment,
-    ))
+    return train(
+        TrainConfig(
+            data=data,
+            out=run_dir,
+            model=model,
+            text_encoder="learned",
+            img_size=config.img_size,
+            base_channels=config.base_channels,
+            batch_size=config.batch_size,
+            lr=1e-3,
+            max_epochs=1000,
+            max_time=f"{config.minutes_per_model}m",
+            patience=1000,
+            seed=config.seed,
+            augment=config.augment,
+        )
+    )
 
 
 def _overlay_grid(config: DemoConfig, data: Path, checkpoints: dict[str, Path], path: Path) -> Path:
     from lvseg.data.images import read_image, read_mask, write_png
     from lvseg.data.layout import load_split
-    from lvseg.rendering import overlay_grid, overlay_mask
     from lvseg.inference import load_model
+    from lvseg.rendering import overlay_grid, overlay_mask
 
     samples = load_split(data, "test")[: config.grid_cases]
     images = [read_image(sample.image_path) for sample in samples]
     texts = [sample.text for sample in samples]
     paths = [sample.image_path for sample in samples]
-    predictions = {name: load_model(ckpt, device="cpu").predict_batch(paths, texts) for name, ckpt in checkpoints.items()}
+    predictions = {
+        name: load_model(ckpt, device="cpu").predict_batch(paths, texts) for name, ckpt in checkpoints.items()
+    }
     rows = []
     for index, (sample, image) in enumerate(zip(samples, images)):
+        assert sample.mask_path is not None  # the synthetic test split has masks
         truth = read_mask(sample.mask_path)
-        rows.append([image, overlay_mask(image, truth, color=(0, 200, 0)),
-                     overlay_mask(image, predictions["unet"][index].mask, color=(230, 60, 60)),
-                     overlay_mask(image, predictions["lvit"][index].mask, color=(60, 120, 255))])
-    grid = overlay_grid(rows, ["image", "truth", "U-Net (image only)", "LViT (image + report)"],
-                        row_labels=[text for text in texts], cell_size=192)
+        rows.append(
+            [
+                image,
+                overlay_mask(image, truth, color=(0, 200, 0)),
+                overlay_mask(image, predictions["unet"][index].mask, color=(230, 60, 60)),
+                overlay_mask(image, predictions["lvit"][index].mask, color=(60, 120, 255)),
+            ]
+        )
+    grid = overlay_grid(
+        rows, ["image", "truth", "U-Net (image only)", "LViT (image + report)"], row_labels=list(texts), cell_size=192
+    )
     return write_png(path, np.asarray(grid))
 
 
@@ -94,12 +114,18 @@ def _report_markdown(config: DemoConfig, summary: dict[str, Any]) -> str:
         "| model | text at test time | Dice | IoU | Dice (original res.) | HD95 (px) | epochs |",
         "|---|---|---|---|---|---|---|",
     ]
-    for key, label, text_mode in (("unet", "U-Net", "-"), ("lvit", "LViT", "given"),
-                                  ("lvit_shuffled", "LViT", "shuffled"), ("lvit_empty", "LViT", "empty")):
+    for key, label, text_mode in (
+        ("unet", "U-Net", "-"),
+        ("lvit", "LViT", "given"),
+        ("lvit_shuffled", "LViT", "shuffled"),
+        ("lvit_empty", "LViT", "empty"),
+    ):
         row = m[key]
         epochs = summary["epochs"]["unet" if key == "unet" else "lvit"]
-        lines.append(f"| {label} | {text_mode} | {row['dice']:.4f} | {row['iou']:.4f} | {row['dice_original']:.4f} "
-                     f"| {row['hd95']:.2f} | {epochs} |")
+        lines.append(
+            f"| {label} | {text_mode} | {row['dice']:.4f} | {row['iou']:.4f} | {row['dice_original']:.4f} "
+            f"| {row['hd95']:.2f} | {epochs} |"
+        )
     checks = summary["checks"]
     lines += [
         "",
@@ -131,12 +157,23 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
     results = {model: _train(config, data, model) for model in ("lvit", "unet")}
     training_seconds = time.perf_counter() - training_started
 
-    lvit_reports = evaluate_modes(results["lvit"].best_checkpoint, data, "test", modes=("given", "shuffled", "empty"),
-                                  out=out / "lvit" / "eval", seed=config.seed)
-    unet_reports = evaluate_modes(results["unet"].best_checkpoint, data, "test", modes=("given",),
-                                  out=out / "unet" / "eval", seed=config.seed)
-    metrics = {"unet": unet_reports["given"].means, "lvit": lvit_reports["given"].means,
-               "lvit_shuffled": lvit_reports["shuffled"].means, "lvit_empty": lvit_reports["empty"].means}
+    lvit_reports = evaluate_modes(
+        results["lvit"].best_checkpoint,
+        data,
+        "test",
+        modes=("given", "shuffled", "empty"),
+        out=out / "lvit" / "eval",
+        seed=config.seed,
+    )
+    unet_reports = evaluate_modes(
+        results["unet"].best_checkpoint, data, "test", modes=("given",), out=out / "unet" / "eval", seed=config.seed
+    )
+    metrics = {
+        "unet": unet_reports["given"].means,
+        "lvit": lvit_reports["given"].means,
+        "lvit_shuffled": lvit_reports["shuffled"].means,
+        "lvit_empty": lvit_reports["empty"].means,
+    }
     gain = metrics["lvit"]["dice"] - metrics["unet"]["dice"]
     reliance = metrics["lvit"]["dice"] - metrics["lvit_shuffled"]["dice"]
     summary = {
@@ -145,11 +182,16 @@ def run_demo(config: DemoConfig | None = None) -> dict[str, Any]:
         "epochs": {model: result.epochs for model, result in results.items()},
         "best_val_dice": {model: result.best_val_dice for model, result in results.items()},
         "checkpoints": {model: str(result.best_checkpoint) for model, result in results.items()},
-        "checks": {"gain_over_unet": gain, "gain_met": bool(gain >= EXPECTED_GAIN_OVER_UNET),
-                   "text_reliance": reliance, "reliance_met": bool(reliance >= EXPECTED_TEXT_RELIANCE)},
+        "checks": {
+            "gain_over_unet": gain,
+            "gain_met": bool(gain >= EXPECTED_GAIN_OVER_UNET),
+            "text_reliance": reliance,
+            "reliance_met": bool(reliance >= EXPECTED_TEXT_RELIANCE),
+        },
     }
-    _overlay_grid(config, data, {model: result.best_checkpoint for model, result in results.items()},
-                  out / "overlay_grid.png")
+    _overlay_grid(
+        config, data, {model: result.best_checkpoint for model, result in results.items()}, out / "overlay_grid.png"
+    )
     summary["seconds"] = {"total": time.perf_counter() - started, "training": training_seconds}
     atomic_write_text(out / "metrics.json", json.dumps(summary, indent=2, default=_json_default) + "\n")
     atomic_write_text(out / "report.md", _report_markdown(config, summary))

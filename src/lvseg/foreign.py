@@ -26,8 +26,9 @@ def read_foreign_state_dict(path: str | Path, what: str, example_key: str) -> di
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types (UnpicklingError, IndexError, RuntimeError, ...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (expected an {what}): "
-                              f"{first_line(error, 200)}") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (expected an {what}): {first_line(error, 200)}"
+        ) from None
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path}: expected a dict (an {what}), got {type(loaded).__name__}")
     state = loaded.get("state_dict", loaded)
@@ -35,8 +36,10 @@ def read_foreign_state_dict(path: str | Path, what: str, example_key: str) -> di
         raise CheckpointError(f"{path}: expected a non-empty 'state_dict' of tensors")
     tensors = {str(key): value for key, value in state.items() if isinstance(value, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path}: expected a state_dict of tensors under keys like {example_key}, found keys "
-                              f"{', '.join(map(str, list(state)[:6]))}")
+        raise CheckpointError(
+            f"{path}: expected a state_dict of tensors under keys like {example_key}, found keys "
+            f"{', '.join(map(str, list(state)[:6]))}"
+        )
     if all(key.startswith("module.") for key in tensors):
-        tensors = {key[len("module."):]: value for key, value in tensors.items()}
+        tensors = {key[len("module.") :]: value for key, value in tensors.items()}
     return tensors

@@ -16,18 +16,45 @@ from typing import Any
 from lvseg.errors import LvsegError
 
 #: The recipe fields every preset sets (``lr_scales`` is optional and defaults to 1 for every group).
-RECIPE_FIELDS: tuple[str, ...] = ("batch_size", "optimizer", "lr", "weight_decay", "lr_schedule", "grad_clip",
-                                  "patience")
+RECIPE_FIELDS: tuple[str, ...] = (
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "lr_schedule",
+    "grad_clip",
+    "patience",
+)
 OPTIONAL_RECIPE_FIELDS: tuple[str, ...] = ("lr_scales",)
 
 #: ``lvit``: the LViT paper's (Li et al., IEEE TMI 2023; lvseg's default). ``vlsm``: the medvlsm study's
 #: (Poudel et al., MIDL 2024) for fine-tuning CLIPSeg-style models.
-RECIPES: Mapping[str, Mapping[str, Any]] = types.MappingProxyType({
-    "lvit": types.MappingProxyType({"batch_size": 2, "optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0,
-                                    "lr_schedule": "cosine", "grad_clip": 0.0, "patience": 50}),
-    "vlsm": types.MappingProxyType({"batch_size": 128, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 1e-3,
-                                    "lr_schedule": "plateau", "grad_clip": 0.5, "patience": 20}),
-})
+RECIPES: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
+    {
+        "lvit": types.MappingProxyType(
+            {
+                "batch_size": 2,
+                "optimizer": "adam",
+                "lr": 1e-3,
+                "weight_decay": 0.0,
+                "lr_schedule": "cosine",
+                "grad_clip": 0.0,
+                "patience": 50,
+            }
+        ),
+        "vlsm": types.MappingProxyType(
+            {
+                "batch_size": 128,
+                "optimizer": "adamw",
+                "lr": 2e-3,
+                "weight_decay": 1e-3,
+                "lr_schedule": "plateau",
+                "grad_clip": 0.5,
+                "patience": 20,
+            }
+        ),
+    }
+)
 DEFAULT_RECIPE = "lvit"
 
 
@@ -57,5 +84,7 @@ def resolve_recipe(recipe: str | Mapping[str, Any]) -> dict[str, Any]:
 
 def describe_recipe(recipe: Mapping[str, Any]) -> str:
     """A recipe in a few words, e.g. 'adam 0.001, weight decay 0, cosine, batch 2, clip 0, patience 50'."""
-    return (f"{recipe['optimizer']} {recipe['lr']:g}, weight decay {recipe['weight_decay']:g}, {recipe['lr_schedule']}, "
-            f"batch {recipe['batch_size']}, gradient clipping {recipe['grad_clip']:g}, patience {recipe['patience']}")
+    return (
+        f"{recipe['optimizer']} {recipe['lr']:g}, weight decay {recipe['weight_decay']:g}, {recipe['lr_schedule']}, "
+        f"batch {recipe['batch_size']}, gradient clipping {recipe['grad_clip']:g}, patience {recipe['patience']}"
+    )

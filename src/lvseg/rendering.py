@@ -19,9 +19,21 @@ Color = tuple[int, int, int]
 _CONNECTIVITY = np.ones((3, 3), dtype=bool)
 # Distinct colours for the first lesions (Sasha Trubetskoy's palette), then golden-ratio hues.
 _PALETTE: tuple[Color, ...] = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (220, 190, 255),
+    (170, 110, 40),
+    (255, 250, 200),
+    (128, 0, 0),
 )
 _BACKGROUND = (255, 255, 255)
 _TEXT_COLOR = (0, 0, 0)
@@ -212,8 +224,9 @@ def draw_side_markers(rgb: np.ndarray, markers: tuple[str, str]) -> np.ndarray:
         width, height = box[2] - box[0], box[3] - box[1]
         x = margin if left else picture.width - width - margin
         y = (picture.height - height) // 2
-        draw.text((x, y), label, font=font, fill=(255, 255, 255), stroke_width=max(1, size // 10),
-                  stroke_fill=(0, 0, 0))
+        draw.text(
+            (x, y), label, font=font, fill=(255, 255, 255), stroke_width=max(1, size // 10), stroke_fill=(0, 0, 0)
+        )
     return np.asarray(picture)
 
 
@@ -266,7 +279,7 @@ def overlay_grid(
     row_heights = [max(cell.height for cell in row) for row in cells]
     font = _font(max(10, min(16, (cell_size or 256) // 14)))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    line_height = probe.textbbox((0, 0), "Ag", font=font)[3] + 2 * padding
+    line_height = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 2 * padding
     caption_height = line_height if row_labels is not None else 0
 
     width = sum(column_widths) + padding * (n_columns + 1)
@@ -279,12 +292,12 @@ def overlay_grid(
         draw.text((x, padding), str(title), fill=_TEXT_COLOR, font=font)
         x += column_width + padding
     y = line_height
-    for index, (row, row_height) in enumerate(zip(cells, row_heights)):
+    for index, (cell_row, row_height) in enumerate(zip(cells, row_heights)):
         if row_labels is not None:
             draw.text((padding, y + padding), str(row_labels[index]), fill=_TEXT_COLOR, font=font)
             y += caption_height
         x = padding
-        for cell, column_width in zip(row, column_widths):
+        for cell, column_width in zip(cell_row, column_widths):
             canvas.paste(cell, (x, y))
             x += column_width + padding
         y += row_height + padding

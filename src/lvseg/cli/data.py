@@ -30,7 +30,8 @@ def synth(
     size: int = typer.Option(224, "--size", min=32, help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
     force: bool = typer.Option(
-        False, "--force",
+        False,
+        "--force",
         help="Write into a non-empty folder that is not a previous synthetic dataset "
         "(its Train/Val/Test_Folder are replaced).",
     ),
@@ -97,7 +98,9 @@ def _report_reader(name: str) -> object:
 
 
 def prompts(
-    data: Path = typer.Option(..., "--data", help="Dataset root in the LViT layout, with img/ and labelcol/ per split."),
+    data: Path = typer.Option(
+        ..., "--data", help="Dataset root in the LViT layout, with img/ and labelcol/ per split."
+    ),
     class_name: str = typer.Option(..., "--class-name", help="The target's name, e.g. polyp."),
     modality: str = typer.Option(..., "--modality", help="The images' modality, e.g. 'endoscopy image'."),
     style: str = typer.Option("p6", "--style", help="p1 (class) ... p6 (count, size, location), or random."),

@@ -21,18 +21,28 @@ def demo_command(
     from lvseg.models.base import check_img_size
 
     check_img_size("--img-size", img_size)
-    config = DemoConfig(out=out, n_images=n_images, minutes_per_model=minutes_per_model, img_size=img_size,
-                        base_channels=base_channels, seed=seed)
+    config = DemoConfig(
+        out=out,
+        n_images=n_images,
+        minutes_per_model=minutes_per_model,
+        img_size=img_size,
+        base_channels=base_channels,
+        seed=seed,
+    )
     summary = run_demo(config)
     console = Console()
     metrics, checks = summary["metrics"], summary["checks"]
-    console.print(f"U-Net Dice {metrics['unet']['dice']:.4f} | LViT Dice {metrics['lvit']['dice']:.4f} "
-                  f"(shuffled reports {metrics['lvit_shuffled']['dice']:.4f})")
+    console.print(
+        f"U-Net Dice {metrics['unet']['dice']:.4f} | LViT Dice {metrics['lvit']['dice']:.4f} "
+        f"(shuffled reports {metrics['lvit_shuffled']['dice']:.4f})"
+    )
     console.print(f"LViT - U-Net {checks['gain_over_unet']:+.4f}; text reliance {checks['text_reliance']:+.4f}")
     console.print(f"report: {out / 'report.md'} (metrics.json, overlay_grid.png beside it)")
-    console.print(f"next: lvseg serve --checkpoint {summary['checkpoints']['lvit']}   "
-                  "then open http://127.0.0.1:8000 and upload an image from "
-                  f"{out / 'data' / 'Test_Folder' / 'img'} with its report")
+    console.print(
+        f"next: lvseg serve --checkpoint {summary['checkpoints']['lvit']}   "
+        "then open http://127.0.0.1:8000 and upload an image from "
+        f"{out / 'data' / 'Test_Folder' / 'img'} with its report"
+    )
 
 
 def register(app: typer.Typer) -> None:

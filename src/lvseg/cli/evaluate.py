@@ -49,8 +49,15 @@ def results_table(reports: dict[str, EvaluationReport]) -> Table:
         table.add_column(column, justify="left" if column == "text" else "right")
     for mode, report in reports.items():
         means = report.means
-        table.add_row(mode, _fmt(means["dice"]), _fmt(means["iou"]), _fmt(means["dice_original"]),
-                      _fmt(means["iou_original"]), _fmt(means["hd95"]), str(report.hd95_undefined))
+        table.add_row(
+            mode,
+            _fmt(means["dice"]),
+            _fmt(means["iou"]),
+            _fmt(means["dice_original"]),
+            _fmt(means["iou_original"]),
+            _fmt(means["hd95"]),
+            str(report.hd95_undefined),
+        )
     return table
 
 
@@ -60,7 +67,8 @@ def evaluate_command(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, per_image.csv and overlays."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     text_mode: TextModeOption = typer.Option(
-        TextModeOption.auto, "--text-mode",
+        TextModeOption.auto,
+        "--text-mode",
         help="given, shuffled, empty, all; auto = given and shuffled for a text model, given for an image model.",
     ),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass."),
@@ -79,15 +87,35 @@ def evaluate_command(
     console = Console()
     segmenter = load_model(checkpoint, device=device, backend=backend)
     modes = modes_for(text_mode.value, segmenter.requires_text)
-    options = dict(split=split, out=out, batch_size=batch_size, seed=seed, n_overlays=n_overlays, model=segmenter,
-                   threshold=threshold)
     if "given" in modes and "shuffled" in modes:
-        combined = evaluate_text_reliance(checkpoint, data, modes=modes, **options)
+        combined = evaluate_text_reliance(
+            checkpoint,
+            data,
+            modes=modes,
+            split=split,
+            out=out,
+            batch_size=batch_size,
+            seed=seed,
+            n_overlays=n_overlays,
+            model=segmenter,
+            threshold=threshold,
+        )
         reports = combined.reports
         console.print(results_table(reports))
         console.print(f"text reliance = Dice(given) - Dice(shuffled) = [bold]{_fmt(combined.text_reliance)}[/]")
     else:
-        reports = evaluate_modes(checkpoint, data, modes=modes, **options)
+        reports = evaluate_modes(
+            checkpoint,
+            data,
+            modes=modes,
+            split=split,
+            out=out,
+            batch_size=batch_size,
+            seed=seed,
+            n_overlays=n_overlays,
+            model=segmenter,
+            threshold=threshold,
+        )
         console.print(results_table(reports))
     console.print(f"metrics: {out / 'metrics.json'}", highlight=False)
     for mode, report in reports.items():

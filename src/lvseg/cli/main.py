@@ -44,7 +44,9 @@ def main() -> None:
     try:
         app()
     except LvsegError as error:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(error_message(error))}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/] {escape(error_message(error))}", highlight=False
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted")

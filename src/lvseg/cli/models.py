@@ -46,9 +46,14 @@ def _print_all(reports: list[dict[str, Any]]) -> None:
         table.add_column(column, justify="left" if column == "model" else "right", no_wrap=column == "model")
     for report in reports:
         own_tower = "*" if report["text_tower_in_network"] else ""
-        table.add_row(report["model"], f"{report['parameters'] / 1e6:.2f}", f"{report['trainable_parameters'] / 1e6:.2f}",
-                      f"{report['inference_parameters'] / 1e6:.2f}", f"{report['gflops']:.2f}{own_tower}",
-                      "yes" if report["requires_text"] else "no")
+        table.add_row(
+            report["model"],
+            f"{report['parameters'] / 1e6:.2f}",
+            f"{report['trainable_parameters'] / 1e6:.2f}",
+            f"{report['inference_parameters'] / 1e6:.2f}",
+            f"{report['gflops']:.2f}{own_tower}",
+            "yes" if report["requires_text"] else "no",
+        )
     Console().print(table)
 
 
@@ -58,18 +63,25 @@ def register(app: typer.Typer) -> None:
         model: Optional[str] = typer.Option(None, "--model", "-m", help="Registered model name (lvit, unet, ...)."),
         all_models: bool = typer.Option(False, "--all", help="Describe every registered model."),
         img_size: Optional[int] = typer.Option(
-            None, help="Input size S (images are S x S), a multiple of 32 (default: each model's own, e.g. 224; "
-            "352 for clipseg)."),
+            None,
+            help="Input size S (images are S x S), a multiple of 32 (default: each model's own, e.g. 224; "
+            "352 for clipseg).",
+        ),
         base_channels: Optional[int] = typer.Option(None, help="Width of the first level (default: the model's)."),
         in_channels: int = typer.Option(3, help="Image channels."),
         text_len: Optional[int] = typer.Option(
-            None, "--text-length", help="Text tokens L, tokens per report (text models; default: the model's)."),
-        text_len_alias: Optional[int] = typer.Option(None, "--text-len", hidden=True, help="Old spelling of "
-                                                     "--text-length."),
+            None, "--text-length", help="Text tokens L, tokens per report (text models; default: the model's)."
+        ),
+        text_len_alias: Optional[int] = typer.Option(
+            None, "--text-len", hidden=True, help="Old spelling of --text-length."
+        ),
         text_dim: Optional[int] = typer.Option(None, help="Text feature size D (text models; default: the model's)."),
         text_encoder: Optional[str] = typer.Option(
-            None, "--text-encoder", help="A pretrained text encoder (clip:..., hf:...) to load and count as frozen "
-            "parameters (default: the text front end is left out)."),
+            None,
+            "--text-encoder",
+            help="A pretrained text encoder (clip:..., hf:...) to load and count as frozen "
+            "parameters (default: the text front end is left out).",
+        ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Parameters (total, trainable, inference) and GFLOPs of one forward pass (batch 1) of a model or all."""
@@ -81,10 +93,18 @@ def register(app: typer.Typer) -> None:
         if text_len_alias is not None and text_len is not None and text_len_alias != text_len:
             raise LvsegError(f"--text-length {text_len} and --text-len {text_len_alias} disagree; give one")
         text_len = text_len if text_len is not None else text_len_alias
-        options = {key: value for key, value in (("img_size", img_size), ("base_channels", base_channels),
-                                                  ("in_channels", in_channels), ("text_len", text_len),
-                                                  ("text_dim", text_dim), ("text_encoder", text_encoder))
-                   if value is not None}
+        options = {
+            key: value
+            for key, value in (
+                ("img_size", img_size),
+                ("base_channels", base_channels),
+                ("in_channels", in_channels),
+                ("text_len", text_len),
+                ("text_dim", text_dim),
+                ("text_encoder", text_encoder),
+            )
+            if value is not None
+        }
         if all_models:
             if text_encoder is not None:
                 raise LvsegError("--text-encoder describes one model: give it with --model")
@@ -108,24 +128,45 @@ def _import_command(importer: Any) -> Callable[..., None]:
         result = importer.convert(official, out, **options)
         console = Console()
         console.print(f"wrote [bold]{result.output}[/] ({result.n_parameters:,} parameters)")
-        console.print("config: " + json.dumps({key: value for key, value in result.model_options.items()
-                                                if key != "text_encoder" or not isinstance(value, dict)
-                                                or "vocab" not in value}), highlight=False)
+        console.print(
+            "config: "
+            + json.dumps(
+                {
+                    key: value
+                    for key, value in result.model_options.items()
+                    if key != "text_encoder" or not isinstance(value, dict) or "vocab" not in value
+                }
+            ),
+            highlight=False,
+        )
         for line in [*importer.result_lines(result), *result.notes]:
             console.print(line, highlight=False)
 
     parameters = [
-        inspect.Parameter("official", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
-                          default=typer.Argument(..., help=f"The {importer.source_description}.")),
-        inspect.Parameter("out", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Path,
-                          default=typer.Option(..., "--out", "-o", help="Where to write the lvseg checkpoint.")),
+        inspect.Parameter(
+            "official",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Path,
+            default=typer.Argument(..., help=f"The {importer.source_description}."),
+        ),
+        inspect.Parameter(
+            "out",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=Path,
+            default=typer.Option(..., "--out", "-o", help="Where to write the lvseg checkpoint."),
+        ),
     ]
     for option in importer.options:
-        annotation = option.type if option.default is not None else Optional[option.type]  # noqa: UP045 (typer)
-        parameters.append(inspect.Parameter(
-            option.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
-            default=typer.Option(option.default, option.cli_flag, help=option.help, min=option.minimum)))
-    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        annotation = option.type if option.default is not None else Optional[option.type]
+        parameters.append(
+            inspect.Parameter(
+                option.name,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=annotation,
+                default=typer.Option(option.default, option.cli_flag, help=option.help, min=option.minimum),
+            )
+        )
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]  # the options typer reads
     command.__doc__ = importer.summary
     command.__name__ = importer.verb.replace("-", "_")
     return command

@@ -23,8 +23,8 @@ import typer
 from rich.console import Console
 
 from lvseg.errors import LvsegError
-from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
+from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
 from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 def _check_png(path: Path, flag: str) -> None:
     if path.suffix.lower() != ".png":
         raise LvsegError(f"{flag} '{path}' must be a .png file (masks must be stored losslessly)")
+
 
 # ------------------------------------------------------------------------------------------------ command
 
@@ -67,8 +68,10 @@ def predict_command(
             raise LvsegError(f"image '{image}' not found")
         segmenter = load_model(checkpoint, device=device, backend=backend, expected_images=1)
         if segmenter.requires_text and not text.strip():
-            raise LvsegError(f"model '{segmenter.model_name}' in '{checkpoint}' reads the report: "
-                             "give the image's report with --text")
+            raise LvsegError(
+                f"model '{segmenter.model_name}' in '{checkpoint}' reads the report: "
+                "give the image's report with --text"
+            )
         if text.strip() and not segmenter.requires_text:
             log.info("model '%s' is image-only: the text is ignored", segmenter.model_name)
         array = read_hwc(image)
@@ -76,10 +79,14 @@ def predict_command(
         write_mask(out, prediction.mask)
         for warning in prediction.warnings:  # how the model read the report, before the result it produced
             console.print(f"warning: {warning}", style="yellow", highlight=False)
-        finding = (f"{int(prediction.mask.sum())} lesion pixels" if prediction.lesion_found
-                   else f"no lesion found, highest probability {prediction.max_probability:.3f}")
-        console.print(f"mask ({prediction.mask.shape[1]}x{prediction.mask.shape[0]}, {finding}): {out}",
-                      highlight=False)
+        finding = (
+            f"{int(prediction.mask.sum())} lesion pixels"
+            if prediction.lesion_found
+            else f"no lesion found, highest probability {prediction.max_probability:.3f}"
+        )
+        console.print(
+            f"mask ({prediction.mask.shape[1]}x{prediction.mask.shape[0]}, {finding}): {out}", highlight=False
+        )
         if overlay is not None:
             write_overlay(overlay, array, prediction.mask)
             console.print(f"overlay: {overlay}", highlight=False)
@@ -90,8 +97,10 @@ def predict_command(
         raise LvsegError(f"with --folder, --out must be a folder, got the file name '{out}'")
     segmenter = load_model(checkpoint, device=device, backend=backend)
     rows = predict_folder(segmenter, folder, out, threshold=threshold, batch_size=batch_size)
-    console.print(f"{len(rows)} masks in {out / 'masks'}, overlays in {out / 'overlays'}, "
-                  f"summary {out / 'predictions.csv'}", highlight=False)
+    console.print(
+        f"{len(rows)} masks in {out / 'masks'}, overlays in {out / 'overlays'}, summary {out / 'predictions.csv'}",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

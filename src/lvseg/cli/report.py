@@ -14,8 +14,10 @@ report_app = typer.Typer(help="Read reports with the report grammar.", no_args_i
 
 @report_app.command("parse")
 def parse(
-    text: str = typer.Argument(..., help="A report, e.g. 'Bilateral pulmonary infection, two infected areas, "
-                                         "all left lung and upper right lung.'"),
+    text: str = typer.Argument(
+        ...,
+        help="A report, e.g. 'Bilateral pulmonary infection, two infected areas, all left lung and upper right lung.'",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Print the 8-value report vector (bilateral, number, lupper ... rlower) and the findings of a report."""

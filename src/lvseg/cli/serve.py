@@ -61,12 +61,21 @@ def check_port_free(host: str, port: int) -> None:
         with socket.socket(family, socket.SOCK_STREAM) as probe:
             probe.bind((host, port))
     except OSError as error:
-        raise LvsegError(f"cannot serve on {host}:{port}: {error.strerror or error} (another server may be using "
-                         "the port: choose one with --port)") from None
+        raise LvsegError(
+            f"cannot serve on {host}:{port}: {error.strerror or error} (another server may be using "
+            "the port: choose one with --port)"
+        ) from None
 
 
-def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, read_timeout: float = 30.0,
-              allowed_hosts: list[str] | None = None, backend: str = "auto", threshold: float | None = None) -> Any:
+def build_app(
+    checkpoint: Path,
+    device: str | None,
+    api_key_file: Path | None,
+    read_timeout: float = 30.0,
+    allowed_hosts: list[str] | None = None,
+    backend: str = "auto",
+    threshold: float | None = None,
+) -> Any:
     """The FastAPI app for ``lvseg serve``; raises :class:`LvsegError` when the serve extra is missing.
 
     ``allowed_hosts``: the Host names accepted (:func:`lvseg.serving.security.allowed_hosts_for`); None: the
@@ -77,33 +86,37 @@ def build_app(checkpoint: Path, device: str | None, api_key_file: Path | None, r
     except ImportError as error:
         raise LvsegError(_MISSING_EXTRA) from error
     if not checkpoint.is_file() and not checkpoint.is_dir():
-        raise LvsegError(f"checkpoint {checkpoint} does not exist (give a .ckpt file or a folder written by "
-                         "`lvseg export`)")
+        raise LvsegError(
+            f"checkpoint {checkpoint} does not exist (give a .ckpt file or a folder written by `lvseg export`)"
+        )
     if threshold is not None:  # before the model loads
         check_threshold(threshold, "--threshold")
     api_key = read_api_key(api_key_file) if api_key_file is not None else None
     segmenter = _load_segmenter(checkpoint, device, backend)
-    return create_app(segmenter, api_key=api_key, read_timeout_s=read_timeout, allowed_hosts=allowed_hosts,
-                      threshold=threshold)
+    return create_app(
+        segmenter, api_key=api_key, read_timeout_s=read_timeout, allowed_hosts=allowed_hosts, threshold=threshold
+    )
 
 
 def serve(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     host: str = typer.Option("127.0.0.1", help="Address to listen on; loopback only unless told otherwise."),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
-    api_key_file: Optional[Path] = typer.Option(  # noqa: UP007 - typer needs Optional on 3.10
+    api_key_file: Optional[Path] = typer.Option(
         None, "--api-key-file", help="File holding an API key; every /api route then needs it in X-API-Key."
     ),
-    device: Optional[str] = typer.Option(  # noqa: UP007
-        None, help="'cpu', 'cuda' or 'cuda:N'; default: CUDA if available."
-    ),
+    device: Optional[str] = typer.Option(None, help="'cpu', 'cuda' or 'cuda:N'; default: CUDA if available."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),  # noqa: UP007
+    threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     read_timeout: float = typer.Option(
-        30.0, "--read-timeout", min=1.0, help="Seconds an upload may send nothing before it is answered 408."),
+        30.0, "--read-timeout", min=1.0, help="Seconds an upload may send nothing before it is answered 408."
+    ),
     allowed_host: list[str] = typer.Option(
-        [], "--allowed-host", help="A host name clients may use to reach the server (repeatable). Without "
-        "--api-key-file only the --host address, loopback names and these are accepted; '*' accepts any."),
+        [],
+        "--allowed-host",
+        help="A host name clients may use to reach the server (repeatable). Without "
+        "--api-key-file only the --host address, loopback names and these are accepted; '*' accepts any.",
+    ),
 ) -> None:
     """Serve the web page and the HTTP API (/docs describes it) for one checkpoint."""
     try:
@@ -118,8 +131,15 @@ def serve(
     hosts = allowed_hosts_for(host, api_key_file is not None, allowed_host)
     if hosts != ANY_HOST and not is_loopback(host):
         logger.info("accepting the Host names %s (add others with --allowed-host)", ", ".join(hosts))
-    app = build_app(checkpoint, device, api_key_file, read_timeout=read_timeout, allowed_hosts=hosts, backend=backend,
-                    threshold=threshold)
+    app = build_app(
+        checkpoint,
+        device,
+        api_key_file,
+        read_timeout=read_timeout,
+        allowed_hosts=hosts,
+        backend=backend,
+        threshold=threshold,
+    )
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)
 

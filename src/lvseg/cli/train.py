@@ -35,11 +35,18 @@ def _cli_parameters() -> list[inspect.Parameter]:
         required = field_.default is dataclasses.MISSING and field_.default_factory is dataclasses.MISSING
         default = ... if required else (None if field_.default is dataclasses.MISSING else field_.default)
         if not required and default is None and typing.get_origin(annotation) is not list:
-            annotation = Optional[meta["cli_type"] or typing.get_args(hints[field_.name])[0]]
-        parameters.append(inspect.Parameter(
-            field_.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-            default=typer.Option(default, *cli_flag(field_).split(" "), help=meta["help"], show_default=not required),
-        ))
+            inner = meta["cli_type"] or typing.get_args(hints[field_.name])[0]
+            annotation = Optional[inner]  # typer reads it at runtime: Optional, not `X | None`
+        parameters.append(
+            inspect.Parameter(
+                field_.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=annotation,
+                default=typer.Option(
+                    default, *cli_flag(field_).split(" "), help=meta["help"], show_default=not required
+                ),
+            )
+        )
         if field_.name in HIDDEN_ALIASES:
             parameters.append(_alias_parameter(field_, annotation))
     return parameters
@@ -49,7 +56,9 @@ def _alias_parameter(field_: dataclasses.Field, annotation: Any) -> inspect.Para
     """The hidden option of ``field_``'s old flag (no default of its own: an unset alias is None)."""
     name, flag = HIDDEN_ALIASES[field_.name]
     return inspect.Parameter(
-        name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        annotation=annotation,
         default=typer.Option(None, flag, hidden=True, help=f"Old spelling of {cli_flag(field_)}."),
     )
 
@@ -64,8 +73,10 @@ def merge_aliases(options: dict[str, Any]) -> dict[str, Any]:
             continue
         current = options.get(field_name)
         if current is not None and current != value:
-            raise LvsegError(f"{cli_flag(by_name[field_name])} {current} and {flag} {value} disagree; give one "
-                             f"(both spell the same option)")
+            raise LvsegError(
+                f"{cli_flag(by_name[field_name])} {current} and {flag} {value} disagree; give one "
+                f"(both spell the same option)"
+            )
         options[field_name] = value
     return options
 
@@ -87,8 +98,10 @@ def train_command(**options: Any) -> None:
     dice = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     console.print(f"best validation Dice {dice} after {result.epochs} epochs")
     console.print(f"checkpoints: {result.best_checkpoint}, {result.last_checkpoint}")
-    console.print(f"next: lvseg evaluate --checkpoint {result.best_checkpoint} --data {config.data} "
-                  f"--out {Path(config.out) / 'eval'}")
+    console.print(
+        f"next: lvseg evaluate --checkpoint {result.best_checkpoint} --data {config.data} "
+        f"--out {Path(config.out) / 'eval'}"
+    )
 
 
 train_command.__signature__ = inspect.Signature(_cli_parameters())  # type: ignore[attr-defined]

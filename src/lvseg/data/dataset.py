@@ -99,8 +99,10 @@ class SegmentationDataset(Dataset):
         """Decode and resize one sample: uint8 image (1 or 3, S, S), uint8 mask (1, S, S) or None."""
         image = resize_image(read_image(sample.image_path, channels=None), self.img_size).numpy()
         image_u8 = np.rint(image * 255.0).astype(np.uint8)
-        if image_u8.shape[0] == 3 and np.array_equal(image_u8[0], image_u8[1]) and np.array_equal(
-            image_u8[0], image_u8[2]
+        if (
+            image_u8.shape[0] == 3
+            and np.array_equal(image_u8[0], image_u8[1])
+            and np.array_equal(image_u8[0], image_u8[2])
         ):
             image_u8 = image_u8[:1].copy()  # grayscale stored in RGB: keep one channel
         mask = None

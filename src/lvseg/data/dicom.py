@@ -45,7 +45,7 @@ class DicomHeader:
 
 def is_dicom(data: bytes) -> bool:
     """Whether ``data`` starts like a DICOM Part 10 file (``DICM`` after the 128-byte preamble)."""
-    return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == b"DICM"
+    return len(data) >= DICOM_MAGIC_OFFSET + 4 and data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
 def _pydicom() -> Any:
@@ -101,9 +101,13 @@ def read_dicom_header(data: bytes, name: str = "<DICOM bytes>") -> tuple[Any, Di
     if "PixelData" not in dataset or "Rows" not in dataset or "Columns" not in dataset:
         raise DicomError(f"cannot read DICOM {name}: it holds no image (no pixel data, rows or columns)")
     try:
-        header = DicomHeader(rows=int(dataset.Rows), columns=int(dataset.Columns),
-                             frames=max(int(dataset.get("NumberOfFrames", 1) or 1), 1), pixel_spacing_mm=_spacing(dataset),
-                             row_direction=_row_direction(dataset))
+        header = DicomHeader(
+            rows=int(dataset.Rows),
+            columns=int(dataset.Columns),
+            frames=max(int(dataset.get("NumberOfFrames", 1) or 1), 1),
+            pixel_spacing_mm=_spacing(dataset),
+            row_direction=_row_direction(dataset),
+        )
     except (TypeError, ValueError):
         raise DicomError(f"cannot read DICOM {name}: its size fields are not numbers") from None
     return dataset, header
@@ -131,8 +135,10 @@ def dicom_pixels(dataset: Any, header: DicomHeader, name: str = "<DICOM bytes>")
         pixels = np.asarray(dataset.pixel_array)
     except (NotImplementedError, RuntimeError):
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
-        raise DicomError(f"cannot read DICOM {name}: pixel data in '{getattr(syntax, 'name', syntax)}' encoding is "
-                         "not supported", unsupported=True) from None
+        raise DicomError(
+            f"cannot read DICOM {name}: pixel data in '{getattr(syntax, 'name', syntax)}' encoding is not supported",
+            unsupported=True,
+        ) from None
     except (ValueError, OSError, EOFError, AttributeError, KeyError, TypeError, IndexError):
         raise DicomError(f"cannot read DICOM {name}: the pixel data is corrupt or truncated") from None
     samples = int(dataset.get("SamplesPerPixel", 1) or 1)
@@ -144,8 +150,9 @@ def dicom_pixels(dataset: Any, header: DicomHeader, name: str = "<DICOM bytes>")
     slope = first_value(dataset.get("RescaleSlope", None))
     intercept = first_value(dataset.get("RescaleIntercept", None))
     values = pixels.astype(np.float64) * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
-    unit = window_dicom(values, first_value(dataset.get("WindowCenter", None)),
-                        first_value(dataset.get("WindowWidth", None)))
+    unit = window_dicom(
+        values, first_value(dataset.get("WindowCenter", None)), first_value(dataset.get("WindowWidth", None))
+    )
     if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         unit = 1.0 - unit
     return unit

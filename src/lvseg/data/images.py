@@ -17,8 +17,6 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Union
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 
 #: File extensions (lower case, with the dot) that the data layer treats as images.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"})
@@ -74,9 +72,7 @@ def open_pil(source: ImageSource, kind: str = "image") -> Image.Image:
         if not stream.is_file():
             raise LvsegError(f"cannot read {kind} {name}: file not found")
     else:
-        raise LvsegError(
-            f"cannot read {kind} {name}: expected a file path, bytes, a PIL image or a numpy array"
-        )
+        raise LvsegError(f"cannot read {kind} {name}: expected a file path, bytes, a PIL image or a numpy array")
     try:
         image = Image.open(stream)
         image.load()
@@ -186,9 +182,7 @@ def _to_hwc(array: np.ndarray, name: str) -> np.ndarray:
             return array[:, :, :1]
         if channels == 4:  # RGBA
             return array[:, :, :3]
-    raise LvsegError(
-        f"cannot read image {name}: expected shape (H, W) or (H, W, C) with C in 1..4, got {array.shape}"
-    )
+    raise LvsegError(f"cannot read image {name}: expected shape (H, W) or (H, W, C) with C in 1..4, got {array.shape}")
 
 
 def to_channels(chw: np.ndarray, channels: int) -> np.ndarray:
@@ -294,8 +288,9 @@ def mask_to_uint8(mask: np.ndarray) -> np.ndarray:
 def _png_image(array: np.ndarray) -> Image.Image:
     array = np.asarray(array)
     if array.dtype != np.uint8 or not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(f"a PNG is written from uint8 (H, W), (H, W, 3) or (H, W, 4) pixels, "
-                         f"got {array.dtype} {array.shape}")
+        raise ValueError(
+            f"a PNG is written from uint8 (H, W), (H, W, 3) or (H, W, 4) pixels, got {array.dtype} {array.shape}"
+        )
     return Image.fromarray(np.ascontiguousarray(array))
 
 

@@ -31,8 +31,8 @@ from typing import Any, NamedTuple
 
 from PIL import Image, UnidentifiedImageError
 
-from lvseg.data.images import IMAGE_EXTENSIONS
 from lvseg.data.dicom import DICOM_MAGIC_OFFSET, is_dicom, read_dicom_header
+from lvseg.data.images import IMAGE_EXTENSIONS
 from lvseg.errors import DataValidationError, LvsegError
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def _strip_image_extension(file_name: str) -> str:
 
 def list_image_files(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted; hidden and non-image files are skipped."""
-    images, ignored = [], []
+    images: list[Path] = []
+    ignored: list[Path] = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or not entry.is_file():
             continue
@@ -135,8 +136,10 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
         wanted = " and ".join(f"'{column}'" for column in missing)
         raise LvsegError(f"text file '{path}' has no column {wanted}; found columns: {found}")
     descriptions = table[TEXT_COLUMN] if TEXT_COLUMN in table.columns else [""] * len(table)
-    rows = [TextRow(offset + 2, str(key).strip(), str(description).strip())
-            for offset, (key, description) in enumerate(zip(table[IMAGE_COLUMN], descriptions))]
+    rows = [
+        TextRow(offset + 2, str(key).strip(), str(description).strip())
+        for offset, (key, description) in enumerate(zip(table[IMAGE_COLUMN], descriptions))
+    ]
     if vector_columns:
         rows = _reports_from_vector_columns(path, rows, table[vector_columns].values.tolist())
     return rows
@@ -155,16 +158,23 @@ def _vector_columns(columns: list[str]) -> list[str]:
 
 
 def _reports_from_vector_columns(path: Path, rows: list[TextRow], vectors: list[list[str]]) -> list[TextRow]:
-    from lvseg.data.reports import REPORT_VECTOR_FIELDS, ReportError, findings_from_vector, read_report, \
-        render_report, report_vector
+    from lvseg.data.reports import (
+        REPORT_VECTOR_FIELDS,
+        ReportError,
+        findings_from_vector,
+        read_report,
+        render_report,
+        report_vector,
+    )
 
     result, problems = [], []
     for row, values in zip(rows, vectors):
         try:
             vector = [float(value) for value in values]
         except ValueError:
-            problems.append(f"row {row.row_number}: the columns {', '.join(REPORT_VECTOR_FIELDS)} must be numbers, "
-                            f"got {values}")
+            problems.append(
+                f"row {row.row_number}: the columns {', '.join(REPORT_VECTOR_FIELDS)} must be numbers, got {values}"
+            )
             continue
         written = render_report(findings_from_vector(vector))
         try:
@@ -172,8 +182,10 @@ def _reports_from_vector_columns(path: Path, rows: list[TextRow], vectors: list[
         except ReportError:
             consistent = False
         if not consistent:  # e.g. bilateral 1 with one lung, zones without a number: no report says that
-            problems.append(f"row {row.row_number}: the vector {vector} is not a report (bilateral flag, number "
-                            "of areas and zones disagree)")
+            problems.append(
+                f"row {row.row_number}: the vector {vector} is not a report (bilateral flag, number "
+                "of areas and zones disagree)"
+            )
             continue
         if not row.description:
             result.append(row._replace(description=written))
@@ -184,13 +196,16 @@ def _reports_from_vector_columns(path: Path, rows: list[TextRow], vectors: list[
             result.append(row)
             continue
         if stated != vector:
-            problems.append(f"row {row.row_number}: Description {row.description!r} reads as {stated}, but the "
-                            f"columns say {vector}")
+            problems.append(
+                f"row {row.row_number}: Description {row.description!r} reads as {stated}, but the columns say {vector}"
+            )
             continue
         result.append(row)
     if problems:
-        raise LvsegError(f"text file '{path}': {len(problems)} row(s) whose report columns "
-                         f"({', '.join(REPORT_VECTOR_FIELDS)}) do not give a report: " + "; ".join(problems[:20]))
+        raise LvsegError(
+            f"text file '{path}': {len(problems)} row(s) whose report columns "
+            f"({', '.join(REPORT_VECTOR_FIELDS)}) do not give a report: " + "; ".join(problems[:20])
+        )
     return result
 
 
@@ -201,12 +216,17 @@ def find_text_table(folder: str | os.PathLike[str]) -> Path | None:
     """
     folder = Path(folder)
     endings = tuple(f"_text{suffix}" for suffix in TEXT_FILE_SUFFIXES)
-    tables = sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
-                    and path.name.lower().endswith(endings))
+    tables = sorted(
+        path
+        for path in folder.iterdir()
+        if path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(endings)
+    )
     if len(tables) > 1:
         expected = " or ".join(f"*{ending}" for ending in endings)
-        raise LvsegError(f"folder '{folder}' holds several text tables ({', '.join(p.name for p in tables)}); "
-                         f"expected one {expected}")
+        raise LvsegError(
+            f"folder '{folder}' holds several text tables ({', '.join(p.name for p in tables)}); "
+            f"expected one {expected}"
+        )
     return tables[0] if tables else None
 
 
@@ -330,6 +350,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
             images_by_stem[image.stem] = image
 
     masks_by_stem: dict[str, Path] = {}
+    mask: Path | None  # a mask file here, a looked-up (maybe missing) one below
     for mask in masks or []:
         if mask.stem in masks_by_stem:
             problems.append(f"masks '{masks_by_stem[mask.stem]}' and '{mask}' share the name '{mask.stem}'")
@@ -370,34 +391,29 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
             if not row.key:
                 problems.append(f"row {row.row_number} of '{text_path}' has an empty '{IMAGE_COLUMN}'")
                 continue
-            stem = image_stem_for_key.get(_strip_image_extension(row.key))
-            if stem is None:
+            row_stem = image_stem_for_key.get(_strip_image_extension(row.key))
+            if row_stem is None:
                 if images is not None:
                     problems.append(
                         f"row {row.row_number} of '{text_path}' names '{row.key}', which matches no image in "
                         f"'{image_dir}'"
                     )
                 continue
-            rows_by_stem[stem].append(row)
+            rows_by_stem[row_stem].append(row)
         for stem, image in images_by_stem.items():
             matched = rows_by_stem.get(stem, [])
             if not matched:
-                expected = mask_for[stem].name if mask_for.get(stem) else _expected_mask_name(image, prefixed)
-                problems.append(
-                    f"image '{image}' has no row in '{text_path}' (expected {IMAGE_COLUMN} = '{expected}')"
-                )
+                expected = known.name if (known := mask_for.get(stem)) else _expected_mask_name(image, prefixed)
+                problems.append(f"image '{image}' has no row in '{text_path}' (expected {IMAGE_COLUMN} = '{expected}')")
                 continue
             if len(matched) > 1:
                 numbers = ", ".join(str(row.row_number) for row in matched)
                 problems.append(
-                    f"image '{image}' has {len(matched)} duplicate rows in '{text_path}' (rows {numbers}); "
-                    "expected one"
+                    f"image '{image}' has {len(matched)} duplicate rows in '{text_path}' (rows {numbers}); expected one"
                 )
             row = matched[0]
             if not row.description:
-                problems.append(
-                    f"row {row.row_number} of '{text_path}' ('{row.key}') has an empty '{TEXT_COLUMN}'"
-                )
+                problems.append(f"row {row.row_number} of '{text_path}' ('{row.key}') has an empty '{TEXT_COLUMN}'")
             text_for[stem] = row.description
 
     # Check every file can be read, and that each mask matches its image's size.
@@ -415,7 +431,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
             problem, size = _check_readable(mask, "mask")
             if problem:
                 problems.append(problem)
-            elif stem in image_sizes and size != image_sizes[stem]:
+            elif stem in image_sizes and size is not None and size != image_sizes[stem]:
                 image_size = image_sizes[stem]
                 problems.append(
                     f"mask '{mask}' is {size[0]}x{size[1]} but its image '{images_by_stem[stem]}' is "
@@ -429,9 +445,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
         Sample(name=stem, image_path=images_by_stem[stem], mask_path=mask_for.get(stem), text=text_for[stem])
         for stem in sorted(images_by_stem)
     ]
-    logger.info(
-        "%s: %d samples (%d with masks)", split_dir, len(samples), sum(sample.labeled for sample in samples)
-    )
+    logger.info("%s: %d samples (%d with masks)", split_dir, len(samples), sum(sample.labeled for sample in samples))
     return samples
 
 

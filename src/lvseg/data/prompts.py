@@ -53,8 +53,7 @@ from lvseg.files import atomic_write_text
 STYLES: tuple[str, ...] = ("p1", "p2", "p3", "p4", "p5", "p6", "random")
 SIZE_THRESHOLDS: tuple[tuple[float, str], ...] = ((0.01, "tiny"), (0.05, "small"), (0.20, "medium"))
 SIZE_WORDS: tuple[str, ...] = ("tiny", "small", "medium", "large")
-_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-            "twelve")
+_NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,12 @@ def mask_regions(mask: np.ndarray) -> list[Region]:
     areas = ndimage.sum(binary, labels, indices)
     centroids = ndimage.center_of_mass(binary, labels, indices)
     order = sorted(range(count), key=lambda i: (round(centroids[i][0], 6), round(centroids[i][1], 6)))
-    return [Region(_size_word(float(areas[i]) / (height * width)),
-                   _location(centroids[i][0], centroids[i][1], height, width)) for i in order]
+    return [
+        Region(
+            _size_word(float(areas[i]) / (height * width)), _location(centroids[i][0], centroids[i][1], height, width)
+        )
+        for i in order
+    ]
 
 
 def _count_word(count: int) -> str:
@@ -150,8 +153,9 @@ def _mask_for(image: Path, masks: dict[str, Path]) -> Path | None:
     return masks.get(image.stem) or masks.get(MASK_PREFIX + image.stem)
 
 
-def write_prompts(root: str | Path, class_name: str, modality: str, style: str = "p6", seed: int = 0,
-                  overwrite: bool = False) -> dict[str, int]:
+def write_prompts(
+    root: str | Path, class_name: str, modality: str, style: str = "p6", seed: int = 0, overwrite: bool = False
+) -> dict[str, int]:
     """Write ``<Split>_text.csv`` (``Image`` = mask file name, ``Description`` = prompt) into every split
     folder of ``root`` that has ``img/`` and ``labelcol/``; returns {split: number of images}.
 
@@ -172,7 +176,9 @@ def write_prompts(root: str | Path, class_name: str, modality: str, style: str =
         if existing and not overwrite:
             problems.append(f"'{existing[0]}' exists; pass --overwrite to replace it")
             continue
-        masks = {path.stem: path for path in list_image_files(folder / MASK_DIR)} if (folder / MASK_DIR).is_dir() else {}
+        masks = (
+            {path.stem: path for path in list_image_files(folder / MASK_DIR)} if (folder / MASK_DIR).is_dir() else {}
+        )
         pairs = []
         for image in list_image_files(folder / IMAGE_DIR):
             mask = _mask_for(image, masks)
@@ -185,8 +191,10 @@ def write_prompts(root: str | Path, class_name: str, modality: str, style: str =
         raise DataValidationError(problems, where=str(root))
     counts = {}
     for split, (folder, existing, pairs) in plans.items():
-        rows = [(mask.name, make_prompt(read_mask(mask), class_name, modality, style_for(image.stem, style, seed)))
-                for image, mask in pairs]
+        rows = [
+            (mask.name, make_prompt(read_mask(mask), class_name, modality, style_for(image.stem, style, seed)))
+            for image, mask in pairs
+        ]
         buffer = io.StringIO()
         pd.DataFrame(rows, columns=[IMAGE_COLUMN, TEXT_COLUMN]).to_csv(buffer, index=False)
         table = next(path for path in text_file_candidates(folder) if path.suffix == ".csv")

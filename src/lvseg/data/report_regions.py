@@ -47,8 +47,10 @@ class ChestGeometry:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lung_top < self.lung_bottom <= 1.0:
-            raise ValueError(f"lung_top {self.lung_top} and lung_bottom {self.lung_bottom} must satisfy "
-                             "0 <= lung_top < lung_bottom <= 1")
+            raise ValueError(
+                f"lung_top {self.lung_top} and lung_bottom {self.lung_bottom} must satisfy "
+                "0 <= lung_top < lung_bottom <= 1"
+            )
         if not 0.0 < self.midline < 1.0:
             raise ValueError(f"midline {self.midline} must lie strictly between 0 and 1")
 
@@ -62,7 +64,7 @@ class ChestGeometry:
         band = (self.lung_bottom - self.lung_top) / len(ZONES)
         first = int(np.clip((top_fraction - self.lung_top) // band, 0, len(ZONES) - 1))
         last = int(np.clip((bottom_fraction - self.lung_top) // band, 0, len(ZONES) - 1))
-        return frozenset(ZONES[first:last + 1])
+        return frozenset(ZONES[first : last + 1])
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,9 @@ class RegionVerdict:
 
 
 def judge_regions(
-    mask: np.ndarray, findings: Findings, probabilities: np.ndarray | None = None,
+    mask: np.ndarray,
+    findings: Findings,
+    probabilities: np.ndarray | None = None,
     geometry: ChestGeometry = ChestGeometry(),
 ) -> tuple[np.ndarray, list[RegionVerdict]]:
     """Label the regions of ``mask`` (H, W) (8-connectivity) and judge each against ``findings``.
@@ -126,15 +130,22 @@ def judge_regions(
     kept = [k for k, verdict in enumerate(verdicts) if verdict.kept]
     if findings.count and len(kept) > findings.count:
         ranked = sorted(kept, key=lambda k: (verdicts[k].confidence, verdicts[k].area), reverse=True)
-        for k in ranked[findings.count:]:
+        for k in ranked[findings.count :]:
             verdict = verdicts[k]
-            verdicts[k] = RegionVerdict(verdict.lung, verdict.zones, verdict.confidence, verdict.area,
-                                        f"beyond the report's {findings.count} area(s), less confident")
+            verdicts[k] = RegionVerdict(
+                verdict.lung,
+                verdict.zones,
+                verdict.confidence,
+                verdict.area,
+                f"beyond the report's {findings.count} area(s), less confident",
+            )
     return labels, verdicts
 
 
 def report_consistent_mask(
-    mask: np.ndarray, findings: Findings, probabilities: np.ndarray | None = None,
+    mask: np.ndarray,
+    findings: Findings,
+    probabilities: np.ndarray | None = None,
     geometry: ChestGeometry = ChestGeometry(),
 ) -> np.ndarray:
     """``mask`` (H, W) without the regions that contradict ``findings`` (module docstring), as bool (H, W)."""

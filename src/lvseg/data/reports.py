@@ -49,11 +49,12 @@ template of its own side.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,24 +72,31 @@ EXAMPLE_REPORTS: tuple[str, str] = (
 )
 
 _NUMBER_WORDS: tuple[str, ...] = (
-    "zero", "one", "two", "three", "four", "five", "six",
-    "seven", "eight", "nine", "ten", "eleven", "twelve",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
 )
 _WORD_TO_NUMBER: dict[str, int] = {word: value for value, word in enumerate(_NUMBER_WORDS)}
 
-_LUNG_PHRASE = re.compile(
-    r"\b((?:(?:all|upper|middle|lower)\b[\s,\-/]*)+)(left|right)\s+lungs?\b", re.IGNORECASE
-)
-_COUNT_PHRASE = re.compile(
-    r"\b(" + "|".join(_NUMBER_WORDS) + r"|\d+)\s+infected\s+areas?\b", re.IGNORECASE
-)
+_LUNG_PHRASE = re.compile(r"\b((?:(?:all|upper|middle|lower)\b[\s,\-/]*)+)(left|right)\s+lungs?\b", re.IGNORECASE)
+_COUNT_PHRASE = re.compile(r"\b(" + "|".join(_NUMBER_WORDS) + r"|\d+)\s+infected\s+areas?\b", re.IGNORECASE)
 _ZONE_WORD = re.compile(r"all|upper|middle|lower", re.IGNORECASE)
 
 
-def _as_zone_set(zones: object, lung: str) -> frozenset[str]:
+def _as_zone_set(zones: Iterable[object], lung: str) -> frozenset[str]:
     if isinstance(zones, str):
         raise TypeError(f"{lung} zones must be a set of zone names, not the string {zones!r}")
-    result = frozenset(str(zone).lower() for zone in zones)  # type: ignore[union-attr]
+    result = frozenset(str(zone).lower() for zone in zones)
     unknown = sorted(result - set(ZONES))
     if unknown:
         raise ValueError(f"unknown {lung}-lung zone(s) {unknown}; expected some of {list(ZONES)}")
@@ -157,9 +165,7 @@ def render_report(findings: Findings) -> str:
     parts = [f"{laterality} pulmonary infection"]
     if findings.count:
         parts.append(_count_words(findings.count))
-    parts.append(
-        " and ".join(f"{_zone_words(findings.zones(lung), use_all)} {lung} lung" for lung in lungs)
-    )
+    parts.append(" and ".join(f"{_zone_words(findings.zones(lung), use_all)} {lung} lung" for lung in lungs))
     return ", ".join(parts) + "."
 
 
@@ -211,14 +217,22 @@ def zone_vector(findings: Findings) -> list[float]:
 #: The C2FVL report vector, in its order: bilateral flag, number of infected areas, six zone flags
 #: (also the names of the columns C2FVL's text tables carry).
 REPORT_VECTOR_FIELDS: tuple[str, ...] = (
-    "bilateral", "number", "lupper", "lmiddle", "llower", "rupper", "rmiddle", "rlower",
+    "bilateral",
+    "number",
+    "lupper",
+    "lmiddle",
+    "llower",
+    "rupper",
+    "rmiddle",
+    "rlower",
 )
 
 _LATERALITY = re.compile(r"^(unilateral|bilateral)\s+pulmonary\s+infections?$", re.IGNORECASE)
 _NO_INFECTION = re.compile(r"^no\s+pulmonary\s+infections?$", re.IGNORECASE)
 _COUNT_CLAUSE = re.compile(r"^(" + "|".join(_NUMBER_WORDS) + r"|\d+)\s+infected\s+areas?$", re.IGNORECASE)
-_LUNG_CLAUSE = re.compile(r"^((?:all|upper|middle|lower)(?:[\s\-/]+(?:all|upper|middle|lower))*)\s+(left|right)\s+lungs?$",
-                          re.IGNORECASE)
+_LUNG_CLAUSE = re.compile(
+    r"^((?:all|upper|middle|lower)(?:[\s\-/]+(?:all|upper|middle|lower))*)\s+(left|right)\s+lungs?$", re.IGNORECASE
+)
 
 
 class ReportError(ValueError):
@@ -244,12 +258,18 @@ def read_report(text: str) -> tuple[Findings, bool]:
         return Findings(), False
     clauses = [clause.strip() for clause in sentence.split(",")]
     if len(clauses) != 3:
-        raise ReportError(text, sentence, "expected three comma-separated parts: '<Unilateral|Bilateral> pulmonary "
-                                          "infection, <count> infected area(s), <zones> left|right lung'")
+        raise ReportError(
+            text,
+            sentence,
+            "expected three comma-separated parts: '<Unilateral|Bilateral> pulmonary "
+            "infection, <count> infected area(s), <zones> left|right lung'",
+        )
     laterality, count_clause, lung_clause = clauses
     lateral = _LATERALITY.match(laterality)
     if not lateral:
-        raise ReportError(text, laterality, "expected 'Unilateral pulmonary infection' or 'Bilateral pulmonary infection'")
+        raise ReportError(
+            text, laterality, "expected 'Unilateral pulmonary infection' or 'Bilateral pulmonary infection'"
+        )
     counted = _COUNT_CLAUSE.match(count_clause)
     if not counted:
         raise ReportError(text, count_clause, "expected '<one|two|...|number> infected area(s)'")
@@ -288,8 +308,11 @@ def findings_from_vector(vector: Sequence[float]) -> Findings:
     if len(vector) != len(REPORT_VECTOR_FIELDS):
         raise ValueError(f"a report vector has {len(REPORT_VECTOR_FIELDS)} values, got {len(vector)}")
     flags = [float(value) != 0 for value in vector[2:]]
-    return Findings(left=frozenset(z for z, on in zip(ZONES, flags[:3]) if on),
-                    right=frozenset(z for z, on in zip(ZONES, flags[3:]) if on), count=int(float(vector[1])))
+    return Findings(
+        left=frozenset(z for z, on in zip(ZONES, flags[:3]) if on),
+        right=frozenset(z for z, on in zip(ZONES, flags[3:]) if on),
+        count=int(float(vector[1])),
+    )
 
 
 # ------------------------------------------------------------------------------------- report matching
@@ -305,7 +328,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 def _tokens(text: str) -> list[str]:
     """Lower-case words plus adjacent word pairs (``"left lung"`` -> ``left``, ``lung``, ``left_lung``)."""
     words = _WORD.findall(text.lower())
-    return words + [f"{first}_{second}" for first, second in zip(words, words[1:])]
+    return words + [f"{first}_{second}" for first, second in itertools.pairwise(words)]
 
 
 def structured_vector(text: str) -> np.ndarray:
@@ -355,8 +378,11 @@ class ReportEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """(N, STRUCTURED_SIZE + V) embeddings: [sqrt(a) * unit structured, sqrt(1 - a) * unit TF-IDF]."""
-        structured = (_unit_rows(np.stack([structured_vector(text) for text in texts])) if texts
-                      else np.zeros((0, STRUCTURED_SIZE)))
+        structured = (
+            _unit_rows(np.stack([structured_vector(text) for text in texts]))
+            if texts
+            else np.zeros((0, STRUCTURED_SIZE))
+        )
         return np.concatenate(
             [math.sqrt(self.structure_weight) * structured, math.sqrt(1.0 - self.structure_weight) * self.tfidf(texts)],
             axis=1,

@@ -76,10 +76,12 @@ def read_labeled_list(path: str | Path, samples: Sequence[Sample]) -> LabeledSpl
             continue
         name = entry if entry in by_name else Path(entry).stem
         if name.startswith("mask_") and name not in by_name:
-            name = name[len("mask_"):]
+            name = name[len("mask_") :]
         (wanted.add(name) if name in by_name else unknown.append(entry))
     if unknown:
-        raise LvsegError(f"--labeled-list '{path}' names {len(unknown)} image(s) not in the training split: {unknown[:5]}")
+        raise LvsegError(
+            f"--labeled-list '{path}' names {len(unknown)} image(s) not in the training split: {unknown[:5]}"
+        )
     if not wanted:
         raise LvsegError(f"--labeled-list '{path}' names no image")
     missing = sorted(name for name in wanted if by_name[name].mask_path is None)
@@ -106,7 +108,9 @@ def check_labeled_masks(samples: Sequence[Sample]) -> None:
             continue
         _, image_size = _check_readable(sample.image_path, "image")
         if image_size is not None and mask_size != image_size:
-            problems.append(f"mask '{sample.mask_path}' is {mask_size} but its image '{sample.image_path}' is {image_size}")
+            problems.append(
+                f"mask '{sample.mask_path}' is {mask_size} but its image '{sample.image_path}' is {image_size}"
+            )
     if problems:
         raise DataValidationError(problems, where="labeled training masks")
 
@@ -131,7 +135,13 @@ class BalancedSemiSampler(DistributedSampler):
             raise ValueError(f"need labeled and unlabeled images, got {n_labeled} and {n_unlabeled}")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
-        super().__init__(range(n_labeled + n_unlabeled), num_replicas=num_replicas, rank=rank, shuffle=False, seed=seed)
+        super().__init__(
+            range(n_labeled + n_unlabeled),  # type: ignore[arg-type]  # the sampler only reads len()
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=False,
+            seed=seed,
+        )
         self.n_labeled, self.n_unlabeled = n_labeled, n_unlabeled
         self.pairs_per_replica = -(-n_unlabeled // num_replicas)
 
@@ -148,7 +158,7 @@ class BalancedSemiSampler(DistributedSampler):
         cycles = -(-self.n_unlabeled // self.n_labeled)
         labeled = torch.cat([torch.randperm(self.n_labeled, generator=generator) for _ in range(cycles)]).tolist()
         pairs = list(zip(labeled, unlabeled))
-        pairs += pairs[:self.pairs_per_replica * self.num_replicas - len(pairs)]
-        for labeled_index, unlabeled_index in pairs[self.rank::self.num_replicas]:
+        pairs += pairs[: self.pairs_per_replica * self.num_replicas - len(pairs)]
+        for labeled_index, unlabeled_index in pairs[self.rank :: self.num_replicas]:
             yield labeled_index
             yield unlabeled_index

@@ -146,10 +146,7 @@ class SynthCase:
 
 def nominal_lungs() -> dict[str, LungGeometry]:
     """The lung geometry without jitter: the average position of each zone across images."""
-    return {
-        lung: LungGeometry(LUNG_CENTER_X[lung], LUNG_CENTER_Y, LUNG_HALF_WIDTH, LUNG_HALF_HEIGHT)
-        for lung in LUNGS
-    }
+    return {lung: LungGeometry(LUNG_CENTER_X[lung], LUNG_CENTER_Y, LUNG_HALF_WIDTH, LUNG_HALF_HEIGHT) for lung in LUNGS}
 
 
 def case_name(index: int) -> str:
@@ -180,14 +177,17 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray
     return field_ / max(float(field_.std()), 1e-6)
 
 
-def _sample_opacity(rng: np.random.Generator, lung: str, zone: str, is_target: bool,
-                    geometry: LungGeometry) -> tuple[Opacity, tuple[float, float, float, float]]:
+def _sample_opacity(
+    rng: np.random.Generator, lung: str, zone: str, is_target: bool, geometry: LungGeometry
+) -> tuple[Opacity, tuple[float, float, float, float]]:
     """Draw one opacity inside its zone; returns it and its outline harmonics (h2, p2, h3, p3)."""
     axes = (float(rng.uniform(*OPACITY_AXES)), float(rng.uniform(*OPACITY_AXES)))
     angle = float(rng.uniform(0.0, math.pi))
     harmonics = (
-        float(rng.uniform(0.0, OPACITY_HARMONIC)), float(rng.uniform(0.0, 2 * math.pi)),
-        float(rng.uniform(0.0, OPACITY_HARMONIC)), float(rng.uniform(0.0, 2 * math.pi)),
+        float(rng.uniform(0.0, OPACITY_HARMONIC)),
+        float(rng.uniform(0.0, 2 * math.pi)),
+        float(rng.uniform(0.0, OPACITY_HARMONIC)),
+        float(rng.uniform(0.0, 2 * math.pi)),
     )
     alpha = float(rng.uniform(*OPACITY_ALPHA))
     reach = max(axes) * (1.0 + harmonics[0] + harmonics[2]) + ZONE_MARGIN
@@ -200,8 +200,9 @@ def _sample_opacity(rng: np.random.Generator, lung: str, zone: str, is_target: b
     return opacity, harmonics
 
 
-def _opacity_profile(u: np.ndarray, v: np.ndarray, opacity: Opacity,
-                     harmonics: tuple[float, float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+def _opacity_profile(
+    u: np.ndarray, v: np.ndarray, opacity: Opacity, harmonics: tuple[float, float, float, float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Smooth profile in [0, 1] (0.5 on the outline) and the inside mask of one opacity.
 
     ``u`` (1, W) and ``v`` (H, 1) are the normalised pixel-centre coordinates of the window evaluated.
@@ -285,7 +286,7 @@ def synthesize_case(seed: int, index: int, size: int = 224) -> SynthCase:
         du = (u[:, cols] - geometry.center_x) / geometry.half_width
         dv = (v[rows] - geometry.center_y) / geometry.half_height
         abs_du, abs_dv = np.abs(du), np.abs(dv)
-        level = abs_du ** LUNG_SHAPE_POWER + abs_dv ** LUNG_SHAPE_POWER  # separable: 1-D powers
+        level = abs_du**LUNG_SHAPE_POWER + abs_dv**LUNG_SHAPE_POWER  # separable: 1-D powers
         inside = 1.0 / (1.0 + np.exp(np.minimum((level - 1.0) / 0.08, 30.0)))
         lung_field[rows, cols] = np.maximum(lung_field[rows, cols], inside)
         curve = v[rows] - 0.10 * du * du  # ribs bend downwards laterally
@@ -328,6 +329,7 @@ def _xlsx_bytes(rows: Sequence[tuple[str, str]]) -> bytes:
 
     workbook = Workbook()
     sheet = workbook.active
+    assert sheet is not None  # a new workbook has one worksheet
     sheet.title = "Sheet1"
     sheet.append(["Image", "Description"])
     for row in rows:
@@ -339,16 +341,19 @@ def _xlsx_bytes(rows: Sequence[tuple[str, str]]) -> bytes:
     workbook.save(raw)
     # openpyxl stamps the zip entries and docProps "modified" with the current time: repack with fixed ones.
     fixed = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(raw.getvalue())) as source, \
-            zipfile.ZipFile(fixed, "w", compression=zipfile.ZIP_DEFLATED) as target:
+    with (
+        zipfile.ZipFile(io.BytesIO(raw.getvalue())) as source,
+        zipfile.ZipFile(fixed, "w", compression=zipfile.ZIP_DEFLATED) as target,
+    ):
         for info in source.infolist():
             entry = zipfile.ZipInfo(info.filename, date_time=_ZIP_TIME)
             entry.compress_type = zipfile.ZIP_DEFLATED
             entry.external_attr = 0o600 << 16
             data = source.read(info.filename)
             if info.filename == "docProps/core.xml":
-                data = re.sub(rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)",
-                              rb"\g<1>2000-01-01T00:00:00Z\g<2>", data)
+                data = re.sub(
+                    rb"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)", rb"\g<1>2000-01-01T00:00:00Z\g<2>", data
+                )
             target.writestr(entry, data)
     return fixed.getvalue()
 
@@ -395,8 +400,7 @@ def _prepare_output(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _manifest(params: dict[str, Any], counts: dict[str, int], stats: dict[str, Any],
-              complete: bool) -> dict[str, Any]:
+def _manifest(params: dict[str, Any], counts: dict[str, int], stats: dict[str, Any], complete: bool) -> dict[str, Any]:
     return {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
@@ -495,8 +499,7 @@ def generate_synthetic_dataset(
     }
     manifest = _manifest(params, split_counts, stats, True)
     atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=2))
-    logger.info("wrote %d synthetic images (%dx%d, seed %d) to %s in %.1f s",
-                n, size, size, seed, out, elapsed)
+    logger.info("wrote %d synthetic images (%dx%d, seed %d) to %s in %.1f s", n, size, size, seed, out, elapsed)
     return manifest
 
 
@@ -508,6 +511,6 @@ def contact_sheet(cases: Sequence[SynthCase], path: Path | str) -> Path:
     sheet = np.zeros((2 * size + 2, len(cases) * (size + 2)), dtype=np.uint8)
     for k, case in enumerate(cases):
         x = k * (size + 2)
-        sheet[:size, x:x + size] = case.image
-        sheet[size + 2:, x:x + size] = case.mask
+        sheet[:size, x : x + size] = case.image
+        sheet[size + 2 :, x : x + size] = case.mask
     return write_png(path, sheet)

@@ -33,10 +33,10 @@ import torch
 from lvseg.data.images import to_display_rgb8, write_png
 from lvseg.errors import LvsegError
 from lvseg.evaluation.metrics import METRIC_NAMES, binarize, dice_iou_per_image, mask_metrics, summarize
-from lvseg.rendering import overlay_grid, overlay_mask
 from lvseg.files import atomic_write_text
 from lvseg.inference import Segmenter, load_model, upsample_probability
 from lvseg.inference.threshold import threshold_or_default
+from lvseg.rendering import overlay_grid, overlay_mask
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def derangement(texts: Sequence[str], seed: int = 0) -> list[int]:
         return texts[perm[i]] == texts[i]
 
     def swappable(i: int, j: int) -> bool:
-        return (perm[j] != i and perm[i] != j and texts[perm[j]] != texts[i] and texts[perm[i]] != texts[j])
+        return perm[j] != i and perm[i] != j and texts[perm[j]] != texts[i] and texts[perm[i]] != texts[j]
 
     for _ in range(3):
         bad = [i for i in range(n) if clashes(i)]
@@ -165,8 +165,12 @@ def derangement(texts: Sequence[str], seed: int = 0) -> list[int]:
                     break
     left = sum(clashes(i) for i in range(n))
     if left and len(set(texts)) > 1:
-        log.warning("shuffled texts: %d of %d images still get a report equal to their own "
-                    "(one report is shared by most images)", left, n)
+        log.warning(
+            "shuffled texts: %d of %d images still get a report equal to their own "
+            "(one report is shared by most images)",
+            left,
+            n,
+        )
     return perm
 
 
@@ -210,8 +214,9 @@ class _Extremes:
     def wants(self, dice: float) -> bool:
         if self.k <= 0:
             return False
-        return (len(self.best) < self.k or dice > self.best[0].key
-                or len(self.worst) < self.k or -dice > self.worst[0].key)
+        return (
+            len(self.best) < self.k or dice > self.best[0].key or len(self.worst) < self.k or -dice > self.worst[0].key
+        )
 
     def add(self, name: str, dice: float, image: np.ndarray, truth: np.ndarray, prediction: np.ndarray) -> None:
         if self.k <= 0:
@@ -234,10 +239,14 @@ def _write_overlays(extremes: _Extremes, folder: Path) -> list[Path]:
     best, worst = extremes.ranked()
     for label, cases in (("best", best), ("worst", worst)):
         for rank, case in enumerate(cases, start=1):
-            row = [case.image, overlay_mask(case.image, case.truth, TRUTH_COLOR),
-                   overlay_mask(case.image, case.prediction, PREDICTION_COLOR)]
-            grid = overlay_grid([row], ["image", "truth", "prediction"],
-                                row_labels=[f"{case.name}  Dice {case.dice:.3f}"])
+            row = [
+                case.image,
+                overlay_mask(case.image, case.truth, TRUTH_COLOR),
+                overlay_mask(case.image, case.prediction, PREDICTION_COLOR),
+            ]
+            grid = overlay_grid(
+                [row], ["image", "truth", "prediction"], row_labels=[f"{case.name}  Dice {case.dice:.3f}"]
+            )
             written.append(write_png(folder / f"{label}_{rank:02d}_{_safe(case.name)}.png", np.asarray(grid)))
     return written
 
@@ -265,25 +274,34 @@ def _evaluate_modes(
     extremes = {mode: _Extremes(n_overlays) for mode in texts_by_mode}
     size = segmenter.img_size
     for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
+        chunk = samples[start : start + batch_size]
         images = [read_image(sample.image_path, channels=segmenter.in_channels) for sample in chunk]
         truths = [read_mask(sample.mask_path) for sample in chunk]
         for sample, image, truth in zip(chunk, images, truths):
             if image.shape[-2:] != truth.shape:
-                raise LvsegError(f"mask '{sample.mask_path}' is {truth.shape[1]}x{truth.shape[0]} but its image "
-                                 f"'{sample.image_path}' is {image.shape[-1]}x{image.shape[-2]}; expected equal sizes")
+                raise LvsegError(
+                    f"mask '{sample.mask_path}' is {truth.shape[1]}x{truth.shape[0]} but its image "
+                    f"'{sample.image_path}' is {image.shape[-1]}x{image.shape[-2]}; expected equal sizes"
+                )
         batch = torch.stack([resize_image(image, size) for image in images])  # (B, C, S, S)
         small_truth = torch.stack([resize_mask(truth, size) for truth in truths]).float()  # (B, 1, S, S)
         for mode, all_texts in texts_by_mode.items():
-            texts = all_texts[start:start + len(chunk)]
+            texts = all_texts[start : start + len(chunk)]
             probability = segmenter.probabilities(batch, texts, allow_empty_text=True)  # (B, 1, S, S)
             dice, iou = dice_iou_per_image(binarize(probability, threshold), small_truth)
             for i, (sample, image, truth) in enumerate(zip(chunk, images, truths)):
                 full = upsample_probability(probability[i], truth.shape)
                 prediction = (full > threshold).numpy().astype(np.uint8)
                 original = mask_metrics(prediction, truth)
-                result = ImageResult(sample.name, texts[i], float(dice[i]), float(iou[i]),
-                                     original["dice"], original["iou"], original["hd95"])
+                result = ImageResult(
+                    sample.name,
+                    texts[i],
+                    float(dice[i]),
+                    float(iou[i]),
+                    original["dice"],
+                    original["iou"],
+                    original["hd95"],
+                )
                 results[mode].append(result)
                 if extremes[mode].wants(result.dice_original):
                     extremes[mode].add(sample.name, result.dice_original, to_display_rgb8(image), truth, prediction)
@@ -291,15 +309,27 @@ def _evaluate_modes(
     return results, extremes
 
 
-def _report(segmenter: Segmenter, checkpoint: Path, split: str, mode: str, results: list[ImageResult],
-            threshold: float) -> EvaluationReport:
+def _report(
+    segmenter: Segmenter, checkpoint: Path, split: str, mode: str, results: list[ImageResult], threshold: float
+) -> EvaluationReport:
     means, std, undefined = {}, {}, 0
     for name in METRIC_NAMES:
         means[name], std[name], missing = summarize(getattr(result, name) for result in results)
         if name == "hd95":
             undefined = missing
-    return EvaluationReport(segmenter.model_name, str(checkpoint), split, mode, len(results), means, std,
-                            undefined, backend=segmenter.backend, threshold=threshold, per_image=results)
+    return EvaluationReport(
+        segmenter.model_name,
+        str(checkpoint),
+        split,
+        mode,
+        len(results),
+        means,
+        std,
+        undefined,
+        backend=segmenter.backend,
+        threshold=threshold,
+        per_image=results,
+    )
 
 
 def _per_image_csv(results: Sequence[ImageResult]) -> str:
@@ -329,8 +359,13 @@ def _check_args(batch_size: int, n_overlays: int) -> None:
         raise LvsegError(f"n_overlays must be 0 or more, got {n_overlays}")
 
 
-def _load(checkpoint: str | Path, data_root: str | Path, split: str, device: str | torch.device | None,
-          model: Segmenter | None = None) -> tuple[Segmenter, list[Any]]:
+def _load(
+    checkpoint: str | Path,
+    data_root: str | Path,
+    split: str,
+    device: str | torch.device | None,
+    model: Segmenter | None = None,
+) -> tuple[Segmenter, list[Any]]:
     from lvseg.data.layout import check_reports, load_split
 
     segmenter = model if model is not None else load_model(checkpoint, device=device)
@@ -365,14 +400,14 @@ def evaluate_modes(
     _check_args(batch_size, n_overlays)
     unknown = [mode for mode in modes if mode not in TEXT_MODES]
     if unknown or not modes:
-        raise LvsegError(f"unknown text mode {unknown[0] if unknown else '(none)'!r}; "
-                         f"expected one of {', '.join(TEXT_MODES)}")
+        raise LvsegError(
+            f"unknown text mode {unknown[0] if unknown else '(none)'!r}; expected one of {', '.join(TEXT_MODES)}"
+        )
     segmenter, samples = _load(checkpoint, data_root, split, device, model)
     cut = threshold_or_default(threshold, segmenter.decision_threshold)
     own = [sample.text for sample in samples]
     texts_by_mode = {mode: texts_for_mode(own, mode, seed) for mode in dict.fromkeys(modes)}
-    results, extremes = _evaluate_modes(segmenter, samples, texts_by_mode, batch_size, n_overlays if out else 0,
-                                        cut)
+    results, extremes = _evaluate_modes(segmenter, samples, texts_by_mode, batch_size, n_overlays if out else 0, cut)
     reports = {}
     for mode in texts_by_mode:
         report = _report(segmenter, Path(checkpoint), split, mode, results[mode], cut)
@@ -403,8 +438,9 @@ def evaluate(
     ``overlays/worst_NN_*.png`` (image | truth | prediction, ranked by ``dice_original``). ``threshold``: as
     for :func:`evaluate_modes` (default: the model's declared decision threshold).
     """
-    return evaluate_modes(checkpoint, data_root, split, (text_mode,), out, batch_size, device, seed,
-                          n_overlays, model, threshold)[text_mode]
+    return evaluate_modes(
+        checkpoint, data_root, split, (text_mode,), out, batch_size, device, seed, n_overlays, model, threshold
+    )[text_mode]
 
 
 def evaluate_text_reliance(
@@ -427,13 +463,19 @@ def evaluate_text_reliance(
     ``threshold``: as for :func:`evaluate_modes` (default: the model's declared decision threshold).
     """
     modes = list(dict.fromkeys(["given", "shuffled", *modes]))
-    reports = evaluate_modes(checkpoint, data_root, split, modes, out, batch_size, device, seed, n_overlays, model,
-                             threshold)
+    reports = evaluate_modes(
+        checkpoint, data_root, split, modes, out, batch_size, device, seed, n_overlays, model, threshold
+    )
     reliance = reports["given"].dice - reports["shuffled"].dice
     combined = TextRelianceReport(reports, reliance)
     if out is not None:
-        combined.files["metrics"] = atomic_write_text(Path(out) / "metrics.json",
-                                                      json.dumps(combined.to_json(), indent=2) + "\n")
-    log.info("text reliance: dice given %.4f - shuffled %.4f = %.4f",
-             reports["given"].dice, reports["shuffled"].dice, reliance)
+        combined.files["metrics"] = atomic_write_text(
+            Path(out) / "metrics.json", json.dumps(combined.to_json(), indent=2) + "\n"
+        )
+    log.info(
+        "text reliance: dice given %.4f - shuffled %.4f = %.4f",
+        reports["given"].dice,
+        reports["shuffled"].dice,
+        reliance,
+    )
     return combined

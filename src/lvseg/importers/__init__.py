@@ -14,8 +14,7 @@ from typing import Any
 from lvseg.errors import LvsegError
 from lvseg.importers.base import ImporterOption, ImportResult, OfficialImporter
 
-__all__ = ["ImportResult", "ImporterOption", "OfficialImporter", "list_importers",
-           "official_checkpoint_hint"]
+__all__ = ["ImportResult", "ImporterOption", "OfficialImporter", "list_importers", "official_checkpoint_hint"]
 
 
 def _load(reference: str, model: str) -> OfficialImporter:
@@ -47,7 +46,7 @@ def list_importers() -> dict[str, OfficialImporter]:
 def official_checkpoint_hint(state_dict: Mapping[str, Any] | Collection[str]) -> str:
     """'it looks like an official X checkpoint: convert it first with `lvseg import-x`' for a state dict an
     importer recognises, else ''."""
-    keys = [str(key)[len("module."):] if str(key).startswith("module.") else str(key) for key in state_dict]
+    keys = [str(key)[len("module.") :] if str(key).startswith("module.") else str(key) for key in state_dict]
     for importer in list_importers().values():
         if importer.recognises(keys):
             return importer.hint()

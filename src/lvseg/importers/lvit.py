@@ -163,9 +163,7 @@ def convert_official_lvit_state_dict(
             problems.append(f"{key} maps to {ours}, which LViT({options}) does not have")
             continue
         if tuple(value.shape) != tuple(reference[ours].shape):
-            problems.append(
-                f"{key}: shape {tuple(value.shape)} but {ours} expects {tuple(reference[ours].shape)}"
-            )
+            problems.append(f"{key}: shape {tuple(value.shape)} but {ours} expects {tuple(reference[ours].shape)}")
             continue
         sources[ours] = key
         converted[ours] = value.detach().clone().to(reference[ours].dtype)
@@ -211,8 +209,13 @@ def import_official_checkpoint(
     logger.info("converted %s: %d keys kept, %d unused keys dropped", path, len(state), len(dropped))
     config = {**net.config, "text_encoder": text_config}
     save_inference_checkpoint(out_path, net, config=config)
-    return ImportResult(source=path, output=out_path, model_options=config, dropped={UNUSED: dropped},
-                        n_parameters=sum(p.numel() for p in net.parameters()))
+    return ImportResult(
+        source=path,
+        output=out_path,
+        model_options=config,
+        dropped={UNUSED: dropped},
+        n_parameters=sum(p.numel() for p in net.parameters()),
+    )
 
 
 class LViTImporter(OfficialImporter):
@@ -223,10 +226,14 @@ class LViTImporter(OfficialImporter):
     source_description = "official LViT .pth checkpoint"
     example_key = "inc.conv.weight"
     summary = "Convert an official LViT checkpoint into an lvseg checkpoint, dropping unused weights."
-    options = (ImporterOption(
-        "text_encoder", "Frozen encoder the official model was trained with (per-token BERT-base features), "
-        "'hf:<model id or local folder>'; loaded when the checkpoint is used, not now.",
-        default="hf:bert-base-uncased"),)
+    options = (
+        ImporterOption(
+            "text_encoder",
+            "Frozen encoder the official model was trained with (per-token BERT-base features), "
+            "'hf:<model id or local folder>'; loaded when the checkpoint is used, not now.",
+            default="hf:bert-base-uncased",
+        ),
+    )
 
     def recognises(self, keys: Collection[str]) -> bool:
         return any(key.startswith("downVit.") for key in keys) and "inc.conv.weight" in keys

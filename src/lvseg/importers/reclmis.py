@@ -37,17 +37,25 @@ _DIRECT = {
     "interact.attn_img.": "attn_image.",
 }
 _DROPPED = (
-    ("training-only", re.compile(r"^(mlp_woi|mlp_visual|interact\.CTBN|rec_text_trans1|rec_img_trans1)\.|^clip\.logit_scale$")),
+    (
+        "training-only",
+        re.compile(r"^(mlp_woi|mlp_visual|interact\.CTBN|rec_text_trans1|rec_img_trans1)\.|^clip\.logit_scale$"),
+    ),
     ("CLIP image tower (never called)", re.compile(r"^clip\.visual\.")),
 )
 _CLIP = "text_encoder.hf_model."
 _CLIP_LAYER = re.compile(r"^clip\.transformer\.resblocks\.(\d+)\.(.+)$")
 _CLIP_LAYER_PARTS = {
-    "attn.out_proj.weight": "self_attn.out_proj.weight", "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight", "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight", "mlp.c_proj.bias": "mlp.fc2.bias",
+    "attn.out_proj.weight": "self_attn.out_proj.weight",
+    "attn.out_proj.bias": "self_attn.out_proj.bias",
+    "ln_1.weight": "layer_norm1.weight",
+    "ln_1.bias": "layer_norm1.bias",
+    "ln_2.weight": "layer_norm2.weight",
+    "ln_2.bias": "layer_norm2.bias",
+    "mlp.c_fc.weight": "mlp.fc1.weight",
+    "mlp.c_fc.bias": "mlp.fc1.bias",
+    "mlp.c_proj.weight": "mlp.fc2.weight",
+    "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 
 
@@ -60,12 +68,15 @@ def clip_text_config(official: Mapping[str, torch.Tensor], heads: int | None = N
         raise LvsegError(f"the CLIP text tower is {width} wide: give its number of attention heads (clip_heads)")
     layers = 1 + max(int(match.group(1)) for key in official if (match := _CLIP_LAYER.match(key)))
     return {
-        "vocab_size": int(vocab), "hidden_size": int(width),
+        "vocab_size": int(vocab),
+        "hidden_size": int(width),
         "intermediate_size": int(official["clip.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-        "num_hidden_layers": layers, "num_attention_heads": int(heads),
+        "num_hidden_layers": layers,
+        "num_attention_heads": int(heads),
         "max_position_embeddings": int(official["clip.positional_embedding"].shape[0]),
         "projection_dim": int(official["clip.text_projection"].shape[1]),
-        "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+        "hidden_act": "quick_gelu",
+        "layer_norm_eps": 1e-5,
     }
 
 
@@ -86,8 +97,10 @@ def map_clip_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
         base = f"{prefix}encoder.layers.{layer}."
         if part in ("attn.in_proj_weight", "attn.in_proj_bias"):
             kind = part.rsplit("_", 1)[1]  # weight / bias
-            return {f"{base}self_attn.{name}_proj.{kind}": chunk
-                    for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0))}
+            return {
+                f"{base}self_attn.{name}_proj.{kind}": chunk
+                for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0))
+            }
         if part in _CLIP_LAYER_PARTS:
             return {base + _CLIP_LAYER_PARTS[part]: value}
     raise KeyError(key)
@@ -121,12 +134,15 @@ def map_official_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor] |
         return map_clip_key(key, value)
     for prefix, replacement in _DIRECT.items():
         if key.startswith(prefix):
-            return {replacement + key[len(prefix):]: value}
+            return {replacement + key[len(prefix) :]: value}
     raise KeyError(key)
 
 
 def convert_official_reclmis_state_dict(
-    official: Mapping[str, torch.Tensor], tokenizer: str, preset: str | None = None, clip_heads: int | None = None,
+    official: Mapping[str, torch.Tensor],
+    tokenizer: str,
+    preset: str | None = None,
+    clip_heads: int | None = None,
     max_length: int = 18,
 ) -> tuple[RecLMIS, dict[str, list[str]]]:
     """Build a :class:`RecLMIS` holding the official weights (keys without ``module.``).
@@ -136,23 +152,38 @@ def convert_official_reclmis_state_dict(
     """
     from lvseg.text.clip import CLIPTextEncoder
 
-    for key in ("inc.conv.weight", "interact.embeddings.position_embeddings", "text_module4.weight",
-                "clip.token_embedding.weight"):
+    for key in (
+        "inc.conv.weight",
+        "interact.embeddings.position_embeddings",
+        "text_module4.weight",
+        "clip.token_embedding.weight",
+    ):
         if key not in official:
-            raise LvsegError(f"not an official RecLMIS state_dict: missing {key} (expected keys such as "
-                             "inc.conv.weight, interact.attn_text.in_proj_weight, clip.token_embedding.weight)")
+            raise LvsegError(
+                f"not an official RecLMIS state_dict: missing {key} (expected keys such as "
+                "inc.conv.weight, interact.attn_text.in_proj_weight, clip.token_embedding.weight)"
+            )
     base = int(official["inc.conv.weight"].shape[0])
     n_patches = int(official["interact.embeddings.position_embeddings"].shape[1])
-    grid = int(round(n_patches ** 0.5))
+    grid = round(n_patches**0.5)
     if grid * grid != n_patches:
         raise LvsegError(f"official RecLMIS position embedding has {n_patches} patches, not a square grid")
-    layers = [int(m.group(1)) for key in official if (m := re.match(r"^rec_img_trans1\.decoder2\.decoder_layers\.(\d+)\.", key))]
+    layers = [
+        int(m.group(1))
+        for key in official
+        if (m := re.match(r"^rec_img_trans1\.decoder2\.decoder_layers\.(\d+)\.", key))
+    ]
     if preset is None:
         preset = "mosmed" if layers and max(layers) + 1 == PRESETS["mosmed"]["reconstructor_layers"] else "qata"
     encoder = CLIPTextEncoder(tokenizer, max_length=max_length, text_config=clip_text_config(official, clip_heads))
-    model = RecLMIS(in_channels=int(official["inc.conv.weight"].shape[1]), img_size=grid * 16, base_channels=base,
-                    text_encoder=encoder, preset=preset,
-                    reconstructor_layers=(max(layers) + 1) if layers else None)
+    model = RecLMIS(
+        in_channels=int(official["inc.conv.weight"].shape[1]),
+        img_size=grid * 16,
+        base_channels=base,
+        text_encoder=encoder,
+        preset=preset,
+        reconstructor_layers=(max(layers) + 1) if layers else None,
+    )
     reference = model.state_dict()
     training_only = tuple(f"{name}." for name in model.training_only_modules)
     converted: dict[str, torch.Tensor] = {}
@@ -171,7 +202,9 @@ def convert_official_reclmis_state_dict(
             if ours_key not in reference:
                 problems.append(f"{key} maps to {ours_key}, which the model does not have")
             elif tuple(tensor.shape) != tuple(reference[ours_key].shape):
-                problems.append(f"{key}: shape {tuple(tensor.shape)} but {ours_key} expects {tuple(reference[ours_key].shape)}")
+                problems.append(
+                    f"{key}: shape {tuple(tensor.shape)} but {ours_key} expects {tuple(reference[ours_key].shape)}"
+                )
             else:
                 converted[ours_key] = tensor.detach().clone().to(reference[ours_key].dtype)
     unfilled = [key for key in reference if key not in converted and not key.startswith(training_only)]
@@ -189,8 +222,11 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def import_official_checkpoint(
-    path: str | Path, out_path: str | Path, preset: str | None = None,
-    tokenizer: str = "openai/clip-vit-base-patch32", clip_heads: int | None = None,
+    path: str | Path,
+    out_path: str | Path,
+    preset: str | None = None,
+    tokenizer: str = "openai/clip-vit-base-patch32",
+    clip_heads: int | None = None,
 ) -> ImportResult:
     """Convert the official RecLMIS checkpoint ``path`` into an lvseg checkpoint at ``out_path``.
 
@@ -207,10 +243,16 @@ def import_official_checkpoint(
     save_inference_checkpoint(out_path, model)
     logger.info("converted %s: dropped %s", path, {reason: len(keys) for reason, keys in dropped.items()})
     return ImportResult(
-        source=path, output=out_path, model_options=dict(model.config), dropped=dropped,
+        source=path,
+        output=out_path,
+        model_options=dict(model.config),
+        dropped=dropped,
         n_parameters=model.parameter_counts()["inference"],
-        notes=[f"the checkpoint reads the CLIP tokenizer files (vocab.json, merges.txt) from '{tokenizer}' when it "
-               "is loaded; nothing else is downloaded"])
+        notes=[
+            f"the checkpoint reads the CLIP tokenizer files (vocab.json, merges.txt) from '{tokenizer}' when it "
+            "is loaded; nothing else is downloaded"
+        ],
+    )
 
 
 class RecLMISImporter(OfficialImporter):
@@ -220,14 +262,23 @@ class RecLMISImporter(OfficialImporter):
     model_name = "reclmis"
     source_description = "official RecLMIS checkpoint (best_model-RecLMIS.pth.tar)"
     example_key = "inc.conv.weight"
-    summary = "Convert an official RecLMIS checkpoint: segmentation path + its own CLIP text tower; the rest is dropped."
+    summary = (
+        "Convert an official RecLMIS checkpoint: segmentation path + its own CLIP text tower; the rest is dropped."
+    )
     options = (
-        ImporterOption("config", "qata or mosmed (the training settings it was trained with; default: read off the "
-                       "reconstructor depth).", flag="--config"),
-        ImporterOption("tokenizer", "CLIP tokenizer files (vocab.json, merges.txt): a Hub id in the local cache or a "
-                       "folder.", default="openai/clip-vit-base-patch32"),
-        ImporterOption("clip_heads", "Attention heads of the CLIP text tower (default: width / 64, as CLIP).",
-                       type=int, minimum=1),
+        ImporterOption(
+            "config",
+            "qata or mosmed (the training settings it was trained with; default: read off the reconstructor depth).",
+            flag="--config",
+        ),
+        ImporterOption(
+            "tokenizer",
+            "CLIP tokenizer files (vocab.json, merges.txt): a Hub id in the local cache or a folder.",
+            default="openai/clip-vit-base-patch32",
+        ),
+        ImporterOption(
+            "clip_heads", "Attention heads of the CLIP text tower (default: width / 64, as CLIP).", type=int, minimum=1
+        ),
     )
 
     def recognises(self, keys: Collection[str]) -> bool:

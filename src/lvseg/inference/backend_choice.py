@@ -93,8 +93,9 @@ def backend_spec(name: str) -> BackendSpec:
 
 def _ranked() -> list[BackendSpec]:
     """The backends ``auto`` may choose, in the order it considers them (lowest ``auto_rank`` first)."""
-    ranked = [(spec.auto_rank, index, spec) for index, spec in enumerate(_REGISTRY.values())
-              if spec.auto_rank is not None]
+    ranked = [
+        (spec.auto_rank, index, spec) for index, spec in enumerate(_REGISTRY.values()) if spec.auto_rank is not None
+    ]
     return [spec for _, _, spec in sorted(ranked, key=lambda item: (item[0], item[1]))]
 
 
@@ -121,8 +122,9 @@ def auto_backend(device: str, expected_images: int | None = None) -> str:
     for spec in _ranked():
         if spec.runs_on(_device_type(device)) and not (spec.exports and single) and spec.available():
             return spec.name
-    raise LvsegError(f"no inference backend that auto may choose runs on {device!r}; expected one of "
-                     f"{', '.join(_REGISTRY)} by name")
+    raise LvsegError(
+        f"no inference backend that auto may choose runs on {device!r}; expected one of {', '.join(_REGISTRY)} by name"
+    )
 
 
 def check_backend(name: str, device: str) -> BackendSpec:
@@ -149,9 +151,11 @@ def backend_help() -> str:
     ranked = _ranked()
     optional = [spec.name for spec in ranked if spec.runtime is not None]
     fallback = next((spec.name for spec in ranked if spec.runtime is None), "eager")
-    return (f"How the network runs: {', '.join(described)}, or {AUTO} (the fastest that passes the accuracy guard: "
-            f"{', else '.join(optional)}, when installed; {fallback} on CUDA and for a single --image, where "
-            "exporting costs more than it saves).")
+    return (
+        f"How the network runs: {', '.join(described)}, or {AUTO} (the fastest that passes the accuracy guard: "
+        f"{', else '.join(optional)}, when installed; {fallback} on CUDA and for a single --image, where "
+        "exporting costs more than it saves)."
+    )
 
 
 # The built-in backends. auto_rank: the fastest that passed the accuracy guard on the trained demo checkpoints
@@ -160,12 +164,39 @@ def backend_help() -> str:
 register_backend(BackendSpec("eager", summary="fp32 reference", auto_rank=100))
 register_backend(BackendSpec("bf16", summary="channels-last + bf16 where the CPU/GPU has it", precision="bf16"))
 register_backend(BackendSpec("compile", summary="torch.compile", precision="bf16"))
-register_backend(BackendSpec("onnx", summary="ONNX Runtime", exports=True, cpu_only=True, runtime="onnxruntime",
-                             graph_files=("network.onnx",), auto_rank=1))
-register_backend(BackendSpec("openvino", summary="fp32", exports=True, cpu_only=True, runtime="openvino",
-                             graph_files=("network.xml", "network.onnx"), auto_rank=0))
-register_backend(BackendSpec("openvino-bf16", summary="", exports=True, cpu_only=True, precision="bf16",
-                             runtime="openvino", graph_files=("network.xml", "network.onnx")))
+register_backend(
+    BackendSpec(
+        "onnx",
+        summary="ONNX Runtime",
+        exports=True,
+        cpu_only=True,
+        runtime="onnxruntime",
+        graph_files=("network.onnx",),
+        auto_rank=1,
+    )
+)
+register_backend(
+    BackendSpec(
+        "openvino",
+        summary="fp32",
+        exports=True,
+        cpu_only=True,
+        runtime="openvino",
+        graph_files=("network.xml", "network.onnx"),
+        auto_rank=0,
+    )
+)
+register_backend(
+    BackendSpec(
+        "openvino-bf16",
+        summary="",
+        exports=True,
+        cpu_only=True,
+        precision="bf16",
+        runtime="openvino",
+        graph_files=("network.xml", "network.onnx"),
+    )
+)
 
 #: The help line of ``--checkpoint`` where an export folder also works (predict, evaluate, serve).
 CHECKPOINT_HELP = "An lvseg checkpoint (.ckpt), or a folder written by `lvseg export` (runs with onnx or openvino)."

@@ -33,13 +33,16 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from lvseg.errors import LvsegError, first_line
 from lvseg.inference.backend_choice import DEPLOY_EXTRA, backend_spec, choose_backend, exporting_backends
+
+if TYPE_CHECKING:
+    from lvseg.models.base import SegmentationModel
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ class Bf16Runner(NetworkRunner):
     name = "bf16"
 
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        super().__init__(model.to(memory_format=torch.channels_last), device)
+        super().__init__(model.to(memory_format=torch.channels_last), device)  # type: ignore[call-overload]  # torch's stubs omit memory_format
         self.use_bf16 = device.type == "cuda" or cpu_has_bf16()
         if not self.use_bf16:
             logger.info("this CPU has no native bf16: the bf16 backend runs in fp32 (channels-last)")
@@ -136,7 +139,7 @@ class CompiledRunner(Bf16Runner):
             return _logits(self.compiled(images.contiguous(memory_format=torch.channels_last), text_input)).float()
 
 
-def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, path: Path) -> list[str]:
+def export_onnx(model: SegmentationModel, images: torch.Tensor, text_input: Any, path: Path) -> list[str]:
     """Export the network (eval mode) to ONNX at ``path`` with a dynamic batch axis; returns the input names
     (``images``, then ``text_0``, ``text_1``, ... for the tensors of the text input). Raises
     :class:`LvsegError` naming the model when it cannot be exported."""
@@ -156,18 +159,32 @@ def export_onnx(model: torch.nn.Module, images: torch.Tensor, text_input: Any, p
     try:
         token_axis = _text_length_varies(model)
         axes = {name: {0: "batch"} for name in ["images", "logits"]}
-        axes.update({name: {0: "batch", 1: f"{name}_length"} if token_axis and tensor.ndim >= 2 else {0: "batch"}
-                     for name, tensor in zip(names[1:], tensors)})
+        axes.update(
+            {
+                name: {0: "batch", 1: f"{name}_length"} if token_axis and tensor.ndim >= 2 else {0: "batch"}
+                for name, tensor in zip(names[1:], tensors)
+            }
+        )
         with torch.no_grad(), quiet_warnings():
-            torch.onnx.export(Network().eval(), (images, *tensors), str(path), input_names=names,
-                              output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+            torch.onnx.export(
+                Network().eval(),
+                (images, *tensors),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
     except Exception as error:  # the exporter raises many types for unsupported operations
-        raise LvsegError(f"model '{getattr(model, 'model_name', type(model).__name__)}' cannot be exported to ONNX: "
-                         f"{first_line(error)}") from None
+        raise LvsegError(
+            f"model '{getattr(model, 'model_name', type(model).__name__)}' cannot be exported to ONNX: "
+            f"{first_line(error)}"
+        ) from None
     return names
 
 
-def _text_length_varies(model: torch.nn.Module) -> bool:
+def _text_length_varies(model: SegmentationModel) -> bool:
     """Whether the text tensors of ``model`` are longer for a longer report (a tokenizer padding to the longest
     report of the batch), found by encoding a short and a long report."""
     if not getattr(model, "requires_text", False):
@@ -191,8 +208,14 @@ class _ExportedRunner(NetworkRunner):
     """The network as an ONNX (or OpenVINO IR) graph whose batch axis is dynamic: exported once from ``model`` for
     the ``example`` batch, or read from ``graph`` (a file ``lvseg export`` wrote) with its ``input_names``."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any] | None = None,
-                 graph: Path | None = None, input_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        device: torch.device,
+        example: tuple[torch.Tensor, Any] | None = None,
+        graph: Path | None = None,
+        input_names: list[str] | None = None,
+    ) -> None:
         super().__init__(model, device)
         if graph is not None:
             self.path, self.input_names = Path(graph), list(input_names or ["images"])
@@ -210,15 +233,24 @@ class _ExportedRunner(NetworkRunner):
     def _feed(self, images: torch.Tensor, text_input: Any) -> dict[str, np.ndarray]:
         tensors, _ = flatten_text_input(text_input)
         values = [images, *tensors]
-        return {name: value.detach().cpu().numpy() for name, value in zip(self.input_names, values)
-                if name in self.graph_inputs}
+        return {
+            name: value.detach().cpu().numpy()
+            for name, value in zip(self.input_names, values)
+            if name in self.graph_inputs
+        }
 
 
 class OnnxRuntimeRunner(_ExportedRunner):
     name = "onnx"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any] | None = None,
-                 graph: Path | None = None, input_names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        device: torch.device,
+        example: tuple[torch.Tensor, Any] | None = None,
+        graph: Path | None = None,
+        input_names: list[str] | None = None,
+    ) -> None:
         try:
             import onnxruntime
         except ImportError:
@@ -242,8 +274,15 @@ class OpenVinoRunner(_ExportedRunner):
 
     name = "openvino"
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, example: tuple[torch.Tensor, Any] | None = None,
-                 graph: Path | None = None, input_names: list[str] | None = None, bf16: bool = False) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        device: torch.device,
+        example: tuple[torch.Tensor, Any] | None = None,
+        graph: Path | None = None,
+        input_names: list[str] | None = None,
+        bf16: bool = False,
+    ) -> None:
         try:
             import openvino
         except ImportError:
@@ -253,9 +292,15 @@ class OpenVinoRunner(_ExportedRunner):
         core = openvino.Core()
         precision = "bf16" if bf16 and cpu_has_bf16() else "f32"
         try:
-            self.compiled = core.compile_model(core.read_model(str(self.path)), "CPU", {
-                "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+            self.compiled = core.compile_model(
+                core.read_model(str(self.path)),
+                "CPU",
+                {
+                    "INFERENCE_PRECISION_HINT": precision,
+                    "PERFORMANCE_HINT": "LATENCY",
+                    "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                },
+            )
         except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
             raise LvsegError(f"OpenVINO cannot load the network '{self.path}': {first_line(error)}") from None
         self.request = self.compiled.create_infer_request()
@@ -277,7 +322,7 @@ class NetworkSource:
 
 
 #: Builds a backend's runner: (model, device, source) -> runner.
-RunnerBuilder = Callable[[torch.nn.Module, torch.device, NetworkSource], NetworkRunner]
+RunnerBuilder = Callable[["SegmentationModel", torch.device, NetworkSource], NetworkRunner]
 
 _RUNNERS: dict[str, RunnerBuilder] = {}
 
@@ -312,34 +357,43 @@ def _compile(model: torch.nn.Module, device: torch.device, source: NetworkSource
 
 
 @register_runner("onnx")
-def _onnx(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+def _onnx(model: SegmentationModel, device: torch.device, source: NetworkSource) -> NetworkRunner:
     return OnnxRuntimeRunner(model, device, source.example, source.graph, source.input_names)
 
 
 @register_runner("openvino")
-def _openvino(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+def _openvino(model: SegmentationModel, device: torch.device, source: NetworkSource) -> NetworkRunner:
     return OpenVinoRunner(model, device, source.example, source.graph, source.input_names)
 
 
 @register_runner("openvino-bf16")
-def _openvino_bf16(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+def _openvino_bf16(model: SegmentationModel, device: torch.device, source: NetworkSource) -> NetworkRunner:
     return OpenVinoRunner(model, device, source.example, source.graph, source.input_names, bf16=True)
 
 
-def make_runner(name: str, model: torch.nn.Module, device: torch.device,
-                example: tuple[torch.Tensor, Any] | None = None, graph: Path | None = None,
-                input_names: list[str] | None = None) -> NetworkRunner:
+def make_runner(
+    name: str,
+    model: SegmentationModel,
+    device: torch.device,
+    example: tuple[torch.Tensor, Any] | None = None,
+    graph: Path | None = None,
+    input_names: list[str] | None = None,
+) -> NetworkRunner:
     """The runner of backend ``name`` (already resolved) for ``model`` on ``device``, built by the builder
     registered for it. The exporting backends run ``graph`` (an exported network, inputs ``input_names``) when
     given, else export ``model`` for ``example``, an (images (B, C, S, S), text_input) batch."""
     spec = backend_spec(name)
     if graph is not None and not spec.exports:
-        raise LvsegError(f"backend {name!r} runs a PyTorch model; an exported network runs with "
-                         f"{', '.join(exporting_backends())} or auto")
+        raise LvsegError(
+            f"backend {name!r} runs a PyTorch model; an exported network runs with "
+            f"{', '.join(exporting_backends())} or auto"
+        )
     builder = _RUNNERS.get(name)
     if builder is None:
-        raise LvsegError(f"backend {name!r} is declared but has no runner; expected one registered with "
-                         "lvseg.inference.backends.register_runner")
+        raise LvsegError(
+            f"backend {name!r} is declared but has no runner; expected one registered with "
+            "lvseg.inference.backends.register_runner"
+        )
     return builder(model, device, NetworkSource(example, graph, input_names))
 
 
@@ -356,6 +410,6 @@ def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0
     return {"min_dice": min(dices) if dices else 1.0, "max_abs_diff": float(np.abs(reference - candidate).max())}
 
 
-def example_reports(model: torch.nn.Module, batch: int) -> list[str]:
+def example_reports(model: SegmentationModel, batch: int) -> list[str]:
     """``batch`` copies of the model's longest example report (its own front end reads it), for exporting."""
     return [model.example_reports[-1]] * batch

@@ -38,7 +38,11 @@ FORMATS = ("onnx", "openvino")
 
 
 def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
-    return {"name": name, "shape": ["batch", *list(tensor.shape[1:])], "dtype": str(tensor.dtype).removeprefix("torch.")}
+    return {
+        "name": name,
+        "shape": ["batch", *list(tensor.shape[1:])],
+        "dtype": str(tensor.dtype).removeprefix("torch."),
+    }
 
 
 def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
@@ -58,19 +62,32 @@ def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
     torch.backends.mha.set_fastpath_enabled(False)  # the fused attention kernel has no ONNX form
     try:
         with torch.no_grad(), quiet_warnings():
-            torch.onnx.export(IdsToFeatures().eval(), (ids,), str(path), input_names=["token_ids"],
-                              output_names=["text_0"], dynamic_axes={"token_ids": {0: "batch"}, "text_0": {0: "batch"}},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                IdsToFeatures().eval(),
+                (ids,),
+                str(path),
+                input_names=["token_ids"],
+                output_names=["text_0"],
+                dynamic_axes={"token_ids": {0: "batch"}, "text_0": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
     finally:
         torch.backends.mha.set_fastpath_enabled(fast_path)
     return {
-        "type": "learned", "exported": path.name, "input": {"name": "token_ids", "shape": ["batch", encoder.max_length],
-                                                               "dtype": "int64"},
-        "tokenize": {"lowercase": True, "regex": TOKEN_REGEX, "unknown_id": UNK_ID, "pad_id": PAD_ID,
-                     "max_length": encoder.max_length,
-                     "rule": "ids = [vocab.index(token) if token in vocab else unknown_id for token in "
-                             "re.findall(regex, text.lower())][:max_length] (an empty list becomes [unknown_id]), "
-                             "then padded with pad_id to max_length"},
+        "type": "learned",
+        "exported": path.name,
+        "input": {"name": "token_ids", "shape": ["batch", encoder.max_length], "dtype": "int64"},
+        "tokenize": {
+            "lowercase": True,
+            "regex": TOKEN_REGEX,
+            "unknown_id": UNK_ID,
+            "pad_id": PAD_ID,
+            "max_length": encoder.max_length,
+            "rule": "ids = [vocab.index(token) if token in vocab else unknown_id for token in "
+            "re.findall(regex, text.lower())][:max_length] (an empty list becomes [unknown_id]), "
+            "then padded with pad_id to max_length",
+        },
         "vocab": list(encoder.vocab),
     }
 
@@ -97,8 +114,11 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
     names = export_onnx(model, images, text_input, out / "network.onnx")
     tensors, _ = flatten_text_input(text_input)
     files = ["network.onnx"]
-    front_end_weights = {key: value.detach().cpu().contiguous() for key, value in model.inference_state_dict().items()
-                         if key.startswith(FRONT_END_PREFIX)}
+    front_end_weights = {
+        key: value.detach().cpu().contiguous()
+        for key, value in model.inference_state_dict().items()
+        if key.startswith(FRONT_END_PREFIX)
+    }
     atomic_write_bytes(out / FRONT_END, save(front_end_weights, metadata={"lvseg_export": str(EXPORT_VERSION)}))
     files.append(FRONT_END)
     text_entry: dict[str, Any]
@@ -109,38 +129,57 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
         text_entry = _export_learned_text_encoder(encoder, out / "text_encoder.onnx")
         files.append("text_encoder.onnx")
     else:
-        front_end = encoder.config() if encoder is not None and hasattr(encoder, "config") else {
-            "model": loaded.hparams.get("model_name"), "model_config": dict(model.config)}
-        text_entry = {"type": front_end.get("type", "model"), "exported": None, "config": front_end,
-                      "how": "these tensors are what lvseg computes with lvseg.load_model(checkpoint).model"
-                             ".encode_text(reports) (a frozen pretrained tower or a report parser: not exported); "
-                             "feed them with the shapes and dtypes listed"}
+        front_end = (
+            encoder.config()
+            if encoder is not None and hasattr(encoder, "config")
+            else {"model": loaded.hparams.get("model_name"), "model_config": dict(model.config)}
+        )
+        text_entry = {
+            "type": front_end.get("type", "model"),
+            "exported": None,
+            "config": front_end,
+            "how": "these tensors are what lvseg computes with lvseg.load_model(checkpoint).model"
+            ".encode_text(reports) (a frozen pretrained tower or a report parser: not exported); "
+            "feed them with the shapes and dtypes listed",
+        }
     if fmt == "openvino":
         try:
             import openvino
         except ImportError:
             raise LvsegError("--format openvino needs OpenVINO: pip install 'lvseg[deploy]'") from None
         # fp32 weights: save_model would otherwise compress them to fp16 (probabilities off by ~2e-4)
-        openvino.save_model(openvino.convert_model(str(out / "network.onnx")), str(out / "network.xml"),
-                            compress_to_fp16=False)
+        openvino.save_model(
+            openvino.convert_model(str(out / "network.onnx")), str(out / "network.xml"), compress_to_fp16=False
+        )
         files += ["network.xml", "network.bin"]
     threshold = float(model.decision_threshold)
     manifest = {
-        "lvseg_export": EXPORT_VERSION, "format": fmt, "files": files, "model": loaded.hparams.get("model_name"),
-        "model_config": dict(model.config), THRESHOLD_KEY: threshold,
+        "lvseg_export": EXPORT_VERSION,
+        "format": fmt,
+        "files": files,
+        "model": loaded.hparams.get("model_name"),
+        "model_config": dict(model.config),
+        THRESHOLD_KEY: threshold,
         "validation_data": loaded.hparams.get("validation_data"),
-        "checkpoint": str(Path(checkpoint).name), "metrics": loaded.metrics,
+        "checkpoint": str(Path(checkpoint).name),
+        "metrics": loaded.metrics,
         "image": {
-            "input": _tensor_spec("images", images), "size": size, "channels": channels, "dtype": "float32",
+            "input": _tensor_spec("images", images),
+            "size": size,
+            "channels": channels,
+            "dtype": "float32",
             "values": "[0, 1]: 8-bit / 255, 16-bit / 65535; grayscale replicated to 3 channels, alpha dropped "
-                      "(lvseg.data.images.read_image)",
+            "(lvseg.data.images.read_image)",
             "resize": f"bicubic, antialiased, to {size} x {size} (torch.nn.functional.interpolate, clamped to [0, 1])",
         },
         "text": {**text_entry, "tensors": [_tensor_spec(name, tensor) for name, tensor in zip(names[1:], tensors)]},
-        "output": {"name": "logits", "shape": ["batch", 1, size, size],
-                   "postprocess": f"probability = sigmoid(logits); lesion where probability > {threshold:g} "
-                                  f"({THRESHOLD_KEY}); resize the probability (bilinear) to the image's own size "
-                                  "before thresholding"},
+        "output": {
+            "name": "logits",
+            "shape": ["batch", 1, size, size],
+            "postprocess": f"probability = sigmoid(logits); lesion where probability > {threshold:g} "
+            f"({THRESHOLD_KEY}); resize the probability (bilinear) to the image's own size "
+            "before thresholding",
+        },
     }
     path = out / MANIFEST
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")

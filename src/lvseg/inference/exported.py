@@ -15,7 +15,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,6 +25,9 @@ from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX
 from lvseg.inference.segmenter import Segmenter
 from lvseg.inference.threshold import DEFAULT_THRESHOLD
 
+if TYPE_CHECKING:
+    from lvseg.models.base import SegmentationModel
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,8 +36,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise CheckpointError(f"'{folder}' is a folder without {MANIFEST}: give an lvseg checkpoint (.ckpt) or a "
-                              "folder written by `lvseg export`")
+        raise CheckpointError(
+            f"'{folder}' is a folder without {MANIFEST}: give an lvseg checkpoint (.ckpt) or a "
+            "folder written by `lvseg export`"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -43,8 +48,10 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"export manifest '{path}' is not a JSON object")
     version = manifest.get("lvseg_export")
     if version != EXPORT_VERSION:
-        raise CheckpointError(f"'{folder}' was exported in layout {version!r}; this lvseg runs layout "
-                              f"{EXPORT_VERSION} folders: export the checkpoint again with `lvseg export`")
+        raise CheckpointError(
+            f"'{folder}' was exported in layout {version!r}; this lvseg runs layout "
+            f"{EXPORT_VERSION} folders: export the checkpoint again with `lvseg export`"
+        )
     problems = []
     if not isinstance(manifest.get("model"), str):
         problems.append("'model' (the registered model name) is missing")
@@ -83,11 +90,14 @@ def _export_backend(backend: str) -> str:
     resolved = resolve_backend(backend, torch.device("cpu"))
     exports = backend_spec(resolved).exports
     if backend == AUTO and not exports:
-        raise LvsegError(f"an exported model runs with OpenVINO or ONNX Runtime, and neither is installed: "
-                         f"{DEPLOY_EXTRA}")
+        raise LvsegError(
+            f"an exported model runs with OpenVINO or ONNX Runtime, and neither is installed: {DEPLOY_EXTRA}"
+        )
     if not exports:
-        raise LvsegError(f"backend {backend!r} runs a PyTorch checkpoint; an export folder runs with "
-                         f"{runs_with} (or give the .ckpt it was exported from)")
+        raise LvsegError(
+            f"backend {backend!r} runs a PyTorch checkpoint; an export folder runs with "
+            f"{runs_with} (or give the .ckpt it was exported from)"
+        )
     return resolved
 
 
@@ -96,11 +106,13 @@ def _graph(folder: Path, backend: str) -> Path:
     for name in backend_spec(backend).graph_files:
         if (folder / name).is_file():
             return folder / name
-    raise CheckpointError(f"export folder '{folder}' has none of {', '.join(backend_spec(backend).graph_files)}, "
-                          f"which backend {backend!r} runs")
+    raise CheckpointError(
+        f"export folder '{folder}' has none of {', '.join(backend_spec(backend).graph_files)}, "
+        f"which backend {backend!r} runs"
+    )
 
 
-def _text_front_end(folder: Path, manifest: dict[str, Any]) -> torch.nn.Module:
+def _text_front_end(folder: Path, manifest: dict[str, Any]) -> SegmentationModel:
     """The model rebuilt from the manifest, its text encoder holding the exported trained weights, its network NaN."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -120,12 +132,16 @@ def _text_front_end(folder: Path, manifest: dict[str, Any]) -> torch.nn.Module:
     try:
         result = model.load_state_dict(front_end, strict=False)
     except RuntimeError as error:  # shapes that do not fit
-        raise CheckpointError(f"'{folder / FRONT_END}' does not fit model '{manifest['model']}': "
-                              f"{str(error).strip().splitlines()[-1][:300]}") from None
+        raise CheckpointError(
+            f"'{folder / FRONT_END}' does not fit model '{manifest['model']}': "
+            f"{str(error).strip().splitlines()[-1][:300]}"
+        ) from None
     missing = [key for key in result.missing_keys if key.startswith(FRONT_END_PREFIX)]
     if result.unexpected_keys or missing:
-        raise CheckpointError(f"'{folder / FRONT_END}' does not fit the text encoder of model '{manifest['model']}': "
-                              f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise CheckpointError(
+            f"'{folder / FRONT_END}' does not fit the text encoder of model '{manifest['model']}': "
+            f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
     encoder = getattr(model, "text_encoder", None)
     kept = {id(tensor) for tensor in (encoder.parameters() if encoder is not None else [])}
     kept |= {id(tensor) for tensor in (encoder.buffers() if encoder is not None else [])}
@@ -153,9 +169,21 @@ def load_export(folder: str | Path, device: str | torch.device | None = None, ba
     graph = _graph(folder, backend)
     input_names = [manifest["image"]["input"]["name"], *(item["name"] for item in manifest["text"]["tensors"])]
     model = _text_front_end(folder, manifest)
-    hparams = {"model_name": manifest["model"], "model_config": manifest["model_config"],
-               "validation_data": manifest.get("validation_data"), "export": str(folder)}
-    segmenter = Segmenter(model, hparams, manifest.get("metrics") or {}, device="cpu", backend=backend,
-                          graph=graph, input_names=input_names, decision_threshold=manifest_threshold(manifest))
+    hparams = {
+        "model_name": manifest["model"],
+        "model_config": manifest["model_config"],
+        "validation_data": manifest.get("validation_data"),
+        "export": str(folder),
+    }
+    segmenter = Segmenter(
+        model,
+        hparams,
+        manifest.get("metrics") or {},
+        device="cpu",
+        backend=backend,
+        graph=graph,
+        input_names=input_names,
+        decision_threshold=manifest_threshold(manifest),
+    )
     logger.info("loaded the exported %s from %s (%s, %s)", manifest["model"], folder, graph.name, segmenter.backend)
     return segmenter

@@ -15,11 +15,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lvseg.data.layout import IMAGE_DIR, MASK_PREFIX, check_reports, find_text_table, read_text_table
 from lvseg.errors import DataValidationError, LvsegError
+
+if TYPE_CHECKING:
+    from lvseg.inference.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +63,27 @@ def read_prediction_folder(folder: Path, requires_text: bool) -> list[FolderItem
     image_dir = folder / IMAGE_DIR
     if not image_dir.is_dir():
         raise LvsegError(f"folder '{folder}' has no '{IMAGE_DIR}/' subfolder with the images")
-    images = {p.stem: p for p in sorted(image_dir.iterdir())
-              if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS}
+    images = {
+        p.stem: p
+        for p in sorted(image_dir.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    }
     if not images:
         raise LvsegError(f"image folder '{image_dir}' holds no PNG/JPEG/TIFF/BMP images")
     table = find_text_table(folder)
     if table is None:
         if requires_text:
-            raise LvsegError(f"folder '{folder}' has no *_text.xlsx or *_text.csv; this model reads a report "
-                             "per image (columns 'Image' and 'Description')")
+            raise LvsegError(
+                f"folder '{folder}' has no *_text.xlsx or *_text.csv; this model reads a report "
+                "per image (columns 'Image' and 'Description')"
+            )
         return [FolderItem(path, "", _png_name(path.name)) for path in images.values()]
 
     items, problems, seen = [], [], set()
     for row, key, text in read_text_table(table):
         stem = Path(key).stem
         if stem not in images and stem.startswith(MASK_PREFIX):
-            stem = stem[len(MASK_PREFIX):]
+            stem = stem[len(MASK_PREFIX) :]
         if stem not in images:
             problems.append(f"{table.name} row {row}: no image named '{stem}.*' in '{image_dir}'")
             continue
@@ -88,8 +97,13 @@ def read_prediction_folder(folder: Path, requires_text: bool) -> list[FolderItem
         items.append(FolderItem(images[stem], text, _png_name(key)))
     unlisted = sorted(set(images) - seen)
     if unlisted and not problems:
-        log.warning("%d image(s) in %s are not in %s and are skipped: %s", len(unlisted), image_dir,
-                    table.name, ", ".join(unlisted[:5]))
+        log.warning(
+            "%d image(s) in %s are not in %s and are skipped: %s",
+            len(unlisted),
+            image_dir,
+            table.name,
+            ", ".join(unlisted[:5]),
+        )
     if problems:
         raise DataValidationError(problems, where=str(folder))
     if not items:
@@ -122,8 +136,9 @@ def read_hwc(path: Path) -> np.ndarray:
     return np.transpose(read_image(path, channels=None), (1, 2, 0))
 
 
-def predict_folder(segmenter: object, folder: Path, out: Path, threshold: float | None = None,
-                   batch_size: int = 8) -> list[dict[str, object]]:
+def predict_folder(
+    segmenter: Segmenter, folder: Path, out: Path, threshold: float | None = None, batch_size: int = 8
+) -> list[dict[str, object]]:
     """Segment every image of ``folder`` into ``out/masks`` and ``out/overlays``; one summary row per image.
     ``threshold``: the probability above which a pixel is lesion (default: the segmenter's
     ``decision_threshold``, the model's declared one)."""
@@ -135,17 +150,24 @@ def predict_folder(segmenter: object, folder: Path, out: Path, threshold: float 
         check_reports(model, {str(folder): items})
     rows: list[dict[str, object]] = []
     for start in range(0, len(items), batch_size):
-        chunk: Sequence[FolderItem] = items[start:start + batch_size]
+        chunk: Sequence[FolderItem] = items[start : start + batch_size]
         arrays = [read_hwc(item.image_path) for item in chunk]
         predictions = segmenter.predict_batch(arrays, [item.text for item in chunk], threshold=threshold)
         for item, array, prediction in zip(chunk, arrays, predictions):
             mask_path = write_mask(out / "masks" / item.mask_name, prediction.mask)
             write_overlay(out / "overlays" / item.mask_name, array, prediction.mask)
-            rows.append({"image": item.image_path.name, "mask": str(mask_path.relative_to(out)),
-                         "text": item.text, "lesion_pixels": int(prediction.mask.sum()),
-                         "max_probability": round(prediction.max_probability, 6),
-                         "text_warnings": " | ".join(prediction.warnings),
-                         "height": prediction.mask.shape[0], "width": prediction.mask.shape[1]})
+            rows.append(
+                {
+                    "image": item.image_path.name,
+                    "mask": str(mask_path.relative_to(out)),
+                    "text": item.text,
+                    "lesion_pixels": int(prediction.mask.sum()),
+                    "max_probability": round(prediction.max_probability, 6),
+                    "text_warnings": " | ".join(prediction.warnings),
+                    "height": prediction.mask.shape[0],
+                    "width": prediction.mask.shape[1],
+                }
+            )
         log.info("predicted %d / %d images", min(start + batch_size, len(items)), len(items))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")

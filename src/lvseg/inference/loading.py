@@ -24,8 +24,12 @@ def load_checkpoint_explained(path: str | Path) -> LoadedCheckpoint:
         raise CheckpointError(f"{error}; {hint}") from None
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device | None = None,
-               backend: str | None = None, expected_images: int | None = None) -> Segmenter:
+def load_model(
+    checkpoint: str | Path,
+    device: str | torch.device | None = None,
+    backend: str | None = None,
+    expected_images: int | None = None,
+) -> Segmenter:
     """Load an lvseg checkpoint (``weights_only``) into a :class:`Segmenter` on ``device`` (CUDA if available)
     running its network with ``backend`` (:mod:`lvseg.inference.backends`: eager, bf16, compile, onnx, openvino,
     openvino-bf16, auto; default eager, the fp32 reference; the CLI's default is auto).
@@ -41,5 +45,11 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = None,
 
         return load_export(checkpoint, device=device, backend=backend or "auto")
     loaded = load_checkpoint_explained(checkpoint)
-    return Segmenter(loaded.model, loaded.hparams, loaded.metrics, device=device, backend=backend or "eager",
-                     expected_images=expected_images)
+    return Segmenter(
+        loaded.model,
+        loaded.hparams,
+        loaded.metrics,
+        device=device,
+        backend=backend or "eager",
+        expected_images=expected_images,
+    )

@@ -6,7 +6,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ import torch.nn.functional as F
 from lvseg.errors import LvsegError
 from lvseg.inference.threshold import check_threshold, threshold_or_default
 from lvseg.text.base import TextReading
+
+if TYPE_CHECKING:
+    from lvseg.models.base import SegmentationModel
 
 logger = logging.getLogger(__name__)
 
@@ -76,10 +79,18 @@ class Segmenter:
     the model's declared ``decision_threshold``; an export folder passes the one its manifest records).
     """
 
-    def __init__(self, model: torch.nn.Module, hparams: dict[str, Any] | None = None,
-                 metrics: dict[str, float] | None = None, device: str | torch.device | None = None,
-                 backend: str = "eager", graph: Path | None = None, input_names: list[str] | None = None,
-                 expected_images: int | None = None, decision_threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        model: SegmentationModel,
+        hparams: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None,
+        device: str | torch.device | None = None,
+        backend: str = "eager",
+        graph: Path | None = None,
+        input_names: list[str] | None = None,
+        expected_images: int | None = None,
+        decision_threshold: float | None = None,
+    ) -> None:
         from lvseg.inference.backend_choice import backend_spec
         from lvseg.inference.backends import make_runner, resolve_backend
 
@@ -92,8 +103,9 @@ class Segmenter:
         self.in_channels: int = int(model.config.get("in_channels", 3))
         self.requires_text: bool = bool(model.requires_text)
         #: The probability above which :meth:`predict` marks lesion unless given a threshold.
-        self.decision_threshold: float = threshold_or_default(decision_threshold, float(model.decision_threshold),
-                                                              "decision_threshold")
+        self.decision_threshold: float = threshold_or_default(
+            decision_threshold, float(model.decision_threshold), "decision_threshold"
+        )
         self._lock = threading.Lock()
         self.backend = resolve_backend(backend, self.device, expected_images if graph is None else None)
         try:
@@ -102,9 +114,10 @@ class Segmenter:
                 from lvseg.inference.backends import example_reports
 
                 with torch.no_grad():
-                    example = (torch.rand(1, self.in_channels, self.img_size, self.img_size),
-                               self.model.encode_text(example_reports(self.model, 1)) if self.requires_text
-                               else None)
+                    example = (
+                        torch.rand(1, self.in_channels, self.img_size, self.img_size),
+                        self.model.encode_text(example_reports(self.model, 1)) if self.requires_text else None,
+                    )
             self._runner = make_runner(self.backend, self.model, self.device, example, graph, input_names)
         except LvsegError as error:
             if backend != "auto" or graph is not None:
@@ -148,8 +161,9 @@ class Segmenter:
         (compilation, allocator warm-up)."""
         images = torch.zeros(1, self.in_channels, self.img_size, self.img_size)
         # The model's own example report: a report-grammar front end (C2FVL) refuses arbitrary text.
-        self.probabilities(images, [self.model.example_reports[0]] if self.requires_text else [""],
-                           allow_empty_text=True)
+        self.probabilities(
+            images, [self.model.example_reports[0]] if self.requires_text else [""], allow_empty_text=True
+        )
 
     def predict_batch(self, images: list[Any], texts: list[str], threshold: float | None = None) -> list[Prediction]:
         """Segment several images at once; each result is at its own image's resolution. ``threshold``: the
@@ -164,8 +178,9 @@ class Segmenter:
         results = []
         for probability, array, text in zip(probabilities, arrays, texts):
             full = upsample_probability(probability, tuple(array.shape[-2:])).numpy()
-            results.append(Prediction(mask=(full > cut).astype(np.uint8), probability=full,
-                                      reading=self.model.read_report(text)))
+            results.append(
+                Prediction(mask=(full > cut).astype(np.uint8), probability=full, reading=self.model.read_report(text))
+            )
         return results
 
     def predict(self, image: Any, text: str = "", threshold: float | None = None) -> Prediction:

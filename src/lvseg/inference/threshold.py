@@ -14,8 +14,10 @@ from lvseg.errors import LvsegError
 #: The threshold of models that declare none, and of export folders written before folders carried theirs.
 DEFAULT_THRESHOLD = 0.5
 #: The help line of every ``--threshold`` option (predict, evaluate, serve).
-THRESHOLD_HELP = ("Probability above which a pixel is lesion, between 0 and 1 (default: the model's declared "
-                  "threshold, 0.5 for most).")
+THRESHOLD_HELP = (
+    "Probability above which a pixel is lesion, between 0 and 1 (default: the model's declared "
+    "threshold, 0.5 for most)."
+)
 
 
 def check_threshold(value: float, what: str = "threshold") -> float:

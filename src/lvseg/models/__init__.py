@@ -27,6 +27,14 @@ from lvseg.models.registry import (
 from lvseg.models.unet import UNet
 
 __all__ = [
-    "LViT", "ModelOutput", "SegmentationModel", "UNet", "create_model", "list_models", "model_class",
-    "model_options", "register_model", "unregister_model",
+    "LViT",
+    "ModelOutput",
+    "SegmentationModel",
+    "UNet",
+    "create_model",
+    "list_models",
+    "model_class",
+    "model_options",
+    "register_model",
+    "unregister_model",
 ]

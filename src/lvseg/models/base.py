@@ -42,7 +42,7 @@ from lvseg.errors import LvsegError
 from lvseg.recipes import DEFAULT_RECIPE, recipe_problems
 
 if TYPE_CHECKING:
-    from lvseg.text.base import TextReading
+    from lvseg.text.base import TextEncoder, TextReading
 
 #: Weights of the default loss terms (the LViT paper's 0.5 Dice + 0.5 class-balanced BCE).
 DEFAULT_LOSS_WEIGHTS: Mapping[str, float] = types.MappingProxyType({"dice": 0.5, "bce": 0.5})
@@ -59,7 +59,7 @@ class ModelOutput(NamedTuple):
     logits: torch.Tensor
     aux: dict[str, torch.Tensor]
 
-    def select(self, rows: torch.Tensor) -> "ModelOutput":
+    def select(self, rows: torch.Tensor) -> ModelOutput:
         """The output of a subset of the batch (``rows``: (B,) bool mask or index tensor)."""
         return ModelOutput(self.logits[rows], {name: value[rows] for name, value in self.aux.items()})
 
@@ -103,7 +103,9 @@ def _check_json(model: str, config: dict[str, Any]) -> None:
     try:
         json.dumps(config)
     except (TypeError, ValueError) as error:
-        raise LvsegError(f"model {model!r}: its options must be JSON values (numbers, strings, lists, dicts): {error}") from None
+        raise LvsegError(
+            f"model {model!r}: its options must be JSON values (numbers, strings, lists, dicts): {error}"
+        ) from None
 
 
 class SegmentationModel(nn.Module):
@@ -142,13 +144,22 @@ class SegmentationModel(nn.Module):
     importer: ClassVar[str | None] = None
 
     config: dict[str, Any]
-    text_encoder: nn.Module | None
+    text_encoder: TextEncoder | None
 
     #: The class attributes above, which a subclass sets to declare its facts (a near-miss spelling is refused).
     DECLARED_FACTS: ClassVar[tuple[str, ...]] = (
-        "requires_text", "default_text_encoder", "training_only_modules", "text_tower_in_forward", "loss_weights",
-        "recipe", "default_img_size", "example_reports", "decision_threshold", "importer",
-        "accepts_unreadable_reports")
+        "requires_text",
+        "default_text_encoder",
+        "training_only_modules",
+        "text_tower_in_forward",
+        "loss_weights",
+        "recipe",
+        "default_img_size",
+        "example_reports",
+        "decision_threshold",
+        "importer",
+        "accepts_unreadable_reports",
+    )
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
         """``abstract=True``: a shared base of several models, with no options of its own (never built)."""
@@ -162,11 +173,16 @@ class SegmentationModel(nn.Module):
                 raise TypeError(f"{cls.__name__} must define __init__ with its keyword-only options")
             return
         signature = inspect.signature(init)
-        variadic = [name for name, parameter in signature.parameters.items()
-                    if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        variadic = [
+            name
+            for name, parameter in signature.parameters.items()
+            if parameter.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        ]
         if variadic:
-            raise TypeError(f"{cls.__name__}.__init__ must name every option (no *args/**kwargs): its config is "
-                            f"captured from them; found {', '.join(variadic)}")
+            raise TypeError(
+                f"{cls.__name__}.__init__ must name every option (no *args/**kwargs): its config is "
+                f"captured from them; found {', '.join(variadic)}"
+            )
         size = signature.parameters.get("img_size")
         if size is not None and isinstance(size.default, int) and not isinstance(size.default, bool):
             cls.default_img_size = size.default
@@ -181,7 +197,7 @@ class SegmentationModel(nn.Module):
                 self.config = self._finalize_config(config)
                 _check_json(self.model_name or type(self).__name__, self.config)
 
-        cls.__init__ = capturing_init  # type: ignore[method-assign]
+        cls.__init__ = capturing_init  # type: ignore[method-assign]  # wraps each model's constructor
 
     def __init__(
         self,
@@ -211,15 +227,17 @@ class SegmentationModel(nn.Module):
                 config[name] = getattr(self, name)
         return _json_able(config)
 
-    def token_input_shape(self, text_len: int | None, text_dim: int | None,
-                          default: tuple[int, int]) -> tuple[int, int]:
+    def token_input_shape(
+        self, text_len: int | None, text_dim: int | None, default: tuple[int, int]
+    ) -> tuple[int, int]:
         """(text_len, text_dim) of per-token text features: the encoder's when there is one (given values
         must agree), else the given ones or ``default`` (the paper's), for models reading (B, L, D) tokens."""
         if self.text_encoder is not None:
             encoder_dim = self.text_encoder.feature_dim
             if text_dim is not None and text_dim != encoder_dim:
-                raise LvsegError(f"{self.model_name}: text_dim {text_dim} contradicts the text encoder's feature "
-                                 f"size {encoder_dim}")
+                raise LvsegError(
+                    f"{self.model_name}: text_dim {text_dim} contradicts the text encoder's feature size {encoder_dim}"
+                )
             return self.text_encoder.max_length, encoder_dim
         return (default[0] if text_len is None else text_len), (default[1] if text_dim is None else text_dim)
 
@@ -240,7 +258,7 @@ class SegmentationModel(nn.Module):
             )
         return self.text_encoder(list(texts)).tokens.to(self.device)
 
-    def read_report(self, text: str) -> "TextReading":
+    def read_report(self, text: str) -> TextReading:
         """How this model's text front end understands ``text`` (unknown words, whether it parsed), so a report
         that was mostly not read is said so instead of silently giving "no lesion"."""
         from lvseg.text.base import TextReading
@@ -283,8 +301,9 @@ class SegmentationModel(nn.Module):
     def check_images(self, images: torch.Tensor, channels: int, size: int) -> None:
         """Raise a :class:`LvsegError` unless ``images`` is (B, channels, size, size)."""
         if images.ndim != 4 or tuple(images.shape[1:]) != (channels, size, size):
-            raise LvsegError(f"{self.model_name} expects images of shape (B, {channels}, {size}, {size}), got "
-                             f"{tuple(images.shape)}")
+            raise LvsegError(
+                f"{self.model_name} expects images of shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}"
+            )
 
     @property
     def device(self) -> torch.device:
@@ -356,16 +375,19 @@ class SegmentationModel(nn.Module):
         from lvseg.models.pretrained import PretrainedTower
         from lvseg.text.base import TextEncoder
 
-        return [module for module in self.modules()
-                if (isinstance(module, TextEncoder) and not module.trainable)
-                or (isinstance(module, PretrainedTower) and module.frozen)]
+        return [
+            module
+            for module in self.modules()
+            if (isinstance(module, TextEncoder) and not module.trainable)
+            or (isinstance(module, PretrainedTower) and module.frozen)
+        ]
 
     def inference_state_dict(self) -> dict[str, torch.Tensor]:
         """``state_dict()`` without the training-only modules (frozen pretrained weights are never in it)."""
         prefixes = tuple(f"{name}." for name in self.training_only_modules)
         return {key: value for key, value in self.state_dict().items() if not key.startswith(prefixes)}
 
-    def strip_training_modules(self) -> "SegmentationModel":
+    def strip_training_modules(self) -> SegmentationModel:
         """Remove the training-only modules (after loading, for inference); forward in eval mode never uses them."""
         for name in self.training_only_modules:
             if name in self._modules:
@@ -383,10 +405,13 @@ class SegmentationModel(nn.Module):
             if missing:
                 parts.append(f"missing {len(missing)} key(s) such as {', '.join(missing[:3])}")
             if result.unexpected_keys:
-                parts.append(f"{len(result.unexpected_keys)} unexpected key(s) such as "
-                             f"{', '.join(result.unexpected_keys[:3])}")
-            raise LvsegError(f"the weights in {source} do not fit model {self.model_name!r} "
-                             f"with options {self.config_summary()}: {'; '.join(parts)}")
+                parts.append(
+                    f"{len(result.unexpected_keys)} unexpected key(s) such as {', '.join(result.unexpected_keys[:3])}"
+                )
+            raise LvsegError(
+                f"the weights in {source} do not fit model {self.model_name!r} "
+                f"with options {self.config_summary()}: {'; '.join(parts)}"
+            )
 
     def config_summary(self) -> dict[str, Any]:
         """The config with a learned vocabulary shortened, for messages."""
@@ -400,10 +425,19 @@ class SegmentationModel(nn.Module):
         """total, trainable, frozen (pretrained, not trained) and inference (without training-only modules)."""
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        training_only = sum(p.numel() for name in self.training_only_modules if name in self._modules
-                            for p in self._modules[name].parameters())
-        return {"total": total, "trainable": trainable, "frozen": total - trainable,
-                "training_only": training_only, "inference": total - training_only}
+        training_only = sum(
+            p.numel()
+            for name in self.training_only_modules
+            if name in self._modules
+            for p in self.get_submodule(name).parameters()
+        )
+        return {
+            "total": total,
+            "trainable": trainable,
+            "frozen": total - trainable,
+            "training_only": training_only,
+            "inference": total - training_only,
+        }
 
 
 def _check_declared_facts(cls: type[SegmentationModel]) -> None:
@@ -429,8 +463,11 @@ def _check_declared_facts(cls: type[SegmentationModel]) -> None:
 
 def check_positive(model: str, **values: int) -> None:
     """Raise a :class:`LvsegError` naming each option of ``model`` that is not a positive integer."""
-    bad = [f"{name} must be a positive integer, got {value!r}" for name, value in values.items()
-           if isinstance(value, bool) or not isinstance(value, int) or value <= 0]
+    bad = [
+        f"{name} must be a positive integer, got {value!r}"
+        for name, value in values.items()
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0
+    ]
     if bad:
         raise LvsegError(f"{model}: " + "; ".join(bad))
 
@@ -438,8 +475,11 @@ def check_positive(model: str, **values: int) -> None:
 def check_choices(model: str, **values: tuple[Any, Collection[Any]]) -> None:
     """Raise a :class:`LvsegError` naming each option of ``model`` (``name=(value, choices)``) whose value is
     not one of its choices."""
-    bad = [f"{name} {value!r} is not one of {', '.join(map(str, choices))}"
-           for name, (value, choices) in values.items() if value not in choices]
+    bad = [
+        f"{name} {value!r} is not one of {', '.join(map(str, choices))}"
+        for name, (value, choices) in values.items()
+        if value not in choices
+    ]
     if bad:
         raise LvsegError(f"{model}: " + "; ".join(bad))
 

@@ -42,18 +42,28 @@ UNUSED_KEYS = re.compile(r"^(logit_scale|text\.transformer\.pooler\..*|text\.tra
 
 #: The published architecture (shapes of ``open_clip_pytorch_model.bin``), to describe the model without it.
 BIOMEDCLIP_SHAPES: dict[str, Any] = {
-    "vision": {"width": 768, "layers": 12, "mlp": 3072, "patch": 16, "image_size": 224, "channels": 3,
-               "qkv_bias": True},
+    "vision": {
+        "width": 768,
+        "layers": 12,
+        "mlp": 3072,
+        "patch": 16,
+        "image_size": 224,
+        "channels": 3,
+        "qkv_bias": True,
+    },
     "text": {"vocab": 30522, "width": 768, "layers": 12, "mlp": 3072, "positions": 512, "types": 2},
-    "text_hidden": 640, "projection": 512,
+    "text_hidden": 640,
+    "projection": 512,
 }
 
 
 def missing_biomedclip_message(folder: str) -> str:
-    return (f"BiomedCLIP is not in '{folder}': download open_clip_pytorch_model.bin from {BIOMEDCLIP_REPO} and "
-            f"vocab.txt from {BIOMEDBERT_REPO} into that folder (`hf download {BIOMEDCLIP_REPO} "
-            f"open_clip_pytorch_model.bin --local-dir {folder}` and `hf download {BIOMEDBERT_REPO} vocab.txt "
-            f"--local-dir {folder}`), or pass the folder holding them with --model-option biomedclip=FOLDER.")
+    return (
+        f"BiomedCLIP is not in '{folder}': download open_clip_pytorch_model.bin from {BIOMEDCLIP_REPO} and "
+        f"vocab.txt from {BIOMEDBERT_REPO} into that folder (`hf download {BIOMEDCLIP_REPO} "
+        f"open_clip_pytorch_model.bin --local-dir {folder}` and `hf download {BIOMEDBERT_REPO} vocab.txt "
+        f"--local-dir {folder}`), or pass the folder holding them with --model-option biomedclip=FOLDER."
+    )
 
 
 def shapes_from_state_dict(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -68,14 +78,23 @@ def shapes_from_state_dict(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         if grid * grid != positions:
             raise LvsegError(f"BiomedCLIP image positions {positions} do not form a square grid")
         return {
-            "vision": {"width": int(patch.shape[0]), "layers": vision_layers,
-                       "mlp": int(state["visual.trunk.blocks.0.mlp.fc1.weight"].shape[0]),
-                       "patch": int(patch.shape[-1]), "image_size": grid * int(patch.shape[-1]),
-                       "channels": int(patch.shape[1]), "qkv_bias": "visual.trunk.blocks.0.attn.qkv.bias" in state},
-            "text": {"vocab": int(words.shape[0]), "width": int(words.shape[1]), "layers": text_layers,
-                     "mlp": int(state["text.transformer.encoder.layer.0.intermediate.dense.weight"].shape[0]),
-                     "positions": int(state["text.transformer.embeddings.position_embeddings.weight"].shape[0]),
-                     "types": int(state["text.transformer.embeddings.token_type_embeddings.weight"].shape[0])},
+            "vision": {
+                "width": int(patch.shape[0]),
+                "layers": vision_layers,
+                "mlp": int(state["visual.trunk.blocks.0.mlp.fc1.weight"].shape[0]),
+                "patch": int(patch.shape[-1]),
+                "image_size": grid * int(patch.shape[-1]),
+                "channels": int(patch.shape[1]),
+                "qkv_bias": "visual.trunk.blocks.0.attn.qkv.bias" in state,
+            },
+            "text": {
+                "vocab": int(words.shape[0]),
+                "width": int(words.shape[1]),
+                "layers": text_layers,
+                "mlp": int(state["text.transformer.encoder.layer.0.intermediate.dense.weight"].shape[0]),
+                "positions": int(state["text.transformer.embeddings.position_embeddings.weight"].shape[0]),
+                "types": int(state["text.transformer.embeddings.token_type_embeddings.weight"].shape[0]),
+            },
             "text_hidden": int(state["text.proj.0.weight"].shape[0]),
             "projection": int(state["visual.head.proj.weight"].shape[0]),
         }
@@ -96,21 +115,43 @@ class BiomedCLIPTowers(nn.Module):
 
         vision, text = shapes["vision"], shapes["text"]
         self.shapes = shapes
-        self.vision = ViTModel(ViTConfig(
-            hidden_size=vision["width"], num_hidden_layers=vision["layers"],
-            num_attention_heads=max(1, vision["width"] // HEAD_WIDTH), intermediate_size=vision["mlp"],
-            hidden_act="gelu", layer_norm_eps=1e-6, image_size=vision["image_size"], patch_size=vision["patch"],
-            num_channels=vision["channels"], qkv_bias=vision["qkv_bias"], hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0), add_pooling_layer=False)
+        self.vision = ViTModel(
+            ViTConfig(
+                hidden_size=vision["width"],
+                num_hidden_layers=vision["layers"],
+                num_attention_heads=max(1, vision["width"] // HEAD_WIDTH),
+                intermediate_size=vision["mlp"],
+                hidden_act="gelu",
+                layer_norm_eps=1e-6,
+                image_size=vision["image_size"],
+                patch_size=vision["patch"],
+                num_channels=vision["channels"],
+                qkv_bias=vision["qkv_bias"],
+                hidden_dropout_prob=0.0,
+                attention_probs_dropout_prob=0.0,
+            ),
+            add_pooling_layer=False,
+        )
         self.visual_projection = nn.Linear(vision["width"], shapes["projection"], bias=False)
-        self.text = BertModel(BertConfig(
-            vocab_size=text["vocab"], hidden_size=text["width"], num_hidden_layers=text["layers"],
-            num_attention_heads=max(1, text["width"] // HEAD_WIDTH), intermediate_size=text["mlp"],
-            max_position_embeddings=text["positions"], type_vocab_size=text["types"], hidden_act="gelu",
-            pad_token_id=0), add_pooling_layer=False)
+        self.text = BertModel(
+            BertConfig(
+                vocab_size=text["vocab"],
+                hidden_size=text["width"],
+                num_hidden_layers=text["layers"],
+                num_attention_heads=max(1, text["width"] // HEAD_WIDTH),
+                intermediate_size=text["mlp"],
+                max_position_embeddings=text["positions"],
+                type_vocab_size=text["types"],
+                hidden_act="gelu",
+                pad_token_id=0,
+            ),
+            add_pooling_layer=False,
+        )
         self.text_projection = nn.Sequential(
-            nn.Linear(text["width"], shapes["text_hidden"], bias=False), nn.GELU(),
-            nn.Linear(shapes["text_hidden"], shapes["projection"], bias=False))
+            nn.Linear(text["width"], shapes["text_hidden"], bias=False),
+            nn.GELU(),
+            nn.Linear(shapes["text_hidden"], shapes["projection"], bias=False),
+        )
 
     def image_hidden_states(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Normalised images (B, 3, S, S) -> (embeddings, block 0 output, ...), each (B, 1 + N, W); positions
@@ -142,55 +183,78 @@ def convert_open_clip_state_dict(state: dict[str, torch.Tensor], towers: BiomedC
     unused: list[str] = []
 
     def vit_block(n: str, part: str) -> str:
-        new = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.o_proj",
-               "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
-        old = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-               "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+        new = {
+            "norm1": "layernorm_before",
+            "norm2": "layernorm_after",
+            "attn.proj": "attention.o_proj",
+            "mlp.fc1": "mlp.fc1",
+            "mlp.fc2": "mlp.fc2",
+        }
+        old = {
+            "norm1": "layernorm_before",
+            "norm2": "layernorm_after",
+            "attn.proj": "attention.output.dense",
+            "mlp.fc1": "intermediate.dense",
+            "mlp.fc2": "output.dense",
+        }
         return f"vision.layers.{n}.{new[part]}" if new_layout else f"vision.encoder.layer.{n}.{old[part]}"
 
     for key, value in state.items():
         if UNUSED_KEYS.match(key):
             continue
         if key.startswith("text.transformer."):
-            converted["text." + key[len("text.transformer."):]] = value
+            converted["text." + key[len("text.transformer.") :]] = value
             continue
         if key.startswith("text.proj."):
-            converted["text_projection." + key[len("text.proj."):]] = value
+            converted["text_projection." + key[len("text.proj.") :]] = value
             continue
         if key == "visual.head.proj.weight":
             converted["visual_projection.weight"] = value
             continue
-        trunk = {"visual.trunk.cls_token": "vision.embeddings.cls_token",
-                 "visual.trunk.pos_embed": "vision.embeddings.position_embeddings",
-                 "visual.trunk.patch_embed.proj.weight": "vision.embeddings.patch_embeddings.projection.weight",
-                 "visual.trunk.patch_embed.proj.bias": "vision.embeddings.patch_embeddings.projection.bias",
-                 "visual.trunk.norm.weight": "vision.layernorm.weight",
-                 "visual.trunk.norm.bias": "vision.layernorm.bias"}
+        trunk = {
+            "visual.trunk.cls_token": "vision.embeddings.cls_token",
+            "visual.trunk.pos_embed": "vision.embeddings.position_embeddings",
+            "visual.trunk.patch_embed.proj.weight": "vision.embeddings.patch_embeddings.projection.weight",
+            "visual.trunk.patch_embed.proj.bias": "vision.embeddings.patch_embeddings.projection.bias",
+            "visual.trunk.norm.weight": "vision.layernorm.weight",
+            "visual.trunk.norm.bias": "vision.layernorm.bias",
+        }
         if key in trunk:
             converted[trunk[key]] = value
             continue
-        match = re.fullmatch(r"visual\.trunk\.blocks\.(\d+)\.(norm1|norm2|attn\.proj|mlp\.fc1|mlp\.fc2|attn\.qkv)\."
-                             r"(weight|bias)", key)
+        match = re.fullmatch(
+            r"visual\.trunk\.blocks\.(\d+)\.(norm1|norm2|attn\.proj|mlp\.fc1|mlp\.fc2|attn\.qkv)\."
+            r"(weight|bias)",
+            key,
+        )
         if not match:
             unused.append(key)
             continue
         n, part, kind = match.groups()
         if part == "attn.qkv":  # timm fuses q, k, v row-wise
             for name, chunk in zip("qkv", value.chunk(3, dim=0)):
-                target = (f"vision.layers.{n}.attention.{name}_proj.{kind}" if new_layout else
-                          f"vision.encoder.layer.{n}.attention.attention.{dict(q='query', k='key', v='value')[name]}.{kind}")
+                target = (
+                    f"vision.layers.{n}.attention.{name}_proj.{kind}"
+                    if new_layout
+                    else f"vision.encoder.layer.{n}.attention.attention.{dict(q='query', k='key', v='value')[name]}.{kind}"
+                )
                 converted[target] = chunk
         else:
             converted[f"{vit_block(n, part)}.{kind}"] = value
     expected = towers.state_dict()
     problems = [f"unused key {key}" for key in unused]
-    problems += [f"{key} has shape {tuple(value.shape)}, the tower expects {tuple(expected[key].shape)}"
-                 for key, value in converted.items() if key in expected and expected[key].shape != value.shape]
+    problems += [
+        f"{key} has shape {tuple(value.shape)}, the tower expects {tuple(expected[key].shape)}"
+        for key, value in converted.items()
+        if key in expected and expected[key].shape != value.shape
+    ]
     problems += [f"unexpected key {key}" for key in converted if key not in expected]
     problems += [f"missing weight {key}" for key in expected if key not in converted]
     if problems:
-        raise LvsegError(f"the BiomedCLIP state dict does not fit its towers: {'; '.join(problems[:8])}"
-                         + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else ""))
+        raise LvsegError(
+            f"the BiomedCLIP state dict does not fit its towers: {'; '.join(problems[:8])}"
+            + (f" (and {len(problems) - 8} more)" if len(problems) > 8 else "")
+        )
     return converted
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from lvseg.errors import LvsegError
+from lvseg.models.base import PretrainedFolders
 from lvseg.models.biomedclip import (
     BIOMEDCLIP_MEAN,
     BIOMEDCLIP_SHAPES,
@@ -50,7 +51,6 @@ from lvseg.models.clipseg import (
     load_clipseg,
     load_clipseg_config,
 )
-from lvseg.models.base import PretrainedFolders
 from lvseg.models.pretrained import PretrainedTower, weight_source
 from lvseg.models.registry import register_model
 
@@ -78,10 +78,17 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
     ``decoder_init``.
     """
 
+    tower: PretrainedTower[BiomedCLIPTowers]
+
     @classmethod
     def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
-        return {"biomedclip": str(pretrained("biomedclip")), "extract_layers": [0, 1, 2], "reduce_dim": 16,
-                "decoder_heads": 2, "decoder_mlp": 32}
+        return {
+            "biomedclip": str(pretrained("biomedclip")),
+            "extract_layers": [0, 1, 2],
+            "reduce_dim": 16,
+            "decoder_heads": 2,
+            "decoder_mlp": 32,
+        }
 
     def __init__(
         self,
@@ -101,7 +108,9 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
         super().__init__()
         given_path = Path(biomedclip).expanduser()
         # a relative folder is recorded absolute (checkpoints load from anywhere); "~/..." stays portable
-        self.biomedclip = str(given_path.resolve()) if not given_path.is_absolute() and given_path.exists() else biomedclip
+        self.biomedclip = (
+            str(given_path.resolve()) if not given_path.is_absolute() and given_path.exists() else biomedclip
+        )
         biomedclip = self.biomedclip
         self.decoder_init = decoder_init
         source = weight_source()
@@ -111,8 +120,10 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
         self.patch_size = int(shapes["vision"]["patch"])
         self.text_len = min(CONTEXT_LENGTH, shapes["text"]["positions"]) if text_len is None else int(text_len)
         if not 2 <= self.text_len <= shapes["text"]["positions"]:
-            raise LvsegError(f"{self.model_name}: text_len must be between 2 and the text tower's "
-                             f"{shapes['text']['positions']} positions, got {text_len}")
+            raise LvsegError(
+                f"{self.model_name}: text_len must be between 2 and the text tower's "
+                f"{shapes['text']['positions']} positions, got {text_len}"
+            )
 
         init_weights = None
         geometry = {key: CIDAS_CONFIG[key] for key in DECODER_KEYS}
@@ -124,14 +135,23 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
                 config = load_clipseg_config(self.decoder_init) if source == "nowhere" else None
             if config is not None:
                 geometry = {key: getattr(config, key) for key in DECODER_KEYS}
-        given = {"extract_layers": extract_layers, "reduce_dim": reduce_dim,
-                 "decoder_num_attention_heads": decoder_heads, "decoder_intermediate_size": decoder_mlp,
-                 "conditional_layer": conditional_layer, "use_complex_transposed_convolution": complex_upsampling}
+        given = {
+            "extract_layers": extract_layers,
+            "reduce_dim": reduce_dim,
+            "decoder_num_attention_heads": decoder_heads,
+            "decoder_intermediate_size": decoder_mlp,
+            "conditional_layer": conditional_layer,
+            "use_complex_transposed_convolution": complex_upsampling,
+        }
         if init_weights is not None:
-            clash = [f"{name}={value}" for name, value in given.items() if value is not None and value != geometry[name]]
+            clash = [
+                f"{name}={value}" for name, value in given.items() if value is not None and value != geometry[name]
+            ]
             if clash:
-                raise LvsegError(f"{self.model_name}: {', '.join(clash)} contradict the decoder of "
-                                 f"'{self.decoder_init}' ({', '.join(f'{k}={geometry[k]}' for k in given)})")
+                raise LvsegError(
+                    f"{self.model_name}: {', '.join(clash)} contradict the decoder of "
+                    f"'{self.decoder_init}' ({', '.join(f'{k}={geometry[k]}' for k in given)})"
+                )
         geometry.update({name: value for name, value in given.items() if value is not None})
         self.extract_layers = [int(layer) for layer in geometry["extract_layers"]]
         self.geometry = geometry
@@ -139,30 +159,42 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
         self.decoder = build_clipseg_decoder(shapes["vision"]["width"], self.patch_size, shapes["projection"], geometry)
         if init_weights is not None:
             expected = self.decoder.state_dict()
-            misfits = [f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}" for key, value in init_weights.items()
-                       if key in expected and value.shape != expected[key].shape]
+            misfits = [
+                f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
+                for key, value in init_weights.items()
+                if key in expected and value.shape != expected[key].shape
+            ]
             if misfits or set(expected) != set(init_weights):
-                raise LvsegError(f"{self.model_name}: the decoder of '{self.decoder_init}' does not fit BiomedCLIP's "
-                                 f"widths ({shapes['vision']['width']}-wide image tokens, {shapes['projection']}-d "
-                                 f"condition, patch {self.patch_size}): {'; '.join(misfits[:3]) or 'other keys'}")
+                raise LvsegError(
+                    f"{self.model_name}: the decoder of '{self.decoder_init}' does not fit BiomedCLIP's "
+                    f"widths ({shapes['vision']['width']}-wide image tokens, {shapes['projection']}-d "
+                    f"condition, patch {self.patch_size}): {'; '.join(misfits[:3]) or 'other keys'}"
+                )
             self.decoder.load_state_dict(init_weights, strict=True)
         self._set_normalisation(BIOMEDCLIP_MEAN, BIOMEDCLIP_STD, in_channels)
         self._tokenizer: Any = None
 
     def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
         geometry = self.geometry
-        config.update(biomedclip=self.biomedclip, text_len=self.text_len, decoder_init=self.decoder_init, extract_layers=self.extract_layers,
-                      reduce_dim=int(geometry["reduce_dim"]), decoder_heads=int(geometry["decoder_num_attention_heads"]),
-                      decoder_mlp=int(geometry["decoder_intermediate_size"]),
-                      conditional_layer=int(geometry["conditional_layer"]),
-                      complex_upsampling=bool(geometry["use_complex_transposed_convolution"]))
+        config.update(
+            biomedclip=self.biomedclip,
+            text_len=self.text_len,
+            decoder_init=self.decoder_init,
+            extract_layers=self.extract_layers,
+            reduce_dim=int(geometry["reduce_dim"]),
+            decoder_heads=int(geometry["decoder_num_attention_heads"]),
+            decoder_mlp=int(geometry["decoder_intermediate_size"]),
+            conditional_layer=int(geometry["conditional_layer"]),
+            complex_upsampling=bool(geometry["use_complex_transposed_convolution"]),
+        )
         return super()._finalize_config(config)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self._tokenizer is None:
             self._tokenizer = load_biomedclip_tokenizer(self.biomedclip)
-        encoded = self._tokenizer(texts, padding="longest", truncation=True, max_length=self.text_len,
-                                  return_tensors="pt")
+        encoded = self._tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.text_len, return_tensors="pt"
+        )
         return encoded["input_ids"], encoded["attention_mask"]
 
     def image_hidden_states(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -198,7 +230,16 @@ class BiomedCLIPSegD(BiomedCLIPSeg):
         conditional_layer: int | None = None,
         complex_upsampling: bool | None = None,
     ) -> None:
-        super().__init__(biomedclip=biomedclip, img_size=img_size, in_channels=in_channels, text_len=text_len,
-                         decoder_init=decoder_init, extract_layers=extract_layers, reduce_dim=reduce_dim,
-                         decoder_heads=decoder_heads, decoder_mlp=decoder_mlp, conditional_layer=conditional_layer,
-                         complex_upsampling=complex_upsampling)
+        super().__init__(
+            biomedclip=biomedclip,
+            img_size=img_size,
+            in_channels=in_channels,
+            text_len=text_len,
+            decoder_init=decoder_init,
+            extract_layers=extract_layers,
+            reduce_dim=reduce_dim,
+            decoder_heads=decoder_heads,
+            decoder_mlp=decoder_mlp,
+            conditional_layer=conditional_layer,
+            complex_upsampling=complex_upsampling,
+        )

@@ -158,9 +158,7 @@ class PatchEmbedding(nn.Module):
     equal ``n_patches``.
     """
 
-    def __init__(
-        self, in_channels: int, embed_dim: int, patch_size: int, n_patches: int, dropout: float = 0.1
-    ) -> None:
+    def __init__(self, in_channels: int, embed_dim: int, patch_size: int, n_patches: int, dropout: float = 0.1) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size)

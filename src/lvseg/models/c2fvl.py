@@ -34,7 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_img_size, check_positive
+from lvseg.models.base import (
+    ModelOutput,
+    PretrainedFolders,
+    SegmentationModel,
+    as_output,
+    check_img_size,
+    check_positive,
+)
 from lvseg.models.blocks import (
     ConvTransBN,
     PatchEmbedding,
@@ -115,6 +122,9 @@ class C2FVL(SegmentationModel):
     #: C2FVL's official recipe where it differs from lvseg train's defaults (the LViT paper's).
     recipe = MappingProxyType({"batch_size": 4})
 
+    text_encoder: ReportVectorEncoder  # always (built in __init__)
+    channel_to_value: torch.Tensor  # buffer
+
     @classmethod
     def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
         return {"base_channels": 8}
@@ -131,10 +141,16 @@ class C2FVL(SegmentationModel):
         super().__init__(text_encoder=ReportVectorEncoder(unparsable=unparsable_reports))
         check_img_size("c2fvl", img_size)
         check_positive("c2fvl", in_channels=in_channels)
-        if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels <= 0 \
-                or base_channels % VECTOR_SIZE:
-            raise LvsegError(f"c2fvl: base_channels must be a positive multiple of 8 (8 attention heads, the "
-                             f"8-value report vector tiled over channels), got {base_channels!r}")
+        if (
+            isinstance(base_channels, bool)
+            or not isinstance(base_channels, int)
+            or base_channels <= 0
+            or base_channels % VECTOR_SIZE
+        ):
+            raise LvsegError(
+                f"c2fvl: base_channels must be a positive multiple of 8 (8 attention heads, the "
+                f"8-value report vector tiled over channels), got {base_channels!r}"
+            )
         self.in_channels, self.img_size = in_channels, img_size
         b = base_channels
         widths = level_widths(b)  # b, 2b, 4b, 8b
@@ -162,7 +178,7 @@ class C2FVL(SegmentationModel):
         return {index: str(error) for index, error in self.text_encoder.problems(list(texts)).items()}
 
     @property
-    def accepts_unreadable_reports(self) -> bool:  # type: ignore[override]
+    def accepts_unreadable_reports(self) -> bool:  # type: ignore[override]  # a read-only view of the encoder's mode
         return self.text_encoder.unparsable == "zero"
 
     def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -173,8 +189,10 @@ class C2FVL(SegmentationModel):
     def _check_inputs(self, images: torch.Tensor, text: torch.Tensor | None) -> None:
         self.check_images(images, self.in_channels, self.img_size)
         if text is None or tuple(text.shape) != (images.shape[0], VECTOR_SIZE):
-            raise LvsegError(f"c2fvl expects report vectors of shape (B={images.shape[0]}, {VECTOR_SIZE}), got "
-                             f"{None if text is None else tuple(text.shape)}")
+            raise LvsegError(
+                f"c2fvl expects report vectors of shape (B={images.shape[0]}, {VECTOR_SIZE}), got "
+                f"{None if text is None else tuple(text.shape)}"
+            )
 
     def forward(self, images: torch.Tensor, text_input: torch.Tensor | None = None) -> torch.Tensor | ModelOutput:
         """images (B, C, S, S), text_input (B, 8) -> logits (B, 1, S, S) (training: ModelOutput with sides)."""
@@ -190,14 +208,17 @@ class C2FVL(SegmentationModel):
             tokens.append(torch.cat([t, tokens[-1]], dim=2))  # (B, N, w_i)
 
         skips = []
-        for i, (feat, rec, t) in enumerate(zip(feats, self.reconstruct, tokens)):
+        for feat, rec, t in zip(feats, self.reconstruct, tokens):
             tiled = text[:, self.channel_to_value[: feat.shape[1]]]  # (B, w_i): T_i[c] = text[c mod 8]
             skips.append((rec(t) + feat) * tiled[:, :, None, None])
 
-        x, gated = bottom, [None] * N_LEVELS
+        x = bottom
+        gated: dict[int, torch.Tensor] = {}
         for i in range(N_LEVELS - 1, -1, -1):
-            gated[i] = self.up[i].gate_skip(skips[i])
-            x = self.up[i].merge(x, gated[i])
+            up = self.up[i]
+            assert isinstance(up, UpBlockAlignment)
+            gated[i] = up.gate_skip(skips[i])
+            x = up.merge(x, gated[i])
         logits = self.head(x)
         if not self.training:
             return logits

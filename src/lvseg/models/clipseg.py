@@ -30,7 +30,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,9 @@ from lvseg.errors import LvsegError
 from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_positive
 from lvseg.models.pretrained import PretrainedTower, weight_source
 from lvseg.models.registry import register_model
+
+if TYPE_CHECKING:
+    from transformers import CLIPSegModel
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +54,45 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: The architecture of CIDAS/clipseg-rd64-refined (its config.json), used to describe the model
 #: (``lvseg info``) when its files are not downloaded.
 CIDAS_CONFIG: dict[str, Any] = {
-    "text_config": {"vocab_size": 49408, "hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
-                    "num_attention_heads": 8, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                    "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1},
-    "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                      "num_attention_heads": 12, "image_size": 224, "patch_size": 16, "hidden_act": "quick_gelu"},
-    "projection_dim": 512, "extract_layers": [3, 6, 9], "reduce_dim": 64, "decoder_num_attention_heads": 4,
-    "decoder_intermediate_size": 2048, "conditional_layer": 0, "use_complex_transposed_convolution": True,
+    "text_config": {
+        "vocab_size": 49408,
+        "hidden_size": 512,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "max_position_embeddings": 77,
+        "hidden_act": "quick_gelu",
+        "bos_token_id": 49406,
+        "eos_token_id": 49407,
+        "pad_token_id": 1,
+    },
+    "vision_config": {
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_act": "quick_gelu",
+    },
+    "projection_dim": 512,
+    "extract_layers": [3, 6, 9],
+    "reduce_dim": 64,
+    "decoder_num_attention_heads": 4,
+    "decoder_intermediate_size": 2048,
+    "conditional_layer": 0,
+    "use_complex_transposed_convolution": True,
 }
 
 #: The decoder geometry of a CLIPSeg config (what :func:`build_clipseg_decoder` needs besides the widths).
-DECODER_KEYS = ("extract_layers", "reduce_dim", "decoder_num_attention_heads", "decoder_intermediate_size",
-                "conditional_layer", "use_complex_transposed_convolution")
+DECODER_KEYS = (
+    "extract_layers",
+    "reduce_dim",
+    "decoder_num_attention_heads",
+    "decoder_intermediate_size",
+    "conditional_layer",
+    "use_complex_transposed_convolution",
+)
 
 
 def hf_local_only() -> bool:
@@ -73,12 +103,16 @@ def hf_local_only() -> bool:
 
 def missing_clipseg_message(name_or_path: str) -> str:
     if Path(name_or_path).expanduser().exists():
-        return (f"CLIPSeg folder '{name_or_path}' does not hold a loadable CLIPSeg model (config.json and model "
-                "weights as written by `save_pretrained`, with vocab.json, merges.txt and preprocessor_config.json); "
-                "re-save it there or pass another folder with `--model-option name_or_path=/path/to/folder`.")
-    return (f"CLIPSeg model '{name_or_path}' is not available offline: download it with `hf download {name_or_path}` "
-            "(into the Hugging Face cache, ~/.cache/huggingface) or into a folder passed as "
-            "`--model-option name_or_path=/path/to/folder` (or set LVSEG_ALLOW_DOWNLOAD=1 to let lvseg download it).")
+        return (
+            f"CLIPSeg folder '{name_or_path}' does not hold a loadable CLIPSeg model (config.json and model "
+            "weights as written by `save_pretrained`, with vocab.json, merges.txt and preprocessor_config.json); "
+            "re-save it there or pass another folder with `--model-option name_or_path=/path/to/folder`."
+        )
+    return (
+        f"CLIPSeg model '{name_or_path}' is not available offline: download it with `hf download {name_or_path}` "
+        "(into the Hugging Face cache, ~/.cache/huggingface) or into a folder passed as "
+        "`--model-option name_or_path=/path/to/folder` (or set LVSEG_ALLOW_DOWNLOAD=1 to let lvseg download it)."
+    )
 
 
 def load_clipseg_config(name_or_path: str) -> Any:
@@ -116,19 +150,28 @@ def processor_statistics(name_or_path: str) -> tuple[list[float], list[float]]:
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
 
 
-def build_clipseg_decoder(vision_width: int, patch_size: int, projection_dim: int,
-                          geometry: dict[str, Any], layer_norm_eps: float = 1e-5) -> nn.Module:
+def build_clipseg_decoder(
+    vision_width: int, patch_size: int, projection_dim: int, geometry: dict[str, Any], layer_norm_eps: float = 1e-5
+) -> nn.Module:
     """A randomly initialised ``transformers`` CLIPSeg decoder for an image tower of ``vision_width`` and a
     conditioning vector of ``projection_dim``, with the geometry (:data:`DECODER_KEYS`) of ``geometry``."""
-    from transformers import CLIPSegConfig
+    from transformers import CLIPSegConfig, CLIPSegVisionConfig
     from transformers.models.clipseg.modeling_clipseg import CLIPSegDecoder
 
     config = CLIPSegConfig(
         text_config={"hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 1},
-        vision_config={"hidden_size": vision_width, "patch_size": patch_size, "num_hidden_layers": 1,
-                       "num_attention_heads": 1, "intermediate_size": 64, "layer_norm_eps": layer_norm_eps},
-        projection_dim=projection_dim, **{key: geometry[key] for key in DECODER_KEYS},
+        vision_config={
+            "hidden_size": vision_width,
+            "patch_size": patch_size,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "intermediate_size": 64,
+            "layer_norm_eps": layer_norm_eps,
+        },
+        projection_dim=projection_dim,
+        **{key: geometry[key] for key in DECODER_KEYS},
     )
+    assert isinstance(config.vision_config, CLIPSegVisionConfig)  # CLIPSegConfig builds it from the dict
     config._attn_implementation = config.vision_config._attn_implementation = "sdpa"  # built outside a parent model
     return CLIPSegDecoder(config)
 
@@ -152,8 +195,10 @@ class CLIPSegStyleModel(SegmentationModel, abstract=True):
     loss_weights = MappingProxyType({"dice": 1.0, "bce": 0.2})
     recipe = "vlsm"
 
-    tower: PretrainedTower
+    tower: PretrainedTower[nn.Module]
     decoder: nn.Module
+    pixel_mean: torch.Tensor  # buffers set by _set_normalisation
+    pixel_std: torch.Tensor
     extract_layers: list[int]
     patch_size: int
     text_len: int
@@ -166,8 +211,10 @@ class CLIPSegStyleModel(SegmentationModel, abstract=True):
         if in_channels not in (1, 3):
             raise LvsegError(f"{self.model_name}: in_channels must be 1 (gray, replicated) or 3, got {in_channels}")
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise LvsegError(f"{self.model_name}: image_mean/image_std must be 3 values each (std > 0), got "
-                             f"{list(mean)} / {list(std)}")
+            raise LvsegError(
+                f"{self.model_name}: image_mean/image_std must be 3 values each (std > 0), got "
+                f"{list(mean)} / {list(std)}"
+            )
         self.in_channels = in_channels
         self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -175,11 +222,14 @@ class CLIPSegStyleModel(SegmentationModel, abstract=True):
     def _check_geometry(self, img_size: int, layers: int) -> None:
         check_positive(self.model_name, img_size=img_size)
         if img_size % self.patch_size:
-            raise LvsegError(f"{self.model_name}: img_size must be a multiple of the patch size {self.patch_size}, "
-                             f"got {img_size}")
+            raise LvsegError(
+                f"{self.model_name}: img_size must be a multiple of the patch size {self.patch_size}, got {img_size}"
+            )
         if not self.extract_layers or max(self.extract_layers) >= layers or min(self.extract_layers) < 0:
-            raise LvsegError(f"{self.model_name}: extract_layers {self.extract_layers} must name layers of the "
-                             f"{layers}-layer image tower (0-based)")
+            raise LvsegError(
+                f"{self.model_name}: extract_layers {self.extract_layers} must name layers of the "
+                f"{layers}-layer image tower (0-based)"
+            )
 
     # ---------------------------------------------------------------------------- subclass hooks
 
@@ -223,14 +273,17 @@ class CLIPSegStyleModel(SegmentationModel, abstract=True):
             logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
         return ModelOutput(logits, {}) if self.training else logits
 
-    def compute_losses(self, output: ModelOutput | torch.Tensor, target: torch.Tensor,
-                       weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def compute_losses(
+        self, output: ModelOutput | torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Soft Dice (MONAI's, unsquared) + BCE with logits, weighted 1 / 0.2 (the medvlsm study's)."""
         from lvseg.models.losses import bce_with_logits, soft_dice_loss
 
         logits = as_output(output).logits.float()  # losses in fp32 under autocast
-        return {"dice": self.loss_weights["dice"] * soft_dice_loss(logits, target, weight, squared=False),
-                "bce": self.loss_weights["bce"] * bce_with_logits(logits, target, weight)}
+        return {
+            "dice": self.loss_weights["dice"] * soft_dice_loss(logits, target, weight, squared=False),
+            "bce": self.loss_weights["bce"] * bce_with_logits(logits, target, weight),
+        }
 
 
 @register_model("clipseg")
@@ -241,6 +294,8 @@ class CLIPSeg(CLIPSegStyleModel):
     replicated), ``text_len`` (max prompt tokens; default the text tower's 77), ``train_encoders`` (False:
     decoder only), ``image_mean``/``image_std`` (default: the checkpoint's processor config).
     """
+
+    tower: PretrainedTower[CLIPSegModel]
 
     @classmethod
     def tiny_options(cls, pretrained: PretrainedFolders) -> dict[str, Any]:
@@ -271,8 +326,11 @@ class CLIPSeg(CLIPSegStyleModel):
         if train_encoders:  # what segmentation never reads stays frozen: the image embedding (final norm and
             # projection), the contrastive temperature and the image layers after the deepest tap
             vision = full.clip.vision_model
-            unused = [vision.post_layernorm, full.clip.visual_projection,
-                      *vision.encoder.layers[max(config.extract_layers) + 1:]]
+            unused = [
+                vision.post_layernorm,
+                full.clip.visual_projection,
+                *vision.encoder.layers[max(config.extract_layers) + 1 :],
+            ]
             for module in unused:
                 module.requires_grad_(False)
             full.clip.logit_scale.requires_grad_(False)
@@ -286,8 +344,10 @@ class CLIPSeg(CLIPSegStyleModel):
             raise LvsegError(f"clipseg: text_len must be between 2 and the text tower's {limit} tokens, got {text_len}")
         self._check_geometry(img_size, int(config.vision_config.num_hidden_layers))
         if image_mean is None or image_std is None:
-            mean, std = processor_statistics(self.name_or_path) if source != "nowhere" else (IMAGENET_MEAN, IMAGENET_STD)
-            image_mean, image_std = image_mean or mean, image_std or std
+            mean, std = (
+                processor_statistics(self.name_or_path) if source != "nowhere" else (IMAGENET_MEAN, IMAGENET_STD)
+            )
+            image_mean, image_std = list(image_mean or mean), list(image_std or std)
         self.image_mean, self.image_std = list(image_mean), list(image_std)
         self._set_normalisation(self.image_mean, self.image_std, in_channels)
         self._tokenizer: Any = None
@@ -295,8 +355,9 @@ class CLIPSeg(CLIPSegStyleModel):
         self._interpolate = {"interpolate_pos_encoding": True} if "interpolate_pos_encoding" in vision_forward else {}
 
     def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
-        config.update(name_or_path=self.name_or_path, text_len=self.text_len, image_mean=self.image_mean,
-                      image_std=self.image_std)
+        config.update(
+            name_or_path=self.name_or_path, text_len=self.text_len, image_mean=self.image_mean, image_std=self.image_std
+        )
         return super()._finalize_config(config)
 
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,8 +365,9 @@ class CLIPSeg(CLIPSegStyleModel):
             from lvseg.text.clip import load_clip_tokenizer
 
             self._tokenizer = load_clip_tokenizer(self.name_or_path)
-        encoded = self._tokenizer(texts, padding="longest", truncation=True, max_length=self.text_len,
-                                  return_tensors="pt")
+        encoded = self._tokenizer(
+            texts, padding="longest", truncation=True, max_length=self.text_len, return_tensors="pt"
+        )
         return encoded["input_ids"], encoded["attention_mask"]
 
     def image_hidden_states(self, pixels: torch.Tensor) -> Sequence[torch.Tensor]:

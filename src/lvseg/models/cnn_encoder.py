@@ -80,9 +80,7 @@ def build_cnn_decoder(base: int, up_block: Callable[[int, int], UpBlock]) -> CNN
     return CNNDecoder(up, head)
 
 
-def encode_cnn(
-    inc: nn.Module, down: nn.ModuleList, images: torch.Tensor
-) -> tuple[list[torch.Tensor], torch.Tensor]:
+def encode_cnn(inc: nn.Module, down: nn.ModuleList, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """images (B, C, S, S) -> (skips, bottom).
 
     skips[i] (B, w_i, S / 2**i, S / 2**i) for i = 0..3 (inc's output, then down.0..2's); bottom (B, 8b, S/16, S/16)

@@ -35,7 +35,8 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
 
         encoder = build_text_encoder(spec, max_length=options.get("text_len"))
         if getattr(encoder, "cache", None) is not None:
-            encoder.cache = None  # describing a model writes no feature file
+            # describing a model writes no feature file (nn.Module.__setattr__ is typed for tensors and modules)
+            encoder.cache = None  # type: ignore[assignment]
         text_counter = FlopCounterMode(display=False)
         with text_counter, torch.no_grad():
             encoder(["Bilateral pulmonary infection, two infected areas, upper left lung and lower right lung."])
@@ -52,6 +53,7 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
     with counter, torch.no_grad():
         model(images, text)
     counts = model.parameter_counts()
+    first_text = _first_tensor(text)
     return {
         "model": name,
         "options": model.config_summary(),
@@ -65,7 +67,7 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
         "text_encoder_gflops": text_gflops,
         "requires_text": bool(model.requires_text),
         "image_shape": image_shape,
-        "text_shape": list(_first_tensor(text).shape) if _first_tensor(text) is not None else None,
+        "text_shape": list(first_text.shape) if first_text is not None else None,
         "text_tower_in_network": bool(model.text_tower_in_forward),
     }
 
@@ -73,8 +75,10 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
 def describe_all(**options: Any) -> list[dict[str, Any]]:
     """:func:`describe_model` for every registered model, each given those of ``options`` it takes
     (e.g. ``img_size`` for all, ``text_len`` for text models)."""
-    return [describe_model(name, **{key: value for key, value in options.items() if key in model_options(name)})
-            for name in list_models()]
+    return [
+        describe_model(name, **{key: value for key, value in options.items() if key in model_options(name)})
+        for name in list_models()
+    ]
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:

@@ -42,8 +42,9 @@ def class_balanced_bce_with_logits(
     per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     pixel_weight = torch.ones_like(per_pixel)
     if weight is not None:
-        pixel_weight = pixel_weight * (weight if weight.dim() == per_pixel.dim()
-                                       else weight.view(-1, *([1] * (per_pixel.dim() - 1))))
+        pixel_weight = pixel_weight * (
+            weight if weight.dim() == per_pixel.dim() else weight.view(-1, *([1] * (per_pixel.dim() - 1)))
+        )
     positive = target >= 0.5
     halves = []
     for selected in (positive, ~positive):
@@ -56,8 +57,9 @@ def class_balanced_bce_with_logits(
     return torch.stack(halves).mean()
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                   squared: bool = True) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, squared: bool = True
+) -> torch.Tensor:
     """Soft Dice loss on sigmoid outputs, per image, averaged over the batch (optionally weighted).
 
     Per image 1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps) (MONAI ``DiceLoss`` with squared
@@ -110,8 +112,7 @@ class DiceBCELoss(nn.Module):
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight
 
-    def forward(
-        self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return (self.dice_weight * soft_dice_loss(logits, target, weight)
-                + self.bce_weight * class_balanced_bce_with_logits(logits, target, weight))
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.dice_weight * soft_dice_loss(
+            logits, target, weight
+        ) + self.bce_weight * class_balanced_bce_with_logits(logits, target, weight)

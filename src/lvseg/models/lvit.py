@@ -92,7 +92,12 @@ class LViT(SegmentationModel):
     ) -> None:
         super().__init__(text_encoder=text_encoder, text_len=text_len, texts=texts)
         check_img_size("lvit", img_size)
-        if isinstance(base_channels, bool) or not isinstance(base_channels, int) or base_channels <= 0 or base_channels % 8:
+        if (
+            isinstance(base_channels, bool)
+            or not isinstance(base_channels, int)
+            or base_channels <= 0
+            or base_channels % 8
+        ):
             raise LvsegError(
                 f"lvit: base_channels must be a positive multiple of 8 (8 attention heads), got {base_channels!r}"
             )
@@ -109,8 +114,10 @@ class LViT(SegmentationModel):
 
         # Text pyramid: text_dim -> 8b -> 4b -> 2b -> b along the text tokens; only level 0 is used.
         self.text_proj = nn.ModuleList(
-            [nn.Conv1d(widths[i + 1] if i + 1 < N_LEVELS else text_dim, w, kernel_size=3, padding=1)
-             for i, w in enumerate(widths)]
+            [
+                nn.Conv1d(widths[i + 1] if i + 1 < N_LEVELS else text_dim, w, kernel_size=3, padding=1)
+                for i, w in enumerate(widths)
+            ]
         )
         self.text_to_tokens = ConvTransBN(text_len, self.n_tokens)
 
@@ -122,9 +129,7 @@ class LViT(SegmentationModel):
         self.up_vit = nn.ModuleList([TransformerBlock(w, dropout=dropout) for w in widths])
         self.token_down = nn.ModuleList([ConvTransBN(w, w // 2) for w in widths[1:]])
         self.token_up = nn.ModuleList([ConvTransBN(2 * w, w) for w in widths[:-1]])
-        self.reconstruct = nn.ModuleList(
-            [Reconstruct(w, w, PATCH_SIZE // 2**i) for i, w in enumerate(widths)]
-        )
+        self.reconstruct = nn.ModuleList([Reconstruct(w, w, PATCH_SIZE // 2**i) for i, w in enumerate(widths)])
 
     def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
         return torch.zeros(batch_size, self.text_len, self.text_dim, device=device)
@@ -132,9 +137,7 @@ class LViT(SegmentationModel):
     def _check_inputs(self, images: torch.Tensor, text_features: torch.Tensor | None) -> None:
         self.check_images(images, self.in_channels, self.img_size)
         if text_features is None:
-            raise LvsegError(
-                f"lvit needs text features of shape (B, {self.text_len}, {self.text_dim}), got None"
-            )
+            raise LvsegError(f"lvit needs text features of shape (B, {self.text_len}, {self.text_dim}), got None")
         expected = (images.shape[0], self.text_len, self.text_dim)
         if tuple(text_features.shape) != expected:
             raise LvsegError(

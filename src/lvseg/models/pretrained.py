@@ -19,13 +19,16 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from torch import nn
 
 from lvseg.text.huggingface import allow_missing_pretrained_weights, drop_pretrained_weights
 
 WeightSource = Literal["pretrained", "checkpoint", "nowhere"]
+
+#: The wrapped module's type (each model calls its own tower's methods).
+HFModule = TypeVar("HFModule", bound=nn.Module, covariant=True)
 _WEIGHT_SOURCE: ContextVar[WeightSource] = ContextVar("lvseg_weight_source", default="pretrained")
 
 
@@ -46,7 +49,7 @@ def weight_source() -> WeightSource:
     return _WEIGHT_SOURCE.get()
 
 
-class PretrainedTower(nn.Module):
+class PretrainedTower(nn.Module, Generic[HFModule]):
     """A pretrained Hugging Face module (``hf_model``) inside a segmentation model.
 
     ``frozen=True``: ``requires_grad`` off, always in eval mode (no dropout), weights kept out of
@@ -54,9 +57,9 @@ class PretrainedTower(nn.Module):
     shared, not copied, by an EMA teacher. ``frozen=False``: an ordinary trained submodule.
     """
 
-    def __init__(self, hf_model: nn.Module, source: str, frozen: bool = True) -> None:
+    def __init__(self, hf_model: HFModule, source: str, frozen: bool = True) -> None:
         super().__init__()
-        self.hf_model = hf_model
+        self.hf_model: HFModule = hf_model
         self.frozen = bool(frozen)
         if self.frozen:
             self.pretrained_source = source
@@ -66,7 +69,7 @@ class PretrainedTower(nn.Module):
             self.register_state_dict_post_hook(drop_pretrained_weights)
             self.register_load_state_dict_post_hook(allow_missing_pretrained_weights)
 
-    def train(self, mode: bool = True) -> "PretrainedTower":
+    def train(self, mode: bool = True) -> PretrainedTower[HFModule]:
         super().train(mode)
         if self.frozen:
             self.hf_model.eval()

@@ -59,8 +59,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lvseg.errors import LvsegError
-from lvseg.models.base import (ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_choices, check_img_size,
-                               check_positive)
+from lvseg.models.base import (
+    ModelOutput,
+    PretrainedFolders,
+    SegmentationModel,
+    as_output,
+    check_choices,
+    check_img_size,
+    check_positive,
+)
 from lvseg.models.blocks import ConvTransBN, UpBlockAttention
 from lvseg.models.cnn_encoder import DOWNSAMPLING, build_cnn_decoder, build_cnn_encoder, decode_cnn, encode_cnn
 from lvseg.models.registry import register_model
@@ -91,8 +98,13 @@ class WeightedAttention(nn.Module):
         self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor, key_weights: torch.Tensor | None = None,
-                key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        context: torch.Tensor,
+        key_weights: torch.Tensor | None = None,
+        key_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         batch, n_query, dim = query.shape
         head_dim = dim // self.heads
 
@@ -124,9 +136,15 @@ class ReconstructionLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, self_weights: torch.Tensor | None = None, self_padding: torch.Tensor | None = None,
-                context: torch.Tensor | None = None, context_weights: torch.Tensor | None = None,
-                context_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        self_weights: torch.Tensor | None = None,
+        self_padding: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        context_weights: torch.Tensor | None = None,
+        context_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.self_norm(x + self.dropout(self.self_attention(x, x, self_weights, self_padding)))
         if self.cross_attention is not None:
             assert context is not None and self.cross_norm is not None
@@ -145,9 +163,14 @@ class ConditionedReconstructor(nn.Module):
         self.context = nn.ModuleList([ReconstructionLayer(dim, heads, dropout, cross=False) for _ in range(layers)])
         self.decoder = nn.ModuleList([ReconstructionLayer(dim, heads, dropout, cross=True) for _ in range(layers)])
 
-    def forward(self, masked: torch.Tensor, condition: torch.Tensor, condition_weights: torch.Tensor,
-                masked_padding: torch.Tensor | None = None,
-                condition_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        masked: torch.Tensor,
+        condition: torch.Tensor,
+        condition_weights: torch.Tensor,
+        masked_padding: torch.Tensor | None = None,
+        condition_padding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """masked (B, M, D), condition (B, C, D), condition_weights (B, C) -> reconstruction (B, M, D)."""
         context = condition
         for layer in self.context:
@@ -191,10 +214,17 @@ class RecLMIS(SegmentationModel):
 
     requires_text = True
     default_text_encoder = "clip"
-    training_only_modules = ("text_context", "word_scorer", "patch_scorer", "image_reconstructor",
-                             "text_reconstructor", "text_output")
-    loss_weights = MappingProxyType({"dice": 2.5, "bce": 2.5, "ccl": 0.2, "text_reconstruction": 1.0,
-                                     "image_reconstruction": 1.0})
+    training_only_modules = (
+        "text_context",
+        "word_scorer",
+        "patch_scorer",
+        "image_reconstructor",
+        "text_reconstructor",
+        "text_output",
+    )
+    loss_weights = MappingProxyType(
+        {"dice": 2.5, "bce": 2.5, "ccl": 0.2, "text_reconstruction": 1.0, "image_reconstruction": 1.0}
+    )
     recipe = MappingProxyType({"batch_size": 32, "lr": 3e-4, "patience": 100})
     importer = "lvseg.importers.reclmis:RecLMISImporter"
 
@@ -224,24 +254,37 @@ class RecLMIS(SegmentationModel):
     ) -> None:
         super().__init__(text_encoder=text_encoder, text_len=text_len, texts=texts)
         check_img_size("reclmis", img_size)
-        check_choices("reclmis", preset=(preset, PRESETS), contrastive_weights=(contrastive_weights,
-                                                                                CONTRASTIVE_WEIGHTS))
+        check_choices(
+            "reclmis", preset=(preset, PRESETS), contrastive_weights=(contrastive_weights, CONTRASTIVE_WEIGHTS)
+        )
         self.contrastive_weights = contrastive_weights
         settings = dict(PRESETS[preset])
-        for name, value in (("image_mask_rate", image_mask_rate), ("text_mask_rate", text_mask_rate),
-                            ("reconstructor_layers", reconstructor_layers), ("scorer_dropout", scorer_dropout)):
+        for name, value in (
+            ("image_mask_rate", image_mask_rate),
+            ("text_mask_rate", text_mask_rate),
+            ("reconstructor_layers", reconstructor_layers),
+            ("scorer_dropout", scorer_dropout),
+        ):
             if value is not None:
                 settings[name] = value
         for name in ("image_mask_rate", "text_mask_rate", "scorer_dropout"):
             if not 0.0 <= float(settings[name]) < 1.0:
                 raise LvsegError(f"reclmis: {name} must be in [0, 1), got {settings[name]}")
         text_len, text_dim = self.token_input_shape(text_len, text_dim, default=(PAPER_TEXT_LEN, PAPER_TEXT_DIM))
-        check_positive("reclmis", in_channels=in_channels, base_channels=base_channels, text_dim=text_dim,
-                       text_len=text_len, heads=heads, reconstructor_layers=int(settings["reconstructor_layers"]))
+        check_positive(
+            "reclmis",
+            in_channels=in_channels,
+            base_channels=base_channels,
+            text_dim=text_dim,
+            text_len=text_len,
+            heads=heads,
+            reconstructor_layers=int(settings["reconstructor_layers"]),
+        )
         width = 8 * base_channels
         if width % heads:
-            raise LvsegError(f"reclmis: the bottleneck width 8 x base_channels = {width} must be divisible by "
-                             f"heads = {heads}")
+            raise LvsegError(
+                f"reclmis: the bottleneck width 8 x base_channels = {width} must be divisible by heads = {heads}"
+            )
         self.in_channels, self.img_size, self.text_len, self.text_dim = in_channels, img_size, text_len, text_dim
         self.settings = settings
         self.logit_scale = float(logit_scale)
@@ -275,8 +318,10 @@ class RecLMIS(SegmentationModel):
     def encode_text(self, texts: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """B reports -> (CLIP states (B, L, text_dim), mask (B, L) bool), on the model's device."""
         if self.text_encoder is None:
-            raise LvsegError("model 'reclmis' was built without a text encoder; build it with text_encoder='clip' "
-                             "(or 'clip:<id or folder>'), or call forward() with text features")
+            raise LvsegError(
+                "model 'reclmis' was built without a text encoder; build it with text_encoder='clip' "
+                "(or 'clip:<id or folder>'), or call forward() with text features"
+            )
         features = self.text_encoder(list(texts))
         return features.tokens.to(self.device), features.mask.to(self.device)
 
@@ -289,8 +334,10 @@ class RecLMIS(SegmentationModel):
         tokens, mask = text_input if isinstance(text_input, (tuple, list)) else (text_input, None)
         expected = (images.shape[0], self.text_len, self.text_dim)
         if tokens is None or tuple(tokens.shape) != expected:
-            raise LvsegError(f"reclmis expects text states of shape (B={expected[0]}, text_len={expected[1]}, "
-                             f"text_dim={expected[2]}), got {None if tokens is None else tuple(tokens.shape)}")
+            raise LvsegError(
+                f"reclmis expects text states of shape (B={expected[0]}, text_len={expected[1]}, "
+                f"text_dim={expected[2]}), got {None if tokens is None else tuple(tokens.shape)}"
+            )
         if mask is None:
             mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return tokens, mask.bool()
@@ -313,12 +360,19 @@ class RecLMIS(SegmentationModel):
         logits = self.head(decode_cnn(self.up, x, skips))
         if not self.training:
             return logits
-        return ModelOutput(logits, self._reconstruction_branch(bottom, states, mask, text, text_attended,
-                                                               image_attended))
+        return ModelOutput(
+            logits, self._reconstruction_branch(bottom, states, mask, text, text_attended, image_attended)
+        )
 
-    def _reconstruction_branch(self, bottom: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
-                               text: torch.Tensor, text_attended: torch.Tensor,
-                               image_attended: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _reconstruction_branch(
+        self,
+        bottom: torch.Tensor,
+        states: torch.Tensor,
+        mask: torch.Tensor,
+        text: torch.Tensor,
+        text_attended: torch.Tensor,
+        image_attended: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
         """What the training-only losses read, each batch-first (see :meth:`compute_losses`)."""
         image_tokens = bottom.flatten(2).transpose(1, 2)  # raw CNN tokens flat(x5): (B, N, 8b)
         context = self.text_context(text_attended.transpose(1, 2)).transpose(1, 2)  # T'': (B, L, 8b)
@@ -333,10 +387,12 @@ class RecLMIS(SegmentationModel):
         masked_text = zero_by_weights(text, word_weights, text_counts)
 
         padding = ~mask
-        image_reconstruction = self.image_reconstructor(masked_image, text, word_weights,
-                                                        condition_padding=padding)  # CVR: (B, N, 8b)
-        text_reconstruction = self.text_output(self.text_reconstructor(
-            masked_text, image_tokens, patch_weights, masked_padding=padding))  # CLR: (B, L, D)
+        image_reconstruction = self.image_reconstructor(
+            masked_image, text, word_weights, condition_padding=padding
+        )  # CVR: (B, N, 8b)
+        text_reconstruction = self.text_output(
+            self.text_reconstructor(masked_text, image_tokens, patch_weights, masked_padding=padding)
+        )  # CLR: (B, L, D)
         return {
             "image_reconstruction": image_reconstruction,
             "image_target": image_attended.detach(),
@@ -366,23 +422,29 @@ class RecLMIS(SegmentationModel):
             return terms
         weights = self.loss_weights
         terms["image_reconstruction"] = weights["image_reconstruction"] * F.mse_loss(
-            aux["image_reconstruction"], aux["image_target"])
+            aux["image_reconstruction"], aux["image_target"]
+        )
         terms["text_reconstruction"] = weights["text_reconstruction"] * F.mse_loss(
-            aux["text_reconstruction"], aux["text_target"])
+            aux["text_reconstruction"], aux["text_target"]
+        )
         if len(aux["text_tokens"]) >= 2:
-            word_weights, patch_weights = self._contrastive_weights(aux["word_weights"], aux["patch_weights"],
-                                                                    aux["text_mask"])
+            word_weights, patch_weights = self._contrastive_weights(
+                aux["word_weights"], aux["patch_weights"], aux["text_mask"]
+            )
             terms["ccl"] = weights["ccl"] * conditioned_contrastive_loss(
-                aux["text_tokens"], aux["image_tokens"], aux["text_mask"], word_weights, patch_weights,
-                self.logit_scale)
+                aux["text_tokens"], aux["image_tokens"], aux["text_mask"], word_weights, patch_weights, self.logit_scale
+            )
         elif not self._warned_small_batch:
-            logger.warning("reclmis: the conditioned contrastive loss needs two or more images per batch; it is "
-                           "skipped for batches of one")
+            logger.warning(
+                "reclmis: the conditioned contrastive loss needs two or more images per batch; it is "
+                "skipped for batches of one"
+            )
             self._warned_small_batch = True
         return terms
 
-    def _contrastive_weights(self, word_weights: torch.Tensor, patch_weights: torch.Tensor,
-                             mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _contrastive_weights(
+        self, word_weights: torch.Tensor, patch_weights: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """word (B, L) and patch (B, N) weights as the CCL reads them (``contrastive_weights``)."""
         if self.contrastive_weights == "detached":
             return word_weights.detach(), patch_weights.detach()
@@ -391,9 +453,14 @@ class RecLMIS(SegmentationModel):
         return word_weights, patch_weights
 
 
-def conditioned_contrastive_loss(text: torch.Tensor, image: torch.Tensor, mask: torch.Tensor,
-                                 word_weights: torch.Tensor, patch_weights: torch.Tensor,
-                                 logit_scale: float = 100.0) -> torch.Tensor:
+def conditioned_contrastive_loss(
+    text: torch.Tensor,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    word_weights: torch.Tensor,
+    patch_weights: torch.Tensor,
+    logit_scale: float = 100.0,
+) -> torch.Tensor:
     """CCL between B reports and B images (pairs on the diagonal).
 
     text (B, L, D), image (B, N, D), mask (B, L) bool, word_weights (B, L), patch_weights (B, N).

@@ -46,8 +46,13 @@ def load_plugins(rescan: bool = False) -> None:
         try:
             loaded = entry_point.load()
         except Exception as error:  # a broken third-party package raises anything on import
-            logger.warning("lvseg plug-in %r (%s) could not be loaded and is skipped: %s: %s", entry_point.name,
-                           entry_point.value, type(error).__name__, error)
+            logger.warning(
+                "lvseg plug-in %r (%s) could not be loaded and is skipped: %s: %s",
+                entry_point.name,
+                entry_point.value,
+                type(error).__name__,
+                error,
+            )
             continue
         if isinstance(loaded, type) and issubclass(loaded, SegmentationModel) and loaded not in _REGISTRY.values():
             register_model(entry_point.name)(loaded)
@@ -107,8 +112,7 @@ def create_model(name: str, texts: Any = None, **options: Any) -> SegmentationMo
     accepted = model_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise LvsegError(f"model {name!r} does not take option(s) {', '.join(unknown)}; "
-                         f"it takes {', '.join(accepted)}")
+        raise LvsegError(f"model {name!r} does not take option(s) {', '.join(unknown)}; it takes {', '.join(accepted)}")
     if texts is not None and "texts" in accepted:
         options["texts"] = texts
     return cls(**options)

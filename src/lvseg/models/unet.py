@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from lvseg.errors import LvsegError
 from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, check_img_size, check_positive
@@ -45,9 +44,7 @@ class UNet(SegmentationModel):
         """images (B, in_channels, H, W) -> logits (B, 1, H, W); ``text_input`` is ignored."""
         expected_channels = self.in_channels
         if images.ndim != 4 or images.shape[1] != expected_channels:
-            raise LvsegError(
-                f"unet expects images of shape (B, {expected_channels}, H, W), got {tuple(images.shape)}"
-            )
+            raise LvsegError(f"unet expects images of shape (B, {expected_channels}, H, W), got {tuple(images.shape)}")
         if images.shape[-2] % 16 or images.shape[-1] % 16:
             raise LvsegError(f"unet expects H and W divisible by 16, got {tuple(images.shape[-2:])}")
         skips, bottom = encode_cnn(self.inc, self.down, images)

@@ -42,8 +42,9 @@ async def _api_error(_: Request, error: ApiError) -> JSONResponse:
 
 
 async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(error.detail), "detail": None}, status_code=error.status_code,
-                        headers=error.headers)
+    return JSONResponse(
+        {"error": str(error.detail), "detail": None}, status_code=error.status_code, headers=error.headers
+    )
 
 
 async def _validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -53,8 +54,7 @@ async def _validation_error(_: Request, error: RequestValidationError) -> JSONRe
 
 async def _internal_error(_: Request, error: Exception) -> JSONResponse:
     logger.error("internal error: %s", type(error).__name__, exc_info=error)
-    return JSONResponse({"error": "internal error while processing the request", "detail": None},
-                        status_code=500)
+    return JSONResponse({"error": "internal error while processing the request", "detail": None}, status_code=500)
 
 
 def create_app(
@@ -89,8 +89,11 @@ def create_app(
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key must not be empty; pass None to disable authentication")
     config = ServiceConfig(
-        form_limits=FormLimits(max_file_bytes=max_upload_bytes, chunk_timeout_s=read_timeout_s,
-                               upload_timeout_s=max(4 * read_timeout_s, 120.0)),
+        form_limits=FormLimits(
+            max_file_bytes=max_upload_bytes,
+            chunk_timeout_s=read_timeout_s,
+            upload_timeout_s=max(4 * read_timeout_s, 120.0),
+        ),
         image_limits=image_limits or ImageLimits(),
         max_text_chars=max_text_chars,
         max_note_chars=max_note_chars,
@@ -129,9 +132,9 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     if "*" not in hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]  # Starlette types a handler as taking any Exception
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]  # Starlette types a handler as taking any Exception
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]  # Starlette types a handler as taking any Exception
     app.add_exception_handler(Exception, _internal_error)
 
     app.include_router(page_router)

@@ -12,11 +12,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from lvseg.serving.errors import ApiError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +144,7 @@ async def read_multipart(
             raise ApiError(413, f"the request is larger than {limits.max_file_bytes / MIB:g} MB")
 
     collector = _Collector(file_fields, limits)
-    callbacks = {
+    callbacks: MultipartCallbacks = {
         "on_part_begin": collector.on_part_begin,
         "on_part_data": collector.on_part_data,
         "on_part_end": collector.on_part_end,
@@ -149,7 +153,7 @@ async def read_multipart(
         "on_header_end": collector.on_header_end,
         "on_headers_finished": collector.on_headers_finished,
     }
-    parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, callbacks)
     received = 0
     deadline = time.monotonic() + limits.upload_timeout_s
     chunks = stream.__aiter__()
@@ -161,8 +165,12 @@ async def read_multipart(
             except StopAsyncIteration:
                 break
             except asyncio.TimeoutError:
-                raise ApiError(408, f"the upload stalled: no data for {limits.chunk_timeout_s:g} s, or not complete "
-                               f"within {limits.upload_timeout_s:g} s", {"received_bytes": received}) from None
+                raise ApiError(
+                    408,
+                    f"the upload stalled: no data for {limits.chunk_timeout_s:g} s, or not complete "
+                    f"within {limits.upload_timeout_s:g} s",
+                    {"received_bytes": received},
+                ) from None
             received += len(chunk)
             if received > limits.max_body_bytes:
                 raise ApiError(413, f"the request is larger than {limits.max_file_bytes / MIB:g} MB")

@@ -25,8 +25,9 @@ IMAGE_MEDIA_TYPES = ("image/png", "image/jpeg", "image/tiff", "image/bmp", "appl
 FormField = tuple[str, str, int | None]
 
 
-def _multipart_body(fields: dict[str, FormField], required: list[str],
-                    non_blank: tuple[str, ...] = ()) -> dict[str, Any]:
+def _multipart_body(
+    fields: dict[str, FormField], required: list[str], non_blank: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """OpenAPI ``requestBody`` for a multipart form (the reader is custom, so it is declared by hand): exactly the
     fields the server reads (it refuses others); ``non_blank``: text fields that must hold a non-space character.
     """
@@ -40,8 +41,12 @@ def _multipart_body(fields: dict[str, FormField], required: list[str],
         if name in non_blank:
             prop.update(minLength=1, **{"not": {"pattern": r"^\s*$"}})  # not blank: some non-space character
         properties[name] = prop
-    schema: dict[str, Any] = {"type": "object", "required": required, "properties": properties,
-                              "additionalProperties": False}
+    schema: dict[str, Any] = {
+        "type": "object",
+        "required": required,
+        "properties": properties,
+        "additionalProperties": False,
+    }
     media: dict[str, Any] = {"schema": schema}
     files = [name for name, (kind, _, _) in fields.items() if kind == "file"]
     if files:  # the image formats the server decodes (their validity is checked by decoding: 415/422)
@@ -91,10 +96,10 @@ def swagger_ui_dir() -> Path | None:
 def _docs_unavailable_page(openapi_url: str) -> HTMLResponse:
     """What /docs shows when swagger-ui-py is not installed: still offline, still useful."""
     return HTMLResponse(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>lvseg - API docs</title></head><body>"
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>lvseg - API docs</title></head><body>'
         "<h1>lvseg API</h1><p>The interactive API documentation needs the <code>swagger-ui-py</code> package "
         "(part of the <code>serve</code> extra: <code>pip install 'lvseg[serve]'</code>). "
-        f"The OpenAPI schema is at <a href=\"{openapi_url}\">{openapi_url}</a>.</p></body></html>"
+        f'The OpenAPI schema is at <a href="{openapi_url}">{openapi_url}</a>.</p></body></html>'
     )
 
 
@@ -112,8 +117,10 @@ async def api_docs(request: Request) -> HTMLResponse:
         return _docs_unavailable_page(openapi_url)
     assets = root + DOCS_ASSETS_PATH
     return get_swagger_ui_html(
-        openapi_url=openapi_url, title="lvseg - API docs",
-        swagger_js_url=f"{assets}/{_SWAGGER_JS}", swagger_css_url=f"{assets}/{_SWAGGER_CSS}",
+        openapi_url=openapi_url,
+        title="lvseg - API docs",
+        swagger_js_url=f"{assets}/{_SWAGGER_JS}",
+        swagger_css_url=f"{assets}/{_SWAGGER_CSS}",
         swagger_favicon_url=f"{assets}/{_SWAGGER_FAVICON}",
         swagger_ui_parameters={"validatorUrl": None},  # no calls to the online spec validator
     )
@@ -125,7 +132,6 @@ async def docs_asset(request: Request, name: str) -> FileResponse:
     swagger_dir: Path | None = request.app.state.swagger_dir
     if swagger_dir is None or name not in _DOCS_ASSET_TYPES:
         raise StarletteHTTPException(404, "Not Found")
-    return FileResponse(swagger_dir / name, media_type=_DOCS_ASSET_TYPES[name],
-                        headers={"cache-control": "public, max-age=86400"})
-
-
+    return FileResponse(
+        swagger_dir / name, media_type=_DOCS_ASSET_TYPES[name], headers={"cache-control": "public, max-age=86400"}
+    )

@@ -9,6 +9,7 @@ only the web app reports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final, Literal
 
 import numpy as np
 from scipy import ndimage
@@ -27,8 +28,8 @@ class Lesion:
     area_mm2: float | None = None
 
 
-NO_LESION = "no lesion found"
-LESION = "lesion found"
+NO_LESION: Final = "no lesion found"
+LESION: Final = "lesion found"
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Measurements:
         return text + (f", {self.area_mm2:.1f} mm\u00b2" if self.area_mm2 is not None else "")
 
     @property
-    def finding(self) -> str:
+    def finding(self) -> Literal["lesion found", "no lesion found"]:
         return LESION if self.area_px else NO_LESION
 
     def confidence_text(self) -> str:
@@ -68,7 +69,11 @@ class Measurements:
 
 
 def measure(
-    mask: np.ndarray, probability: np.ndarray, labels: np.ndarray, count: int, max_listed: int = 50,
+    mask: np.ndarray,
+    probability: np.ndarray,
+    labels: np.ndarray,
+    count: int,
+    max_listed: int = 50,
     pixel_spacing_mm: tuple[float, float] | None = None,
 ) -> Measurements:
     """Area, lesion count, confidence (see :class:`Measurements`), highest probability, largest lesions.
@@ -110,4 +115,3 @@ def measure(
         lesion_list=lesions[:max_listed],
         pixel_area_mm2=pixel_area,
     )
-

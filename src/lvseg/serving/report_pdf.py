@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 from xml.sax.saxutils import escape
 
 import numpy as np
@@ -17,6 +18,11 @@ from PIL import Image as PILImage
 
 from lvseg.data.images import png_bytes
 from lvseg.serving.rendering import Measurements
+
+if TYPE_CHECKING:
+    from reportlab.pdfgen.canvas import Canvas
+    from reportlab.platypus import Flowable, Table
+    from reportlab.platypus.doctemplate import BaseDocTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +78,7 @@ def _fonts() -> tuple[str, str]:
             pdfmetrics.registerFont(TTFont("DejaVuSans", str(_DEJAVU)))
             pdfmetrics.registerFont(TTFont("DejaVuSans-Bold", str(_DEJAVU_BOLD)))
             return "DejaVuSans", "DejaVuSans-Bold"
-        except Exception:  # noqa: BLE001 - a broken font file must not break reports
+        except Exception:  # a broken font file must not break reports
             logger.warning("could not register DejaVu Sans; using Helvetica in PDF reports")
     return "Helvetica", "Helvetica-Bold"
 
@@ -81,13 +87,18 @@ def _fonts() -> tuple[str, str]:
 _CID_FONTS = (
     ("HYSMyeongJo-Medium", re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]+")),  # Hangul
     ("HeiseiMin-W3", re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]+")),  # Hiragana, Katakana
-    ("STSong-Light", re.compile(r"[\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-                                r"\uff00-\uff65]+")),  # Han, CJK punctuation, full-width forms
+    (
+        "STSong-Light",
+        re.compile(
+            r"[\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+            r"\uff00-\uff65]+"
+        ),
+    ),  # Han, CJK punctuation, full-width forms
 )
 _CJK_RUN = re.compile("|".join(f"(?P<f{index}>{pattern.pattern})" for index, (_, pattern) in enumerate(_CID_FONTS)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cid_font(name: str) -> str:
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.cidfonts import UnicodeCIDFont
@@ -101,8 +112,10 @@ def _paragraph_text(text: str) -> str:
     Korean characters set in a CID font that has their glyphs (DejaVu Sans has none)."""
     parts, position = [], 0
     for match in _CJK_RUN.finditer(text):
-        font = _CID_FONTS[int(match.lastgroup[1:])][0]
-        parts.append(escape(text[position:match.start()]))
+        group = match.lastgroup
+        assert group is not None  # every alternative is a named group
+        font = _CID_FONTS[int(group[1:])][0]
+        parts.append(escape(text[position : match.start()]))
         parts.append(f'<font name="{_cid_font(font)}">{escape(match.group())}</font>')
         position = match.end()
     parts.append(escape(text[position:]))
@@ -138,13 +151,20 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
 
     buffer = io.BytesIO()
     document = SimpleDocTemplate(
-        buffer, pagesize=A4, leftMargin=1.8 * cm, rightMargin=1.8 * cm, topMargin=1.6 * cm, bottomMargin=1.6 * cm,
-        title="lvseg segmentation report", author="lvseg", creator="lvseg",
+        buffer,
+        pagesize=A4,
+        leftMargin=1.8 * cm,
+        rightMargin=1.8 * cm,
+        topMargin=1.6 * cm,
+        bottomMargin=1.6 * cm,
+        title="lvseg segmentation report",
+        author="lvseg",
+        creator="lvseg",
     )
     half = (document.width - 0.6 * cm) / 2
     m = content.measurements
     dice = "not recorded" if content.validation_dice is None else f"{content.validation_dice:.3f}"
-    story: list[object] = [
+    story: list[Flowable] = [
         Paragraph("Lesion segmentation report", title),
         Paragraph(_paragraph_text(DISCLAIMER), warning),
         Spacer(1, 0.2 * cm),
@@ -154,9 +174,15 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
         *([["Patient ID", content.patient_id]] if content.patient_id else []),
         *([["Referring clinician", content.referrer]] if content.referrer else []),
         ["Created", content.created.strftime("%Y-%m-%d %H:%M UTC")],
-        ["Image", f"{content.image_format.upper()}, {content.image_size[0]} x {content.image_size[1]} px"
-                  + (f" (analysed at {content.analysed_size[0]} x {content.analysed_size[1]} px; areas in those "
-                     "pixels)" if content.analysed_size and content.analysed_size != content.image_size else "")],
+        [
+            "Image",
+            f"{content.image_format.upper()}, {content.image_size[0]} x {content.image_size[1]} px"
+            + (
+                f" (analysed at {content.analysed_size[0]} x {content.analysed_size[1]} px; areas in those pixels)"
+                if content.analysed_size and content.analysed_size != content.image_size
+                else ""
+            ),
+        ],
         ["Model", content.model_name],
         ["Validation Dice", dice + (f" on {content.validation_data}" if content.validation_data else "")],
     ]
@@ -172,8 +198,9 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     story += [Spacer(1, 0.3 * cm), images]
     story += [Paragraph("Report text", heading), Paragraph(_paragraph_text(content.report_text) or "\u2014", body)]
     for text_warning in content.text_warnings:  # how the model read the report, as the page showed it
-        story.append(Paragraph(_paragraph_text("Warning: " + text_warning[:1].upper() + text_warning[1:] + "."),
-                               warning))
+        story.append(
+            Paragraph(_paragraph_text("Warning: " + text_warning[:1].upper() + text_warning[1:] + "."), warning)
+        )
     measures = [
         ["Finding", m.finding],
         ["Lesion area", m.area_text()],
@@ -184,38 +211,53 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     story += [Paragraph("Measurements", heading), _table(measures, regular, bold, document.width)]
     if m.lesion_list:
         rows = [["Lesion", "Colour", "Area (px)" + (" / mm\u00b2" if m.pixel_area_mm2 else ""), "Box x, y, w, h"]]
-        rows += [[str(lesion.label), lesion.colour,
-                  str(lesion.area_px) + (f" / {lesion.area_mm2:.1f}" if lesion.area_mm2 is not None else ""),
-                  ", ".join(map(str, lesion.bbox))] for lesion in m.lesion_list[:20]]
+        rows += [
+            [
+                str(lesion.label),
+                lesion.colour,
+                str(lesion.area_px) + (f" / {lesion.area_mm2:.1f}" if lesion.area_mm2 is not None else ""),
+                ", ".join(map(str, lesion.bbox)),
+            ]
+            for lesion in m.lesion_list[:20]
+        ]
         lesions = Table(rows, colWidths=[2.5 * cm, 3 * cm, 3 * cm, 5 * cm], hAlign="LEFT")
-        style = [("FONTNAME", (0, 0), (-1, -1), regular), ("FONTNAME", (0, 0), (-1, 0), bold),
-                 ("FONTSIZE", (0, 0), (-1, -1), 8), ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey)]
-        style += [("BACKGROUND", (1, row), (1, row), colors.HexColor(lesion.colour))
-                  for row, lesion in enumerate(m.lesion_list[:20], start=1)]
-        lesions.setStyle(TableStyle(style))
+        style = TableStyle(
+            [
+                ("FONTNAME", (0, 0), (-1, -1), regular),
+                ("FONTNAME", (0, 0), (-1, 0), bold),
+                ("FONTSIZE", (0, 0), (-1, -1), 8),
+                ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
+            ]
+        )
+        for row, lesion in enumerate(m.lesion_list[:20], start=1):
+            style.add("BACKGROUND", (1, row), (1, row), colors.HexColor(lesion.colour))
+        lesions.setStyle(style)
         story += [Spacer(1, 0.2 * cm), lesions]
         if m.lesions > 20:
             story.append(Paragraph(f"The 20 largest of {m.lesions} lesions are listed.", small))
     for label, text in (("Clinician notes", content.notes), ("Recommendations", content.recommendations)):
         if text.strip():
             story += [Paragraph(label, heading), Paragraph(_paragraph_text(text), body)]
-    story += [Spacer(1, 0.8 * cm),
-              _table([["Reviewed by", " "], ["Signature and date", " "]], regular, bold, document.width),
-              Spacer(1, 0.5 * cm), Paragraph(_paragraph_text(DISCLAIMER), warning)]
+    story += [
+        Spacer(1, 0.8 * cm),
+        _table([["Reviewed by", " "], ["Signature and date", " "]], regular, bold, document.width),
+        Spacer(1, 0.5 * cm),
+        Paragraph(_paragraph_text(DISCLAIMER), warning),
+    ]
 
-    def footer(canvas: object, doc: object) -> None:
-        canvas.saveState()  # type: ignore[attr-defined]
-        canvas.setFont(regular, 7)  # type: ignore[attr-defined]
-        canvas.setFillColor(colors.grey)  # type: ignore[attr-defined]
-        canvas.drawString(document.leftMargin, 1 * cm, f"lvseg \u2014 {DISCLAIMER}")  # type: ignore[attr-defined]
-        canvas.drawRightString(A4[0] - document.rightMargin, 1 * cm, f"page {doc.page}")  # type: ignore[attr-defined]
-        canvas.restoreState()  # type: ignore[attr-defined]
+    def footer(canvas: Canvas, doc: BaseDocTemplate) -> None:
+        canvas.saveState()
+        canvas.setFont(regular, 7)
+        canvas.setFillColor(colors.grey)
+        canvas.drawString(document.leftMargin, 1 * cm, f"lvseg \u2014 {DISCLAIMER}")
+        canvas.drawRightString(A4[0] - document.rightMargin, 1 * cm, f"page {doc.page}")
+        canvas.restoreState()
 
     document.build(story, onFirstPage=footer, onLaterPages=footer)
     return buffer.getvalue()
 
 
-def _table(rows: list[list[str]], regular: str, bold: str, width: float) -> object:
+def _table(rows: list[list[str]], regular: str, bold: str, width: float) -> Table:
     """A two-column key/value table whose cells wrap long values."""
     from reportlab.lib import colors
     from reportlab.lib.styles import ParagraphStyle
@@ -225,8 +267,12 @@ def _table(rows: list[list[str]], regular: str, bold: str, width: float) -> obje
     key_cell = ParagraphStyle("lvseg-key", parent=cell, fontName=bold)
     data = [[Paragraph(escape(key), key_cell), Paragraph(_paragraph_text(value), cell)] for key, value in rows]
     table = Table(data, colWidths=[0.35 * width, 0.65 * width], hAlign="LEFT")
-    table.setStyle(TableStyle([
-        ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
-        ("VALIGN", (0, 0), (-1, -1), "TOP"),
-    ]))
+    table.setStyle(
+        TableStyle(
+            [
+                ("LINEBELOW", (0, 0), (-1, -1), 0.25, colors.lightgrey),
+                ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ]
+        )
+    )
     return table

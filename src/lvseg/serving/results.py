@@ -40,10 +40,17 @@ class KeptResult:
     def of(cls, analysis: Analysis) -> KeptResult:
         """The part of ``analysis`` a report shows, its images reduced."""
         image = analysis.image
-        return cls(pixels=_reduced_for_pdf(image.pixels), overlay=_reduced_for_pdf(analysis.overlay),
-                   measurements=analysis.measurements, text=analysis.text, text_warnings=list(analysis.text_warnings),
-                   image_format=image.format, image_size=(image.original_width, image.original_height),
-                   analysed_size=(image.width, image.height), inference_ms=analysis.inference_ms)
+        return cls(
+            pixels=_reduced_for_pdf(image.pixels),
+            overlay=_reduced_for_pdf(analysis.overlay),
+            measurements=analysis.measurements,
+            text=analysis.text,
+            text_warnings=list(analysis.text_warnings),
+            image_format=image.format,
+            image_size=(image.original_width, image.original_height),
+            analysed_size=(image.width, image.height),
+            inference_ms=analysis.inference_ms,
+        )
 
     @property
     def nbytes(self) -> int:
@@ -94,7 +101,9 @@ class RecentResults:
 
     def _expire(self) -> None:
         now = time.monotonic()
-        while self._items and (len(self._items) > self.max_items or sum(
-                item.nbytes for _, item in self._items.values()) > self.max_bytes
-                or now - next(iter(self._items.values()))[0] > self.ttl_s):
+        while self._items and (
+            len(self._items) > self.max_items
+            or sum(item.nbytes for _, item in self._items.values()) > self.max_bytes
+            or now - next(iter(self._items.values()))[0] > self.ttl_s
+        ):
             self._items.popitem(last=False)

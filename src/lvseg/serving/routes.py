@@ -66,13 +66,15 @@ def _text_encoder_config(encoder: Any) -> dict[str, Any] | None:
     config = getattr(encoder, "config", None)
     try:
         value = config() if callable(config) else config
-    except Exception:  # noqa: BLE001 - descriptive only
+    except Exception:  # descriptive only
         return {"type": type(encoder).__name__}
     if not isinstance(value, dict):
         return {"type": type(encoder).__name__}
     # Long lists (a learned vocabulary) are summarised: the endpoint describes, it does not dump.
-    return {key: (f"{len(item)} entries" if isinstance(item, (list, tuple)) and len(item) > 32 else item)
-            for key, item in value.items()}
+    return {
+        key: (f"{len(item)} entries" if isinstance(item, (list, tuple)) and len(item) > 32 else item)
+        for key, item in value.items()
+    }
 
 
 def _validation_data(service: Service) -> Any:
@@ -83,13 +85,19 @@ def _validation_data(service: Service) -> Any:
 async def _read_form(request: Request, config: ServiceConfig, fields: tuple[str, ...]) -> ParsedForm:
     """The request's multipart form (size- and time-capped), refusing fields other than ``fields`` (422)."""
     form = await read_multipart(
-        request.headers.get("content-type"), request.headers.get("content-length"),
-        request.stream(), {"image"}, config.form_limits,
+        request.headers.get("content-type"),
+        request.headers.get("content-length"),
+        request.stream(),
+        {"image"},
+        config.form_limits,
     )
     unknown = sorted((set(form.fields) | set(form.files)) - set(fields))
     if unknown:
-        raise ApiError(422, f"unknown field(s) {', '.join(repr(name) for name in unknown)}; this endpoint takes "
-                       f"{', '.join(fields)}", {"fields": unknown})
+        raise ApiError(
+            422,
+            f"unknown field(s) {', '.join(repr(name) for name in unknown)}; this endpoint takes {', '.join(fields)}",
+            {"fields": unknown},
+        )
     return form
 
 
@@ -104,11 +112,13 @@ def _image_and_text(form: ParsedForm, service: Service) -> tuple[bytes, str]:
         raise ApiError(422, "missing field 'text' (the clinician's report)", {"field": "text"})
     text = text or ""
     if len(text) > config.max_text_chars:
-        raise ApiError(422, f"the report text is {len(text)} characters long; at most "
-                       f"{config.max_text_chars} are accepted", {"field": "text", "max": config.max_text_chars})
+        raise ApiError(
+            422,
+            f"the report text is {len(text)} characters long; at most {config.max_text_chars} are accepted",
+            {"field": "text", "max": config.max_text_chars},
+        )
     if requires_text and not text.strip():
-        raise ApiError(422, "the report text is empty; this model needs the clinician's report",
-                       {"field": "text"})
+        raise ApiError(422, "the report text is empty; this model needs the clinician's report", {"field": "text"})
     return image, text.strip() if requires_text else ""  # an image-only model's result has no report
 
 
@@ -119,8 +129,11 @@ def _form_extras(form: ParsedForm, config: ServiceConfig) -> dict[str, str]:
         value = form.fields.get(name, "")
         limit = config.max_note_chars if name in ("notes", "recommendations") else config.max_study_id_chars
         if len(value) > limit:
-            raise ApiError(422, f"field '{name}' is {len(value)} characters long; at most {limit} are accepted",
-                           {"field": name, "max": limit})
+            raise ApiError(
+                422,
+                f"field '{name}' is {len(value)} characters long; at most {limit} are accepted",
+                {"field": name, "max": limit},
+            )
         extras[name] = value.strip()
     return extras
 
@@ -129,9 +142,13 @@ def _stored_result(service: Service, result_id: str) -> KeptResult:
     """The kept result ``result_id`` (the PDF then shows exactly what the page showed)."""
     result = service.results.get(result_id)
     if result is None:
-        raise ApiError(404, "this result is no longer kept (the server keeps the last "
-                       f"{service.results.max_items} results for {service.results.ttl_s / 60:.0f} minutes, in "
-                       "memory only): segment the image again", {"field": "result_id"})
+        raise ApiError(
+            404,
+            "this result is no longer kept (the server keeps the last "
+            f"{service.results.max_items} results for {service.results.ttl_s / 60:.0f} minutes, in "
+            "memory only): segment the image again",
+            {"field": "result_id"},
+        )
     return result
 
 
@@ -139,18 +156,28 @@ def _pdf_response(service: Service, result: KeptResult, extras: dict[str, str]) 
     """The PDF report of ``result`` as a download named after the study id (runs in the thread pool)."""
     segmenter = service.segmenter
     content = ReportContent(
-        report_text=result.text, measurements=result.measurements, model_name=str(segmenter.model_name),
+        report_text=result.text,
+        measurements=result.measurements,
+        model_name=str(segmenter.model_name),
         validation_dice=find_validation_dice(segmenter.metrics),
-        validation_data=_validation_data(service), image_size=result.image_size, analysed_size=result.analysed_size,
-        image_format=result.image_format, inference_ms=result.inference_ms, text_warnings=result.text_warnings,
-        study_id=extras["study_id"], patient_id=extras["patient_id"], referrer=extras["referrer"],
-        notes=extras["notes"], recommendations=extras["recommendations"],
+        validation_data=_validation_data(service),
+        image_size=result.image_size,
+        analysed_size=result.analysed_size,
+        image_format=result.image_format,
+        inference_ms=result.inference_ms,
+        text_warnings=result.text_warnings,
+        study_id=extras["study_id"],
+        patient_id=extras["patient_id"],
+        referrer=extras["referrer"],
+        notes=extras["notes"],
+        recommendations=extras["recommendations"],
     )
     pdf = service.report(result.pixels, result.overlay, content)
     safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", extras["study_id"])[:64].strip("._")
     filename = f"lvseg-report-{safe_id}.pdf" if safe_id else "lvseg-report.pdf"
-    return Response(pdf, media_type="application/pdf",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(
+        pdf, media_type="application/pdf", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )
 
 
 #: The web page and the liveness check.
@@ -165,9 +192,13 @@ async def index() -> FileResponse:
 
 @page_router.get("/healthz", response_model=HealthResponse, tags=["service"], summary="Liveness and readiness")
 async def healthz(request: Request, service: Service = Depends(current_service)) -> HealthResponse:
-    return HealthResponse(status="ok", ready=True, model=str(service.segmenter.model_name),
-                          device=_device_name(service.segmenter.device),
-                          auth_required=request.app.state.api_key is not None)
+    return HealthResponse(
+        status="ok",
+        ready=True,
+        model=str(service.segmenter.model_name),
+        device=_device_name(service.segmenter.device),
+        auth_required=request.app.state.api_key is not None,
+    )
 
 
 async def model_info(service: Service = Depends(current_service)) -> ModelInfo:
@@ -208,31 +239,55 @@ async def segment(
     result_id = await run_in_threadpool(service.results.add, result)  # reduces images: off the event loop
     m = result.measurements
     if format == "png":
-        return Response(_png(mask_to_uint8(result.mask)), media_type="image/png", headers={
-            "X-Area-Px": str(m.area_px), "X-Lesions": str(m.lesions), "X-Inference-Ms": f"{result.inference_ms}",
-            "X-Finding": m.finding, "X-Max-Probability": f"{m.max_probability:.6f}", "X-Result-Id": result_id,
-            "X-Text-Warnings": str(len(result.text_warnings)),
-        })
+        return Response(
+            _png(mask_to_uint8(result.mask)),
+            media_type="image/png",
+            headers={
+                "X-Area-Px": str(m.area_px),
+                "X-Lesions": str(m.lesions),
+                "X-Inference-Ms": f"{result.inference_ms}",
+                "X-Finding": m.finding,
+                "X-Max-Probability": f"{m.max_probability:.6f}",
+                "X-Result-Id": result_id,
+                "X-Text-Warnings": str(len(result.text_warnings)),
+            },
+        )
     mask_png, overlay_png, heatmap_png = await run_in_threadpool(
-        lambda: (_png(mask_to_uint8(result.mask)), _png(result.overlay), _png(result.heatmap)))
+        lambda: (_png(mask_to_uint8(result.mask)), _png(result.overlay), _png(result.heatmap))
+    )
     original = await run_in_threadpool(_png, result.image.pixels) if include_original else None
     return SegmentResponse(
-        mask=_b64(mask_png), overlay=_b64(overlay_png), heatmap=_b64(heatmap_png),
+        mask=_b64(mask_png),
+        overlay=_b64(overlay_png),
+        heatmap=_b64(heatmap_png),
         side_markers=list(result.side_markers) if result.side_markers else None,
         original=_b64(original) if original else None,
-        width=result.image.width, height=result.image.height, original_width=result.image.original_width,
-        original_height=result.image.original_height, image_format=result.image.format,
-        area_px=m.area_px, area_percent=m.area_percent, area_mm2=m.area_mm2,
+        width=result.image.width,
+        height=result.image.height,
+        original_width=result.image.original_width,
+        original_height=result.image.original_height,
+        image_format=result.image.format,
+        area_px=m.area_px,
+        area_percent=m.area_percent,
+        area_mm2=m.area_mm2,
         pixel_spacing_mm=list(result.image.pixel_spacing_mm) if result.image.pixel_spacing_mm else None,
         lesions=m.lesions,
-        lesion_details=[LesionInfo(label=x.label, area_px=x.area_px, area_mm2=x.area_mm2, colour=x.colour,
-                                   bbox=list(x.bbox)) for x in m.lesion_list],
-        finding=m.finding, confidence=m.confidence, max_probability=m.max_probability,
-        inference_ms=result.inference_ms, model=str(service.segmenter.model_name),
-        validation_dice=find_validation_dice(service.segmenter.metrics), validation_data=_validation_data(service),
+        lesion_details=[
+            LesionInfo(label=x.label, area_px=x.area_px, area_mm2=x.area_mm2, colour=x.colour, bbox=list(x.bbox))
+            for x in m.lesion_list
+        ],
+        finding=m.finding,
+        confidence=m.confidence,
+        max_probability=m.max_probability,
+        inference_ms=result.inference_ms,
+        model=str(service.segmenter.model_name),
+        validation_dice=find_validation_dice(service.segmenter.metrics),
+        validation_data=_validation_data(service),
         report_text=result.text,
-        text_warnings=result.text_warnings, unknown_words=result.unknown_words,
-        report_parsed=result.report_parsed, result_id=result_id,
+        text_warnings=result.text_warnings,
+        unknown_words=result.unknown_words,
+        report_parsed=result.report_parsed,
+        result_id=result_id,
     )
 
 
@@ -245,8 +300,9 @@ async def result_report(
     return await run_in_threadpool(_pdf_response, service, _stored_result(service, result_id), extras)
 
 
-async def report(request: Request, service: Service = Depends(current_service),
-                 admission: Admission = Depends(current_admission)) -> Response:
+async def report(
+    request: Request, service: Service = Depends(current_service), admission: Admission = Depends(current_admission)
+) -> Response:
     with admission.admitted():
         form = await _read_form(request, service.config, ("image", "text", *DETAIL_FIELDS))
         extras = _form_extras(form, service.config)
@@ -260,20 +316,40 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
 
     The API key is declared (and checked) only when one is set: the schema says what the server does.
     """
-    api = (APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses=_error_responses(401))
-           if api_key_set else APIRouter(prefix="/api"))
-    api.add_api_route("/model", model_info, methods=["GET"], response_model=ModelInfo, tags=["model"],
-                      summary="The loaded model and its metrics")
+    api = (
+        APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses=_error_responses(401))
+        if api_key_set
+        else APIRouter(prefix="/api")
+    )
+    api.add_api_route(
+        "/model",
+        model_info,
+        methods=["GET"],
+        response_model=ModelInfo,
+        tags=["model"],
+        summary="The loaded model and its metrics",
+    )
 
-    image_field: FormField = ("file", "The image: PNG, JPEG, TIFF, BMP or DICOM, at most "
-                              f"{config.form_limits.max_file_bytes / MIB:g} MB and "
-                              f"{config.image_limits.max_side} px per side.", None)
-    text_field: FormField = ("text", "The clinician's report." if requires_text else
-                             "Not used by this image-only model (accepted and ignored).", config.max_text_chars)
+    image_field: FormField = (
+        "file",
+        "The image: PNG, JPEG, TIFF, BMP or DICOM, at most "
+        f"{config.form_limits.max_file_bytes / MIB:g} MB and "
+        f"{config.image_limits.max_side} px per side.",
+        None,
+    )
+    text_field: FormField = (
+        "text",
+        "The clinician's report." if requires_text else "Not used by this image-only model (accepted and ignored).",
+        config.max_text_chars,
+    )
     text_rule = ("text",) if requires_text else ()
     required = ["image", "text"] if requires_text else ["image"]
     api.add_api_route(
-        "/segment", segment, methods=["POST"], response_model=SegmentResponse, tags=["segmentation"],
+        "/segment",
+        segment,
+        methods=["POST"],
+        response_model=SegmentResponse,
+        tags=["segmentation"],
         summary="Segment the lesions",
         openapi_extra=_multipart_body({"image": image_field, "text": text_field}, required, non_blank=text_rule),
         responses={
@@ -290,20 +366,31 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
         "recommendations": ("Optional recommendations.", config.max_note_chars),
     }
     detail_fields: dict[str, FormField] = {name: ("text", *descriptions[name]) for name in DETAIL_FIELDS}
-    pdf_responses = {200: {"content": {"application/pdf": {}}, "description": "The PDF report."}}
+    pdf_responses: dict[int | str, dict[str, Any]] = {
+        200: {"content": {"application/pdf": {}}, "description": "The PDF report."}
+    }
     api.add_api_route(
-        "/results/{result_id}/report", result_report, methods=["POST"], tags=["segmentation"],
+        "/results/{result_id}/report",
+        result_report,
+        methods=["POST"],
+        tags=["segmentation"],
         summary="The PDF report of a segmentation result",
         description="The result that POST /api/segment returned under `result_id`, exactly as it was shown "
-                    "(image, report, mask, numbers); results are kept in memory for a limited time.",
-        openapi_extra=_multipart_body(detail_fields, []), response_class=Response,
+        "(image, report, mask, numbers); results are kept in memory for a limited time.",
+        openapi_extra=_multipart_body(detail_fields, []),
+        response_class=Response,
         responses={**pdf_responses, **_error_responses(404, 408, 413, 415, 422)},
     )
     api.add_api_route(
-        "/report", report, methods=["POST"], tags=["segmentation"],
+        "/report",
+        report,
+        methods=["POST"],
+        tags=["segmentation"],
         summary="Segment an image and return the PDF report",
-        openapi_extra=_multipart_body({"image": image_field, "text": text_field, **detail_fields}, required,
-                                      non_blank=text_rule),
-        response_class=Response, responses={**pdf_responses, **_error_responses(408, 413, 415, 422, 503)},
+        openapi_extra=_multipart_body(
+            {"image": image_field, "text": text_field, **detail_fields}, required, non_blank=text_rule
+        ),
+        response_class=Response,
+        responses={**pdf_responses, **_error_responses(408, 413, 415, 422, 503)},
     )
     return api

@@ -26,8 +26,10 @@ class Limits(BaseModel):
     max_upload_mb: float = Field(description="Largest accepted upload, in MiB.")
     max_side_px: int = Field(description="Largest accepted image width or height, in pixels.")
     max_pixels: int = Field(description="Largest accepted number of pixels (decompression-bomb guard).")
-    max_working_side_px: int = Field(description="Larger images are analysed reduced to this many pixels on "
-                                     "their longer side (the model sees its own input size).")
+    max_working_side_px: int = Field(
+        description="Larger images are analysed reduced to this many pixels on "
+        "their longer side (the model sees its own input size)."
+    )
     max_text_chars: int = Field(description="Longest accepted report text, in characters.")
     max_note_chars: int = Field(description="Longest accepted notes or recommendations, in characters.")
 
@@ -41,8 +43,10 @@ class ModelInfo(BaseModel):
     validation_dice: float | None = Field(description="The validation Dice among the metrics, if recorded.")
     validation_data: str | None = Field(default=None, description="What the validation Dice was measured on.")
     device: str = Field(description="Where inference runs.")
-    threshold: float = Field(description="Probability above which a pixel is lesion (the model's declared "
-                                         "decision threshold unless the server was given another).")
+    threshold: float = Field(
+        description="Probability above which a pixel is lesion (the model's declared "
+        "decision threshold unless the server was given another)."
+    )
     accepted_formats: list[str] = Field(description="Image formats accepted by the upload endpoints.")
     limits: Limits
 
@@ -58,41 +62,58 @@ class LesionInfo(BaseModel):
 class SegmentResponse(BaseModel):
     mask: str = Field(description="The mask as a base64 PNG (8-bit, 255 = lesion) at the original resolution.")
     overlay: str = Field(description="The image with each lesion in its own colour, base64 PNG, original resolution.")
-    heatmap: str = Field(description="The lesion probability of every pixel as a colour map (dark blue 0 ... "
-                         "yellow 1), base64 PNG at the mask's size.")
-    side_markers: list[str] | None = Field(description="The patient's sides at the image's [left, right] edges "
-                                           "(e.g. ['R', 'L']), drawn on the overlay and heat-map, when the "
-                                           "DICOM gives PatientOrientation; else null.")
+    heatmap: str = Field(
+        description="The lesion probability of every pixel as a colour map (dark blue 0 ... "
+        "yellow 1), base64 PNG at the mask's size."
+    )
+    side_markers: list[str] | None = Field(
+        description="The patient's sides at the image's [left, right] edges "
+        "(e.g. ['R', 'L']), drawn on the overlay and heat-map, when the "
+        "DICOM gives PatientOrientation; else null."
+    )
     original: str | None = Field(
         default=None, description="The decoded image as base64 PNG (only with ?include_original=true)."
     )
-    width: int = Field(description="Width of the analysed image (and of mask and overlay) in pixels: the file's "
-                       "own, or less for an image reduced to the server's working size (see original_width).")
+    width: int = Field(
+        description="Width of the analysed image (and of mask and overlay) in pixels: the file's "
+        "own, or less for an image reduced to the server's working size (see original_width)."
+    )
     height: int = Field(description="Height of the analysed image (and of mask and overlay) in pixels.")
     original_width: int = Field(description="Width of the uploaded image in pixels (upright).")
     original_height: int = Field(description="Height of the uploaded image in pixels (upright).")
     image_format: str = Field(description="The sniffed format: png, jpeg, tiff or dicom.")
     area_px: int = Field(description="Number of lesion pixels.")
     area_percent: float = Field(description="Lesion pixels as a percentage of the image.")
-    area_mm2: float | None = Field(description="Lesion area in mm² when the image gives its pixel size (DICOM "
-                                   "PixelSpacing or ImagerPixelSpacing), else null.")
+    area_mm2: float | None = Field(
+        description="Lesion area in mm² when the image gives its pixel size (DICOM "
+        "PixelSpacing or ImagerPixelSpacing), else null."
+    )
     pixel_spacing_mm: list[float] | None = Field(description="(row, column) size of an analysed pixel in mm, or null.")
     lesions: int = Field(description="Number of connected lesions (8-connected).")
     lesion_details: list[LesionInfo] = Field(description="The largest lesions (at most 50), largest first.")
     finding: Literal["lesion found", "no lesion found"] = Field(description="Whether the mask holds any lesion.")
-    confidence: float = Field(description="Mean probability inside the mask; with no lesion, the highest "
-                              "probability anywhere (how close the model came to marking one).")
+    confidence: float = Field(
+        description="Mean probability inside the mask; with no lesion, the highest "
+        "probability anywhere (how close the model came to marking one)."
+    )
     max_probability: float = Field(description="The highest lesion probability anywhere in the image.")
     inference_ms: float = Field(description="Model inference time in milliseconds.")
     model: str = Field(description="Name of the network that made the mask.")
     validation_dice: float | None = Field(description="That model's validation Dice, if recorded.")
     validation_data: str | None = Field(description="What that validation Dice was measured on, if recorded.")
     report_text: str = Field(description="The report text this result was computed from.")
-    text_warnings: list[str] = Field(description="How the model read the report, when it did not read all of it: "
-                                     "unknown words, a report outside its grammar. Empty when read as written.")
-    unknown_words: list[str] = Field(description="Report words outside the model's vocabulary (learned "
-                                     "vocabularies only).")
-    report_parsed: bool | None = Field(description="For a report-grammar model (c2fvl): whether the report "
-                                       "followed the grammar; null for other models.")
-    result_id: str = Field(description="Identifies this result for POST /api/results/{result_id}/report (kept in "
-                           "memory for a limited time), so the PDF describes exactly this result.")
+    text_warnings: list[str] = Field(
+        description="How the model read the report, when it did not read all of it: "
+        "unknown words, a report outside its grammar. Empty when read as written."
+    )
+    unknown_words: list[str] = Field(
+        description="Report words outside the model's vocabulary (learned vocabularies only)."
+    )
+    report_parsed: bool | None = Field(
+        description="For a report-grammar model (c2fvl): whether the report "
+        "followed the grammar; null for other models."
+    )
+    result_id: str = Field(
+        description="Identifies this result for POST /api/results/{result_id}/report (kept in "
+        "memory for a limited time), so the PDF describes exactly this result."
+    )

@@ -103,8 +103,14 @@ class SecurityHeaders:
         start = time.perf_counter()
         status = {"code": 0}
         if scope.get("method") == "POST" and _cross_origin(scope):
-            response = JSONResponse({"error": "cross-origin requests are not accepted: use this server's own page "
-                                     "or a client that sends no Origin header", "detail": None}, status_code=403)
+            response = JSONResponse(
+                {
+                    "error": "cross-origin requests are not accepted: use this server's own page "
+                    "or a client that sends no Origin header",
+                    "detail": None,
+                },
+                status_code=403,
+            )
             await response(scope, receive, send)
             logger.info("POST %s -> 403 (cross-origin)", path)
             return
@@ -128,6 +134,9 @@ class SecurityHeaders:
         finally:
             if path.startswith("/api"):
                 logger.info(
-                    "%s %s -> %s in %.0f ms", scope.get("method"), path, status["code"],
+                    "%s %s -> %s in %.0f ms",
+                    scope.get("method"),
+                    path,
+                    status["code"],
                     (time.perf_counter() - start) * 1000.0,
                 )

@@ -42,7 +42,7 @@ class Analysis:
     overlay: np.ndarray
     measurements: Measurements
     inference_ms: float
-    heatmap: np.ndarray | None = None
+    heatmap: np.ndarray
     side_markers: tuple[str, str] | None = None
     text: str = ""
     text_warnings: list[str] = field(default_factory=list)
@@ -75,8 +75,11 @@ class Admission:
     def admitted(self) -> Iterator[None]:
         """Count one upload for the block, or refuse it with 503 when the server is full."""
         if self.pending >= self.max_pending:
-            raise ApiError(503, f"the server is busy with {self.max_pending} uploads; try again in a moment",
-                           {"max_pending_requests": self.max_pending})
+            raise ApiError(
+                503,
+                f"the server is busy with {self.max_pending} uploads; try again in a moment",
+                {"max_pending_requests": self.max_pending},
+            )
         self.pending += 1
         try:
             yield
@@ -137,11 +140,19 @@ class Service:
         markers = side_markers(image.row_direction) if image.row_direction else None
         if markers:  # the patient's sides, from DICOM PatientOrientation, on what is shown (not on the mask)
             overlay, heatmap = draw_side_markers(overlay, markers), draw_side_markers(heatmap, markers)
-        return Analysis(image.without_model_input(), mask, overlay, measurements, round(inference_ms, 2),
-                        heatmap=heatmap, side_markers=markers, text=text,
-                        text_warnings=reading.warnings() if reading is not None else [],
-                        unknown_words=list(dict.fromkeys(reading.unknown_words)) if reading is not None else [],
-                        report_parsed=reading.parsed if reading is not None else None)
+        return Analysis(
+            image.without_model_input(),
+            mask,
+            overlay,
+            measurements,
+            round(inference_ms, 2),
+            heatmap=heatmap,
+            side_markers=markers,
+            text=text,
+            text_warnings=reading.warnings() if reading is not None else [],
+            unknown_words=list(dict.fromkeys(reading.unknown_words)) if reading is not None else [],
+            report_parsed=reading.parsed if reading is not None else None,
+        )
 
     def _predict(self, model_input: np.ndarray, text: str) -> PredictionLike:
         with _inference_mode():

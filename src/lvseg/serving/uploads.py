@@ -101,7 +101,7 @@ class DecodedImage:
     def width(self) -> int:
         return int(self.array.shape[2])
 
-    def without_model_input(self) -> "DecodedImage":
+    def without_model_input(self) -> DecodedImage:
         """This image without its float array (4 bytes per sample; only the model reads it): what a result
         keeps after the prediction. The shape stays readable (a zero-cost broadcast placeholder)."""
         placeholder = np.broadcast_to(np.float32(0.0), self.array.shape)
@@ -192,9 +192,14 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeB
         (array, original, header), deep = _decode_dicom(data, limits, budget), False  # already windowed
     else:
         array, deep, original = _decode_pil(data, kind, limits, budget)
-    decoded = DecodedImage(array=array, pixels=_display_pixels(array, deep), format=kind, original_size=original,
-                           original_spacing_mm=header.pixel_spacing_mm if header else None,
-                           row_direction=header.row_direction if header else None)
+    decoded = DecodedImage(
+        array=array,
+        pixels=_display_pixels(array, deep),
+        format=kind,
+        original_size=original,
+        original_spacing_mm=header.pixel_spacing_mm if header else None,
+        row_direction=header.row_direction if header else None,
+    )
     logger.debug("decoded a %s image of %dx%d", kind, decoded.width, decoded.height)
     return decoded
 
@@ -213,8 +218,9 @@ def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def _decode_pil(data: bytes, kind: str, limits: ImageLimits,
-                budget: DecodeBudget) -> tuple[np.ndarray, bool, tuple[int, int]]:
+def _decode_pil(
+    data: bytes, kind: str, limits: ImageLimits, budget: DecodeBudget
+) -> tuple[np.ndarray, bool, tuple[int, int]]:
     """(read_image's float (C, H, W) array, whether the image has more than 8 bits per sample, the upright
     image's full (width, height)). Images over ``limits.max_working_side`` are reduced before they become
     float: a JPEG while its DCT is decoded (``draft``), other formats right after decoding (box filter)."""
@@ -268,8 +274,11 @@ def _decode_dicom(data: bytes, limits: ImageLimits, budget: DecodeBudget) -> tup
             unit = dicom_pixels(dataset, header, "upload")
             return _shrink(read_image(unit, channels=None), limits), (header.columns, header.rows), header
     except DicomError as error:
-        raise ApiError(415 if error.unsupported else 422, str(error).replace("cannot read DICOM upload: ", "the DICOM "
-                       "file could not be read: "), {"field": "image"}) from error
+        raise ApiError(
+            415 if error.unsupported else 422,
+            str(error).replace("cannot read DICOM upload: ", "the DICOM file could not be read: "),
+            {"field": "image"},
+        ) from error
 
 
 def _shrink(array: np.ndarray, limits: ImageLimits) -> np.ndarray:
@@ -278,6 +287,8 @@ def _shrink(array: np.ndarray, limits: ImageLimits) -> np.ndarray:
     size = working_size(width, height, limits.max_working_side)
     if size == (width, height):
         return array
-    channels = [np.asarray(Image.fromarray(channel.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
-                for channel in array]
+    channels = [
+        np.asarray(Image.fromarray(channel.astype(np.float32), mode="F").resize(size, Image.Resampling.BOX))
+        for channel in array
+    ]
     return np.stack(channels).astype(np.float32)

@@ -95,9 +95,9 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
 
 def frozen_encoder_config(spec: str, max_length: int) -> dict[str, Any]:
     """The config of an ``hf:<id or path>`` encoder, without loading it (e.g. for imported checkpoints)."""
-    if not spec.startswith(HF_PREFIX) or not spec[len(HF_PREFIX):].strip():
+    if not spec.startswith(HF_PREFIX) or not spec[len(HF_PREFIX) :].strip():
         raise LvsegError(f"text encoder {spec!r} is not a frozen encoder; expected 'hf:<model id or local path>'")
-    return {"type": "hf", "name_or_path": spec[len(HF_PREFIX):].strip(), "max_length": int(max_length)}
+    return {"type": "hf", "name_or_path": spec[len(HF_PREFIX) :].strip(), "max_length": int(max_length)}
 
 
 def text_encoder_from_config(config: Mapping[str, Any], **options: Any) -> TextEncoder:
@@ -145,7 +145,8 @@ def _encoder_from_spec(spec: str, texts: Sequence[str] | None, max_length: int |
     if max_length is not None and kind.option("max_length") is not None:
         given = parsed.options.get("max_length")
         if given is not None and int(given) != int(max_length):
-            raise LvsegError(f"text_length {max_length} contradicts the text encoder option max_length={given} "
-                             f"of {spec!r}")
+            raise LvsegError(
+                f"text_length {max_length} contradicts the text encoder option max_length={given} of {spec!r}"
+            )
         parsed = TextEncoderSpec(parsed.kind, parsed.source, {**parsed.options, "max_length": int(max_length)})
     return kind.build(parsed, texts)

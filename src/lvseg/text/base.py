@@ -22,7 +22,7 @@ class TextFeatures:
     mask: torch.Tensor
     pooled: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "TextFeatures":
+    def to(self, device: torch.device | str) -> TextFeatures:
         return TextFeatures(self.tokens.to(device), self.mask.to(device), self.pooled.to(device))
 
 
@@ -47,16 +47,22 @@ class TextReading:
         """Plain sentences for the user (empty when the report was read as written)."""
         found = []
         if self.parsed is False:
-            found.append("the report does not follow the report grammar this model reads, so it was read as an "
-                         f"empty report{f' ({self.problem})' if self.problem else ''}")
+            found.append(
+                "the report does not follow the report grammar this model reads, so it was read as an "
+                f"empty report{f' ({self.problem})' if self.problem else ''}"
+            )
         if self.unknown_words:
             distinct = list(dict.fromkeys(self.unknown_words))
             shown = ", ".join(f"'{word}'" for word in distinct[:12]) + (", ..." if len(distinct) > 12 else "")
-            found.append(f"{len(self.unknown_words)} of {self.words} words are not in this model's vocabulary and "
-                         f"were ignored: {shown}")
+            found.append(
+                f"{len(self.unknown_words)} of {self.words} words are not in this model's vocabulary and "
+                f"were ignored: {shown}"
+            )
             if self.words and len(self.unknown_words) / self.words > self.MOSTLY_UNKNOWN:
-                found.append("most of the report is unknown to the model: the result barely depends on it; "
-                             "use the wording of the reports it was trained on")
+                found.append(
+                    "most of the report is unknown to the model: the result barely depends on it; "
+                    "use the wording of the reports it was trained on"
+                )
         return found
 
 

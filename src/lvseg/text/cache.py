@@ -114,8 +114,9 @@ class TextFeatureCache:
             atomic_write_bytes(self.path_for(key), data)
         except OSError as err:
             self._disk_write_failed = True
-            logger.warning("cannot write text feature cache in %s (%s); keeping features in memory only",
-                           self.cache_dir, err)
+            logger.warning(
+                "cannot write text feature cache in %s (%s); keeping features in memory only", self.cache_dir, err
+            )
 
     def get_many(self, texts: Sequence[str], compute: ComputeFn) -> Entry:
         """Features for ``texts`` (B of them): tokens (B, L, D) float32 and mask (B, L) bool, on the CPU."""

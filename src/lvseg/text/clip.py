@@ -23,13 +23,16 @@ import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lvseg.errors import LvsegError
 from lvseg.text.base import TextEncoder, TextFeatures, check_texts, masked_mean
 from lvseg.text.huggingface import allow_missing_pretrained_weights, downloads_allowed, drop_pretrained_weights
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +45,22 @@ EOF_WORDS = 9
 
 def _missing_clip_message(name_or_path: str, what: str) -> str:
     if what == "CLIP tokenizer" and not Path(name_or_path).expanduser().exists():
-        return (f"the CLIP tokenizer '{name_or_path}' is not available offline: download its files with `hf download "
-                f"{name_or_path} vocab.json merges.txt tokenizer_config.json special_tokens_map.json` (into the "
-                "Hugging Face cache) or save them into a folder and pass that folder.")
+        return (
+            f"the CLIP tokenizer '{name_or_path}' is not available offline: download its files with `hf download "
+            f"{name_or_path} vocab.json merges.txt tokenizer_config.json special_tokens_map.json` (into the "
+            "Hugging Face cache) or save them into a folder and pass that folder."
+        )
     if Path(name_or_path).expanduser().exists():
-        return (f"CLIP folder '{name_or_path}' does not hold a loadable {what} (as written by `save_pretrained`: "
-                "config.json and model weights, vocab.json and merges.txt); re-save it there or pass another folder "
-                "with `--text-encoder clip:/path/to/folder`.")
-    return (f"CLIP model '{name_or_path}' is not available offline: download it with `hf download {name_or_path}` "
-            f"(into the Hugging Face cache, ~/.cache/huggingface) or save it into a folder and pass "
-            f"`clip:/path/to/folder` (or set LVSEG_ALLOW_DOWNLOAD=1 to let lvseg download it).")
+        return (
+            f"CLIP folder '{name_or_path}' does not hold a loadable {what} (as written by `save_pretrained`: "
+            "config.json and model weights, vocab.json and merges.txt); re-save it there or pass another folder "
+            "with `--text-encoder clip:/path/to/folder`."
+        )
+    return (
+        f"CLIP model '{name_or_path}' is not available offline: download it with `hf download {name_or_path}` "
+        f"(into the Hugging Face cache, ~/.cache/huggingface) or save it into a folder and pass "
+        f"`clip:/path/to/folder` (or set LVSEG_ALLOW_DOWNLOAD=1 to let lvseg download it)."
+    )
 
 
 def load_clip_tokenizer(name_or_path: str) -> Any:
@@ -68,6 +77,7 @@ class CLIPTextEncoder(TextEncoder):
     """A frozen CLIP text tower read at every token position (see the module docstring)."""
 
     trainable = False
+    tokenizer: PreTrainedTokenizerBase
 
     def __init__(
         self,
@@ -80,14 +90,17 @@ class CLIPTextEncoder(TextEncoder):
         from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
         if max_length < 2:
-            raise LvsegError(f"clip text encoder: max_length must be at least 2 (start and end tokens), got {max_length}")
+            raise LvsegError(
+                f"clip text encoder: max_length must be at least 2 (start and end tokens), got {max_length}"
+            )
         local = Path(name_or_path).expanduser()
         self.name_or_path = str(local.resolve()) if local.exists() else name_or_path
         self.max_length, self.eof_padding = int(max_length), bool(eof_padding)
         if text_config is None:
             try:
                 model = CLIPTextModelWithProjection.from_pretrained(
-                    self.name_or_path, local_files_only=not downloads_allowed())
+                    self.name_or_path, local_files_only=not downloads_allowed()
+                )
             except (OSError, ValueError, KeyError, TypeError) as error:
                 logger.debug("loading CLIP %r failed: %r", name_or_path, error)
                 raise LvsegError(_missing_clip_message(self.name_or_path, "CLIP text model")) from error
@@ -102,8 +115,9 @@ class CLIPTextEncoder(TextEncoder):
         model.eval()
         model.requires_grad_(False)
         self.hf_model = model
-        self.feature_dim = int(model.config.projection_dim)
-        limit = int(model.config.max_position_embeddings)
+        projection_dim, limit = model.config.projection_dim, model.config.max_position_embeddings
+        assert projection_dim is not None and limit is not None  # a CLIPTextConfig always sets both
+        self.feature_dim = int(projection_dim)
         if self.max_length > limit:
             raise LvsegError(f"CLIP '{name_or_path}' reads at most {limit} tokens, but max_length is {self.max_length}")
         self._states: OrderedDict[tuple[bool, str], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -111,10 +125,15 @@ class CLIPTextEncoder(TextEncoder):
         self.end_id = int(self.tokenizer.eos_token_id)
 
     def config(self) -> dict[str, Any]:
-        return {"type": "clip", "name_or_path": self.name_or_path, "max_length": self.max_length,
-                "eof_padding": self.eof_padding, "text_config": self.text_config}
+        return {
+            "type": "clip",
+            "name_or_path": self.name_or_path,
+            "max_length": self.max_length,
+            "eof_padding": self.eof_padding,
+            "text_config": self.text_config,
+        }
 
-    def train(self, mode: bool = True) -> "CLIPTextEncoder":
+    def train(self, mode: bool = True) -> CLIPTextEncoder:
         super().train(mode)
         self.hf_model.eval()  # frozen: no dropout whatever the parent module does
         return self
@@ -165,7 +184,7 @@ class CLIPTextEncoder(TextEncoder):
         mask = torch.stack([self._states[key][1] for key in keys]).to(tokens.device)
         return TextFeatures(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
 
-    def _apply(self, fn: Any, recurse: bool = True) -> "CLIPTextEncoder":
+    def _apply(self, fn: Any, recurse: bool = True) -> CLIPTextEncoder:
         self._states.clear()  # a dtype change (.half(), ...) or loaded weights invalidate cached states
         return super()._apply(fn, recurse)
 

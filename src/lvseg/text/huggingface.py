@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -13,6 +13,9 @@ from torch import nn
 from lvseg.errors import LvsegError
 from lvseg.text.base import TextEncoder, TextFeatures, check_texts, masked_mean
 from lvseg.text.cache import TextFeatureCache
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +128,7 @@ class HuggingFaceTextEncoder(TextEncoder):
     """
 
     trainable = False
+    tokenizer: PreTrainedTokenizerBase
 
     def __init__(
         self,
@@ -171,8 +175,9 @@ class HuggingFaceTextEncoder(TextEncoder):
         """Keep features in a bounded in-memory cache only (no disk writes): for servers, where the reports
         come from whoever reaches the API."""
         if self.cache is not None:
-            self.cache = TextFeatureCache(self.cache.identity, self.max_length, self.feature_dim, disk=False,
-                                          memory_items=max_items)
+            self.cache = TextFeatureCache(
+                self.cache.identity, self.max_length, self.feature_dim, disk=False, memory_items=max_items
+            )
 
     @property
     def device(self) -> torch.device:
@@ -181,7 +186,7 @@ class HuggingFaceTextEncoder(TextEncoder):
     def config(self) -> dict[str, Any]:
         return {"type": "hf", "name_or_path": self.name_or_path, "max_length": self.max_length}
 
-    def train(self, mode: bool = True) -> "HuggingFaceTextEncoder":
+    def train(self, mode: bool = True) -> HuggingFaceTextEncoder:
         super().train(mode)
         self.hf_model.eval()  # frozen: dropout stays off whatever the parent module does
         return self

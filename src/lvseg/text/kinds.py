@@ -34,8 +34,13 @@ def _build_learned(spec: TextEncoderSpec, texts: Sequence[str] | None) -> TextEn
 
 def _learned_from_config(config: Mapping[str, Any], runtime: Mapping[str, Any]) -> TextEncoder:
     # configs written before context_layers existed had none
-    return LearnedTextEncoder(config["vocab"], dim=config["dim"], max_length=config["max_length"],
-                              context_layers=config.get("context_layers", 0), **runtime)
+    return LearnedTextEncoder(
+        config["vocab"],
+        dim=config["dim"],
+        max_length=config["max_length"],
+        context_layers=config.get("context_layers", 0),
+        **runtime,
+    )
 
 
 def _build_hf(spec: TextEncoderSpec, texts: Sequence[str] | None) -> TextEncoder:
@@ -52,9 +57,13 @@ def _build_clip(spec: TextEncoderSpec, texts: Sequence[str] | None) -> TextEncod
 
 
 def _clip_from_config(config: Mapping[str, Any], runtime: Mapping[str, Any]) -> TextEncoder:
-    return CLIPTextEncoder(config["name_or_path"], max_length=config["max_length"],
-                           eof_padding=config.get("eof_padding", True), text_config=config.get("text_config"),
-                           **runtime)
+    return CLIPTextEncoder(
+        config["name_or_path"],
+        max_length=config["max_length"],
+        eof_padding=config.get("eof_padding", True),
+        text_config=config.get("text_config"),
+        **runtime,
+    )
 
 
 def _build_report_vector(spec: TextEncoderSpec, texts: Sequence[str] | None) -> TextEncoder:
@@ -71,8 +80,11 @@ LEARNED = TextEncoderKind(
     "min_count times); context_layers Transformer layers give each word its sentence's context",
     build=_build_learned,
     from_config=_learned_from_config,
-    options=options_from_signature(LearnedTextEncoder.from_texts, skip=("texts",),
-                                   minimum={"dim": 1, "max_length": 1, "min_count": 1, "context_layers": 0}),
+    options=options_from_signature(
+        LearnedTextEncoder.from_texts,
+        skip=("texts",),
+        minimum={"dim": 1, "max_length": 1, "min_count": 1, "context_layers": 0},
+    ),
 )
 
 HUGGING_FACE = TextEncoderKind(
@@ -81,11 +93,17 @@ HUGGING_FACE = TextEncoderKind(
     "(LVSEG_ALLOW_DOWNLOAD=1 lets it download); cache/cache_dir: on-disk feature cache, not recorded in checkpoints",
     build=_build_hf,
     from_config=_hf_from_config,
-    options=options_from_signature(HuggingFaceTextEncoder.__init__, skip=("name_or_path",), minimum={"max_length": 1},
-                                   not_recorded=("cache", "cache_dir")),
+    options=options_from_signature(
+        HuggingFaceTextEncoder.__init__,
+        skip=("name_or_path",),
+        minimum={"max_length": 1},
+        not_recorded=("cache", "cache_dir"),
+    ),
     source="<model id or local path>",
-    aliases={name: (name, PACKAGED_MODEL_SUMMARIES.get(name, f"shipped by the {package} package"))
-             for name, (package, _, _) in PACKAGED_MODELS.items()},
+    aliases={
+        name: (name, PACKAGED_MODEL_SUMMARIES.get(name, f"shipped by the {package} package"))
+        for name, (package, _, _) in PACKAGED_MODELS.items()
+    },
     runtime_options=("cache", "cache_dir"),
 )
 
@@ -95,8 +113,9 @@ CLIP = TextEncoderKind(
     "' EOF XXX' appended as in the official code",
     build=_build_clip,
     from_config=_clip_from_config,
-    options=options_from_signature(CLIPTextEncoder.__init__, skip=("name_or_path", "text_config"),
-                                   minimum={"max_length": 2}),
+    options=options_from_signature(
+        CLIPTextEncoder.__init__, skip=("name_or_path", "text_config"), minimum={"max_length": 2}
+    ),
     source="<id or path>",
     default_source=DEFAULT_CLIP,
 )

@@ -62,15 +62,19 @@ class LearnedTextEncoder(TextEncoder):
         if self.context_layers:
             heads = next(h for h in (4, 2, 1) if self.feature_dim % h == 0)
             layer = nn.TransformerEncoderLayer(
-                self.feature_dim, heads, dim_feedforward=2 * self.feature_dim, dropout=0.0,
-                batch_first=True, norm_first=True,
+                self.feature_dim,
+                heads,
+                dim_feedforward=2 * self.feature_dim,
+                dropout=0.0,
+                batch_first=True,
+                norm_first=True,
             )
             self.context = nn.TransformerEncoder(layer, self.context_layers, enable_nested_tensor=False)
 
     @classmethod
     def from_texts(
         cls, texts: Sequence[str], dim: int = 64, max_length: int = 32, min_count: int = 1, context_layers: int = 1
-    ) -> "LearnedTextEncoder":
+    ) -> LearnedTextEncoder:
         """Build the vocabulary from ``texts`` (words seen at least ``min_count`` times) and the encoder."""
         texts = check_texts(texts)
         if not texts:
@@ -80,8 +84,13 @@ class LearnedTextEncoder(TextEncoder):
         return cls(vocab, dim=dim, max_length=max_length, context_layers=context_layers)
 
     def config(self) -> dict[str, Any]:
-        return {"type": "learned", "vocab": list(self.vocab), "dim": self.feature_dim, "max_length": self.max_length,
-                "context_layers": self.context_layers}
+        return {
+            "type": "learned",
+            "vocab": list(self.vocab),
+            "dim": self.feature_dim,
+            "max_length": self.max_length,
+            "context_layers": self.context_layers,
+        }
 
     def read(self, text: str) -> TextReading:
         """Words of ``text`` outside the vocabulary (punctuation is not counted)."""
@@ -123,5 +132,7 @@ class LearnedTextEncoder(TextEncoder):
         return TextFeatures(tokens=tokens, mask=mask, pooled=masked_mean(tokens, mask))
 
     def extra_repr(self) -> str:
-        return (f"vocab={len(self.vocab)}, dim={self.feature_dim}, max_length={self.max_length}, "
-                f"context_layers={self.context_layers}")
+        return (
+            f"vocab={len(self.vocab)}, dim={self.feature_dim}, max_length={self.max_length}, "
+            f"context_layers={self.context_layers}"
+        )

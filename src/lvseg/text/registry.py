@@ -272,7 +272,7 @@ def split_spec(spec: str) -> tuple[str, list[tuple[str, str]]]:
     items = []
     for match, following in zip(matches, [*matches[1:], None]):
         end = following.start() if following is not None else len(spec)
-        items.append((match.group(1), spec[match.end():end].strip()))
+        items.append((match.group(1), spec[match.end() : end].strip()))
     return spec[: matches[0].start()].strip(), items
 
 
@@ -283,15 +283,16 @@ def _resolve_kind(head: str, problems: list[str]) -> tuple[TextEncoderKind | Non
             return kind, kind.aliases[head][0]
     name, colon, source = head.partition(":")
     name = name.strip()
-    kind = _KINDS.get(name)
-    if kind is None and not colon and "," in name:  # "learned,dim": a kind, then a malformed option
+    named = _KINDS.get(name)
+    if named is None and not colon and "," in name:  # "learned,dim": a kind, then a malformed option
         name, _, rest = name.partition(",")
         if name.strip() in _KINDS:
             problems.append(f"text encoder {name.strip()!r}: {rest.strip()!r} is not NAME=VALUE")
             return None, None
-    if kind is None:
+    if named is None:
         problems.append(f"unknown text encoder {head!r}; expected {expected_specs()}")
         return None, None
+    kind = named
     source = source.strip()
     if kind.source is None:
         if colon:
@@ -305,9 +306,7 @@ def _resolve_kind(head: str, problems: list[str]) -> tuple[TextEncoderKind | Non
     return kind, source
 
 
-def _typed_options(
-    kind: TextEncoderKind, items: Iterable[tuple[str, Any, str]], problems: list[str]
-) -> dict[str, Any]:
+def _typed_options(kind: TextEncoderKind, items: Iterable[tuple[str, Any, str]], problems: list[str]) -> dict[str, Any]:
     """``(name, value, where)`` items -> {name: typed value}; unknown names, bad values and names given twice
     appended to ``problems``."""
     options: dict[str, Any] = {}
@@ -320,8 +319,10 @@ def _typed_options(
             continue
         if name in given:
             first_value, first_where = given[name]
-            problems.append(f"option {name} is given twice: {name}={format_value(first_value)} in {first_where} and "
-                            f"{name}={format_value(value)} in {where}")
+            problems.append(
+                f"option {name} is given twice: {name}={format_value(first_value)} in {first_where} and "
+                f"{name}={format_value(value)} in {where}"
+            )
             continue
         given[name] = (value, where)
         try:
@@ -435,14 +436,21 @@ def text_encoder_help(width: int = 78) -> str:
     wrapped to ``width``; paragraphs start with click's ``\\b`` marker so that they are printed as written."""
     import textwrap
 
-    paragraphs = ["Text encoders: --text-encoder KIND[:SOURCE][,NAME=VALUE...]; --text-option NAME=VALUE adds an "
-                  "option (repeatable). Options start at the first comma followed by NAME=. Values: true/false/1/0/"
-                  "yes/no, integers, numbers or text."]
+    paragraphs = [
+        "Text encoders: --text-encoder KIND[:SOURCE][,NAME=VALUE...]; --text-option NAME=VALUE adds an "
+        "option (repeatable). Options start at the first comma followed by NAME=. Values: true/false/1/0/"
+        "yes/no, integers, numbers or text."
+    ]
     for kind in _KINDS.values():
         lines = textwrap.wrap(_kind_summary(kind), width, subsequent_indent="    ", break_on_hyphens=False)
         for option_line in _option_lines(kind):
-            lines += textwrap.wrap(option_line.replace("options ", "options: ", 1), width, initial_indent="    ",
-                                   subsequent_indent="      ", break_on_hyphens=False)
+            lines += textwrap.wrap(
+                option_line.replace("options ", "options: ", 1),
+                width,
+                initial_indent="    ",
+                subsequent_indent="      ",
+                break_on_hyphens=False,
+            )
         paragraphs.append("\b\n" + "\n".join(lines))
     return "\n\n".join(paragraphs)
 
@@ -485,10 +493,19 @@ def options_from_signature(
             continue
         option_type = _option_type(hints.get(name))
         if option_type is None:
-            raise TypeError(f"{getattr(function, '__qualname__', function)}: option {name!r} has the type "
-                            f"{hints.get(name)!r}, which a spec cannot give; skip it or give it bool/int/float/str")
-        options.append(TextOption(
-            name, option_type, parameter.default, help=(help or {}).get(name, ""),
-            choices=(choices or {}).get(name), minimum=(minimum or {}).get(name), recorded=name not in unrecorded,
-        ))
+            raise TypeError(
+                f"{getattr(function, '__qualname__', function)}: option {name!r} has the type "
+                f"{hints.get(name)!r}, which a spec cannot give; skip it or give it bool/int/float/str"
+            )
+        options.append(
+            TextOption(
+                name,
+                option_type,
+                parameter.default,
+                help=(help or {}).get(name, ""),
+                choices=(choices or {}).get(name),
+                minimum=(minimum or {}).get(name),
+                recorded=name not in unrecorded,
+            )
+        )
     return tuple(options)

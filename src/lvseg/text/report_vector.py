@@ -33,6 +33,7 @@ class ReportVectorEncoder(TextEncoder):
     """
 
     trainable = False
+    _device_marker: torch.Tensor  # an empty buffer: where .to() moved the encoder
     feature_dim = len(REPORT_VECTOR_FIELDS)
     max_length = 1
 
@@ -81,9 +82,11 @@ class ReportVectorEncoder(TextEncoder):
                 failed.append(error)
                 rows.append([0.0] * self.feature_dim)
         if failed and self.unparsable == "error":
-            raise LvsegError(f"{len(failed)} report(s) do not follow the report grammar: "
-                             + "; ".join(str(error) for error in failed[:10])
-                             + " (or accept them as zero vectors with unparsable_reports='zero')")
+            raise LvsegError(
+                f"{len(failed)} report(s) do not follow the report grammar: "
+                + "; ".join(str(error) for error in failed[:10])
+                + " (or accept them as zero vectors with unparsable_reports='zero')"
+            )
         if failed:
             log = logger.warning if not self.zeroed else logger.debug  # once; training reports the total upfront
             log("%d report(s) outside the grammar read as zero vectors, e.g. %s", len(failed), failed[0])
@@ -92,5 +95,8 @@ class ReportVectorEncoder(TextEncoder):
 
     def forward(self, texts: list[str]) -> TextFeatures:
         pooled = self.vectors(texts)
-        return TextFeatures(tokens=pooled.unsqueeze(1), mask=torch.ones(len(pooled), 1, dtype=torch.bool,
-                                                                         device=pooled.device), pooled=pooled)
+        return TextFeatures(
+            tokens=pooled.unsqueeze(1),
+            mask=torch.ones(len(pooled), 1, dtype=torch.bool, device=pooled.device),
+            pooled=pooled,
+        )

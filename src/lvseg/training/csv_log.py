@@ -57,8 +57,9 @@ def _epoch_after(value: str | None, epoch: int) -> bool:
 class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` that, with ``keep_existing=True``, continues the ``metrics.csv`` already in its folder."""
 
-    def __init__(self, *args: Any, keep_existing: bool = False, resumed_epoch: int | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, keep_existing: bool = False, resumed_epoch: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._keep_existing = keep_existing
         self._resumed_epoch = resumed_epoch
@@ -66,7 +67,7 @@ class ResumableCSVLogger(CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is not None:
+        if isinstance(self._experiment, ExperimentWriter):  # only this property sets it
             return self._experiment
         self._fs.makedirs(self.root_dir, exist_ok=True)
         if self._keep_existing:

@@ -57,7 +57,9 @@ def parse_max_time(value: str | None) -> timedelta | None:
         return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", text)
     if not match:
-        raise LvsegError(f"--max-time {value!r} is not a duration; use minutes ('40'), '40m', '2h', '30s' or DD:HH:MM:SS")
+        raise LvsegError(
+            f"--max-time {value!r} is not a duration; use minutes ('40'), '40m', '2h', '30s' or DD:HH:MM:SS"
+        )
     amount, unit = float(match.group(1)), match.group(2) or "m"
     return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
 
@@ -145,14 +147,18 @@ def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask
         )
     saved_size = hparams.get("model_config", {}).get("img_size")
     if saved_size != config.img_size:
-        raise LvsegError(f"cannot resume from '{checkpoint_path}': it was trained at --img-size {saved_size}, not {config.img_size}")
+        raise LvsegError(
+            f"cannot resume from '{checkpoint_path}': it was trained at --img-size {saved_size}, not {config.img_size}"
+        )
     keep = ("model_name", "model_config", *OPTIM_OPTIONS)
     task_class = task_class_for(config)
     saved_task = recorded_task(checkpoint)
     if saved_task != task_class.task_name:
-        raise LvsegError(f"cannot resume from '{checkpoint_path}': it is a {saved_task} run, and these options ask "
-                         f"for a {task_class.task_name} one; resume with the same semi-supervised options "
-                         "(--labeled-fraction/--labeled-list, --supervised-only) as the interrupted run")
+        raise LvsegError(
+            f"cannot resume from '{checkpoint_path}': it is a {saved_task} run, and these options ask "
+            f"for a {task_class.task_name} one; resume with the same semi-supervised options "
+            "(--labeled-fraction/--labeled-list, --supervised-only) as the interrupted run"
+        )
     if task_class is SemiSupervisedTask:
         keep += SEMI_OPTIONS
     return task_class(**{key: hparams[key] for key in keep if key in hparams})
@@ -164,8 +170,11 @@ def recorded_task(checkpoint: dict[str, Any]) -> str:
     task = checkpoint.get("lvseg", {}).get("task")
     if isinstance(task, str):
         return task
-    return SemiSupervisedTask.task_name if "epi_beta" in checkpoint.get("hyper_parameters", {}) else \
-        SegmentationTask.task_name
+    return (
+        SemiSupervisedTask.task_name
+        if "epi_beta" in checkpoint.get("hyper_parameters", {})
+        else SegmentationTask.task_name
+    )
 
 
 def _check_reports(task: SegmentationTask, splits: dict[str, list[Any]]) -> None:
@@ -176,8 +185,12 @@ def _check_reports(task: SegmentationTask, splits: dict[str, list[Any]]) -> None
     problems = check_reports(task.model, splits)
     if problems:
         total = sum(len(samples) for samples in splits.values())
-        log.warning("%d of %d reports are outside the report grammar and are read as empty input (zero "
-                    "vectors), e.g. %s", len(problems), total, problems[0])
+        log.warning(
+            "%d of %d reports are outside the report grammar and are read as empty input (zero vectors), e.g. %s",
+            len(problems),
+            total,
+            problems[0],
+        )
 
 
 class _DropLightningTips(logging.Filter):
@@ -206,8 +219,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     if removed:
-        log.info("removed %d unfinished file(s) of an interrupted write: %s", len(removed),
-                 ", ".join(path.name for path in removed))
+        log.info(
+            "removed %d unfinished file(s) of an interrupted write: %s",
+            len(removed),
+            ", ".join(path.name for path in removed),
+        )
     return removed
 
 
@@ -222,9 +238,15 @@ def _log_model_summary(task: SegmentationTask, img_size: int) -> None:
     except (LvsegError, RuntimeError, NotImplementedError, TypeError, ValueError) as error:
         log.debug("FLOPs of %s not counted: %r", task.model.model_name, error)
         gflops = ""
-    log.info("model %s: %.3g M parameters (%.3g M trainable, %.3g M frozen)%s at %d px",
-             task.model.model_name, counts["total"] / 1e6, counts["trainable"] / 1e6, counts["frozen"] / 1e6, gflops,
-             img_size)
+    log.info(
+        "model %s: %.3g M parameters (%.3g M trainable, %.3g M frozen)%s at %d px",
+        task.model.model_name,
+        counts["total"] / 1e6,
+        counts["trainable"] / 1e6,
+        counts["frozen"] / 1e6,
+        gflops,
+        img_size,
+    )
 
 
 def _make_trainer(**options: Any) -> L.Trainer:
@@ -247,6 +269,8 @@ def train(config: TrainConfig) -> TrainResult:
 
     check_train_config(config)
     config = with_model_recipe(config)
+    # with_model_recipe fills every unset recipe field and the image size
+    assert config.img_size is not None and config.batch_size is not None and config.patience is not None
     max_time = parse_max_time(config.max_time)
     L.seed_everything(config.seed, workers=True, verbose=False)
     semi = is_semi_supervised(config)
@@ -267,7 +291,9 @@ def train(config: TrainConfig) -> TrainResult:
         resumed_epoch = int(read_checkpoint_dict(last_path).get("epoch", -1))  # the last epoch it holds
     else:
         if last_path.exists():
-            raise LvsegError(f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out")
+            raise LvsegError(
+                f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out"
+            )
         task = build_task(config, [sample.text for sample in train_samples])  # reports only: no mask read
     if config.channels_last:
         task.use_channels_last()
@@ -281,32 +307,48 @@ def train(config: TrainConfig) -> TrainResult:
     val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
     # What the checkpoint's validation Dice was measured on (shown by the app and in its PDF reports).
     task.hparams["validation_data"] = f"the validation split of '{Path(config.data).name}' ({len(val_set)} images)"
-    loader_options = {"batch_size": config.batch_size, "num_workers": config.num_workers,
-                      "persistent_workers": config.num_workers > 0}
+    loader_options: dict[str, Any] = {
+        "batch_size": config.batch_size,
+        "num_workers": config.num_workers,
+        "persistent_workers": config.num_workers > 0,
+    }
     val_loader = DataLoader(val_set, shuffle=False, **loader_options)
     if semi:
         # The training loader follows the task's phase (supervised, then labeled + unlabeled): reloaded each epoch.
-        data: dict[str, Any] = {"datamodule": build_semi_data(config, task, train_samples, out, loader_options,
-                                                              val_loader)}
+        data: dict[str, Any] = {
+            "datamodule": build_semi_data(config, task, train_samples, out, loader_options, val_loader)
+        }
         steps_per_epoch = data["datamodule"].labeled_steps()
     else:
-        train_set = SegmentationDataset(train_samples, config.img_size, augment=config.augment, channels=config.in_channels,
-                                    seed=config.seed)  # seeded augmentation: MONAI's own RNG is not seeded by seed_everything
-        train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **loader_options)
+        train_set = SegmentationDataset(
+            train_samples, config.img_size, augment=config.augment, channels=config.in_channels, seed=config.seed
+        )  # seeded augmentation: MONAI's own RNG is not seeded by seed_everything
+        train_loader = DataLoader(
+            train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **loader_options
+        )
         data = {"train_dataloaders": train_loader, "val_dataloaders": val_loader}
         steps_per_epoch = len(train_loader)
 
     accelerator, precision = _accelerator_and_precision(config)
     best_callback = ModelCheckpoint(
-        dirpath=out, filename="best", monitor="val_dice", mode="max", save_top_k=1,
-        enable_version_counter=False, auto_insert_metric_name=False,
+        dirpath=out,
+        filename="best",
+        monitor="val_dice",
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
     )
     # Lightning's save_last only writes last.ckpt when best.ckpt is written; a resumed run must continue
     # from the latest epoch, so last.ckpt is its own checkpoint, written after every validation (after
     # best.ckpt, so it records the updated best).
     last_callback = ModelCheckpoint(
-        dirpath=out, filename="last", monitor=None, save_top_k=1,
-        enable_version_counter=False, auto_insert_metric_name=False,
+        dirpath=out,
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
     )
     # Semi-supervised runs: early stopping first ends the supervised phase, then the run.
     early_stopping = PhasedEarlyStopping(monitor="val_dice", mode="max", patience=config.patience)
@@ -319,9 +361,12 @@ def train(config: TrainConfig) -> TrainResult:
         max_epochs=config.max_epochs,
         max_time=max_time,
         callbacks=[best_callback, last_callback, early_stopping],
-        logger=[ResumableCSVLogger(out, name="logs", version="", keep_existing=resume_path is not None,
-                                   resumed_epoch=resumed_epoch),
-                TensorBoardLogger(out, name="logs", version="")],
+        logger=[
+            ResumableCSVLogger(
+                out, name="logs", version="", keep_existing=resume_path is not None, resumed_epoch=resumed_epoch
+            ),
+            TensorBoardLogger(out, name="logs", version=""),
+        ],
         plugins=[AtomicCheckpointIO()],
         enable_progress_bar=config.progress_bar,
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
@@ -338,6 +383,8 @@ def train(config: TrainConfig) -> TrainResult:
         # lvseg itself refuses to start a new run over an old one (last.ckpt), so Lightning's warning about a
         # non-empty checkpoint folder (it holds the logs just created) says nothing.
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        # The semi-supervised data module leaves batch transfer to the task (channels-last images): as intended.
+        warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
         trainer.fit(task, ckpt_path=resume_path, **data)
     best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else last_path
     phases = None

@@ -100,7 +100,9 @@ def references_from_samples(samples: Sequence[Sample], img_size: int, structure_
     labeled = [sample for sample in samples if sample.mask_path is not None]
     if not labeled:
         raise LvsegError("the LV loss needs labeled images (or --lv-templates) to take reference masks from")
-    masks = torch.stack([resize_mask(read_mask(sample.mask_path), img_size) for sample in labeled])
+    masks = torch.stack(
+        [resize_mask(read_mask(sample.mask_path), img_size) for sample in labeled if sample.mask_path is not None]
+    )  # all of them: narrows the type
     log.info("LV loss: %d labeled training images as references", len(labeled))
     return LVReferenceSet([s.text for s in labeled], masks, [s.name for s in labeled], structure_weight)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import lightning as L
 import torch
@@ -14,6 +14,10 @@ from lvseg.models import ModelOutput, create_model
 from lvseg.models.base import as_output
 from lvseg.training.optim import LR_SCHEDULES, OPTIMIZERS, optimizer_groups
 from lvseg.training.options import OPTIM_OPTIONS, option_defaults
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 #: Training tasks by name; a run's checkpoint records its task (``checkpoint["lvseg"]["task"]``) and
 #: ``--resume`` rebuilds that one.
@@ -70,10 +74,17 @@ class SegmentationTask(L.LightningModule):
         groups = {group.name for group in self.model.parameter_groups()}
         unknown = sorted(set(options.get("lr_scales") or {}) - groups)
         if unknown:
-            raise LvsegError(f"--lr-scale names parameter group(s) {', '.join(unknown)} that model '{model_name}' "
-                             f"does not have; its groups: {', '.join(sorted(groups))}")
+            raise LvsegError(
+                f"--lr-scale names parameter group(s) {', '.join(unknown)} that model '{model_name}' "
+                f"does not have; its groups: {', '.join(sorted(groups))}"
+            )
         self.best_val_dice: float | None = None
         self.last_val_dice: float | None = None
+
+    if TYPE_CHECKING:  # save_hyperparameters(a dict) stores an AttributeDict; Lightning types it more loosely
+
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     #: Channels-last memory layout for images (set with the model's by ``lvseg train --channels-last``).
     channels_last: bool = False
@@ -81,7 +92,7 @@ class SegmentationTask(L.LightningModule):
     def use_channels_last(self) -> None:
         """Weights and every batch's images in channels-last layout (faster bf16 convolutions)."""
         self.channels_last = True
-        self.model.to(memory_format=torch.channels_last)
+        self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit memory_format
 
     def use_compile(self) -> None:
         """``torch.compile`` the network in place (``nn.Module.compile``: parameter names, so checkpoints, are
@@ -93,13 +104,19 @@ class SegmentationTask(L.LightningModule):
         try:
             get_cpp_compiler()
         except InvalidCxxCompiler:
-            raise LvsegError("--compile needs a C++ compiler that torch.compile can find ($CXX, else g++ on the "
-                             "PATH): install one (e.g. apt install g++) or train without --compile") from None
+            raise LvsegError(
+                "--compile needs a C++ compiler that torch.compile can find ($CXX, else g++ on the "
+                "PATH): install one (e.g. apt install g++) or train without --compile"
+            ) from None
         self.model.compile()
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.channels_last and isinstance(batch, dict) and isinstance(batch.get("image"), torch.Tensor) \
-                and batch["image"].ndim == 4:
+        if (
+            self.channels_last
+            and isinstance(batch, dict)
+            and isinstance(batch.get("image"), torch.Tensor)
+            and batch["image"].ndim == 4
+        ):
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         return batch
 
@@ -127,8 +144,10 @@ class SegmentationTask(L.LightningModule):
         loss = torch.stack(list(terms.values())).sum() if terms else output.logits.sum() * 0.0
         if not torch.isfinite(loss):  # fail loudly: a NaN would otherwise flow into every weight
             values = ", ".join(f"{name}={float(value):.4g}" for name, value in terms.items())
-            raise LvsegError(f"the training loss is not finite at epoch {self.current_epoch}, batch {batch_idx} "
-                             f"({values}); lower --lr or check the data")
+            raise LvsegError(
+                f"the training loss is not finite at epoch {self.current_epoch}, batch {batch_idx} "
+                f"({values}); lower --lr or check the data"
+            )
         for name, value in terms.items():
             self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=batch_size)
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
@@ -145,19 +164,20 @@ class SegmentationTask(L.LightningModule):
         self.log("val_iou", iou.mean(), batch_size=batch_size, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        value = self.trainer.callback_metrics.get("val_dice")
-        if value is not None and not self.trainer.sanity_checking:
-            value = float(value)
+        metric = self.trainer.callback_metrics.get("val_dice")
+        if metric is not None and not self.trainer.sanity_checking:
+            value = float(metric)
             self.last_val_dice = value
             if self.best_val_dice is None or value > self.best_val_dice:
                 self.best_val_dice = value
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """``optimizer`` (:data:`~lvseg.training.optim.OPTIMIZERS`) over the model's parameter groups, each at
         ``lr`` times its scale, and ``lr_schedule`` (:data:`~lvseg.training.optim.LR_SCHEDULES`)."""
         groups = optimizer_groups(self.model.parameter_groups(), self.hparams.lr, self.hparams.lr_scales or {})
-        optimizer = OPTIMIZERS[self.hparams.optimizer](groups, lr=self.hparams.lr,
-                                                        weight_decay=self.hparams.weight_decay)
+        optimizer = OPTIMIZERS[self.hparams.optimizer](
+            groups, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
         schedule = LR_SCHEDULES[self.hparams.lr_schedule].build(optimizer, self.hparams)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import Optimizer
 
+if TYPE_CHECKING:
+    from lightning.pytorch.utilities.types import LRSchedulerConfigType
+
 #: Epochs without a lower validation loss before ReduceLROnPlateau divides the learning rate by 10.
 PLATEAU_PATIENCE = 5
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+#: ``OPTIMIZERS[name](param_groups, lr=..., weight_decay=...)`` -> the optimiser.
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 
 
 @dataclass(frozen=True)
@@ -26,17 +30,19 @@ class LrSchedule:
 
     name: str
     help: str
-    build: Callable[[Optimizer, Mapping[str, Any]], dict[str, Any]]
+    build: Callable[[Optimizer, Mapping[str, Any]], LRSchedulerConfigType]
 
 
 LR_SCHEDULES: dict[str, LrSchedule] = {}
 
+#: ``build(optimizer, options)`` -> Lightning's ``lr_scheduler`` dict.
+ScheduleBuilder = Callable[[Optimizer, Mapping[str, Any]], "LRSchedulerConfigType"]
 
-def register_lr_schedule(name: str, help: str) -> Callable[[Callable[[Optimizer, Mapping[str, Any]], dict[str, Any]]],
-                                                               Callable[[Optimizer, Mapping[str, Any]], dict[str, Any]]]:
+
+def register_lr_schedule(name: str, help: str) -> Callable[[ScheduleBuilder], ScheduleBuilder]:
     """Register ``build(optimizer, options)`` as the learning-rate schedule ``name``."""
 
-    def decorator(build: Callable[[Optimizer, Mapping[str, Any]], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    def decorator(build: ScheduleBuilder) -> ScheduleBuilder:
         if name in LR_SCHEDULES:
             raise ValueError(f"learning-rate schedule {name!r} is registered twice")
         LR_SCHEDULES[name] = LrSchedule(name, help, build)
@@ -46,14 +52,15 @@ def register_lr_schedule(name: str, help: str) -> Callable[[Callable[[Optimizer,
 
 
 @register_lr_schedule("cosine", "annealing with warm restarts (--restart-epochs, --min-lr)")
-def _cosine(optimizer: Optimizer, options: Mapping[str, Any]) -> dict[str, Any]:
+def _cosine(optimizer: Optimizer, options: Mapping[str, Any]) -> LRSchedulerConfigType:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        optimizer, T_0=options["restart_epochs"], eta_min=min(options["min_lr"], options["lr"]))
+        optimizer, T_0=options["restart_epochs"], eta_min=min(options["min_lr"], options["lr"])
+    )
     return {"scheduler": scheduler, "interval": "epoch"}
 
 
 @register_lr_schedule("plateau", f"x0.1 after {PLATEAU_PATIENCE} epochs without a lower validation loss")
-def _plateau(optimizer: Optimizer, options: Mapping[str, Any]) -> dict[str, Any]:
+def _plateau(optimizer: Optimizer, options: Mapping[str, Any]) -> LRSchedulerConfigType:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=PLATEAU_PATIENCE)
     return {"scheduler": scheduler, "interval": "epoch", "monitor": "val_loss"}
 
@@ -65,5 +72,8 @@ def schedule_help() -> str:
 def optimizer_groups(groups: Iterable[Any], lr: float, lr_scales: Mapping[str, float]) -> list[dict[str, Any]]:
     """torch parameter groups from a model's :class:`~lvseg.models.base.ParameterGroup` s: each at ``lr`` times
     its ``lr_scales`` entry (else its own ``lr_scale``); empty groups are left out."""
-    return [{"params": group.parameters, "lr": lr * float(lr_scales.get(group.name, group.lr_scale)),
-             "name": group.name} for group in groups if group.parameters]
+    return [
+        {"params": group.parameters, "lr": lr * float(lr_scales.get(group.name, group.lr_scale)), "name": group.name}
+        for group in groups
+        if group.parameters
+    ]

@@ -15,6 +15,7 @@ Works on tensors on any device (MONAI transforms keep the device); seeded throug
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 
 import torch
 from monai.transforms import (
@@ -23,6 +24,7 @@ from monai.transforms import (
     RandAffined,
     RandGaussianNoised,
     RandGaussianSmoothd,
+    Randomizable,
 )
 
 from lvseg.data.dataset import plain_tensor
@@ -63,7 +65,8 @@ class StrongPerturbation:
             ]
         )
         if seed is not None:
-            for index, transform in enumerate([*self._geometry.values(), self._intensity]):
+            transforms: list[Randomizable] = [*self._geometry.values(), self._intensity]
+            for index, transform in enumerate(transforms):
                 transform.set_random_state(seed=seed + index)
 
     @torch.no_grad()
@@ -75,7 +78,7 @@ class StrongPerturbation:
         geometry = self._geometry[references is not None]
         out_images, out_targets, out_references = [], [], []
         for k in range(images.shape[0]):
-            item = {"image": images[k], "target": targets[k].float()}
+            item: dict[Hashable, torch.Tensor] = {"image": images[k], "target": targets[k].float()}
             if references is not None:
                 item["reference"] = references[k].float()
             item = self._intensity(geometry(item))

@@ -71,8 +71,13 @@ class PseudoLabelBank:
         self.seen[indices] = True
 
     def state_dict(self) -> dict[str, Any]:
-        return {"names": list(self.names), "img_size": self.img_size, "beta": self.beta,
-                "labels": self.labels.cpu(), "seen": self.seen.cpu()}
+        return {
+            "names": list(self.names),
+            "img_size": self.img_size,
+            "beta": self.beta,
+            "labels": self.labels.cpu(),
+            "seen": self.seen.cpu(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state.get("names", [])) != self.names or int(state.get("img_size", -1)) != self.img_size:
@@ -134,7 +139,8 @@ class ReportFilter:
             findings = self.findings[index]
             if findings.is_empty or not bool(targets[row].any()):
                 continue
-            keep = report_consistent_mask(targets[row, 0].cpu().numpy(), findings,
-                                          soft_labels[row, 0].float().cpu().numpy(), self.geometry)
+            keep = report_consistent_mask(
+                targets[row, 0].cpu().numpy(), findings, soft_labels[row, 0].float().cpu().numpy(), self.geometry
+            )
             filtered[row, 0] = targets[row, 0] * torch.from_numpy(keep).to(targets.device, targets.dtype)
         return filtered

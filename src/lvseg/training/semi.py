@@ -73,12 +73,12 @@ import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader
 
 from lvseg.checkpoint import read_checkpoint_dict
 from lvseg.data.layout import Sample
@@ -92,6 +92,9 @@ from lvseg.training.options import SEMI_OPTIONS, is_semi_supervised, option_defa
 from lvseg.training.perturb import StrongPerturbation
 from lvseg.training.pseudo_labels import PseudoLabelBank, ReportFilter, confidence_weight
 from lvseg.training.teacher import EmaTeacher
+
+if TYPE_CHECKING:
+    from lvseg.data.dataset import SegmentationDataset
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ class SemiSupervisedTask(SegmentationTask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         semi = option_defaults(SEMI_OPTIONS) | {name: kwargs.pop(name) for name in SEMI_OPTIONS if name in kwargs}
-        super().__init__(*args, **semi, **kwargs)
+        super().__init__(*args, **semi, **kwargs)  # type: ignore[misc]  # mypy cannot tell that *args fills the named parameters
         self.bank: PseudoLabelBank | None = None
         self.lv_masks: torch.Tensor | None = None  # uint8 (R, 1, S, S)
         self.lv_match: torch.Tensor | None = None  # int64 (N_unlabeled,) reference index per unlabeled image
@@ -172,8 +175,11 @@ class SemiSupervisedTask(SegmentationTask):
         self.report_filter = None
         if self.hparams.report_filter and reports is not None:
             self.report_filter = ReportFilter(reports)
-            log.info("report filter: %d of %d unlabeled reports are in the chest-report grammar",
-                     self.report_filter.readable, len(reports))
+            log.info(
+                "report filter: %d of %d unlabeled reports are in the chest-report grammar",
+                self.report_filter.readable,
+                len(reports),
+            )
 
     # ------------------------------------------------------------------------------------ phases
 
@@ -193,8 +199,9 @@ class SemiSupervisedTask(SegmentationTask):
             self.phase_best[self.phase] = self.last_val_dice
             self.phase_best_epoch[self.phase] = int(self.current_epoch)
             if self.phase == SUPERVISED:
-                self._best_supervised_state = {key: value.detach().clone()
-                                               for key, value in self.model.state_dict().items()}
+                self._best_supervised_state = {
+                    key: value.detach().clone() for key, value in self.model.state_dict().items()
+                }
 
     def should_start_semi_phase(self, supervised_phase_stalled: bool) -> bool:
         """After this epoch's validation: end the supervised phase now? (It has unlabeled images, and has
@@ -218,9 +225,13 @@ class SemiSupervisedTask(SegmentationTask):
         self.teacher = None
         self._teacher_state = None
         self.build_teacher()
-        log.info("supervised phase done after %d epochs (best validation Dice %s at epoch %s); the "
-                 "semi-supervised phase starts from that checkpoint", self.current_epoch + 1,
-                 _dice_text(self.phase_best[SUPERVISED]), self.phase_best_epoch[SUPERVISED])
+        log.info(
+            "supervised phase done after %d epochs (best validation Dice %s at epoch %s); the "
+            "semi-supervised phase starts from that checkpoint",
+            self.current_epoch + 1,
+            _dice_text(self.phase_best[SUPERVISED]),
+            self.phase_best_epoch[SUPERVISED],
+        )
 
     def _best_checkpoint_state(self) -> dict[str, torch.Tensor] | None:
         """The model weights of the run's best checkpoint (a run resumed in its supervised phase keeps no
@@ -231,16 +242,21 @@ class SemiSupervisedTask(SegmentationTask):
             return None
         prefix = "model."
         state = read_checkpoint_dict(Path(path))["state_dict"]
-        return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+        return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
     def phase_summary(self) -> dict[str, Any]:
         """Best validation Dice and epoch of each phase, the epoch the semi phase began, and the phase the
         run's best checkpoint comes from (ties go to the supervised phase, which reached it first)."""
         supervised, semi = self.phase_best[SUPERVISED], self.phase_best[SEMI]
         source = SEMI if semi is not None and (supervised is None or semi > supervised) else SUPERVISED
-        return {"supervised_best_val_dice": supervised, "supervised_best_epoch": self.phase_best_epoch[SUPERVISED],
-                "semi_best_val_dice": semi, "semi_best_epoch": self.phase_best_epoch[SEMI],
-                "semi_start_epoch": self.semi_start_epoch, "best_checkpoint_phase": source}
+        return {
+            "supervised_best_val_dice": supervised,
+            "supervised_best_epoch": self.phase_best_epoch[SUPERVISED],
+            "semi_best_val_dice": semi,
+            "semi_best_epoch": self.phase_best_epoch[SEMI],
+            "semi_start_epoch": self.semi_start_epoch,
+            "best_checkpoint_phase": source,
+        }
 
     # ------------------------------------------------------------------------------------ steps
 
@@ -284,8 +300,11 @@ class SemiSupervisedTask(SegmentationTask):
         teacher = self.teacher or self.build_teacher()
         indices = batch["index"].to(images.device)[unlabeled]
         unlabeled_texts = [text for text, is_unlabeled in zip(texts, unlabeled.tolist()) if is_unlabeled]
-        probabilities = (teacher.predict_proba(images[unlabeled], unlabeled_texts) if len(indices)
-                         else images.new_zeros(0, 1, *images.shape[-2:]))
+        probabilities = (
+            teacher.predict_proba(images[unlabeled], unlabeled_texts)
+            if len(indices)
+            else images.new_zeros(0, 1, *images.shape[-2:])
+        )
         self.bank.update(*self._gather_updates(indices, probabilities, len(texts)))  # EPI, alike on every rank
         if not len(indices):
             return batch
@@ -302,29 +321,37 @@ class SemiSupervisedTask(SegmentationTask):
             references = self.lv_masks[self.lv_match[indices.cpu()]].to(images.device).float()
         if self.perturbation is not None:
             # One geometry for image, target, weight and reference: the weight travels as a second target channel.
-            strong, moved, references = self.perturbation(images[unlabeled], torch.cat([targets, pixel_weight], 1),
-                                                           references)
+            strong, moved, references = self.perturbation(
+                images[unlabeled], torch.cat([targets, pixel_weight], 1), references
+            )
             targets, pixel_weight = moved[:, :1], moved[:, 1:]
             images = images.clone()
             images[unlabeled] = strong
-        return {**batch, "image": images, "pseudo_target": targets, "pseudo_weight": pixel_weight,
-                "pseudo_kept": kept, "lv_reference": references}
+        return {
+            **batch,
+            "image": images,
+            "pseudo_target": targets,
+            "pseudo_weight": pixel_weight,
+            "pseudo_kept": kept,
+            "lv_reference": references,
+        }
 
     def _world_size(self) -> int:
         return int(self.trainer.world_size) if self._trainer is not None else 1
 
-    def _gather_updates(self, indices: torch.Tensor, probabilities: torch.Tensor,
-                        batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather_updates(
+        self, indices: torch.Tensor, probabilities: torch.Tensor, batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's EPI update (K,), (K, 1, S, S) -> every process's (under DDP; padded to the batch size
         for the all-gather, the padding dropped after it)."""
         if self._world_size() == 1:
             return indices, probabilities
         padded_indices = indices.new_full((batch_size,), -1)
-        padded_indices[:len(indices)] = indices
+        padded_indices[: len(indices)] = indices
         padded = probabilities.new_zeros(batch_size, *probabilities.shape[1:])
-        padded[:len(indices)] = probabilities
-        all_indices = self.all_gather(padded_indices).reshape(-1)
-        all_probabilities = self.all_gather(padded).reshape(-1, *probabilities.shape[1:])
+        padded[: len(indices)] = probabilities
+        all_indices = self.all_gather(padded_indices).reshape(-1)  # type: ignore[union-attr]  # a tensor gathers to a tensor
+        all_probabilities = self.all_gather(padded).reshape(-1, *probabilities.shape[1:])  # type: ignore[union-attr]
         valid = all_indices >= 0
         return all_indices[valid], all_probabilities[valid]
 
@@ -339,8 +366,9 @@ class SemiSupervisedTask(SegmentationTask):
         if "pseudo_target" in batch:
             unlabeled_output = output.select(unlabeled)
             pixel_weight = batch["pseudo_weight"]
-            self.log("train_pseudo_kept", batch["pseudo_kept"], on_step=False, on_epoch=True,
-                     batch_size=int(unlabeled.sum()))
+            self.log(
+                "train_pseudo_kept", batch["pseudo_kept"], on_step=False, on_epoch=True, batch_size=int(unlabeled.sum())
+            )
             if bool((pixel_weight > 0).any()):
                 pseudo = self.model.compute_losses(unlabeled_output, batch["pseudo_target"], pixel_weight)
                 terms["pseudo"] = weight * torch.stack(list(pseudo.values())).sum()
@@ -418,17 +446,26 @@ def log_phase_summary(task: SemiSupervisedTask, out: Path) -> dict[str, Any]:
     """Log which phase the best checkpoint comes from and write ``<out>/semi_phases.json``; returns the summary."""
     summary = task.phase_summary()
     if summary["semi_start_epoch"] is None:
-        log.info("semi-supervised run: the supervised phase (best validation Dice %s at epoch %s) never ended, "
-                 "so no pseudo-labels were trained on; best.ckpt is supervised", _dice_text(
-                     summary["supervised_best_val_dice"]), summary["supervised_best_epoch"])
+        log.info(
+            "semi-supervised run: the supervised phase (best validation Dice %s at epoch %s) never ended, "
+            "so no pseudo-labels were trained on; best.ckpt is supervised",
+            _dice_text(summary["supervised_best_val_dice"]),
+            summary["supervised_best_epoch"],
+        )
     else:
-        log.info("semi-supervised run: best validation Dice %s in the supervised phase (epoch %s), %s in the "
-                 "semi-supervised phase (from epoch %s, best at epoch %s); best.ckpt is from the %s phase",
-                 _dice_text(summary["supervised_best_val_dice"]), summary["supervised_best_epoch"],
-                 _dice_text(summary["semi_best_val_dice"]), summary["semi_start_epoch"],
-                 summary["semi_best_epoch"], summary["best_checkpoint_phase"])
+        log.info(
+            "semi-supervised run: best validation Dice %s in the supervised phase (epoch %s), %s in the "
+            "semi-supervised phase (from epoch %s, best at epoch %s); best.ckpt is from the %s phase",
+            _dice_text(summary["supervised_best_val_dice"]),
+            summary["supervised_best_epoch"],
+            _dice_text(summary["semi_best_val_dice"]),
+            summary["semi_start_epoch"],
+            summary["semi_best_epoch"],
+            summary["best_checkpoint_phase"],
+        )
     atomic_write_text(out / PHASES_FILE, json.dumps(summary, indent=1))
     return summary
+
 
 # ------------------------------------------------------------------------------------------ fit glue
 
@@ -471,8 +508,15 @@ class SemiDataModule(L.LightningDataModule):
     runs). The trainer reloads the training loader every epoch (``reload_dataloaders_every_n_epochs=1``).
     """
 
-    def __init__(self, task: SegmentationTask, labeled: Dataset, unlabeled: Dataset | None,
-                 val_loader: DataLoader, loader_options: dict[str, Any], seed: int) -> None:
+    def __init__(
+        self,
+        task: SegmentationTask,
+        labeled: SegmentationDataset,
+        unlabeled: SegmentationDataset | None,
+        val_loader: DataLoader,
+        loader_options: dict[str, Any],
+        seed: int,
+    ) -> None:
         super().__init__()
         self.task, self.labeled, self.unlabeled, self.val_loader = task, labeled, unlabeled, val_loader
         self.loader_options, self.seed = dict(loader_options), int(seed)
@@ -481,22 +525,31 @@ class SemiDataModule(L.LightningDataModule):
 
     def labeled_steps(self) -> int:
         """Training steps per epoch of the labeled loader in one process."""
-        count, batch_size = len(self.labeled), int(self.loader_options["batch_size"])  # type: ignore[arg-type]
+        count, batch_size = len(self.labeled), int(self.loader_options["batch_size"])
         return count // batch_size if count > batch_size else 1
 
     def train_dataloader(self) -> DataLoader:
+        assert self.trainer is not None  # Lightning attaches it before it asks for loaders
         if getattr(self.task, "phase", SUPERVISED) != SEMI or self.unlabeled is None:
             if self._labeled_loader is None:
                 # drop_last as a supervised run has it, judged on this process's share of the images.
-                share = -(-len(self.labeled) // self.trainer.world_size)  # type: ignore[arg-type]
-                self._labeled_loader = DataLoader(self.labeled, shuffle=True,
-                                                  drop_last=share > int(self.loader_options["batch_size"]),
-                                                  **self.loader_options)
+                share = -(-len(self.labeled) // self.trainer.world_size)
+                self._labeled_loader = DataLoader(
+                    self.labeled,
+                    shuffle=True,
+                    drop_last=share > int(self.loader_options["batch_size"]),
+                    **self.loader_options,
+                )
             return self._labeled_loader
         if self._mixed_loader is None:
-            mixed = ConcatDataset([self.labeled, self.unlabeled])
-            sampler = BalancedSemiSampler(len(self.labeled), len(self.unlabeled), seed=self.seed,  # type: ignore[arg-type]
-                                          num_replicas=self.trainer.world_size, rank=self.trainer.global_rank)
+            mixed: ConcatDataset = ConcatDataset([self.labeled, self.unlabeled])
+            sampler = BalancedSemiSampler(
+                len(self.labeled),
+                len(self.unlabeled),
+                seed=self.seed,
+                num_replicas=self.trainer.world_size,
+                rank=self.trainer.global_rank,
+            )
             # No drop_last: every unlabeled image must get its one EPI update per epoch.
             self._mixed_loader = DataLoader(mixed, sampler=sampler, drop_last=False, **self.loader_options)
         return self._mixed_loader
@@ -528,14 +581,22 @@ def build_semi_data(
     if config.resume and split_path.is_file():
         _check_saved_split(split_path, split)
     else:
-        record = split.to_json() | {"labeled_fraction": config.labeled_fraction, "seed": config.seed,
-                                    "labeled_list": None if config.labeled_list is None else str(config.labeled_list)}
+        record = split.to_json() | {
+            "labeled_fraction": config.labeled_fraction,
+            "seed": config.seed,
+            "labeled_list": None if config.labeled_list is None else str(config.labeled_list),
+        }
         atomic_write_text(split_path, json.dumps(record, indent=1))
-    log.info("semi-supervised split: %d labeled, %d unlabeled training images%s", len(split.labeled),
-             len(split.unlabeled), " (unlabeled dropped: supervised only)" if config.supervised_only else "")
+    log.info(
+        "semi-supervised split: %d labeled, %d unlabeled training images%s",
+        len(split.labeled),
+        len(split.unlabeled),
+        " (unlabeled dropped: supervised only)" if config.supervised_only else "",
+    )
 
-    labeled_set = SegmentationDataset(split.labeled, config.img_size, augment=config.augment,
-                                      channels=config.in_channels, seed=config.seed)
+    labeled_set = SegmentationDataset(
+        split.labeled, config.img_size, augment=config.augment, channels=config.in_channels, seed=config.seed
+    )
     if config.supervised_only or not split.unlabeled:
         if isinstance(task, SemiSupervisedTask):  # a --labeled-list naming every image: nothing unlabeled
             task.attach(PseudoLabelBank([], config.img_size, beta=config.epi_beta))
@@ -549,8 +610,13 @@ def build_semi_data(
     if config.resume:
         if pseudo_path.is_file():
             state = bank.load(pseudo_path)
-            log.info("resumed %d pseudo-labels (%d set) from %s, step %s", len(bank), int(bank.seen.sum()),
-                     pseudo_path, state.get("global_step"))
+            log.info(
+                "resumed %d pseudo-labels (%d set) from %s, step %s",
+                len(bank),
+                int(bank.seen.sum()),
+                pseudo_path,
+                state.get("global_step"),
+            )
         else:
             log.warning("--resume: no %s in %s; pseudo-labels start afresh", PSEUDO_LABEL_FILE, out)
 
@@ -563,6 +629,12 @@ def build_semi_data(
         )
         lv_masks = references.masks
         lv_match = torch.from_numpy(references.match([s.text for s in split.unlabeled]))
-    task.attach(bank, lv_masks, lv_match, pseudo_label_path=pseudo_path, seed=config.seed,
-                reports=[s.text for s in split.unlabeled])
+    task.attach(
+        bank,
+        lv_masks,
+        lv_match,
+        pseudo_label_path=pseudo_path,
+        seed=config.seed,
+        reports=[s.text for s in split.unlabeled],
+    )
     return SemiDataModule(task, labeled_set, unlabeled_set, val_loader, loader_options, config.seed)

@@ -33,8 +33,9 @@ class EmaTeacher:
         self.model: SegmentationModel = copy.deepcopy(student, memo=shared)
         self.model.eval()
         self.model.requires_grad_(False)
-        self._pairs = [(t, s) for t, s in zip(self.model.parameters(), student.parameters())
-                       if s.requires_grad and t is not s]
+        self._pairs = [
+            (t, s) for t, s in zip(self.model.parameters(), student.parameters()) if s.requires_grad and t is not s
+        ]
         self._buffers = [(t, s) for t, s in zip(self.model.buffers(), student.buffers()) if t is not s]
         self.updates = 0
 

@@ -30,8 +30,16 @@ class PooledTextNet(SegmentationModel):
     example_reports = ("Lesion on the left.", "Two lesions, one on the left and a larger one on the right.")
     importer = "lvseg_example_plugin.model:ExampleImporter"
 
-    def __init__(self, *, in_channels: int = 3, img_size: int = 64, width: int = 8, text_encoder: Any = None,
-                 text_len: int | None = None, texts: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        in_channels: int = 3,
+        img_size: int = 64,
+        width: int = 8,
+        text_encoder: Any = None,
+        text_len: int | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> None:
         super().__init__(text_encoder=text_encoder, text_len=text_len, texts=texts)
         self.in_channels, self.img_size = in_channels, img_size
         self.text_len, self.text_dim = self.token_input_shape(text_len, None, default=(8, 16))
@@ -53,8 +61,10 @@ class PooledTextNet(SegmentationModel):
         return features.tokens.to(self.device), features.mask.to(self.device).float()
 
     def example_text_input(self, batch_size: int, device: torch.device | str = "cpu") -> Any:
-        return (torch.zeros(batch_size, self.text_len, self.text_dim, device=device),
-                torch.ones(batch_size, self.text_len, device=device))
+        return (
+            torch.zeros(batch_size, self.text_len, self.text_dim, device=device),
+            torch.ones(batch_size, self.text_len, device=device),
+        )
 
     def forward(self, images: torch.Tensor, text_input: Any = None) -> torch.Tensor | ModelOutput:
         self.check_images(images, self.in_channels, self.img_size)
@@ -72,19 +82,28 @@ class ExampleImporter(OfficialImporter):
     source_description = "official PooledTextNet checkpoint"
     example_key = "backbone.stem.weight"
     summary = "Convert an official PooledTextNet checkpoint (backbone.* -> tower.*, classifier.* -> head.*)."
-    options = (ImporterOption("width", "Tower width the official model was built with.", default=4, type=int,
-                              minimum=1),)
+    options = (
+        ImporterOption("width", "Tower width the official model was built with.", default=4, type=int, minimum=1),
+    )
 
     def recognises(self, keys: Collection[str]) -> bool:
         return "backbone.stem.weight" in keys and any(key.startswith("classifier.") for key in keys)
 
     def convert(self, source: Path, out: Path, **options: Any) -> ImportResult:
         official = self.read(source)
-        renamed = {key.replace("backbone.", "tower.", 1).replace("classifier.", "head.", 1): value
-                   for key, value in official.items() if not key.startswith("aux.")}
+        renamed = {
+            key.replace("backbone.", "tower.", 1).replace("classifier.", "head.", 1): value
+            for key, value in official.items()
+            if not key.startswith("aux.")
+        }
         model = PooledTextNet(img_size=32, width=options["width"], text_encoder="learned", texts=["lesion"])
         model.load_weights({**model.state_dict(), **renamed}, source=str(source))
         save_inference_checkpoint(out, model)
         dropped = [key for key in official if key.startswith("aux.")]
-        return ImportResult(source=source, output=out, model_options=model.config, dropped={"auxiliary": dropped},
-                            n_parameters=model.parameter_counts()["inference"])
+        return ImportResult(
+            source=source,
+            output=out,
+            model_options=model.config,
+            dropped={"auxiliary": dropped},
+            n_parameters=model.parameter_counts()["inference"],
+        )
