@@ -489,3 +489,18 @@ def test_info_takes_text_length_and_the_old_text_len() -> None:
         )
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["options"]["text_len"] == 5
+
+
+def test_frozen_encoder_config_reads_the_spec_with_its_options_and_aliases() -> None:
+    from lvseg.text import frozen_encoder_config
+
+    assert frozen_encoder_config("hf:bert-base-uncased,max_length=12", 12) == {
+        "type": "hf",
+        "name_or_path": "bert-base-uncased",
+        "max_length": 12,
+    }
+    assert frozen_encoder_config("minilm", 9)["name_or_path"] == "minilm"
+    with pytest.raises(LvsegError, match="contradicts"):
+        frozen_encoder_config("hf:bert-base-uncased,max_length=48", 12)
+    with pytest.raises(LvsegError, match="not a frozen encoder"):
+        frozen_encoder_config("learned", 12)

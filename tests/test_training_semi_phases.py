@@ -247,3 +247,22 @@ def test_semi_supervised_ddp_on_two_cpu_processes_and_resume(semi_data: Path, tm
     assert again["epoch"] == checkpoint["epoch"] + 1 and again["global_step"] > steps
     assert "lvseg_teacher" in again
     assert json.loads((out / PHASES_FILE).read_text(encoding="utf-8"))["semi_start_epoch"] == 1
+
+
+def test_the_sampler_deals_pairs_to_processes_and_covers_every_unlabeled_image() -> None:
+    from lvseg.data.split import BalancedSemiSampler
+
+    shards = [
+        list(BalancedSemiSampler(n_labeled=3, n_unlabeled=7, seed=4, num_replicas=2, rank=rank)) for rank in (0, 1)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 8  # the same number of steps on every process
+    for shard in shards:
+        assert all(i < 3 for i in shard[0::2]) and all(i >= 3 for i in shard[1::2])  # pairs kept: half labeled
+    unlabeled = [i for shard in shards for i in shard[1::2]]
+    assert set(unlabeled) == set(range(3, 10)) and len(unlabeled) == 8  # all 7, one repeated as padding
+
+
+def test_gathered_updates_keep_one_per_image() -> None:
+    from lvseg.training.semi import _first_occurrences
+
+    assert _first_occurrences([5, -1, 3, 5, -1, 7]) == [(0, 5), (1, -1), (2, 3), (5, 7)]

@@ -28,6 +28,7 @@ import torch
 
 from lvseg.errors import CheckpointError, LvsegError, first_line
 from lvseg.files import atomic_write
+from lvseg.text import kind_for_config
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,9 @@ def save_inference_checkpoint(
     hparams = {"model_name": model.model_name, "model_config": dict(config or model.config)}
     record = lvseg_record(model, metrics, training_modules="dropped")
     text_config = hparams["model_config"].get("text_encoder")
-    if model.text_encoder is None and isinstance(text_config, dict) and text_config.get("type") == "hf":
-        record["pretrained"][MODEL_PREFIX + "text_encoder"] = text_config["name_or_path"]
+    source_field = kind_for_config(text_config).pretrained_source_field if isinstance(text_config, dict) else None
+    if model.text_encoder is None and source_field is not None:
+        assert isinstance(text_config, dict)
+        record["pretrained"][MODEL_PREFIX + "text_encoder"] = text_config[source_field]
     checkpoint = {"state_dict": state_dict, "hyper_parameters": hparams, "lvseg": record}
     return atomic_write(path, lambda handle: torch.save(checkpoint, handle))

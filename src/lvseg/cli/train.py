@@ -97,6 +97,16 @@ def train_command(**options: Any) -> None:
     console = Console()
     dice = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     console.print(f"best validation Dice {dice} after {result.epochs} epochs")
+    if result.phases is not None:
+        phases = result.phases
+
+        def _dice(value: float | None) -> str:
+            return "n/a" if value is None else f"{value:.4f}"
+
+        console.print(
+            f"supervised phase best {_dice(phases['supervised_best_val_dice'])}, semi-supervised phase best "
+            f"{_dice(phases['semi_best_val_dice'])}: best.ckpt is from the {phases['best_checkpoint_phase']} phase"
+        )
     console.print(f"checkpoints: {result.best_checkpoint}, {result.last_checkpoint}")
     console.print(
         f"next: lvseg evaluate --checkpoint {result.best_checkpoint} --data {config.data} "

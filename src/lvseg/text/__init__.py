@@ -48,6 +48,7 @@ __all__ = [
     "ReportVectorEncoder",
     "TextEncoder",
     "TextEncoderKind",
+    "kind_for_config",
     "TextEncoderSpec",
     "TextFeatureCache",
     "TextFeatures",
@@ -69,8 +70,6 @@ __all__ = [
 ]
 
 register_builtin_kinds()
-
-HF_PREFIX = "hf:"
 
 
 def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options: Any) -> TextEncoder:
@@ -94,10 +93,17 @@ def create_text_encoder(spec: str, texts: Sequence[str] | None = None, **options
 
 
 def frozen_encoder_config(spec: str, max_length: int) -> dict[str, Any]:
-    """The config of an ``hf:<id or path>`` encoder, without loading it (e.g. for imported checkpoints)."""
-    if not spec.startswith(HF_PREFIX) or not spec[len(HF_PREFIX) :].strip():
-        raise LvsegError(f"text encoder {spec!r} is not a frozen encoder; expected 'hf:<model id or local path>'")
-    return {"type": "hf", "name_or_path": spec[len(HF_PREFIX) :].strip(), "max_length": int(max_length)}
+    """The config of the frozen pretrained encoder ``spec`` names (e.g. ``hf:<id or path>``, ``minilm``), without
+    loading it (for imported checkpoints); a kind that is not frozen and pretrained is refused."""
+    frozen = " or ".join(k.form for k in text_encoder_kinds().values() if k.unloaded_config is not None)
+    problems = text_encoder_problems(spec)
+    if problems:
+        raise LvsegError(f"text encoder {spec!r} is not a frozen encoder ({'; '.join(problems)}); expected {frozen}")
+    parsed = parse_text_encoder_spec(spec)
+    kind = text_encoder_kinds()[parsed.kind]
+    if kind.unloaded_config is None:
+        raise LvsegError(f"text encoder {spec!r} is not a frozen encoder; expected {frozen}")
+    return kind.unloaded_config(parsed, max_length)
 
 
 def text_encoder_from_config(config: Mapping[str, Any], **options: Any) -> TextEncoder:

@@ -48,6 +48,15 @@ def _build_hf(spec: TextEncoderSpec, texts: Sequence[str] | None) -> TextEncoder
     return HuggingFaceTextEncoder(spec.source, **spec.options)
 
 
+def _hf_unloaded_config(spec: TextEncoderSpec, max_length: int) -> dict[str, Any]:
+    asked = spec.options.get("max_length", max_length)
+    if int(asked) != int(max_length):
+        raise LvsegError(
+            f"text encoder {spec.format()!r}: max_length={asked} contradicts the checkpoint's {max_length}"
+        )
+    return {"type": "hf", "name_or_path": spec.source, "max_length": int(max_length)}
+
+
 def _hf_from_config(config: Mapping[str, Any], runtime: Mapping[str, Any]) -> TextEncoder:
     return HuggingFaceTextEncoder(config["name_or_path"], max_length=config["max_length"], **runtime)
 
@@ -93,6 +102,8 @@ HUGGING_FACE = TextEncoderKind(
     "(LVSEG_ALLOW_DOWNLOAD=1 lets it download); cache/cache_dir: on-disk feature cache, not recorded in checkpoints",
     build=_build_hf,
     from_config=_hf_from_config,
+    unloaded_config=_hf_unloaded_config,
+    pretrained_source_field="name_or_path",
     options=options_from_signature(
         HuggingFaceTextEncoder.__init__,
         skip=("name_or_path",),

@@ -110,6 +110,12 @@ class TextEncoderKind:
     aliases: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     config_type: str | None = None
     runtime_options: tuple[str, ...] = ()
+    #: ``unloaded_config(spec, max_length)``: the config of the frozen pretrained encoder a spec names, written
+    #: without loading it (an importer writes checkpoints whose encoder weights are not stored); None: not a
+    #: frozen pretrained kind.
+    unloaded_config: Callable[[TextEncoderSpec, int], dict[str, Any]] | None = None
+    #: The config field naming where a frozen pretrained encoder's weights are reloaded from (None: stored).
+    pretrained_source_field: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name.replace("-", "_")):

@@ -198,7 +198,7 @@ class TrainConfig:
         None,
         "Semi-supervised: epochs of the supervised phase on the labeled images before pseudo-labels and the LV "
         "loss start from its best checkpoint (default: until the supervised phase stops improving for --patience "
-        "epochs; 0: from the first step).",
+        "epochs, which also ends it when that comes first; 0: from the first step).",
         group="semi",
         minimum=0.0,
         cli_type=float,

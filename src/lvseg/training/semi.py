@@ -7,8 +7,9 @@ the training images; the other images keep their image and report but their mask
 
 **Two phases in one run.** The *supervised phase* trains on the labeled images alone, exactly as
 ``--supervised-only`` does (same loader, same seed, so the same weights), until validation Dice has not
-improved for ``--patience`` epochs (or for ``--warmup-epochs`` epochs, if given). The *semi-supervised
-phase* then starts from the best supervised weights (restored, with a fresh optimiser state), and the
+improved for ``--patience`` epochs, or after ``--warmup-epochs`` epochs if that comes first (a fraction
+rounds up to the next whole epoch). The *semi-supervised phase* then starts from the best supervised
+weights (restored, with a fresh optimiser state; the learning-rate schedule goes on where it was), and the
 teacher starts from them too: pseudo-labels are never frozen at the quality of an unconverged model
 (confirmation bias, which made the old 3-epoch warm-up worse than ignoring the unlabeled images).
 Early stopping then counts the semi phase's epochs without beating the best Dice of *either* phase, and
@@ -144,6 +145,7 @@ class SemiSupervisedTask(SegmentationTask):
         self.teacher: EmaTeacher | None = None
         self._teacher_state: dict[str, torch.Tensor] | None = None  # from a checkpoint, until the teacher exists
         self.perturbation: StrongPerturbation | None = None
+        self._perturbation_seed: int | None = None
         starts_semi = self.hparams.warmup_epochs is not None and self.hparams.warmup_epochs <= 0
         self.phase = SEMI if starts_semi else SUPERVISED
         self.semi_start_epoch: int | None = 0 if starts_semi else None
@@ -171,6 +173,7 @@ class SemiSupervisedTask(SegmentationTask):
             raise ValueError(f"{len(reports)} reports for {len(bank)} unlabeled images")
         self.bank, self.lv_masks, self.lv_match = bank, lv_masks, lv_match
         self.pseudo_label_path = pseudo_label_path
+        self._perturbation_seed = seed
         self.perturbation = StrongPerturbation(bank.img_size, seed=seed) if self.hparams.strong_view else None
         self.report_filter = None
         if self.hparams.report_filter and reports is not None:
@@ -187,6 +190,10 @@ class SemiSupervisedTask(SegmentationTask):
         if self.bank is None:
             raise LvsegError("SemiSupervisedTask.attach() must be called before fitting")
         self.bank.to(self.device)
+        if self.perturbation is not None and self._perturbation_seed is not None and self._world_size() > 1:
+            # Each process its own random views (the same seed would give every rank the same affines).
+            seed = self._perturbation_seed + int(self.trainer.global_rank)
+            self.perturbation = StrongPerturbation(self.bank.img_size, seed=seed)
         if self.phase == SEMI:
             self.build_teacher()
 
@@ -199,8 +206,9 @@ class SemiSupervisedTask(SegmentationTask):
             self.phase_best[self.phase] = self.last_val_dice
             self.phase_best_epoch[self.phase] = int(self.current_epoch)
             if self.phase == SUPERVISED:
+                # On the CPU: a copy on the GPU would double the memory of a large model.
                 self._best_supervised_state = {
-                    key: value.detach().clone() for key, value in self.model.state_dict().items()
+                    key: value.detach().to("cpu", copy=True) for key, value in self.model.state_dict().items()
                 }
 
     def should_start_semi_phase(self, supervised_phase_stalled: bool) -> bool:
@@ -352,8 +360,10 @@ class SemiSupervisedTask(SegmentationTask):
         padded[: len(indices)] = probabilities
         all_indices = self.all_gather(padded_indices).reshape(-1)  # type: ignore[union-attr]  # a tensor gathers to a tensor
         all_probabilities = self.all_gather(padded).reshape(-1, *probabilities.shape[1:])  # type: ignore[union-attr]
-        valid = all_indices >= 0
-        return all_indices[valid], all_probabilities[valid]
+        # Drop the padding, and keep one update per image (DDP pads the last pairs by repeating images).
+        valid = [position for position, index in _first_occurrences(all_indices.tolist()) if index >= 0]
+        keep = torch.tensor(valid, dtype=torch.long, device=all_indices.device)
+        return all_indices[keep], all_probabilities[keep]
 
     def loss_terms(self, output: ModelOutput, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         labeled = batch["labeled"].to(output.logits.device).bool()
@@ -410,6 +420,17 @@ class SemiSupervisedTask(SegmentationTask):
         if self._teacher_state is not None and self.teacher is not None:
             self.teacher.load_state_dict(self._teacher_state)
             self._teacher_state = None
+
+
+def _first_occurrences(values: list[int]) -> list[tuple[int, int]]:
+    """(position, value) of the first occurrence of each value, in order."""
+    seen: set[int] = set()
+    firsts = []
+    for position, value in enumerate(values):
+        if value not in seen:
+            seen.add(value)
+            firsts.append((position, value))
+    return firsts
 
 
 def _dice_text(value: float | None) -> str:
