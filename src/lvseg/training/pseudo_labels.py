@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lvseg.data.report_regions import ChestGeometry, report_consistent_mask
@@ -134,13 +135,17 @@ class ReportFilter:
 
     def __call__(self, indices: torch.Tensor, targets: torch.Tensor, soft_labels: torch.Tensor) -> torch.Tensor:
         """indices (K,), binary targets and soft labels (K, 1, S, S) -> the targets without contradicting regions."""
+        rows = [row for row, index in enumerate(indices.tolist()) if not self.findings[index].is_empty]
+        if not rows:
+            return targets
+        # One copy to the host per batch (scipy labels the regions there), one back.
+        hard, soft = targets[rows, 0].cpu().numpy(), soft_labels[rows, 0].float().cpu().numpy()
+        keep = np.stack(
+            [
+                report_consistent_mask(hard[k], self.findings[int(indices[row])], soft[k], self.geometry)
+                for k, row in enumerate(rows)
+            ]
+        )
         filtered = targets.clone()
-        for row, index in enumerate(indices.tolist()):
-            findings = self.findings[index]
-            if findings.is_empty or not bool(targets[row].any()):
-                continue
-            keep = report_consistent_mask(
-                targets[row, 0].cpu().numpy(), findings, soft_labels[row, 0].float().cpu().numpy(), self.geometry
-            )
-            filtered[row, 0] = targets[row, 0] * torch.from_numpy(keep).to(targets.device, targets.dtype)
+        filtered[rows, 0] = targets[rows, 0] * torch.from_numpy(keep).to(targets.device, targets.dtype)
         return filtered

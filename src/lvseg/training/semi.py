@@ -322,7 +322,7 @@ class SemiSupervisedTask(SegmentationTask):
             targets = self.report_filter(indices, targets, soft)
         holds_lesion = seen & (targets.flatten(1).amax(1) > 0)
         pixel_weight = confidence_weight(soft, self.hparams.pseudo_confidence) * holds_lesion.view(-1, 1, 1, 1)
-        kept = float(pixel_weight[holds_lesion].mean()) if bool(holds_lesion.any()) else 0.0
+        kept = pixel_weight[holds_lesion].mean() if bool(holds_lesion.any()) else pixel_weight.new_zeros(())
         targets, pixel_weight = targets.to(images.device), pixel_weight.to(images.device)
         references = None
         if self.lv_masks is not None and self.lv_match is not None and self.hparams.lv_weight > 0:
