@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
@@ -87,35 +87,23 @@ def evaluate_command(
     console = Console()
     segmenter = load_model(checkpoint, device=device, backend=backend)
     modes = modes_for(text_mode.value, segmenter.requires_text)
+    options: dict[str, Any] = dict(
+        modes=modes,
+        split=split,
+        out=out,
+        batch_size=batch_size,
+        seed=seed,
+        n_overlays=n_overlays,
+        model=segmenter,
+        threshold=threshold,
+    )
     if "given" in modes and "shuffled" in modes:
-        combined = evaluate_text_reliance(
-            checkpoint,
-            data,
-            modes=modes,
-            split=split,
-            out=out,
-            batch_size=batch_size,
-            seed=seed,
-            n_overlays=n_overlays,
-            model=segmenter,
-            threshold=threshold,
-        )
+        combined = evaluate_text_reliance(checkpoint, data, **options)
         reports = combined.reports
         console.print(results_table(reports))
         console.print(f"text reliance = Dice(given) - Dice(shuffled) = [bold]{_fmt(combined.text_reliance)}[/]")
     else:
-        reports = evaluate_modes(
-            checkpoint,
-            data,
-            modes=modes,
-            split=split,
-            out=out,
-            batch_size=batch_size,
-            seed=seed,
-            n_overlays=n_overlays,
-            model=segmenter,
-            threshold=threshold,
-        )
+        reports = evaluate_modes(checkpoint, data, **options)
         console.print(results_table(reports))
     console.print(f"metrics: {out / 'metrics.json'}", highlight=False)
     for mode, report in reports.items():
