@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         nargs="*",
         default=[],
-        help="seed folders of other runs (seedN/ with a results.json) to add to the summary",
+        help="seed folders of other runs (seedN/ with a results.json) to add to the summary; folders of one seed "
+        "merge arm by arm",
     )
     parser.add_argument(
         "--summarize-only", action="store_true", help="train nothing: summarise --include (and --out's seed folders)"
@@ -260,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     by_seed: dict[int, list[dict[str, Any]]] = {}
     base_name = args.dataset_name or (args.data.name if args.data else "synthetic chest")
     for folder in [*args.include, *(sorted(args.out.glob("seed*")) if args.summarize_only else [])]:
-        by_seed[int(folder.name.removeprefix("seed"))] = json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))
+        # Folders of one seed merge arm by arm (arms of one seed may run as separate processes).
+        merged = {r["kind"]: r for r in by_seed.get(int(folder.name.removeprefix("seed")), [])}
+        merged |= {r["kind"]: r for r in json.loads((folder / RESULTS_FILE).read_text(encoding="utf-8"))}
+        by_seed[int(folder.name.removeprefix("seed"))] = [merged[kind] for kind in RUNS if kind in merged]
     for seed in [] if args.summarize_only else args.seeds:
         out = args.out / f"seed{seed}"
         data, name = args.data, base_name

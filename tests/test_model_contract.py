@@ -3,7 +3,7 @@
 A model that registers itself is tested here with no new test code: forward in training and eval
 mode, gradients from its declared losses, config round trip, a short ``lvseg train`` run, the
 checkpoint through ``lvseg.load_model``, ``evaluate`` with given/shuffled/empty text, ``lvseg predict``,
-the web app, a semi-supervised step and ``lvseg info``.
+`lvseg serve` of the checkpoint and of its export folder, a semi-supervised step and ``lvseg info``.
 """
 
 from __future__ import annotations
@@ -277,15 +277,25 @@ def test_lvseg_predict_and_info(name: str, trained: dict[str, Path], data: Path,
     assert name in [row["model"] for row in json.loads(result.stdout)]
 
 
+@pytest.mark.parametrize("source", ["checkpoint", "export folder"])
 @pytest.mark.parametrize("name", MODELS)
-def test_web_app_serves_the_checkpoint(name: str, trained: dict[str, Path]) -> None:
+def test_lvseg_serve_starts_and_serves(name: str, source: str, trained: dict[str, Path], tmp_path: Path) -> None:
+    """What `lvseg serve` builds (the app factory, the warm-up included) for the trained checkpoint and for its
+    export folder; regression: C2FVL's warm-up sent a report its grammar refuses and serve exited."""
+    from lvseg.cli.serve import build_app
     from lvseg.inference import load_model
-    from lvseg.serving.app import create_app
 
-    segmenter = load_model(trained[name], device="cpu")
+    served = trained[name]
+    if source == "export folder":
+        if importlib.util.find_spec("onnxruntime") is None:
+            pytest.skip("ONNX Runtime (the deploy extra) is missing")
+        from lvseg.inference.export import export_model
+
+        export_model(trained[name], tmp_path / "export", "onnx")
+        served = tmp_path / "export"
     image = png_bytes()
-    expected = segmenter.predict(image, REPORT).mask
-    with TestClient(create_app(segmenter), base_url="http://localhost") as client:
+    expected = load_model(trained[name], device="cpu").predict(image, REPORT).mask
+    with TestClient(build_app(served, "cpu", None), base_url="http://localhost") as client:
         assert client.get("/api/model").json()["model"] == name
         response = client.post("/api/segment", files={"image": ("scan.png", image, "image/png")}, data={"text": REPORT})
         assert response.status_code == 200, response.text
