@@ -140,9 +140,9 @@ def test_segment_accepts_jpeg_and_tiff(client: TestClient, fmt: str) -> None:
 class _Recorder(FakeSegmenter):
     """Keeps what the app passes to ``predict``."""
 
-    def predict(self, image: object, text: str | None, threshold: float = 0.5) -> object:
+    def predict(self, image: object, text: str | None, threshold: float = 0.5, **options: object) -> object:
         self.received = image
-        return super().predict(image, text, threshold)
+        return super().predict(image, text, threshold, **options)
 
 
 def _twelve_bit(height: int = 40, width: int = 36) -> np.ndarray:
@@ -442,7 +442,7 @@ def test_image_only_model_accepts_missing_or_empty_text() -> None:
 
 def test_model_failure_is_a_json_500_and_the_server_goes_on() -> None:
     class Broken(FakeSegmenter):
-        def predict(self, image: object, text: str | None, threshold: float = 0.5) -> object:
+        def predict(self, image: object, text: str | None, threshold: float = 0.5, **options: object) -> object:
             raise RuntimeError("boom")
 
     with TestClient(create_app(Broken(), allowed_hosts=TESTCLIENT_HOSTS), raise_server_exceptions=False) as client:
@@ -530,7 +530,7 @@ def test_model_refusals_are_422_and_long_encoder_lists_are_summarised() -> None:
     from lvseg.errors import LvsegError
 
     class Picky(FakeSegmenter):
-        def predict(self, image: object, text: str | None, threshold: float = 0.5) -> object:
+        def predict(self, image: object, text: str | None, threshold: float = 0.5, **options: object) -> object:
             raise LvsegError("this model reads English reports only")
 
     class Encoder:

@@ -146,11 +146,11 @@ def test_the_pdf_always_describes_the_result_on_screen(browser: object, base_url
 
 
 class _SlowFake(FakeSegmenter):
-    def predict(self, image, text, threshold=0.5):
+    def predict(self, image, text, threshold=0.5, **options):
         import time
 
         time.sleep(1.0)
-        return super().predict(image, text, threshold)
+        return super().predict(image, text, threshold, **options)
 
 
 def test_an_answer_for_a_changed_form_is_not_shown(browser: object, tmp_path: Path) -> None:

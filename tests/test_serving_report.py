@@ -114,3 +114,73 @@ def test_pdf_holds_images_text_measurements_notes_and_disclaimer() -> None:
         assert expected in text, expected
     assert "Recommendations" not in text  # empty sections are left out
     assert sum(len(page.images) for page in reader.pages) == 2
+
+
+def _embedded_fonts(pdf: bytes) -> dict[str, bool]:
+    """{base font name: embedded} over every page's fonts (Type0 fonts through their descendants)."""
+    import pypdf
+
+    found: dict[str, bool] = {}
+    for page in pypdf.PdfReader(io.BytesIO(pdf)).pages:
+        for font in page["/Resources"]["/Font"].values():
+            font = font.get_object()
+            descriptor_owner = font["/DescendantFonts"][0].get_object() if "/DescendantFonts" in font else font
+            descriptor = descriptor_owner.get("/FontDescriptor")
+            descriptor = descriptor.get_object() if descriptor is not None else {}
+            embedded = any(key in descriptor for key in ("/FontFile", "/FontFile2", "/FontFile3"))
+            found[str(font["/BaseFont"])] = embedded
+    return found
+
+
+def _report(text: str, **fields: str) -> bytes:
+    pixels = np.zeros((60, 80, 3), dtype=np.uint8)
+    mask = np.zeros((60, 80), dtype=np.uint8)
+    labels, count = label_lesions(mask)
+    content = ReportContent(
+        report_text=text,
+        measurements=measure(mask, mask.astype(np.float32), labels, count),
+        model_name="lvit",
+        validation_dice=0.8,
+        image_size=(80, 60),
+        image_format="png",
+        inference_ms=1.0,
+        **fields,
+    )
+    return build_report_pdf(pixels, pixels, content)
+
+
+@pytest.mark.parametrize(
+    "text,language",
+    [
+        ("双侧肺部感染，两个感染区域。", "zh"),
+        ("両側の肺に感染があります。", "ja"),
+        ("양쪽 폐 감염, 두 개의 감염 부위.", "ko"),
+    ],
+)
+def test_cjk_report_text_is_set_in_an_embedded_font_of_its_language(text: str, language: str) -> None:
+    pytest.importorskip("pypdf", reason="pypdf is needed to read the PDF's fonts")
+    from lvseg.serving.report_pdf import cjk_font, text_language
+
+    assert text_language(text) == language
+    name, embedded = cjk_font(language)
+    if not embedded:
+        pytest.skip("no TrueType CJK font on this machine (CI installs fonts-droid-fallback and the ja/ko fonts)")
+    from reportlab.pdfbase import pdfmetrics
+
+    face = pdfmetrics.getFont(name).face.name  # the PostScript name the PDF gives the font
+    face = face.decode() if isinstance(face, bytes) else str(face)
+    fonts = _embedded_fonts(_report(text))
+    cjk = [font for font in fonts if font.endswith(face)]
+    assert cjk and all(fonts[font] for font in cjk), fonts  # a subset of the font travels in the file
+    assert not any("STSong" in font or "HeiseiMin" in font or "HYSMyeongJo" in font for font in fonts)
+
+
+def test_empty_identifying_fields_read_alike_and_the_sign_off_stays_with_the_content() -> None:
+    pypdf = pytest.importorskip("pypdf", reason="pypdf is needed to read the PDF's text")
+    reader = pypdf.PdfReader(io.BytesIO(_report("Bilateral pulmonary infection.", notes="Stable. " * 150)))
+    pages = [" ".join(page.extract_text().split()) for page in reader.pages]
+    text = " ".join(pages)
+    for label in ("Study ID not given", "Patient ID not given", "Referring clinician not given"):
+        assert label in text
+    last = pages[-1]
+    assert "Signature and date" in last and "Stable." in last  # the sign-off never stands alone on a page

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from lvseg.data.input_statistics import InputStatistics
 from lvseg.data.layout import load_split
 from lvseg.data.synth import generate_synthetic_dataset
 from lvseg.errors import CheckpointError, LvsegError
@@ -117,6 +118,13 @@ def test_checkpoint_describes_the_model_and_stores_val_dice(lvit_run: dict) -> N
     text_encoder = hparams["model_config"]["text_encoder"]
     assert text_encoder["type"] == "learned" and text_encoder["max_length"] == 12
     assert hparams["lr"] == 1e-3  # the paper's Adam learning rate is the default
+    # what it was trained on, for the app's model line, and the training images' statistics for its
+    # image check (lvseg.inference.consistency)
+    assert hparams["training_data"]["synthetic"] is True and hparams["training_data"]["training_images"] > 0
+    assert "validation images of" in hparams["validation_data"] and "(synthetic)" in hparams["validation_data"]
+    statistics = InputStatistics.from_dict(hparams["input_statistics"])
+    assert statistics is not None and statistics.img_size == IMG_SIZE
+    assert statistics.reference_images == hparams["training_data"]["training_images"]
     assert any(key.startswith("model.text_encoder.") for key in checkpoint["state_dict"])
     assert checkpoint["lvseg"]["format"] == 2 and checkpoint["lvseg"]["pretrained"] == {}
     assert checkpoint["global_step"] > 0

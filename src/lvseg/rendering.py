@@ -141,9 +141,38 @@ def hex_color(rgb: Color) -> str:
 
 
 def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Connected lesions (8-connectivity) of a binary mask (H, W) -> (labels int32 (H, W), count)."""
+    """Connected lesions (8-connectivity) of a binary mask (H, W) -> (labels int32 (H, W), count), numbered
+    by size: lesion 1 is the largest (ties: the one found first, scanning rows from the top)."""
     labels, count = ndimage.label(np.asarray(mask) > 0, structure=_CONNECTIVITY)
-    return labels.astype(np.int32, copy=False), int(count)
+    labels = labels.astype(np.int32, copy=False)
+    if count > 1:
+        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        order = np.argsort(-areas, kind="stable")  # component index (0-based) of lesion 1, 2, ...
+        renumber = np.zeros(count + 1, dtype=np.int32)
+        renumber[order + 1] = np.arange(1, count + 1, dtype=np.int32)
+        labels = renumber[labels]
+    return labels, int(count)
+
+
+def draw_lesion_numbers(rgb: np.ndarray, labels: np.ndarray, count: int, max_numbered: int = 20) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 with the numbers of lesions ``1 .. min(count, max_numbered)`` of ``labels``
+    (from :func:`label_lesions`) written at each lesion's centre of mass, white on a dark outline."""
+    shown = min(count, max_numbered)
+    if shown == 0:
+        return rgb
+    picture = Image.fromarray(np.ascontiguousarray(rgb))
+    draw = ImageDraw.Draw(picture)
+    size = max(10, min(picture.size) // 24)
+    font = _font(size)
+    centres = ndimage.center_of_mass(labels > 0, labels, np.arange(1, shown + 1))
+    for number, (row, column) in enumerate(centres, start=1):
+        text = str(number)
+        box = draw.textbbox((0, 0), text, font=font)
+        width, height = box[2] - box[0], box[3] - box[1]
+        x = int(np.clip(column - width / 2, 0, max(picture.width - width, 0)))
+        y = int(np.clip(row - height / 2, 0, max(picture.height - height, 0)))
+        draw.text((x, y), text, font=font, fill=(255, 255, 255), stroke_width=max(1, size // 8), stroke_fill=(0, 0, 0))
+    return np.asarray(picture)
 
 
 def colorize_lesions(mask: np.ndarray, background: Color = (0, 0, 0)) -> np.ndarray:

@@ -197,8 +197,14 @@ def parse_report(text: object) -> Findings:
         count = _WORD_TO_NUMBER[token] if token in _WORD_TO_NUMBER else int(token)
     findings = Findings(left=frozenset(zones["left"]), right=frozenset(zones["right"]), count=count)
     if findings.is_empty and normalized and not normalized.lower().startswith("no pulmonary infection"):
-        logger.debug("report not understood, returning empty findings: %r", text)
+        # Not the text itself: the app reads reports through here, and its logs must hold no report text.
+        logger.debug("report of %d characters not understood, returning empty findings", len(text))
     return findings
+
+
+def states_no_finding(text: object) -> bool:
+    """True for the grammar's negative report (``No pulmonary infection.``, any case and spacing)."""
+    return isinstance(text, str) and bool(_NO_INFECTION.match(" ".join(text.split()).rstrip(".").strip()))
 
 
 def zone_vector(findings: Findings) -> list[float]:

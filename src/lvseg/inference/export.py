@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from lvseg.data.provenance import RECORDED_DATA_KEYS
 from lvseg.errors import LvsegError
 from lvseg.inference.backends import example_reports, export_onnx, flatten_text_input, quiet_warnings
 from lvseg.inference.loading import load_checkpoint_explained
@@ -160,7 +161,7 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
         "model": loaded.hparams.get("model_name"),
         "model_config": dict(model.config),
         THRESHOLD_KEY: threshold,
-        "validation_data": loaded.hparams.get("validation_data"),
+        **{key: loaded.hparams.get(key) for key in RECORDED_DATA_KEYS},
         "checkpoint": str(Path(checkpoint).name),
         "metrics": loaded.metrics,
         "image": {

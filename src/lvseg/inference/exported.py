@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lvseg.data.provenance import RECORDED_DATA_KEYS
 from lvseg.errors import CheckpointError, LvsegError
 from lvseg.inference.backend_choice import AUTO, DEPLOY_EXTRA, backend_names, backend_spec, exporting_backends
 from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST, THRESHOLD_KEY
@@ -172,7 +173,7 @@ def load_export(folder: str | Path, device: str | torch.device | None = None, ba
     hparams = {
         "model_name": manifest["model"],
         "model_config": manifest["model_config"],
-        "validation_data": manifest.get("validation_data"),
+        **{key: manifest.get(key) for key in RECORDED_DATA_KEYS},
         "export": str(folder),
     }
     segmenter = Segmenter(

@@ -12,7 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lvseg.data.input_statistics import InputStatistics
+from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.errors import LvsegError
+from lvseg.inference.consistency import ConsistencyWarning, check_consistency
 from lvseg.inference.threshold import check_threshold, threshold_or_default
 from lvseg.text.base import TextReading
 
@@ -28,11 +31,14 @@ class Prediction:
 
     reading: how the model understood the report (unknown words, whether it parsed); ``warnings`` says it in
     plain sentences, and whether the mask is empty ("no lesion found", with the highest probability seen).
+    consistency: where the result contradicts its report, or the image is unlike the training images
+    (:mod:`lvseg.inference.consistency`).
     """
 
     mask: np.ndarray
     probability: np.ndarray
     reading: TextReading = field(default_factory=TextReading)
+    consistency: list[ConsistencyWarning] = field(default_factory=list)
 
     @property
     def lesion_found(self) -> bool:
@@ -98,6 +104,8 @@ class Segmenter:
         self.model = model.to(self.device).eval()
         self.hparams = dict(hparams or {"model_name": model.model_name, "model_config": model.config})
         self.metrics = dict(metrics or {})
+        #: The training images' statistics recorded in the checkpoint (None for older checkpoints: no image check).
+        self.input_statistics = InputStatistics.from_dict(self.hparams.get("input_statistics"))
         self.model_name: str = model.model_name
         self.img_size: int = int(model.config.get("img_size", 224))
         self.in_channels: int = int(model.config.get("in_channels", 3))
@@ -135,6 +143,11 @@ class Segmenter:
     def text_encoder(self) -> torch.nn.Module | None:
         return getattr(self.model, "text_encoder", None)
 
+    @property
+    def example_reports(self) -> tuple[str, ...]:
+        """Reports in the wording the model reads (the model's declared examples)."""
+        return tuple(self.model.example_reports)
+
     def keep_text_cache_in_memory(self, max_items: int = 4096) -> None:
         """Frozen text encoders keep their features in memory only (at most ``max_items`` reports), for servers."""
         for module in self.model.modules():
@@ -148,8 +161,10 @@ class Segmenter:
 
         Empty reports are refused for text models unless ``allow_empty_text`` (the "empty" ablation).
         """
-        if self.requires_text and not allow_empty_text and any(not str(text).strip() for text in texts):
-            raise LvsegError(f"model '{self.model_name}' reads the report: the text must not be empty")
+        if self.requires_text and not allow_empty_text and any(is_blank_report(str(text)) for text in texts):
+            raise LvsegError(
+                f"model '{self.model_name}' reads the report: the text must not be empty (a report {BLANK_REPORT})"
+            )
         images = images.to(self.device)
         with self._lock:
             text_input = self.model.encode_text([str(text) for text in texts])  # the text front end: eager fp32
@@ -165,25 +180,43 @@ class Segmenter:
             images, [self.model.example_reports[0]] if self.requires_text else [""], allow_empty_text=True
         )
 
-    def predict_batch(self, images: list[Any], texts: list[str], threshold: float | None = None) -> list[Prediction]:
+    def predict_batch(
+        self,
+        images: list[Any],
+        texts: list[str],
+        threshold: float | None = None,
+        row_directions: list[str | None] | None = None,
+    ) -> list[Prediction]:
         """Segment several images at once; each result is at its own image's resolution. ``threshold``: the
-        probability above which a pixel is lesion, in (0, 1) (default: :attr:`decision_threshold`)."""
+        probability above which a pixel is lesion, in (0, 1) (default: :attr:`decision_threshold`).
+        ``row_directions``: per image, the patient direction its rows run toward (DICOM PatientOrientation's
+        first value) for the side check of :mod:`lvseg.inference.consistency`; None: the radiological
+        convention."""
         from lvseg.data.images import read_image, resize_image
 
         cut = self.decision_threshold if threshold is None else check_threshold(threshold)
         if len(images) != len(texts):
             raise LvsegError(f"got {len(images)} images but {len(texts)} texts; give one report per image")
+        directions = row_directions if row_directions is not None else [None] * len(images)
+        if len(directions) != len(images):
+            raise LvsegError(f"got {len(images)} images but {len(directions)} row directions")
         arrays = [read_image(image, channels=self.in_channels) for image in images]
-        probabilities = self.probabilities(torch.stack([resize_image(array, self.img_size) for array in arrays]), texts)
+        inputs = torch.stack([resize_image(array, self.img_size) for array in arrays])
+        probabilities = self.probabilities(inputs, texts)
         results = []
-        for probability, array, text in zip(probabilities, arrays, texts):
+        for probability, array, model_input, text, direction in zip(probabilities, arrays, inputs, texts, directions):
             full = upsample_probability(probability, tuple(array.shape[-2:])).numpy()
+            mask = (full > cut).astype(np.uint8)
+            warnings = check_consistency(mask, full, text, model_input, self.input_statistics, direction)
             results.append(
-                Prediction(mask=(full > cut).astype(np.uint8), probability=full, reading=self.model.read_report(text))
+                Prediction(mask=mask, probability=full, reading=self.model.read_report(text), consistency=warnings)
             )
         return results
 
-    def predict(self, image: Any, text: str = "", threshold: float | None = None) -> Prediction:
+    def predict(
+        self, image: Any, text: str = "", threshold: float | None = None, row_direction: str | None = None
+    ) -> Prediction:
         """Segment one image (path, bytes, PIL image or array) described by ``text``; mask (H, W) and probability
-        (H, W) at the image's resolution. ``threshold``: default :attr:`decision_threshold`."""
-        return self.predict_batch([image], [text], threshold=threshold)[0]
+        (H, W) at the image's resolution. ``threshold``: default :attr:`decision_threshold`; ``row_direction``:
+        see :meth:`predict_batch`."""
+        return self.predict_batch([image], [text], threshold=threshold, row_directions=[row_direction])[0]

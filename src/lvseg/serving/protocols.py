@@ -18,6 +18,16 @@ class ReadingLike(Protocol):
     def warnings(self) -> list[str]: ...
 
 
+class WarningLike(Protocol):
+    """One consistency warning (``lvseg.inference.consistency.ConsistencyWarning``)."""
+
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def message(self) -> str: ...
+
+
 class PredictionLike(Protocol):
     """One result of :meth:`SegmenterLike.predict` (``lvseg.inference.Prediction``): arrays at the input's size."""
 
@@ -29,6 +39,9 @@ class PredictionLike(Protocol):
 
     @property
     def reading(self) -> ReadingLike | None: ...
+
+    @property
+    def consistency(self) -> Sequence[WarningLike]: ...
 
 
 class SegmenterLike(Protocol):
@@ -49,6 +62,11 @@ class SegmenterLike(Protocol):
     @property
     def text_encoder(self) -> Any: ...
 
+    @property
+    def example_reports(self) -> Sequence[str]: ...
+
     def keep_text_cache_in_memory(self) -> None: ...
 
-    def predict(self, image: Any, text: str, threshold: float | None = None) -> PredictionLike: ...
+    def predict(
+        self, image: Any, text: str, threshold: float | None = None, row_direction: str | None = None
+    ) -> PredictionLike: ...

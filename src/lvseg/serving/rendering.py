@@ -62,9 +62,10 @@ class Measurements:
         return LESION if self.area_px else NO_LESION
 
     def confidence_text(self) -> str:
-        """The confidence in words: the mean probability, or "no lesion found" with the highest probability."""
+        """The mean lesion probability in words (not a diagnostic confidence), or "no lesion found" with the
+        highest probability."""
         if self.area_px:
-            return f"{self.confidence:.3f} (mean probability in the mask)"
+            return f"{self.confidence:.3f} (the model's mean probability inside the mask; not a diagnostic confidence)"
         return f"{NO_LESION} (highest probability {self.max_probability:.3f})"
 
 

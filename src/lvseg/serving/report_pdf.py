@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DISCLAIMER = "Research use only \u2014 not a diagnostic device."
+NOT_GIVEN = "not given"
 PDF_IMAGE_SIDE = 1024  # images are downscaled to this many pixels per side inside the PDF
 _DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 _DEJAVU_BOLD = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
@@ -45,7 +47,9 @@ class ReportContent:
     inference_ms: float
     analysed_size: tuple[int, int] | None = None
     text_warnings: list[str] = field(default_factory=list)
+    consistency_warnings: list[str] = field(default_factory=list)
     validation_data: str | None = None
+    training_data: str | None = None
     study_id: str = ""
     patient_id: str = ""
     referrer: str = ""
@@ -83,40 +87,87 @@ def _fonts() -> tuple[str, str]:
     return "Helvetica", "Helvetica-Bold"
 
 
-#: reportlab's built-in Adobe CID fonts for text DejaVu Sans has no glyphs for, by script (first match wins).
-_CID_FONTS = (
-    ("HYSMyeongJo-Medium", re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]+")),  # Hangul
-    ("HeiseiMin-W3", re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]+")),  # Hiragana, Katakana
-    (
-        "STSong-Light",
-        re.compile(
-            r"[\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
-            r"\uff00-\uff65]+"
-        ),
-    ),  # Han, CJK punctuation, full-width forms
+#: Runs of Chinese, Japanese or Korean characters, which DejaVu Sans has no glyphs for.
+_CJK_RUN = re.compile(
+    r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af"  # Hangul
+    r"\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f"  # Hiragana, Katakana
+    r"\u2e80-\u2fdf\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uff65]+"  # Han, punctuation
 )
-_CJK_RUN = re.compile("|".join(f"(?P<f{index}>{pattern.pattern})" for index, (_, pattern) in enumerate(_CID_FONTS)))
+_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+
+#: TrueType fonts (glyf outlines: reportlab embeds a subset of them) with the glyphs of each language, best
+#: first; "any" fonts cover all three. ``LVSEG_PDF_CJK_FONT`` (a .ttf, or .ttc[:index]) comes before all.
+#: Debian/Ubuntu packages: fonts-ipafont-gothic (ja), fonts-nanum (ko), fonts-wqy-microhei (zh),
+#: fonts-droid-fallback (any).
+CJK_FONT_FILES: dict[str, tuple[str, ...]] = {
+    "ja": ("/usr/share/fonts/opentype/ipafont-gothic/ipag.ttf", "/usr/share/fonts/truetype/fonts-japanese-gothic.ttf"),
+    "ko": ("/usr/share/fonts/truetype/nanum/NanumGothic.ttf",),
+    "zh": ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc"),
+    "any": (
+        "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+        "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    ),
+}
+#: reportlab's Adobe CID fonts, the last resort: named in the PDF but not embedded (viewers need them).
+_CID_FONTS = {"ko": "HYSMyeongJo-Medium", "ja": "HeiseiMin-W3", "zh": "STSong-Light"}
+
+
+def text_language(text: str) -> str:
+    """The language whose glyphs a text's CJK characters need: "ko" with Hangul, "ja" with kana, else "zh"
+    (Han characters alone: Chinese glyph shapes)."""
+    return "ko" if _HANGUL.search(text) else "ja" if _KANA.search(text) else "zh"
+
+
+def _register_ttf(path: str) -> str | None:
+    """Register a TrueType font file (``file.ttc:N`` for the N-th font of a collection); its name, or None."""
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+
+    file, separator, index = path.rpartition(":")
+    if not (separator and index.isdigit() and file.lower().endswith(".ttc")):
+        file, index = path, ""
+    if not Path(file).is_file():
+        return None
+    name = "lvseg-cjk-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(file).stem) + (f"-{index}" if index else "")
+    try:
+        pdfmetrics.registerFont(TTFont(name, file, subfontIndex=int(index or 0)))
+    except Exception as error:  # CFF outlines, a broken file: try the next font
+        logger.debug("cannot use %s for CJK text in PDF reports: %s", file, error)
+        return None
+    return name
 
 
 @functools.cache
-def _cid_font(name: str) -> str:
+def cjk_font(language: str) -> tuple[str, bool]:
+    """(font name, embedded) for CJK text of ``language`` ("ja", "ko", "zh"): the first usable TrueType font
+    of :data:`CJK_FONT_FILES` (embedded as a subset), else reportlab's CID font (not embedded: logged)."""
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 
-    pdfmetrics.registerFont(UnicodeCIDFont(name))
-    return name
+    configured = os.environ.get("LVSEG_PDF_CJK_FONT", "").strip()
+    for path in ((configured,) if configured else ()) + CJK_FONT_FILES[language] + CJK_FONT_FILES["any"]:
+        name = _register_ttf(path)
+        if name is not None:
+            return name, True
+    logger.warning(
+        "no TrueType CJK font found (install fonts-droid-fallback, or set LVSEG_PDF_CJK_FONT to a .ttf): PDF "
+        "reports name the %s font, which viewers without it show as empty boxes",
+        _CID_FONTS[language],
+    )
+    pdfmetrics.registerFont(UnicodeCIDFont(_CID_FONTS[language]))
+    return _CID_FONTS[language], False
 
 
 def _paragraph_text(text: str) -> str:
     """``text`` as reportlab paragraph markup: escaped, line breaks kept, and runs of Chinese, Japanese or
-    Korean characters set in a CID font that has their glyphs (DejaVu Sans has none)."""
+    Korean characters set in a font with their glyphs (:func:`cjk_font`, for the language of the whole text,
+    so that the Han characters of a Japanese report take Japanese shapes)."""
     parts, position = [], 0
     for match in _CJK_RUN.finditer(text):
-        group = match.lastgroup
-        assert group is not None  # every alternative is a named group
-        font = _CID_FONTS[int(group[1:])][0]
+        font = cjk_font(text_language(text))[0]
         parts.append(escape(text[position : match.start()]))
-        parts.append(f'<font name="{_cid_font(font)}">{escape(match.group())}</font>')
+        parts.append(f'<font name="{font}">{escape(match.group())}</font>')
         position = match.end()
     parts.append(escape(text[position:]))
     return "".join(parts).replace("\n", "<br/>")
@@ -138,7 +189,7 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import cm
-    from reportlab.platypus import Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+    from reportlab.platypus import KeepTogether, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
     regular, bold = _fonts()
     styles = getSampleStyleSheet()
@@ -170,9 +221,10 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
         Spacer(1, 0.2 * cm),
     ]
     facts = [
-        ["Study ID", content.study_id or "\u2014"],
-        *([["Patient ID", content.patient_id]] if content.patient_id else []),
-        *([["Referring clinician", content.referrer]] if content.referrer else []),
+        # Every identifying row is shown, "not given" when empty: a missing row reads as forgotten by the report.
+        ["Study ID", content.study_id or NOT_GIVEN],
+        ["Patient ID", content.patient_id or NOT_GIVEN],
+        ["Referring clinician", content.referrer or NOT_GIVEN],
         ["Created", content.created.strftime("%Y-%m-%d %H:%M UTC")],
         [
             "Image",
@@ -183,7 +235,7 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
                 else ""
             ),
         ],
-        ["Model", content.model_name],
+        ["Model", content.model_name + (f", trained on {content.training_data}" if content.training_data else "")],
         ["Validation Dice", dice + (f" on {content.validation_data}" if content.validation_data else "")],
     ]
     story.append(_table(facts, regular, bold, document.width))
@@ -201,11 +253,14 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
         story.append(
             Paragraph(_paragraph_text("Warning: " + text_warning[:1].upper() + text_warning[1:] + "."), warning)
         )
+    if content.consistency_warnings:  # the result against its report and the training images
+        story.append(Paragraph("Checks of this result", heading))
+        story += [Paragraph(_paragraph_text("Warning: " + text), warning) for text in content.consistency_warnings]
     measures = [
-        ["Finding", m.finding],
+        ["Finding", m.finding[:1].upper() + m.finding[1:]],
         ["Lesion area", m.area_text()],
         ["Connected lesions", str(m.lesions)],
-        ["Confidence", m.confidence_text()],
+        ["Mean lesion probability", m.confidence_text()],
         ["Inference time", f"{content.inference_ms:.0f} ms"],
     ]
     story += [Paragraph("Measurements", heading), _table(measures, regular, bold, document.width)]
@@ -214,7 +269,7 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
         rows += [
             [
                 str(lesion.label),
-                lesion.colour,
+                "",  # the cell's background is the lesion's colour, as on the overlay
                 str(lesion.area_px) + (f" / {lesion.area_mm2:.1f}" if lesion.area_mm2 is not None else ""),
                 ", ".join(map(str, lesion.bbox)),
             ]
@@ -238,12 +293,19 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     for label, text in (("Clinician notes", content.notes), ("Recommendations", content.recommendations)):
         if text.strip():
             story += [Paragraph(label, heading), Paragraph(_paragraph_text(text), body)]
-    story += [
-        Spacer(1, 0.8 * cm),
-        _table([["Reviewed by", " "], ["Signature and date", " "]], regular, bold, document.width),
-        Spacer(1, 0.5 * cm),
-        Paragraph(_paragraph_text(DISCLAIMER), warning),
-    ]
+    # The sign-off stays with the content before it: never alone at the top of an otherwise empty page.
+    last = story.pop()
+    story.append(
+        KeepTogether(
+            [
+                last,
+                Spacer(1, 0.8 * cm),
+                _table([["Reviewed by", " "], ["Signature and date", " "]], regular, bold, document.width),
+                Spacer(1, 0.5 * cm),
+                Paragraph(_paragraph_text(DISCLAIMER), warning),
+            ]
+        )
+    )
 
     def footer(canvas: Canvas, doc: BaseDocTemplate) -> None:
         canvas.saveState()

@@ -31,6 +31,7 @@ class KeptResult:
     measurements: Measurements
     text: str
     text_warnings: list[str]
+    consistency: list[tuple[str, str]]
     image_format: str
     image_size: tuple[int, int]
     analysed_size: tuple[int, int]
@@ -46,6 +47,7 @@ class KeptResult:
             measurements=analysis.measurements,
             text=analysis.text,
             text_warnings=list(analysis.text_warnings),
+            consistency=list(analysis.consistency),
             image_format=image.format,
             image_size=(image.original_width, image.original_height),
             analysed_size=(image.width, image.height),

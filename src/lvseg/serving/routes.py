@@ -19,12 +19,14 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from lvseg.data.images import mask_to_uint8, png_bytes
+from lvseg.data.report_text import BLANK_REPORT, is_blank_report
+from lvseg.data.provenance import describe_training_data
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import MIB, ParsedForm, read_multipart
 from lvseg.serving.openapi import FormField, _error_responses, _multipart_body
 from lvseg.serving.report_pdf import ReportContent, find_validation_dice
 from lvseg.serving.results import RESULT_ID_PATTERN, KeptResult
-from lvseg.serving.schemas import HealthResponse, LesionInfo, Limits, ModelInfo, SegmentResponse
+from lvseg.serving.schemas import ConsistencyInfo, HealthResponse, LesionInfo, Limits, ModelInfo, SegmentResponse
 from lvseg.serving.security import require_api_key
 from lvseg.serving.service import Admission, Service, ServiceConfig
 
@@ -77,6 +79,23 @@ def _text_encoder_config(encoder: Any) -> dict[str, Any] | None:
     }
 
 
+def _training_data(service: Service) -> str | None:
+    """The training data as the checkpoint recorded it, in one phrase (None when it did not)."""
+    return describe_training_data(service.segmenter.hparams.get("training_data"))
+
+
+#: At most this many vocabulary words in /api/model (a learned vocabulary of a large report set is long).
+MAX_VOCABULARY_SHOWN = 2000
+
+
+def _vocabulary(encoder: Any) -> list[str] | None:
+    """The words a learned-vocabulary text encoder knows, without its special tokens; None for others."""
+    vocab = getattr(encoder, "vocab", None)
+    if not isinstance(vocab, list):
+        return None
+    return [word for word in vocab if not (word.startswith("<") and word.endswith(">"))][:MAX_VOCABULARY_SHOWN]
+
+
 def _validation_data(service: Service) -> Any:
     """What the model's validation metrics were measured on, if its hyperparameters say."""
     return service.segmenter.hparams.get("validation_data")
@@ -117,8 +136,12 @@ def _image_and_text(form: ParsedForm, service: Service) -> tuple[bytes, str]:
             f"the report text is {len(text)} characters long; at most {config.max_text_chars} are accepted",
             {"field": "text", "max": config.max_text_chars},
         )
-    if requires_text and not text.strip():
-        raise ApiError(422, "the report text is empty; this model needs the clinician's report", {"field": "text"})
+    if requires_text and is_blank_report(text):
+        raise ApiError(
+            422,
+            f"the report text is empty or {BLANK_REPORT}; this model needs the clinician's report",
+            {"field": "text"},
+        )
     return image, text.strip() if requires_text else ""  # an image-only model's result has no report
 
 
@@ -161,11 +184,13 @@ def _pdf_response(service: Service, result: KeptResult, extras: dict[str, str]) 
         model_name=str(segmenter.model_name),
         validation_dice=find_validation_dice(segmenter.metrics),
         validation_data=_validation_data(service),
+        training_data=_training_data(service),
         image_size=result.image_size,
         analysed_size=result.analysed_size,
         image_format=result.image_format,
         inference_ms=result.inference_ms,
         text_warnings=result.text_warnings,
+        consistency_warnings=[message for _, message in result.consistency],
         study_id=extras["study_id"],
         patient_id=extras["patient_id"],
         referrer=extras["referrer"],
@@ -212,6 +237,9 @@ async def model_info(service: Service = Depends(current_service)) -> ModelInfo:
         metrics=metrics,
         validation_dice=find_validation_dice(metrics),
         validation_data=_validation_data(service),
+        training_data=_training_data(service),
+        example_reports=list(segmenter.example_reports) if segmenter.requires_text else [],
+        vocabulary=_vocabulary(segmenter.text_encoder) if segmenter.requires_text else None,
         device=_device_name(segmenter.device),
         threshold=config.threshold,
         accepted_formats=ACCEPTED_FORMATS,
@@ -250,6 +278,7 @@ async def segment(
                 "X-Max-Probability": f"{m.max_probability:.6f}",
                 "X-Result-Id": result_id,
                 "X-Text-Warnings": str(len(result.text_warnings)),
+                "X-Consistency-Warnings": ",".join(code for code, _ in result.consistency),
             },
         )
     mask_png, overlay_png, heatmap_png = await run_in_threadpool(
@@ -283,10 +312,12 @@ async def segment(
         model=str(service.segmenter.model_name),
         validation_dice=find_validation_dice(service.segmenter.metrics),
         validation_data=_validation_data(service),
+        training_data=_training_data(service),
         report_text=result.text,
         text_warnings=result.text_warnings,
         unknown_words=result.unknown_words,
         report_parsed=result.report_parsed,
+        consistency=[ConsistencyInfo(code=code, message=message) for code, message in result.consistency],
         result_id=result_id,
     )
 
@@ -339,7 +370,7 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
     )
     text_field: FormField = (
         "text",
-        "The clinician's report." if requires_text else "Not used by this image-only model (accepted and ignored).",
+        "The clinician's report (at least one letter or digit)." if requires_text else "Not used by this image-only model (accepted and ignored).",
         config.max_text_chars,
     )
     text_rule = ("text",) if requires_text else ()
@@ -354,7 +385,7 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
         openapi_extra=_multipart_body({"image": image_field, "text": text_field}, required, non_blank=text_rule),
         responses={
             200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG with ?format=png."},
-            **_error_responses(408, 413, 415, 422, 503),
+            **_error_responses(400, 408, 413, 415, 422, 503),
         },
     )
 
@@ -379,7 +410,7 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
         "(image, report, mask, numbers); results are kept in memory for a limited time.",
         openapi_extra=_multipart_body(detail_fields, []),
         response_class=Response,
-        responses={**pdf_responses, **_error_responses(404, 408, 413, 415, 422)},
+        responses={**pdf_responses, **_error_responses(400, 404, 408, 413, 415, 422)},
     )
     api.add_api_route(
         "/report",
@@ -391,6 +422,6 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
             {"image": image_field, "text": text_field, **detail_fields}, required, non_blank=text_rule
         ),
         response_class=Response,
-        responses={**pdf_responses, **_error_responses(408, 413, 415, 422, 503)},
+        responses={**pdf_responses, **_error_responses(400, 408, 413, 415, 422, 503)},
     )
     return api

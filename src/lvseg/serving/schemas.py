@@ -43,6 +43,17 @@ class ModelInfo(BaseModel):
     validation_dice: float | None = Field(description="The validation Dice among the metrics, if recorded.")
     validation_data: str | None = Field(default=None, description="What the validation Dice was measured on.")
     device: str = Field(description="Where inference runs.")
+    training_data: str | None = Field(
+        default=None, description="The data the model was trained on, as its checkpoint recorded it."
+    )
+    example_reports: list[str] = Field(
+        default_factory=list, description="Reports in the wording the model reads (its declared examples)."
+    )
+    vocabulary: list[str] | None = Field(
+        default=None,
+        description="The words a learned-vocabulary model knows (others are ignored), at most 2000; null "
+        "for other text encoders.",
+    )
     threshold: float = Field(
         description="Probability above which a pixel is lesion (the model's declared "
         "decision threshold unless the server was given another)."
@@ -57,6 +68,14 @@ class LesionInfo(BaseModel):
     area_mm2: float | None = Field(default=None, description="Lesion area in mm² (DICOM with PixelSpacing), else null.")
     colour: str = Field(description="The lesion's overlay colour, '#rrggbb'.")
     bbox: list[int] = Field(description="Bounding box [x, y, width, height] in pixels.")
+
+
+class ConsistencyInfo(BaseModel):
+    code: str = Field(
+        description="What was found: report-finding-not-found, report-states-no-finding, "
+        "more-regions-than-report, region-outside-report or image-unlike-training."
+    )
+    message: str = Field(description="The same in one plain sentence, as the page and the PDF show it.")
 
 
 class SegmentResponse(BaseModel):
@@ -101,6 +120,9 @@ class SegmentResponse(BaseModel):
     model: str = Field(description="Name of the network that made the mask.")
     validation_dice: float | None = Field(description="That model's validation Dice, if recorded.")
     validation_data: str | None = Field(description="What that validation Dice was measured on, if recorded.")
+    training_data: str | None = Field(
+        default=None, description="What that model was trained on, as its checkpoint recorded it."
+    )
     report_text: str = Field(description="The report text this result was computed from.")
     text_warnings: list[str] = Field(
         description="How the model read the report, when it did not read all of it: "
@@ -108,6 +130,12 @@ class SegmentResponse(BaseModel):
     )
     unknown_words: list[str] = Field(
         description="Report words outside the model's vocabulary (learned vocabularies only)."
+    )
+    consistency: list[ConsistencyInfo] = Field(
+        default_factory=list,
+        description="Where the result contradicts its report (an empty mask for a report that names a "
+        "lesion, far more regions than it counts, regions in a lung or zone it does not name) or the image is "
+        "unlike the model's training images. Empty when nothing was found.",
     )
     report_parsed: bool | None = Field(
         description="For a report-grammar model (c2fvl): whether the report "

@@ -14,6 +14,7 @@ import numpy as np
 
 from lvseg.errors import LvsegError
 from lvseg.rendering import (
+    draw_lesion_numbers,
     draw_side_markers,
     label_lesions,
     overlay_lesions,
@@ -34,7 +35,9 @@ class Analysis:
     """The result of one segmentation, before it is encoded for a response.
 
     text: the report it was computed from; text_warnings / unknown_words / report_parsed: how the model read
-    that report (:class:`lvseg.text.base.TextReading`).
+    that report (:class:`lvseg.text.base.TextReading`); consistency: (code, sentence) of each warning that the
+    result contradicts its report or the image is unlike the training images
+    (:mod:`lvseg.inference.consistency`).
     """
 
     image: DecodedImage
@@ -48,6 +51,7 @@ class Analysis:
     text_warnings: list[str] = field(default_factory=list)
     unknown_words: list[str] = field(default_factory=list)
     report_parsed: bool | None = None
+    consistency: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -122,7 +126,7 @@ class Service:
         start = time.perf_counter()
         try:
             # The float array of lvseg.data.images.read_image, as training and `lvseg predict` read the file.
-            prediction = self.model_thread.submit(self._predict, image.model_input, text).result()
+            prediction = self.model_thread.submit(self._predict, image.model_input, text, image.row_direction).result()
         except LvsegError as error:  # the model refused this input (e.g. its text), in plain words
             raise ApiError(422, str(error)) from error
         inference_ms = (time.perf_counter() - start) * 1000.0
@@ -134,9 +138,10 @@ class Service:
         labels, count = label_lesions(mask)
         measurements = measure(mask, probability, labels, count, pixel_spacing_mm=image.pixel_spacing_mm)
         reading = prediction.reading
+        consistency = [(warning.code, warning.message) for warning in prediction.consistency]
         heatmap = probability_heatmap(probability)
         del probability, prediction  # full-size float maps: not kept past the measurements
-        overlay = overlay_lesions(image.pixels, labels, count)
+        overlay = draw_lesion_numbers(overlay_lesions(image.pixels, labels, count), labels, count)
         markers = side_markers(image.row_direction) if image.row_direction else None
         if markers:  # the patient's sides, from DICOM PatientOrientation, on what is shown (not on the mask)
             overlay, heatmap = draw_side_markers(overlay, markers), draw_side_markers(heatmap, markers)
@@ -152,11 +157,14 @@ class Service:
             text_warnings=reading.warnings() if reading is not None else [],
             unknown_words=list(dict.fromkeys(reading.unknown_words)) if reading is not None else [],
             report_parsed=reading.parsed if reading is not None else None,
+            consistency=consistency,
         )
 
-    def _predict(self, model_input: np.ndarray, text: str) -> PredictionLike:
+    def _predict(self, model_input: np.ndarray, text: str, row_direction: str | None) -> PredictionLike:
         with _inference_mode():
-            return self.segmenter.predict(model_input, text, threshold=self.config.threshold)
+            return self.segmenter.predict(
+                model_input, text, threshold=self.config.threshold, row_direction=row_direction
+            )
 
 
 def _inference_mode() -> contextlib.AbstractContextManager[Any]:

@@ -54,9 +54,10 @@ class TextReading:
         if self.unknown_words:
             distinct = list(dict.fromkeys(self.unknown_words))
             shown = ", ".join(f"'{word}'" for word in distinct[:12]) + (", ..." if len(distinct) > 12 else "")
+            repeats = f" ({len(distinct)} distinct)" if len(distinct) != len(self.unknown_words) else ""
             found.append(
-                f"{len(self.unknown_words)} of {self.words} words are not in this model's vocabulary and "
-                f"were ignored: {shown}"
+                f"{len(self.unknown_words)} of {self.words} words{repeats} are not in this model's vocabulary "
+                f"and were ignored: {shown}"
             )
             if self.words and len(self.unknown_words) / self.words > self.MOSTLY_UNKNOWN:
                 found.append(

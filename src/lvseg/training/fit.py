@@ -17,6 +17,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from lvseg.checkpoint import FORMAT_VERSION, checkpoint_format, read_checkpoint_dict
+from lvseg.data.input_statistics import measure_on_files
+from lvseg.data.provenance import describe_validation_data, training_data_record
 from lvseg.errors import LvsegError, first_line
 from lvseg.training.checkpoint import AtomicCheckpointIO
 from lvseg.training.csv_log import ResumableCSVLogger
@@ -305,8 +307,17 @@ def train(config: TrainConfig) -> TrainResult:
     _tidy_lightning_logging()
 
     val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
-    # What the checkpoint's validation Dice was measured on (shown by the app and in its PDF reports).
-    task.hparams["validation_data"] = f"the validation split of '{Path(config.data).name}' ({len(val_set)} images)"
+    # What the model was trained and validated on (the app and its PDF reports state it), and the training
+    # images' statistics, for the app's warning on images unlike them (lvseg.inference.consistency).
+    task.hparams["training_data"] = training_data_record(config.data, len(train_samples), len(val_samples))
+    task.hparams["validation_data"] = describe_validation_data(config.data, len(val_set))
+    task.hparams["input_statistics"] = measure_on_files(
+        [sample.image_path for sample in train_samples],
+        [sample.image_path for sample in val_samples],
+        config.img_size,
+        config.in_channels,
+        seed=config.seed,
+    ).to_dict()
     loader_options: dict[str, Any] = {
         "batch_size": config.batch_size,
         "num_workers": config.num_workers,

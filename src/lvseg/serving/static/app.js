@@ -112,7 +112,34 @@
   function describeModel(info) {
     const dice = info.validation_dice === null ? "not recorded" : info.validation_dice.toFixed(3);
     const where = info.validation_data ? " on " + info.validation_data : "";
-    return info.model + " (validation Dice " + dice + where + ")";
+    const trained = info.training_data ? ", trained on " + info.training_data : "";
+    return info.model + trained + " (validation Dice " + dice + where + ")";
+  }
+
+  // The model's own example reports (a click puts one in the report box) and, for a learned vocabulary,
+  // the words it knows: what the page says it reads, so a clinician can word the report for it.
+  function showWording(info) {
+    const list = $("example-reports");
+    list.replaceChildren();
+    info.example_reports.forEach((text) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "example";
+      button.textContent = text;
+      button.addEventListener("click", () => {
+        $("report-text").value = text;
+        $("report-text").dispatchEvent(new Event("input"));
+      });
+      item.append(button);
+      list.append(item);
+    });
+    const vocabulary = info.vocabulary || [];
+    $("vocabulary-note").hidden = vocabulary.length === 0;
+    $("vocabulary-note").textContent = vocabulary.length
+      ? "The " + vocabulary.length + " words it knows (others are ignored): " + vocabulary.join(", ") + "."
+      : "";
+    $("wording-box").hidden = info.example_reports.length === 0;
   }
 
   function showResult(result, file) {
@@ -157,6 +184,15 @@
       warnings.append(item);
     });
     $("text-warnings-box").hidden = result.text_warnings.length === 0;
+    const checks = $("consistency-warnings");
+    checks.replaceChildren();
+    result.consistency.forEach((warning) => {
+      const item = document.createElement("li");
+      item.textContent = warning.message;
+      item.dataset.code = warning.code;
+      checks.append(item);
+    });
+    $("consistency-box").hidden = result.consistency.length === 0;
     const legend = $("lesion-legend");
     legend.replaceChildren();
     result.lesion_details.forEach((lesion) => {
@@ -272,6 +308,7 @@
       state.modelDescription = describeModel(info);
       $("model-info").textContent = "Model: " + state.modelDescription + ", on " + info.device + ".";
       $("report-box").hidden = !info.requires_text;
+      showWording(info);
       $("no-report-note").hidden = info.requires_text;
     } catch (error) {
       $("model-info").textContent = "The model service cannot be reached.";
