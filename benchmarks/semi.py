@@ -274,8 +274,10 @@ def main(argv: list[str] | None = None) -> int:
             data = out / "data"
             generate_synthetic_dataset(data, n=args.n, size=args.synth_size or args.img_size, seed=seed)
             name += f" (n={args.n}, {args.synth_size or args.img_size} px)"
-        by_seed[seed] = [run_one(kind, data, out, seed, args) for kind in args.runs]
-        atomic_write_text(out / RESULTS_FILE, json.dumps(by_seed[seed], indent=1))
+        by_seed[seed] = []
+        for kind in args.runs:  # results.json after each arm: a run stopped later keeps what it measured
+            by_seed[seed].append(run_one(kind, data, out, seed, args))
+            atomic_write_text(out / RESULTS_FILE, json.dumps(by_seed[seed], indent=1))
         table = markdown_table(seed_rows(by_seed[seed]))
         print(table)
         if not args.no_record:
