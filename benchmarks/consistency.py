@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             segmenter.in_channels,
         )
         note += (
-            " The checkpoint predates the recorded training-image statistics: they were computed here from the "
+            " The checkpoint holds no (usable) record of its training images' statistics: they were computed here from the "
             "training and validation splits of --data, as training now records them."
         )
     statistics = segmenter.input_statistics

@@ -2,16 +2,19 @@
 
 Recorded at training time in the checkpoint (:func:`measure_input_statistics`) and read at inference time
 (:meth:`InputStatistics.score`). An image is described, as the model sees it (``(C, S, S)`` in ``[0, 1]``
-after resizing), by two features:
+after resizing), by
 
-* its **intensity histogram**, :data:`HISTOGRAM_BINS` bins per channel; its distance to the training images'
-  mean histogram is the total-variation distance averaged over channels (0: the same distribution, 1:
-  disjoint);
-* its **colour spread**, the mean over pixels of (largest channel - smallest channel): 0 for grey images
-  (a chest radiograph), about 0.1-0.3 for an H&E tile.
+* its **intensity histogram**, :data:`HISTOGRAM_BINS` bins per channel, whose distance to the training
+  images' mean histogram is the total-variation distance averaged over channels (0: the same distribution,
+  1: disjoint);
+* a few **summary features**: the mean and standard deviation of each channel and the colour spread (the
+  mean over pixels of largest channel - smallest channel: 0 for a grey radiograph, about 0.1-0.3 for an
+  H&E tile), taken as ``log10(spread + 0.01)`` so that "no colour at all" stands apart from "less colour".
+  Each is compared with the training images' median, in both directions (a grey image sent to a histology
+  model is as unusual as a stained tile sent to a chest model).
 
-Each feature is divided by its 99th percentile over the training images (so 1.0 is "as unusual as the 1 %
-most unusual training images"), and the **score** is the larger of the two. The threshold above which an
+Each of these deviations is divided by its 99th percentile over the training images (so 1.0 is "as unusual
+as the 1 % most unusual training images"), and the **score** is the largest. The threshold above which an
 image is flagged is calibrated on the validation split: the smallest value, at least 1.0, that flags at most
 ``max_flagged_fraction`` (1 %) of the validation images. This is a deliberately simple out-of-distribution
 test (Hendrycks & Gimpel's baseline idea of calibrating a score on in-distribution data; here on image
@@ -31,13 +34,17 @@ import numpy as np
 HISTOGRAM_BINS = 32
 #: Training images read for the reference (a seeded sample of larger sets): enough for a stable mean.
 MAX_REFERENCE_IMAGES = 1000
-_MIN_COLOUR_SCALE = 0.02  # a grey training set: a colour spread of 0.02 already scores 1.0
+_COLOUR_FLOOR = 0.01  # about the chroma noise of a JPEG of a grey image
+# Smallest deviation scale of the channel means and stds, and of the log colour spread (a grey training set:
+# a colour spread of 0.004 already scores 1.0).
+_MIN_MEAN_SCALE, _MIN_COLOUR_SCALE = 0.02, 0.15
 _MIN_HISTOGRAM_SCALE = 1e-3
 
 
-def image_features(image: Any) -> tuple[np.ndarray, float]:
-    """(histogram (C, HISTOGRAM_BINS) summing to 1 per channel, colour spread) of ``image`` (C, H, W) in [0, 1]
-    (a numpy array or a torch tensor)."""
+def image_features(image: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(histogram (C, HISTOGRAM_BINS) summing to 1 per channel, summary features (2 C + 1,): the channel means,
+    the channel standard deviations and log10(colour spread + 0.01)) of ``image`` (C, H, W) in [0, 1] (a numpy array or
+    a torch tensor)."""
     pixels = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image, dtype=np.float32)
     if pixels.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {pixels.shape}")
@@ -47,7 +54,8 @@ def image_features(image: Any) -> tuple[np.ndarray, float]:
     histogram = np.stack([np.bincount(row, minlength=HISTOGRAM_BINS) for row in bins]).astype(np.float64)
     histogram /= max(flat.shape[1], 1)
     colour = float((flat.max(axis=0) - flat.min(axis=0)).mean()) if flat.shape[0] > 1 else 0.0
-    return histogram, colour
+    summary = np.concatenate([flat.mean(axis=1), flat.std(axis=1), [math.log10(colour + _COLOUR_FLOOR)]])
+    return histogram, summary
 
 
 def _histogram_distance(histogram: np.ndarray, reference: np.ndarray) -> float:
@@ -59,17 +67,19 @@ class InputStatistics:
     """The training images' reference features and the calibrated flagging threshold (module docstring).
 
     ``mean_histogram``: (C, HISTOGRAM_BINS) as nested lists (so the record is plain data in a checkpoint);
-    ``histogram_scale``, ``colour_scale``: the training images' 99th percentiles of each feature;
-    ``threshold``: scores above it are flagged; ``reference_images``/``calibration_images``: how many
-    training and validation images the figures come from; ``calibration_flagged``: how many validation
-    images the threshold flags.
+    ``histogram_scale``: the training images' 99th percentile of the histogram distance; ``feature_median``,
+    ``feature_scale``: (2 C + 1,) the training images' median of each summary feature and the 99th
+    percentile of their absolute deviation from it; ``threshold``: scores above it are flagged;
+    ``reference_images``/``calibration_images``: how many training and validation images the figures come
+    from; ``calibration_flagged``: how many validation images the threshold flags.
     """
 
     channels: int
     img_size: int
     mean_histogram: list[list[float]]
     histogram_scale: float
-    colour_scale: float
+    feature_median: list[float]
+    feature_scale: list[float]
     threshold: float
     reference_images: int
     calibration_images: int
@@ -78,14 +88,12 @@ class InputStatistics:
     def score(self, image: Any) -> float:
         """How unlike the training images ``image`` (C, H, W) in [0, 1] is: <= 1.0 typical, above
         :attr:`threshold` flagged."""
-        histogram, colour = image_features(image)
+        histogram, summary = image_features(image)
         reference = np.asarray(self.mean_histogram, dtype=np.float64)
         if histogram.shape != reference.shape:
             raise ValueError(f"image has {histogram.shape[0]} channels; the statistics were made on {self.channels}")
-        return max(
-            _histogram_distance(histogram, reference) / self.histogram_scale,
-            colour / self.colour_scale,
-        )
+        deviations = np.abs(summary - np.asarray(self.feature_median)) / np.asarray(self.feature_scale)
+        return max(_histogram_distance(histogram, reference) / self.histogram_scale, float(deviations.max()))
 
     def is_unusual(self, image: Any) -> bool:
         return self.score(image) > self.threshold
@@ -102,11 +110,18 @@ class InputStatistics:
         try:
             statistics = cls(**record)
             reference = np.asarray(statistics.mean_histogram, dtype=np.float64)
+            median = np.asarray(statistics.feature_median, dtype=np.float64)
+            scale = np.asarray(statistics.feature_scale, dtype=np.float64)
         except (TypeError, ValueError):
             return None
-        numbers = (statistics.histogram_scale, statistics.colour_scale, statistics.threshold)
-        if reference.shape != (statistics.channels, HISTOGRAM_BINS) or not all(
-            isinstance(value, (int, float)) and math.isfinite(value) and value > 0 for value in numbers
+        features = 2 * statistics.channels + 1
+        numbers = np.concatenate([[statistics.histogram_scale, statistics.threshold], scale])
+        if (
+            reference.shape != (statistics.channels, HISTOGRAM_BINS)
+            or median.shape != (features,)
+            or scale.shape != (features,)
+            or not np.isfinite(median).all()
+            or not (np.isfinite(numbers) & (numbers > 0)).all()
         ):
             return None
         return statistics
@@ -127,15 +142,18 @@ def measure_input_statistics(
     if not features:
         raise ValueError("no training images to describe")
     histograms = np.stack([histogram for histogram, _ in features])
-    colours = np.asarray([colour for _, colour in features])
+    summaries = np.stack([summary for _, summary in features])
     reference = histograms.mean(axis=0)
     distances = np.asarray([_histogram_distance(histogram, reference) for histogram in histograms])
+    median = np.median(summaries, axis=0)
+    spread = np.percentile(np.abs(summaries - median), 99, axis=0)
     statistics = InputStatistics(
         channels=int(reference.shape[0]),
         img_size=int(img_size),
         mean_histogram=reference.tolist(),
         histogram_scale=max(float(np.percentile(distances, 99)), _MIN_HISTOGRAM_SCALE),
-        colour_scale=max(float(np.percentile(colours, 99)), _MIN_COLOUR_SCALE),
+        feature_median=median.tolist(),
+        feature_scale=np.maximum(spread, [_MIN_MEAN_SCALE] * (len(spread) - 1) + [_MIN_COLOUR_SCALE]).tolist(),
         threshold=1.0,
         reference_images=len(features),
         calibration_images=0,

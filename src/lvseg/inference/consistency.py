@@ -142,7 +142,7 @@ def image_warnings(model_input: Any, statistics: InputStatistics | None) -> list
     return [
         ConsistencyWarning(
             "image-unlike-training",
-            "The image is unlike the images this model was trained on (intensity or colour distribution "
+            "The image is unlike the images this model was trained on (its intensity or colour statistics are "
             f"{score:.1f}x the training images' 99th percentile); the result may be meaningless.",
         )
     ]
