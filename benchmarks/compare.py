@@ -52,7 +52,7 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     from lvseg.models import model_options
     from lvseg.models.describe import describe_model
     from lvseg.training.fit import model_config_for, train
-    from lvseg.training.options import TrainConfig
+    from lvseg.training.options import TrainConfig, parse_model_options
 
     out = args.out / model
     base_channels = args.base_channels if "base_channels" in model_options(model) else None
@@ -61,10 +61,11 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
         out=out,
         model=model,
         text_encoder=args.text_encoders.get(model),
+        model_options=parse_model_options(args.model_options.get(model, [])),
         img_size=args.img_size,
         base_channels=base_channels,
         batch_size=args.batch_size,
-        lr=args.lr,
+        lr=args.lrs.get(model, args.lr),
         max_epochs=100_000,
         max_time=f"{args.minutes}m",
         patience=args.patience,
@@ -80,13 +81,15 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     given, shuffled = reliance.reports["given"].means, reliance.reports["shuffled"].means
     size = describe_model(model, **{k: v for k, v in model_config_for(config).items() if k != "text_encoder"})
     return {
-        "model": model + (f" ({args.text_encoders[model]} text)" if model in args.text_encoders else ""),
+        "model": model
+        + (f" ({args.text_encoders[model]} text)" if model in args.text_encoders else "")
+        + (f" ({', '.join(args.model_options[model])})" if model in args.model_options else ""),
         "epochs": result.epochs,
         "test Dice": f"{given['dice']:.4f}",
         "IoU": f"{given['iou']:.4f}",
         "HD95 (px)": f"{given['hd95']:.2f}",
         "Dice, shuffled text": f"{shuffled['dice']:.4f}",
-        "text reliance": f"{reliance.text_reliance:+.4f}",
+        "text reliance": "n/a" if reliance.text_reliance is None else f"{reliance.text_reliance:+.4f}",
         "parameters (M)": f"{size['parameters'] / 1e6:.3f}",
         "of them training-only (M)": f"{size['training_only_parameters'] / 1e6:.3f}",
         "GFLOPs": f"{size['gflops']:.3f}",
@@ -119,9 +122,26 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MODEL=SPEC",
         help="a text encoder for one model instead of its default, e.g. reclmis=learned",
     )
+    parser.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="MODEL:KEY=VALUE",
+        help="a model option for one model (repeatable), e.g. cris:width=16 (lvseg train's --model-option)",
+    )
+    parser.add_argument(
+        "--lr-for", action="append", default=[], metavar="MODEL=LR", help="a learning rate for one model"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     args.text_encoders = dict(item.split("=", 1) for item in args.text_encoder if "=" in item)
+    args.model_options = {}
+    for item in args.model_option:
+        name, separator, option = item.partition(":")
+        if not separator:
+            parser.error(f"--model-option {item!r}: expected MODEL:KEY=VALUE")
+        args.model_options.setdefault(name, []).append(option)
+    args.lrs = {name: float(value) for name, _, value in (item.partition("=") for item in args.lr_for)}
     logging.basicConfig(level=logging.WARNING)
     models = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = sorted(set(models) - set(list_models()))

@@ -103,12 +103,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: Any) -> Iterator[str]:
-    """Run ``app`` with uvicorn in a background thread on a free loopback port; yields its base URL."""
+def running_server(app: Any, **options: Any) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread on a free loopback port; yields its base URL. ``options``:
+    more ``uvicorn.Config`` settings (e.g. ``http``, the protocol class ``lvseg serve`` uses)."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", **options)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="lvseg-test-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
@@ -121,3 +123,38 @@ def running_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def textured_image(height: int = 256, width: int = 256) -> np.ndarray:
+    """uint8 (H, W) with detail everywhere (no uniform band): a JPEG of it holds data for every block."""
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(0).normal(0.0, 10.0, (height, width))
+    return np.clip((np.sin(x / 9.0) + np.cos(y / 7.0)) * 60.0 + 128.0 + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg_cut_in_half(array: np.ndarray | None = None) -> bytes:
+    """A JPEG of ``array`` cut after half its bytes, with an end-of-image marker appended (decodes without error:
+    the decoder fills the missing blocks with uniform grey)."""
+    data = encode(textured_image() if array is None else array, "JPEG", quality=90)
+    return data[: len(data) // 2] + b"\xff\xd9"
+
+
+def jpeg_with_size_header(width: int, height: int, array: np.ndarray | None = None) -> bytes:
+    """A valid JPEG of ``array`` whose start-of-frame header is patched to claim ``width`` x ``height``."""
+    data = bytearray(encode(textured_image(64, 64) if array is None else array, "JPEG", quality=90))
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def float_tiff(array: np.ndarray) -> bytes:
+    """A 32-bit float TIFF (PIL mode "F") of ``array``."""
+    return encode(array.astype(np.float32), "TIFF")
+
+
+def animated_gif() -> bytes:
+    """A two-frame animated GIF."""
+    frames = [Image.fromarray(lesion_image()), Image.fromarray(255 - lesion_image())]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buffer.getvalue()

@@ -414,3 +414,116 @@ def test_a_folder_or_a_file_in_the_wrong_place_is_named_as_such(
         tmp_path / "out",
     )
     assert_one_error(code, err, "is a file")
+
+
+def pretrained_train_args(data: Path, out: Path, *extra: object) -> list[object]:
+    """``lvseg train`` of a model with pretrained parts (they take no --base-channels)."""
+    return ["train", "--data", data, "--out", out, "--img-size", 32, "--max-epochs", 1, *extra]
+
+
+def test_missing_biomedclipseg_d_weights_name_the_decoder_checkpoint_too(
+    data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """biomedclipseg-d needs BiomedCLIP and the CLIPSeg checkpoint its decoder starts from: one error lists both."""
+    monkeypatch.delenv("LVSEG_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    decoder = "lvseg-test/no-such-clipseg"  # surely not in any Hugging Face cache
+    args = ["--model", "biomedclipseg-d", "--model-option", f"biomedclip={tmp_path / 'empty'}"]
+    code, err = run_main(
+        monkeypatch,
+        capsys,
+        *pretrained_train_args(data, tmp_path / "run", *args, "--model-option", f"decoder_init={decoder}"),
+    )
+    assert_one_error(
+        code,
+        err,
+        f"BiomedCLIP is not in '{tmp_path / 'empty'}'",
+        f"biomedclipseg-d also needs its decoder's weights: CLIPSeg decoder checkpoint '{decoder}'",
+        f"hf download {decoder}",
+        "--model-option decoder_init=",
+    )
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    """What transformers raises for a Hub id when the network is down (and nothing is cached)."""
+    assert kwargs.get("local_files_only") is False  # LVSEG_ALLOW_DOWNLOAD=1: a download was tried
+    raise OSError(
+        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached "
+        "files.\nCheck your internet connection or see how to run the library in offline mode."
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "patched", "what"),
+    [
+        (["--model", "lvit", "--text-encoder", "clip:nobody/clip"], ["CLIPTextModelWithProjection"], "CLIP text model"),
+        (["--model", "lvit", "--text-encoder", "hf:nobody/bert"], ["AutoTokenizer"], "text encoder"),
+        (
+            ["--model", "clipseg", "--model-option", "name_or_path=nobody/clipseg"],
+            ["CLIPSegConfig", "CLIPSegForImageSegmentation"],
+            "CLIPSeg model",
+        ),
+    ],
+)
+def test_a_failed_download_says_it_failed_not_to_allow_downloads(
+    extra: list[str], patched: list[str], what: str, data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import transformers
+
+    monkeypatch.setenv("LVSEG_ALLOW_DOWNLOAD", "1")
+    for name in patched:
+        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", _no_network)
+    model = extra[-1].split(":", 1)[-1].split("=", 1)[-1]
+    code, err = run_main(monkeypatch, capsys, *pretrained_train_args(data, tmp_path / "run", *extra))
+    line = assert_one_error(
+        code,
+        err,
+        f"{what} '{model}' could not be downloaded from the Hugging Face Hub (https://huggingface.co/{model})",
+        "couldn't connect to 'https://huggingface.co'",
+        "check the model id and the network",
+        f"hf download {model}",
+    )
+    assert "LVSEG_ALLOW_DOWNLOAD" not in line
+
+
+# ------------------------------------------------------------------------------------------ console output
+
+
+def test_output_to_a_file_is_not_wrapped(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Printed to a file (not a terminal), a long line stays one line: a suggested command can be copied."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    out = tmp_path / ("a-long-folder-name-" * 4) / "synthetic"
+    monkeypatch.setattr(sys, "argv", ["lvseg", "data", "synth", "--out", str(out), "--n", "5", "--size", "32"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("wrote 5 synthetic images") and f"to {out}: Train_Folder" in line for line in lines)
+
+
+def test_counts_agree_with_their_nouns(clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from lvseg.cli.output import count
+
+    assert [count(n, "epoch") for n in (0, 1, 2, 1000)] == ["0 epochs", "1 epoch", "2 epochs", "1,000 epochs"]
+    monkeypatch.setattr(sys, "argv", ["lvseg", *map(str, train_args(clean_data, tmp_path / "run"))])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    printed = capsys.readouterr().out
+    assert "after 1 epoch\n" in printed and "1 epochs" not in printed
+
+
+def test_suggested_commands_run_in_the_users_shell(tmp_path: Path, monkeypatch) -> None:
+    """``make demo`` runs .venv/bin/lvseg without activating the venv: the suggestion must name that script."""
+    from lvseg.cli.output import lvseg_command
+
+    script = tmp_path / "venv" / "bin" / "lvseg"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["venv/bin/lvseg", "demo"])
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))
+    assert lvseg_command() == "venv/bin/lvseg"
+    monkeypatch.setenv("PATH", str(script.parent))  # the venv is active: the plain name works
+    assert lvseg_command() == "lvseg"

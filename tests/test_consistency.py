@@ -217,3 +217,31 @@ def test_the_model_line_names_the_recorded_training_data() -> None:
     synthetic = FakeSegmenter(hparams={"training_data": {**record, "name": "data", "synthetic": True}})
     with TestClient(create_app(synthetic, allowed_hosts=TESTCLIENT_HOSTS)) as client:
         assert "synthetic phantom images" in client.get("/api/model").json()["training_data"]
+
+
+def test_the_app_reads_the_sides_from_the_dicom_orientation() -> None:
+    import pydicom
+
+    from serving_support import dicom_bytes
+
+    pixels = np.zeros((SIZE, SIZE), dtype=np.uint16)
+    top, bottom, left, right = PATIENT_LEFT_UPPER  # the image's right: the patient's left, radiologically
+    pixels[top:bottom, left:right] = 4000
+
+    def upload(orientation: list[str] | None) -> list[str]:
+        dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(pixels, center=[2000], width=[4000])))
+        if orientation:
+            dataset.PatientOrientation = orientation
+        buffer = io.BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
+            answer = client.post(
+                "/api/segment",
+                files={"image": ("a.dcm", buffer.getvalue(), "application/dicom")},
+                data={"text": UPPER_LEFT},
+            )
+        assert answer.status_code == 200, answer.text
+        return [item["code"] for item in answer.json()["consistency"]]
+
+    assert upload(None) == [] and upload(["L", "F"]) == []  # radiological: the box is in the left lung
+    assert upload(["R", "F"]) == ["region-outside-report"]  # the patient's left on the image's left

@@ -12,6 +12,8 @@ from PIL import Image
 
 from data_builders import truncate
 from lvseg.data.images import (
+    PIL_FORMATS,
+    CorruptImageError,
     mask_to_uint8,
     png_bytes,
     read_image,
@@ -208,3 +210,131 @@ def test_sixteen_bit_is_scaled_by_the_dtype_maximum(tmp_path: Path) -> None:
     path = saved(tmp_path, Image.fromarray(values), "deep.png")
     assert Image.open(path).mode == "I;16"
     np.testing.assert_array_equal(read_image(path, channels=None)[0], values / np.float32(65535))
+
+
+# --- corrupt input is refused, not decoded to a confident-looking image (issue 22) ---------------------
+
+
+def test_a_jpeg_cut_short_with_an_end_marker_is_refused(tmp_path: Path) -> None:
+    from serving_support import jpeg_cut_in_half
+
+    data = jpeg_cut_in_half()  # decodes without error: its second half is the decoder's uniform grey
+    path = tmp_path / "half.jpg"
+    path.write_bytes(data)
+    for source in (data, path):
+        with pytest.raises(CorruptImageError, match=r"last \d+ of 256 rows are all the uniform grey \(128\)"):
+            read_image(source)
+    with pytest.raises(LvsegError, match="half.jpg"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("width, height", [(8000, 6000), (2000, 2000)])
+def test_a_jpeg_whose_size_header_claims_more_than_its_data_is_refused(width: int, height: int) -> None:
+    from serving_support import jpeg_with_size_header, textured_image
+
+    # 8000x6000 in 2 KB: too few bytes for that many blocks (refused from the header, before decoding);
+    # 2000x2000 from a 256x256 JPEG: enough bytes, but all rows past the real ones are the decoder's grey.
+    data = jpeg_with_size_header(width, height, textured_image(64, 64) if width == 8000 else textured_image())
+    with pytest.raises(CorruptImageError) as caught:
+        read_image(data)
+    if width == 8000:
+        assert "says 8000x6000 pixels, which need at least 93750 bytes" in caught.value.reason
+        assert f"holds {len(data)} bytes" in caught.value.reason
+    else:
+        assert "rows are all the uniform grey" in caught.value.reason
+
+
+def test_complete_jpegs_are_read_even_with_a_thin_grey_band_at_the_bottom(tmp_path: Path) -> None:
+    from serving_support import encode, textured_image
+
+    assert read_image(encode(textured_image(), "JPEG", quality=90)).shape == (3, 256, 256)
+    banded = textured_image()
+    banded[-8:] = 128  # 8 of 256 rows: less than JPEG_FILL_FRACTION of the height
+    assert read_image(encode(banded, "JPEG", quality=95)).shape == (3, 256, 256)
+    assert read_image(encode(np.full((64, 64), 128, np.uint8), "PNG")).shape == (3, 64, 64)  # PNG: lossless
+
+
+def test_an_animated_gif_is_refused_as_the_web_app_refuses_it(tmp_path: Path) -> None:
+    from lvseg.serving.uploads import sniff_format
+    from serving_support import animated_gif
+
+    data = animated_gif()
+    path = tmp_path / "cine.gif"
+    path.write_bytes(data)
+    assert sniff_format(data) is None  # the app: 415
+    with pytest.raises(LvsegError, match="cine.gif.*not a PNG/JPEG/TIFF/BMP/DICOM file"):
+        read_image(path)
+    with pytest.raises(LvsegError, match="not a PNG/JPEG/TIFF/BMP/DICOM file"):
+        read_mask(data)
+    assert PIL_FORMATS == ("PNG", "JPEG", "TIFF", "BMP")
+
+
+def test_a_float_tiff_without_a_finite_value_is_refused_and_some_non_finite_values_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from serving_support import float_tiff
+
+    with pytest.raises(CorruptImageError, match="none of its 64 pixel values is a finite number"):
+        read_image(float_tiff(np.full((8, 8), np.inf)))
+    with pytest.raises(CorruptImageError, match="finite"):
+        read_image(np.full((4, 4), np.nan, dtype=np.float32))
+    values = np.linspace(-100.0, 400.0, 64).reshape(8, 8)
+    values[0, 0] = np.nan
+    with caplog.at_level("WARNING", logger="lvseg.data.images"):
+        image = read_image(float_tiff(values), channels=None)
+    assert np.isfinite(image).all() and image.max() == 1.0
+    assert "1 of its 64 pixel values are not finite" in caplog.text
+
+
+def test_pillow_truncated_image_detection_stays_strict() -> None:
+    import importlib
+
+    from PIL import ImageFile
+
+    for module in ("lvseg.cli.main", "lvseg.serving.app"):  # everything the CLI and the app import
+        importlib.import_module(module)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def _dicom(**header: float) -> bytes:
+    from serving_support import dicom_bytes
+
+    return dicom_bytes(np.arange(64, dtype=np.uint16).reshape(8, 8) * 10, **header)
+
+
+@pytest.mark.parametrize(
+    "header, element",
+    [
+        ({"center": float("nan"), "width": float("nan")}, "WindowCenter is nan"),
+        ({"center": 300.0, "width": float("inf")}, "WindowWidth is inf"),
+        ({"slope": float("inf"), "intercept": 0.0}, "RescaleSlope is inf"),
+        ({"slope": 1.0, "intercept": float("-inf")}, "RescaleIntercept is -inf"),
+        ({"slope": 0.0, "intercept": 5.0}, "RescaleSlope is 0"),
+        ({"center": 1e9, "width": 10.0}, "maps every pixel to 0.0"),
+    ],
+)
+def test_dicom_header_values_that_are_not_finite_are_treated_as_missing_with_a_warning(
+    header: dict[str, float], element: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="lvseg.data.dicom"):
+        image = read_image(_dicom(**header), channels=None)
+    # As without the element: the full range of the stored values, not an all-zero image.
+    np.testing.assert_allclose(image, read_image(_dicom(), channels=None), atol=1e-6)
+    assert image.min() == 0.0 and image.max() == 1.0
+    assert element in caplog.text
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "\u00a0", "\x00\x00", "...", "\u200b\u200b", "\ufeff", " .\u200b\ufeff,;- _", "\t\n"]
+)
+def test_a_report_without_letters_or_digits_is_blank(text: str) -> None:
+    from lvseg.data.report_text import is_blank_report
+
+    assert is_blank_report(text)
+
+
+@pytest.mark.parametrize("text", ["a", "0", "lesion.", "\ufeffLesion", "右肺下叶感染", "\u200bx", "Ölfleck"])
+def test_a_report_with_a_letter_or_digit_is_not_blank(text: str) -> None:
+    from lvseg.data.report_text import is_blank_report
+
+    assert not is_blank_report(text)

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from lvseg.cli.main import app
 from lvseg.data.layout import load_split
-from lvseg.data.prompts import STYLES, make_prompt, mask_regions, style_for, write_prompts
+from lvseg.data.prompts import LOCATIONS, STYLES, article, make_prompt, mask_regions, plural, style_for, write_prompts
 from lvseg.errors import DataValidationError, LvsegError
 
 
@@ -69,6 +69,74 @@ def test_empty_masks_single_lesions_and_bad_styles() -> None:
     choices = {style_for(f"case{i}", "random", seed=1) for i in range(60)}
     assert choices == set(STYLES) - {"random"}  # every style appears, deterministically
     assert style_for("case3", "random", seed=1) == style_for("case3", "random", seed=1)
+
+
+@pytest.mark.parametrize(
+    ("noun", "expected"),
+    [
+        ("nucleus", "nuclei"),
+        ("cell nucleus", "cell nuclei"),
+        ("metastasis", "metastases"),
+        ("diverticulum", "diverticula"),
+        ("thrombus", "thrombi"),
+        ("opacity", "opacities"),
+        ("polyp", "polyps"),
+        ("mass", "masses"),
+        ("lymph node", "lymph nodes"),
+        ("nuclei", "nuclei"),
+    ],
+)
+def test_class_names_take_their_own_plural(noun: str, expected: str) -> None:
+    assert plural(noun) == expected
+
+
+@pytest.mark.parametrize(
+    ("modality", "expected"),
+    [
+        ("H&E image", "an H&E image"),
+        ("MRI slice", "an MRI slice"),
+        ("X-ray", "an X-ray"),
+        ("CT slice", "a CT slice"),
+        ("US image", "a US image"),
+        ("endoscopy image", "an endoscopy image"),
+        ("ultrasound image", "an ultrasound image"),
+        ("unilateral view", "a unilateral view"),
+        ("histology tile", "a histology tile"),
+    ],
+)
+def test_the_modality_takes_a_or_an_by_sound(modality: str, expected: str) -> None:
+    assert article(modality) == expected
+
+
+def test_many_nuclei_in_an_h_and_e_image() -> None:
+    """The MoNuSeg case: hundreds of tiny nuclei, the count in digits, "an" before H&E."""
+    mask = np.zeros((400, 400), dtype=np.uint8)
+    mask[2::8, 2::8] = 1  # 50 x 50 = 2500 separate one-pixel regions
+    assert make_prompt(mask, "nucleus", "H&E image", "p5") == "2500 tiny nuclei in an H&E image"
+    one = np.zeros((40, 40), dtype=np.uint8)
+    one[18:22, 18:22] = 1
+    assert make_prompt(one, "nucleus", "H&E image", "p4") == "one small nucleus"
+
+
+def test_zones_are_listed_in_one_fixed_order_whatever_the_regions_order() -> None:
+    """Regions are found top to bottom; the zones they fall in are listed in LOCATIONS order, so these two
+    images with lesions in the same two zones read the same."""
+    higher_right = np.zeros((90, 90), dtype=np.uint8)
+    higher_right[5:10, 80:85] = 1  # top right, found first
+    higher_right[20:25, 5:10] = 1  # top left
+    higher_left = np.zeros((90, 90), dtype=np.uint8)
+    higher_left[5:10, 5:10] = 1  # top left, found first
+    higher_left[20:25, 80:85] = 1  # top right
+    prompts = {make_prompt(mask, "polyp", "endoscopy image", "p6") for mask in (higher_right, higher_left)}
+    assert prompts == {"two tiny polyps in an endoscopy image, located in the top left and top right of the image"}
+    assert [r.location for r in mask_regions(higher_right)] == ["top right", "top left"]  # the regions' own order
+    everywhere = np.zeros((90, 90), dtype=np.uint8)
+    for row in (10, 45, 80):
+        for column in (80, 45, 10):
+            everywhere[row - 2 : row + 2, column - 2 : column + 2] = 1
+    assert make_prompt(everywhere, "polyp", "endoscopy image", "p6").endswith(
+        "located in the " + ", ".join(LOCATIONS[:-1]) + " and bottom right of the image"
+    )
 
 
 def _dataset_without_text(root: Path, prefixed: bool = False) -> Path:

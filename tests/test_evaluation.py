@@ -319,6 +319,58 @@ def test_cli_evaluate_image_model_runs_given_only(dataset: Path, tmp_path: Path)
     assert len(pd.read_csv(out / "per_image.csv")) == len(SIZES)
 
 
+def test_cli_evaluate_all_modes_of_an_image_model_says_text_reliance_does_not_apply(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """U-Net reads no text: its Dice is the same in every mode, and a reliance of 0.0000 would read as a finding."""
+    from lvseg.cli.main import app
+
+    checkpoint = unet_checkpoint(tmp_path / "u.ckpt")
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "-c",
+            str(checkpoint),
+            "-d",
+            str(dataset),
+            "-o",
+            str(out),
+            "--text-mode",
+            "all",
+            "--overlays",
+            "0",
+        ],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "text reliance: not applicable (model 'unet' reads no text" in result.output
+    assert "0.0000" not in next(line for line in result.output.splitlines() if "text reliance" in line)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["text_reliance"] is None and metrics["reads_text"] is False
+    assert set(metrics["modes"]) == {"given", "shuffled", "empty"}
+
+    combined = evaluate_text_reliance(checkpoint, dataset, "test", n_overlays=0)
+    assert combined.text_reliance is None and combined.to_json()["text_reliance"] is None
+
+
+def test_progress_is_logged_at_each_quarter_not_every_batch(caplog: pytest.LogCaptureFixture) -> None:
+    from lvseg.evaluation.evaluate import _Progress
+
+    progress = _Progress(200)
+    with caplog.at_level("INFO", logger="lvseg.evaluation.evaluate"):
+        for done in [*range(8, 200, 8), 200]:  # 25 batches of 8
+            progress.update(done)
+    lines = [record.getMessage() for record in caplog.records if "evaluated" in record.getMessage()]
+    assert lines == [
+        "evaluated 56 / 200 images",
+        "evaluated 104 / 200 images",
+        "evaluated 152 / 200 images",
+        "evaluated 200 / 200 images",
+    ]
+
+
 def test_cli_evaluate_missing_checkpoint_is_a_user_error(dataset: Path, tmp_path: Path) -> None:
     from lvseg.cli.main import app
 

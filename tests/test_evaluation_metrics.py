@@ -147,8 +147,9 @@ def test_overlay_lesions_colours_each_lesion_over_any_image() -> None:
     colors = lesion_colors(count)
     assert out.shape == (12, 12, 3) and out.dtype == np.uint8
     assert out[0, 11].tolist() == [51, 51, 51]  # background: the image
-    assert out[3, 3].tolist() == colors[0].tolist() and out[7, 7].tolist() == colors[1].tolist()
-    assert np.array_equal(colorize_lesions(mask)[8, 8], colors[1])  # the same colours as colorize_lesions
+    # lesions are numbered by size: the 4x4 one is lesion 1, the 5-pixel one lesion 2
+    assert out[7, 7].tolist() == colors[0].tolist() and out[3, 3].tolist() == colors[1].tolist()
+    assert np.array_equal(colorize_lesions(mask)[8, 8], colors[0])  # the same colours as colorize_lesions
     assert np.array_equal(overlay_lesions(image, labels, 0), to_rgb_uint8(image))
     rgb = to_rgb_uint8(image)
     before = rgb.copy()

@@ -159,6 +159,65 @@ def test_predict_folder_lists_every_bad_row(ckpts: dict[str, Path], tmp_path: Pa
     assert not (tmp_path / "out").exists()
 
 
+def test_predict_folder_takes_a_plain_folder_of_images(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    """No img/ subfolder: the images (and the text table) lie in the folder itself."""
+    plain = tmp_path / "plain"
+    _image(plain / "a.tif", 40, 52)
+    _image(plain / "b.png", 36, 36)
+    pd.DataFrame({"Image": ["a.png", "b.png"], "Description": REPORTS}).to_csv(plain / "reports_text.csv", index=False)
+    out = tmp_path / "out"
+    result = invoke("-c", ckpts["lvit"], "--folder", plain, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "masks").iterdir()) == ["a.png", "b.png"]
+    assert Image.open(out / "masks" / "a.png").size == (52, 40)
+    assert pd.read_csv(out / "predictions.csv")["text"].tolist() == REPORTS
+
+    only_images = tmp_path / "images"  # an image-only model needs no table
+    _image(only_images / "c.png", 30, 30)
+    result = invoke("-c", ckpts["full"], "--folder", only_images, "-o", tmp_path / "out2")
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "out2" / "masks").iterdir()] == ["c.png"]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = invoke("-c", ckpts["full"], "--folder", empty, "-o", tmp_path / "out3")
+    assert isinstance(result.exception, LvsegError)
+    assert str(empty) in str(result.exception) and "img/" in str(result.exception)
+
+
+# ------------------------------------------------------------------------------------- README's ONNX snippet
+
+
+def readme_block(after: str) -> str:
+    """The first ```python block of README.md after the sentence ``after``."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("```python\n", readme.index(after)) + len("```python\n")
+    return readme[start : readme.index("```", start)]
+
+
+def test_the_readme_plain_onnx_runtime_snippet_runs_and_agrees_with_lvseg(
+    ckpts: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+        pytest.skip("ONNX Runtime is missing (the serve or deploy extra)")
+    from lvseg.inference import load_model
+    from lvseg.inference.export import export_model
+
+    export_model(ckpts["lvit"], tmp_path / "exported", "onnx")
+    _image(tmp_path / "xray.png", IMG_SIZE, IMG_SIZE, mode="RGB")  # at the model's size: no resampling to differ
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_block("Plain ONNX Runtime then runs"), "README.md", "exec"), namespace)
+    probability, mask = namespace["probability"], namespace["mask"]
+    assert probability.shape == (1, 1, IMG_SIZE, IMG_SIZE) and mask.shape == (IMG_SIZE, IMG_SIZE)
+    pixels = np.asarray(Image.open(tmp_path / "xray.png"), dtype=np.float32) / 255
+    images = torch.from_numpy(pixels.transpose(2, 0, 1)[None].copy())
+    expected = load_model(ckpts["lvit"], device="cpu").probabilities(images, [namespace["report"]]).numpy()
+    np.testing.assert_allclose(probability, expected, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------ user errors
 
 
@@ -238,3 +297,28 @@ def test_console_script_exits_2_without_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in completed.stderr + completed.stdout
     assert "error:" in completed.stderr and "missing.ckpt" in completed.stderr
     assert not (tmp_path / "m.png").exists()
+
+
+CHEST_REPORT = "Unilateral pulmonary infection, one infected area, upper left lung."
+
+
+def test_predict_says_when_the_result_contradicts_the_report(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    image = _image(tmp_path / "x.png", 30, 30)
+    result = invoke("-c", ckpts["none"], "-i", image, "-t", CHEST_REPORT, "-o", tmp_path / "m.png")
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert (
+        "check this result: The report describes 1 infected area, the upper left lung, but the model found no" in output
+    )
+    folder = tmp_path / "in"
+    _image(folder / "img" / "a.png", 30, 30)
+    _image(folder / "img" / "b.png", 30, 30)
+    pd.DataFrame({"Image": ["a.png", "b.png"], "Description": [CHEST_REPORT, "No pulmonary infection."]}).to_csv(
+        folder / "Test_text.csv", index=False
+    )
+    result = invoke("-c", ckpts["none"], "--folder", folder, "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "check 1 result" in " ".join(result.output.split())
+    summary = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False)
+    assert summary["consistency"].tolist() == ["report-finding-not-found", ""]
+    assert "found no lesion" in summary["consistency_warnings"][0]

@@ -282,7 +282,9 @@ def test_openapi_describes_every_field(client: TestClient) -> None:
     assert {"408", "413", "415", "422"} <= set(segment["responses"])
     # the schema tells the truth about authentication: no key declared when the server asks for none
     assert "401" not in segment["responses"] and "security" not in segment
-    assert form["properties"]["text"]["minLength"] == 1 and form["properties"]["text"]["not"] == {"pattern": r"^\s*$"}
+    assert form["properties"]["text"]["minLength"] == 1 and form["properties"]["text"]["not"] == {
+        "pattern": r"^[\W_]*$"
+    }
     assert form["additionalProperties"] is False
     with TestClient(create_app(FakeSegmenter(), api_key="k" * 24)) as keyed:
         secured = keyed.get("/openapi.json").json()["paths"]["/api/segment"]["post"]

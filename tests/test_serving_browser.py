@@ -230,3 +230,31 @@ def test_api_docs_render_offline(browser: object, base_url: str) -> None:
         assert console_errors == []
     finally:
         context.close()
+
+
+def test_the_page_shows_the_wording_the_model_reads_and_flags_a_contradicting_result(
+    browser: object, base_url: str, tmp_path: Path
+) -> None:
+    blank = tmp_path / "blank.png"
+    blank.write_bytes(png_bytes(np.zeros((40, 60), dtype=np.uint8)))
+    page = browser.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(base_url + "/")
+        page.locator("#wording-box summary").click()
+        examples = page.locator("#example-reports button")
+        expect(examples.first).to_be_visible()
+        chosen = examples.first.text_content()
+        examples.first.click()  # an example fills the report box
+        expect(page.get_by_label("Report text")).to_have_value(chosen)
+        page.get_by_label("Image (PNG, JPEG, TIFF, BMP or DICOM").set_input_files(str(blank))
+        page.get_by_role("button", name="Segment").click()
+        box = page.locator("#consistency-box")
+        expect(box).to_be_visible(timeout=15000)
+        expect(box).to_contain_text("but the model found no lesion")
+        expect(page.locator("#measurements")).to_contain_text("Mean lesion probability (not a diagnostic confidence)")
+        # a result that agrees with its report carries no such warning
+        page.get_by_label("Report text").fill("No pulmonary infection.")
+        page.get_by_role("button", name="Segment").click()
+        expect(box).to_be_hidden(timeout=15000)
+    finally:
+        page.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -173,6 +174,16 @@ def test_cjk_report_text_is_set_in_an_embedded_font_of_its_language(text: str, l
     cjk = [font for font in fonts if font.endswith(face)]
     assert cjk and all(fonts[font] for font in cjk), fonts  # a subset of the font travels in the file
     assert not any("STSong" in font or "HeiseiMin" in font or "HYSMyeongJo" in font for font in fonts)
+    if shutil.which("pdffonts"):  # poppler's view of the same file: the CJK font is embedded ("emb yes")
+        import subprocess
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".pdf") as handle:
+            handle.write(_report(text))
+            handle.flush()
+            listing = subprocess.run(["pdffonts", handle.name], capture_output=True, text=True, check=True).stdout
+        row = next(line for line in listing.splitlines() if face in line)
+        assert " yes " in row, listing
 
 
 def test_empty_identifying_fields_read_alike_and_the_sign_off_stays_with_the_content() -> None:

@@ -243,7 +243,12 @@ def test_the_pdf_renders_cjk_reports_and_carries_patient_referrer_and_sign_off()
     text = _pdf_text(response.content)
     for fragment in ("双肺感染", "左肺に浸潤影", "양측", "P-0042", "Dr. 李", "Reviewed by", "Signature and date"):
         assert fragment in text, fragment
-    assert b"STSong-Light" in response.content and b"HeiseiMin-W3" in response.content
+    from lvseg.serving.report_pdf import cjk_font
+
+    if cjk_font("zh")[1]:  # a TrueType CJK font is installed: embedded, not named for the viewer to find
+        assert b"STSong-Light" not in response.content and b"FontFile2" in response.content
+    else:
+        assert b"STSong-Light" in response.content and b"HeiseiMin-W3" in response.content
 
 
 def test_heatmap_and_side_markers_from_dicom_orientation() -> None:
@@ -311,3 +316,24 @@ def test_an_image_only_model_keeps_no_report_and_the_answer_names_its_model() ->
             "/api/segment", files={"image": ("scan.png", png_bytes(), "image/png")}, data={"text": "ignored words"}
         ).json()
     assert result["report_text"] == "" and result["validation_dice"] == 0.5 and result["model"] == "fake-brightness"
+
+
+def test_the_pdf_takes_the_dicom_s_own_patient_and_study_ids_when_the_form_leaves_them_blank() -> None:
+    import pydicom
+
+    from serving_support import dicom_bytes
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(np.full((32, 32), 500, dtype=np.uint16))))
+    dataset.PatientID, dataset.StudyID = "PAT-7731", "ST-42"
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    with TestClient(create_app(FakeSegmenter(), allowed_hosts=TESTCLIENT_HOSTS)) as client:
+        result = client.post(
+            "/api/segment", files={"image": ("a.dcm", buffer.getvalue(), "application/dicom")}, data={"text": REPORT}
+        ).json()
+        blank = client.post(f"/api/results/{result['result_id']}/report", files={"notes": (None, "")})
+        given = client.post(f"/api/results/{result['result_id']}/report", files={"patient_id": (None, "FORM-1")})
+    assert blank.status_code == given.status_code == 200
+    assert "PAT-7731" in _pdf_text(blank.content) and "ST-42" in _pdf_text(blank.content)
+    assert 'filename="lvseg-report-ST-42.pdf"' in blank.headers["content-disposition"]
+    assert "FORM-1" in _pdf_text(given.content) and "PAT-7731" not in _pdf_text(given.content)

@@ -1,15 +1,37 @@
-"""Upload decoding: format sniffing, size checks before decoding, DICOM windowing."""
+"""Upload decoding: format sniffing, size checks before decoding, DICOM windowing; and the upload endpoints' answers
+to malformed requests and corrupt files (no 5xx, JSON for every refusal)."""
 
 from __future__ import annotations
 
+import json
+import re
+import socket
+from typing import Any
+
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from lvseg.data.dicom import window_dicom
 from lvseg.data.images import read_image, to_display_rgb8
+from lvseg.serving.app import create_app
 from lvseg.serving.errors import ApiError
+from lvseg.serving.fake import FakeSegmenter
 from lvseg.serving.uploads import ImageLimits, decode_image, sniff_format
-from serving_support import dicom_bytes, encode, lesion_image, png_bytes, png_with_header_only
+from serving_support import (
+    REPORT,
+    TESTCLIENT_HOSTS,
+    dicom_bytes,
+    encode,
+    float_tiff,
+    jpeg_cut_in_half,
+    jpeg_with_size_header,
+    lesion_image,
+    png_bytes,
+    png_with_header_only,
+    running_server,
+    textured_image,
+)
 
 
 def _status(data: bytes, limits: ImageLimits | None = None) -> int:
@@ -141,3 +163,151 @@ def test_window_function_matches_the_dicom_standard() -> None:
     values = np.array([-1000.0, 39.5, 40.0, 1000.0])
     out = window_dicom(values, center=40.0, width=400.0)
     assert out[0] == 0.0 and out[-1] == 1.0 and 0.49 < out[1] < 0.51
+
+
+# --- hardening (issue 22): no 5xx, JSON for every refusal, no confident answer on corrupt input -------------
+
+LONG_BOUNDARY = "b" * 300  # python-multipart accepts at most 256 characters
+
+
+def _multipart(boundary: str, fields: dict[str, str]) -> bytes:
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    ]
+    return ("".join(parts) + f"--{boundary}--\r\n").encode()
+
+
+def _client(requires_text: bool = True) -> TestClient:
+    return TestClient(
+        create_app(FakeSegmenter(requires_text=requires_text), allowed_hosts=TESTCLIENT_HOSTS),
+        raise_server_exceptions=False,
+    )
+
+
+def _segment_upload(client: TestClient, image: bytes, text: str = REPORT) -> Any:
+    return client.post("/api/segment", files={"image": ("scan", image, "image/jpeg")}, data={"text": text})
+
+
+@pytest.mark.parametrize("path", ["/api/segment", "/api/report", "/api/results/{result_id}/report"])
+def test_a_boundary_longer_than_the_parser_takes_is_a_json_400(path: str) -> None:
+    with _client() as client:
+        result_id = _segment_upload(client, png_bytes()).json()["result_id"]
+        response = client.post(
+            path.format(result_id=result_id),
+            content=_multipart(LONG_BOUNDARY, {"text": REPORT}),
+            headers={"content-type": f"multipart/form-data; boundary={LONG_BOUNDARY}"},
+        )
+    assert response.status_code == 400, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert "boundary (300 characters)" in body["error"] and "256" in body["error"]
+    assert body["detail"] == {"field": "content-type", "boundary_length": 300}
+
+
+def _http(sock: socket.socket, request: bytes) -> tuple[int, bytes]:
+    """Send one request on a keep-alive connection; (status, body) of its answer."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        body += chunk
+    return int(head.split()[1]), body
+
+
+def test_after_a_long_boundary_the_keep_alive_connection_still_serves() -> None:
+    body = _multipart(LONG_BOUNDARY, {"text": REPORT})
+    request = (
+        f"POST /api/segment HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={LONG_BOUNDARY}"
+        f"\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    with running_server(create_app(FakeSegmenter())) as url:
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            status, answer = _http(sock, request)
+            assert status == 400 and json.loads(answer)["detail"]["boundary_length"] == 300
+            status, answer = _http(sock, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert status == 200 and json.loads(answer)["status"] == "ok"
+
+
+def test_a_host_the_server_does_not_answer_to_is_a_json_400() -> None:
+    with _client() as client:
+        for path in ("/healthz", "/api/model", "/"):
+            response = client.get(path, headers={"host": "rebind.example"})
+            assert response.status_code == 400 and response.headers["content-type"] == "application/json"
+            assert response.json() == {
+                "error": "the Host header 'rebind.example' names no host this server answers to; use one of its own "
+                "names (lvseg serve --allowed-host NAME adds one)",
+                "detail": {"host": "rebind.example"},
+            }
+            assert response.headers["x-content-type-options"] == "nosniff"
+        assert client.get("/healthz").status_code == 200  # the allowed name still works
+
+
+@pytest.mark.parametrize(
+    "case", ["cut-in-half", "size-header-8000x6000", "size-header-2000x2000", "size-header-4096x4096"]
+)
+def test_a_corrupt_jpeg_is_refused_not_segmented(case: str) -> None:
+    if case == "cut-in-half":
+        data, words = jpeg_cut_in_half(), "uniform grey (128)"
+    elif case == "size-header-8000x6000":  # about 2 KB claiming 48 megapixels
+        data, words = jpeg_with_size_header(8000, 6000), "says 8000x6000 pixels"
+    elif case == "size-header-2000x2000":  # enough bytes for the size, but its data ends after 256 rows
+        data, words = jpeg_with_size_header(2000, 2000, textured_image()), "uniform grey (128)"
+    else:  # the same, decoded reduced (JPEG draft) as the app decodes images over 2048 px
+        data, words = jpeg_with_size_header(4096, 4096, textured_image(512, 512)), "uniform grey (128)"
+    assert _status(data) == 422
+    with _client() as client:
+        response = _segment_upload(client, data)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"].startswith("the JPEG file is corrupt or truncated: ")
+    assert words in response.json()["error"] and response.json()["detail"] == {"field": "image"}
+
+
+def test_a_complete_jpeg_is_still_segmented() -> None:
+    with _client() as client:
+        assert _segment_upload(client, encode(textured_image(), "JPEG", quality=90)).status_code == 200
+
+
+def test_a_float_tiff_without_a_finite_value_is_422() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode_image(float_tiff(np.full((8, 8), np.inf)))
+    assert caught.value.status_code == 422
+    assert caught.value.error == (
+        "the TIFF file is corrupt or truncated: none of its 64 pixel values is a finite number "
+        "(all are NaN or infinite)"
+    )
+
+
+@pytest.mark.parametrize(
+    "header", [{"center": float("nan"), "width": float("nan")}, {"slope": float("inf"), "intercept": 0.0}]
+)
+def test_a_dicom_with_non_finite_window_or_rescale_decodes_its_full_range(header: dict[str, float]) -> None:
+    stored = np.arange(64, dtype=np.uint16).reshape(8, 8) * 10
+    decoded = decode_image(dicom_bytes(stored, **header))
+    assert np.array_equal(decoded.array, decode_image(dicom_bytes(stored)).array)  # as without those elements
+    assert decoded.pixels.min() == 0 and decoded.pixels.max() == 255  # not an all-black image
+
+
+@pytest.mark.parametrize("text", ["\x00", "\x00\x00\x00", "...", "\u200b", "\ufeff", "\ufeff \u200b.", "\u00a0", " "])
+@pytest.mark.parametrize("path", ["/api/segment", "/api/report"])
+def test_a_report_without_letters_or_digits_is_refused_like_an_empty_one(text: str, path: str) -> None:
+    with _client() as client:
+        response = client.post(path, files={"image": ("a.png", png_bytes(), "image/png")}, data={"text": text})
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "error": "the report text is empty or it holds no letters or digits; this model needs the clinician's report",
+        "detail": {"field": "text"},
+    }
+
+
+def test_an_image_only_model_ignores_a_report_without_letters() -> None:
+    with _client(requires_text=False) as client:
+        assert _segment_upload(client, png_bytes(), text="...\u200b").status_code == 200

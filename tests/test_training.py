@@ -462,3 +462,29 @@ def test_ddp_on_two_cpu_processes_over_gloo(data: Path, tmp_path: Path) -> None:
     assert checkpoint["global_step"] == math.ceil(n_train / 2) // 2 < n_train // 2
     assert (out / "best.ckpt").is_file()
     assert load_model(out / "best.ckpt").model_name == "lvit"
+
+
+def test_the_multistep_schedule_divides_by_ten_after_each_milestone(tmp_path: Path) -> None:
+    from lvseg.recipes import recipe_problems
+    from lvseg.training.optim import LR_SCHEDULES
+    from lvseg.training.options import check_train_config, with_model_recipe
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = LR_SCHEDULES["multistep"].build(optimizer, {"lr_milestones": [4, 2]})["scheduler"]
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+    with pytest.raises(LvsegError, match="multistep needs at least one --lr-milestone"):
+        LR_SCHEDULES["multistep"].build(optimizer, {"lr_milestones": []})
+    base = {"data": tmp_path, "out": tmp_path / "run", "model": "unet"}
+    with pytest.raises(LvsegError, match="multistep needs at least one --lr-milestone"):
+        with_model_recipe(TrainConfig(**base, lr_schedule="multistep"))
+    assert with_model_recipe(TrainConfig(**base, lr_schedule="multistep", lr_milestones=[3])).lr_milestones == [3]
+    official = with_model_recipe(TrainConfig(**base, recipe="cris-official"))  # the recipe's milestone
+    assert (official.lr_schedule, official.lr_milestones) == ("multistep", [35])
+    with pytest.raises(LvsegError, match="--lr-milestone 0 must be an epoch >= 1"):
+        check_train_config(TrainConfig(**base, lr_milestones=[0]))
+    assert recipe_problems({"lr_milestones": [0]}) == ["lr_milestones must be a list of epochs >= 1"]

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
+from lvseg.cli.output import console as make_console
+from lvseg.cli.output import count, lvseg_command
 from lvseg.errors import DataValidationError, LvsegError
 
 logger = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ logger = logging.getLogger(__name__)
 data_app = typer.Typer(
     rich_markup_mode=None,
     name="data",
-    help="Datasets: generate the synthetic default dataset, check an LViT-layout folder.",
+    help="Datasets: generate the synthetic sets, check a dataset folder (LViT or VLSM-study layout).",
     no_args_is_help=True,
 )
 
@@ -40,10 +41,12 @@ def synth(
     from lvseg.data.synth import generate_synthetic_dataset
 
     manifest = generate_synthetic_dataset(out, n=n, size=size, seed=seed, force=force)
-    console = Console()
-    counts = ", ".join(f"{folder} {count}" for folder, count in manifest["counts"].items())
+    console = make_console()
+    counts = ", ".join(f"{folder} {number}" for folder, number in manifest["counts"].items())
     stats = manifest["stats"]
-    console.print(f"wrote {n} synthetic images ({size}x{size}, seed {seed}) to {out}: {counts}", highlight=False)
+    console.print(
+        f"wrote {count(n, 'synthetic image')} ({size}x{size}, seed {seed}) to {out}: {counts}", highlight=False
+    )
     console.print(
         f"target share of opacity pixels {stats['target_pixel_fraction']:.2f}; "
         f"Dice of segmenting every opacity (image-only ceiling) {stats['all_opacities_dice']:.2f}",
@@ -51,9 +54,31 @@ def synth(
     )
 
 
+@data_app.command("synth-classes")
+def synth_classes(
+    out: Path = typer.Option(..., "--out", help="Folder to write the dataset into (new or empty)."),
+    n: int = typer.Option(300, "--n", min=3, help="Number of images (70/10/20 % train/val/test)."),
+    size: int = typer.Option(224, "--size", min=32, help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+    layout: str = typer.Option("lvit", "--layout", help="lvit (label maps + classes.csv) or vlsm (the study's)."),
+) -> None:
+    """Generate the synthetic multi-class set (disc, ring, bar: alike but for shape; the prompt must choose)."""
+    from lvseg.data.synth_classes import MODALITY, generate_multiclass_dataset
+
+    manifest = generate_multiclass_dataset(out, n=n, size=size, seed=seed, layout=layout)
+    console = make_console()
+    counts = ", ".join(f"{split} {number}" for split, number in manifest["counts"].items())
+    console.print(f"wrote {count(n, 'synthetic image')} ({layout} layout) to {out}: {counts}", highlight=False)
+    console.print(
+        f"next: {lvseg_command()} train --data {out} --modality '{MODALITY}' --out runs/classes", highlight=False
+    )
+
+
 @data_app.command("check")
 def check(
-    root: Path = typer.Argument(..., help="Dataset root holding Train_Folder, Val_Folder, Test_Folder."),
+    root: Path = typer.Argument(
+        ..., help="Dataset root: Train_Folder, Val_Folder, Test_Folder (LViT) or images/, masks/, anns/ (VLSM study)."
+    ),
     split: Optional[list[str]] = typer.Option(
         None, "--split", help="Split(s) to check (train/val/test); default: all present."
     ),
@@ -61,24 +86,48 @@ def check(
     model: Optional[str] = typer.Option(
         None, "--model", help="Also check that this model can read every report (e.g. c2fvl's report grammar)."
     ),
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Label maps: VALUE=NAME,... (default: classes.csv at the root when present)."
+    ),
+    negative_ratio: float = typer.Option(
+        1.0, "--negative-ratio", min=0.0, max=1.0, help="Label maps: share of absent (image, class) pairs kept."
+    ),
+    prompt_type: str = typer.Option("random", "--prompt-type", help="p0 ... p9 or random."),
+    modality: str = typer.Option("image", "--modality", help="Label maps: modality in written prompts."),
+    split_image_folders: Optional[bool] = typer.Option(
+        None, "--split-image-folders/--no-split-image-folders", help="VLSM layout: images/<split>/ (default: auto)."
+    ),
 ) -> None:
-    """Validate an LViT-layout dataset folder and report every problem at once."""
-    from lvseg.data.layout import list_splits, load_split, unreadable_reports
+    """Validate a dataset folder (either layout; label maps with their class table) and report every problem
+    at once."""
+    from lvseg.data.formats import DataOptions, class_names, detect_layout, load_dataset_split
+    from lvseg.data.layout import unreadable_reports
 
-    splits = list(split) if split else list_splits(root)
+    layout = detect_layout(root)
+    splits = list(split) if split else layout.list_splits(root)
     if not splits:
-        raise LvsegError(f"no Train_Folder, Val_Folder or Test_Folder found under '{root}'")
-    console = Console()
+        raise LvsegError(f"no split found under '{root}' ({layout.name} layout: {layout.description})")
+    options = DataOptions(classes, negative_ratio, prompt_type, modality, split_image_folders)
+    console = make_console()
+    console.print(f"{root}: {layout.name} layout", highlight=False)
     problems: list[str] = []
     reader = _report_reader(model) if model else None
     for name in splits:
         try:
-            samples = load_split(root, name, require_masks=not allow_unlabeled)
+            samples = load_dataset_split(root, name, options, require_masks=not allow_unlabeled)
         except DataValidationError as error:
             problems.extend(f"{name}: {problem}" for problem in error.problems)
             continue
         labeled = sum(1 for sample in samples if sample.mask_path is not None)
-        console.print(f"{name}: {len(samples)} images, {labeled} with masks", highlight=False)
+        names = class_names(samples)
+        if names:
+            images = len({sample.image_path for sample in samples})
+            per_class = ", ".join(f"{cls} {sum(1 for sample in samples if sample.class_name == cls)}" for cls in names)
+            console.print(
+                f"{name}: {count(len(samples), 'sample')} of {count(images, 'image')} ({per_class})", highlight=False
+            )
+        else:
+            console.print(f"{name}: {count(len(samples), 'image')}, {labeled} with masks", highlight=False)
         if reader is not None:
             problems.extend(unreadable_reports(reader, {name: samples}))
     if problems:
@@ -111,10 +160,10 @@ def prompts(
     from lvseg.data.prompts import write_prompts
 
     counts = write_prompts(data, class_name, modality, style=style, seed=seed, overwrite=overwrite)
-    console = Console()
-    for split, count in counts.items():
-        console.print(f"{split}: {count} reports written", highlight=False)
-    console.print(f"next: lvseg data check {data}", highlight=False)
+    console = make_console()
+    for split, number in counts.items():
+        console.print(f"{split}: {count(number, 'report')} written", highlight=False)
+    console.print(f"next: {lvseg_command()} data check {data}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from lvseg.cli.output import console as make_console
+from lvseg.cli.output import lvseg_command
 
 
 def demo_command(
@@ -17,7 +19,7 @@ def demo_command(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Generate the synthetic set, train LViT and U-Net, and report whether the text helps."""
-    from lvseg.demo import DemoConfig, run_demo
+    from lvseg.demo import DemoConfig, expectations, run_demo
     from lvseg.models.base import check_img_size
 
     check_img_size("--img-size", img_size)
@@ -30,18 +32,23 @@ def demo_command(
         seed=seed,
     )
     summary = run_demo(config)
-    console = Console()
+    console = make_console()
     metrics, checks = summary["metrics"], summary["checks"]
     console.print(
         f"U-Net Dice {metrics['unet']['dice']:.4f} | LViT Dice {metrics['lvit']['dice']:.4f} "
-        f"(shuffled reports {metrics['lvit_shuffled']['dice']:.4f})"
+        f"(shuffled reports {metrics['lvit_shuffled']['dice']:.4f})",
+        highlight=False,
     )
-    console.print(f"LViT - U-Net {checks['gain_over_unet']:+.4f}; text reliance {checks['text_reliance']:+.4f}")
-    console.print(f"report: {out / 'report.md'} (metrics.json, overlay_grid.png beside it)")
+    for sentence, met in expectations(checks):
+        console.print(
+            f"{sentence}: {'met' if met else 'NOT met'}", style=None if met else "bold yellow", highlight=False
+        )
+    console.print(f"report: {out / 'report.md'} (metrics.json, overlay_grid.png beside it)", highlight=False)
     console.print(
-        f"next: lvseg serve --checkpoint {summary['checkpoints']['lvit']}   "
+        f"next: {lvseg_command()} serve --checkpoint {summary['checkpoints']['lvit']}   "
         "then open http://127.0.0.1:8000 and upload an image from "
-        f"{out / 'data' / 'Test_Folder' / 'img'} with its report"
+        f"{out / 'data' / 'Test_Folder' / 'img'} with its report",
+        highlight=False,
     )
 
 

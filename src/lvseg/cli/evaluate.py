@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lvseg.cli.output import console as make_console
+from lvseg.cli.output import count
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
 
@@ -37,14 +38,16 @@ def modes_for(option: str, requires_text: bool) -> list[str]:
     return [option]
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
 def results_table(reports: dict[str, EvaluationReport]) -> Table:
     """A rich table with one row per text mode."""
     first = next(iter(reports.values()))
-    table = Table(title=f"{first.model_name} on {first.split} ({first.n_images} images, threshold {first.threshold:g})")
+    table = Table(
+        title=f"{first.model_name} on {first.split} ({count(first.n_images, 'image')}, threshold {first.threshold:g})"
+    )
     for column in ("text", "Dice", "IoU", "Dice (orig.)", "IoU (orig.)", "HD95 px", "HD95 undefined"):
         table.add_column(column, justify="left" if column == "text" else "right")
     for mode, report in reports.items():
@@ -61,9 +64,31 @@ def results_table(reports: dict[str, EvaluationReport]) -> Table:
     return table
 
 
+def class_table(reports: dict[str, EvaluationReport]) -> Table:
+    """A rich table with one row per class (and the mean over classes): Dice per text mode, IoU and HD95 given."""
+    from lvseg.evaluation.classes import class_mean
+
+    modes = list(reports)
+    table = Table(title="per class")
+    for column in ("class", "n", *(f"Dice ({mode})" for mode in modes), "IoU", "HD95 px"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    main = reports.get("given", reports[modes[0]])
+    rows = [(name, str(int(values["n"]))) for name, values in main.per_class.items()]
+    for name, n in rows:
+        dice = [_fmt(reports[mode].per_class.get(name, {}).get("dice")) for mode in modes]
+        values = main.per_class[name]
+        table.add_row(name, n, *dice, _fmt(values["iou"]), _fmt(values["hd95"]))
+    mean = {mode: class_mean(reports[mode].per_class) for mode in modes}
+    means = mean[modes[0] if "given" not in mean else "given"]
+    table.add_row("mean", "", *(_fmt(mean[mode]["dice"]) for mode in modes), _fmt(means["iou"]), _fmt(means["hd95"]))
+    return table
+
+
 def evaluate_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
-    data: Path = typer.Option(..., "--data", "-d", help="Dataset root in the LViT layout (Test_Folder/ ...)."),
+    data: Path = typer.Option(
+        ..., "--data", "-d", help="Dataset root: LViT layout (Test_Folder/ ...) or the VLSM study's (anns/ ...)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for metrics.json, per_image.csv and overlays."),
     split: str = typer.Option("test", "--split", help="train, val or test."),
     text_mode: TextModeOption = typer.Option(
@@ -77,14 +102,33 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-text permutation."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
+    classes: Optional[str] = typer.Option(
+        None, "--classes", help="Label maps: VALUE=NAME,... (default: classes.csv at the data root when present)."
+    ),
+    negative_ratio: float = typer.Option(
+        1.0, "--negative-ratio", min=0.0, max=1.0, help="Label maps: share of absent (image, class) pairs scored."
+    ),
+    prompt_type: str = typer.Option("random", "--prompt-type", help="Multi-class prompts: p0 ... p9 or random."),
+    modality: str = typer.Option("image", "--modality", help="Label maps: the modality in written prompts."),
+    split_image_folders: Optional[bool] = typer.Option(
+        None, "--split-image-folders/--no-split-image-folders", help="VLSM layout: images/<split>/ (default: auto)."
+    ),
+    class_swap: Optional[bool] = typer.Option(
+        None,
+        "--class-swap/--no-class-swap",
+        help="Multi-class data: also run each image with another present class's prompt (default: on for a text "
+        "model on multi-class data).",
+    ),
 ) -> None:
-    """Evaluate a checkpoint on a dataset split (Dice, IoU, HD95, text reliance)."""
+    """Evaluate a checkpoint on a dataset split (Dice, IoU, HD95, text reliance; per class on multi-class data,
+    where an empty prediction on an empty mask scores Dice 1)."""
+    from lvseg.data.formats import DataOptions
     from lvseg.evaluation.evaluate import evaluate_modes, evaluate_text_reliance
     from lvseg.inference import load_model
 
     if threshold is not None:
         check_threshold(threshold, "--threshold")
-    console = Console()
+    console = make_console()
     segmenter = load_model(checkpoint, device=device, backend=backend)
     modes = modes_for(text_mode.value, segmenter.requires_text)
     options: dict[str, Any] = dict(
@@ -96,15 +140,39 @@ def evaluate_command(
         n_overlays=n_overlays,
         model=segmenter,
         threshold=threshold,
+        data_options=DataOptions(classes, negative_ratio, prompt_type, modality, split_image_folders, seed),
     )
     if "given" in modes and "shuffled" in modes:
         combined = evaluate_text_reliance(checkpoint, data, **options)
         reports = combined.reports
         console.print(results_table(reports))
-        console.print(f"text reliance = Dice(given) - Dice(shuffled) = [bold]{_fmt(combined.text_reliance)}[/]")
+        if combined.text_reliance is None:
+            console.print(
+                f"text reliance: not applicable (model '{segmenter.model_name}' reads no text: every text mode "
+                "gives the same masks)",
+                highlight=False,
+            )
+        else:
+            console.print(f"text reliance = Dice(given) - Dice(shuffled) = [bold]{_fmt(combined.text_reliance)}[/]")
     else:
         reports = evaluate_modes(checkpoint, data, **options)
         console.print(results_table(reports))
+    first = next(iter(reports.values()))
+    if first.per_class:
+        console.print(class_table(reports))
+        console.print("an empty prediction on an empty mask (a class correctly absent) scores Dice 1", highlight=False)
+        if class_swap is None:
+            class_swap = segmenter.requires_text
+    if class_swap:
+        from lvseg.evaluation.class_swap import evaluate_class_swap
+
+        swap_options = {key: options[key] for key in ("split", "out", "batch_size", "seed", "model", "threshold")}
+        swap = evaluate_class_swap(checkpoint, data, data_options=options["data_options"], **swap_options)
+        console.print(
+            f"class swap ({count(swap.n_pairs, 'pair')}): Dice with the swapped class {_fmt(swap.follows)}, with the "
+            f"original class {_fmt(swap.stays)}; reliance = [bold]{_fmt(swap.class_swap_reliance)}[/] "
+            f"({out / 'class_swap.json'})"
+        )
     console.print(f"metrics: {out / 'metrics.json'}", highlight=False)
     for mode, report in reports.items():
         where = report.files["per_image"].parent

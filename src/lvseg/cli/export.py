@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
+
+from lvseg.cli.output import console
 
 
 def export_command(
@@ -18,7 +19,7 @@ def export_command(
     from lvseg.inference.export import export_model
 
     manifest = export_model(checkpoint, out, fmt)
-    Console().print(f"exported to {out} (manifest {manifest.name})", highlight=False)
+    console().print(f"exported to {out} (manifest {manifest.name})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,9 @@
-"""The ``lvseg`` command line: a few clear verbs, each defined in its own module."""
+"""The ``lvseg`` command line: a few clear verbs, each defined in its own module.
+
+Start-up stays light (``lvseg --help`` in about the time of importing torch): each verb imports what it runs
+with (MONAI, Lightning, transformers) inside its function, and a verb whose options themselves need heavy
+modules (:data:`DEFERRED_COMMANDS`) is loaded only when it is invoked, or its own ``--help`` is asked for.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,74 @@ import importlib
 import logging
 import sys
 import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
+from lvseg import __version__
 from lvseg.errors import DataValidationError, LvsegError
 
+#: Modules whose ``register(app)`` adds their commands at start-up, in the order of ``lvseg --help``.
+COMMAND_MODULES = ("data", "report", "models", "train", "evaluate", "predict", "export", "serve", "demo")
+#: Verbs built from heavy modules (``train``'s options are the fields of TrainConfig, whose choices come from
+#: the optimiser and augmentation registries, which load MONAI): {verb, as named in :data:`COMMAND_MODULES`:
+#: (module with ``register(app)``, one-line summary for ``lvseg --help``)}. The summary is the first line of
+#: the command's docstring (tests/test_cli_startup.py checks that they agree).
+DEFERRED_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("lvseg.cli.train", "Train a segmentation model on a dataset in the LViT folder layout."),
+}
+
+
+class LvsegGroup(TyperGroup):
+    """The root command group: a deferred verb is a placeholder until it is resolved, and ``--help`` lists it
+    by its summary without importing it."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.loaded: set[str] = set()  # deferred verbs whose real command replaced the placeholder
+
+    # Contexts, formatters and commands are typer's own click classes (typer vendors click): typed Any here.
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in DEFERRED_COMMANDS and cmd_name in self.commands and cmd_name not in self.loaded:
+            self.commands[cmd_name] = _load_deferred(cmd_name)
+            self.loaded.add(cmd_name)
+        return self.commands.get(cmd_name)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        commands = [(name, command) for name, command in self.commands.items() if not command.hidden]
+        if commands:
+            limit = formatter.width - 6 - max(len(name) for name, _ in commands)
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in commands])
+
+
+def _load_deferred(name: str) -> Any:
+    """The real click command of the deferred verb ``name`` (its module imported now)."""
+    module, _ = DEFERRED_COMMANDS[name]
+    holder = typer.Typer(rich_markup_mode=None, add_completion=False, pretty_exceptions_enable=False)
+    importlib.import_module(module).register(holder)
+    return typer.main.get_group(holder).commands[name]
+
+
+def _placeholder(name: str) -> Any:
+    def deferred() -> None:  # replaced by the real command before it can run (LvsegGroup.get_command)
+        raise RuntimeError(f"the deferred command {name!r} was not loaded")
+
+    deferred.__doc__ = DEFERRED_COMMANDS[name][1]
+    return deferred
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"lvseg {__version__}")
+        raise typer.Exit()
+
+
 app = typer.Typer(
+    cls=LvsegGroup,
     rich_markup_mode=None,  # plain help: flags read as flags (the rich layout prints `--resume <bool>`)
     name="lvseg",
     help="Language-guided medical image segmentation: train, evaluate, predict and serve.",
@@ -22,10 +87,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# Each module defines ``register(app)`` that adds its commands.
-COMMAND_MODULES = ("data", "report", "models", "train", "evaluate", "predict", "export", "serve", "demo")
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_print_version, help="Print lvseg's version and exit."
+    ),
+) -> None:
+    pass
+
+
 for _module in COMMAND_MODULES:
-    importlib.import_module(f"lvseg.cli.{_module}").register(app)
+    if _module in DEFERRED_COMMANDS:
+        app.command(_module)(_placeholder(_module))
+    else:
+        importlib.import_module(f"lvseg.cli.{_module}").register(app)
 
 
 def error_message(error: LvsegError) -> str:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lvseg.cli.output import console as make_console
+from lvseg.cli.output import count
 from lvseg.errors import LvsegError
 
 
@@ -37,7 +38,7 @@ def _print_one(report: dict[str, Any]) -> None:
     table.add_row("text input", "x".join(map(str, report["text_shape"])) if report["text_shape"] else "none")
     for key, value in report["options"].items():
         table.add_row(f"option {key}", str(value))
-    Console().print(table)
+    make_console().print(table)
 
 
 def _print_all(reports: list[dict[str, Any]]) -> None:
@@ -54,7 +55,7 @@ def _print_all(reports: list[dict[str, Any]]) -> None:
             f"{report['gflops']:.2f}{own_tower}",
             "yes" if report["requires_text"] else "no",
         )
-    Console().print(table)
+    make_console().print(table)
 
 
 def register(app: typer.Typer) -> None:
@@ -126,8 +127,8 @@ def _import_command(importer: Any) -> Callable[..., None]:
 
     def command(official: Path, out: Path, **options: Any) -> None:
         result = importer.convert(official, out, **options)
-        console = Console()
-        console.print(f"wrote [bold]{result.output}[/] ({result.n_parameters:,} parameters)")
+        console = make_console()
+        console.print(f"wrote [bold]{result.output}[/] ({count(result.n_parameters, 'parameter')})")
         console.print(
             "config: "
             + json.dumps(

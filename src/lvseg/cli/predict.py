@@ -5,7 +5,7 @@ Single image::
     lvseg predict --checkpoint model.ckpt --image x.png --text "Bilateral ..." --out mask.png [--overlay o.png]
 
 Folder (the LViT layout without masks: ``img/`` plus a ``*_text.xlsx`` or ``*_text.csv`` with columns
-``Image`` = output mask name, ``Description`` = report)::
+``Image`` = output mask name, ``Description`` = report; or a plain folder of images with the table beside them)::
 
     lvseg predict --checkpoint model.ckpt --folder Test_Folder --out predictions/
 
@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
+from lvseg.cli.output import console as make_console
+from lvseg.cli.output import count
+from lvseg.data.dicom import file_row_direction
+from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.errors import LvsegError
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
@@ -44,7 +47,11 @@ def predict_command(
     image: Path = typer.Option(None, "--image", "-i", help="One image to segment."),
     text: str = typer.Option("", "--text", "-t", help="The image's report (required by text models)."),
     overlay: Path = typer.Option(None, "--overlay", help="Also write the mask over the image here (PNG)."),
-    folder: Path = typer.Option(None, "--folder", help="A folder with img/ and a *_text.xlsx or *_text.csv."),
+    folder: Path = typer.Option(
+        None,
+        "--folder",
+        help="A folder of images (or with img/ holding them) and a *_text.xlsx or *_text.csv (text models).",
+    ),
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass (--folder)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
@@ -54,10 +61,10 @@ def predict_command(
     from lvseg.inference import load_model
 
     if (image is None) == (folder is None):
-        raise LvsegError("give either --image (one image, with --text) or --folder (img/ and a text table)")
+        raise LvsegError("give either --image (one image, with --text) or --folder (images and a text table)")
     if threshold is not None:
         check_threshold(threshold, "--threshold")
-    console = Console()
+    console = make_console()
     if image is not None:
         _check_png(out, "--out")
         if overlay is not None:
@@ -67,26 +74,28 @@ def predict_command(
         if not image.is_file():
             raise LvsegError(f"image '{image}' not found")
         segmenter = load_model(checkpoint, device=device, backend=backend, expected_images=1)
-        if segmenter.requires_text and not text.strip():
+        if segmenter.requires_text and is_blank_report(text):
             raise LvsegError(
                 f"model '{segmenter.model_name}' in '{checkpoint}' reads the report: "
-                "give the image's report with --text"
+                f"give the image's report with --text{f' (this one {BLANK_REPORT})' if text else ''}"
             )
         if text.strip() and not segmenter.requires_text:
             log.info("model '%s' is image-only: the text is ignored", segmenter.model_name)
         array = read_hwc(image)
-        prediction = segmenter.predict(array, text, threshold=threshold)
+        prediction = segmenter.predict(array, text, threshold=threshold, row_direction=file_row_direction(image))
         write_mask(out, prediction.mask)
         for warning in prediction.warnings:  # how the model read the report, before the result it produced
             console.print(f"warning: {warning}", style="yellow", highlight=False)
         finding = (
-            f"{int(prediction.mask.sum())} lesion pixels"
+            count(int(prediction.mask.sum()), "lesion pixel")
             if prediction.lesion_found
             else f"no lesion found, highest probability {prediction.max_probability:.3f}"
         )
         console.print(
             f"mask ({prediction.mask.shape[1]}x{prediction.mask.shape[0]}, {finding}): {out}", highlight=False
         )
+        for check in prediction.consistency:  # the result against its report and the training images
+            console.print(f"check this result: {check.message}", style="yellow", highlight=False)
         if overlay is not None:
             write_overlay(overlay, array, prediction.mask)
             console.print(f"overlay: {overlay}", highlight=False)
@@ -98,9 +107,16 @@ def predict_command(
     segmenter = load_model(checkpoint, device=device, backend=backend)
     rows = predict_folder(segmenter, folder, out, threshold=threshold, batch_size=batch_size)
     console.print(
-        f"{len(rows)} masks in {out / 'masks'}, overlays in {out / 'overlays'}, summary {out / 'predictions.csv'}",
+        f"{count(len(rows), 'mask')} in {out / 'masks'}, overlays in {out / 'overlays'}, summary {out / 'predictions.csv'}",
         highlight=False,
     )
+    flagged = sum(bool(row["consistency"]) for row in rows)
+    if flagged:
+        console.print(
+            f"check {count(flagged, 'result')}: the predictions.csv column 'consistency_warnings' says why",
+            style="yellow",
+            highlight=False,
+        )
 
 
 def register(app: typer.Typer) -> None:

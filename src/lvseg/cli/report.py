@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 
+from lvseg.cli.output import console as make_console
 from lvseg.errors import LvsegError
 
 report_app = typer.Typer(help="Read reports with the report grammar.", no_args_is_help=True, rich_markup_mode=None)
@@ -40,7 +40,7 @@ def parse(
     if as_json:
         typer.echo(json.dumps(result))
         return
-    console = Console()
+    console = make_console()
     for field, value in zip(REPORT_VECTOR_FIELDS, vector):
         console.print(f"{field:>9}  {value:g}", highlight=False)
     console.print(f"canonical: {result['canonical_report']}", highlight=False)

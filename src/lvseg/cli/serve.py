@@ -122,6 +122,7 @@ def serve(
     try:
         import uvicorn
 
+        from lvseg.serving.connections import guarded_h11_protocol
         from lvseg.serving.security import ANY_HOST, allowed_hosts_for, is_loopback
     except ImportError as error:
         raise LvsegError(_MISSING_EXTRA) from error
@@ -141,7 +142,15 @@ def serve(
         threshold=threshold,
     )
     logger.info("serving on http://%s:%d (API docs at /docs)", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="info", server_header=False, timeout_keep_alive=5)
+    uvicorn.run(  # uvicorn's h11 protocol, closing connections whose request headers never complete
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        server_header=False,
+        timeout_keep_alive=5,
+        http=guarded_h11_protocol(),
+    )
 
 
 def register(app: typer.Typer) -> None:

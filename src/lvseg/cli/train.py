@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
+from lvseg.cli.output import console as make_console
+from lvseg.cli.output import count, lvseg_command
 from lvseg.errors import LvsegError
 from lvseg.text import parse_option_items, text_encoder_help
 from lvseg.training.options import TrainConfig, cli_flag, parse_lr_scales, parse_model_options
@@ -94,9 +95,9 @@ def train_command(**options: Any) -> None:
     result = train(config)
     if result.global_rank != 0:  # DDP: the other processes stay quiet
         return
-    console = Console()
+    console = make_console()
     dice = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
-    console.print(f"best validation Dice {dice} after {result.epochs} epochs")
+    console.print(f"best validation Dice {dice} after {count(result.epochs, 'epoch')}", highlight=False)
     if result.phases is not None:
         phases = result.phases
 
@@ -107,10 +108,11 @@ def train_command(**options: Any) -> None:
             f"supervised phase best {_dice(phases['supervised_best_val_dice'])}, semi-supervised phase best "
             f"{_dice(phases['semi_best_val_dice'])}: best.ckpt is from the {phases['best_checkpoint_phase']} phase"
         )
-    console.print(f"checkpoints: {result.best_checkpoint}, {result.last_checkpoint}")
+    console.print(f"checkpoints: {result.best_checkpoint}, {result.last_checkpoint}", highlight=False)
     console.print(
-        f"next: lvseg evaluate --checkpoint {result.best_checkpoint} --data {config.data} "
-        f"--out {Path(config.out) / 'eval'}"
+        f"next: {lvseg_command()} evaluate --checkpoint {result.best_checkpoint} --data {config.data} "
+        f"--out {Path(config.out) / 'eval'}",
+        highlight=False,
     )
 
 

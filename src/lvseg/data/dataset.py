@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from lvseg.data.classes import read_sample_mask
 from lvseg.data.images import read_image, read_mask, resize_image, resize_mask, to_channels
 from lvseg.data.layout import Sample
 from lvseg.data.transforms import IMAGE_KEY, MASK_KEY, build_train_transform
@@ -48,6 +50,9 @@ class SegmentationDataset(Dataset):
         seed: seed of the augmentation in the main process.
         transform: a custom joint transform on ``{"image", "mask"}`` used instead
             of the default augmentation when ``augment`` is True.
+        sample_prompts: give a sample with ``prompt_choices`` (the VLSM study's prompt lists, ``random``
+            prompt types) a text drawn at each access (a group, then a text of it; seeded like the
+            augmentation) instead of its fixed ``text``; for training sets.
     """
 
     def __init__(
@@ -59,6 +64,7 @@ class SegmentationDataset(Dataset):
         cache: bool = True,
         seed: int | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        sample_prompts: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -75,6 +81,9 @@ class SegmentationDataset(Dataset):
             self.transform = transform or build_train_transform(seed, mode=mode)
         self._cached: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(self.samples)
         self._reseeded_worker: int | None = None
+        self.sample_prompts = sample_prompts
+        self._prompt_rng = random.Random(seed)
+        self._prompt_worker: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -107,7 +116,8 @@ class SegmentationDataset(Dataset):
             image_u8 = image_u8[:1].copy()  # grayscale stored in RGB: keep one channel
         mask = None
         if sample.mask_path is not None:
-            mask = resize_mask(read_mask(sample.mask_path), self.img_size).numpy()
+            binary = read_mask(sample.mask_path) if sample.mask_value is None else read_sample_mask(sample)
+            mask = resize_mask(binary, self.img_size).numpy()
         return image_u8, mask
 
     def _resized(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -129,6 +139,16 @@ class SegmentationDataset(Dataset):
             set_random_state(seed=worker.seed % (2**32))
         self._reseeded_worker = worker.id
 
+    def _text(self, sample: Sample) -> str:
+        """The sample's fixed text, or one drawn from its prompt choices (``sample_prompts``)."""
+        if not (self.sample_prompts and sample.prompt_choices):
+            return sample.text
+        worker = get_worker_info()
+        if worker is not None and self._prompt_worker != worker.id:
+            self._prompt_rng = random.Random(worker.seed)
+            self._prompt_worker = worker.id
+        return self._prompt_rng.choice(self._prompt_rng.choice(sample.prompt_choices))
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         if index < 0:
             index += len(self.samples)
@@ -149,7 +169,7 @@ class SegmentationDataset(Dataset):
         return {
             "image": image.contiguous(),
             "mask": mask.contiguous(),
-            "text": sample.text,
+            "text": self._text(sample),
             "name": sample.name,
             "index": index,
             "labeled": sample.mask_path is not None,

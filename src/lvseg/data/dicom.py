@@ -9,12 +9,17 @@ Needs ``pydicom`` (part of the ``serve`` extra: ``pip install 'lvseg[serve]'``);
 from __future__ import annotations
 
 import io
+import logging
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lvseg.errors import LvsegError
+
+logger = logging.getLogger(__name__)
 
 DICOM_MAGIC_OFFSET = 128
 
@@ -33,7 +38,8 @@ class DicomHeader:
 
     pixel_spacing_mm: (row spacing, column spacing) in mm (``PixelSpacing``, else ``ImagerPixelSpacing``),
     or None. row_direction: the patient direction the rows run toward (first value of ``PatientOrientation``,
-    e.g. "L"), or None.
+    e.g. "L"), or None. patient_id / study_id: the file's ``PatientID`` and ``StudyID`` ("" when absent),
+    which a report uses when its form leaves them blank.
     """
 
     rows: int
@@ -41,6 +47,8 @@ class DicomHeader:
     frames: int
     pixel_spacing_mm: tuple[float, float] | None
     row_direction: str | None = None
+    patient_id: str = ""
+    study_id: str = ""
 
 
 def is_dicom(data: bytes) -> bool:
@@ -89,6 +97,31 @@ def _row_direction(dataset: Any) -> str | None:
     return first or None
 
 
+#: DICOM LO/SH elements hold at most 64 / 16 characters; anything longer is not a real identifier.
+_MAX_ID_CHARS = 64
+
+
+def _text_element(dataset: Any, keyword: str) -> str:
+    """A short text element as plain printable text ("" when absent or unreadable)."""
+    try:
+        value = str(dataset.get(keyword, "") or "")
+    except Exception:  # a malformed value must not stop the image from being read
+        return ""
+    return "".join(character for character in value if character.isprintable()).strip()[:_MAX_ID_CHARS]
+
+
+def file_row_direction(path: str | Path) -> str | None:
+    """The row direction (PatientOrientation's first value) of a DICOM file; None for another format, a
+    DICOM without it, or an unreadable one (the consistency checks then assume the radiological convention)."""
+    try:
+        with open(path, "rb") as handle:
+            if not is_dicom(handle.read(DICOM_MAGIC_OFFSET + 4)):
+                return None
+        return read_dicom_header(Path(path).read_bytes(), str(path))[1].row_direction
+    except (OSError, LvsegError):
+        return None
+
+
 def read_dicom_header(data: bytes, name: str = "<DICOM bytes>") -> tuple[Any, DicomHeader]:
     """(the parsed dataset, its header); pixel data stays encoded until :func:`dicom_pixels`."""
     pydicom = _pydicom()
@@ -107,6 +140,8 @@ def read_dicom_header(data: bytes, name: str = "<DICOM bytes>") -> tuple[Any, Di
             frames=max(int(dataset.get("NumberOfFrames", 1) or 1), 1),
             pixel_spacing_mm=_spacing(dataset),
             row_direction=_row_direction(dataset),
+            patient_id=_text_element(dataset, "PatientID"),
+            study_id=_text_element(dataset, "StudyID"),
         )
     except (TypeError, ValueError):
         raise DicomError(f"cannot read DICOM {name}: its size fields are not numbers") from None
@@ -128,9 +163,50 @@ def window_dicom(values: np.ndarray, center: float | None, width: float | None) 
     return np.where(values <= low, 0.0, np.where(values > high, 1.0, np.clip(scaled, 0.0, 1.0)))
 
 
+def _finite_value(dataset: Any, keyword: str, name: str) -> float | None:
+    """The first value of element ``keyword`` (:func:`first_value`); a non-finite one (NaN, infinity) is treated as
+    missing, with a warning."""
+    value = first_value(dataset.get(keyword, None))
+    if value is not None and not math.isfinite(value):
+        logger.warning("DICOM %s: %s is %s, not a finite number; it is treated as missing", name, keyword, value)
+        return None
+    return value
+
+
+def _modality_values(pixels: np.ndarray, dataset: Any, name: str) -> np.ndarray:
+    """Stored values through the modality rescale (``RescaleSlope``, ``RescaleIntercept``) as float64.
+
+    A slope or intercept that is not a finite number, a slope of 0 (every pixel one value) and a rescale whose
+    results are not all finite are treated as missing (the stored values are used), with a warning.
+    """
+    values = pixels.astype(np.float64)
+    slope = _finite_value(dataset, "RescaleSlope", name)
+    intercept = _finite_value(dataset, "RescaleIntercept", name)
+    if slope == 0.0:
+        logger.warning("DICOM %s: RescaleSlope is 0 (every pixel one value); it is treated as missing", name)
+        slope = None
+    if slope is None and intercept is None:
+        return values
+    rescaled = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
+    if not np.isfinite(rescaled).all():
+        logger.warning(
+            "DICOM %s: RescaleSlope %s and RescaleIntercept %s give values that are not finite numbers; the stored "
+            "values are used",
+            name,
+            slope,
+            intercept,
+        )
+        return values
+    return rescaled
+
+
 def dicom_pixels(dataset: Any, header: DicomHeader, name: str = "<DICOM bytes>") -> np.ndarray:
     """The first frame as (H, W) or (H, W, 3) float64 in [0, 1]: grayscale windowed (MONOCHROME1
-    inverted), colour scaled by its stored bit depth."""
+    inverted), colour scaled by its stored bit depth.
+
+    Header values are validated: a window centre or width, rescale slope or intercept that is not a finite
+    number is treated as missing (a warning is logged), and a window that maps an image of varying values to one
+    value is not used (the full range of the values is, with a warning)."""
     try:
         pixels = np.asarray(dataset.pixel_array)
     except (NotImplementedError, RuntimeError):
@@ -147,12 +223,19 @@ def dicom_pixels(dataset: Any, header: DicomHeader, name: str = "<DICOM bytes>")
     if samples > 1 or pixels.ndim == 3:
         bits = int(dataset.get("BitsStored", 8 * pixels.dtype.itemsize) or 8 * pixels.dtype.itemsize)
         return np.clip(pixels[:, :, :3].astype(np.float64) / float(2 ** max(bits, 1) - 1), 0.0, 1.0)
-    slope = first_value(dataset.get("RescaleSlope", None))
-    intercept = first_value(dataset.get("RescaleIntercept", None))
-    values = pixels.astype(np.float64) * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
-    unit = window_dicom(
-        values, first_value(dataset.get("WindowCenter", None)), first_value(dataset.get("WindowWidth", None))
-    )
+    values = _modality_values(pixels, dataset, name)
+    center = _finite_value(dataset, "WindowCenter", name)
+    width = _finite_value(dataset, "WindowWidth", name)
+    unit = window_dicom(values, center, width)
+    if center is not None and width is not None and values.size and np.ptp(unit) == 0 and np.ptp(values) > 0:
+        logger.warning(
+            "DICOM %s: the window (centre %s, width %s) maps every pixel to %s; the full range of the values is used",
+            name,
+            center,
+            width,
+            float(unit.flat[0]),
+        )
+        unit = window_dicom(values, None, None)
     if str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         unit = 1.0 - unit
     return unit

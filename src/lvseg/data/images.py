@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,8 +36,19 @@ ImageSource = str | os.PathLike | bytes | bytearray | Image.Image | np.ndarray
 #: File extensions (lower case, with the dot) that the data layer treats as images.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"})
 
+#: The formats lvseg decodes with Pillow (DICOM is read with pydicom): the one list for training, ``lvseg predict``
+#: and the web app (:mod:`lvseg.serving.uploads` sniffs the same four from the magic bytes). Any other format
+#: Pillow could open (a GIF, animated or not, a WebP) is refused.
+PIL_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "TIFF", "BMP")
 _EXPECTED_FORMATS = "not a PNG/JPEG/TIFF/BMP/DICOM file"
 _EXIF_ORIENTATION = 0x0112
+#: Pillow's names of JPEG files (a camera's multi-picture JPEG opens as "MPO").
+_JPEG_FORMATS = ("JPEG", "MPO")
+#: The sample value libjpeg gives every pixel of the blocks it has no data for (all DCT coefficients zero): what a
+#: JPEG cut short, or one whose size header was enlarged, shows where its data ends.
+JPEG_FILL_VALUE = 128
+#: A JPEG whose last rows are all :data:`JPEG_FILL_VALUE` over at least this fraction of its height is refused.
+JPEG_FILL_FRACTION = 1 / 16
 
 # ITU-R BT.601 luma weights, the same ones PIL uses for mode "L".
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -55,27 +67,100 @@ def _describe(source: ImageSource) -> str:
     return f"<{type(source).__name__}>"
 
 
+class CorruptImageError(LvsegError):
+    """An image file whose pixels cannot be trusted (truncated, a size header that its data cannot fill, no finite
+    value); ``reason`` says why, without the file's name."""
+
+    def __init__(self, name: str, reason: str, kind: str = "image") -> None:
+        super().__init__(f"cannot read {kind} {name}: {reason}")
+        self.reason = reason
+
+
+def check_header_size(image: Image.Image, file_bytes: int, name: str, kind: str = "image") -> None:
+    """Refuse (:class:`CorruptImageError`) a file too small for the pixels its header declares, before decoding.
+
+    A JPEG's entropy coding spends at least one bit on every 8x8 block of its first component (the DC value of a
+    Huffman-coded block, sequential or progressive; only the rare arithmetic-coded variant can spend less), so a
+    W x H JPEG holds at least ceil(W/8) * ceil(H/8) / 8 bytes: 8000x6000 needs 93,750. A smaller file has a size
+    header enlarged by hand or lost most of its data; the decoder would fill the rest with uniform grey.
+    Other formats: Pillow itself refuses pixel data that ends early (truncated-image detection left strict).
+    """
+    if image.format not in _JPEG_FORMATS:
+        return
+    width, height = image.size
+    needed = math.ceil(width / 8) * math.ceil(height / 8) // 8
+    if file_bytes < needed:
+        raise CorruptImageError(
+            name,
+            f"its JPEG header says {width}x{height} pixels, which need at least {needed} bytes of image data, but "
+            f"the file holds {file_bytes} bytes: the size in its header is wrong or the file is truncated",
+            kind,
+        )
+
+
+def check_decoded(image: Image.Image, name: str, kind: str = "image") -> None:
+    """Refuse (:class:`CorruptImageError`) a decoded JPEG whose data ended before its last rows.
+
+    Where a JPEG's data ends early (a file cut short with an end marker appended, or a size header enlarged by
+    hand), the decoder does not fail: it fills every remaining block with :data:`JPEG_FILL_VALUE` in every
+    channel. A JPEG whose last rows are exactly that value over at least :data:`JPEG_FILL_FRACTION` of its
+    height is refused (one that really ends in a uniform mid-grey band can be sent losslessly, as PNG). Call it
+    after ``image.load()`` and before any orientation change; it reads bands of rows from the bottom up to the
+    last row with content.
+    """
+    if image.format not in _JPEG_FORMATS or image.mode not in ("L", "RGB"):
+        return
+    width, height = image.size
+    limit = max(2, math.ceil(height * JPEG_FILL_FRACTION))
+    filled, bottom = 0, height
+    while bottom > 0:  # band by band from the bottom, up to the last row with content
+        top = max(0, bottom - limit)
+        band = np.asarray(image.crop((0, top, width, bottom))).reshape(bottom - top, -1)
+        uniform = np.all(band == JPEG_FILL_VALUE, axis=1)
+        content = np.flatnonzero(~uniform)
+        filled += len(uniform) - 1 - int(content[-1]) if content.size else len(uniform)
+        if content.size:
+            break
+        bottom = top
+    if filled >= limit:
+        where = "all its rows are" if filled >= height else f"its last {filled} of {height} rows are all"
+        raise CorruptImageError(
+            name,
+            f"{where} the uniform grey ({JPEG_FILL_VALUE}) that a JPEG decoder fills in where the file's data ends: "
+            "the file is truncated or corrupt (an image that really ends in a uniform grey band can be sent as PNG)",
+            kind,
+        )
+
+
 def open_pil(source: ImageSource, kind: str = "image") -> Image.Image:
     """Open ``source`` (path, bytes or PIL image) as a fully decoded PIL image.
 
-    Multi-frame files (e.g. TIFF stacks) give their first frame. Raises
-    :class:`LvsegError` naming the file when it is missing, not an image, or
-    truncated/corrupt.
+    Multi-frame files (e.g. TIFF stacks) give their first frame. Only :data:`PIL_FORMATS` are opened. Raises
+    :class:`LvsegError` naming the file when it is missing, not an image of those formats, or truncated/corrupt
+    (Pillow's truncated-image detection, :func:`check_header_size`, :func:`check_decoded`).
     """
     if isinstance(source, Image.Image):
         return source
     name = _describe(source)
     if isinstance(source, (bytes, bytearray)):
         stream: io.BytesIO | Path = io.BytesIO(bytes(source))
+        file_bytes = len(source)
     elif isinstance(source, (str, os.PathLike)):
         stream = Path(source)
         if not stream.is_file():
             raise LvsegError(f"cannot read {kind} {name}: file not found")
+        file_bytes = stream.stat().st_size
     else:
         raise LvsegError(f"cannot read {kind} {name}: expected a file path, bytes, a PIL image or a numpy array")
     try:
-        image = Image.open(stream)
-        image.load()
+        image = Image.open(stream, formats=PIL_FORMATS)
+        try:
+            check_header_size(image, file_bytes, name, kind)
+            image.load()
+            check_decoded(image, name, kind)
+        except BaseException:
+            image.close()
+            raise
     except UnidentifiedImageError:
         raise LvsegError(f"cannot read {kind} {name}: {_EXPECTED_FORMATS}") from None
     except Image.DecompressionBombError as error:
@@ -135,14 +220,16 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def _scale_to_unit(array: np.ndarray) -> np.ndarray:
+def _scale_to_unit(array: np.ndarray, name: str = "<array>") -> np.ndarray:
     """Scale an array of any numeric dtype to float32 in [0, 1].
 
     uint8 / uint16 are divided by their dtype maximum (255 / 65535); bool maps to
     {0, 1}. Other integer arrays (e.g. int32 from PIL mode "I", int64 from
     ``np.array``) are divided by 255 or 65535, whichever holds their range, and
     min-max normalised otherwise. Float arrays already in [0, 1] are kept;
-    other float ranges (e.g. CT values in a float TIFF) are min-max normalised.
+    other float ranges (e.g. CT values in a float TIFF) are min-max normalised. Non-finite float values (NaN,
+    infinity) read as 0, with a warning; an image with no finite value at all is refused
+    (:class:`CorruptImageError`).
     """
     if array.dtype == bool:
         return array.astype(np.float32)
@@ -156,11 +243,29 @@ def _scale_to_unit(array: np.ndarray) -> np.ndarray:
             return array.astype(np.float32) / 65535.0
         return _min_max(array.astype(np.float64))
     if np.issubdtype(array.dtype, np.floating):
+        _check_finite(array, name)
         values = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         if values.size == 0 or (values.min() >= 0.0 and values.max() <= 1.0):
             return values
         return _min_max(values)
     raise LvsegError(f"cannot read image <array {array.dtype}>: expected a numeric array")
+
+
+def _check_finite(array: np.ndarray, name: str) -> None:
+    """Refuse a float image without one finite value; warn about one with some NaN or infinite values."""
+    finite = int(np.count_nonzero(np.isfinite(array)))
+    if finite == array.size:
+        return
+    if finite == 0:
+        raise CorruptImageError(
+            name, f"none of its {array.size} pixel values is a finite number (all are NaN or infinite)"
+        )
+    logger.warning(
+        "image %s: %d of its %d pixel values are not finite numbers (NaN or infinite); they read as 0",
+        name,
+        array.size - finite,
+        array.size,
+    )
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -230,7 +335,7 @@ def read_image(source: ImageSource, channels: int | None = 3) -> np.ndarray:
     else:
         array = _pil_to_array(upright(open_pil(source, kind="image")))
     hwc = _to_hwc(array, name)
-    chw = np.ascontiguousarray(np.transpose(_scale_to_unit(hwc), (2, 0, 1)), dtype=np.float32)
+    chw = np.ascontiguousarray(np.transpose(_scale_to_unit(hwc, name), (2, 0, 1)), dtype=np.float32)
     if channels is None:
         return chw
     return to_channels(chw, channels).astype(np.float32, copy=False)

@@ -50,12 +50,22 @@ TEXT_FILE_SUFFIXES = (".xlsx", ".csv")
 
 @dataclass(frozen=True)
 class Sample:
-    """One image of a split: its name (the image file's stem), files and text description."""
+    """One image of a split: its name (the image file's stem), files and text description.
+
+    A multi-class dataset (:mod:`lvseg.data.classes`, :mod:`lvseg.data.vlsm`) gives one sample per (image,
+    structure): ``class_name`` names the structure, ``mask_value`` (when set) is its value in the label map at
+    ``mask_path`` (the target is ``label map == mask_value``; None: any non-zero pixel), and
+    ``prompt_choices`` holds the alternative prompts a training sample draws from at each access (groups,
+    then one text of the group; ``text`` is the fixed one evaluation reads).
+    """
 
     name: str
     image_path: Path
     mask_path: Path | None
     text: str
+    class_name: str = ""
+    mask_value: int | None = None
+    prompt_choices: tuple[tuple[str, ...], ...] = ()
 
     @property
     def labeled(self) -> bool:
@@ -281,7 +291,9 @@ def _expected_mask_name(image: Path, prefixed: bool) -> str:
     return f"{MASK_PREFIX}{image.name}" if prefixed else f"{image.stem}.png"
 
 
-def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = True) -> list[Sample]:
+def load_split(
+    root: str | os.PathLike[str], split: str, require_masks: bool = True, require_text: bool = True
+) -> list[Sample]:
     """Read and validate one split of an LViT-layout dataset.
 
     Args:
@@ -290,6 +302,8 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
         require_masks: when False, an image without a mask is allowed (its
             ``mask_path`` is None) and masks are matched by name only, never
             opened (for semi-supervised unlabeled images).
+        require_text: when False, the text table may be missing or lack rows or descriptions (the text is
+            then ""; a label-map set whose per-class prompts are written by :mod:`lvseg.data.classes`).
 
     Returns:
         The samples, sorted by name (the image file's stem).
@@ -330,7 +344,8 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
     existing = [path for path in candidates if path.is_file()]
     if not existing:
         names = " or ".join(f"'{path.name}'" for path in candidates)
-        problems.append(f"text file {names} not found in '{split_dir}'")
+        if require_text:
+            problems.append(f"text file {names} not found in '{split_dir}'")
     else:
         text_path = existing[0]
         if len(existing) > 1:
@@ -402,6 +417,8 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
             rows_by_stem[row_stem].append(row)
         for stem, image in images_by_stem.items():
             matched = rows_by_stem.get(stem, [])
+            if not matched and not require_text:
+                continue
             if not matched:
                 expected = known.name if (known := mask_for.get(stem)) else _expected_mask_name(image, prefixed)
                 problems.append(f"image '{image}' has no row in '{text_path}' (expected {IMAGE_COLUMN} = '{expected}')")
@@ -412,7 +429,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
                     f"image '{image}' has {len(matched)} duplicate rows in '{text_path}' (rows {numbers}); expected one"
                 )
             row = matched[0]
-            if not row.description:
+            if not row.description and require_text:
                 problems.append(f"row {row.row_number} of '{text_path}' ('{row.key}') has an empty '{TEXT_COLUMN}'")
             text_for[stem] = row.description
 
@@ -442,7 +459,7 @@ def load_split(root: str | os.PathLike[str], split: str, require_masks: bool = T
         raise DataValidationError(problems, where=where)
 
     samples = [
-        Sample(name=stem, image_path=images_by_stem[stem], mask_path=mask_for.get(stem), text=text_for[stem])
+        Sample(name=stem, image_path=images_by_stem[stem], mask_path=mask_for.get(stem), text=text_for.get(stem, ""))
         for stem in sorted(images_by_stem)
     ]
     logger.info("%s: %d samples (%d with masks)", split_dir, len(samples), sum(sample.labeled for sample in samples))

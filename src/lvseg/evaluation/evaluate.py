@@ -10,7 +10,13 @@ export folder's is in its manifest) unless ``threshold`` is given.
 * ``hd95``: MONAI's 95th-percentile Hausdorff distance in pixels at original resolution; its mean skips
   images where it is undefined (an empty truth or prediction) and ``hd95_undefined`` counts them.
 
-``text_reliance = dice(given) - dice(shuffled)`` measures how much a language-guided model uses the report.
+Multi-class data (one sample per image and structure, :mod:`lvseg.data.formats`) also gets every metric per
+class and the mean over classes (``per_class``, ``class_mean``; :mod:`lvseg.evaluation.classes`). An empty
+prediction on an empty mask (a structure correctly said to be absent) scores Dice and IoU 1, as the VLSM
+study's metric does.
+
+``text_reliance = dice(given) - dice(shuffled)`` measures how much a language-guided model uses the report; for
+a model that reads no text (``requires_text`` false, e.g. U-Net) it is not applicable: None, null in JSON.
 The model is loaded once and each image is read once, whatever the number of text modes.
 """
 
@@ -22,6 +28,7 @@ import io
 import json
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +39,7 @@ import torch
 
 from lvseg.data.images import to_display_rgb8, write_png
 from lvseg.errors import LvsegError
+from lvseg.evaluation.classes import class_reliance_json, class_summary_json, per_class_means
 from lvseg.evaluation.metrics import METRIC_NAMES, binarize, dice_iou_per_image, mask_metrics, summarize
 from lvseg.files import atomic_write_text
 from lvseg.inference import Segmenter, load_model, upsample_probability
@@ -44,6 +52,8 @@ TEXT_MODES: tuple[str, ...] = ("given", "shuffled", "empty")
 PER_IMAGE_COLUMNS: tuple[str, ...] = ("name", "text") + METRIC_NAMES
 TRUTH_COLOR = (0, 200, 0)
 PREDICTION_COLOR = (255, 0, 0)
+#: The longest pause between two progress lines of an evaluation, in seconds.
+PROGRESS_SECONDS = 30.0
 
 
 @dataclass
@@ -57,6 +67,7 @@ class ImageResult:
     dice_original: float
     iou_original: float
     hd95: float
+    class_name: str = ""  # the structure asked for (multi-class data), else ""
 
     def row(self) -> dict[str, Any]:
         return {column: getattr(self, column) for column in PER_IMAGE_COLUMNS}
@@ -76,8 +87,10 @@ class EvaluationReport:
     hd95_undefined: int
     backend: str = "eager"  # how the network ran (outputs differ slightly between backends)
     threshold: float = 0.5  # the probability above which a pixel was lesion
+    requires_text: bool = True  # whether the model reads the report (else every text mode gives the same masks)
     per_image: list[ImageResult] = field(default_factory=list)
     files: dict[str, Path] = field(default_factory=dict)
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)  # {class: {metric: mean}}
 
     @property
     def dice(self) -> float:
@@ -92,19 +105,22 @@ class EvaluationReport:
             "split": self.split,
             "text_mode": self.text_mode,
             "threshold": self.threshold,
+            "reads_text": self.requires_text,
             "n_images": self.n_images,
             **{name: _json_float(value) for name, value in self.means.items()},
             "std": {name: _json_float(value) for name, value in self.std.items()},
             "hd95_undefined": self.hd95_undefined,
+            **class_summary_json(self.per_class),
         }
 
 
 @dataclass
 class TextRelianceReport:
-    """Several text modes of one checkpoint on one split; ``text_reliance = dice(given) - dice(shuffled)``."""
+    """Several text modes of one checkpoint on one split; ``text_reliance = dice(given) - dice(shuffled)``,
+    None when the model reads no text (not applicable: its masks do not depend on the report)."""
 
     reports: dict[str, EvaluationReport]
-    text_reliance: float
+    text_reliance: float | None
     files: dict[str, Path] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -115,8 +131,10 @@ class TextRelianceReport:
             "backend": first.backend,
             "split": first.split,
             "threshold": first.threshold,
+            "reads_text": first.requires_text,
             "n_images": first.n_images,
-            "text_reliance": _json_float(self.text_reliance),
+            "text_reliance": None if self.text_reliance is None else _json_float(self.text_reliance),
+            **class_reliance_json(self.reports, first.requires_text),
             "modes": {mode: report.to_json() for mode, report in self.reports.items()},
         }
 
@@ -268,15 +286,17 @@ def _evaluate_modes(
 ) -> tuple[dict[str, list[ImageResult]], dict[str, _Extremes]]:
     """Run every mode over the samples, reading each image and mask once; per-image results per mode, masks
     where the probability exceeds ``threshold``."""
-    from lvseg.data.images import read_image, read_mask, resize_image, resize_mask
+    from lvseg.data.classes import read_sample_mask
+    from lvseg.data.images import read_image, resize_image, resize_mask
 
     results: dict[str, list[ImageResult]] = {mode: [] for mode in texts_by_mode}
     extremes = {mode: _Extremes(n_overlays) for mode in texts_by_mode}
     size = segmenter.img_size
+    progress = _Progress(len(samples))
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         images = [read_image(sample.image_path, channels=segmenter.in_channels) for sample in chunk]
-        truths = [read_mask(sample.mask_path) for sample in chunk]
+        truths = [read_sample_mask(sample) for sample in chunk]
         for sample, image, truth in zip(chunk, images, truths):
             if image.shape[-2:] != truth.shape:
                 raise LvsegError(
@@ -301,12 +321,28 @@ def _evaluate_modes(
                     original["dice"],
                     original["iou"],
                     original["hd95"],
+                    sample.class_name,
                 )
                 results[mode].append(result)
                 if extremes[mode].wants(result.dice_original):
                     extremes[mode].add(sample.name, result.dice_original, to_display_rgb8(image), truth, prediction)
-        log.info("evaluated %d / %d images", min(start + batch_size, len(samples)), len(samples))
+        progress.update(min(start + batch_size, len(samples)))
     return results, extremes
+
+
+class _Progress:
+    """Logs "evaluated N / total images" sparingly: at each quarter of the split, and at least every
+    :data:`PROGRESS_SECONDS` on a slow one (200 images in batches of 8 give 4 lines, not 25)."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.quarter, self.last = total, 0, time.monotonic()
+
+    def update(self, done: int) -> None:
+        quarter = 4 * done // max(self.total, 1)
+        now = time.monotonic()
+        if quarter > self.quarter or now - self.last >= PROGRESS_SECONDS:
+            self.quarter, self.last = quarter, now
+            log.info("evaluated %d / %d images", done, self.total)
 
 
 def _report(
@@ -328,16 +364,22 @@ def _report(
         undefined,
         backend=segmenter.backend,
         threshold=threshold,
+        requires_text=bool(segmenter.requires_text),
         per_image=results,
+        per_class=per_class_means(results),
     )
 
 
 def _per_image_csv(results: Sequence[ImageResult]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(PER_IMAGE_COLUMNS), lineterminator="\n")
+    classes = any(result.class_name for result in results)  # multi-class data: a "class" column after "name"
+    columns = ["name", "class", *PER_IMAGE_COLUMNS[1:]] if classes else list(PER_IMAGE_COLUMNS)
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for result in results:
         row = result.row()
+        if classes:
+            row["class"] = result.class_name
         for name in METRIC_NAMES:
             row[name] = "" if not math.isfinite(row[name]) else f"{row[name]:.6f}"
         writer.writerow(row)
@@ -365,11 +407,13 @@ def _load(
     split: str,
     device: str | torch.device | None,
     model: Segmenter | None = None,
+    data_options: Any = None,
 ) -> tuple[Segmenter, list[Any]]:
-    from lvseg.data.layout import check_reports, load_split
+    from lvseg.data.formats import load_dataset_split
+    from lvseg.data.layout import check_reports
 
     segmenter = model if model is not None else load_model(checkpoint, device=device)
-    samples = load_split(data_root, split, require_masks=True)
+    samples = load_dataset_split(data_root, split, data_options, require_masks=True)
     if not samples:
         raise LvsegError(f"split '{split}' of '{data_root}' holds no images")
     check_reports(segmenter.model, {split: samples})
@@ -389,13 +433,15 @@ def evaluate_modes(
     n_overlays: int = 4,
     model: Segmenter | None = None,
     threshold: float | None = None,
+    data_options: Any = None,
 ) -> dict[str, EvaluationReport]:
     """Evaluate several text modes in one pass (model loaded once, images read once).
 
     With ``out``, each mode's files go to ``out/<mode>/`` when there are several modes, else to ``out``.
     ``model``: an already loaded :class:`Segmenter` of ``checkpoint`` (then ``device`` is ignored).
     ``threshold``: the probability above which a pixel is lesion, in (0, 1) (default: the model's declared
-    decision threshold, :attr:`Segmenter.decision_threshold`).
+    decision threshold, :attr:`Segmenter.decision_threshold`). ``data_options``: how to read a multi-class
+    dataset (:class:`lvseg.data.formats.DataOptions`; default: its defaults).
     """
     _check_args(batch_size, n_overlays)
     unknown = [mode for mode in modes if mode not in TEXT_MODES]
@@ -403,7 +449,7 @@ def evaluate_modes(
         raise LvsegError(
             f"unknown text mode {unknown[0] if unknown else '(none)'!r}; expected one of {', '.join(TEXT_MODES)}"
         )
-    segmenter, samples = _load(checkpoint, data_root, split, device, model)
+    segmenter, samples = _load(checkpoint, data_root, split, device, model, data_options)
     cut = threshold_or_default(threshold, segmenter.decision_threshold)
     own = [sample.text for sample in samples]
     texts_by_mode = {mode: texts_for_mode(own, mode, seed) for mode in dict.fromkeys(modes)}
@@ -429,6 +475,7 @@ def evaluate(
     n_overlays: int = 4,
     model: Segmenter | None = None,
     threshold: float | None = None,
+    data_options: Any = None,
 ) -> EvaluationReport:
     """Evaluate ``checkpoint`` on ``split`` of the LViT-layout dataset at ``data_root``.
 
@@ -439,7 +486,18 @@ def evaluate(
     for :func:`evaluate_modes` (default: the model's declared decision threshold).
     """
     return evaluate_modes(
-        checkpoint, data_root, split, (text_mode,), out, batch_size, device, seed, n_overlays, model, threshold
+        checkpoint,
+        data_root,
+        split,
+        (text_mode,),
+        out,
+        batch_size,
+        device,
+        seed,
+        n_overlays,
+        model,
+        threshold,
+        data_options,
     )[text_mode]
 
 
@@ -455,27 +513,30 @@ def evaluate_text_reliance(
     n_overlays: int = 4,
     model: Segmenter | None = None,
     threshold: float | None = None,
+    data_options: Any = None,
 ) -> TextRelianceReport:
     """Evaluate with the reports given and shuffled (and empty) and measure the model's reliance on text.
 
-    ``text_reliance = dice(given) - dice(shuffled)`` (model-resolution Dice). With ``out``, each mode's files
+    ``text_reliance = dice(given) - dice(shuffled)`` (model-resolution Dice); None for a model that reads no
+    text (``requires_text`` false: not applicable, null in ``metrics.json``). With ``out``, each mode's files
     go to ``out/<mode>/`` and a combined ``out/metrics.json`` holds every mode and ``text_reliance``.
     ``threshold``: as for :func:`evaluate_modes` (default: the model's declared decision threshold).
     """
     modes = list(dict.fromkeys(["given", "shuffled", *modes]))
     reports = evaluate_modes(
-        checkpoint, data_root, split, modes, out, batch_size, device, seed, n_overlays, model, threshold
+        checkpoint, data_root, split, modes, out, batch_size, device, seed, n_overlays, model, threshold, data_options
     )
-    reliance = reports["given"].dice - reports["shuffled"].dice
+    given = reports["given"]
+    reliance = given.dice - reports["shuffled"].dice if given.requires_text else None
     combined = TextRelianceReport(reports, reliance)
     if out is not None:
         combined.files["metrics"] = atomic_write_text(
             Path(out) / "metrics.json", json.dumps(combined.to_json(), indent=2) + "\n"
         )
-    log.info(
-        "text reliance: dice given %.4f - shuffled %.4f = %.4f",
-        reports["given"].dice,
-        reports["shuffled"].dice,
-        reliance,
-    )
+    if reliance is None:
+        log.info("text reliance: not applicable, model '%s' reads no text", given.model_name)
+    else:
+        log.info(
+            "text reliance: dice given %.4f - shuffled %.4f = %.4f", given.dice, reports["shuffled"].dice, reliance
+        )
     return combined

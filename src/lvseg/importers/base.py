@@ -99,7 +99,8 @@ class OfficialImporter(ABC):
         return lines
 
     def read(self, source: str | Path) -> dict[str, torch.Tensor]:
-        """The tensors of an official file (``weights_only=True``; ``module.`` prefixes removed)."""
+        """The tensors of an official file (:func:`lvseg.foreign.read_foreign_state_dict`: ``weights_only=True``,
+        pickled Python objects besides the tensors read inert and dropped; ``module.`` prefixes removed)."""
         return read_foreign_state_dict(source, self.source_description, self.example_key)
 
     @property

@@ -26,6 +26,7 @@ from lvseg.errors import CheckpointError, LvsegError
 from lvseg.importers import lvit as lvit_importer
 from lvseg.importers.base import ImporterOption, ImportResult, OfficialImporter, check_finite
 from lvseg.models.reclmis import PRESETS, RecLMIS
+from lvseg.text.openai_clip import map_openai_clip_text_key, openai_clip_text_config, text_layer_count
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +45,6 @@ _DROPPED = (
     ("CLIP image tower (never called)", re.compile(r"^clip\.visual\.")),
 )
 _CLIP = "text_encoder.hf_model."
-_CLIP_LAYER = re.compile(r"^clip\.transformer\.resblocks\.(\d+)\.(.+)$")
-_CLIP_LAYER_PARTS = {
-    "attn.out_proj.weight": "self_attn.out_proj.weight",
-    "attn.out_proj.bias": "self_attn.out_proj.bias",
-    "ln_1.weight": "layer_norm1.weight",
-    "ln_1.bias": "layer_norm1.bias",
-    "ln_2.weight": "layer_norm2.weight",
-    "ln_2.bias": "layer_norm2.bias",
-    "mlp.c_fc.weight": "mlp.fc1.weight",
-    "mlp.c_fc.bias": "mlp.fc1.bias",
-    "mlp.c_proj.weight": "mlp.fc2.weight",
-    "mlp.c_proj.bias": "mlp.fc2.bias",
-}
 
 
 def clip_text_config(official: Mapping[str, torch.Tensor], heads: int | None = None) -> dict[str, Any]:
@@ -66,44 +54,24 @@ def clip_text_config(official: Mapping[str, torch.Tensor], heads: int | None = N
     heads = heads or width // 64
     if not heads or width % heads:
         raise LvsegError(f"the CLIP text tower is {width} wide: give its number of attention heads (clip_heads)")
-    layers = 1 + max(int(match.group(1)) for key in official if (match := _CLIP_LAYER.match(key)))
-    return {
-        "vocab_size": int(vocab),
-        "hidden_size": int(width),
-        "intermediate_size": int(official["clip.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-        "num_hidden_layers": layers,
-        "num_attention_heads": int(heads),
-        "max_position_embeddings": int(official["clip.positional_embedding"].shape[0]),
-        "projection_dim": int(official["clip.text_projection"].shape[1]),
-        "hidden_act": "quick_gelu",
-        "layer_norm_eps": 1e-5,
-    }
+    return openai_clip_text_config(
+        int(vocab),
+        int(width),
+        text_layer_count(official, "clip."),
+        int(heads),
+        int(official["clip.positional_embedding"].shape[0]),
+        projection=int(official["clip.text_projection"].shape[1]),
+        intermediate=int(official["clip.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+    )
 
 
 def map_clip_key(key: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Our key(s) and tensor(s) for one official CLIP text key (``in_proj`` splits into q, k, v)."""
-    prefix = _CLIP + "text_model."
-    if key == "clip.token_embedding.weight":
-        return {prefix + "embeddings.token_embedding.weight": value}
-    if key == "clip.positional_embedding":
-        return {prefix + "embeddings.position_embedding.weight": value}
-    if key.startswith("clip.ln_final."):
-        return {prefix + "final_layer_norm." + key.rsplit(".", 1)[1]: value}
-    if key == "clip.text_projection":  # used as x @ P: a Linear's weight is P transposed
-        return {_CLIP + "text_projection.weight": value.t().contiguous()}
-    match = _CLIP_LAYER.match(key)
-    if match:
-        layer, part = match.groups()
-        base = f"{prefix}encoder.layers.{layer}."
-        if part in ("attn.in_proj_weight", "attn.in_proj_bias"):
-            kind = part.rsplit("_", 1)[1]  # weight / bias
-            return {
-                f"{base}self_attn.{name}_proj.{kind}": chunk
-                for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0))
-            }
-        if part in _CLIP_LAYER_PARTS:
-            return {base + _CLIP_LAYER_PARTS[part]: value}
-    raise KeyError(key)
+    """Our key(s) and tensor(s) for one official CLIP text key (``clip.`` + OpenAI's name; ``in_proj`` splits
+    into q, k, v)."""
+    mapped = map_openai_clip_text_key(key[len("clip.") :], value, _CLIP) if key.startswith("clip.") else None
+    if mapped is None:
+        raise KeyError(key)
+    return mapped
 
 
 def _drop_reason(key: str) -> str | None:

@@ -1,7 +1,8 @@
 """Prediction for a whole folder: ``predict_folder(segmenter, folder, out)``.
 
 The folder has the LViT layout without masks: ``img/`` plus a ``*_text.xlsx`` or ``*_text.csv`` with
-columns ``Image`` = output mask name, ``Description`` = report (image-only models need no table).
+columns ``Image`` = output mask name, ``Description`` = report (image-only models need no table); or it is
+a plain folder of images, with the text table (if any) beside them.
 Writes ``out/masks/<Image>`` (PNG, 0/255), ``out/overlays/<Image>`` and ``out/predictions.csv``.
 Images are matched to table rows by file stem (``x.tif`` <-> ``x.png``, also ``mask_x.png``). Every file
 is written atomically.
@@ -19,7 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lvseg.data.dicom import file_row_direction
 from lvseg.data.layout import IMAGE_DIR, MASK_PREFIX, check_reports, find_text_table, read_text_table
+from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.errors import DataValidationError, LvsegError
 
 if TYPE_CHECKING:
@@ -48,28 +51,33 @@ def _png_name(name: str) -> str:
     return f"{Path(name).stem}.png"
 
 
-def read_prediction_folder(folder: Path, requires_text: bool) -> list[FolderItem]:
-    """The images of ``folder/img`` with their reports and output mask names.
-
-    Raises :class:`LvsegError` when the folder, its ``img/`` or (for a text model) its text table is
-    missing, and :class:`DataValidationError` listing every row without an image or report.
-    """
+def _image_files(folder: Path) -> dict[str, Path]:
+    """{stem: path} of the image files directly in ``folder`` (hidden files skipped)."""
     from lvseg.data.images import IMAGE_EXTENSIONS
 
-    if folder.is_file():
-        raise LvsegError(f"--folder '{folder}' is a file; give the folder holding img/ (or one image with --image)")
-    if not folder.is_dir():
-        raise LvsegError(f"folder '{folder}' not found")
-    image_dir = folder / IMAGE_DIR
-    if not image_dir.is_dir():
-        raise LvsegError(f"folder '{folder}' has no '{IMAGE_DIR}/' subfolder with the images")
-    images = {
+    return {
         p.stem: p
-        for p in sorted(image_dir.iterdir())
+        for p in sorted(folder.iterdir())
         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
     }
+
+
+def read_prediction_folder(folder: Path, requires_text: bool) -> list[FolderItem]:
+    """The images of ``folder/img`` (the LViT layout), or of ``folder`` itself when it has no ``img/``, with
+    their reports and output mask names.
+
+    Raises :class:`LvsegError` when the folder, its images or (for a text model) its text table is missing, and
+    :class:`DataValidationError` listing every row without an image or report.
+    """
+    if folder.is_file():
+        raise LvsegError(f"--folder '{folder}' is a file; give a folder of images (or one image with --image)")
+    if not folder.is_dir():
+        raise LvsegError(f"folder '{folder}' not found")
+    image_dir = folder / IMAGE_DIR if (folder / IMAGE_DIR).is_dir() else folder
+    images = _image_files(image_dir)
     if not images:
-        raise LvsegError(f"image folder '{image_dir}' holds no PNG/JPEG/TIFF/BMP images")
+        where = "" if image_dir != folder else f" (neither directly nor in an '{IMAGE_DIR}/' subfolder)"
+        raise LvsegError(f"image folder '{image_dir}' holds no PNG/JPEG/TIFF/BMP images{where}")
     table = find_text_table(folder)
     if table is None:
         if requires_text:
@@ -90,8 +98,10 @@ def read_prediction_folder(folder: Path, requires_text: bool) -> list[FolderItem
         if stem in seen:
             problems.append(f"{table.name} row {row}: image '{stem}' is listed twice")
             continue
-        if requires_text and not text:
-            problems.append(f"{table.name} row {row}: the Description of '{key}' is empty; this model reads it")
+        if requires_text and is_blank_report(text):
+            problems.append(
+                f"{table.name} row {row}: the Description of '{key}' is empty or {BLANK_REPORT}; this model reads it"
+            )
             continue
         seen.add(stem)
         items.append(FolderItem(images[stem], text, _png_name(key)))
@@ -152,7 +162,10 @@ def predict_folder(
     for start in range(0, len(items), batch_size):
         chunk: Sequence[FolderItem] = items[start : start + batch_size]
         arrays = [read_hwc(item.image_path) for item in chunk]
-        predictions = segmenter.predict_batch(arrays, [item.text for item in chunk], threshold=threshold)
+        directions = [file_row_direction(item.image_path) for item in chunk]
+        predictions = segmenter.predict_batch(
+            arrays, [item.text for item in chunk], threshold=threshold, row_directions=directions
+        )
         for item, array, prediction in zip(chunk, arrays, predictions):
             mask_path = write_mask(out / "masks" / item.mask_name, prediction.mask)
             write_overlay(out / "overlays" / item.mask_name, array, prediction.mask)
@@ -164,6 +177,9 @@ def predict_folder(
                     "lesion_pixels": int(prediction.mask.sum()),
                     "max_probability": round(prediction.max_probability, 6),
                     "text_warnings": " | ".join(prediction.warnings),
+                    # the result against its report and the training images (lvseg.inference.consistency)
+                    "consistency": ";".join(warning.code for warning in prediction.consistency),
+                    "consistency_warnings": " | ".join(warning.message for warning in prediction.consistency),
                     "height": prediction.mask.shape[0],
                     "width": prediction.mask.shape[1],
                 }

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from lvseg.errors import LvsegError
+from lvseg.models.pretrained import CLIP_MEAN, CLIP_STD
 
 BIOMEDCLIP_REPO = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDBERT_REPO = "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"
@@ -35,8 +36,7 @@ CONTEXT_LENGTH = 256
 #: Width of one attention head in ViT-B and BERT-base; heads = width // HEAD_WIDTH.
 HEAD_WIDTH = 64
 #: CLIP's image statistics (BiomedCLIP's open_clip config).
-BIOMEDCLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-BIOMEDCLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+BIOMEDCLIP_MEAN, BIOMEDCLIP_STD = CLIP_MEAN, CLIP_STD
 #: Keys of the open_clip file no tower uses.
 UNUSED_KEYS = re.compile(r"^(logit_scale|text\.transformer\.pooler\..*|text\.transformer\.embeddings\.position_ids)$")
 
@@ -270,13 +270,6 @@ def biomedclip_files(folder: str | Path) -> tuple[Path, Path]:
 
 def read_open_clip_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of an open_clip checkpoint (``.bin`` read with ``weights_only=True``, or safetensors)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path)))
-        except Exception as error:  # safetensors raises its own error types for corrupt files
-            raise LvsegError(f"{path}: not a readable safetensors file: {error}") from None
     from lvseg.foreign import read_foreign_state_dict
 
     return read_foreign_state_dict(path, "open_clip BiomedCLIP checkpoint", "visual.trunk.cls_token")

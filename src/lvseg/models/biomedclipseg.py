@@ -48,11 +48,16 @@ from lvseg.models.clipseg import (
     DEFAULT_CLIPSEG,
     CLIPSegStyleModel,
     build_clipseg_decoder,
+    clipseg_available,
     load_clipseg,
     load_clipseg_config,
+    missing_clipseg_message,
 )
 from lvseg.models.pretrained import PretrainedTower, weight_source
 from lvseg.models.registry import register_model
+
+#: What a ``decoder_init`` checkpoint is, in messages.
+DECODER_WHAT = "CLIPSeg decoder checkpoint"
 
 
 def _architecture(folder: str) -> dict[str, Any]:
@@ -114,7 +119,10 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
         biomedclip = self.biomedclip
         self.decoder_init = decoder_init
         source = weight_source()
-        towers = load_biomedclip(biomedclip) if source != "nowhere" else BiomedCLIPTowers(_architecture(biomedclip))
+        try:
+            towers = load_biomedclip(biomedclip) if source != "nowhere" else BiomedCLIPTowers(_architecture(biomedclip))
+        except LvsegError as error:
+            raise LvsegError(self._with_missing_decoder(str(error), source)) from error
         shapes = towers.shapes
         self.tower = PretrainedTower(towers, str(Path(biomedclip).expanduser()), frozen=True)
         self.patch_size = int(shapes["vision"]["patch"])
@@ -129,10 +137,10 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
         geometry = {key: CIDAS_CONFIG[key] for key in DECODER_KEYS}
         if self.decoder_init is not None:
             if source == "pretrained":  # a checkpoint's own decoder weights replace these: read only to train
-                clipseg = load_clipseg(self.decoder_init)
+                clipseg = load_clipseg(self.decoder_init, option="decoder_init", what=DECODER_WHAT)
                 config, init_weights = clipseg.config, clipseg.decoder.state_dict()
             else:
-                config = load_clipseg_config(self.decoder_init) if source == "nowhere" else None
+                config = load_clipseg_config(self.decoder_init, "decoder_init") if source == "nowhere" else None
             if config is not None:
                 geometry = {key: getattr(config, key) for key in DECODER_KEYS}
         given = {
@@ -173,6 +181,14 @@ class BiomedCLIPSeg(CLIPSegStyleModel):
             self.decoder.load_state_dict(init_weights, strict=True)
         self._set_normalisation(BIOMEDCLIP_MEAN, BIOMEDCLIP_STD, in_channels)
         self._tokenizer: Any = None
+
+    def _with_missing_decoder(self, message: str, source: str) -> str:
+        """``message`` (BiomedCLIP is missing) plus the decoder checkpoint when that is missing too, so one error
+        lists every download the model needs."""
+        if self.decoder_init is None or source != "pretrained" or clipseg_available(self.decoder_init):
+            return message
+        decoder = missing_clipseg_message(self.decoder_init, option="decoder_init", what=DECODER_WHAT)
+        return f"{message} {self.model_name} also needs its decoder's weights: {decoder}"
 
     def _finalize_config(self, config: dict[str, Any]) -> dict[str, Any]:
         geometry = self.geometry

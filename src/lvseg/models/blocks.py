@@ -1,4 +1,4 @@
-"""Building blocks shared by the segmentation networks (U-Net, LViT and later C2FVL, RecLMIS).
+"""Building blocks shared by the segmentation networks (U-Net, LViT and later C2FVL, RecLMIS, CRIS).
 
 Every block takes its sizes as constructor arguments; none assumes a 224x224 image or a fixed
 number of text tokens. Shapes in docstrings use B = batch, C = channels, H x W = spatial size,
@@ -14,12 +14,15 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
     "ConvBatchNorm",
     "ConvTransBN",
     "DownBlock",
+    "GuardedBatchNorm1d",
+    "GuardedBatchNorm2d",
     "PatchEmbedding",
     "PixLevelModule",
     "Reconstruct",
@@ -257,3 +260,38 @@ class Reconstruct(nn.Module):
             raise ValueError(f"Reconstruct expects a square number of tokens, got {n_tokens}")
         x = tokens.transpose(1, 2).reshape(batch, channels, grid, grid)
         return self.activation(self.norm(self.conv(self.upsample(x))))
+
+
+class _GuardedBatchNorm:
+    """Mixin: in training mode, an input with one value per channel (a batch of one for BatchNorm1d, one 1x1
+    image for BatchNorm2d), for which batch statistics do not exist and PyTorch raises, is normalised with the
+    running statistics, which it leaves unchanged."""
+
+    def _guarded(self, x: torch.Tensor) -> torch.Tensor | None:
+        module = self  # the BatchNorm this mixes into
+        assert isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if module.training and x.numel() // max(x.shape[1], 1) <= 1:
+            return F.batch_norm(
+                x, module.running_mean, module.running_var, module.weight, module.bias, False, 0.0, module.eps
+            )
+        return None
+
+
+class GuardedBatchNorm1d(_GuardedBatchNorm, nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` that takes a training batch of one (normalised with the running statistics).
+
+    (B, C) or (B, C, L) -> same shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        guarded = self._guarded(x)
+        return guarded if guarded is not None else super().forward(x)
+
+
+class GuardedBatchNorm2d(_GuardedBatchNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` that takes a training map of one value per channel (one image, 1x1).
+
+    (B, C, H, W) -> same shape."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        guarded = self._guarded(x)
+        return guarded if guarded is not None else super().forward(x)

@@ -51,7 +51,6 @@ from lvseg.models.blocks import (
     tokens_to_channels_first,
 )
 from lvseg.models.cnn_encoder import N_LEVELS, build_cnn_decoder, build_cnn_encoder, encode_cnn, level_widths
-from lvseg.models.losses import image_weight
 from lvseg.models.lvit import PATCH_SIZE
 from lvseg.models.registry import register_model
 from lvseg.text.report_vector import ReportVectorEncoder
@@ -235,6 +234,8 @@ class C2FVL(SegmentationModel):
         self, output: ModelOutput | torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """Dice + BCE on the main logits; in training mode also ``cos_1_k`` = 0.5 mean(1 - cos(side_1, side_k))."""
+        from lvseg.models.losses import image_weight  # the losses module loads MONAI: only when training
+
         terms = super().compute_losses(output, target, weight)
         aux = as_output(output).aux
         if not aux:

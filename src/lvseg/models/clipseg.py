@@ -40,6 +40,7 @@ from lvseg.errors import LvsegError
 from lvseg.models.base import ModelOutput, PretrainedFolders, SegmentationModel, as_output, check_positive
 from lvseg.models.pretrained import PretrainedTower, weight_source
 from lvseg.models.registry import register_model
+from lvseg.text.openai_clip import openai_clip_text_config
 
 if TYPE_CHECKING:
     from transformers import CLIPSegModel
@@ -55,13 +56,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: (``lvseg info``) when its files are not downloaded.
 CIDAS_CONFIG: dict[str, Any] = {
     "text_config": {
-        "vocab_size": 49408,
-        "hidden_size": 512,
-        "intermediate_size": 2048,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 8,
-        "max_position_embeddings": 77,
-        "hidden_act": "quick_gelu",
+        **openai_clip_text_config(vocab_size=49408, width=512, layers=12, heads=8, context_length=77),
         "bos_token_id": 49406,
         "eos_token_id": 49407,
         "pad_token_id": 1,
@@ -101,21 +96,43 @@ def hf_local_only() -> bool:
     return not downloads_allowed()
 
 
-def missing_clipseg_message(name_or_path: str) -> str:
+def missing_clipseg_message(
+    name_or_path: str, error: BaseException | None = None, option: str = "name_or_path", what: str = "CLIPSeg model"
+) -> str:
+    """The sentence for a CLIPSeg checkpoint that does not load; ``option``: the model option that names it."""
+    from lvseg.text.huggingface import download_failed_message, downloads_allowed
+
     if Path(name_or_path).expanduser().exists():
         return (
             f"CLIPSeg folder '{name_or_path}' does not hold a loadable CLIPSeg model (config.json and model "
             "weights as written by `save_pretrained`, with vocab.json, merges.txt and preprocessor_config.json); "
-            "re-save it there or pass another folder with `--model-option name_or_path=/path/to/folder`."
+            f"re-save it there or pass another folder with `--model-option {option}=/path/to/folder`."
+        )
+    if downloads_allowed():
+        return download_failed_message(
+            what, name_or_path, error, f"pass the folder as `--model-option {option}=/path/to/folder`"
         )
     return (
-        f"CLIPSeg model '{name_or_path}' is not available offline: download it with `hf download {name_or_path}` "
+        f"{what} '{name_or_path}' is not available offline: download it with `hf download {name_or_path}` "
         "(into the Hugging Face cache, ~/.cache/huggingface) or into a folder passed as "
-        "`--model-option name_or_path=/path/to/folder` (or set LVSEG_ALLOW_DOWNLOAD=1 to let lvseg download it)."
+        f"`--model-option {option}=/path/to/folder` (or set LVSEG_ALLOW_DOWNLOAD=1 to let lvseg download it)."
     )
 
 
-def load_clipseg_config(name_or_path: str) -> Any:
+def clipseg_available(name_or_path: str) -> bool:
+    """Whether the CLIPSeg checkpoint ``name_or_path`` is a folder or in the Hugging Face cache (nothing is
+    downloaded: for messages that list everything a model still needs)."""
+    if Path(name_or_path).expanduser().exists():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name_or_path, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def load_clipseg_config(name_or_path: str, option: str = "name_or_path") -> Any:
     """The ``CLIPSegConfig`` of a checkpoint (config.json only); the built-in CIDAS one when the default
     checkpoint is not downloaded."""
     from transformers import CLIPSegConfig
@@ -125,18 +142,19 @@ def load_clipseg_config(name_or_path: str) -> Any:
     except (OSError, ValueError, KeyError, TypeError) as error:
         if name_or_path == DEFAULT_CLIPSEG:
             return CLIPSegConfig(**CIDAS_CONFIG)
-        raise LvsegError(missing_clipseg_message(name_or_path)) from error
+        raise LvsegError(missing_clipseg_message(name_or_path, error, option)) from error
 
 
-def load_clipseg(name_or_path: str) -> Any:
-    """``CLIPSegForImageSegmentation`` with its published weights, offline unless downloads are allowed."""
+def load_clipseg(name_or_path: str, option: str = "name_or_path", what: str = "CLIPSeg model") -> Any:
+    """``CLIPSegForImageSegmentation`` with its published weights, offline unless downloads are allowed; a missing
+    one is a :class:`LvsegError` naming ``what`` and the model ``option`` that gives a folder."""
     from transformers import CLIPSegForImageSegmentation
 
     try:
         return CLIPSegForImageSegmentation.from_pretrained(name_or_path, local_files_only=hf_local_only())
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.debug("loading CLIPSeg %r failed: %r", name_or_path, error)
-        raise LvsegError(missing_clipseg_message(name_or_path)) from error
+        raise LvsegError(missing_clipseg_message(name_or_path, error, option, what)) from error
 
 
 def processor_statistics(name_or_path: str) -> tuple[list[float], list[float]]:

@@ -25,6 +25,10 @@ from torch import nn
 
 from lvseg.text.huggingface import allow_missing_pretrained_weights, drop_pretrained_weights
 
+#: OpenAI CLIP's image statistics (its preprocessing; CRIS's and BiomedCLIP's open_clip config).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 WeightSource = Literal["pretrained", "checkpoint", "nowhere"]
 
 #: The wrapped module's type (each model calls its own tower's methods).

@@ -20,7 +20,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from lvseg.inference.threshold import threshold_or_default
 from lvseg.serving.errors import ApiError
@@ -28,7 +27,13 @@ from lvseg.serving.forms import MIB, FormLimits
 from lvseg.serving.openapi import _validation_message, docs_router, swagger_ui_dir
 from lvseg.serving.protocols import SegmenterLike
 from lvseg.serving.routes import STATIC_DIR, api_router, page_router
-from lvseg.serving.security import LOOPBACK_NAMES, SecurityHeaders, allowed_hosts_for
+from lvseg.serving.security import (
+    LOOPBACK_NAMES,
+    HostAllowList,
+    SecurityHeaders,
+    UploadsPerClient,
+    allowed_hosts_for,
+)
 from lvseg.serving.service import Admission, Service, ServiceConfig
 from lvseg.serving.uploads import ImageLimits
 
@@ -70,6 +75,7 @@ def create_app(
     read_timeout_s: float = 30.0,
     max_pending_requests: int = 16,
     allowed_hosts: list[str] | None = None,
+    max_uploads_per_client: int | None = None,
 ) -> FastAPI:
     """Build the app around ``segmenter`` (loaded once, by the caller).
 
@@ -80,7 +86,9 @@ def create_app(
     model calls are serialised on one thread, so identical inputs always give identical masks.
     ``read_timeout_s``: an upload that sends nothing for this long is answered 408 and closed.
     ``max_pending_requests``: uploads being received or waiting for a worker at once; more are answered 503
-    (each may hold up to ``max_upload_bytes`` in memory).
+    (each may hold up to ``max_upload_bytes`` in memory). ``max_uploads_per_client``: uploads one client address
+    may have in progress at once (default: half of ``max_pending_requests``); more get 429, so slow uploads from
+    one client cannot take every slot.
     ``allowed_hosts``: the Host header values accepted (others get 400, a DNS-rebinding guard); ``["*"]``
     accepts any. By default, as ``lvseg serve`` on loopback (:func:`~lvseg.serving.security.allowed_hosts_for`):
     only the loopback names without an API key, any name with one. POSTs from a page of another origin
@@ -129,9 +137,14 @@ def create_app(
     if app.state.swagger_dir is None:
         logger.warning("swagger-ui-py is not installed: /docs shows a plain page (the schema is at /openapi.json)")
     app.router.on_shutdown.append(service.close)
-    app.add_middleware(SecurityHeaders)
+    per_client = max(1, max_pending_requests // 2) if max_uploads_per_client is None else max_uploads_per_client
+    if per_client < 1:
+        raise ValueError(f"max_uploads_per_client must be at least 1, got {per_client}")
+    if per_client < max_pending_requests:  # a cap as high as the server's own adds nothing
+        app.add_middleware(UploadsPerClient, max_per_client=per_client)
     if "*" not in hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
+        app.add_middleware(HostAllowList, allowed_hosts=list(hosts))  # refusals in the JSON error shape
+    app.add_middleware(SecurityHeaders)  # outermost: its headers go on every answer, the Host refusal's too
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]  # Starlette types a handler as taking any Exception
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]  # Starlette types a handler as taking any Exception
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]  # Starlette types a handler as taking any Exception

@@ -125,9 +125,10 @@ async def read_multipart(
 ) -> ParsedForm:
     """Read a multipart body chunk by chunk, keeping parts in memory and enforcing ``limits``.
 
-    Raises :class:`ApiError` 415 for another content type, 413 when the body or a file is too large
-    (checked on the bytes actually received, and early on a too-large ``Content-Length``), and 422
-    for malformed bodies, oversized or non-UTF-8 text fields and duplicate fields.
+    Raises :class:`ApiError` 415 for another content type, 400 for a boundary the parser does not accept
+    (longer than python-multipart's limit), 413 when the body or a file is too large (checked on the bytes
+    actually received, and early on a too-large ``Content-Length``), and 422 for malformed bodies,
+    oversized or non-UTF-8 text fields and duplicate fields.
     """
     media_type, params = parse_options_header(content_type or "")
     if media_type != b"multipart/form-data":
@@ -153,7 +154,14 @@ async def read_multipart(
         "on_header_end": collector.on_header_end,
         "on_headers_finished": collector.on_headers_finished,
     }
-    parser = MultipartParser(boundary, callbacks)
+    try:
+        parser = MultipartParser(boundary, callbacks)
+    except FormParserError as error:  # python-multipart refuses the boundary itself (longer than it accepts)
+        raise ApiError(
+            400,
+            f"the multipart/form-data boundary ({len(boundary)} characters) is not accepted: {error}",
+            {"field": "content-type", "boundary_length": len(boundary)},
+        ) from error
     received = 0
     deadline = time.monotonic() + limits.upload_timeout_s
     chunks = stream.__aiter__()

@@ -29,7 +29,8 @@ def _multipart_body(
     fields: dict[str, FormField], required: list[str], non_blank: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """OpenAPI ``requestBody`` for a multipart form (the reader is custom, so it is declared by hand): exactly the
-    fields the server reads (it refuses others); ``non_blank``: text fields that must hold a non-space character.
+    fields the server reads (it refuses others); ``non_blank``: text fields that must hold a letter or digit
+    (:func:`lvseg.data.report_text.is_blank_report`).
     """
     properties: dict[str, Any] = {}
     for name, (kind, description, max_length) in fields.items():
@@ -39,7 +40,8 @@ def _multipart_body(
         if max_length:
             prop["maxLength"] = max_length
         if name in non_blank:
-            prop.update(minLength=1, **{"not": {"pattern": r"^\s*$"}})  # not blank: some non-space character
+            # Not blank: some letter or digit. [\W_] is "neither letter nor digit" (Unicode \W as Python reads it).
+            prop.update(minLength=1, **{"not": {"pattern": r"^[\W_]*$"}})
         properties[name] = prop
     schema: dict[str, Any] = {
         "type": "object",
@@ -57,8 +59,11 @@ def _multipart_body(
 def _error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """The documented error answers ``codes``, each an :class:`ErrorResponse` with its meaning."""
     meaning = {
+        400: "A request the server cannot parse: a multipart boundary longer than the parser accepts, or a Host "
+        "name this server does not answer to.",
         401: "Missing or wrong API key (X-API-Key header).",
         404: "The result_id names no result the server still keeps: segment again.",
+        429: "This client already has the most uploads in progress that one client may have: wait for one.",
         408: "The upload stalled (no data for the read timeout, 30 s by default) or took too long.",
         503: "The server is busy with the most uploads it takes at once: try again in a moment.",
         413: "Upload over the size limit, or an image too large or a decompression bomb.",

@@ -119,8 +119,19 @@ def text_language(text: str) -> str:
     return "ko" if _HANGUL.search(text) else "ja" if _KANA.search(text) else "zh"
 
 
-def _register_ttf(path: str) -> str | None:
-    """Register a TrueType font file (``file.ttc:N`` for the N-th font of a collection); its name, or None."""
+def run_language(run: str, text: str) -> str:
+    """The language of one CJK run of ``text``: its own script when it has Hangul or kana; a run of Han
+    characters only takes the language of the whole text when that text is in one CJK language, else Chinese
+    (e.g. the Chinese sentence of a report that also quotes Japanese and Korean)."""
+    if _HANGUL.search(run) or _KANA.search(run):
+        return text_language(run)
+    mixed = bool(_HANGUL.search(text)) and bool(_KANA.search(text))
+    return "zh" if mixed else text_language(text)
+
+
+def _register_ttf(path: str) -> tuple[str, frozenset[int]] | None:
+    """Register a TrueType font file (``file.ttc:N`` for the N-th font of a collection): (its name, the code
+    points it has glyphs for), or None."""
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.ttfonts import TTFont
 
@@ -131,41 +142,55 @@ def _register_ttf(path: str) -> str | None:
         return None
     name = "lvseg-cjk-" + re.sub(r"[^A-Za-z0-9]+", "-", Path(file).stem) + (f"-{index}" if index else "")
     try:
-        pdfmetrics.registerFont(TTFont(name, file, subfontIndex=int(index or 0)))
+        font = TTFont(name, file, subfontIndex=int(index or 0))
+        pdfmetrics.registerFont(font)
     except Exception as error:  # CFF outlines, a broken file: try the next font
         logger.debug("cannot use %s for CJK text in PDF reports: %s", file, error)
         return None
-    return name
+    return name, frozenset(font.face.charToGlyph)
 
 
 @functools.cache
-def cjk_font(language: str) -> tuple[str, bool]:
-    """(font name, embedded) for CJK text of ``language`` ("ja", "ko", "zh"): the first usable TrueType font
-    of :data:`CJK_FONT_FILES` (embedded as a subset), else reportlab's CID font (not embedded: logged)."""
+def _cjk_fonts(language: str) -> tuple[tuple[str, frozenset[int]], ...]:
+    """The usable TrueType fonts for ``language``, best first (``LVSEG_PDF_CJK_FONT``, then
+    :data:`CJK_FONT_FILES`)."""
+    configured = os.environ.get("LVSEG_PDF_CJK_FONT", "").strip()
+    paths = ((configured,) if configured else ()) + CJK_FONT_FILES[language] + CJK_FONT_FILES["any"]
+    return tuple(font for font in map(_register_ttf, dict.fromkeys(paths)) if font is not None)
+
+
+def cjk_font(language: str, characters: str = "") -> tuple[str, bool]:
+    """(font name, embedded) for CJK ``characters`` of ``language`` ("ja", "ko", "zh"): the first TrueType
+    font of :func:`_cjk_fonts` with a glyph for every character (else the first one), embedded as a subset;
+    without any, reportlab's CID font (not embedded: logged)."""
+    fonts = _cjk_fonts(language)
+    if fonts:
+        needed = {ord(character) for character in characters}
+        return next((name for name, glyphs in fonts if needed <= glyphs), fonts[0][0]), True
+    return _cid_font(language), False
+
+
+@functools.cache
+def _cid_font(language: str) -> str:
     from reportlab.pdfbase import pdfmetrics
     from reportlab.pdfbase.cidfonts import UnicodeCIDFont
 
-    configured = os.environ.get("LVSEG_PDF_CJK_FONT", "").strip()
-    for path in ((configured,) if configured else ()) + CJK_FONT_FILES[language] + CJK_FONT_FILES["any"]:
-        name = _register_ttf(path)
-        if name is not None:
-            return name, True
     logger.warning(
         "no TrueType CJK font found (install fonts-droid-fallback, or set LVSEG_PDF_CJK_FONT to a .ttf): PDF "
         "reports name the %s font, which viewers without it show as empty boxes",
         _CID_FONTS[language],
     )
     pdfmetrics.registerFont(UnicodeCIDFont(_CID_FONTS[language]))
-    return _CID_FONTS[language], False
+    return _CID_FONTS[language]
 
 
 def _paragraph_text(text: str) -> str:
     """``text`` as reportlab paragraph markup: escaped, line breaks kept, and runs of Chinese, Japanese or
-    Korean characters set in a font with their glyphs (:func:`cjk_font`, for the language of the whole text,
-    so that the Han characters of a Japanese report take Japanese shapes)."""
+    Korean characters set in a font of their language with their glyphs (:func:`run_language`,
+    :func:`cjk_font`), so that the Han characters of a Japanese report take Japanese shapes."""
     parts, position = [], 0
     for match in _CJK_RUN.finditer(text):
-        font = cjk_font(text_language(text))[0]
+        font = cjk_font(run_language(match.group(), text), match.group())[0]
         parts.append(escape(text[position : match.start()]))
         parts.append(f'<font name="{font}">{escape(match.group())}</font>')
         position = match.end()

@@ -36,6 +36,8 @@ class KeptResult:
     image_size: tuple[int, int]
     analysed_size: tuple[int, int]
     inference_ms: float
+    patient_id: str = ""  # the image's own identifiers (DICOM), for a report form that leaves them blank
+    study_id: str = ""
 
     @classmethod
     def of(cls, analysis: Analysis) -> KeptResult:
@@ -52,6 +54,8 @@ class KeptResult:
             image_size=(image.original_width, image.original_height),
             analysed_size=(image.width, image.height),
             inference_ms=analysis.inference_ms,
+            patient_id=image.patient_id,
+            study_id=image.study_id,
         )
 
     @property

@@ -19,8 +19,8 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from lvseg.data.images import mask_to_uint8, png_bytes
-from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.data.provenance import describe_training_data
+from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import MIB, ParsedForm, read_multipart
 from lvseg.serving.openapi import FormField, _error_responses, _multipart_body
@@ -191,14 +191,14 @@ def _pdf_response(service: Service, result: KeptResult, extras: dict[str, str]) 
         inference_ms=result.inference_ms,
         text_warnings=result.text_warnings,
         consistency_warnings=[message for _, message in result.consistency],
-        study_id=extras["study_id"],
-        patient_id=extras["patient_id"],
+        study_id=extras["study_id"] or result.study_id,  # the form first, then the DICOM's own
+        patient_id=extras["patient_id"] or result.patient_id,
         referrer=extras["referrer"],
         notes=extras["notes"],
         recommendations=extras["recommendations"],
     )
     pdf = service.report(result.pixels, result.overlay, content)
-    safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", extras["study_id"])[:64].strip("._")
+    safe_id = re.sub(r"[^A-Za-z0-9_.-]+", "_", content.study_id)[:64].strip("._")
     filename = f"lvseg-report-{safe_id}.pdf" if safe_id else "lvseg-report.pdf"
     return Response(
         pdf, media_type="application/pdf", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
@@ -370,7 +370,9 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
     )
     text_field: FormField = (
         "text",
-        "The clinician's report (at least one letter or digit)." if requires_text else "Not used by this image-only model (accepted and ignored).",
+        "The clinician's report (at least one letter or digit)."
+        if requires_text
+        else "Not used by this image-only model (accepted and ignored).",
         config.max_text_chars,
     )
     text_rule = ("text",) if requires_text else ()
@@ -385,7 +387,7 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
         openapi_extra=_multipart_body({"image": image_field, "text": text_field}, required, non_blank=text_rule),
         responses={
             200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG with ?format=png."},
-            **_error_responses(400, 408, 413, 415, 422, 503),
+            **_error_responses(400, 408, 413, 415, 422, 429, 503),
         },
     )
 
@@ -410,7 +412,7 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
         "(image, report, mask, numbers); results are kept in memory for a limited time.",
         openapi_extra=_multipart_body(detail_fields, []),
         response_class=Response,
-        responses={**pdf_responses, **_error_responses(400, 404, 408, 413, 415, 422)},
+        responses={**pdf_responses, **_error_responses(400, 404, 408, 413, 415, 422, 429)},
     )
     api.add_api_route(
         "/report",
@@ -422,6 +424,6 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
             {"image": image_field, "text": text_field, **detail_fields}, required, non_blank=text_rule
         ),
         response_class=Response,
-        responses={**pdf_responses, **_error_responses(400, 408, 413, 415, 422, 503)},
+        responses={**pdf_responses, **_error_responses(400, 408, 413, 415, 422, 429, 503)},
     )
     return api

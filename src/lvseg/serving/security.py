@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -63,6 +65,105 @@ def allowed_hosts_for(bind_host: str, api_key_set: bool, extra_hosts: Sequence[s
         return list(ANY_HOST)
     own_names = machine_names() if not is_loopback(bind_host) else set()
     return sorted({*LOOPBACK_NAMES, bind_host, *own_names, *extra_hosts})
+
+
+#: The scope key :class:`HostAllowList` sets on a request whose Host it accepted.
+_HOST_ACCEPTED = "lvseg.host_accepted"
+
+
+class HostAllowList:
+    """Pure ASGI middleware: Starlette's :class:`TrustedHostMiddleware` (the Host allow-list, a DNS-rebinding
+    guard), its refusal answered in the API's JSON error shape ``{error, detail}`` instead of plain text.
+
+    Which names are accepted is the Starlette middleware's rule; this only rewrites what it sends when it
+    refuses (a request it passes on is marked in its scope, so the app's own answers go out unchanged).
+    """
+
+    def __init__(self, app: ASGIApp, allowed_hosts: Sequence[str]) -> None:
+        async def accepted(scope: Scope, receive: Receive, send: Send) -> None:
+            scope[_HOST_ACCEPTED] = True
+            await app(scope, receive, send)
+
+        self.guard = TrustedHostMiddleware(accepted, allowed_hosts=list(allowed_hosts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.guard(scope, receive, send)
+            return
+        refusal: dict[str, int] = {}
+
+        async def send_refusal_as_json(message: Message) -> None:
+            if scope.get(_HOST_ACCEPTED):
+                await send(message)
+            elif message["type"] == "http.response.start" and message["status"] >= 400:
+                refusal["status"] = message["status"]  # the plain-text body that follows is replaced
+            elif message["type"] == "http.response.body" and refusal:
+                if not message.get("more_body", False):
+                    await self._refusal(scope, refusal["status"])(scope, receive, send)
+            else:  # not a refusal (the www. redirect Starlette may send)
+                await send(message)
+
+        await self.guard(scope, receive, send_refusal_as_json)
+
+    def _refusal(self, scope: Scope, status: int) -> JSONResponse:
+        host = Headers(scope=scope).get("host")
+        shown = host[:100] if host else None
+        logger.info("%s %s -> %d (Host %r not accepted)", scope.get("method"), scope.get("path", ""), status, shown)
+        return JSONResponse(
+            {
+                "error": (
+                    f"the Host header {shown!r} names no host this server answers to; use one of its own names "
+                    "(lvseg serve --allowed-host NAME adds one)"
+                    if host
+                    else "the request has no Host header; send the name of this server in it"
+                ),
+                "detail": {"host": shown},
+            },
+            status_code=status,
+        )
+
+
+class UploadsPerClient:
+    """Pure ASGI middleware: at most ``max_per_client`` POST requests to ``/api`` (the uploads) from one client
+    address at once; more are answered 429 (JSON), so one client cannot hold every upload slot of the server
+    (:class:`~lvseg.serving.service.Admission`) with slow uploads. An event-loop counter: no lock.
+
+    The address is the ASGI ``client`` (uvicorn puts a trusted proxy's ``X-Forwarded-For`` there).
+    """
+
+    def __init__(self, app: ASGIApp, max_per_client: int) -> None:
+        if max_per_client < 1:
+            raise ValueError(f"max_uploads_per_client must be at least 1, got {max_per_client}")
+        self.app = app
+        self.max_per_client = max_per_client
+        self.active: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").startswith("/api"):
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        address = str(client[0]) if client else "unknown"
+        if self.active.get(address, 0) >= self.max_per_client:
+            logger.info("POST %s -> 429 (%d uploads of one client in progress)", scope.get("path"), self.max_per_client)
+            response = JSONResponse(
+                {
+                    "error": f"this client already has {self.max_per_client} uploads in progress, the most the "
+                    "server takes from one client at once; wait for one to finish",
+                    "detail": {"max_uploads_per_client": self.max_per_client},
+                },
+                status_code=429,
+                headers={"retry-after": "5"},
+            )
+            await response(scope, receive, send)
+            return
+        self.active[address] = self.active.get(address, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active[address] -= 1
+            if not self.active[address]:
+                del self.active[address]
 
 
 _key_header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="The service's API key.")

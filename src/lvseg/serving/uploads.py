@@ -27,14 +27,25 @@ import numpy as np
 from PIL import Image
 
 from lvseg.data.dicom import is_dicom
-from lvseg.data.images import QUARTER_TURNS, exif_orientation, read_image, to_display_rgb8, upright
+from lvseg.data.images import (
+    PIL_FORMATS,
+    QUARTER_TURNS,
+    CorruptImageError,
+    check_decoded,
+    check_header_size,
+    exif_orientation,
+    read_image,
+    to_display_rgb8,
+    upright,
+)
 from lvseg.errors import LvsegError
 from lvseg.serving.errors import ApiError
 
 logger = logging.getLogger(__name__)
 
 ACCEPTED = "PNG, JPEG, TIFF, BMP or DICOM"
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF", "bmp": "BMP"}
+#: The sniffed kind -> the Pillow format it is opened as: the data layer's one list (:data:`PIL_FORMATS`).
+_PIL_FORMATS = {name.lower(): name for name in PIL_FORMATS}
 # PIL modes of more than 8 bits per sample (16-bit, 32-bit integer, float).
 _DEEP_MODES = ("I", "F")
 
@@ -61,7 +72,7 @@ class DecodedImage:
     image of more than 8 bits per sample is shown stretched to its own maximum (display only).
     ``original_size``: (width, height) of the file; H, W are smaller when the image was reduced to
     ``ImageLimits.max_working_side``. ``original_spacing_mm``: the file's (row, column) pixel size in mm
-    (DICOM), else None.
+    (DICOM), else None. ``patient_id``/``study_id``: the DICOM's own identifiers ("" otherwise).
     """
 
     array: np.ndarray
@@ -70,6 +81,8 @@ class DecodedImage:
     original_size: tuple[int, int] = (0, 0)
     original_spacing_mm: tuple[float, float] | None = None
     row_direction: str | None = None
+    patient_id: str = ""
+    study_id: str = ""
 
     @property
     def pixel_spacing_mm(self) -> tuple[float, float] | None:
@@ -199,6 +212,8 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeB
         original_size=original,
         original_spacing_mm=header.pixel_spacing_mm if header else None,
         row_direction=header.row_direction if header else None,
+        patient_id=header.patient_id if header else "",
+        study_id=header.study_id if header else "",
     )
     logger.debug("decoded a %s image of %dx%d", kind, decoded.width, decoded.height)
     return decoded
@@ -227,12 +242,14 @@ def _decode_pil(
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
             check_dimensions(image.width, image.height, limits)  # header only, nothing decoded yet
+            check_header_size(image, len(data), "upload")  # as lvseg predict reads the file (open_pil)
             original = (image.width, image.height)
             target = working_size(image.width, image.height, limits.max_working_side)
             if kind == "jpeg" and target != original:
                 image.draft(image.mode, target)  # decodes at 1/2, 1/4 or 1/8 scale, no smaller than target
             with budget.reserve(image.width * image.height * 4):  # decoded (after any draft) at 4 bytes/pixel
                 image.load()
+                check_decoded(image, "upload")  # before any turn, as open_pil checks it
                 if exif_orientation(image) in QUARTER_TURNS:  # read after load: a PNG's EXIF loads the pixels
                     original = original[::-1]  # reported upright, as the image is shown
                 turned = upright(image)  # the data layer's orientation rule, as `lvseg predict` reads the file
@@ -244,6 +261,9 @@ def _decode_pil(
         raise ApiError(413, "the image is a decompression bomb (too many pixels)", {"field": "image"}) from error
     except ApiError:
         raise
+    except CorruptImageError as error:  # data that cannot be what the header says, or no finite value
+        message = f"the {kind.upper()} file is corrupt or truncated: {error.reason}"
+        raise ApiError(422, message, {"field": "image"}) from error
     except LvsegError as error:  # pixels the reader does not take (an unusual mode or shape)
         raise ApiError(422, f"the {kind.upper()} image could not be decoded: {error}", {"field": "image"}) from error
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as error:

@@ -29,7 +29,13 @@ import torch
 
 from lvseg.errors import LvsegError
 from lvseg.text.base import TextEncoder, TextFeatures, check_texts, masked_mean
-from lvseg.text.huggingface import allow_missing_pretrained_weights, downloads_allowed, drop_pretrained_weights
+from lvseg.text.huggingface import (
+    allow_missing_pretrained_weights,
+    download_failed_message,
+    downloads_allowed,
+    drop_pretrained_weights,
+)
+from lvseg.text.openai_clip import clip_token_sequence
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,14 +49,27 @@ PAD_ID = 0
 EOF_WORDS = 9
 
 
-def _missing_clip_message(name_or_path: str, what: str) -> str:
-    if what == "CLIP tokenizer" and not Path(name_or_path).expanduser().exists():
+#: The files of a CLIP tokenizer (what ``hf download`` needs for the tokenizer alone).
+TOKENIZER_FILES = "vocab.json merges.txt tokenizer_config.json special_tokens_map.json"
+
+
+def _missing_clip_message(name_or_path: str, what: str, error: BaseException | None = None) -> str:
+    on_disk = Path(name_or_path).expanduser().exists()
+    if downloads_allowed() and not on_disk:
+        return download_failed_message(
+            what,
+            name_or_path,
+            error,
+            "pass the folder as `clip:/path/to/folder`",
+            files=TOKENIZER_FILES if what == "CLIP tokenizer" else "",
+        )
+    if what == "CLIP tokenizer" and not on_disk:
         return (
             f"the CLIP tokenizer '{name_or_path}' is not available offline: download its files with `hf download "
-            f"{name_or_path} vocab.json merges.txt tokenizer_config.json special_tokens_map.json` (into the "
+            f"{name_or_path} {TOKENIZER_FILES}` (into the "
             "Hugging Face cache) or save them into a folder and pass that folder."
         )
-    if Path(name_or_path).expanduser().exists():
+    if on_disk:
         return (
             f"CLIP folder '{name_or_path}' does not hold a loadable {what} (as written by `save_pretrained`: "
             "config.json and model weights, vocab.json and merges.txt); re-save it there or pass another folder "
@@ -70,7 +89,7 @@ def load_clip_tokenizer(name_or_path: str) -> Any:
         return CLIPTokenizer.from_pretrained(name_or_path, local_files_only=not downloads_allowed())
     except (OSError, ValueError, KeyError, TypeError) as error:
         logger.debug("loading the CLIP tokenizer %r failed: %r", name_or_path, error)
-        raise LvsegError(_missing_clip_message(name_or_path, "CLIP tokenizer")) from error
+        raise LvsegError(_missing_clip_message(name_or_path, "CLIP tokenizer", error)) from error
 
 
 class CLIPTextEncoder(TextEncoder):
@@ -103,7 +122,7 @@ class CLIPTextEncoder(TextEncoder):
                 )
             except (OSError, ValueError, KeyError, TypeError) as error:
                 logger.debug("loading CLIP %r failed: %r", name_or_path, error)
-                raise LvsegError(_missing_clip_message(self.name_or_path, "CLIP text model")) from error
+                raise LvsegError(_missing_clip_message(self.name_or_path, "CLIP text model", error)) from error
             self.pretrained_source = self.name_or_path  # weights reloaded from here, never stored
             self.register_state_dict_post_hook(drop_pretrained_weights)
             self.register_load_state_dict_post_hook(allow_missing_pretrained_weights)
@@ -153,9 +172,7 @@ class CLIPTextEncoder(TextEncoder):
         ids = torch.full((len(texts), self.max_length), PAD_ID, dtype=torch.long)
         for row, text in enumerate(texts):
             body = self.tokenizer(self._padded_text(text), add_special_tokens=False)["input_ids"]
-            sequence = [self.start_id, *body, self.end_id]
-            if len(sequence) > self.max_length:
-                sequence = sequence[: self.max_length - 1] + [self.end_id]
+            sequence = clip_token_sequence(body, self.start_id, self.end_id, self.max_length)
             ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         return ids
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lvseg.errors import LvsegError
+from lvseg.errors import LvsegError, first_line
 from lvseg.text.base import TextEncoder, TextFeatures, check_texts, masked_mean
 from lvseg.text.cache import TextFeatureCache
 
@@ -27,7 +27,27 @@ def downloads_allowed() -> bool:
     return os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip() == "1"
 
 
-def _missing_model_message(name_or_path: str) -> str:
+#: Where ``from_pretrained`` downloads a model id from.
+HUB_URL = "https://huggingface.co"
+
+
+def download_failed_message(
+    what: str, name_or_path: str, error: BaseException | None, instead: str, files: str = ""
+) -> str:
+    """The sentence for a download that ``LVSEG_ALLOW_DOWNLOAD=1`` allowed and that failed: ``what`` (e.g. "CLIP
+    model") ``name_or_path`` could not be downloaded from the Hub (its URL), why (the first line of ``error``,
+    e.g. no network), and what to do ``instead`` (e.g. "pass the folder as `clip:/path/to/folder`"); ``files``:
+    the file names to give ``hf download`` (default: the whole repository)."""
+    reason = f" ({first_line(error)})" if error is not None else ""
+    command = f"hf download {name_or_path}{' ' + files if files else ''}"
+    return (
+        f"{what} '{name_or_path}' could not be downloaded from the Hugging Face Hub ({HUB_URL}/{name_or_path})"
+        f"{reason}: check the model id and the network, or download it where there is a network with `{command}` "
+        f"(the Hugging Face client) and {instead}."
+    )
+
+
+def _missing_model_message(name_or_path: str, error: BaseException | None = None) -> str:
     if Path(name_or_path).expanduser().exists():
         return (
             f"text encoder folder '{name_or_path}' does not hold a loadable Hugging Face model and tokenizer "
@@ -35,10 +55,12 @@ def _missing_model_message(name_or_path: str) -> str:
             "there or pass another folder with `--text-encoder hf:/path/to/model`."
         )
     if downloads_allowed():
-        return (
-            f"text encoder '{name_or_path}' could not be downloaded from the Hugging Face Hub: check the model id "
-            f"and the network, or download it with `hf download {name_or_path}` (the Hugging Face client) and, "
-            "when training, pass the folder as `--text-encoder hf:/path/to/model`."
+        return download_failed_message(
+            "text encoder",
+            name_or_path,
+            error,
+            "copy it into the Hugging Face cache (~/.cache/huggingface), or, when training, pass its folder as "
+            "`--text-encoder hf:/path/to/model`",
         )
     return (
         f"text encoder '{name_or_path}' is not available offline: download it with "
@@ -89,7 +111,7 @@ def load_pretrained(name_or_path: str) -> tuple[Any, nn.Module]:
         model = AutoModel.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as err:  # missing files, unknown model type, no tokenizer
         logger.debug("loading text encoder %r failed: %r", name_or_path, err)
-        raise LvsegError(_missing_model_message(name_or_path)) from err
+        raise LvsegError(_missing_model_message(name_or_path, err)) from err
     return tokenizer, model
 
 

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from lvseg.checkpoint import FORMAT_VERSION, checkpoint_format, read_checkpoint_dict
 from lvseg.data.input_statistics import measure_on_files
@@ -264,10 +264,31 @@ def _make_trainer(**options: Any) -> L.Trainer:
         ) from None
 
 
+def _all_texts(samples: list[Any]) -> list[str]:
+    """Every report a training sample may be given: its fixed text and each of its prompt choices."""
+    texts = []
+    for sample in samples:
+        texts.append(sample.text)
+        texts.extend(text for group in sample.prompt_choices for text in group)
+    return texts
+
+
+def class_balanced_sampler(samples: list[Any], seed: int) -> WeightedRandomSampler:
+    """Draws ``len(samples)`` samples per epoch with replacement, each with weight 1 / (samples of its class):
+    every ``class_name`` is drawn equally often on average (a binary set: uniform)."""
+    from collections import Counter
+
+    counts = Counter(sample.class_name for sample in samples)
+    weights = [1.0 / counts[sample.class_name] for sample in samples]
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(weights, num_samples=len(samples), replacement=True, generator=generator)
+
+
 def train(config: TrainConfig) -> TrainResult:
-    """Train one model on an LViT-layout dataset; writes best.ckpt, last.ckpt and logs into ``config.out``."""
+    """Train one model on a dataset (any layout of :mod:`lvseg.data.formats`: one sample per image, or per
+    (image, structure) of a multi-class set); writes best.ckpt, last.ckpt and logs into ``config.out``."""
     from lvseg.data.dataset import SegmentationDataset
-    from lvseg.data.layout import load_split
+    from lvseg.data.formats import DataOptions, class_names, load_dataset_split
 
     check_train_config(config)
     config = with_model_recipe(config)
@@ -276,8 +297,10 @@ def train(config: TrainConfig) -> TrainResult:
     max_time = parse_max_time(config.max_time)
     L.seed_everything(config.seed, workers=True, verbose=False)
     semi = is_semi_supervised(config)
-    train_samples = load_split(config.data, "train", require_masks=not semi)  # unlabeled masks stay unopened
-    val_samples = load_split(config.data, "val")
+    data_options = DataOptions.from_config(config)
+    # unlabeled masks stay unopened
+    train_samples = load_dataset_split(config.data, "train", data_options, require_masks=not semi)
+    val_samples = load_dataset_split(config.data, "val", data_options)
 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -296,7 +319,8 @@ def train(config: TrainConfig) -> TrainResult:
             raise LvsegError(
                 f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out"
             )
-        task = build_task(config, [sample.text for sample in train_samples])  # reports only: no mask read
+        # reports only (every prompt a sample may draw): no mask read
+        task = build_task(config, _all_texts(train_samples))
     if config.channels_last:
         task.use_channels_last()
     if config.compile:
@@ -311,9 +335,11 @@ def train(config: TrainConfig) -> TrainResult:
     # images' statistics, for the app's warning on images unlike them (lvseg.inference.consistency).
     task.hparams["training_data"] = training_data_record(config.data, len(train_samples), len(val_samples))
     task.hparams["validation_data"] = describe_validation_data(config.data, len(val_set))
+    if class_names(train_samples):
+        task.hparams["classes"] = class_names(train_samples)
     task.hparams["input_statistics"] = measure_on_files(
-        [sample.image_path for sample in train_samples],
-        [sample.image_path for sample in val_samples],
+        list(dict.fromkeys(sample.image_path for sample in train_samples)),  # an image of K classes once
+        list(dict.fromkeys(sample.image_path for sample in val_samples)),
         config.img_size,
         config.in_channels,
         seed=config.seed,
@@ -332,10 +358,20 @@ def train(config: TrainConfig) -> TrainResult:
         steps_per_epoch = data["datamodule"].labeled_steps()
     else:
         train_set = SegmentationDataset(
-            train_samples, config.img_size, augment=config.augment, channels=config.in_channels, seed=config.seed
+            train_samples,
+            config.img_size,
+            augment=config.augment,
+            channels=config.in_channels,
+            seed=config.seed,
+            sample_prompts=True,
         )  # seeded augmentation: MONAI's own RNG is not seeded by seed_everything
+        sampler = class_balanced_sampler(train_samples, config.seed) if config.balance_classes else None
         train_loader = DataLoader(
-            train_set, shuffle=True, drop_last=len(train_set) > config.batch_size, **loader_options
+            train_set,
+            shuffle=sampler is None,
+            sampler=sampler,
+            drop_last=len(train_set) > config.batch_size,
+            **loader_options,
         )
         data = {"train_dataloaders": train_loader, "val_dataloaders": val_loader}
         steps_per_epoch = len(train_loader)

@@ -14,11 +14,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.optim import Optimizer
 
+from lvseg.errors import LvsegError
+
 if TYPE_CHECKING:
     from lightning.pytorch.utilities.types import LRSchedulerConfigType
 
 #: Epochs without a lower validation loss before ReduceLROnPlateau divides the learning rate by 10.
 PLATEAU_PATIENCE = 5
+
+MULTISTEP_NEEDS_MILESTONES = "--lr-schedule multistep needs at least one --lr-milestone EPOCH (e.g. 35)"
 
 #: ``OPTIMIZERS[name](param_groups, lr=..., weight_decay=...)`` -> the optimiser.
 OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -63,6 +67,15 @@ def _cosine(optimizer: Optimizer, options: Mapping[str, Any]) -> LRSchedulerConf
 def _plateau(optimizer: Optimizer, options: Mapping[str, Any]) -> LRSchedulerConfigType:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1, patience=PLATEAU_PATIENCE)
     return {"scheduler": scheduler, "interval": "epoch", "monitor": "val_loss"}
+
+
+@register_lr_schedule("multistep", "x0.1 after each epoch given with --lr-milestone (e.g. 35 of 50, CRIS's)")
+def _multistep(optimizer: Optimizer, options: Mapping[str, Any]) -> LRSchedulerConfigType:
+    milestones = sorted({int(epoch) for epoch in options.get("lr_milestones") or ()})
+    if not milestones:
+        raise LvsegError(MULTISTEP_NEEDS_MILESTONES)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    return {"scheduler": scheduler, "interval": "epoch"}
 
 
 def schedule_help() -> str:

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lvseg.data.formats import PROMPT_TYPES
 from lvseg.data.transforms import AUGMENTATION_MODES
 from lvseg.errors import LvsegError
 from lvseg.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES, describe_recipe, resolve_recipe
 from lvseg.text import expected_specs, text_encoder_problems
-from lvseg.training.optim import LR_SCHEDULES, OPTIMIZERS, schedule_help
+from lvseg.training.optim import LR_SCHEDULES, MULTISTEP_NEEDS_MILESTONES, OPTIMIZERS, schedule_help
 
 _MISSING = dataclasses.MISSING
 
@@ -68,7 +69,10 @@ def option(
 class TrainConfig:
     """Every option of a training run; defaults follow the LViT paper (batch 2, Adam 1e-3, ...)."""
 
-    data: Path = option(help="Dataset root in the LViT layout (Train_Folder, Val_Folder, ...).")
+    data: Path = option(
+        help="Dataset root: the LViT layout (Train_Folder, Val_Folder, ...; label maps with classes.csv or "
+        "--classes) or the VLSM study's (images/, masks/, anns/{train,val,test}.json)."
+    )
     out: Path = option(help="Run folder: best.ckpt, last.ckpt and logs are written here.")
     model: str = option("lvit", "Registered model name (see `lvseg info --all`).")
     text_encoder: str | None = option(
@@ -131,6 +135,14 @@ class TrainConfig:
         cli_type=list[str],
         default_factory=dict,
     )
+    lr_milestones: list[int] = option(
+        help="Epoch after which the multistep schedule divides the learning rate by 10 (repeatable; default: the "
+        "recipe's), e.g. --lr-milestone 35.",
+        flag="--lr-milestone",
+        group="optim",
+        cli_type=list[int],
+        default_factory=list,
+    )
     restart_epochs: int = option(
         10, "Epochs of the first cosine-annealing cycle (warm restarts, T_0).", group="optim", minimum=1
     )
@@ -169,6 +181,44 @@ class TrainConfig:
         "paper (rot90 + flip or rotation, as LViT), rotate (keeps left/right and upper/lower: use it when "
         "reports name locations) or none.",
         choices=AUGMENTATION_MODES,
+    )
+    # Multi-class data (lvseg.data.formats.DataOptions): one (image, prompt, binary mask) sample per structure.
+    classes: str | None = option(
+        None,
+        "Label maps: the class of each mask value, e.g. '1=liver,2=kidney' (default: classes.csv at the data "
+        "root when present; without either, masks are binary).",
+        group="data",
+        cli_type=str,
+    )
+    negative_ratio: float = option(
+        1.0,
+        "Label maps: share of (image, absent class) pairs kept as negative samples (empty mask, the class's prompt).",
+        group="data",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    prompt_type: str = option(
+        "random",
+        "Prompt of multi-class samples: p0 (empty) ... p9 of the VLSM study's records, p0-p6 written by lvseg for "
+        "label maps, or random (a pK, K >= 1, drawn at each training access).",
+        group="data",
+        choices=PROMPT_TYPES,
+    )
+    modality: str = option(
+        "image", "Label maps: the modality written in per-class prompts, e.g. 'CT slice'.", group="data"
+    )
+    split_image_folders: bool | None = option(
+        None,
+        "VLSM layout: images in images/<split>/ (default: when that folder exists).",
+        flag="--split-image-folders/--no-split-image-folders",
+        group="data",
+        cli_type=bool,
+    )
+    balance_classes: bool = option(
+        False,
+        "Multi-class data: draw training samples so that every class is seen equally often.",
+        flag="--balance-classes/--no-balance-classes",
+        group="data",
     )
     resume: bool = option(False, "Continue the interrupted run in --out from last.ckpt.")
     progress_bar: bool = option(True, "Show Lightning's progress bar.", cli=False)
@@ -259,7 +309,11 @@ def with_model_recipe(config: TrainConfig) -> TrainConfig:
         unset["img_size"] = model_class(config.model).default_img_size
     if not config.lr_scales and recipe.get("lr_scales"):
         unset["lr_scales"] = dict(recipe["lr_scales"])
-    return dataclasses.replace(config, **unset)
+    milestones = list(config.lr_milestones or recipe.get("lr_milestones") or [])
+    schedule = config.lr_schedule if config.lr_schedule is not None else recipe["lr_schedule"]
+    if schedule == "multistep" and not milestones:
+        raise LvsegError(MULTISTEP_NEEDS_MILESTONES)
+    return dataclasses.replace(config, **unset, lr_milestones=milestones)
 
 
 #: Fields of :class:`TrainConfig` that are hyperparameters of the optimiser and of the semi-supervised task.
@@ -374,6 +428,11 @@ def check_train_config(config: TrainConfig) -> None:
             "--compile is not available with semi-supervised training (--labeled-fraction / "
             "--labeled-list): its EMA teacher copies the network"
         )
+    bad_milestones = [epoch for epoch in config.lr_milestones or [] if isinstance(epoch, bool) or epoch < 1]
+    if bad_milestones:
+        problems.append(f"--lr-milestone {bad_milestones[0]!r} must be an epoch >= 1")
+    if config.balance_classes and is_semi_supervised(config):
+        problems.append("--balance-classes is not available with semi-supervised training (--labeled-fraction)")
     problems += _text_encoder_problems(config)
     if problems:
         raise LvsegError("; ".join(problems))

@@ -234,9 +234,10 @@ class SemiSupervisedTask(SegmentationTask):
         self._teacher_state = None
         self.build_teacher()
         log.info(
-            "supervised phase done after %d epochs (best validation Dice %s at epoch %s); the "
+            "supervised phase done after %d epoch%s (best validation Dice %s at epoch %s); the "
             "semi-supervised phase starts from that checkpoint",
             self.current_epoch + 1,
+            "" if self.current_epoch == 0 else "s",
             _dice_text(self.phase_best[SUPERVISED]),
             self.phase_best_epoch[SUPERVISED],
         )
