@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from lvseg.cli import data_options
 from lvseg.cli.output import console as make_console
 from lvseg.cli.output import count, lvseg_command
 from lvseg.errors import DataValidationError, LvsegError
@@ -86,17 +87,11 @@ def check(
     model: Optional[str] = typer.Option(
         None, "--model", help="Also check that this model can read every report (e.g. c2fvl's report grammar)."
     ),
-    classes: Optional[str] = typer.Option(
-        None, "--classes", help="Label maps: VALUE=NAME,... (default: classes.csv at the root when present)."
-    ),
-    negative_ratio: float = typer.Option(
-        1.0, "--negative-ratio", min=0.0, max=1.0, help="Label maps: share of absent (image, class) pairs kept."
-    ),
-    prompt_type: str = typer.Option("random", "--prompt-type", help="p0 ... p9 or random."),
-    modality: str = typer.Option("image", "--modality", help="Label maps: modality in written prompts."),
-    split_image_folders: Optional[bool] = typer.Option(
-        None, "--split-image-folders/--no-split-image-folders", help="VLSM layout: images/<split>/ (default: auto)."
-    ),
+    classes: Optional[str] = data_options.CLASSES,
+    negative_ratio: float = data_options.NEGATIVE_RATIO,
+    prompt_type: str = data_options.PROMPT_TYPE,
+    modality: str = data_options.MODALITY,
+    split_image_folders: Optional[bool] = data_options.SPLIT_IMAGE_FOLDERS,
 ) -> None:
     """Validate a dataset folder (either layout; label maps with their class table) and report every problem
     at once."""

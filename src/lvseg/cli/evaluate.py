@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 from rich.table import Table
 
+from lvseg.cli import data_options
 from lvseg.cli.output import console as make_console
 from lvseg.cli.output import count
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
@@ -102,17 +103,11 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the shuffled-text permutation."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
-    classes: Optional[str] = typer.Option(
-        None, "--classes", help="Label maps: VALUE=NAME,... (default: classes.csv at the data root when present)."
-    ),
-    negative_ratio: float = typer.Option(
-        1.0, "--negative-ratio", min=0.0, max=1.0, help="Label maps: share of absent (image, class) pairs scored."
-    ),
-    prompt_type: str = typer.Option("random", "--prompt-type", help="Multi-class prompts: p0 ... p9 or random."),
-    modality: str = typer.Option("image", "--modality", help="Label maps: the modality in written prompts."),
-    split_image_folders: Optional[bool] = typer.Option(
-        None, "--split-image-folders/--no-split-image-folders", help="VLSM layout: images/<split>/ (default: auto)."
-    ),
+    classes: Optional[str] = data_options.CLASSES,
+    negative_ratio: float = data_options.NEGATIVE_RATIO,
+    prompt_type: str = data_options.PROMPT_TYPE,
+    modality: str = data_options.MODALITY,
+    split_image_folders: Optional[bool] = data_options.SPLIT_IMAGE_FOLDERS,
     class_swap: Optional[bool] = typer.Option(
         None,
         "--class-swap/--no-class-swap",
