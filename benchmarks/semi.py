@@ -161,7 +161,7 @@ def summary_rows(by_seed: dict[int, list[dict[str, Any]]]) -> list[dict[str, obj
     for kind, mean in means.items():
         row: dict[str, object] = {
             "run": NAMES[kind],
-            "seeds": len(by_seed),
+            "seeds": sum(any(r["kind"] == kind for r in results) for results in by_seed.values()),
             "mean test Dice (%)": f"{mean * 100:.2f}",
             "vs supervised only (points)": "",
             "gap closed": "",
@@ -284,6 +284,15 @@ def main(argv: list[str] | None = None) -> int:
             append_section(
                 f"Semi-supervised at convergence, {name}, seed {seed}",
                 _describe(args, f"{name}, seed {seed}") + "\n\n" + table,
+                path=args.results,
+            )
+    if args.summarize_only and not args.no_record:  # each seed's table, rebuilt from its results.json
+        for seed in sorted(by_seed):
+            append_section(
+                f"Semi-supervised at convergence, {base_name}"
+                + (f" (n={args.n}, {args.synth_size or args.img_size} px)" if args.data is None else "")
+                + f", seed {seed} (table rebuilt from results.json)",
+                _describe(args, f"{base_name}, seed {seed}") + "\n\n" + markdown_table(seed_rows(by_seed[seed])),
                 path=args.results,
             )
     summary = markdown_table(summary_rows(by_seed))
