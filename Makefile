@@ -27,7 +27,10 @@ test: install-test
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	# Two processes: one pytest process over the whole suite crashed (SIGSEGV, at varying tests, no Python trace)
+	# after the model-contract tests; each half passes alone. Stopgap until the crash is bisected (see the notes).
+	$(PY) -m pytest -q --ignore=tests/test_model_contract.py --ignore=tests/test_models_cris.py
+	$(PY) -m pytest -q tests/test_model_contract.py tests/test_models_cris.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
