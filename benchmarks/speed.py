@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -143,14 +144,92 @@ def end_to_end(backends: list[str], repeats: int, device: torch.device) -> list[
     return rows
 
 
+def tuned_end_to_end(checkpoint: Path, repeats: int) -> list[dict[str, object]]:
+    """A checkpoint tuned by ``lvseg tune-backend`` (or training) end to end through
+    ``lvseg.load_model(...).predict`` on a 512x512 PNG: ``auto`` (what its record chooses), then every backend
+    of its record that passed, each against fp32 eager of the same run."""
+    from PIL import Image
+
+    from lvseg.checkpoint import load_checkpoint
+    from lvseg.inference import load_model
+
+    record = load_checkpoint(checkpoint).backend_record
+    if record is None:
+        raise SystemExit(f"{checkpoint} has no backend record: run `lvseg tune-backend` on it first")
+    folder = Path(tempfile.mkdtemp(prefix="lvseg-speed-"))
+    Image.fromarray((np.random.default_rng(0).random((512, 512)) * 255).astype(np.uint8)).save(folder / "x.png")
+    rows, eager_ms = [], None
+    for backend in ["eager", "auto", *[name for name in record.passed() if name != "eager"]]:
+        segmenter = load_model(checkpoint, device="cpu", backend=backend)
+        report = segmenter.example_reports[0]
+        latency = timed(lambda: segmenter.predict(folder / "x.png", report), repeats)
+        eager_ms = latency if backend == "eager" else eager_ms
+        trial = record.trial(segmenter.backend)
+        rows.append(
+            {
+                "checkpoint": f"{checkpoint.parent.name}/{checkpoint.name}",
+                "backend": backend if backend != "auto" else f"auto = {segmenter.backend}",
+                "ms per image": f"{latency:.1f}",
+                "ratio to eager": f"{eager_ms / latency:.2f}x" if eager_ms else "-",
+                "fraction of eager": f"{latency / eager_ms:.2f}" if eager_ms else "-",
+                "guard (record)": f"{trial.min_dice:.4f}" if trial and trial.min_dice is not None else "-",
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def official_lvit_rows(folder: Path, repeats: int) -> list[dict[str, object]]:
+    """The official LViT code's forward (``nets/LViT.py``, ``Config.get_CTranS_config``, from the user's own
+    checkout at ``folder``; nothing is downloaded) at 224, batch 1, fp32 and with bf16 autocast."""
+    import importlib
+
+    for name in [name for name in sys.modules if name == "Config" or name == "nets" or name.startswith("nets.")]:
+        del sys.modules[name]  # another checkout's modules of the same names
+    sys.path.insert(0, str(folder))
+    try:
+        config = importlib.import_module("Config")
+        network = importlib.import_module("nets.LViT").LViT(
+            config.get_CTranS_config(), n_channels=3, n_classes=1, img_size=224
+        )
+    except Exception as error:  # the user's checkout: any import problem is a row, not a crash
+        return [{"path": "official LViT forward", "precision": "-", "ms": f"failed: {str(error).splitlines()[0][:80]}"}]
+    finally:
+        sys.path.remove(str(folder))
+    network.eval()
+    images, text = torch.rand(1, 3, 224, 224), torch.rand(1, 10, 768)
+    rows = []
+    for precision in ("fp32", "bf16 autocast"):
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32")
+
+        def forward() -> None:
+            with torch.no_grad(), autocast:
+                network(images, text)
+
+        rows.append(
+            {
+                "path": "official LViT forward (LVIT_OFFICIAL)",
+                "precision": precision,
+                "ms": f"{timed(forward, repeats):.1f}",
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def guard_on_data(checkpoint: Path, data: Path, backends: list[str]) -> list[dict[str, object]]:
     """The accuracy guard on a trained checkpoint and a dataset's test split: every backend's masks against
     fp32 eager's, per image."""
+    from lvseg.checkpoint import load_checkpoint
     from lvseg.data.images import read_image, resize_image
     from lvseg.data.layout import load_split
     from lvseg.inference import load_model
+    from lvseg.inference.backend_choice import backend_spec
     from lvseg.inference.backends import agreement
 
+    record = load_checkpoint(checkpoint).backend_record
+    tuned = {trial.backend for trial in record.trials if trial.error is None} if record is not None else set()
+    backends = [name for name in backends if not backend_spec(name).tuned or name in tuned]
     samples = load_split(data, "test")
     reference, rows = None, []
     for backend in backends:
@@ -171,9 +250,12 @@ def guard_on_data(checkpoint: Path, data: Path, backends: list[str]) -> list[dic
             reference = probabilities
             continue
         guard = agreement(reference, probabilities)
+        trial = record.trial(backend) if record is not None else None
         rows.append(
             {
                 "checkpoint": f"{checkpoint.parent.name}/{checkpoint.name}",
+                "tuned on": record.data if trial is not None else "-",
+                "passed on tuning images": ("yes" if trial.passed else "no") if trial is not None else "-",
                 "test images": len(samples),
                 "backend": backend,
                 "min Dice vs eager": f"{guard['min_dice']:.4f}",
@@ -210,16 +292,28 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the accuracy guard of a trained checkpoint on DATA's test split (repeatable)",
     )
     parser.add_argument("--guard-only", action="store_true", help="only the --guard runs (no timing)")
+    parser.add_argument(
+        "--tuned",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="also time a tuned checkpoint end to end: auto (its record's choice) and each backend that passed",
+    )
+    parser.add_argument("--tuned-only", action="store_true", help="only the --tuned (and --guard) runs")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
     from lvseg.inference import resolve_device
 
     device = resolve_device(args.device)
+    from lvseg.inference.backend_choice import backend_spec
+
     installed = [
         name
         for name in BACKENDS
         if name != "auto"
+        and not backend_spec(name).tuned  # bf16-mixed, openvino-int8: set up per checkpoint (--tuned, --guard)
         and (
             name not in EXPORTING_BACKENDS
             or importlib.util.find_spec({"onnx": "onnxruntime", "openvino-bf16": "openvino"}.get(name, name))
@@ -228,8 +322,37 @@ def main(argv: list[str] | None = None) -> int:
     chosen = args.backends.split(",") if args.backends else installed
     if device.type != "cpu":  # ONNX Runtime and OpenVINO run here on the CPU only
         chosen = [name for name in chosen if name not in EXPORTING_BACKENDS]
-    guard_backends = ["eager", *[b for b in chosen if b not in ("eager", "compile")]]
+    guard_backends = [
+        "eager",
+        *[
+            b
+            for b in (args.backends.split(",") if args.backends else BACKENDS)
+            if b not in ("auto", "eager", "compile") and backend_spec(b).available()
+        ],
+    ]
     guard_rows = [row for checkpoint, data in args.guard for row in guard_on_data(checkpoint, data, guard_backends)]
+    if args.tuned_only:
+        tuned_rows = [row for checkpoint in args.tuned for row in tuned_end_to_end(checkpoint, args.repeats)]
+        official = os.environ.get("LVIT_OFFICIAL")
+        official_rows = official_lvit_rows(Path(official), args.repeats) if official else []
+        tables = [markdown_table(rows) for rows in (guard_rows, tuned_rows, official_rows) if rows]
+        print("\n\n".join(tables))
+        if not args.no_record:
+            append_section(
+                "Tuned checkpoints: the per-checkpoint guard and auto end to end",
+                "Guard: masks (threshold 0.5) of each backend against fp32 eager on every TEST image (the record "
+                "was measured on the validation images). End to end: `load_model(C, backend=...).predict` on a "
+                "512 px PNG, median of "
+                f"{args.repeats} after 3 warm-ups, same run as eager. Official LViT rows: "
+                + (
+                    "measured from LVIT_OFFICIAL."
+                    if official
+                    else "not measured (LVIT_OFFICIAL not set: no checkout of the official code on this machine)."
+                )
+                + "\n\n"
+                + "\n\n".join(tables),
+            )
+        return 0
     if args.guard_only:
         table = markdown_table(guard_rows)
         print(table)

@@ -21,7 +21,7 @@ from lvseg.inference.backends import NetworkRunner, NetworkSource, register_runn
 from lvseg.models import create_model
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda:1")  # a device object needs no GPU
-BUILT_IN = ("eager", "bf16", "compile", "onnx", "openvino", "openvino-bf16")
+BUILT_IN = ("eager", "bf16", "compile", "bf16-mixed", "onnx", "openvino", "openvino-bf16", "openvino-int8")
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def _unet() -> torch.nn.Module:
 
 def test_the_built_in_backends_declare_their_capabilities() -> None:
     assert backend_choice.BACKENDS == ("auto", *BUILT_IN)
-    assert backend_choice.EXPORTING_BACKENDS == ("onnx", "openvino", "openvino-bf16")
+    assert backend_choice.EXPORTING_BACKENDS == ("onnx", "openvino", "openvino-bf16", "openvino-int8")
     facts = {
         name: (backend_spec(name).exports, backend_spec(name).cpu_only, backend_spec(name).precision)
         for name in BUILT_IN
@@ -57,12 +57,15 @@ def test_the_built_in_backends_declare_their_capabilities() -> None:
         "eager": (False, False, "fp32"),
         "bf16": (False, False, "bf16"),
         "compile": (False, False, "bf16"),
+        "bf16-mixed": (False, False, "bf16"),
         "onnx": (True, True, "fp32"),
         "openvino": (True, True, "fp32"),
         "openvino-bf16": (True, True, "bf16"),
+        "openvino-int8": (True, True, "int8"),
     }
+    assert [name for name in BUILT_IN if backend_spec(name).tuned] == ["bf16-mixed", "openvino-int8"]
     assert backend_spec("openvino").graph_files == ("network.xml", "network.onnx")
-    assert backend_choice.exporting_backends() == ("openvino", "openvino-bf16", "onnx")  # auto's runtime first
+    assert backend_choice.exporting_backends() == ("openvino", "openvino-bf16", "openvino-int8", "onnx")  # auto's runtime first
     assert set(backends._RUNNERS) == set(BUILT_IN)  # every declared backend has its builder
 
 
@@ -70,20 +73,23 @@ def test_the_help_text_is_written_from_the_registry() -> None:
     text = backend_help()
     assert text == backend_choice.BACKEND_HELP
     assert text.startswith("How the network runs: eager (fp32 reference), bf16 (channels-last + bf16 where")
-    assert "compile (torch.compile), onnx (ONNX Runtime), openvino (fp32), openvino-bf16, or auto" in text
+    assert "compile (torch.compile), bf16-mixed (bf16 with the modules" in text
+    assert "onnx (ONNX Runtime), openvino (fp32), openvino-bf16, openvino-int8 (int8 quantised by NNCF" in text
+    assert "or auto (the fastest that passed the checkpoint's own accuracy guard" in text
     assert "openvino, else onnx, when installed; eager on CUDA and for a single --image" in text
 
 
 def test_names_are_checked_and_cpu_only_backends_refused_elsewhere() -> None:
     with pytest.raises(
         LvsegError,
-        match="unknown backend 'fast'; expected one of auto, eager, bf16, compile, onnx, openvino, openvino-bf16$",
+        match="unknown backend 'fast'; expected one of auto, eager, bf16, compile, bf16-mixed, onnx, openvino, "
+        "openvino-bf16, openvino-int8$",
     ):
         resolve_backend("fast", CPU)
     for name in ("onnx", "openvino", "openvino-bf16"):
         with pytest.raises(
             LvsegError,
-            match=f"backend '{name}' runs on the CPU; use --device cpu, or --backend eager/bf16/compile on cuda:1",
+            match=f"backend '{name}' runs on the CPU; use --device cpu, or --backend eager/bf16/compile/bf16-mixed on cuda:1",
         ):
             resolve_backend(name, CUDA)
     assert [resolve_backend(name, CUDA) for name in ("eager", "bf16", "compile")] == ["eager", "bf16", "compile"]
@@ -146,7 +152,7 @@ def test_a_pytorch_backend_refuses_an_exported_graph(tmp_path: Path) -> None:
     with pytest.raises(
         LvsegError,
         match="backend 'bf16' runs a PyTorch model; an exported network runs with "
-        "openvino, openvino-bf16, onnx or auto",
+        "openvino, openvino-bf16, openvino-int8, onnx or auto",
     ):
         backends.make_runner("bf16", _unet(), CPU, graph=tmp_path / "network.onnx")
 

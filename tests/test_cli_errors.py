@@ -6,6 +6,8 @@ once); two cases run the installed ``lvseg`` script in a subprocess to check the
 
 from __future__ import annotations
 
+import errno
+import importlib.util
 import os
 import re
 import shutil
@@ -20,6 +22,7 @@ import torch
 from lvseg.checkpoint import save_inference_checkpoint
 from lvseg.cli.main import main
 from lvseg.data.synth import generate_synthetic_dataset
+from lvseg.errors import LvsegError
 from lvseg.models import create_model
 
 LVSEG = Path(sys.executable).parent / "lvseg"
@@ -179,6 +182,38 @@ def test_brackets_in_paths_are_printed_verbatim(clean_data: Path, tmp_path: Path
         (["--in-channels", 2], "--in-channels 2 is not 1 (gray) or 3 (RGB)"),
         (["--lr-scale", "towers=abc"], "--lr-scale 'towers=abc' is not GROUP=FACTOR"),
         (["--lr-scale", "towers=0.1"], "--lr-scale names parameter group(s) towers"),
+        # Issue 22: nonsense that used to crash or pass silently.
+        pytest.param(
+            ["--accelerator", "tpu"],
+            "--accelerator tpu is not available here (torch_xla is not installed or no TPU is attached); "
+            "accelerators available on this machine: auto, cpu",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("torch_xla") is not None
+                or torch.cuda.is_available()
+                or torch.backends.mps.is_available(),
+                reason="this machine has torch_xla, CUDA or MPS: other accelerators are available",
+            ),
+        ),
+        (["--accelerator", "abacus"], "--accelerator 'abacus' is not one of auto, cpu, cuda, gpu, mps, tpu"),
+        (
+            ["--model", "lvit", "--model-option", "dropout=abc"],
+            "--model-option dropout=abc: model 'lvit' takes dropout as a number, default 0.1",
+        ),
+        (
+            ["--model", "lvit", "--model-option", "dropout=5"],
+            "--model-option dropout=5: model 'lvit' cannot be built "
+            "with it: dropout probability has to be between 0 and 1, but got 5",
+        ),
+        (["--max-time", "0"], "--max-time '0' leaves no time to train; give a positive duration"),
+        (["--max-time", "0:0:0:0"], "--max-time '0:0:0:0' leaves no time to train"),
+        (
+            ["--model", "unet", "--text-encoder", "learned"],
+            "--text-encoder: model 'unet' is image-only (it reads no text); leave --text-encoder out",
+        ),
+        (
+            ["--model", "unet", "--text-length", 20, "--text-option", "dim=8"],
+            "--text-option and --text-length: model 'unet' is image-only",
+        ),
     ],
 )
 def test_bad_train_flags(extra: list, needle: str, clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -527,3 +562,279 @@ def test_suggested_commands_run_in_the_users_shell(tmp_path: Path, monkeypatch) 
     assert lvseg_command() == "venv/bin/lvseg"
     monkeypatch.setenv("PATH", str(script.parent))  # the venv is active: the plain name works
     assert lvseg_command() == "lvseg"
+
+
+# ------------------------------------------------------------------------------ outputs (issue 22)
+
+
+@pytest.fixture(scope="module")
+def official_lvit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from official_lvit_layout import OfficialLayoutLViT
+
+    source = tmp_path_factory.mktemp("official") / "official.pth"
+    torch.save({"state_dict": OfficialLayoutLViT(img_size=64, base=8, text_len=5, text_dim=16).state_dict()}, source)
+    return source
+
+
+def output_args(
+    command: str, out: Path, clean_data: Path, checkpoints: dict[str, Path], official_lvit: Path, free: Path
+) -> tuple[list[object], str, Path]:
+    """The arguments of ``command`` writing under ``out`` (any other output goes to the writable folder ``free``),
+    the flag that names the output under ``out``, and that output's path."""
+    image = sorted((clean_data / "Test_Folder" / "img").iterdir())[0]
+    good = checkpoints["good"]
+    if command == "train":
+        return train_args(clean_data, out, "--model", "unet"), "--out", out
+    if command == "evaluate":
+        return ["evaluate", "-c", good, "--data", clean_data, "--out", out], "--out", out
+    if command == "export":
+        return ["export", "-c", good, "--out", out], "--out", out
+    if command == "predict --image --out":
+        return ["predict", "-c", good, "--image", image, "--out", out / "mask.png"], "--out", out / "mask.png"
+    if command == "predict --overlay":
+        args = ["predict", "-c", good, "--image", image, "--out", free / "mask.png", "--overlay", out / "o.png"]
+        return args, "--overlay", out / "o.png"
+    if command == "predict --folder":
+        return ["predict", "-c", good, "--folder", clean_data / "Test_Folder", "--out", out], "--out", out
+    assert command == "import-lvit"
+    return ["import-lvit", official_lvit, "--out", out / "lvit.ckpt"], "--out", out / "lvit.ckpt"
+
+
+OUTPUT_COMMANDS = [
+    "train",
+    "evaluate",
+    "export",
+    "predict --image --out",
+    "predict --overlay",
+    "predict --folder",
+    "import-lvit",
+]
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_an_output_under_a_file_is_named_before_any_work(
+    command: str, clean_data: Path, checkpoints, official_lvit: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me")
+    args, flag, named = output_args(command, blocker / "out", clean_data, checkpoints, official_lvit, tmp_path)
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error(code, err, f"{flag} '{named}' cannot be created: '{blocker}' is a file, not a folder; expected a")
+    assert blocker.read_text() == "keep me"
+    assert not (tmp_path / "mask.png").exists()  # predict --overlay: no mask written before the refusal
+
+
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_an_output_in_a_read_only_folder_is_named_before_any_work(
+    command: str, clean_data: Path, checkpoints, official_lvit: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        if os.access(read_only, os.W_OK):
+            # root writes through 0o555: deny the folder as the kernel denies any other user
+            allowed = os.access
+            monkeypatch.setattr(
+                os,
+                "access",
+                lambda path, mode, **kw: False if Path(path) == read_only and mode & os.W_OK else allowed(path, mode),
+            )
+        args, flag, named = output_args(command, read_only / "out", clean_data, checkpoints, official_lvit, tmp_path)
+        code, err = run_main(monkeypatch, capsys, *args)
+        assert_one_error(code, err, f"{flag} '{named}' cannot be written: the folder '{read_only}' is not writable")
+        assert list(read_only.iterdir()) == []
+        assert not (tmp_path / "mask.png").exists()
+    finally:
+        read_only.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("command", "needle"),
+    [
+        ("evaluate", "is a file; expected a folder (for metrics.json"),
+        ("predict --folder", "is a file; expected a folder (for masks/"),
+        ("import-lvit", "is a folder; expected a file (the lvseg checkpoint"),
+    ],
+)
+def test_an_output_of_the_wrong_kind_is_named(
+    command: str, needle: str, clean_data: Path, checkpoints, official_lvit: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    args, flag, _ = output_args(command, tmp_path / "out", clean_data, checkpoints, official_lvit, tmp_path)
+    if command == "import-lvit":
+        out = tmp_path / "out" / "lvit.ckpt"
+        out.mkdir(parents=True)  # an existing folder where the checkpoint file should go
+    else:
+        out = tmp_path / "out"
+        out.write_text("keep me")
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error(code, err, f"{flag} '{out}' {needle}")
+
+
+def test_a_write_that_fails_after_the_checks_is_one_line(
+    checkpoints, clean_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The folder became unwritable between the check and the write: the path and the system's reason."""
+    import lvseg.data.images
+
+    def denied(path: Path, write: object) -> Path:
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(lvseg.data.images, "atomic_write", denied)
+    image = sorted((clean_data / "Test_Folder" / "img").iterdir())[0]
+    out = tmp_path / "mask.png"
+    code, err = run_main(monkeypatch, capsys, "predict", "-c", checkpoints["good"], "--image", image, "--out", out)
+    assert_one_error(code, err, f"cannot use '{out}': Permission denied (PermissionError)")
+
+
+def test_an_allocation_that_fails_is_one_line(
+    checkpoints, clean_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import lvseg.cli.predict
+
+    def no_memory(path: Path) -> None:
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried")
+
+    monkeypatch.setattr(lvseg.cli.predict, "read_hwc", no_memory)
+    image = sorted((clean_data / "Test_Folder" / "img").iterdir())[0]
+    args = ["predict", "-c", checkpoints["good"], "--image", image, "--out", tmp_path / "mask.png"]
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error(code, err, "out of memory", "can't allocate memory", "lower --batch-size, --img-size")
+
+
+# ------------------------------------------------------------------------------ memory bounds (issue 22)
+
+
+@pytest.fixture
+def machine_of_24_gb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memory estimate compared with 24 GB available, whatever this machine has."""
+    import lvseg.memory
+
+    monkeypatch.setattr(lvseg.memory, "_machine_available", lambda: 24 * 10**9)
+    monkeypatch.setattr(lvseg.memory, "_cgroup_room", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (
+            ["--model", "unet", "--img-size", 32000, "--batch-size", 1],
+            "--img-size 32000 with --batch-size 1 needs about 545 GB for one batch of activations (8 channels at "
+            "full resolution); this machine has 24 GB of memory available: lower --img-size or --batch-size",
+        ),
+        (
+            ["--model", "unet", "--img-size", 224, "--batch-size", 10**6],
+            "--img-size 224 with --batch-size 1000000 needs about 26.7 TB",
+        ),
+        (
+            ["--model", "lvit", "--text-length", 100_000_000],
+            "--text-length 100000000 needs about 307 GB for the text encoder's position table and one batch of token "
+            "features; this machine has 24 GB of memory available: lower --text-length",
+        ),
+    ],
+)
+def test_sizes_that_cannot_fit_are_refused_before_allocation(
+    extra: list, needle: str, machine_of_24_gb: None, clean_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    code, err = run_main(monkeypatch, capsys, *train_args(clean_data, tmp_path / "run"), *extra)
+    assert_one_error(code, err, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_too_large_for_this_machine_is_refused_before_loading(
+    machine_of_24_gb: None, clean_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    huge = save_inference_checkpoint(tmp_path / "huge.ckpt", create_model("unet", img_size=32000, base_channels=4))
+    image = sorted((clean_data / "Test_Folder" / "img").iterdir())[0]
+    code, err = run_main(monkeypatch, capsys, "predict", "-c", huge, "--image", image, "--out", tmp_path / "m.png")
+    assert_one_error(
+        code,
+        err,
+        f"checkpoint '{huge}' runs at 32000 px: one image needs about 81.9 GB for one batch of activations; this "
+        "machine has 24 GB of memory available: use a machine with more memory",
+    )
+    code, err = run_main(monkeypatch, capsys, "evaluate", "-c", huge, "--data", clean_data, "--out", tmp_path / "e")
+    assert_one_error(code, err, "--batch-size 8 needs about 655 GB", "this machine has 24 GB")
+    assert not (tmp_path / "m.png").exists() and not (tmp_path / "e").exists()
+
+
+# ------------------------------------------------------------------------- accepted nonsense (issue 22)
+
+
+def test_data_check_applies_the_splits_train_needs(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    shutil.rmtree(data / "Val_Folder")
+    code, err = run_main(monkeypatch, capsys, "data", "check", data)
+    check_line = assert_one_error(code, err, f"split folder '{data / 'Val_Folder'}' not found", "lvseg train needs")
+    code, err = run_main(monkeypatch, capsys, *train_args(data, tmp_path / "run"))
+    train_line = assert_one_error(code, err)
+    assert train_line.removeprefix("error: ") in check_line  # the same rule, the same words
+    monkeypatch.setattr(sys, "argv", ["lvseg", "data", "check", str(data), "--split", "train", "--split", "test"])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0 and f"ok: {data}" in capsys.readouterr().out  # the present splits, by name
+
+
+def test_a_run_that_ends_before_its_first_checkpoint_says_so(tmp_path: Path) -> None:
+    """Lightning stops at a time limit before the first validation: no checkpoint to list (not one listed twice)."""
+    from lvseg.cli.train import written_checkpoints
+    from lvseg.training.fit import TrainConfig, TrainResult
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = TrainConfig(data=tmp_path / "data", out=out, max_time="1s")
+    nothing = TrainResult(
+        best_checkpoint=out / "last.ckpt", last_checkpoint=out / "last.ckpt", best_val_dice=None, epochs=0
+    )
+    with pytest.raises(
+        LvsegError, match=r"no checkpoint was written in '.*run': --max-time 1s ran out before the first"
+    ):
+        written_checkpoints(config, nothing)
+    (out / "last.ckpt").write_bytes(b"x")
+    assert written_checkpoints(config, nothing) == [out / "last.ckpt"]  # once, though named as best and last
+
+
+def test_a_finished_run_lists_each_checkpoint_once(clean_data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["lvseg", *map(str, train_args(clean_data, out, "--model", "unet"))])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("checkpoints:")]
+    assert listed == [f"checkpoints: {out / 'best.ckpt'}, {out / 'last.ckpt'}"]
+
+
+def test_prompts_refuse_a_mask_whose_size_differs_from_its_image(data: Path, monkeypatch, capsys) -> None:
+    from PIL import Image
+
+    image = first_image(data)
+    mask = data / TRAIN / "labelcol" / f"mask_{image.name}"
+    Image.new("L", (20, 16), 255).save(mask)
+    before = {path: path.read_bytes() for path in data.glob("*_Folder/*_text.*")}
+    code, err = run_main(
+        monkeypatch, capsys, "prompts", "--data", data, "--class-name", "lesion", "--modality", "x-ray", "--overwrite"
+    )
+    assert_one_error(code, err, f"mask '{mask}' is 20x16 but its image '{image}' is 32x32; expected the same size")
+    assert {path: path.read_bytes() for path in data.glob("*_Folder/*_text.*")} == before  # nothing written
+    code, err = run_main(monkeypatch, capsys, "data", "check", data)
+    assert_one_error(code, err, f"mask '{mask}' is 20x16")  # the same rule as data check's
+
+
+@pytest.mark.parametrize("command", ["train", "data check"])
+def test_a_zip_of_junk_named_xlsx_is_named_plainly(
+    command: str, data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import zipfile
+
+    table = data / TRAIN / "Train_text.xlsx"
+    with zipfile.ZipFile(table, "w") as archive:
+        archive.writestr("junk.txt", "hello")
+    args = train_args(data, tmp_path / "run") if command == "train" else ["data", "check", data]
+    code, err = run_main(monkeypatch, capsys, *args)
+    line = assert_one_error(
+        code,
+        err,
+        f"text file '{table}' cannot be read: it is a zip archive without 'xl/workbook.xml', not an Excel "
+        "workbook (.xlsx)",
+    )
+    assert "KeyError" not in line

@@ -216,3 +216,206 @@ def test_the_cli_runs_the_fastest_backend_that_passes_the_guard_by_default(comma
     click_command = typer.main.get_command(app).commands[command]
     backend = next(option for option in click_command.params if option.name == "backend")
     assert backend.default == "auto"
+
+
+# ------------------------------------------------------------------------ tampered folders are refused
+
+
+def _edit_manifest(folder: Path, edit) -> None:
+    path = folder / "lvseg_export.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def _refusal(folder: Path, backend: str = "onnx") -> str:
+    with pytest.raises(CheckpointError) as caught:
+        load_model(folder, backend=backend)
+    return str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def exported_lvit(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, Path]:
+    """An lvit (learned vocabulary) exported once for OpenVINO; the tests tamper with copies."""
+    return _export(tmp_path_factory.mktemp("lvit-export"), "lvit", {"text_encoder": "learned"}, "openvino")
+
+
+def _copy(folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def test_an_export_folder_records_its_files_hashes_and_inputs(exported_lvit, tmp_path: Path) -> None:
+    import hashlib
+
+    model, checkpoint, folder = exported_lvit
+    manifest = json.loads((folder / "lvseg_export.json").read_text())
+    assert set(manifest["files"]) == {
+        "network.onnx",
+        "text_front_end.safetensors",
+        "text_encoder.onnx",
+        "network.xml",
+        "network.bin",
+    }
+    assert manifest["sha256"] == {
+        name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in manifest["files"]
+    }
+    assert manifest["network"]["inputs"] == [
+        {"name": "images", "shape": ["batch", 3, SIZE, SIZE], "dtype": "float32"},
+        {"name": "text_0", "shape": ["batch", 32, 64], "dtype": "float32"},
+    ]
+    modes = {path.name: oct(path.stat().st_mode & 0o777) for path in folder.iterdir()}
+    assert modes == dict.fromkeys([*manifest["files"], "lvseg_export.json"], "0o600")  # no staging folder left
+    # the untouched folder loads and segments exactly as before the checks existed
+    reference = load_model(checkpoint, device="cpu").probabilities(model.example_images, REPORTS).numpy()
+    for backend in ("onnx", "openvino"):
+        found = agreement(reference, load_model(folder, backend=backend).probabilities(model.example_images, REPORTS))
+        assert found["min_dice"] == 1.0 and found["max_abs_diff"] < 1e-4, (backend, found)
+
+
+def _set(path: str, value):
+    def edit(manifest: dict) -> None:
+        *parents, last = path.split(".")
+        target = manifest
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        target[last] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        pytest.param(
+            _set("model_config.img_size", 64),
+            "model_config.img_size: manifest says 64 (lvseg would resize images to it), network.onnx takes 3x32x32",
+            id="img_size",
+        ),
+        pytest.param(
+            _set("image.size", 48), "image.size: manifest says 48, network.onnx takes 3x32x32", id="image.size"
+        ),
+        pytest.param(
+            _set("model_config.in_channels", 1),
+            "model_config.in_channels: manifest says 1 (lvseg would read images with that many channels), "
+            "network.onnx takes 3x32x32",
+            id="in_channels",
+        ),
+        pytest.param(
+            _set("image.input.name", "pixels"),
+            "image.input.name: manifest says 'pixels', network.onnx has no such input (its inputs: images, text_0)",
+            id="image-input-name",
+        ),
+        pytest.param(
+            lambda manifest: manifest["text"]["tensors"][0].update(name="words"),
+            "network.onnx takes the input 'text_0' (32x64, float32), which the manifest does not list",
+            id="text-input-name",
+        ),
+        pytest.param(
+            lambda manifest: manifest["text"]["tensors"][0].update(shape=["batch", 32, 48]),
+            "text.tensors[0] ('text_0'): manifest says 32x48, network.onnx takes 32x64",
+            id="text-shape",
+        ),
+        pytest.param(
+            lambda manifest: manifest["text"]["vocab"].__setitem__(3, "zebra"),
+            "text.vocab: manifest lists 19 words, the learned vocabulary of model_config (what lvseg reads reports "
+            "with) 19; word 3 is 'zebra' in the manifest, 'lung' in model_config",
+            id="vocabulary",
+        ),
+    ],
+)
+def test_an_edited_manifest_is_refused_naming_what_differs(exported_lvit, tmp_path: Path, edit, expected) -> None:
+    _, _, folder = exported_lvit
+    copy = _copy(folder, tmp_path)
+    _edit_manifest(copy, edit)
+    for backend in ("onnx", "openvino"):
+        message = _refusal(copy, backend)
+        assert expected in message, message
+        assert "does not match its manifest" in message and "Export the checkpoint again" in message
+
+
+def test_a_damaged_file_is_refused(exported_lvit, tmp_path: Path) -> None:
+    _, _, folder = exported_lvit
+    copy = _copy(folder, tmp_path)
+    weights = bytearray((copy / "text_front_end.safetensors").read_bytes())
+    weights[-3] ^= 0x01  # one bit of the last weight: the file still parses, the vocabulary's embedding differs
+    (copy / "text_front_end.safetensors").write_bytes(bytes(weights))
+    message = _refusal(copy)
+    assert (
+        "text_front_end.safetensors: SHA-256 differs from the manifest (file replaced or damaged): export again"
+        in message
+    )
+    assert "network.onnx" not in message.split("):", 1)[1]  # the other files are fine
+
+
+def test_another_exports_network_is_refused_with_every_problem_at_once(tmp_path: Path) -> None:
+    from lvseg.inference.export import export_model
+    from lvseg.models import create_model
+
+    _, _, folder = _export(tmp_path, "unet", {})
+    torch.manual_seed(0)
+    larger = create_model("unet", img_size=64, base_channels=8).eval()
+    other = tmp_path / "unet-64"
+    export_model(save_inference_checkpoint(tmp_path / "unet-64.ckpt", larger, metrics={}), other)
+    (folder / "network.onnx").write_bytes((other / "network.onnx").read_bytes())
+    _edit_manifest(folder, _set("model_config.in_channels", 1))
+    message = _refusal(folder)
+    for expected in (
+        "network.onnx: SHA-256 differs from the manifest (file replaced or damaged): export again",
+        "image.input: manifest says 3x32x32, network.onnx takes 3x64x64",
+        "image.size: manifest says 32, network.onnx takes 3x64x64",
+        "model_config.img_size: manifest says 32 (lvseg would resize images to it), network.onnx takes 3x64x64",
+        "model_config.in_channels: manifest says 1",
+    ):
+        assert expected in message, message
+
+
+def test_a_folder_exported_before_hashes_loads_with_a_warning(
+    exported_lvit, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _, folder = exported_lvit
+    copy = _copy(folder, tmp_path)
+    _edit_manifest(copy, lambda manifest: [manifest.pop(key) for key in ("sha256", "network")])
+    expected = load_model(folder, backend="onnx").probabilities(model.example_images, REPORTS)
+    found = load_model(copy, backend="onnx").probabilities(model.example_images, REPORTS)
+    assert torch.equal(found, expected)
+    assert "records no SHA-256 of its files" in caplog.text and "cannot be verified" in caplog.text
+    # the declarations are still checked against the graph
+    _edit_manifest(copy, _set("image.input.name", "pixels"))
+    assert "image.input.name: manifest says 'pixels'" in _refusal(copy)
+
+
+def test_an_unknown_manifest_key_is_left_alone(exported_lvit, tmp_path: Path) -> None:
+    model, _, folder = exported_lvit
+    copy = _copy(folder, tmp_path)
+    _edit_manifest(copy, _set("a_later_record", {"kept": True}))
+    assert load_model(copy, backend="onnx").probabilities(model.example_images, REPORTS).shape[0] == 2
+
+
+def test_openvino_load_errors_are_one_line_without_parser_noise(
+    exported_lvit, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    _, _, folder = exported_lvit
+    copy = _copy(folder, tmp_path)
+    _edit_manifest(copy, lambda manifest: manifest.pop("sha256"))  # an unverifiable folder reaches OpenVINO
+    (copy / "network.xml").write_text("<net><layers><layer id='0' type='Parameter'>")
+    capfd.readouterr()
+    with pytest.raises(LvsegError) as caught:
+        load_model(copy, backend="openvino")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("OpenVINO cannot load the network")
+    assert "Unable to read the model" in message and "Exception from src/" not in message
+    assert capfd.readouterr().err == ""
+
+
+def test_exporting_again_in_another_format_leaves_no_stale_graph(exported_lvit, tmp_path: Path) -> None:
+    from lvseg.inference.export import export_model
+
+    _, checkpoint, folder = exported_lvit
+    copy = _copy(folder, tmp_path)
+    export_model(checkpoint, copy, "onnx")
+    assert not (copy / "network.xml").exists() and not (copy / "network.bin").exists()
+    segmenter = load_model(copy, backend="openvino")  # OpenVINO runs network.onnx now
+    assert segmenter.backend == "openvino"
+    assert json.loads((copy / "lvseg_export.json").read_text())["format"] == "onnx"

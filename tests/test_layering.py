@@ -35,7 +35,7 @@ FORBIDDEN = {
             "evaluation",
             "cli",
         }
-        for leaf in ("errors", "files", "foreign", "recipes")
+        for leaf in ("errors", "files", "foreign", "recipes", "memory", "backend_record")
     },
 }
 

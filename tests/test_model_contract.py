@@ -294,12 +294,39 @@ def test_lvseg_serve_starts_and_serves(name: str, source: str, trained: dict[str
         export_model(trained[name], tmp_path / "export", "onnx")
         served = tmp_path / "export"
     image = png_bytes()
-    expected = load_model(trained[name], device="cpu").predict(image, REPORT).mask
+    # The app runs auto: the fastest backend that passed this checkpoint's guard; the Python API with auto too.
+    expected = load_model(served, device="cpu", backend="auto").predict(image, REPORT).mask
     with TestClient(build_app(served, "cpu", None), base_url="http://localhost") as client:
         assert client.get("/api/model").json()["model"] == name
         response = client.post("/api/segment", files={"image": ("scan.png", image, "image/png")}, data={"text": REPORT})
         assert response.status_code == 200, response.text
         assert response.json()["area_px"] == int(expected.sum())  # the same mask as the Python API
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_tunes_every_backend_and_auto_follows_the_record(name: str, trained: dict[str, Path], data: Path) -> None:
+    """Every model gets every backend through the contract: training measured each one on the validation images
+    (recorded in best.ckpt), each that passed runs from the checkpoint and agrees with eager on the test images,
+    and auto runs the fastest of them."""
+    from lvseg.checkpoint import load_checkpoint
+    from lvseg.data.images import read_image, resize_image
+    from lvseg.inference import load_model
+    from lvseg.inference.backends import agreement
+    from lvseg.inference.tuning import default_backends
+
+    record = load_checkpoint(trained[name]).backend_record
+    assert record is not None, "lvseg train did not tune the backends"
+    expected = [backend for backend in default_backends(torch.device("cpu")) if backend != "openvino-int8"]
+    assert [trial.backend for trial in record.trials] == expected
+    samples = load_split(data, "test")
+    reference_model = load_model(trained[name], device="cpu", backend="eager")
+    images = torch.stack([resize_image(read_image(s.image_path), IMG_SIZE) for s in samples])
+    texts = [s.text for s in samples]
+    reference = reference_model.probabilities(images, texts).numpy()
+    for backend in record.passed():
+        candidate = load_model(trained[name], device="cpu", backend=backend).probabilities(images, texts).numpy()
+        assert agreement(reference, candidate)["max_abs_diff"] < 0.05, backend
+    assert load_model(trained[name], device="cpu", backend="auto").backend == record.passed()[0]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -422,7 +449,7 @@ def test_unknown_model_option_is_named() -> None:
     from lvseg.errors import LvsegError
 
     with pytest.raises(LvsegError, match="does not take option.*n_classes"):
-        create_model("unet", n_classes=2)
+        create_model("lvit", n_classes=2)
 
 
 def test_prediction_path_does_not_import_lightning() -> None:

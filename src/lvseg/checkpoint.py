@@ -3,7 +3,9 @@
 Format 2 (written since the model contract; format 1 files are upgraded on load)::
 
     state_dict        {"model.<key>": tensor}       the model's weights (no frozen pretrained weights)
-    hyper_parameters  {"model_name": str, "model_config": dict, <training options> ...}
+    hyper_parameters  {"model_name": str, "model_config": dict, <training options> ...,
+                       "class_table": [{"value": int, "name": str, "template": str | None}, ...],
+                       "data_options": {"layout": str, "prompt_type": str, "negative_ratio": float, ...}}
     lvseg             {"format": 2,
                        "metrics": {"val_dice": float, "best_val_dice": float},
                        "pretrained": {"model.text_encoder": "<id or path>"},   reloaded, not stored
@@ -12,6 +14,11 @@ Format 2 (written since the model contract; format 1 files are upgraded on load)
 Lightning's training checkpoints add optimizer and loop state; ``save_inference_checkpoint`` writes
 the weights alone, without the model's training-only modules. Every file is read with
 ``torch.load(weights_only=True)``.
+
+``class_table`` (multi-class training data only) lists the classes in table order; a model with K output
+channels (``model.output_classes``, e.g. a U-Net built with ``n_classes``) must record exactly K rows, row k
+naming channel k (:func:`class_table_problem`). ``data_options``: how the training data was read
+(:func:`lvseg.data.class_channels.data_options_record`).
 
 Format 1 (lvseg 0.1): ``net.<key>`` and ``text_encoder.<key>`` weights, ``hyper_parameters`` with
 ``model_options`` (including ``n_classes``) and a separate ``text_encoder`` config.
@@ -76,7 +83,10 @@ def upgrade_checkpoint(checkpoint: dict[str, Any], source: str = "checkpoint") -
     config = dict(hparams.pop("model_options", {}))
     n_classes = config.pop("n_classes", 1)
     if n_classes != 1:
-        raise CheckpointError(f"{source} has a {n_classes}-class head; lvseg models are binary (one lesion class)")
+        raise CheckpointError(
+            f"{source} has a {n_classes}-class head but, written by lvseg 0.1, records no class table: which channel "
+            "is which class is unknown (lvseg 0.1 models were binary; train it again for one channel per class)"
+        )
     text_config = hparams.pop("text_encoder", None)
     if text_config:
         config["text_encoder"] = text_config
@@ -100,6 +110,8 @@ class LoadedCheckpoint:
     model: Any  # lvseg.models.SegmentationModel
     hparams: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
+    #: Its backends' accuracy guard and speed (:mod:`lvseg.backend_record`); None before tuning.
+    backend_record: Any = None
 
     @property
     def model_name(self) -> str:
@@ -161,9 +173,57 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", expected_model:
         raise CheckpointError(
             f"checkpoint '{path}' holds a '{model_name}' model without a text encoder, so it cannot read reports{hint}"
         )
+    problem = class_table_problem(model, hparams)
+    if problem:
+        raise CheckpointError(f"checkpoint '{path}': {problem}")
     model.strip_training_modules().eval()
     metrics = dict(checkpoint.get("lvseg", {}).get("metrics", {}))
-    return LoadedCheckpoint(model=model, hparams=dict(hparams), metrics=metrics)
+    return LoadedCheckpoint(
+        model=model, hparams=dict(hparams), metrics=metrics, backend_record=read_backend_record(checkpoint, path)
+    )
+
+
+#: ``checkpoint["lvseg"]`` keys of the backend record and of the tuned backends' graphs.
+BACKEND_RECORD_KEY, BACKEND_GRAPHS_KEY = "backends", "backend_graphs"
+
+
+def read_backend_record(checkpoint: dict[str, Any], path: str | Path) -> Any:
+    """The :class:`~lvseg.backend_record.BackendRecord` a checkpoint dict carries (None if untuned)."""
+    from lvseg.backend_record import BackendRecord
+
+    record = checkpoint.get("lvseg", {})
+    return BackendRecord.from_dict(
+        record.get(BACKEND_RECORD_KEY), f"checkpoint '{path}'", graphs=record.get(BACKEND_GRAPHS_KEY)
+    )
+
+
+def write_backend_record(path: str | Path, record: Any) -> Path:
+    """Store ``record`` (a :class:`~lvseg.backend_record.BackendRecord`, its graphs included) in the
+    checkpoint at ``path``, replacing any earlier one; the file is rewritten atomically."""
+    checkpoint = read_checkpoint_dict(path)
+    entry = checkpoint.setdefault("lvseg", {"format": checkpoint_format(checkpoint)})
+    entry[BACKEND_RECORD_KEY] = record.to_dict()
+    entry[BACKEND_GRAPHS_KEY] = {name: dict(files) for name, files in record.graphs.items()}
+    return atomic_write(path, lambda handle: torch.save(checkpoint, handle))
+
+
+def class_table_problem(model: Any, hparams: dict[str, Any]) -> str | None:
+    """What is wrong with the ``class_table`` of a model with several output channels (None: nothing, or a
+    binary model): it must list one ``{"value", "name"}`` row per channel."""
+    channels = int(getattr(model, "output_classes", 1))
+    if channels == 1:
+        return None
+    table = hparams.get("class_table")
+    if not isinstance(table, list) or len(table) != channels:
+        found = f"{len(table)} rows" if isinstance(table, list) else "none"
+        return (
+            f"model '{model.model_name}' has {channels} output channels, one per class, but its class_table has "
+            f"{found}; expected {channels} rows {{'value', 'name', 'template'}}"
+        )
+    bad = [number for number, row in enumerate(table, start=1) if not (isinstance(row, dict) and row.get("name"))]
+    if bad:
+        return f"class_table row(s) {', '.join(map(str, bad))} name no class"
+    return None
 
 
 def lvseg_record(model: Any, metrics: dict[str, float] | None = None, training_modules: str = "kept") -> dict[str, Any]:
@@ -181,11 +241,13 @@ def save_inference_checkpoint(
     model: Any,
     metrics: dict[str, float] | None = None,
     config: dict[str, Any] | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> Path:
     """Write a weights-only lvseg checkpoint of ``model`` without its training-only modules, atomically.
 
     ``config`` overrides ``model.config`` (e.g. an imported model whose frozen text encoder is named
-    but was not loaded for the conversion).
+    but was not loaded for the conversion). ``hparams``: more entries of ``hyper_parameters`` (e.g. the
+    ``class_table`` a model with one output channel per class needs).
     """
     if model.requires_text and not model.has_text_front_end and not (config or {}).get("text_encoder"):
         raise LvsegError(
@@ -193,7 +255,11 @@ def save_inference_checkpoint(
             "could not read reports"
         )
     state_dict = {MODEL_PREFIX + key: value.detach().cpu() for key, value in model.inference_state_dict().items()}
-    hparams = {"model_name": model.model_name, "model_config": dict(config or model.config)}
+    extra = {key: value for key, value in (hparams or {}).items() if key not in ("model_name", "model_config")}
+    hparams = {**extra, "model_name": model.model_name, "model_config": dict(config or model.config)}
+    problem = class_table_problem(model, hparams)
+    if problem:
+        raise LvsegError(f"refusing to write '{path}': {problem}")
     record = lvseg_record(model, metrics, training_modules="dropped")
     text_config = hparams["model_config"].get("text_encoder")
     source_field = kind_for_config(text_config).pretrained_source_field if isinstance(text_config, dict) else None

@@ -214,6 +214,78 @@ def overlay_lesions(image: np.ndarray, labels: np.ndarray, count: int, alpha: fl
     return overlay
 
 
+def overlay_classes(
+    image: np.ndarray, label_map: np.ndarray, colours: dict[int, Color], alpha: float = 0.45
+) -> np.ndarray:
+    """Each class of a label map blended over ``image`` in its own colour, its outline at full opacity.
+
+    Args:
+        image: anything :func:`to_rgb_uint8` accepts.
+        label_map: int (H, W) class values, 0 = background.
+        colours: {class value: RGB}; every non-zero value of ``label_map`` needs one.
+        alpha: opacity of the fill, 0 (outline only) .. 1 (solid).
+    Returns:
+        uint8 RGB (H, W, 3), a new array.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    rgb = to_rgb_uint8(image)
+    labels = np.asarray(label_map)
+    if labels.shape != rgb.shape[:2]:
+        raise ValueError(f"label map of shape {labels.shape} does not match the image's {rgb.shape[:2]}")
+    missing = sorted(int(value) for value in np.unique(labels) if value and int(value) not in colours)
+    if missing:
+        raise ValueError(f"no colour for class value(s) {', '.join(map(str, missing))}")
+    out = rgb.astype(np.float32)
+    for value, colour in colours.items():
+        inside = labels == value
+        if not inside.any():
+            continue
+        paint = np.asarray(colour, dtype=np.float32)
+        out[inside] = out[inside] * (1.0 - alpha) + paint * alpha
+        out[mask_outline(inside)] = paint
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def legend_band(width: int, entries: Sequence[tuple[str, Color]], font_size: int = 12) -> np.ndarray:
+    """A white band at least ``width`` pixels wide (wider when one entry needs it) holding a colour swatch and a
+    name per entry, wrapped onto as many lines as needed -> uint8 RGB (h, w, 3) (stack it under an overlay)."""
+    font = _font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = int(probe.textbbox((0, 0), "Ag", font=font)[3]) + 6
+    swatch, gap, margin = line - 6, 4, 4
+    widest = max((swatch + gap + int(probe.textlength(name, font=font)) for name, _ in entries), default=0)
+    width = max(width, widest + 2 * margin)
+    placed: list[tuple[int, int, str, Color]] = []
+    x, y = margin, margin
+    for name, colour in entries:
+        text_width = int(probe.textlength(name, font=font))
+        item = swatch + gap + text_width
+        if x > margin and x + item > width - margin:
+            x, y = margin, y + line
+        placed.append((x, y, name, colour))
+        x += item + 3 * gap
+    height = y + line + margin if entries else 0
+    band = Image.new("RGB", (max(width, 1), height), _BACKGROUND)
+    draw = ImageDraw.Draw(band)
+    for x, y, name, colour in placed:
+        draw.rectangle((x, y + 2, x + swatch, y + 2 + swatch), fill=colour, outline=_TEXT_COLOR)
+        draw.text((x + swatch + gap, y + 1), name, fill=_TEXT_COLOR, font=font)
+    return np.asarray(band)
+
+
+def with_legend(rgb: np.ndarray, entries: Sequence[tuple[str, Color]]) -> np.ndarray:
+    """``rgb`` (H, W, 3) uint8 with :func:`legend_band` of ``entries`` below it -> uint8 (H + h, W', 3), W' = W
+    unless a name is wider than the image (``entries`` empty: ``rgb`` itself)."""
+    if not entries:
+        return rgb
+    band = legend_band(rgb.shape[1], entries, max(10, min(16, rgb.shape[1] // 24)))
+    if band.shape[1] > rgb.shape[1]:  # a narrow image: widened with white on the right, to fit the names
+        padding = np.full((rgb.shape[0], band.shape[1] - rgb.shape[1], 3), _BACKGROUND, dtype=np.uint8)
+        rgb = np.concatenate([rgb, padding], axis=1)
+    return np.concatenate([rgb, band], axis=0)
+
+
 #: Colour stops of the probability heat-map (0, 0.25, 0.5, 0.75, 1): dark blue through green to yellow,
 #: perceptually ordered like viridis and readable by people with red-green colour blindness.
 _HEAT_STOPS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float32)

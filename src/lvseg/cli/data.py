@@ -96,11 +96,13 @@ def check(
     """Validate a dataset folder (either layout; label maps with their class table) and report every problem
     at once."""
     from lvseg.data.formats import DataOptions, class_names, detect_layout, load_dataset_split
-    from lvseg.data.layout import unreadable_reports
+    from lvseg.data.layout import TRAINING_SPLITS, unreadable_reports
 
     layout = detect_layout(root)
-    splits = list(split) if split else layout.list_splits(root)
-    if not splits:
+    present = layout.list_splits(root)
+    # Without --split, the dataset is checked as `lvseg train` reads it: its training splits must exist.
+    splits = list(split) if split else [*TRAINING_SPLITS, *(name for name in present if name not in TRAINING_SPLITS)]
+    if not present and not split:
         raise LvsegError(f"no split found under '{root}' ({layout.name} layout: {layout.description})")
     options = DataOptions(classes, negative_ratio, prompt_type, modality, split_image_folders)
     console = make_console()
@@ -111,7 +113,13 @@ def check(
         try:
             samples = load_dataset_split(root, name, options, require_masks=not allow_unlabeled)
         except DataValidationError as error:
-            problems.extend(f"{name}: {problem}" for problem in error.problems)
+            needed = (
+                f" (lvseg train needs the {' and '.join(TRAINING_SPLITS)} splits; check the others alone with "
+                f"--split {' --split '.join(present)})"
+                if name not in present and not split and present
+                else ""
+            )
+            problems.extend(f"{name}: {problem}{needed}" for problem in error.problems)
             continue
         labeled = sum(1 for sample in samples if sample.mask_path is not None)
         names = class_names(samples)

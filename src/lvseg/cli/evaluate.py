@@ -11,8 +11,10 @@ import typer
 from rich.table import Table
 
 from lvseg.cli import data_options
+from lvseg.cli.limits import check_inference_memory
 from lvseg.cli.output import console as make_console
 from lvseg.cli.output import count
+from lvseg.files import check_output
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
 
@@ -123,6 +125,8 @@ def evaluate_command(
 
     if threshold is not None:
         check_threshold(threshold, "--threshold")
+    check_output(out, "--out", "folder", "for metrics.json, per_image.csv and overlays")
+    check_inference_memory(checkpoint, batch_size, device, "--batch-size")
     console = make_console()
     segmenter = load_model(checkpoint, device=device, backend=backend)
     modes = modes_for(text_mode.value, segmenter.requires_text)
@@ -158,6 +162,13 @@ def evaluate_command(
         console.print("an empty prediction on an empty mask (a class correctly absent) scores Dice 1", highlight=False)
         if class_swap is None:
             class_swap = segmenter.requires_text
+        if not segmenter.requires_text:
+            console.print(
+                f"class swap: not applicable (model '{segmenter.model_name}' reads no text: no prompt chooses "
+                "the class" + (", it has one output channel per class)" if segmenter.output_classes > 1 else ")"),
+                highlight=False,
+            )
+            class_swap = False
     if class_swap:
         from lvseg.evaluation.class_swap import evaluate_class_swap
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from lvseg.cli.output import console
+from lvseg.files import check_output
 
 
 def export_command(
@@ -18,6 +19,7 @@ def export_command(
     and a manifest saying how to prepare the image and the text inputs."""
     from lvseg.inference.export import export_model
 
+    check_output(out, "--out", "folder", "for the exported model and lvseg_export.json")
     manifest = export_model(checkpoint, out, fmt)
     console().print(f"exported to {out} (manifest {manifest.name})", highlight=False)
 

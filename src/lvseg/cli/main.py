@@ -19,10 +19,13 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from lvseg import __version__
-from lvseg.errors import DataValidationError, LvsegError
+from lvseg.errors import DataValidationError, LvsegError, first_line
+from lvseg.files import os_error_message
+
+logger = logging.getLogger(__name__)
 
 #: Modules whose ``register(app)`` adds their commands at start-up, in the order of ``lvseg --help``.
-COMMAND_MODULES = ("data", "report", "models", "train", "evaluate", "predict", "export", "serve", "demo")
+COMMAND_MODULES = ("data", "report", "models", "train", "evaluate", "predict", "export", "tune", "serve", "demo")
 #: Verbs built from heavy modules (``train``'s options are the fields of TrainConfig, whose choices come from
 #: the optimiser and augmentation registries, which load MONAI): {verb, as named in :data:`COMMAND_MODULES`:
 #: (module with ``register(app)``, one-line summary for ``lvseg --help``)}. The summary is the first line of
@@ -111,6 +114,18 @@ def error_message(error: LvsegError) -> str:
     return str(error)
 
 
+def _print_error(message: str) -> None:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed (Python's, or PyTorch's CPU or CUDA allocator)."""
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return "can't allocate memory" in text or "CUDA out of memory" in text
+
+
 def main() -> None:
     """Console-script entry point: user errors become one red line and exit status 2."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -120,8 +135,23 @@ def main() -> None:
     try:
         app()
     except LvsegError as error:
-        Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]error:[/] {escape(error_message(error))}", highlight=False
+        _print_error(error_message(error))
+        sys.exit(2)
+    except OSError as error:
+        # A file the checks before the work could not foresee (a folder made read-only meanwhile, a full disk):
+        # its path and the system's reason. An OSError without a path is no user's doing: a traceback.
+        if error.filename is None:
+            raise
+        logger.debug("file-system error", exc_info=True)
+        _print_error(os_error_message(error))
+        sys.exit(2)
+    except (MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        logger.debug("out of memory", exc_info=True)
+        _print_error(
+            f"out of memory ({first_line(error, 160)}); lower --batch-size, --img-size or --text-length, or use a "
+            "machine with more memory"
         )
         sys.exit(2)
     except KeyboardInterrupt:

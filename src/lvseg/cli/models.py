@@ -15,6 +15,7 @@ from rich.table import Table
 from lvseg.cli.output import console as make_console
 from lvseg.cli.output import count
 from lvseg.errors import LvsegError
+from lvseg.files import check_output
 
 
 def _print_one(report: dict[str, Any]) -> None:
@@ -58,6 +59,37 @@ def _print_all(reports: list[dict[str, Any]]) -> None:
     make_console().print(table)
 
 
+def _print_checkpoint(path: Path, as_json: bool) -> None:
+    """``lvseg info --checkpoint``: the model, its metrics and its backend record."""
+    from lvseg.cli.tune import print_backend_record
+    from lvseg.inference.loading import load_checkpoint_explained
+
+    loaded = load_checkpoint_explained(path)
+    record = loaded.backend_record
+    if as_json:
+        summary = {
+            "model": loaded.model_name,
+            "model_config": loaded.model.config_summary(),
+            "metrics": loaded.metrics,
+            "backend_record": record.to_dict() if record is not None else None,
+        }
+        typer.echo(json.dumps(summary, indent=2, default=str))
+        return
+    out = make_console()
+    metrics = ", ".join(f"{key} {value:.4f}" for key, value in loaded.metrics.items()) or "none recorded"
+    out.print(f"{path}: a '{loaded.model_name}' model; metrics: {metrics}", highlight=False)
+    if record is None:
+        out.print(
+            "backends: not tuned (auto takes the default choice); run `lvseg tune-backend --checkpoint "
+            f"{path} --data DATA` to measure them on its images",
+            highlight=False,
+        )
+        return
+    print_backend_record(record)
+    here = "applies on this machine" if record.applies_here("cpu") else "measured on other hardware (not used here)"
+    out.print(f"auto runs the fastest that passed: {', '.join(record.passed())} ({here})", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("info")
     def info(
@@ -84,10 +116,21 @@ def register(app: typer.Typer) -> None:
             "parameters (default: the text front end is left out).",
         ),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+        checkpoint: Optional[Path] = typer.Option(
+            None,
+            "--checkpoint",
+            "-c",
+            help="An lvseg checkpoint: its model, metrics and backend record (which backends passed its guard).",
+        ),
     ) -> None:
-        """Parameters (total, trainable, inference) and GFLOPs of one forward pass (batch 1) of a model or all."""
+        """Parameters (total, trainable, inference) and GFLOPs of one forward pass (batch 1) of a model or all;
+        with --checkpoint, what a trained checkpoint holds and which inference backends passed its guard."""
         from lvseg.models import model_options
         from lvseg.models.describe import describe_all, describe_model
+
+        if checkpoint is not None:
+            _print_checkpoint(checkpoint, as_json)
+            return
 
         if (model is None) == (not all_models):
             raise LvsegError("give --model NAME or --all")
@@ -126,6 +169,7 @@ def _import_command(importer: Any) -> Callable[..., None]:
     """The ``lvseg import-<family>`` command of ``importer``: its source file, ``--out`` and its declared options."""
 
     def command(official: Path, out: Path, **options: Any) -> None:
+        check_output(out, "--out", "file", "the lvseg checkpoint to write, e.g. model.ckpt")
         result = importer.convert(official, out, **options)
         console = make_console()
         console.print(f"wrote [bold]{result.output}[/] ({count(result.n_parameters, 'parameter')})")

@@ -21,11 +21,13 @@ from typing import Optional
 
 import typer
 
+from lvseg.cli.limits import check_inference_memory
 from lvseg.cli.output import console as make_console
 from lvseg.cli.output import count
 from lvseg.data.dicom import file_row_direction
 from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.errors import LvsegError
+from lvseg.files import check_output
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
 from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
@@ -73,6 +75,10 @@ def predict_command(
             raise LvsegError(f"--image '{image}' is a folder; give one image file, or the folder with --folder")
         if not image.is_file():
             raise LvsegError(f"image '{image}' not found")
+        check_output(out, "--out", "file", "the mask PNG")
+        if overlay is not None:
+            check_output(overlay, "--overlay", "file", "the overlay PNG")
+        check_inference_memory(checkpoint, 1, device, None)
         segmenter = load_model(checkpoint, device=device, backend=backend, expected_images=1)
         if segmenter.requires_text and is_blank_report(text):
             raise LvsegError(
@@ -104,6 +110,8 @@ def predict_command(
         raise LvsegError("--overlay is for --image; with --folder the overlays go to OUT/overlays/")
     if out.suffix.lower() == ".png":
         raise LvsegError(f"with --folder, --out must be a folder, got the file name '{out}'")
+    check_output(out, "--out", "folder", "for masks/, overlays/ and predictions.csv")
+    check_inference_memory(checkpoint, batch_size, device, "--batch-size")
     segmenter = load_model(checkpoint, device=device, backend=backend)
     rows = predict_folder(segmenter, folder, out, threshold=threshold, batch_size=batch_size)
     console.print(

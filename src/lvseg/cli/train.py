@@ -10,7 +10,7 @@ import dataclasses
 import inspect
 import typing
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
@@ -18,7 +18,10 @@ from lvseg.cli.output import console as make_console
 from lvseg.cli.output import count, lvseg_command
 from lvseg.errors import LvsegError
 from lvseg.text import parse_option_items, text_encoder_help
-from lvseg.training.options import TrainConfig, cli_flag, parse_lr_scales, parse_model_options
+from lvseg.training.options import TrainConfig, check_train_config, cli_flag, parse_lr_scales, parse_model_options
+
+if TYPE_CHECKING:  # Lightning loads only when a run starts
+    from lvseg.training.fit import TrainResult
 
 #: Old flags still accepted, hidden from ``--help``: {TrainConfig field: (parameter name, old flag)}.
 HIDDEN_ALIASES: dict[str, tuple[str, str]] = {"text_length": ("text_len_alias", "--text-len")}
@@ -92,6 +95,7 @@ def train_command(**options: Any) -> None:
     options["text_options"] = parse_option_items(options.pop("text_options"), flag="--text-option")
     options["lr_scales"] = parse_lr_scales(options.pop("lr_scales"))
     config = TrainConfig(**options, devices=int(devices) if devices.isdigit() else devices)
+    check_train_config(config, refuse_unused_text_options=True)
     result = train(config)
     if result.global_rank != 0:  # DDP: the other processes stay quiet
         return
@@ -108,12 +112,28 @@ def train_command(**options: Any) -> None:
             f"supervised phase best {_dice(phases['supervised_best_val_dice'])}, semi-supervised phase best "
             f"{_dice(phases['semi_best_val_dice'])}: best.ckpt is from the {phases['best_checkpoint_phase']} phase"
         )
-    console.print(f"checkpoints: {result.best_checkpoint}, {result.last_checkpoint}", highlight=False)
+    checkpoints = written_checkpoints(config, result)
+    console.print(f"checkpoints: {', '.join(map(str, checkpoints))}", highlight=False)
     console.print(
-        f"next: {lvseg_command()} evaluate --checkpoint {result.best_checkpoint} --data {config.data} "
+        f"next: {lvseg_command()} evaluate --checkpoint {checkpoints[0]} --data {config.data} "
         f"--out {Path(config.out) / 'eval'}",
         highlight=False,
     )
+
+
+def written_checkpoints(config: TrainConfig, result: TrainResult) -> list[Path]:
+    """The run's checkpoints that exist, best first, each once and named under ``--out`` as the user gave it;
+    none written (training stopped before its first validation) is an :class:`LvsegError`."""
+    out = Path(config.out)
+    named = [out / Path(path).name for path in (result.best_checkpoint, result.last_checkpoint)]
+    existing = [path for path in dict.fromkeys(named) if path.is_file()]
+    if not existing:
+        if config.max_time:
+            why = f"--max-time {config.max_time} ran out before the first epoch was validated; give a longer --max-time"
+        else:
+            why = "training stopped before the first epoch was validated"
+        raise LvsegError(f"no checkpoint was written in '{out}': {why}")
+    return existing
 
 
 train_command.__signature__ = inspect.Signature(_cli_parameters())  # type: ignore[attr-defined]

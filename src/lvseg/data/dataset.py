@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, get_worker_info
 from lvseg.data.classes import read_sample_mask
 from lvseg.data.images import read_image, read_mask, resize_image, resize_mask, to_channels
 from lvseg.data.layout import Sample
+from lvseg.data.seeding import AUGMENTATION_STREAM, PROMPT_STREAM, EpochClock, derived_seed
 from lvseg.data.transforms import IMAGE_KEY, MASK_KEY, build_train_transform
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,11 @@ class SegmentationDataset(Dataset):
     ``torch.manual_seed``. Each worker holds its own cache; call :meth:`preload`
     before creating the DataLoader to decode once and share it with the workers.
 
+    With an ``epoch_clock`` (:class:`lvseg.data.seeding.EpochClock`, which training sets at the start of each
+    epoch) the augmentation and the prompt draw of a sample are instead seeded by (``seed``, epoch, index):
+    what a sample gets in an epoch then depends on nothing drawn before, so a resumed run draws exactly what
+    the uninterrupted run would have, in any worker.
+
     Args:
         samples: from :func:`lvseg.data.layout.load_split`.
         img_size: output height and width S.
@@ -53,6 +59,7 @@ class SegmentationDataset(Dataset):
         sample_prompts: give a sample with ``prompt_choices`` (the VLSM study's prompt lists, ``random``
             prompt types) a text drawn at each access (a group, then a text of it; seeded like the
             augmentation) instead of its fixed ``text``; for training sets.
+        epoch_clock: seed each sample's augmentation and prompt by (``seed``, epoch, index) (needs ``seed``).
     """
 
     def __init__(
@@ -65,11 +72,14 @@ class SegmentationDataset(Dataset):
         seed: int | None = None,
         transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         sample_prompts: bool = False,
+        epoch_clock: EpochClock | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
         if img_size <= 0:
             raise ValueError(f"img_size must be positive, got {img_size}")
+        if epoch_clock is not None and seed is None:
+            raise ValueError("an epoch_clock seeds samples by (seed, epoch, index): give a seed")
         self.samples = list(samples)
         self.img_size = int(img_size)
         self.augment = augment
@@ -84,6 +94,7 @@ class SegmentationDataset(Dataset):
         self.sample_prompts = sample_prompts
         self._prompt_rng = random.Random(seed)
         self._prompt_worker: int | None = None
+        self.seed, self.epoch_clock = seed, epoch_clock
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -139,10 +150,20 @@ class SegmentationDataset(Dataset):
             set_random_state(seed=worker.seed % (2**32))
         self._reseeded_worker = worker.id
 
-    def _text(self, sample: Sample) -> str:
+    def _sample_seed(self, stream: int, index: int) -> int | None:
+        """The seed of sample ``index``'s draws of ``stream`` in the clock's epoch; None without a clock."""
+        if self.epoch_clock is None or self.seed is None:
+            return None
+        return derived_seed(self.seed, stream, self.epoch_clock.epoch, index)
+
+    def _text(self, sample: Sample, index: int) -> str:
         """The sample's fixed text, or one drawn from its prompt choices (``sample_prompts``)."""
         if not (self.sample_prompts and sample.prompt_choices):
             return sample.text
+        seed = self._sample_seed(PROMPT_STREAM, index)
+        if seed is not None:
+            rng = random.Random(seed)
+            return rng.choice(rng.choice(sample.prompt_choices))
         worker = get_worker_info()
         if worker is not None and self._prompt_worker != worker.id:
             self._prompt_rng = random.Random(worker.seed)
@@ -162,14 +183,19 @@ class SegmentationDataset(Dataset):
         else:
             mask = torch.from_numpy(mask_u8.astype(np.float32))
         if self.transform is not None:
-            self._reseed_for_worker()
+            seed = self._sample_seed(AUGMENTATION_STREAM, index)
+            set_random_state = getattr(self.transform, "set_random_state", None)
+            if seed is not None and set_random_state is not None:
+                set_random_state(seed=seed)
+            else:
+                self._reseed_for_worker()
             out = self.transform({IMAGE_KEY: image, MASK_KEY: mask})
             image = plain_tensor(out[IMAGE_KEY]).clamp(0.0, 1.0)
             mask = (plain_tensor(out[MASK_KEY]) > 0.5).float()
         return {
             "image": image.contiguous(),
             "mask": mask.contiguous(),
-            "text": self._text(sample),
+            "text": self._text(sample, index),
             "name": sample.name,
             "index": index,
             "labeled": sample.mask_path is not None,

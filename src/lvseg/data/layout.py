@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 #: Split key -> folder name under the dataset root.
 SPLIT_FOLDERS: dict[str, str] = {"train": "Train_Folder", "val": "Val_Folder", "test": "Test_Folder"}
+#: The splits ``lvseg train`` reads (in any layout): it fits on the first and picks its best checkpoint on the
+#: second, so ``lvseg data check`` requires both unless told which splits to check.
+TRAINING_SPLITS: tuple[str, ...] = ("train", "val")
 
 IMAGE_DIR = "img"
 MASK_DIR = "labelcol"
@@ -130,6 +133,10 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
     import pandas as pd
 
     path = Path(path)
+    if path.suffix.lower() != ".csv":
+        problem = spreadsheet_problem(path)
+        if problem:
+            raise LvsegError(f"text file '{path}' cannot be read: {problem}")
     try:
         if path.suffix.lower() == ".csv":
             table = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -153,6 +160,42 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
     if vector_columns:
         rows = _reports_from_vector_columns(path, rows, table[vector_columns].values.tolist())
     return rows
+
+
+#: The first bytes of the spreadsheet files pandas reads besides .xlsx: the old binary .xls (OLE2) format.
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+#: The part every .xlsx workbook (a zip archive) holds.
+XLSX_WORKBOOK_PART = "xl/workbook.xml"
+
+
+def spreadsheet_problem(path: Path) -> str | None:
+    """Why ``path`` is not a spreadsheet pandas can read, said plainly (pandas says ``KeyError: 'zip'`` for a zip
+    archive that is no workbook), or None when it looks like one (an .xlsx workbook or an .xls file)."""
+    import zipfile
+
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(len(OLE2_MAGIC))
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    if not start:
+        return "the file is empty; expected an Excel workbook (.xlsx) or a .csv table"
+    if start.startswith(OLE2_MAGIC):
+        return None
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError) as error:
+            return f"it is a damaged zip archive ({error}); expected an Excel workbook (.xlsx)"
+        if XLSX_WORKBOOK_PART in names or "content.xml" in names:  # .xlsx, or an OpenDocument sheet
+            return None
+        return f"it is a zip archive without '{XLSX_WORKBOOK_PART}', not an Excel workbook (.xlsx)"
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not an Excel workbook (.xlsx) or .xls file"
+    return "it holds text, not an Excel workbook (.xlsx); a comma-separated table must be named *_text.csv"
 
 
 def _vector_columns(columns: list[str]) -> list[str]:
@@ -275,6 +318,27 @@ def _check_readable(path: Path, kind: str) -> tuple[str | None, tuple[int, int] 
     except Exception as error:  # PIL raises OSError, SyntaxError, ValueError, struct.error...
         return f"{kind} '{path}' cannot be read: file is truncated or corrupt ({error})", None
     return None, size
+
+
+def mask_size_problem(mask: Path, mask_size: tuple[int, int], image: Path, image_size: tuple[int, int]) -> str | None:
+    """The rule that a mask has its image's size (width, height), as one problem line, or None when it holds."""
+    if mask_size == image_size:
+        return None
+    return (
+        f"mask '{mask}' is {mask_size[0]}x{mask_size[1]} but its image '{image}' is "
+        f"{image_size[0]}x{image_size[1]}; expected the same size"
+    )
+
+
+def image_mask_problems(image: Path, mask: Path) -> list[str]:
+    """What :func:`load_split` would say of this pair: either file unreadable, or sizes that differ."""
+    image_problem, image_size = _check_readable(image, "image")
+    mask_problem, mask_size = _check_readable(mask, "mask")
+    problems = [problem for problem in (image_problem, mask_problem) if problem]
+    if not problems and image_size is not None and mask_size is not None:
+        mismatch = mask_size_problem(mask, mask_size, image, image_size)
+        problems += [mismatch] if mismatch else []
+    return problems
 
 
 def _ends_with_jpeg_marker(path: Path) -> bool:
@@ -448,12 +512,10 @@ def load_split(
             problem, size = _check_readable(mask, "mask")
             if problem:
                 problems.append(problem)
-            elif stem in image_sizes and size is not None and size != image_sizes[stem]:
-                image_size = image_sizes[stem]
-                problems.append(
-                    f"mask '{mask}' is {size[0]}x{size[1]} but its image '{images_by_stem[stem]}' is "
-                    f"{image_size[0]}x{image_size[1]}; expected the same size"
-                )
+            elif stem in image_sizes and size is not None:
+                mismatch = mask_size_problem(mask, size, images_by_stem[stem], image_sizes[stem])
+                if mismatch:
+                    problems.append(mismatch)
 
     if problems:
         raise DataValidationError(problems, where=where)

@@ -60,6 +60,7 @@ from lvseg.data.layout import (
     MASK_PREFIX,
     SPLIT_FOLDERS,
     TEXT_COLUMN,
+    image_mask_problems,
     list_image_files,
     text_file_candidates,
 )
@@ -282,7 +283,9 @@ def write_prompts(
     folder of ``root`` that has ``img/`` and ``labelcol/``; returns {split: number of images}.
 
     Raises :class:`LvsegError` when a split already has a text table (unless ``overwrite``), and
-    :class:`DataValidationError` listing every image without a mask, before anything is written.
+    :class:`DataValidationError` listing every image without a mask, an unreadable image or mask and a mask whose
+    size differs from its image's (the rules of ``lvseg data check``, :func:`lvseg.data.layout.image_mask_problems`),
+    before anything is written.
     """
     if style not in STYLES:
         raise LvsegError(f"--style {style!r} is not one of {', '.join(STYLES)}")
@@ -306,7 +309,10 @@ def write_prompts(
             mask = _mask_for(image, masks)
             if mask is None:
                 problems.append(f"image '{image}' has no mask in '{folder / MASK_DIR}'")
-            else:
+                continue
+            pair_problems = image_mask_problems(image, mask)  # the rules of `lvseg data check`
+            problems += pair_problems
+            if not pair_problems:
                 pairs.append((image, mask))
         plans[split] = (folder, existing, pairs)
     if problems:

@@ -9,7 +9,19 @@ from lvseg.data.synth import is_synth_output
 
 #: What a training run records about its data in the checkpoint's hparams, carried into export manifests:
 #: the phrases the app shows and the training images' statistics (:mod:`lvseg.data.input_statistics`).
-RECORDED_DATA_KEYS = ("validation_data", "training_data", "input_statistics")
+#: The hparams a checkpoint records about its data, carried into an export's manifest and back: provenance, the
+#: training images' statistics, and the classes (``class_table``: {"value", "name", "template"} rows in table
+#: order, channel k of a model with one channel per class; ``classes``; ``class_prompting``) with the options
+#: that read the data (``data_options``: :func:`lvseg.data.class_channels.data_options_record`).
+RECORDED_DATA_KEYS = (
+    "validation_data",
+    "training_data",
+    "input_statistics",
+    "class_table",
+    "classes",
+    "class_prompting",
+    "data_options",
+)
 
 
 def training_data_record(root: str | Path, training_images: int, validation_images: int) -> dict[str, Any]:

@@ -15,6 +15,10 @@ class and the mean over classes (``per_class``, ``class_mean``; :mod:`lvseg.eval
 prediction on an empty mask (a structure correctly said to be absent) scores Dice and IoU 1, as the VLSM
 study's metric does.
 
+A model with one output channel per class (``output_classes`` K > 1, an image-only U-Net trained on the
+set's class table) runs once per image and is scored on exactly the samples a text model is: sample (image,
+class c) against channel c of its image (:func:`_evaluate_class_channels`), so the per-class tables compare.
+
 ``text_reliance = dice(given) - dice(shuffled)`` measures how much a language-guided model uses the report; for
 a model that reads no text (``requires_text`` false, e.g. U-Net) it is not applicable: None, null in JSON.
 The model is loaded once and each image is read once, whatever the number of text modes.
@@ -289,6 +293,11 @@ def _evaluate_modes(
     from lvseg.data.classes import read_sample_mask
     from lvseg.data.images import read_image, resize_image, resize_mask
 
+    if segmenter.output_classes > 1:
+        channel_results, channel_extremes = _evaluate_class_channels(
+            segmenter, samples, batch_size, n_overlays, threshold
+        )
+        return dict.fromkeys(texts_by_mode, channel_results), dict.fromkeys(texts_by_mode, channel_extremes)
     results: dict[str, list[ImageResult]] = {mode: [] for mode in texts_by_mode}
     extremes = {mode: _Extremes(n_overlays) for mode in texts_by_mode}
     size = segmenter.img_size
@@ -328,6 +337,87 @@ def _evaluate_modes(
                     extremes[mode].add(sample.name, result.dice_original, to_display_rgb8(image), truth, prediction)
         progress.update(min(start + batch_size, len(samples)))
     return results, extremes
+
+
+def channel_of_samples(samples: Sequence[Any], table: Sequence[Any]) -> list[int]:
+    """The output channel answering each sample: the position of its class in the checkpoint's class ``table``
+    (:class:`~lvseg.data.classes.ClassInfo` rows). Raises :class:`LvsegError` naming every class the table lacks
+    (or saying the data is binary)."""
+    position = {info.name.lower(): index for index, info in enumerate(table)}
+    names = ", ".join(info.name for info in table)
+    if not any(sample.class_name for sample in samples):
+        raise LvsegError(
+            f"the data is binary (one structure per image) but the model has one output channel per class ({names}); "
+            "evaluate it on multi-class data (a class table: classes.csv or --classes)"
+        )
+    unknown = sorted({sample.class_name for sample in samples if sample.class_name.lower() not in position})
+    if unknown:
+        raise LvsegError(
+            f"the data has class(es) {', '.join(repr(name) for name in unknown)} that the model has no output channel "
+            f"for; its classes: {names}"
+        )
+    return [position[sample.class_name.lower()] for sample in samples]
+
+
+def _evaluate_class_channels(
+    segmenter: Segmenter, samples: Sequence[Any], batch_size: int, n_overlays: int, threshold: float
+) -> tuple[list[ImageResult], _Extremes]:
+    """A model with K output channels: each image runs once (``batch_size`` images per forward), and each sample
+    (image, class c) is scored as a text model's would be, with channel c (probabilities (B, K, S, S)) against
+    the sample's mask. Results keep the samples' order; the model reads no text (``text`` is empty)."""
+    from lvseg.data.classes import read_sample_mask
+    from lvseg.data.images import read_image, resize_image, resize_mask
+    from lvseg.inference.segmenter import upsample_probabilities
+
+    channel = channel_of_samples(samples, segmenter.class_table)
+    by_image: dict[Path, list[int]] = {}
+    for index, sample in enumerate(samples):
+        by_image.setdefault(Path(sample.image_path), []).append(index)
+    paths = list(by_image)
+    results: list[ImageResult | None] = [None] * len(samples)
+    extremes = _Extremes(n_overlays)
+    size, done = segmenter.img_size, 0
+    progress = _Progress(len(samples))
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images = [read_image(path, channels=segmenter.in_channels) for path in chunk]
+        batch = torch.stack([resize_image(image, size) for image in images])  # (B, C, S, S)
+        probability = segmenter.probabilities(batch, [""] * len(chunk), allow_empty_text=True)  # (B, K, S, S)
+        if probability.shape[1] != segmenter.output_classes:
+            raise LvsegError(
+                f"model '{segmenter.model_name}' gave {probability.shape[1]} output channels; expected "
+                f"{segmenter.output_classes}, one per class"
+            )
+        for b, (path, image) in enumerate(zip(chunk, images)):
+            full = upsample_probabilities(probability[b], tuple(image.shape[-2:]))  # (K, H, W)
+            for i in by_image[path]:
+                sample, k = samples[i], channel[i]
+                truth = read_sample_mask(sample)
+                if image.shape[-2:] != truth.shape:
+                    raise LvsegError(
+                        f"mask '{sample.mask_path}' is {truth.shape[1]}x{truth.shape[0]} but its image "
+                        f"'{sample.image_path}' is {image.shape[-1]}x{image.shape[-2]}; expected equal sizes"
+                    )
+                small_truth = resize_mask(truth, size).float()[None]  # (1, 1, S, S)
+                dice, iou = dice_iou_per_image(binarize(probability[b, k][None, None], threshold), small_truth)
+                prediction = (full[k] > threshold).numpy().astype(np.uint8)
+                original = mask_metrics(prediction, truth)
+                result = ImageResult(
+                    sample.name,
+                    "",
+                    float(dice[0]),
+                    float(iou[0]),
+                    original["dice"],
+                    original["iou"],
+                    original["hd95"],
+                    sample.class_name,
+                )
+                results[i] = result
+                if extremes.wants(result.dice_original):
+                    extremes.add(sample.name, result.dice_original, to_display_rgb8(image), truth, prediction)
+            done += len(by_image[path])
+        progress.update(done)
+    return [result for result in results if result is not None], extremes
 
 
 class _Progress:
@@ -409,11 +499,15 @@ def _load(
     model: Segmenter | None = None,
     data_options: Any = None,
 ) -> tuple[Segmenter, list[Any]]:
-    from lvseg.data.formats import load_dataset_split
+    from lvseg.data.class_channels import with_recorded_classes
+    from lvseg.data.formats import DataOptions, load_dataset_split
     from lvseg.data.layout import check_reports
 
     segmenter = model if model is not None else load_model(checkpoint, device=device)
-    samples = load_dataset_split(data_root, split, data_options, require_masks=True)
+    # A label-map set without its own class table is read with the classes the checkpoint learnt.
+    recorded = segmenter.class_table if segmenter.hparams.get("class_table") else []
+    options = with_recorded_classes(data_options or DataOptions(), recorded, data_root)
+    samples = load_dataset_split(data_root, split, options, require_masks=True)
     if not samples:
         raise LvsegError(f"split '{split}' of '{data_root}' holds no images")
     check_reports(segmenter.model, {split: samples})

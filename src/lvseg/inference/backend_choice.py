@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lvseg.errors import LvsegError
+
+if TYPE_CHECKING:
+    from lvseg.backend_record import BackendRecord
 
 #: The name that asks for the fastest backend passing the accuracy guard (not a backend of its own).
 AUTO = "auto"
@@ -35,7 +38,9 @@ class BackendSpec:
     ``"bf16"``; a bf16 backend computes in fp32 where the hardware has no bf16). ``runtime``: the Python package it
     needs beyond torch (None: PyTorch itself). ``graph_files``: for an exporting backend, the files of an export
     folder it can run, preferred first. ``auto_rank``: where ``auto`` considers it (lower first; None: ``auto``
-    never chooses it, e.g. because it did not pass the accuracy guard).
+    never chooses it, e.g. because it did not pass the accuracy guard). ``tuned``: it runs only as
+    ``lvseg tune-backend`` set it up for a checkpoint (the modules kept in fp32, a quantised graph), so it needs
+    the checkpoint's backend record; ``auto`` chooses it from that record alone.
     """
 
     name: str
@@ -46,6 +51,7 @@ class BackendSpec:
     runtime: str | None = None
     graph_files: tuple[str, ...] = ()
     auto_rank: int | None = None
+    tuned: bool = False
 
     def available(self) -> bool:
         """Whether its runtime is installed (always for PyTorch backends)."""
@@ -113,14 +119,39 @@ def _device_type(device: str) -> str:
     return device.partition(":")[0]
 
 
-def auto_backend(device: str, expected_images: int | None = None) -> str:
-    """What ``auto`` stands for on ``device`` (``"cpu"``, ``"cuda:0"``, ...): the backend of lowest ``auto_rank``
-    that runs there and is installed. ``expected_images``: how many images the caller will segment (None:
-    unknown, many); for a single image the exporting backends are passed over, as exporting the network
-    (seconds) costs more than it saves (about 0.1 s an image)."""
+def auto_backend(
+    device: str,
+    expected_images: int | None = None,
+    record: BackendRecord | None = None,
+    exporting_only: bool = False,
+) -> str:
+    """What ``auto`` stands for on ``device`` (``"cpu"``, ``"cuda:0"``, ...).
+
+    With a checkpoint's ``record`` (:class:`~lvseg.backend_record.BackendRecord`) measured on this
+    kind of hardware: the fastest backend that passed that checkpoint's accuracy guard and is installed here.
+    Without one (or one measured elsewhere): the backend of lowest ``auto_rank`` that runs there and is
+    installed. ``expected_images``: how many images the caller will segment (None: unknown, many); for a single
+    image the exporting backends are passed over, as exporting the network (seconds) costs more than it saves
+    (about 0.1 s an image). ``exporting_only``: only backends that run an exported network (an export folder).
+    """
     single = expected_images is not None and expected_images <= 1
+    kind = _device_type(device)
+
+    def usable(spec: BackendSpec) -> bool:
+        return (
+            spec.runs_on(kind)
+            and spec.available()
+            and not (spec.exports and single)
+            and (spec.exports or not exporting_only)
+        )
+
+    if record is not None and record.applies_here(device):
+        for name in record.passed():
+            spec = _REGISTRY.get(name)
+            if spec is not None and usable(spec):
+                return spec.name
     for spec in _ranked():
-        if spec.runs_on(_device_type(device)) and not (spec.exports and single) and spec.available():
+        if usable(spec) and not spec.tuned:
             return spec.name
     raise LvsegError(
         f"no inference backend that auto may choose runs on {device!r}; expected one of {', '.join(_REGISTRY)} by name"
@@ -137,11 +168,18 @@ def check_backend(name: str, device: str) -> BackendSpec:
     return spec
 
 
-def choose_backend(name: str, device: str, expected_images: int | None = None) -> str:
+def choose_backend(
+    name: str,
+    device: str,
+    expected_images: int | None = None,
+    record: BackendRecord | None = None,
+    exporting_only: bool = False,
+) -> str:
     """The backend ``name`` stands for on ``device`` (``"cpu"``, ``"cuda:0"``, ...): ``auto`` resolved for
-    ``expected_images`` (:func:`auto_backend`), any other name checked (:func:`check_backend`)."""
+    ``expected_images`` and the checkpoint's backend ``record`` (:func:`auto_backend`), any other name checked
+    (:func:`check_backend`)."""
     if name == AUTO:
-        return auto_backend(device, expected_images)
+        return auto_backend(device, expected_images, record, exporting_only)
     return check_backend(name, device).name
 
 
@@ -152,18 +190,28 @@ def backend_help() -> str:
     optional = [spec.name for spec in ranked if spec.runtime is not None]
     fallback = next((spec.name for spec in ranked if spec.runtime is None), "eager")
     return (
-        f"How the network runs: {', '.join(described)}, or {AUTO} (the fastest that passes the accuracy guard: "
+        f"How the network runs: {', '.join(described)}, or {AUTO} (the fastest that passed the checkpoint's own "
+        "accuracy guard, recorded by training or `lvseg tune-backend`; without a record "
         f"{', else '.join(optional)}, when installed; {fallback} on CUDA and for a single --image, where "
         "exporting costs more than it saves)."
     )
 
 
-# The built-in backends. auto_rank: the fastest that passed the accuracy guard on the trained demo checkpoints
-# (benchmarks/RESULTS.md) first, eager last; the bf16 paths were faster but flipped boundary pixels of small
-# lesions (lowest Dice 0.977), so auto never chooses them.
+# The built-in backends. auto_rank (the choice for checkpoints without a backend record): the fastest that passed
+# the accuracy guard on the trained demo checkpoints (benchmarks/RESULTS.md) first, eager last; the bf16 paths
+# were faster but flipped boundary pixels of small lesions (lowest Dice 0.977), so auto chooses them only from a
+# checkpoint's own record.
 register_backend(BackendSpec("eager", summary="fp32 reference", auto_rank=100))
 register_backend(BackendSpec("bf16", summary="channels-last + bf16 where the CPU/GPU has it", precision="bf16"))
 register_backend(BackendSpec("compile", summary="torch.compile", precision="bf16"))
+register_backend(
+    BackendSpec(
+        "bf16-mixed",
+        summary="bf16 with the modules the checkpoint's tuning found sensitive kept in fp32",
+        precision="bf16",
+        tuned=True,
+    )
+)
 register_backend(
     BackendSpec(
         "onnx",
@@ -195,6 +243,19 @@ register_backend(
         precision="bf16",
         runtime="openvino",
         graph_files=("network.xml", "network.onnx"),
+    )
+)
+
+register_backend(
+    BackendSpec(
+        "openvino-int8",
+        summary="int8 quantised by NNCF for the checkpoint, sensitive operations kept in fp32",
+        exports=True,
+        cpu_only=True,
+        precision="int8",
+        runtime="openvino",
+        graph_files=("network-int8.xml",),
+        tuned=True,
     )
 )
 

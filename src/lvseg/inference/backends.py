@@ -42,6 +42,7 @@ from lvseg.errors import LvsegError, first_line
 from lvseg.inference.backend_choice import DEPLOY_EXTRA, backend_spec, choose_backend, exporting_backends
 
 if TYPE_CHECKING:
+    from lvseg.backend_record import BackendRecord, BackendTrial
     from lvseg.models.base import SegmentationModel
 
 logger = logging.getLogger(__name__)
@@ -55,12 +56,20 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def resolve_backend(name: str, device: torch.device, expected_images: int | None = None) -> str:
+def resolve_backend(
+    name: str,
+    device: torch.device,
+    expected_images: int | None = None,
+    record: BackendRecord | None = None,
+    exporting_only: bool = False,
+) -> str:
     """The backend ``name`` stands for on ``device``: ``auto`` resolved from the registry
     (:func:`lvseg.inference.backend_choice.auto_backend`: the fastest installed backend that passed the accuracy
     guard and runs there; ``eager`` when ``expected_images`` is 1, as exporting costs more than it saves for one
-    image), any other name checked. :class:`LvsegError` for an unknown name or a CPU-only backend elsewhere."""
-    return choose_backend(name, str(device), expected_images)
+    image; the fastest that passed the checkpoint's own guard when its backend ``record`` was measured on this
+    kind of hardware), any other name checked. :class:`LvsegError` for an unknown name or a CPU-only backend
+    elsewhere."""
+    return choose_backend(name, str(device), expected_images, record, exporting_only)
 
 
 def flatten_text_input(text_input: Any) -> tuple[list[torch.Tensor], Callable[[list[torch.Tensor]], Any]]:
@@ -123,6 +132,50 @@ class Bf16Runner(NetworkRunner):
 
     def __call__(self, images: torch.Tensor, text_input: Any) -> torch.Tensor:
         return super().__call__(images.contiguous(memory_format=torch.channels_last), text_input)
+
+
+class Bf16MixedRunner(Bf16Runner):
+    """The ``bf16`` path with the modules named in ``fp32_modules`` (``model.named_modules()`` names, found
+    sensitive by :mod:`lvseg.inference.tuning` for this checkpoint) computing in fp32: autocast is off inside
+    them and their floating-point inputs are cast to fp32."""
+
+    name = "bf16-mixed"
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, fp32_modules: tuple[str, ...]) -> None:
+        super().__init__(model, device)
+        modules = dict(self.model.named_modules())
+        unknown = [name for name in fp32_modules if name not in modules]
+        if unknown:
+            raise LvsegError(
+                f"backend bf16-mixed: the checkpoint's record keeps {', '.join(unknown)} in fp32, which model "
+                f"'{getattr(model, 'model_name', type(model).__name__)}' does not have; run `lvseg tune-backend` again"
+            )
+        self.fp32_modules = tuple(fp32_modules)
+        self._hooks = [handle for name in fp32_modules for handle in keep_in_fp32(modules[name], device.type)]
+
+    def release(self) -> None:
+        """Undo the fp32 hooks on the model (the model then runs as before this runner)."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+
+def keep_in_fp32(module: torch.nn.Module, device_type: str) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks making ``module`` compute in fp32 under autocast (inputs cast to fp32, autocast off inside); returns
+    their handles (``handle.remove()`` undoes them)."""
+    open_contexts: list[torch.autocast] = []
+
+    def enter(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        context = torch.autocast(device_type, enabled=False)
+        context.__enter__()
+        open_contexts.append(context)
+        return tuple(arg.float() if isinstance(arg, torch.Tensor) and arg.is_floating_point() else arg for arg in args)
+
+    def leave(_module: torch.nn.Module, _args: tuple[Any, ...], _output: Any) -> None:
+        if open_contexts:
+            open_contexts.pop().__exit__(None, None, None)
+
+    return [module.register_forward_pre_hook(enter), module.register_forward_hook(leave, always_call=True)]
 
 
 class CompiledRunner(Bf16Runner):
@@ -270,7 +323,8 @@ class OnnxRuntimeRunner(_ExportedRunner):
 
 class OpenVinoRunner(_ExportedRunner):
     """OpenVINO on the CPU: ``bf16=False`` computes in fp32 (the graph as exported), ``bf16=True`` in bf16 where
-    the CPU has it (fp32 otherwise)."""
+    the CPU has it (fp32 otherwise). ``in_memory``: an OpenVINO IR given as its (xml, bin) bytes (a quantised
+    graph a checkpoint carries) instead of ``graph``/``example``; ``name``: the backend it stands for."""
 
     name = "openvino"
 
@@ -282,18 +336,27 @@ class OpenVinoRunner(_ExportedRunner):
         graph: Path | None = None,
         input_names: list[str] | None = None,
         bf16: bool = False,
+        in_memory: tuple[bytes, bytes] | None = None,
+        name: str | None = None,
     ) -> None:
         try:
             import openvino
         except ImportError:
             raise LvsegError(f"the openvino backend needs OpenVINO: {DEPLOY_EXTRA}") from None
-        self.name = "openvino-bf16" if bf16 else "openvino"
-        super().__init__(model, device, example, graph, input_names)
+        self.name = name or ("openvino-bf16" if bf16 else "openvino")
         core = openvino.Core()
+        if in_memory is not None:
+            NetworkRunner.__init__(self, model, device)
+            self.path, self.input_names = Path("<the checkpoint's quantised graph>"), list(input_names or [])
+            xml, weights = in_memory
+            read = lambda: core.read_model(xml, openvino.Tensor(np.frombuffer(weights, dtype=np.uint8).copy()))  # noqa: E731
+        else:
+            super().__init__(model, device, example, graph, input_names)
+            read = lambda: core.read_model(str(self.path))  # noqa: E731
         precision = "bf16" if bf16 and cpu_has_bf16() else "f32"
         try:
             self.compiled = core.compile_model(
-                core.read_model(str(self.path)),
+                read(),
                 "CPU",
                 {
                     "INFERENCE_PRECISION_HINT": precision,
@@ -314,11 +377,23 @@ class OpenVinoRunner(_ExportedRunner):
 @dataclass(frozen=True)
 class NetworkSource:
     """Where an exporting backend's network comes from: ``graph`` (an exported network, inputs ``input_names``)
-    when given, else ``model`` exported for ``example``, an (images (B, C, S, S), text_input) batch."""
+    when given, else ``model`` exported for ``example``, an (images (B, C, S, S), text_input) batch. ``record``:
+    the checkpoint's backend record, which a tuned backend runs from (its fp32 modules, its quantised graph)."""
 
     example: tuple[torch.Tensor, Any] | None = None
     graph: Path | None = None
     input_names: list[str] | None = None
+    record: BackendRecord | None = None
+
+    def tuned_trial(self, backend: str) -> BackendTrial:
+        """The record's passing trial of ``backend``; :class:`LvsegError` saying how to get one when absent."""
+        trial = self.record.trial(backend) if self.record is not None else None
+        if trial is None or trial.error is not None:
+            raise LvsegError(
+                f"backend {backend!r} runs as tuned for a checkpoint, and this one has no such tuning: run "
+                "`lvseg tune-backend --checkpoint C --data D` (or train with lvseg, which tunes at the end)"
+            )
+        return trial
 
 
 #: Builds a backend's runner: (model, device, source) -> runner.
@@ -351,6 +426,11 @@ def _bf16(model: torch.nn.Module, device: torch.device, source: NetworkSource) -
     return Bf16Runner(model, device)
 
 
+@register_runner("bf16-mixed")
+def _bf16_mixed(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    return Bf16MixedRunner(model, device, source.tuned_trial("bf16-mixed").fp32_modules)
+
+
 @register_runner("compile")
 def _compile(model: torch.nn.Module, device: torch.device, source: NetworkSource) -> NetworkRunner:
     return CompiledRunner(model, device)
@@ -371,6 +451,27 @@ def _openvino_bf16(model: SegmentationModel, device: torch.device, source: Netwo
     return OpenVinoRunner(model, device, source.example, source.graph, source.input_names, bf16=True)
 
 
+@register_runner("openvino-int8")
+def _openvino_int8(model: SegmentationModel, device: torch.device, source: NetworkSource) -> NetworkRunner:
+    trial = source.tuned_trial("openvino-int8")
+    input_names = list(trial.details.get("input_names") or source.input_names or ["images"])
+    if source.graph is not None:
+        return OpenVinoRunner(model, device, graph=source.graph, input_names=input_names, name="openvino-int8")
+    assert source.record is not None
+    files = source.record.graphs.get("openvino-int8", {})
+    if set(files) != set(INT8_GRAPH_FILES):
+        raise LvsegError(
+            "backend 'openvino-int8': the checkpoint's record has no quantised graph "
+            f"({', '.join(INT8_GRAPH_FILES)}); run `lvseg tune-backend` on it again"
+        )
+    xml, weights = (files[name] for name in INT8_GRAPH_FILES)
+    return OpenVinoRunner(model, device, input_names=input_names, in_memory=(xml, weights), name="openvino-int8")
+
+
+#: The files of the quantised OpenVINO graph (an export folder's, a checkpoint record's ``graphs`` entry).
+INT8_GRAPH_FILES = ("network-int8.xml", "network-int8.bin")
+
+
 def make_runner(
     name: str,
     model: SegmentationModel,
@@ -378,10 +479,12 @@ def make_runner(
     example: tuple[torch.Tensor, Any] | None = None,
     graph: Path | None = None,
     input_names: list[str] | None = None,
+    record: BackendRecord | None = None,
 ) -> NetworkRunner:
     """The runner of backend ``name`` (already resolved) for ``model`` on ``device``, built by the builder
     registered for it. The exporting backends run ``graph`` (an exported network, inputs ``input_names``) when
-    given, else export ``model`` for ``example``, an (images (B, C, S, S), text_input) batch."""
+    given, else export ``model`` for ``example``, an (images (B, C, S, S), text_input) batch; the tuned ones
+    (bf16-mixed, openvino-int8) run as the checkpoint's backend ``record`` says."""
     spec = backend_spec(name)
     if graph is not None and not spec.exports:
         raise LvsegError(
@@ -394,7 +497,7 @@ def make_runner(
             f"backend {name!r} is declared but has no runner; expected one registered with "
             "lvseg.inference.backends.register_runner"
         )
-    return builder(model, device, NetworkSource(example, graph, input_names))
+    return builder(model, device, NetworkSource(example, graph, input_names, record))
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> dict[str, float]:

@@ -15,27 +15,75 @@ The folder holds:
   [0, 1], grayscale replicated to 3 channels, alpha dropped), bicubic antialiased resize to S x S; the sigmoid
   and the model's decision threshold (``decision_threshold``, e.g. 0.5); for each text tensor its shape and
   dtype; for front ends that are not exported (frozen Hugging Face or CLIP towers, the report vector) exactly
-  what computes the tensors.
+  what computes the tensors; ``network.inputs``: the inputs ``network.onnx`` itself takes (read back from the
+  graph), and ``sha256``: the SHA-256 of every file listed in ``files``, which loading checks.
+
+Every file is written with mode 0600 and appears atomically (written under a temporary name in the folder, then
+renamed): a folder never holds half a graph, and the manifest, written last, lists only complete files.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lvseg.data.provenance import RECORDED_DATA_KEYS
-from lvseg.errors import LvsegError
+from lvseg.errors import LvsegError, first_line
 from lvseg.inference.backends import example_reports, export_onnx, flatten_text_input, quiet_warnings
 from lvseg.inference.loading import load_checkpoint_explained
-from lvseg.inference.manifest import EXPORT_VERSION, FRONT_END, FRONT_END_PREFIX, MANIFEST, THRESHOLD_KEY
+from lvseg.inference.manifest import (
+    EXPORT_VERSION,
+    FRONT_END,
+    FRONT_END_PREFIX,
+    HASHES_KEY,
+    MANIFEST,
+    THRESHOLD_KEY,
+    file_hashes,
+)
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "openvino")
+#: The graph files an export may write besides ``network.onnx``; one a new export does not write is removed, so a
+#: folder exported again in another format keeps no graph of the old model.
+OPTIONAL_GRAPHS = ("network.xml", "network.bin", "text_encoder.onnx")
+
+
+def _publish(staging: Path, out: Path) -> list[str]:
+    """Move every file of the folder ``staging`` into ``out``: mode 0600, flushed to disk, then renamed over its
+    name there (atomic on POSIX); returns their names, sorted."""
+    names = []
+    for path in sorted(staging.iterdir()):
+        if not path.is_file():
+            continue
+        os.chmod(path, 0o600)
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(path, out / path.name)
+        names.append(path.name)
+    return names
+
+
+def _convert_to_openvino(onnx_path: Path, xml_path: Path) -> None:
+    """``network.onnx`` -> OpenVINO IR (``.xml`` + ``.bin``) in fp32; :class:`LvsegError` in one line."""
+    try:
+        import openvino
+    except ImportError:
+        raise LvsegError("--format openvino needs OpenVINO: pip install 'lvseg[deploy]'") from None
+    try:
+        # fp32 weights: save_model would otherwise compress them to fp16 (probabilities off by ~2e-4)
+        openvino.save_model(openvino.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    except Exception as error:  # OpenVINO raises RuntimeError subclasses of its own
+        raise LvsegError(f"OpenVINO cannot convert the exported network to its format: {first_line(error)}") from None
 
 
 def _tensor_spec(name: str, tensor: torch.Tensor) -> dict[str, Any]:
@@ -95,10 +143,7 @@ def _export_learned_text_encoder(encoder: Any, path: Path) -> dict[str, Any]:
 
 def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> Path:
     """Export ``checkpoint`` into the folder ``out`` (see the module docstring); returns the manifest's path."""
-    from safetensors.torch import save
-
-    from lvseg.files import atomic_write_bytes, atomic_write_text
-    from lvseg.text.learned import LearnedTextEncoder
+    from lvseg.files import atomic_write_text
 
     if fmt not in FORMATS:
         raise LvsegError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -112,23 +157,48 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
     images = torch.rand(1, channels, size, size)
     with torch.no_grad():
         text_input = model.encode_text(example_reports(model, 1)) if model.requires_text else None
-    names = export_onnx(model, images, text_input, out / "network.onnx")
+    with tempfile.TemporaryDirectory(prefix=".lvseg-export-", dir=out) as staging_name:
+        staging = Path(staging_name)  # the graphs, written here and moved into `out` once complete
+        manifest = _export_into(loaded, model, checkpoint, out, staging, fmt, images, text_input)
+    path = out / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    logger.info("exported %s to %s (%s)", manifest["model"], out, ", ".join(manifest["files"]))
+    return path
+
+
+def _export_into(
+    loaded: Any,
+    model: Any,
+    checkpoint: str | Path,
+    out: Path,
+    staging: Path,
+    fmt: str,
+    images: torch.Tensor,
+    text_input: Any,
+) -> dict[str, Any]:
+    """Write the folder's files (graphs through ``staging``) and return its manifest (not yet written)."""
+    from safetensors.torch import save
+
+    from lvseg.files import atomic_write_bytes
+    from lvseg.inference.exported import graph_inputs
+    from lvseg.text.learned import LearnedTextEncoder
+
+    size, channels = int(images.shape[-1]), int(images.shape[1])
+    names = export_onnx(model, images, text_input, staging / "network.onnx")
     tensors, _ = flatten_text_input(text_input)
-    files = ["network.onnx"]
+    network_inputs = graph_inputs(staging / "network.onnx")
     front_end_weights = {
         key: value.detach().cpu().contiguous()
         for key, value in model.inference_state_dict().items()
         if key.startswith(FRONT_END_PREFIX)
     }
     atomic_write_bytes(out / FRONT_END, save(front_end_weights, metadata={"lvseg_export": str(EXPORT_VERSION)}))
-    files.append(FRONT_END)
     text_entry: dict[str, Any]
     encoder = getattr(model, "text_encoder", None)
     if not model.requires_text:
         text_entry = {"type": "none", "note": "image-only model: no text input"}
     elif isinstance(encoder, LearnedTextEncoder):
-        text_entry = _export_learned_text_encoder(encoder, out / "text_encoder.onnx")
-        files.append("text_encoder.onnx")
+        text_entry = _export_learned_text_encoder(encoder, staging / "text_encoder.onnx")
     else:
         front_end = (
             encoder.config()
@@ -144,17 +214,15 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
             "feed them with the shapes and dtypes listed",
         }
     if fmt == "openvino":
-        try:
-            import openvino
-        except ImportError:
-            raise LvsegError("--format openvino needs OpenVINO: pip install 'lvseg[deploy]'") from None
-        # fp32 weights: save_model would otherwise compress them to fp16 (probabilities off by ~2e-4)
-        openvino.save_model(
-            openvino.convert_model(str(out / "network.onnx")), str(out / "network.xml"), compress_to_fp16=False
-        )
-        files += ["network.xml", "network.bin"]
+        _convert_to_openvino(staging / "network.onnx", staging / "network.xml")
+    published = _publish(staging, out)
+    for stale in OPTIONAL_GRAPHS:
+        if stale not in published and (out / stale).is_file():
+            (out / stale).unlink()
+            logger.info("removed %s, left in %s by an earlier export", stale, out)
+    files = ["network.onnx", FRONT_END, *(name for name in published if name != "network.onnx")]
     threshold = float(model.decision_threshold)
-    manifest = {
+    return {
         "lvseg_export": EXPORT_VERSION,
         "format": fmt,
         "files": files,
@@ -176,13 +244,11 @@ def export_model(checkpoint: str | Path, out: str | Path, fmt: str = "onnx") -> 
         "text": {**text_entry, "tensors": [_tensor_spec(name, tensor) for name, tensor in zip(names[1:], tensors)]},
         "output": {
             "name": "logits",
-            "shape": ["batch", 1, size, size],
+            "shape": ["batch", int(getattr(model, "output_classes", 1)), size, size],  # channel k: class_table[k]
             "postprocess": f"probability = sigmoid(logits); lesion where probability > {threshold:g} "
             f"({THRESHOLD_KEY}); resize the probability (bilinear) to the image's own size "
             "before thresholding",
         },
+        "network": {"file": "network.onnx", "inputs": [spec.to_json() for spec in network_inputs or []]},
+        HASHES_KEY: file_hashes(out, files),
     }
-    path = out / MANIFEST
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
-    logger.info("exported %s to %s (%s)", manifest["model"], out, ", ".join(files))
-    return path

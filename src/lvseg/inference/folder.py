@@ -6,6 +6,14 @@ a plain folder of images, with the text table (if any) beside them.
 Writes ``out/masks/<Image>`` (PNG, 0/255), ``out/overlays/<Image>`` and ``out/predictions.csv``.
 Images are matched to table rows by file stem (``x.tif`` <-> ``x.png``, also ``mask_x.png``). Every file
 is written atomically.
+
+With ``classes`` (several structures of a multi-class checkpoint, :mod:`lvseg.inference.multiclass`):
+``out/masks/<Image>`` is the label map (8- or 16-bit PNG of class values; with one class, the 0/255 mask),
+each overlay has the classes' colours and a legend below, and ``predictions.csv`` gains per class the
+columns ``<name>_area_px``, ``<name>_area_percent``, ``<name>_area_mm2`` (DICOM with a pixel size, else
+empty) and ``<name>_regions``. The text table is optional then; its ``Description_<name>`` column, when
+present, is the prompt of class ``<name>`` for that image (else the class's own prompt), and its
+``Description`` is recorded in the ``text`` column, not sent to the model.
 """
 
 from __future__ import annotations
@@ -21,11 +29,21 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lvseg.data.dicom import file_row_direction
-from lvseg.data.layout import IMAGE_DIR, MASK_PREFIX, check_reports, find_text_table, read_text_table
+from lvseg.data.layout import (
+    IMAGE_COLUMN,
+    IMAGE_DIR,
+    MASK_PREFIX,
+    TEXT_COLUMN,
+    check_reports,
+    find_text_table,
+    read_text_table,
+)
 from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.errors import DataValidationError, LvsegError
 
 if TYPE_CHECKING:
+    from lvseg.data.classes import ClassInfo
+    from lvseg.inference.multiclass import ClassPrediction
     from lvseg.inference.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
@@ -139,6 +157,71 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
     return write_png(path, overlay_mask(image, mask))
 
 
+def write_class_outputs(
+    mask_path: Path, overlay_path: Path | None, image: np.ndarray, prediction: ClassPrediction
+) -> Path:
+    """Write a :class:`~lvseg.inference.multiclass.ClassPrediction`: with one class its 0/255 mask and red
+    overlay, exactly as a binary prediction; with several the label map (class values) and an overlay in
+    the classes' colours with a legend below. Returns the mask path."""
+    from lvseg.data.images import write_png
+    from lvseg.inference.multiclass import write_label_map
+    from lvseg.rendering import overlay_classes, with_legend
+
+    if len(prediction.classes) == 1:
+        write_mask(mask_path, prediction.classes[0].mask)
+        if overlay_path is not None:
+            write_overlay(overlay_path, image, prediction.classes[0].mask)
+        return mask_path
+    write_label_map(mask_path, prediction.label_map)
+    if overlay_path is not None:
+        shown = overlay_classes(image, prediction.label_map, prediction.colours)
+        write_png(overlay_path, with_legend(shown, prediction.legend()))
+    return mask_path
+
+
+def class_area_columns(prediction: ClassPrediction) -> dict[str, object]:
+    """``<name>_area_px``, ``<name>_area_percent``, ``<name>_area_mm2`` ("" without a pixel size) and
+    ``<name>_regions`` of every class of ``prediction``."""
+    columns: dict[str, object] = {}
+    for result in prediction.classes:
+        columns[f"{result.name}_area_px"] = result.area_px
+        columns[f"{result.name}_area_percent"] = result.area_percent
+        columns[f"{result.name}_area_mm2"] = "" if result.area_mm2 is None else result.area_mm2
+        columns[f"{result.name}_regions"] = result.regions
+    return columns
+
+
+def read_class_texts(folder: Path, classes: Sequence[ClassInfo]) -> dict[str, dict[str, str]]:
+    """{image stem: {class name: text}} from the non-empty ``Description_<name>`` cells of the folder's text
+    table, for the names of ``classes`` ({} without a table or such columns)."""
+    import pandas as pd
+
+    table_path = find_text_table(folder)
+    if table_path is None:
+        return {}
+    try:
+        if table_path.suffix.lower() == ".csv":
+            table = pd.read_csv(table_path, dtype=str, keep_default_na=False)
+        else:
+            table = pd.read_excel(table_path, dtype=str, keep_default_na=False)
+    except Exception as error:  # pandas/openpyxl raise many different types for a bad file
+        raise LvsegError(f"text file '{table_path}' cannot be read: {type(error).__name__}: {error}") from None
+    table.columns = [str(column).strip() for column in table.columns]
+    columns = {f"{TEXT_COLUMN}_{info.name}": info.name for info in classes}
+    present = [column for column in table.columns if column in columns]
+    if not present or IMAGE_COLUMN not in table.columns:
+        return {}
+    texts: dict[str, dict[str, str]] = {}
+    for _, row in table.iterrows():
+        stem = Path(str(row[IMAGE_COLUMN]).strip()).stem
+        own = {columns[column]: str(row[column]).strip() for column in present if str(row[column]).strip()}
+        if own:
+            texts[stem] = own
+            if stem.startswith(MASK_PREFIX):
+                texts[stem[len(MASK_PREFIX) :]] = own
+    return texts
+
+
 def read_hwc(path: Path) -> np.ndarray:
     """Read an image once as float (H, W, C) in [0, 1] (what predict_batch and overlays both accept)."""
     from lvseg.data.images import read_image
@@ -147,13 +230,20 @@ def read_hwc(path: Path) -> np.ndarray:
 
 
 def predict_folder(
-    segmenter: Segmenter, folder: Path, out: Path, threshold: float | None = None, batch_size: int = 8
+    segmenter: Segmenter,
+    folder: Path,
+    out: Path,
+    threshold: float | None = None,
+    batch_size: int = 8,
+    classes: str | Sequence[str] | None = None,
+    modality: str | None = None,
 ) -> list[dict[str, object]]:
     """Segment every image of ``folder`` into ``out/masks`` and ``out/overlays``; one summary row per image.
     ``threshold``: the probability above which a pixel is lesion (default: the segmenter's
-    ``decision_threshold``, the model's declared one)."""
-    from lvseg.files import atomic_write_text
-
+    ``decision_threshold``, the model's declared one). ``classes``: the classes of a multi-class checkpoint
+    to segment into label maps (names, or ``"all"``; module docstring); ``modality``: said in their prompts."""
+    if classes is not None:
+        return _predict_folder_classes(segmenter, folder, out, classes, threshold, batch_size, modality)
     items = read_prediction_folder(folder, segmenter.requires_text)
     model = getattr(segmenter, "model", None)
     if model is not None:
@@ -185,9 +275,68 @@ def predict_folder(
                 }
             )
         log.info("predicted %d / %d images", min(start + batch_size, len(items)), len(items))
+    _write_rows(out / "predictions.csv", rows)
+    return rows
+
+
+def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
+    from lvseg.files import atomic_write_text
+
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / "predictions.csv", buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _predict_folder_classes(
+    segmenter: Segmenter,
+    folder: Path,
+    out: Path,
+    classes: str | Sequence[str],
+    threshold: float | None,
+    batch_size: int,
+    modality: str | None,
+) -> list[dict[str, object]]:
+    """:func:`predict_folder` with ``classes``: label maps, class overlays, per-class areas."""
+    from lvseg.inference.multiclass import pixel_spacing_of
+
+    chosen = segmenter.select_classes(classes)
+    names = [info.name for info in chosen]
+    items = read_prediction_folder(folder, requires_text=False)  # the prompts are the classes'
+    texts = read_class_texts(folder, chosen)
+    rows: list[dict[str, object]] = []
+    for start in range(0, len(items), batch_size):
+        chunk: Sequence[FolderItem] = items[start : start + batch_size]
+        arrays = [read_hwc(item.image_path) for item in chunk]
+        predictions = segmenter.segment_classes_batch(
+            arrays,
+            names,
+            threshold=threshold,
+            prompts=[texts.get(item.image_path.stem) for item in chunk],
+            modality=modality,
+            pixel_spacings=[pixel_spacing_of(item.image_path) for item in chunk],
+            batch_size=max(batch_size, len(chosen)),
+        )
+        for item, array, prediction in zip(chunk, arrays, predictions):
+            mask_path = write_class_outputs(
+                out / "masks" / item.mask_name, out / "overlays" / item.mask_name, array, prediction
+            )
+            rows.append(
+                {
+                    "image": item.image_path.name,
+                    "mask": str(mask_path.relative_to(out)),
+                    "text": item.text,
+                    "classes": ";".join(names),
+                    "labelled_pixels": int((prediction.label_map > 0).sum()),
+                    **class_area_columns(prediction),
+                    "text_warnings": " | ".join(prediction.warnings()),
+                    "consistency": ";".join(warning.code for warning in prediction.consistency),
+                    "consistency_warnings": " | ".join(warning.message for warning in prediction.consistency),
+                    "height": prediction.label_map.shape[0],
+                    "width": prediction.label_map.shape[1],
+                }
+            )
+        log.info("predicted %d / %d images", min(start + batch_size, len(items)), len(items))
+    _write_rows(out / "predictions.csv", rows)
     return rows

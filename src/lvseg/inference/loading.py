@@ -36,6 +36,8 @@ def load_model(
 
     ``expected_images``: how many images the caller will segment (None: unknown, many). With ``auto`` and one
     image a checkpoint runs eager: exporting its network (seconds) costs more than it saves (~0.1 s an image).
+    With ``auto`` and a checkpoint tuned by training or ``lvseg tune-backend``, the fastest backend that passed
+    the checkpoint's own accuracy guard runs (:mod:`lvseg.backend_record`).
 
     ``checkpoint`` may also be a folder written by ``lvseg export``: its exported network then runs with onnx or
     openvino (default and ``auto``: OpenVINO when installed, whatever ``expected_images``: there is nothing to
@@ -52,4 +54,5 @@ def load_model(
         device=device,
         backend=backend or "eager",
         expected_images=expected_images,
+        backend_record=loaded.backend_record,
     )

@@ -1,5 +1,10 @@
 """Names in an export folder's layout (written by :mod:`lvseg.inference.export`, read by
-:mod:`lvseg.inference.exported`)."""
+:mod:`lvseg.inference.exported`), and the SHA-256 record of its files."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
 
 MANIFEST = "lvseg_export.json"
 FRONT_END = "text_front_end.safetensors"
@@ -9,3 +14,22 @@ FRONT_END_PREFIX = "text_encoder."
 EXPORT_VERSION = 2
 #: The manifest's key for the exported model's decision threshold (absent from older layout-2 folders: 0.5).
 THRESHOLD_KEY = "decision_threshold"
+#: The manifest's key for the SHA-256 of every file it lists, ``{file name: hex digest}`` (absent from folders
+#: written before lvseg recorded them: those load unverified, with a warning).
+HASHES_KEY = "sha256"
+
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of the file at ``path`` as 64 hex digits, read in 1 MiB chunks (any size, little memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_hashes(folder: str | Path, names: list[str]) -> dict[str, str]:
+    """``{name: SHA-256}`` of the files ``names`` of ``folder`` (what the manifest records under ``HASHES_KEY``)."""
+    return {name: file_sha256(Path(folder) / name) for name in names}

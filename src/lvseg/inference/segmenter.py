@@ -15,11 +15,24 @@ import torch.nn.functional as F
 from lvseg.data.input_statistics import InputStatistics
 from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.errors import LvsegError
-from lvseg.inference.consistency import ConsistencyWarning, check_consistency
+from lvseg.inference.consistency import ConsistencyWarning, check_consistency, image_warnings
+from lvseg.inference.multiclass import (
+    ALL_CLASSES,
+    ClassPrediction,
+    build_class_prediction,
+    class_prompts,
+    class_table_of,
+    select_classes,
+    table_colours,
+)
 from lvseg.inference.threshold import check_threshold, threshold_or_default
 from lvseg.text.base import TextReading
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from lvseg.backend_record import BackendRecord
+    from lvseg.data.classes import ClassInfo
     from lvseg.models.base import SegmentationModel
 
 logger = logging.getLogger(__name__)
@@ -67,7 +80,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def upsample_probability(probability: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """(1, S, S) probability -> (H, W) float32 at ``size`` (bilinear), clamped to [0, 1]."""
-    full = F.interpolate(probability[None].float(), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return upsample_probabilities(probability, size)[0]
+
+
+def upsample_probabilities(probabilities: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, S, S) probabilities -> (K, H, W) float32 at ``size`` (bilinear), clamped to [0, 1]."""
+    full = F.interpolate(probabilities[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     return full.clamp(0, 1)
 
 
@@ -81,6 +99,8 @@ class Segmenter:
     with a warning, for a model that cannot be exported, and is ``eager`` when ``expected_images`` is 1 (exporting
     costs more than it saves for one image). ``graph`` (with ``input_names``): an exported network
     (``lvseg export``) to run instead of ``model``'s own; ``model`` then provides the text front end only.
+    ``backend_record``: the checkpoint's backend record (:mod:`lvseg.backend_record`): ``auto`` picks
+    the fastest backend that passed its accuracy guard, and the tuned backends run as it says.
     ``decision_threshold``: the probability above which :meth:`predict` marks lesion when not given one (default:
     the model's declared ``decision_threshold``; an export folder passes the one its manifest records).
     """
@@ -96,6 +116,7 @@ class Segmenter:
         input_names: list[str] | None = None,
         expected_images: int | None = None,
         decision_threshold: float | None = None,
+        backend_record: BackendRecord | None = None,
     ) -> None:
         from lvseg.inference.backend_choice import backend_spec
         from lvseg.inference.backends import make_runner, resolve_backend
@@ -110,12 +131,26 @@ class Segmenter:
         self.img_size: int = int(model.config.get("img_size", 224))
         self.in_channels: int = int(model.config.get("in_channels", 3))
         self.requires_text: bool = bool(model.requires_text)
+        #: Output channels of the network: 1 (one structure per prompt), or K (one channel per class of
+        #: :attr:`class_table`, in its order).
+        self.output_classes: int = int(getattr(model, "output_classes", 1) or 1)
+        #: The classes the checkpoint records ([] for a binary one); :meth:`segment_classes` chooses among them.
+        self.class_table: list[ClassInfo] = class_table_of(self.hparams)
+        if self.output_classes > 1 and len(self.class_table) != self.output_classes:
+            raise LvsegError(
+                f"model '{self.model_name}' has {self.output_classes} output channels but its checkpoint lists "
+                f"{len(self.class_table)} classes (hparams 'class_table'); expected one class per channel"
+            )
         #: The probability above which :meth:`predict` marks lesion unless given a threshold.
         self.decision_threshold: float = threshold_or_default(
             decision_threshold, float(model.decision_threshold), "decision_threshold"
         )
         self._lock = threading.Lock()
-        self.backend = resolve_backend(backend, self.device, expected_images if graph is None else None)
+        #: The checkpoint's own accuracy guard of its backends (None: never tuned), which ``auto`` follows.
+        self.backend_record = backend_record
+        self.backend = resolve_backend(
+            backend, self.device, expected_images if graph is None else None, backend_record, graph is not None
+        )
         try:
             example = None
             if backend_spec(self.backend).exports and graph is None:
@@ -126,7 +161,9 @@ class Segmenter:
                         torch.rand(1, self.in_channels, self.img_size, self.img_size),
                         self.model.encode_text(example_reports(self.model, 1)) if self.requires_text else None,
                     )
-            self._runner = make_runner(self.backend, self.model, self.device, example, graph, input_names)
+            self._runner = make_runner(
+                self.backend, self.model, self.device, example, graph, input_names, backend_record
+            )
         except LvsegError as error:
             if backend != "auto" or graph is not None:
                 raise
@@ -195,6 +232,12 @@ class Segmenter:
         from lvseg.data.images import read_image, resize_image
 
         cut = self.decision_threshold if threshold is None else check_threshold(threshold)
+        if self.output_classes > 1:
+            raise LvsegError(
+                f"model '{self.model_name}' segments {self.output_classes} classes at once "
+                f"({', '.join(info.name for info in self.class_table)}): choose them with segment_classes "
+                f"(lvseg predict --classes NAME,... or --classes {ALL_CLASSES})"
+            )
         if len(images) != len(texts):
             raise LvsegError(f"got {len(images)} images but {len(texts)} texts; give one report per image")
         directions = row_directions if row_directions is not None else [None] * len(images)
@@ -220,3 +263,124 @@ class Segmenter:
         (H, W) at the image's resolution. ``threshold``: default :attr:`decision_threshold`; ``row_direction``:
         see :meth:`predict_batch`."""
         return self.predict_batch([image], [text], threshold=threshold, row_directions=[row_direction])[0]
+
+    # ------------------------------------------------------------------------------------- several classes
+
+    def select_classes(self, choice: str | Sequence[str] = ALL_CLASSES) -> list[ClassInfo]:
+        """The classes of :attr:`class_table` that ``choice`` names (``"all"``, ``"liver,kidney"``, a list),
+        in table order; :class:`~lvseg.inference.multiclass.ClassSelectionError` names unknown ones."""
+        return select_classes(self.class_table, choice)
+
+    def class_prompts(
+        self,
+        classes: Sequence[ClassInfo],
+        prompts: Mapping[str, str] | None = None,
+        modality: str | None = None,
+    ) -> list[str]:
+        """The prompt each class is asked with (:func:`lvseg.inference.multiclass.class_prompts`: the caller's
+        text, the class's template, else its name, with the modality when known); "" for a model with one
+        output channel per class. ``modality`` defaults to the one training recorded."""
+        if not self.requires_text:
+            return [""] * len(classes)
+        recorded = self.hparams.get("class_prompting") or {}
+        return class_prompts(classes, prompts, modality or recorded.get("modality"), recorded.get("prompt_type"))
+
+    def segment_classes_batch(
+        self,
+        images: list[Any],
+        classes: str | Sequence[str] = ALL_CLASSES,
+        threshold: float | None = None,
+        prompts: list[Mapping[str, str] | None] | None = None,
+        modality: str | None = None,
+        pixel_spacings: list[tuple[float, float] | None] | None = None,
+        batch_size: int = 16,
+    ) -> list[ClassPrediction]:
+        """Segment several classes of each image into a label map (:mod:`lvseg.inference.multiclass` says how
+        each class is asked for and how overlaps are settled); each result is at its image's resolution.
+
+        ``classes``: names, ``"all"`` or a comma-separated string (:meth:`select_classes`). ``prompts``: per
+        image, {class name: text} replacing that class's own prompt (None: the classes' prompts).
+        ``modality``: e.g. "CT slice", said in the classes' prompts (default: the one training recorded).
+        ``pixel_spacings``: per image, (row, column) pixel size in mm, for areas in mm². ``batch_size``: rows
+        per forward pass (a text model runs each image once per class: B images x K classes rows).
+        """
+        from lvseg.data.images import read_image, resize_image
+
+        cut = self.decision_threshold if threshold is None else check_threshold(threshold)
+        chosen = self.select_classes(classes)
+        problems = [
+            f"got {len(images)} images but {len(given)} {label}"
+            for label, given in (("prompt mappings", prompts), ("pixel spacings", pixel_spacings))
+            if given is not None and len(given) != len(images)
+        ]
+        if self.output_classes == 1 and not self.requires_text:
+            problems.append(
+                f"model '{self.model_name}' is image-only with one output: it cannot be asked for a class "
+                "(it segments the same structure whatever the class); predict without classes"
+            )
+        if self.output_classes > 1 and self.requires_text:
+            problems.append(
+                f"model '{self.model_name}' reads text and has {self.output_classes} output channels; lvseg "
+                "segments classes with a text model of one output or an image-only model of one channel per class"
+            )
+        if problems:
+            raise LvsegError("; ".join(problems))
+        per_image = [self.class_prompts(chosen, given, modality) for given in (prompts or [None] * len(images))]
+        arrays = [read_image(image, channels=self.in_channels) for image in images]
+        inputs = torch.stack([resize_image(array, self.img_size) for array in arrays])
+        if self.output_classes > 1:  # one forward per image; channel k is the k-th class of the table
+            position = {info.value: index for index, info in enumerate(self.class_table)}
+            channels = [position[info.value] for info in chosen]
+            parts = [
+                self.probabilities(part, [""] * len(part), allow_empty_text=True)
+                for part in torch.split(inputs, batch_size)
+            ]
+            probabilities = torch.cat(parts)[:, channels]
+        else:  # one forward per (image, class): each image repeated K times, with each class's prompt
+            rows = [(i, k) for i in range(len(images)) for k in range(len(chosen))]
+            parts = []
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                texts = [per_image[i][k] for i, k in batch]
+                parts.append(self.probabilities(inputs[[i for i, _ in batch]], texts, allow_empty_text=True))
+            probabilities = torch.cat(parts)[:, 0].reshape(len(images), len(chosen), *inputs.shape[-2:])
+        colours = table_colours(self.class_table)
+        readings = (
+            {text: self.model.read_report(text) for texts in per_image for text in texts} if self.requires_text else {}
+        )
+        results = []
+        for i, (array, model_input) in enumerate(zip(arrays, inputs)):
+            full = upsample_probabilities(probabilities[i], tuple(array.shape[-2:])).numpy()
+            results.append(
+                build_class_prediction(
+                    full,
+                    chosen,
+                    colours,
+                    cut,
+                    prompts=per_image[i],
+                    readings=[readings[text] for text in per_image[i]] if self.requires_text else None,
+                    consistency=image_warnings(model_input, self.input_statistics),
+                    pixel_spacing_mm=pixel_spacings[i] if pixel_spacings is not None else None,
+                )
+            )
+        return results
+
+    def segment_classes(
+        self,
+        image: Any,
+        classes: str | Sequence[str] = ALL_CLASSES,
+        threshold: float | None = None,
+        prompts: Mapping[str, str] | None = None,
+        modality: str | None = None,
+        pixel_spacing_mm: tuple[float, float] | None = None,
+    ) -> ClassPrediction:
+        """Segment ``classes`` of one image (path, bytes, PIL image or array) into a label map (H, W) with
+        per-class masks, probabilities and areas; see :meth:`segment_classes_batch`."""
+        return self.segment_classes_batch(
+            [image],
+            classes,
+            threshold=threshold,
+            prompts=[prompts],
+            modality=modality,
+            pixel_spacings=[pixel_spacing_mm],
+        )[0]

@@ -19,7 +19,11 @@ A model owns everything between "an image and a report" and "logits":
   ``training_only_modules``; frozen pretrained sub-models reloadable by id or path
   (:meth:`pretrained_sources`) never enter ``state_dict()``.
 
-Segmentation is binary (one lesion class): logits have one channel.
+Segmentation is binary (one lesion class per prompt): logits have one channel. An image-only model may
+declare ``multi_channel_classes = True`` and take the option ``n_classes`` (:data:`CLASS_CHANNELS_OPTION`):
+built with ``n_classes=K`` its logits are (B, K, H, W), channel k the k-th class of the training set's class
+table (``hparams["class_table"]``), and :attr:`SegmentationModel.output_classes` is K. Trained on a multi-class
+set it sees one sample per image with a (K, S, S) target (:mod:`lvseg.data.class_channels`).
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ from lvseg.recipes import DEFAULT_RECIPE, recipe_problems
 if TYPE_CHECKING:
     from lvseg.text.base import TextEncoder, TextReading
 
+#: The constructor option that sets the number of output channels of a model declaring
+#: ``multi_channel_classes`` (one channel per class of a multi-class set).
+CLASS_CHANNELS_OPTION = "n_classes"
+
 #: Weights of the default loss terms (the LViT paper's 0.5 Dice + 0.5 class-balanced BCE).
 DEFAULT_LOSS_WEIGHTS: Mapping[str, float] = types.MappingProxyType({"dice": 0.5, "bce": 0.5})
 
@@ -51,7 +59,7 @@ DEFAULT_LOSS_WEIGHTS: Mapping[str, float] = types.MappingProxyType({"dice": 0.5,
 class ModelOutput(NamedTuple):
     """What ``forward`` returns in training mode.
 
-    logits: (B, 1, H, W) main segmentation logits.
+    logits: (B, 1, H, W) main segmentation logits ((B, K, H, W) for a model with K output classes).
     aux:    named auxiliary outputs, each batch-first (B, ...), e.g. side-output logits; empty for
             models without any.
     """
@@ -142,6 +150,10 @@ class SegmentationModel(nn.Module):
     #: The importer of the official code's checkpoints, as ``"package.module:ClassName"`` (a subclass of
     #: :class:`lvseg.importers.OfficialImporter`), or None. Named, not imported: importers sit above models.
     importer: ClassVar[str | None] = None
+    #: Whether the model can give one output channel per class (image-only models): it then takes the option
+    #: ``n_classes`` (:data:`CLASS_CHANNELS_OPTION`, default 1), and training on a multi-class set gives it one
+    #: sample per image with a (K, S, S) target instead of one (image, prompt, binary mask) sample per class.
+    multi_channel_classes: ClassVar[bool] = False
 
     config: dict[str, Any]
     text_encoder: TextEncoder | None
@@ -159,6 +171,7 @@ class SegmentationModel(nn.Module):
         "decision_threshold",
         "importer",
         "accepts_unreadable_reports",
+        "multi_channel_classes",
     )
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs: Any) -> None:
@@ -274,6 +287,14 @@ class SegmentationModel(nn.Module):
         return {}
 
     @property
+    def output_classes(self) -> int:
+        """Output channels of the logits: 1 (binary: one structure, chosen by the prompt), or K for a model
+        declaring ``multi_channel_classes`` built with ``n_classes=K`` (channel k: the k-th class of its table)."""
+        if not self.multi_channel_classes:
+            return 1
+        return int(getattr(self, "config", {}).get(CLASS_CHANNELS_OPTION, getattr(self, CLASS_CHANNELS_OPTION, 1)))
+
+    @property
     def has_text_front_end(self) -> bool:
         """Whether :meth:`encode_text` can read reports (a text model built without an encoder cannot)."""
         return self.text_encoder is not None
@@ -347,14 +368,17 @@ class SegmentationModel(nn.Module):
         (:func:`lvseg.models.losses.split_weight`; terms computed per image use the per-image part,
         :func:`~lvseg.models.losses.image_weight`). Auxiliary terms are only computed when ``output`` holds
         auxiliary outputs (training mode), so validation losses are the main terms only.
+
+        K output channels (logits and target (B, K, H, W)): each term is computed per channel, as for a binary
+        mask, and averaged over the channels (:func:`lvseg.models.losses.per_channel_mean`).
         """
-        from lvseg.models.losses import class_balanced_bce_with_logits, soft_dice_loss
+        from lvseg.models.losses import class_balanced_bce_with_logits, per_channel_mean, soft_dice_loss
 
         logits = as_output(output).logits
         weights = self.loss_weights
         return {
-            "dice": weights["dice"] * soft_dice_loss(logits, target, weight),
-            "bce": weights["bce"] * class_balanced_bce_with_logits(logits, target, weight),
+            "dice": weights["dice"] * per_channel_mean(soft_dice_loss, logits, target, weight),
+            "bce": weights["bce"] * per_channel_mean(class_balanced_bce_with_logits, logits, target, weight),
         }
 
     # ----------------------------------------------------------------------------------- checkpoints
@@ -457,6 +481,14 @@ def _check_declared_facts(cls: type[SegmentationModel]) -> None:
         problems.append(f"decision_threshold must lie in (0, 1), got {cls.decision_threshold!r}")
     if cls.importer is not None and (not isinstance(cls.importer, str) or ":" not in cls.importer):
         problems.append(f"importer must be 'package.module:ClassName', got {cls.importer!r}")
+    if cls.multi_channel_classes:
+        if cls.requires_text:
+            problems.append(
+                "multi_channel_classes is for image-only models (a text model is asked for one class per prompt)"
+            )
+        init = cls.__dict__.get("__init__")
+        if init is not None and CLASS_CHANNELS_OPTION not in inspect.signature(init).parameters:
+            problems.append(f"multi_channel_classes needs the constructor option {CLASS_CHANNELS_OPTION!r}")
     if problems:
         raise TypeError(f"{cls.__name__}: " + "; ".join(problems))
 

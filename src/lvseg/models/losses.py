@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss, MaskedDiceLoss
@@ -86,6 +88,23 @@ def bce_with_logits(logits: torch.Tensor, target: torch.Tensor, weight: torch.Te
         return _weighted_mean(per_pixel.flatten(1).mean(1), per_image_weight)
     per_image = (per_pixel * pixel_weight).flatten(1).sum(1) / pixel_weight.flatten(1).sum(1).clamp_min(1e-8)
     return _weighted_mean(per_image, per_image_weight)
+
+
+def per_channel_mean(
+    loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor],
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``loss`` (a binary loss on (B, 1, H, W)) of each of the K channels of ``logits`` and ``target``
+    (B, K, H, W), averaged over the channels -> scalar; ``weight`` (B,) or (B, 1, H, W) applies to every channel.
+    One channel: ``loss`` itself."""
+    if logits.shape != target.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
+    if logits.shape[1] == 1:
+        return loss(logits, target, weight)
+    terms = [loss(logits[:, k : k + 1], target[:, k : k + 1], weight) for k in range(logits.shape[1])]
+    return torch.stack(terms).mean()
 
 
 def _weighted_mean(per_image: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

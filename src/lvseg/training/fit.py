@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +12,26 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from lvseg.checkpoint import FORMAT_VERSION, checkpoint_format, read_checkpoint_dict
 from lvseg.data.input_statistics import measure_on_files
 from lvseg.data.provenance import describe_validation_data, training_data_record
+from lvseg.data.seeding import EpochClock, EpochSampler
 from lvseg.errors import LvsegError, first_line
 from lvseg.training.checkpoint import AtomicCheckpointIO
 from lvseg.training.csv_log import ResumableCSVLogger
+from lvseg.training.epoch_seeding import EpochSeeding, loader_generator
 from lvseg.training.module import SegmentationTask
-from lvseg.training.options import OPTIM_OPTIONS, SEMI_OPTIONS, TrainConfig, check_train_config, with_model_recipe
+from lvseg.training.options import (
+    OPTIM_OPTIONS,
+    SEMI_OPTIONS,
+    TrainConfig,
+    check_train_config,
+    model_option_refusal,
+    parse_max_time,
+    with_model_recipe,
+)
 from lvseg.training.semi import (
     PhasedEarlyStopping,
     SemiSupervisedTask,
@@ -47,23 +55,6 @@ class TrainResult:
     #: Semi-supervised runs: each phase's best validation Dice and where best.ckpt comes from
     #: (:meth:`lvseg.training.semi.SemiSupervisedTask.phase_summary`); None otherwise.
     phases: dict[str, Any] | None = None
-
-
-def parse_max_time(value: str | None) -> timedelta | None:
-    """'90' or '90m' (minutes), '2h', '45s', or Lightning's 'DD:HH:MM:SS' -> timedelta."""
-    if value is None or value == "":
-        return None
-    text = str(value).strip().lower()
-    if re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", text):
-        days, hours, minutes, seconds = (int(part) for part in text.split(":"))
-        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", text)
-    if not match:
-        raise LvsegError(
-            f"--max-time {value!r} is not a duration; use minutes ('40'), '40m', '2h', '30s' or DD:HH:MM:SS"
-        )
-    amount, unit = float(match.group(1)), match.group(2) or "m"
-    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
 
 
 def _accelerator_and_precision(config: TrainConfig) -> tuple[str, str]:
@@ -122,14 +113,19 @@ def text_model_options(config: TrainConfig, default_encoder: str | None, accepte
 
 def build_task(config: TrainConfig, train_texts: list[str]) -> SegmentationTask:
     """Create the Lightning module around ``create_model(config.model, ...)``; the reports build a
-    ``learned`` vocabulary."""
-    return task_class_for(config)(
-        model_name=config.model,
-        model_config=model_config_for(config),
-        model_texts=list(train_texts),
-        **{name: getattr(config, name) for name in OPTIM_OPTIONS},
-        **semi_task_options(config),
-    )
+    ``learned`` vocabulary. A ``--model-option`` its layers refuse (a dropout of 5) is an :class:`LvsegError`."""
+    try:
+        return task_class_for(config)(
+            model_name=config.model,
+            model_config=model_config_for(config),
+            model_texts=list(train_texts),
+            **{name: getattr(config, name) for name in OPTIM_OPTIONS},
+            **semi_task_options(config),
+        )
+    except (ValueError, TypeError) as error:
+        if not config.model_options:
+            raise
+        raise model_option_refusal(config, error) from None
 
 
 def _resume_task(config: TrainConfig, checkpoint_path: Path) -> SegmentationTask:
@@ -273,15 +269,27 @@ def _all_texts(samples: list[Any]) -> list[str]:
     return texts
 
 
-def class_balanced_sampler(samples: list[Any], seed: int) -> WeightedRandomSampler:
+def class_balanced_sampler(samples: list[Any], seed: int, start_epoch: int = 0) -> EpochSampler:
     """Draws ``len(samples)`` samples per epoch with replacement, each with weight 1 / (samples of its class):
-    every ``class_name`` is drawn equally often on average (a binary set: uniform)."""
+    every ``class_name`` is drawn equally often on average (a binary set: uniform). The draws of an epoch are
+    a function of (``seed``, epoch) (:class:`~lvseg.data.seeding.EpochSampler`), so a resumed run repeats them."""
     from collections import Counter
 
     counts = Counter(sample.class_name for sample in samples)
     weights = [1.0 / counts[sample.class_name] for sample in samples]
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples=len(samples), replacement=True, generator=generator)
+    return EpochSampler(len(samples), seed, start_epoch=start_epoch, weights=weights)
+
+
+def _tune_backends(checkpoint: Path, data: Path, data_options: Any) -> None:
+    """Record in ``checkpoint`` which inference backends pass its accuracy guard on the validation images
+    (:mod:`lvseg.inference.tuning`); a backend that cannot run is recorded as such, and a tuning that fails
+    altogether leaves the checkpoint as it was (``auto`` then keeps its default choice)."""
+    from lvseg.inference.tuning import tune_checkpoint
+
+    try:
+        tune_checkpoint(checkpoint, data, split="val", data_options=data_options)
+    except LvsegError as error:
+        log.warning("the inference backends of %s were not tuned: %s", checkpoint, error)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -326,6 +334,10 @@ def train(config: TrainConfig) -> TrainResult:
     if config.compile:
         task.use_compile()
     _check_reports(task, {"train": train_samples, "val": val_samples})
+    # The data order, augmentation, prompts and global generators of an epoch are functions of (seed, epoch):
+    # a resumed run's next epoch draws what the uninterrupted run's would have (lvseg.data.seeding).
+    start_epoch = 0 if resumed_epoch is None else resumed_epoch + 1
+    clock = EpochClock(start_epoch)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     _tidy_lightning_logging()
@@ -337,6 +349,8 @@ def train(config: TrainConfig) -> TrainResult:
     task.hparams["validation_data"] = describe_validation_data(config.data, len(val_set))
     if class_names(train_samples):
         task.hparams["classes"] = class_names(train_samples)
+        # How the per-class prompts were worded, so that prediction asks for a class the same way.
+        task.hparams["class_prompting"] = {"prompt_type": config.prompt_type, "modality": config.modality}
     task.hparams["input_statistics"] = measure_on_files(
         list(dict.fromkeys(sample.image_path for sample in train_samples)),  # an image of K classes once
         list(dict.fromkeys(sample.image_path for sample in val_samples)),
@@ -349,11 +363,13 @@ def train(config: TrainConfig) -> TrainResult:
         "num_workers": config.num_workers,
         "persistent_workers": config.num_workers > 0,
     }
-    val_loader = DataLoader(val_set, shuffle=False, **loader_options)
+    val_loader = DataLoader(val_set, shuffle=False, generator=loader_generator(config.seed), **loader_options)
     if semi:
         # The training loader follows the task's phase (supervised, then labeled + unlabeled): reloaded each epoch.
         data: dict[str, Any] = {
-            "datamodule": build_semi_data(config, task, train_samples, out, loader_options, val_loader)
+            "datamodule": build_semi_data(
+                config, task, train_samples, out, loader_options, val_loader, clock=clock, start_epoch=start_epoch
+            )
         }
         steps_per_epoch = data["datamodule"].labeled_steps()
     else:
@@ -364,13 +380,18 @@ def train(config: TrainConfig) -> TrainResult:
             channels=config.in_channels,
             seed=config.seed,
             sample_prompts=True,
-        )  # seeded augmentation: MONAI's own RNG is not seeded by seed_everything
-        sampler = class_balanced_sampler(train_samples, config.seed) if config.balance_classes else None
+            epoch_clock=clock,
+        )  # augmentation seeded by (seed, epoch, index): MONAI's own RNG is not seeded by seed_everything
+        sampler = (
+            class_balanced_sampler(train_samples, config.seed, start_epoch)
+            if config.balance_classes
+            else EpochSampler(len(train_set), config.seed, start_epoch)
+        )
         train_loader = DataLoader(
             train_set,
-            shuffle=sampler is None,
             sampler=sampler,
             drop_last=len(train_set) > config.batch_size,
+            generator=loader_generator(config.seed),
             **loader_options,
         )
         data = {"train_dataloaders": train_loader, "val_dataloaders": val_loader}
@@ -407,7 +428,7 @@ def train(config: TrainConfig) -> TrainResult:
         precision=precision,
         max_epochs=config.max_epochs,
         max_time=max_time,
-        callbacks=[best_callback, last_callback, early_stopping],
+        callbacks=[best_callback, last_callback, early_stopping, EpochSeeding(config.seed, clock)],
         logger=[
             ResumableCSVLogger(
                 out, name="logs", version="", keep_existing=resume_path is not None, resumed_epoch=resumed_epoch
@@ -434,6 +455,8 @@ def train(config: TrainConfig) -> TrainResult:
         warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
         trainer.fit(task, ckpt_path=resume_path, **data)
     best_path = Path(best_callback.best_model_path) if best_callback.best_model_path else last_path
+    if config.tune_backends and trainer.is_global_zero and best_path.is_file():
+        _tune_backends(best_path, config.data, data_options)
     phases = None
     if isinstance(task, SemiSupervisedTask):
         phases = task.phase_summary()

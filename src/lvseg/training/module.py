@@ -162,6 +162,16 @@ class SegmentationTask(L.LightningModule):
         self.log("val_loss", val_loss, batch_size=batch_size, sync_dist=True)
         self.log("val_dice", dice.mean(), prog_bar=True, batch_size=batch_size, sync_dist=True)
         self.log("val_iou", iou.mean(), batch_size=batch_size, sync_dist=True)
+        if logits.shape[1] > 1:  # one channel per class: val_dice is the mean over classes, and each is logged
+            for name, value in zip(self.channel_names(logits.shape[1]), dice.view(batch_size, -1).mean(0)):
+                self.log(f"val_dice_{name}", value, batch_size=batch_size, sync_dist=True)
+
+    def channel_names(self, channels: int) -> list[str]:
+        """Metric-name-safe names of the output channels: the recorded class table's (``hparams["class_table"]``),
+        else 1 ... K."""
+        table = self.hparams.get("class_table") or []
+        names = [str(row["name"]) for row in table] if len(table) == channels else [str(k + 1) for k in range(channels)]
+        return ["".join(ch if ch.isalnum() else "_" for ch in name) for name in names]
 
     def on_validation_epoch_end(self) -> None:
         metric = self.trainer.callback_metrics.get("val_dice")

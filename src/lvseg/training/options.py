@@ -9,15 +9,30 @@ task's hyperparameters are the fields of group ``"semi"`` (:data:`SEMI_OPTIONS`)
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import json
 import math
+import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from lvseg.data.formats import PROMPT_TYPES
 from lvseg.data.transforms import AUGMENTATION_MODES
-from lvseg.errors import LvsegError
+from lvseg.errors import LvsegError, first_line
+from lvseg.files import output_problems
+from lvseg.memory import (
+    DEFAULT_FIRST_LEVEL_CHANNELS,
+    DEFAULT_TOKEN_FEATURES,
+    available_memory,
+    exceeds,
+    format_bytes,
+    image_batch_bytes,
+    text_bytes,
+)
 from lvseg.recipes import DEFAULT_RECIPE, RECIPE_FIELDS, RECIPES, describe_recipe, resolve_recipe
 from lvseg.text import expected_specs, text_encoder_problems
 from lvseg.training.optim import LR_SCHEDULES, MULTISTEP_NEEDS_MILESTONES, OPTIMIZERS, schedule_help
@@ -221,6 +236,12 @@ class TrainConfig:
         group="data",
     )
     resume: bool = option(False, "Continue the interrupted run in --out from last.ckpt.")
+    tune_backends: bool = option(
+        True,
+        "When training ends, measure the inference backends on the validation images and record in best.ckpt "
+        "which pass the accuracy guard (auto then runs the fastest of them; int8: lvseg tune-backend --int8).",
+        flag="--tune-backends/--no-tune-backends",
+    )
     progress_bar: bool = option(True, "Show Lightning's progress bar.", cli=False)
     limit_train_batches: int | float | None = option(None, "Batches per epoch (Lightning).", cli=False)
     # Semi-supervised training (lvseg.training.semi): active when labeled_fraction < 1 or labeled_list is set.
@@ -399,8 +420,30 @@ def is_semi_supervised(config: Any) -> bool:
     return getattr(config, "labeled_list", None) is not None or (fraction is not None and fraction < 1.0)
 
 
-def check_train_config(config: TrainConfig) -> None:
-    """Raise one :class:`LvsegError` naming every option whose value is out of its allowed range."""
+def parse_max_time(value: str | None) -> timedelta | None:
+    """'90' or '90m' (minutes), '2h', '45s', or Lightning's 'DD:HH:MM:SS' -> timedelta."""
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", text):
+        days, hours, minutes, seconds = (int(part) for part in text.split(":"))
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smh]?)", text)
+    if not match:
+        raise LvsegError(
+            f"--max-time {value!r} is not a duration; use minutes ('40'), '40m', '2h', '30s' or DD:HH:MM:SS"
+        )
+    amount, unit = float(match.group(1)), match.group(2) or "m"
+    return timedelta(seconds=amount * {"s": 1, "m": 60, "h": 3600}[unit])
+
+
+def check_train_config(config: TrainConfig, *, refuse_unused_text_options: bool = False) -> None:
+    """Raise one :class:`LvsegError` naming every option whose value is out of its allowed range, every
+    ``--model-option`` of the wrong type, an accelerator this machine lacks, a ``--max-time`` that leaves no time,
+    sizes that surely do not fit in memory (:func:`memory_problems`) and an ``--out`` that cannot be written.
+
+    ``refuse_unused_text_options``: also refuse text options given to an image-only model (``lvseg train``; a
+    library caller may pass one config to several models)."""
     problems = []
     for field_ in dataclasses.fields(config):
         value, meta = getattr(config, field_.name), field_.metadata
@@ -434,8 +477,230 @@ def check_train_config(config: TrainConfig) -> None:
     if config.balance_classes and is_semi_supervised(config):
         problems.append("--balance-classes is not available with semi-supervised training (--labeled-fraction)")
     problems += _text_encoder_problems(config)
+    if refuse_unused_text_options:
+        problems += unused_text_option_problems(config)
+    problems += model_option_problems(config.model, config.model_options)
+    problems += accelerator_problems(config.accelerator)
+    problems += _max_time_problems(config.max_time)
+    problems += memory_problems(config)
+    problems += output_problems(config.out, "--out", "folder", "a run folder for best.ckpt, last.ckpt and logs")
     if problems:
         raise LvsegError("; ".join(problems))
+
+
+def _max_time_problems(value: str | None) -> list[str]:
+    try:
+        budget = parse_max_time(value)
+    except LvsegError as error:
+        return [str(error)]
+    if budget is not None and budget <= timedelta(0):
+        return [f"--max-time {value!r} leaves no time to train; give a positive duration ('40', '2h') or leave it out"]
+    return []
+
+
+#: Accelerator names Lightning accepts besides those of its registry: ``auto``, and ``gpu`` (CUDA or MPS).
+ACCELERATOR_ALIASES: dict[str, tuple[str, ...]] = {"auto": (), "gpu": ("cuda", "mps")}
+
+
+def available_accelerators() -> list[str]:
+    """The ``--accelerator`` values this machine can run: ``auto``, ``cpu``, and each of Lightning's registered
+    accelerators (cuda, mps, tpu, ...) whose hardware and libraries are present (``gpu`` with CUDA or MPS)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    present = []
+    for name in AcceleratorRegistry.available_accelerators():
+        try:
+            usable = bool(AcceleratorRegistry[name]["accelerator"].is_available())
+        except Exception:  # an accelerator whose library is missing may raise instead of answering
+            usable = False
+        if usable:
+            present.append(name)
+    aliases = [alias for alias, targets in ACCELERATOR_ALIASES.items() if not targets or set(targets) & set(present)]
+    return sorted(set(aliases) | set(present), key=lambda name: (name != "auto", name != "cpu", name))
+
+
+def accelerator_problems(accelerator: str) -> list[str]:
+    """Why ``--accelerator`` cannot run on this machine (unknown, or its hardware or library is missing)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    available = available_accelerators()
+    if accelerator in available:
+        return []
+    known = sorted(set(ACCELERATOR_ALIASES) | set(AcceleratorRegistry.available_accelerators()))
+    here = f"accelerators available on this machine: {', '.join(available)}"
+    if accelerator not in known:
+        return [f"--accelerator {accelerator!r} is not one of {', '.join(known)}; {here}"]
+    why = "torch_xla is not installed or no TPU is attached" if accelerator == "tpu" else "its device is not present"
+    return [f"--accelerator {accelerator} is not available here ({why}); {here}"]
+
+
+def unused_text_option_problems(config: TrainConfig) -> list[str]:
+    """Text options given to a model that reads no text (its declared ``requires_text``), which would be ignored."""
+    from lvseg.models import model_class
+
+    try:
+        reads_text = model_class(config.model).requires_text
+    except LvsegError:
+        return []  # an unknown --model is reported when the model is looked up
+    if reads_text:
+        return []
+    given = [
+        flag
+        for flag, value in (
+            ("--text-encoder", config.text_encoder),
+            ("--text-option", config.text_options or None),
+            ("--text-length", config.text_length),
+        )
+        if value is not None
+    ]
+    if not given:
+        return []
+    return [
+        f"{' and '.join(given)}: model '{config.model}' is image-only (it reads no text); leave {' and '.join(given)} out"
+    ]
+
+
+#: What a JSON value of each type is called in a message.
+_TYPE_WORDS: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "text",
+    list: "a JSON list",
+    tuple: "a JSON list",
+    dict: "a JSON object",
+    type(None): "null",
+}
+
+
+def _accepts(annotation: Any, value: Any) -> bool | None:
+    """Whether the JSON ``value`` fits the type ``annotation``; None when the annotation is not one this check
+    reads (a class, Any, a protocol, ...)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        answers = [_accepts(arg, value) for arg in typing.get_args(annotation)]
+        return True if any(answers) else None if None in answers else False
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    target = origin if origin in (list, tuple, dict) else annotation
+    if target is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if target is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if target in (bool, str, dict, type(None)):
+        return isinstance(value, target)
+    if target in (list, tuple):
+        return isinstance(value, list)
+    return None
+
+
+def _describe_type(annotation: Any) -> str | None:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or type(annotation).__name__ == "UnionType":
+        words = [_describe_type(arg) for arg in typing.get_args(annotation)]
+        return " or ".join(word for word in words if word) if all(words) else None
+    if origin is typing.Literal:
+        return "one of " + ", ".join(json.dumps(arg) for arg in typing.get_args(annotation))
+    return _TYPE_WORDS.get(origin if origin in (list, tuple, dict) else annotation)
+
+
+def model_option_problems(model: str, options: Mapping[str, Any]) -> list[str]:
+    """``--model-option`` values whose type is not the one the model's constructor declares for them (each named
+    with the type and the default); options the model does not take are reported when it is built."""
+    from lvseg.models import model_class
+
+    try:
+        init = inspect.unwrap(model_class(model).__init__)
+    except LvsegError:
+        return []
+    parameters = inspect.signature(init).parameters
+    problems = []
+    for name, value in options.items():
+        parameter = parameters.get(name)
+        if parameter is None or parameter.annotation is inspect.Parameter.empty:
+            continue
+        annotation = parameter.annotation
+        if isinstance(annotation, str):  # postponed annotations: read in the constructor's module
+            try:
+                annotation = eval(annotation, getattr(init, "__globals__", {}))  # as typing.get_type_hints does
+            except Exception:
+                continue  # a name imported for type checking only: not checked here
+        words = _describe_type(annotation)
+        if words is None or _accepts(annotation, value) is not False:
+            continue
+        default = "" if parameter.default is inspect.Parameter.empty else f", default {json.dumps(parameter.default)}"
+        shown = value if isinstance(value, str) else json.dumps(value)
+        problems.append(f"--model-option {name}={shown}: model '{model}' takes {name} as {words}{default}")
+    return problems
+
+
+def model_option_refusal(config: TrainConfig, error: Exception) -> LvsegError:
+    """The error to raise when building the model refused its options (``ValueError``/``TypeError`` from its
+    layers, e.g. a dropout of 5): the ``--model-option`` values given, and what the model said."""
+    given = " ".join(
+        f"--model-option {name}={value if isinstance(value, str) else json.dumps(value)}"
+        for name, value in config.model_options.items()
+    )
+    return LvsegError(f"{given}: model '{config.model}' cannot be built with it: {first_line(error, 200)}")
+
+
+def memory_problems(config: TrainConfig) -> list[str]:
+    """The size-like options (``--img-size``, ``--batch-size``, ``--text-length``) whose memory surely exceeds what
+    the training device has (:mod:`lvseg.memory`), each with the figure, before anything is allocated. Unset sizes
+    are the model's and the recipe's; an option already out of its range is reported by itself."""
+    import torch
+
+    from lvseg.models import model_class
+
+    try:
+        cls = model_class(config.model)
+        recipe = resolve_recipe(config.recipe) if config.recipe else model_recipe(config.model)
+    except LvsegError:
+        return []
+    img_size = config.img_size if config.img_size is not None else cls.default_img_size
+    batch_size = config.batch_size if config.batch_size is not None else recipe.get("batch_size")
+    if not all(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in (img_size, batch_size)
+    ):
+        return []
+    assert isinstance(img_size, int) and isinstance(batch_size, int)
+    if config.in_channels not in (1, 3):
+        return []
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    channels = config.model_options.get("base_channels", config.base_channels or defaults.get("base_channels"))
+    if not isinstance(channels, int) or channels < 1:
+        channels = DEFAULT_FIRST_LEVEL_CHANNELS
+    on_gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    half = (config.precision or ("16-mixed" if on_gpu else "32")).startswith(("16", "bf16"))
+    scale = 0.5 if half else 1.0
+    images = int(image_batch_bytes(img_size, batch_size, channels, config.in_channels, training=True) * scale)
+    text = 0
+    text_length = config.text_length if config.text_length is not None else defaults.get("text_len")
+    if cls.requires_text and isinstance(text_length, int) and text_length > 0:
+        features = config.text_options.get("dim", DEFAULT_TOKEN_FEATURES)
+        text = text_bytes(text_length, features if isinstance(features, int) and features > 0 else 1, batch_size, True)
+    budget = available_memory("cuda" if on_gpu else "cpu")
+    sizes = f"--img-size {img_size} with --batch-size {batch_size}"
+    if exceeds(images, budget):
+        return [
+            f"{sizes} needs about {format_bytes(images)} for one batch of activations ({channels} channels at full "
+            f"resolution); {budget.where}: lower --img-size or --batch-size"
+        ]
+    if exceeds(text, budget):
+        return [
+            f"--text-length {text_length} needs about {format_bytes(text)} for the text encoder's position table and "
+            f"one batch of token features; {budget.where}: lower --text-length"
+        ]
+    if exceeds(images + text, budget):
+        return [
+            f"{sizes} and --text-length {text_length} need about {format_bytes(images + text)} together; "
+            f"{budget.where}: lower one of them"
+        ]
+    return []
 
 
 def _text_encoder_problems(config: TrainConfig) -> list[str]:

@@ -83,10 +83,12 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from lvseg.checkpoint import read_checkpoint_dict
 from lvseg.data.layout import Sample
+from lvseg.data.seeding import PERTURBATION_STREAM, EpochClock, EpochSampler, derived_seed
 from lvseg.data.split import BalancedSemiSampler, LabeledSplit, check_labeled_masks, read_labeled_list, split_labeled
 from lvseg.errors import LvsegError
 from lvseg.files import atomic_write_text
 from lvseg.models import ModelOutput
+from lvseg.training.epoch_seeding import loader_generator
 from lvseg.training.lv_loss import LVReferenceSet, load_template_references, lv_loss, references_from_samples
 from lvseg.training.module import TASKS, SegmentationTask, register_task
 from lvseg.training.options import SEMI_OPTIONS, is_semi_supervised, option_defaults
@@ -196,6 +198,15 @@ class SemiSupervisedTask(SegmentationTask):
             self.perturbation = StrongPerturbation(self.bank.img_size, seed=seed)
         if self.phase == SEMI:
             self.build_teacher()
+
+    def on_train_epoch_start(self) -> None:
+        # The strong views of an epoch are seeded by (seed, rank, epoch), not drawn on from the epochs before:
+        # the epoch after a --resume perturbs as the uninterrupted run would have.
+        if self.perturbation is not None and self._perturbation_seed is not None and self.bank is not None:
+            seed = derived_seed(
+                self._perturbation_seed, PERTURBATION_STREAM, int(self.trainer.global_rank), int(self.current_epoch)
+            )
+            self.perturbation = StrongPerturbation(self.bank.img_size, seed=seed)
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
@@ -528,6 +539,8 @@ class SemiDataModule(L.LightningDataModule):
     shuffled, as a supervised run loads them. Semi phase: labeled and unlabeled images through a
     :class:`BalancedSemiSampler` for this process (rank and world size are known only once the trainer
     runs). The trainer reloads the training loader every epoch (``reload_dataloaders_every_n_epochs=1``).
+    Both orders are functions of (``seed``, epoch); ``start_epoch``: the first epoch this process trains (a
+    resumed run's next one).
     """
 
     def __init__(
@@ -538,10 +551,11 @@ class SemiDataModule(L.LightningDataModule):
         val_loader: DataLoader,
         loader_options: dict[str, Any],
         seed: int,
+        start_epoch: int = 0,
     ) -> None:
         super().__init__()
         self.task, self.labeled, self.unlabeled, self.val_loader = task, labeled, unlabeled, val_loader
-        self.loader_options, self.seed = dict(loader_options), int(seed)
+        self.loader_options, self.seed, self.start_epoch = dict(loader_options), int(seed), int(start_epoch)
         self._labeled_loader: DataLoader | None = None
         self._mixed_loader: DataLoader | None = None
 
@@ -558,8 +572,9 @@ class SemiDataModule(L.LightningDataModule):
                 share = -(-len(self.labeled) // self.trainer.world_size)
                 self._labeled_loader = DataLoader(
                     self.labeled,
-                    shuffle=True,
+                    sampler=EpochSampler(len(self.labeled), self.seed, self._next_epoch()),
                     drop_last=share > int(self.loader_options["batch_size"]),
+                    generator=loader_generator(self.seed),
                     **self.loader_options,
                 )
             return self._labeled_loader
@@ -572,9 +587,16 @@ class SemiDataModule(L.LightningDataModule):
                 num_replicas=self.trainer.world_size,
                 rank=self.trainer.global_rank,
             )
+            sampler.set_epoch(self._next_epoch())  # with workers, the first epoch's indices precede set_epoch
             # No drop_last: every unlabeled image must get its one EPI update per epoch.
-            self._mixed_loader = DataLoader(mixed, sampler=sampler, drop_last=False, **self.loader_options)
+            self._mixed_loader = DataLoader(
+                mixed, sampler=sampler, drop_last=False, generator=loader_generator(self.seed), **self.loader_options
+            )
         return self._mixed_loader
+
+    def _next_epoch(self) -> int:
+        """The epoch a loader built now first serves: the trainer's, not before this process's first."""
+        return max(self.start_epoch, int(self.trainer.current_epoch) if self.trainer is not None else 0)
 
     def val_dataloader(self) -> DataLoader:
         return self.val_loader
@@ -587,13 +609,16 @@ def build_semi_data(
     out: Path,
     loader_options: dict[str, Any],
     val_loader: DataLoader,
+    clock: EpochClock | None = None,
+    start_epoch: int = 0,
 ) -> SemiDataModule:
     """Split the training samples, attach EPI/LV state to a :class:`SemiSupervisedTask`, build its loaders.
 
     ``train_samples`` must come from ``load_split(..., require_masks=False)``. With
     ``config.supervised_only`` the unlabeled images are dropped (the supervised baseline on the same
     labeled subset, loaded exactly as the supervised phase loads it). Writes ``semi_split.json`` (checked on
-    ``--resume``) and, on resume, reloads ``pseudo_labels.pt``.
+    ``--resume``) and, on resume, reloads ``pseudo_labels.pt``. ``clock``: the run's epoch, which seeds each
+    labeled image's augmentation by (seed, epoch, index); ``start_epoch``: the first epoch this process trains.
     """
     from lvseg.data.dataset import SegmentationDataset
 
@@ -617,12 +642,17 @@ def build_semi_data(
     )
 
     labeled_set = SegmentationDataset(
-        split.labeled, config.img_size, augment=config.augment, channels=config.in_channels, seed=config.seed
+        split.labeled,
+        config.img_size,
+        augment=config.augment,
+        channels=config.in_channels,
+        seed=config.seed,
+        epoch_clock=clock,
     )
     if config.supervised_only or not split.unlabeled:
         if isinstance(task, SemiSupervisedTask):  # a --labeled-list naming every image: nothing unlabeled
             task.attach(PseudoLabelBank([], config.img_size, beta=config.epi_beta))
-        return SemiDataModule(task, labeled_set, None, val_loader, loader_options, config.seed)
+        return SemiDataModule(task, labeled_set, None, val_loader, loader_options, config.seed, start_epoch)
     if not isinstance(task, SemiSupervisedTask):
         raise LvsegError("a semi-supervised run needs a SemiSupervisedTask")
 
@@ -659,4 +689,4 @@ def build_semi_data(
         seed=config.seed,
         reports=[s.text for s in split.unlabeled],
     )
-    return SemiDataModule(task, labeled_set, unlabeled_set, val_loader, loader_options, config.seed)
+    return SemiDataModule(task, labeled_set, unlabeled_set, val_loader, loader_options, config.seed, start_epoch)
