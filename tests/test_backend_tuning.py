@@ -210,3 +210,34 @@ def test_training_records_the_backends_of_best_ckpt(tmp_path: Path) -> None:
     assert record.trial("openvino-int8") is None  # int8 is tuned on request only (minutes)
     untuned = train(TrainConfig(out=tmp_path / "untuned", tune_backends=False, **options))
     assert load_checkpoint(untuned.best_checkpoint).backend_record is None
+
+
+@pytest.mark.skipif(not HAS_NNCF, reason="openvino-int8 needs OpenVINO and NNCF (the deploy extra)")
+def test_export_carries_the_record_and_the_quantised_graph(tmp_path: Path, fitted_lvit) -> None:
+    import json
+
+    from lvseg.inference.export import export_model
+
+    path = save_inference_checkpoint(tmp_path / "m.ckpt", fitted_lvit)
+    images = fitted_lvit.example_images
+    tuned = tune_backends(
+        fitted_lvit, images, REPORTS, "two images", backends=["openvino-int8"], calibration=(images, REPORTS), repeats=1
+    )
+    int8 = tuned.trial("openvino-int8")
+    assert int8 is not None
+    # A record in which int8 passed and is the fastest, with the graph the tuning quantised.
+    trials = (BackendTrial("eager", True, 1.0, 0.0, 9.0), BackendTrial("openvino", True, 1.0, 0.0, 5.0), int8)
+    trials = (*trials[:2], BackendTrial("openvino-int8", True, 1.0, 0.0, 1.0, details=int8.details))
+    write_backend_record(path, BackendRecord(trials, 2, "two images", hardware_description("cpu"), graphs=tuned.graphs))
+    manifest = json.loads(export_model(path, tmp_path / "export", "onnx").read_text())
+    assert manifest["backend_record"]["trials"][-1]["backend"] == "openvino-int8"
+    assert {"network-int8.xml", "network-int8.bin"} <= set(manifest["files"]) <= set(manifest["sha256"])
+    folder = load_model(tmp_path / "export", device="cpu", backend="auto")
+    assert folder.backend == "openvino-int8"
+    from_checkpoint = load_model(path, device="cpu", backend="openvino-int8").probabilities(images, REPORTS)
+    assert torch.allclose(folder.probabilities(images, REPORTS), from_checkpoint, atol=1e-5)
+    # Exported again from an untuned checkpoint, the folder loses the quantised graph and auto its record.
+    save_inference_checkpoint(path, fitted_lvit)
+    manifest = json.loads(export_model(path, tmp_path / "export", "onnx").read_text())
+    assert manifest["backend_record"] is None and not (tmp_path / "export" / "network-int8.xml").exists()
+    assert load_model(tmp_path / "export", device="cpu", backend="auto").backend in ("openvino", "onnx")

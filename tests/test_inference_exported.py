@@ -99,7 +99,7 @@ def test_lvseg_predict_and_evaluate_run_an_export_folder(tmp_path: Path) -> None
         ],
     )
     assert isinstance(result.exception, LvsegError)
-    assert "export folder runs with openvino, openvino-bf16, onnx or auto" in str(result.exception)
+    assert "export folder runs with openvino, openvino-bf16, openvino-int8, onnx or auto" in str(result.exception)
 
     data = tmp_path / "data"  # the LViT layout with one test image, its mask and its report
     (data / "Test_Folder" / "img").mkdir(parents=True)

@@ -35,9 +35,10 @@ import torch
 
 from lvseg.data.provenance import RECORDED_DATA_KEYS
 from lvseg.errors import LvsegError, first_line
-from lvseg.inference.backends import example_reports, export_onnx, flatten_text_input, quiet_warnings
+from lvseg.inference.backends import INT8_GRAPH_FILES, example_reports, export_onnx, flatten_text_input, quiet_warnings
 from lvseg.inference.loading import load_checkpoint_explained
 from lvseg.inference.manifest import (
+    BACKEND_RECORD_KEY,
     EXPORT_VERSION,
     FRONT_END,
     FRONT_END_PREFIX,
@@ -52,7 +53,7 @@ logger = logging.getLogger(__name__)
 FORMATS = ("onnx", "openvino")
 #: The graph files an export may write besides ``network.onnx``; one a new export does not write is removed, so a
 #: folder exported again in another format keeps no graph of the old model.
-OPTIONAL_GRAPHS = ("network.xml", "network.bin", "text_encoder.onnx")
+OPTIONAL_GRAPHS = ("network.xml", "network.bin", "text_encoder.onnx", *INT8_GRAPH_FILES)
 
 
 def _publish(staging: Path, out: Path) -> list[str]:
@@ -215,6 +216,9 @@ def _export_into(
         }
     if fmt == "openvino":
         _convert_to_openvino(staging / "network.onnx", staging / "network.xml")
+    record = loaded.backend_record
+    for name, content in (record.graphs.get("openvino-int8", {}) if record is not None else {}).items():
+        atomic_write_bytes(staging / name, content)  # the checkpoint's quantised graph, tuned for it
     published = _publish(staging, out)
     for stale in OPTIONAL_GRAPHS:
         if stale not in published and (out / stale).is_file():
@@ -250,5 +254,7 @@ def _export_into(
             "before thresholding",
         },
         "network": {"file": "network.onnx", "inputs": [spec.to_json() for spec in network_inputs or []]},
+        # The checkpoint's own accuracy guard of its backends (lvseg.backend_record): auto follows it here too.
+        BACKEND_RECORD_KEY: record.to_dict() if record is not None else None,
         HASHES_KEY: file_hashes(out, files),
     }

@@ -33,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lvseg.backend_record import BackendRecord
 from lvseg.data.provenance import RECORDED_DATA_KEYS
 from lvseg.errors import CheckpointError, LvsegError, first_line
 from lvseg.inference.backend_choice import AUTO, DEPLOY_EXTRA, backend_names, backend_spec, exporting_backends
 from lvseg.inference.manifest import (
+    BACKEND_RECORD_KEY,
     EXPORT_VERSION,
     FRONT_END,
     FRONT_END_PREFIX,
@@ -443,14 +445,15 @@ def _native_stderr_held() -> Iterator[None]:
                 sys.stderr.write(text)
 
 
-def _export_backend(backend: str) -> str:
-    """The backend an export folder runs with: ``auto`` as for a checkpoint on the CPU, which must not be eager."""
+def _export_backend(backend: str, record: BackendRecord | None = None) -> str:
+    """The backend an export folder runs with: ``auto`` as for a checkpoint on the CPU (the fastest exporting
+    backend that passed the checkpoint's ``record``, else the default choice), which must not be eager."""
     from lvseg.inference.backends import resolve_backend
 
     runs_with = f"{', '.join(exporting_backends())} or {AUTO}"
     if backend not in backend_names():
         raise LvsegError(f"unknown backend {backend!r}; an export folder runs with {runs_with}")
-    resolved = resolve_backend(backend, torch.device("cpu"))
+    resolved = resolve_backend(backend, torch.device("cpu"), record=record, exporting_only=True)
     exports = backend_spec(resolved).exports
     if backend == AUTO and not exports:
         raise LvsegError(
@@ -530,7 +533,8 @@ def load_export(folder: str | Path, device: str | torch.device | None = None, ba
     if device not in (None, "auto") and _device_type(device) != "cpu":
         raise LvsegError(f"an exported model runs on the CPU (OpenVINO / ONNX Runtime); got device {device!r}")
     manifest = read_manifest(folder)
-    backend = _export_backend(backend)
+    record = BackendRecord.from_dict(manifest.get(BACKEND_RECORD_KEY), f"export folder '{folder}'")
+    backend = _export_backend(backend, record)
     graph = _graph(folder, backend, manifest)
     input_names = [manifest["image"]["input"]["name"], *(item["name"] for item in manifest["text"]["tensors"])]
     problems = []
@@ -561,6 +565,7 @@ def load_export(folder: str | Path, device: str | torch.device | None = None, ba
             graph=graph,
             input_names=input_names,
             decision_threshold=manifest_threshold(manifest),
+            backend_record=record,
         )
     logger.info("loaded the exported %s from %s (%s, %s)", manifest["model"], folder, graph.name, segmenter.backend)
     return segmenter

@@ -33,3 +33,7 @@ def file_sha256(path: str | Path) -> str:
 def file_hashes(folder: str | Path, names: list[str]) -> dict[str, str]:
     """``{name: SHA-256}`` of the files ``names`` of ``folder`` (what the manifest records under ``HASHES_KEY``)."""
     return {name: file_sha256(Path(folder) / name) for name in names}
+
+
+#: The manifest's key for the exported checkpoint's backend record (:mod:`lvseg.backend_record`; None: untuned).
+BACKEND_RECORD_KEY = "backend_record"
