@@ -179,6 +179,53 @@ def tuned_end_to_end(checkpoint: Path, repeats: int) -> list[dict[str, object]]:
     return rows
 
 
+def folder_throughput(
+    checkpoint: Path, backends: list[str], n_images: int = 64, batch: int = 16
+) -> list[dict[str, object]]:
+    """Folder prediction (``predict_folder``: decode, resize, network, upsample, checks, mask and overlay PNGs)
+    of ``n_images`` 512x512 PNGs at ``batch``, against the network's own throughput at that batch
+    (``Segmenter.probabilities`` on tensors already at model resolution), per backend, same run."""
+    import csv
+
+    from PIL import Image
+
+    from lvseg.inference import load_model
+    from lvseg.inference.folder import predict_folder
+
+    folder = Path(tempfile.mkdtemp(prefix="lvseg-folder-"))
+    (folder / "img").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    probe = load_model(checkpoint, device="cpu", backend="eager")
+    report = probe.example_reports[0]
+    with open(folder / "Test_text.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Image", "Description"])
+        for index in range(n_images):
+            Image.fromarray((rng.random((512, 512)) * 255).astype(np.uint8)).save(folder / "img" / f"x{index:03d}.png")
+            writer.writerow([f"x{index:03d}.png", report])
+    for backend in backends:
+        segmenter = load_model(checkpoint, device="cpu", backend=backend)
+        images = torch.rand(batch, segmenter.in_channels, segmenter.img_size, segmenter.img_size)
+        network_ms = timed(lambda: segmenter.probabilities(images, [report] * batch), 3)
+        predict_folder(segmenter, folder, folder / "warm", batch_size=batch)  # first-call costs out of the timing
+        started = time.perf_counter()
+        predict_folder(segmenter, folder, folder / f"out-{backend}", batch_size=batch)
+        folder_s = time.perf_counter() - started
+        network_rate, folder_rate = batch / (network_ms / 1000.0), n_images / folder_s
+        rows.append(
+            {
+                "checkpoint": f"{checkpoint.parent.name}/{checkpoint.name}",
+                "backend": segmenter.backend,
+                f"network batch-{batch} img/s": f"{network_rate:.1f}",
+                f"folder prediction img/s ({n_images} PNGs, 512 px)": f"{folder_rate:.1f}",
+                "folder / network": f"{folder_rate / network_rate:.2f}",
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def official_lvit_rows(folder: Path, repeats: int) -> list[dict[str, object]]:
     """The official LViT code's forward (``nets/LViT.py``, ``Config.get_CTranS_config``, from the user's own
     checkout at ``folder``; nothing is downloaded) at 224, batch 1, fp32 and with bf16 autocast."""
@@ -301,6 +348,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also time a tuned checkpoint end to end: auto (its record's choice) and each backend that passed",
     )
     parser.add_argument("--tuned-only", action="store_true", help="only the --tuned (and --guard) runs")
+    parser.add_argument(
+        "--folder-throughput",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="also measure folder prediction at --batch against the network's own batch throughput",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
@@ -333,9 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     guard_rows = [row for checkpoint, data in args.guard for row in guard_on_data(checkpoint, data, guard_backends)]
     if args.tuned_only:
         tuned_rows = [row for checkpoint in args.tuned for row in tuned_end_to_end(checkpoint, args.repeats)]
+        folder_rows = []
+        if args.folder_throughput is not None:
+            folder_rows = folder_throughput(
+                args.folder_throughput, args.backends.split(",") if args.backends else ["auto"], batch=args.batch
+            )
         official = os.environ.get("LVIT_OFFICIAL")
         official_rows = official_lvit_rows(Path(official), args.repeats) if official else []
-        tables = [markdown_table(rows) for rows in (guard_rows, tuned_rows, official_rows) if rows]
+        tables = [markdown_table(rows) for rows in (guard_rows, tuned_rows, folder_rows, official_rows) if rows]
         print("\n\n".join(tables))
         if not args.no_record:
             append_section(

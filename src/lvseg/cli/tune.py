@@ -66,10 +66,13 @@ def print_backend_record(record: object) -> None:
     table = Table(title=f"Backends on {record.data} ({record.rule}), {record.measured_at}")
     rows = record.summary_rows()
     for column in rows[0] if rows else ():
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "notes")
     for row in rows:
         table.add_row(*row.values())
-    console().print(table)
+    out = console()
+    if not out.is_terminal:
+        out.width = 160  # a log file: whole backend names and notes rather than the 80 columns of no terminal
+    out.print(table)
 
 
 def register(app: typer.Typer) -> None:

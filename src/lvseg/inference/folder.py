@@ -24,7 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from lvseg.data.layout import (
 )
 from lvseg.data.report_text import BLANK_REPORT, is_blank_report
 from lvseg.errors import DataValidationError, LvsegError
+from lvseg.inference.pipeline import run_overlapped
 
 if TYPE_CHECKING:
     from lvseg.data.classes import ClassInfo
@@ -248,18 +249,25 @@ def predict_folder(
     model = getattr(segmenter, "model", None)
     if model is not None:
         check_reports(model, {str(folder): items})
-    rows: list[dict[str, object]] = []
-    for start in range(0, len(items), batch_size):
-        chunk: Sequence[FolderItem] = items[start : start + batch_size]
-        arrays = [read_hwc(item.image_path) for item in chunk]
-        directions = [file_row_direction(item.image_path) for item in chunk]
-        predictions = segmenter.predict_batch(
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+
+    def read(chunk: Sequence[FolderItem]) -> tuple[list[np.ndarray], list[str | None]]:
+        return [read_hwc(item.image_path) for item in chunk], [file_row_direction(item.image_path) for item in chunk]
+
+    def segment(chunk: Sequence[FolderItem], loaded: tuple[list[np.ndarray], list[str | None]]) -> list[Any]:
+        arrays, directions = loaded
+        return segmenter.predict_batch(
             arrays, [item.text for item in chunk], threshold=threshold, row_directions=directions
         )
-        for item, array, prediction in zip(chunk, arrays, predictions):
+
+    def write(
+        chunk: Sequence[FolderItem], loaded: tuple[list[np.ndarray], list[str | None]], predictions: list[Any]
+    ) -> list[dict[str, object]]:
+        written = []
+        for item, array, prediction in zip(chunk, loaded[0], predictions):
             mask_path = write_mask(out / "masks" / item.mask_name, prediction.mask)
             write_overlay(out / "overlays" / item.mask_name, array, prediction.mask)
-            rows.append(
+            written.append(
                 {
                     "image": item.image_path.name,
                     "mask": str(mask_path.relative_to(out)),
@@ -274,7 +282,14 @@ def predict_folder(
                     "width": prediction.mask.shape[1],
                 }
             )
-        log.info("predicted %d / %d images", min(start + batch_size, len(items)), len(items))
+        return written
+
+    def progress(done: int) -> None:
+        if done == len(chunks) or done % 10 == 0:
+            log.info("predicted %d / %d images", min(done * batch_size, len(items)), len(items))
+
+    # Decoding the next batch and writing the previous one overlap the network (lvseg.inference.pipeline).
+    rows = [row for batch in run_overlapped(chunks, read, segment, write, on_batch=progress) for row in batch]
     _write_rows(out / "predictions.csv", rows)
     return rows
 
