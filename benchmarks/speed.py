@@ -180,11 +180,13 @@ def tuned_end_to_end(checkpoint: Path, repeats: int) -> list[dict[str, object]]:
 
 
 def folder_throughput(
-    checkpoint: Path, backends: list[str], n_images: int = 64, batch: int = 16
+    checkpoint: Path, backends: list[str], n_images: int = 64, batch: int = 16, sources: Path | None = None
 ) -> list[dict[str, object]]:
     """Folder prediction (``predict_folder``: decode, resize, network, upsample, checks, mask and overlay PNGs)
     of ``n_images`` 512x512 PNGs at ``batch``, against the network's own throughput at that batch
-    (``Segmenter.probabilities`` on tensors already at model resolution), per backend, same run."""
+    (``Segmenter.probabilities`` on tensors already at model resolution), per backend, same run. The PNGs are
+    the images of ``sources`` (a folder of images, cycled) resized to 512 px, else random noise (the worst
+    case for PNG encoding)."""
     import csv
 
     from PIL import Image
@@ -201,8 +203,13 @@ def folder_throughput(
     with open(folder / "Test_text.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["Image", "Description"])
+        originals = sorted(p for p in sources.iterdir() if p.is_file()) if sources is not None else []
         for index in range(n_images):
-            Image.fromarray((rng.random((512, 512)) * 255).astype(np.uint8)).save(folder / "img" / f"x{index:03d}.png")
+            if originals:
+                picture = Image.open(originals[index % len(originals)]).convert("RGB").resize((512, 512))
+            else:
+                picture = Image.fromarray((rng.random((512, 512)) * 255).astype(np.uint8))
+            picture.save(folder / "img" / f"x{index:03d}.png")
             writer.writerow([f"x{index:03d}.png", report])
     for backend in backends:
         segmenter = load_model(checkpoint, device="cpu", backend=backend)
@@ -355,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CHECKPOINT",
         help="also measure folder prediction at --batch against the network's own batch throughput",
     )
+    parser.add_argument("--folder-images", type=Path, default=None, help="images to build that folder from")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default: CUDA when available)")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args(argv)
@@ -390,7 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         folder_rows = []
         if args.folder_throughput is not None:
             folder_rows = folder_throughput(
-                args.folder_throughput, args.backends.split(",") if args.backends else ["auto"], batch=args.batch
+                args.folder_throughput,
+                args.backends.split(",") if args.backends else ["auto"],
+                batch=args.batch,
+                sources=args.folder_images,
             )
         official = os.environ.get("LVIT_OFFICIAL")
         official_rows = official_lvit_rows(Path(official), args.repeats) if official else []

@@ -65,7 +65,12 @@ def test_the_built_in_backends_declare_their_capabilities() -> None:
     }
     assert [name for name in BUILT_IN if backend_spec(name).tuned] == ["bf16-mixed", "openvino-int8"]
     assert backend_spec("openvino").graph_files == ("network.xml", "network.onnx")
-    assert backend_choice.exporting_backends() == ("openvino", "openvino-bf16", "openvino-int8", "onnx")  # auto's runtime first
+    assert backend_choice.exporting_backends() == (
+        "openvino",
+        "openvino-bf16",
+        "openvino-int8",
+        "onnx",
+    )  # auto's runtime first
     assert set(backends._RUNNERS) == set(BUILT_IN)  # every declared backend has its builder
 
 

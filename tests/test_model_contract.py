@@ -304,7 +304,9 @@ def test_lvseg_serve_starts_and_serves(name: str, source: str, trained: dict[str
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_training_tunes_every_backend_and_auto_follows_the_record(name: str, trained: dict[str, Path], data: Path) -> None:
+def test_training_tunes_every_backend_and_auto_follows_the_record(
+    name: str, trained: dict[str, Path], data: Path
+) -> None:
     """Every model gets every backend through the contract: training measured each one on the validation images
     (recorded in best.ckpt), each that passed runs from the checkpoint and agrees with eager on the test images,
     and auto runs the fastest of them."""

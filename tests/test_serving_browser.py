@@ -258,3 +258,73 @@ def test_the_page_shows_the_wording_the_model_reads_and_flags_a_contradicting_re
         expect(box).to_be_hidden(timeout=15000)
     finally:
         page.close()
+
+
+def test_a_multi_class_checkpoint_has_a_class_picker_and_a_legend(
+    browser: object, base_url: str, tmp_path: Path
+) -> None:
+    """A binary checkpoint's page has no picker; a multi-class one lists its classes, and a result of two of
+    them shows one colour per class in the legend, a row per class and the PDF's per-class table."""
+    from lvseg.data.classes import ClassInfo
+
+    page = browser.new_page()  # type: ignore[attr-defined]
+    try:
+        page.goto(base_url + "/")
+        expect(page.locator("#model-info")).to_contain_text("validation Dice 0.500")
+        expect(page.locator("#class-box")).to_be_hidden()
+    finally:
+        page.close()
+
+    image_path = tmp_path / "two.png"
+    image_path.write_bytes(png_bytes())  # a bright rectangle in each half: disc's band and ring's band
+    table = [ClassInfo(1, "disc"), ClassInfo(2, "ring"), ClassInfo(3, "bar")]
+    with running_server(create_app(FakeSegmenter(class_table=table))) as url:
+        context = browser.new_context(accept_downloads=True)  # type: ignore[attr-defined]
+        page = context.new_page()
+        console_errors: list[str] = []
+        page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+        try:
+            page.goto(url + "/")
+            picker = page.locator("#class-box")
+            expect(picker).to_be_visible()
+            expect(page.locator("#class-choices input")).to_have_count(3)
+            page.get_by_label("Image (PNG, JPEG, TIFF, BMP or DICOM").set_input_files(str(image_path))
+            page.get_by_role("checkbox", name="disc", exact=True).check()
+            page.get_by_role(
+                "checkbox", name="bar", exact=True
+            ).check()  # no report typed: each class has its own prompt
+            page.get_by_role("button", name="Segment").click()
+
+            legend = page.locator("#class-legend li")
+            expect(legend).to_have_count(2, timeout=15000)
+            expect(legend.nth(0)).to_have_text("disc")
+            expect(legend.nth(1)).to_have_text("bar")
+            colours = [
+                legend.nth(index).locator(".swatch").evaluate("node => getComputedStyle(node).backgroundColor")
+                for index in range(2)
+            ]
+            assert colours == ["rgb(230, 25, 75)", "rgb(255, 225, 25)"]  # the table's colours 0 and 2
+            rows = page.locator("#class-results tbody tr")
+            expect(rows).to_have_count(2)
+            expect(rows.nth(0)).to_contain_text("Disc found")
+            expect(rows.nth(0)).to_contain_text("240 px")
+            expect(page.locator("#lesion-legend")).to_be_hidden()
+            expect(page.locator("#m-finding")).to_have_text("Found: disc, bar")
+            expect(page.locator("#download-mask")).to_have_text("Download label map PNG")
+
+            page.get_by_role(
+                "checkbox", name="ring", exact=True
+            ).check()  # changing the classes clears the result on screen
+            expect(page.locator("#results")).to_be_hidden()
+            page.get_by_role("checkbox", name="ring", exact=True).uncheck()
+            page.get_by_role("button", name="Segment").click()
+            expect(legend).to_have_count(2, timeout=15000)
+            with page.expect_download(timeout=15000) as download_info:
+                page.get_by_role("button", name="Download PDF report").click()
+            download_info.value.save_as(tmp_path / "classes.pdf")
+            text = _pdf_text((tmp_path / "classes.pdf").read_bytes())
+            assert "Class Colour Finding" in text and "disc Found 240" in text and "bar Found" in text
+            assert not re.search(r"\bring\b", text)  # the class unticked before the second Segment
+            assert console_errors == []
+        finally:
+            context.close()

@@ -92,6 +92,29 @@ def test_upload_decoder_gives_exactly_the_array_of_read_image(kind: str) -> None
         assert np.array_equal(decoded.pixels, to_display_rgb8(expected))
 
 
+@pytest.mark.parametrize("kind", ["gray8", "rgb", "gray16"])
+def test_uploads_keep_their_own_samples_and_are_shown_as_from_the_float_array(kind: str) -> None:
+    """The model is given the file's samples in their own dtype (read into the float array by its reader), not a
+    float copy; the display is what the float array gives (a 16-bit image stretched to its own maximum)."""
+    decoded = decode_image(encode(_test_images()[kind], "PNG"))
+    assert decoded.model_input.dtype == (np.uint16 if kind == "gray16" else np.uint8)
+    array = decoded.array
+    if kind == "gray16":
+        array = array / float(array.max())
+    assert np.array_equal(decoded.pixels, to_display_rgb8(array))
+    kept = decoded.without_model_input()  # what a result keeps: the size, not the samples
+    assert (kept.width, kept.height) == (decoded.width, decoded.height) and kept.samples.strides == (0, 0, 0)
+
+
+def test_the_heatmap_in_bands_is_the_heatmap_of_the_whole_map() -> None:
+    from lvseg.rendering import probability_heatmap
+    from lvseg.serving.service import HEATMAP_BAND_ROWS, _heatmap
+
+    probability = np.random.default_rng(3).random((2 * HEATMAP_BAND_ROWS + 5, 7)).astype(np.float32)
+    probability[0, :3] = (0.0, 1.0, 0.5)
+    assert np.array_equal(_heatmap(probability), probability_heatmap(probability))
+
+
 def test_sixteen_bit_png_reaches_the_model_scaled_by_65535_not_its_maximum() -> None:
     decoded = decode_image(encode(twelve_bit_image(), "PNG"))
     assert decoded.array.max() == np.float32(4095 / 65535)  # 1/16: as in training, not stretched to 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -32,7 +32,19 @@ from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 from lvseg.inference.folder import predict_folder, read_hwc, write_mask, write_overlay
 from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
 
+if TYPE_CHECKING:
+    import numpy as np
+    from rich.console import Console
+
+    from lvseg.inference.segmenter import Segmenter
+
 log = logging.getLogger(__name__)
+
+CLASSES_HELP = (
+    "Multi-class checkpoints: the classes to segment, e.g. 'liver,kidney', or 'all'. Several give a label map "
+    "(PNG of class values), an overlay with a legend and per-class areas (OUT stem + '_areas.csv'); one gives "
+    "its 0/255 mask. Each class is asked for with its own prompt (its template, else its name), not --text."
+)
 
 
 def _check_png(path: Path, flag: str) -> None:
@@ -58,6 +70,18 @@ def predict_command(
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass (--folder)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    class_text: Optional[list[str]] = typer.Option(
+        None,
+        "--class-text",
+        help="With --classes and --image: NAME=TEXT, the prompt of class NAME instead of its own (repeatable). "
+        "A folder's per-class prompts are its text table's Description_<name> columns.",
+    ),
+    modality: Optional[str] = typer.Option(
+        None,
+        "--modality",
+        help="With --classes: the modality said in the prompts, e.g. 'CT slice' (default: training's).",
+    ),
 ) -> None:
     """Segment an image described by its report (or every image of a folder)."""
     from lvseg.inference import load_model
@@ -80,6 +104,13 @@ def predict_command(
             check_output(overlay, "--overlay", "file", "the overlay PNG")
         check_inference_memory(checkpoint, 1, device, None)
         segmenter = load_model(checkpoint, device=device, backend=backend, expected_images=1)
+        if classes is not None:
+            _predict_image_classes(
+                segmenter, image, out, overlay, classes, text, class_text or [], modality, threshold, console
+            )
+            return
+        if class_text or modality:
+            raise LvsegError("--class-text and --modality are for --classes (the prompts of a multi-class checkpoint)")
         if segmenter.requires_text and is_blank_report(text):
             raise LvsegError(
                 f"model '{segmenter.model_name}' in '{checkpoint}' reads the report: "
@@ -111,9 +142,18 @@ def predict_command(
     if out.suffix.lower() == ".png":
         raise LvsegError(f"with --folder, --out must be a folder, got the file name '{out}'")
     check_output(out, "--out", "folder", "for masks/, overlays/ and predictions.csv")
+    if class_text:
+        raise LvsegError(
+            "--class-text is for --image; with --folder, give per-class prompts in the text table's "
+            "Description_<name> columns"
+        )
+    if modality and classes is None:
+        raise LvsegError("--modality is for --classes (the prompts of a multi-class checkpoint)")
     check_inference_memory(checkpoint, batch_size, device, "--batch-size")
     segmenter = load_model(checkpoint, device=device, backend=backend)
-    rows = predict_folder(segmenter, folder, out, threshold=threshold, batch_size=batch_size)
+    rows = predict_folder(
+        segmenter, folder, out, threshold=threshold, batch_size=batch_size, classes=classes, modality=modality
+    )
     console.print(
         f"{count(len(rows), 'mask')} in {out / 'masks'}, overlays in {out / 'overlays'}, summary {out / 'predictions.csv'}",
         highlight=False,
@@ -125,6 +165,70 @@ def predict_command(
             style="yellow",
             highlight=False,
         )
+
+
+def _class_texts(items: list[str]) -> dict[str, str]:
+    """``--class-text NAME=TEXT`` values -> {name: text}; every malformed or repeated item in one error."""
+    texts: dict[str, str] = {}
+    problems = []
+    for item in items:
+        name, separator, value = item.partition("=")
+        if not separator or not name.strip() or not value.strip():
+            problems.append(f"{item!r} is not NAME=TEXT")
+        elif name.strip().lower() in {key.lower() for key in texts}:
+            problems.append(f"class {name.strip()!r} is given twice")
+        else:
+            texts[name.strip()] = value.strip()
+    if problems:
+        raise LvsegError("--class-text: " + "; ".join(problems))
+    return texts
+
+
+def _predict_image_classes(
+    segmenter: Segmenter,
+    image: Path,
+    out: Path,
+    overlay: Path | None,
+    classes: str,
+    text: str,
+    class_text: list[str],
+    modality: str | None,
+    threshold: float | None,
+    console: Console,
+) -> None:
+    """``--image`` with ``--classes``: the label map (or one class's mask), its overlay, per-class areas."""
+    from lvseg.inference.folder import write_class_outputs
+    from lvseg.inference.multiclass import pixel_spacing_of, write_area_table
+
+    if text.strip():
+        raise LvsegError(
+            "with --classes each class is asked for with its own prompt, not with --text; give a class's own "
+            "text with --class-text NAME=TEXT"
+        )
+    array: np.ndarray = read_hwc(image)
+    prediction = segmenter.segment_classes(
+        array,
+        classes,
+        threshold=threshold,
+        prompts=_class_texts(class_text),
+        modality=modality,
+        pixel_spacing_mm=pixel_spacing_of(image),
+    )
+    write_class_outputs(out, overlay, array, prediction)
+    areas = write_area_table(out.with_name(f"{out.stem}_areas.csv"), prediction)
+    for warning in prediction.warnings():  # how the model read each class's prompt
+        console.print(f"warning: {warning}", style="yellow", highlight=False)
+    height, width = prediction.label_map.shape
+    kind = "mask" if len(prediction.classes) == 1 else "label map"
+    console.print(f"{kind} ({width}x{height}): {out}", highlight=False)
+    for result in prediction.classes:
+        prompt = f" (asked: {result.prompt!r})" if result.prompt else ""
+        console.print(f"  {result.summary()}{prompt}", highlight=False)
+    console.print(f"areas: {areas}", highlight=False)
+    for check in prediction.consistency:
+        console.print(f"check this result: {check.message}", style="yellow", highlight=False)
+    if overlay is not None:
+        console.print(f"overlay: {overlay}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -115,12 +115,14 @@ def _load_lvit(root: Path, split: str, options: DataOptions, require_masks: bool
     classes = class_table_for(root, options.classes)
     if classes is None:
         return load_split(root, split, require_masks=require_masks)
-    if not require_masks:
+    samples = load_split(root, split, require_masks=require_masks, require_text=False)
+    unlabeled = [sample.image_path.name for sample in samples if not sample.labeled]
+    if unlabeled:
         raise LvsegError(
             f"'{root}' has a class table (label maps): images without masks (semi-supervised training) are not "
-            "supported for it; every image needs its label map"
+            f"supported for it; every image needs its label map ({len(unlabeled)} in '{split}' have none, e.g. "
+            f"'{unlabeled[0]}')"
         )
-    samples = load_split(root, split, require_masks=True, require_text=False)
     return expand_label_maps(
         samples,
         classes,

@@ -203,6 +203,16 @@ def _dicom_bytes(source: ImageSource) -> bytes | None:
     return None
 
 
+def pil_samples(image: Image.Image, name: str = "<PIL image>") -> np.ndarray:
+    """The samples of a decoded PIL image as :func:`read_image` scales them: (H, W, C), C in {1, 3}, in the
+    image's own dtype (uint8, uint16, int32, float32 or bool), turned upright by its EXIF orientation.
+
+    ``read_image(pil_samples(image), channels)`` equals ``read_image(image, channels)`` exactly: a caller can keep
+    the compact integer samples (1 or 2 bytes each, not 4) and make the float array only where it is needed.
+    """
+    return _to_hwc(_pil_to_array(upright(image)), name)
+
+
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     """Convert a PIL image to a numpy array of shape (H, W) or (H, W, C), keeping its bit depth.
 
@@ -234,7 +244,9 @@ def _scale_to_unit(array: np.ndarray, name: str = "<array>") -> np.ndarray:
     if array.dtype == bool:
         return array.astype(np.float32)
     if array.dtype in (np.uint8, np.uint16):
-        return array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+        values = array.astype(np.float32)
+        values /= float(np.iinfo(array.dtype).max)  # in place: the same float32 division, one array
+        return values
     if np.issubdtype(array.dtype, np.integer):
         low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
         if low >= 0 and high <= 255:
@@ -335,7 +347,11 @@ def read_image(source: ImageSource, channels: int | None = 3) -> np.ndarray:
     else:
         array = _pil_to_array(upright(open_pil(source, kind="image")))
     hwc = _to_hwc(array, name)
-    chw = np.ascontiguousarray(np.transpose(_scale_to_unit(hwc, name), (2, 0, 1)), dtype=np.float32)
+    if hwc.dtype in (np.uint8, np.uint16):  # straight into channel-first float32, divided in place: one array
+        chw = np.transpose(hwc, (2, 0, 1)).astype(np.float32, order="C")
+        chw /= float(np.iinfo(hwc.dtype).max)  # the values of _scale_to_unit, exactly
+    else:
+        chw = np.ascontiguousarray(np.transpose(_scale_to_unit(hwc, name), (2, 0, 1)), dtype=np.float32)
     if channels is None:
         return chw
     return to_channels(chw, channels).astype(np.float32, copy=False)

@@ -49,6 +49,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: zlib level of the masks and overlays folder prediction writes: 1 encodes several times faster than the
+#: default 6 on photographic overlays for files a few percent larger (masks compress as well either way).
+FOLDER_PNG_LEVEL = 1
+
 
 @dataclass(frozen=True)
 class FolderItem:
@@ -147,7 +151,7 @@ def write_mask(path: Path, mask: np.ndarray) -> Path:
     """Write a (H, W) {0, 1} mask as an 8-bit PNG with values 0/255, atomically."""
     from lvseg.data.images import mask_to_uint8, write_png
 
-    return write_png(path, mask_to_uint8(mask))
+    return write_png(path, mask_to_uint8(mask), compress_level=FOLDER_PNG_LEVEL)
 
 
 def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
@@ -155,7 +159,7 @@ def write_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
     from lvseg.data.images import write_png
     from lvseg.rendering import overlay_mask
 
-    return write_png(path, overlay_mask(image, mask))
+    return write_png(path, overlay_mask(image, mask), compress_level=FOLDER_PNG_LEVEL)
 
 
 def write_class_outputs(
@@ -173,10 +177,10 @@ def write_class_outputs(
         if overlay_path is not None:
             write_overlay(overlay_path, image, prediction.classes[0].mask)
         return mask_path
-    write_label_map(mask_path, prediction.label_map)
+    write_label_map(mask_path, prediction.label_map, compress_level=FOLDER_PNG_LEVEL)
     if overlay_path is not None:
         shown = overlay_classes(image, prediction.label_map, prediction.colours)
-        write_png(overlay_path, with_legend(shown, prediction.legend()))
+        write_png(overlay_path, with_legend(shown, prediction.legend()), compress_level=FOLDER_PNG_LEVEL)
     return mask_path
 
 
@@ -320,24 +324,32 @@ def _predict_folder_classes(
     names = [info.name for info in chosen]
     items = read_prediction_folder(folder, requires_text=False)  # the prompts are the classes'
     texts = read_class_texts(folder, chosen)
-    rows: list[dict[str, object]] = []
-    for start in range(0, len(items), batch_size):
-        chunk: Sequence[FolderItem] = items[start : start + batch_size]
-        arrays = [read_hwc(item.image_path) for item in chunk]
-        predictions = segmenter.segment_classes_batch(
-            arrays,
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    Loaded = tuple[list[np.ndarray], list[tuple[float, float] | None]]
+
+    def read(chunk: Sequence[FolderItem]) -> Loaded:
+        return [read_hwc(item.image_path) for item in chunk], [pixel_spacing_of(item.image_path) for item in chunk]
+
+    def segment(chunk: Sequence[FolderItem], loaded: Loaded) -> list[ClassPrediction]:
+        return segmenter.segment_classes_batch(
+            loaded[0],
             names,
             threshold=threshold,
             prompts=[texts.get(item.image_path.stem) for item in chunk],
             modality=modality,
-            pixel_spacings=[pixel_spacing_of(item.image_path) for item in chunk],
+            pixel_spacings=loaded[1],
             batch_size=max(batch_size, len(chosen)),
         )
-        for item, array, prediction in zip(chunk, arrays, predictions):
+
+    def write(
+        chunk: Sequence[FolderItem], loaded: Loaded, predictions: list[ClassPrediction]
+    ) -> list[dict[str, object]]:
+        written: list[dict[str, object]] = []
+        for item, array, prediction in zip(chunk, loaded[0], predictions):
             mask_path = write_class_outputs(
                 out / "masks" / item.mask_name, out / "overlays" / item.mask_name, array, prediction
             )
-            rows.append(
+            written.append(
                 {
                     "image": item.image_path.name,
                     "mask": str(mask_path.relative_to(out)),
@@ -352,6 +364,12 @@ def _predict_folder_classes(
                     "width": prediction.label_map.shape[1],
                 }
             )
-        log.info("predicted %d / %d images", min(start + batch_size, len(items)), len(items))
+        return written
+
+    def progress(done: int) -> None:
+        if done == len(chunks) or done % 10 == 0:
+            log.info("predicted %d / %d images", min(done * batch_size, len(items)), len(items))
+
+    rows = [row for batch in run_overlapped(chunks, read, segment, write, on_batch=progress) for row in batch]
     _write_rows(out / "predictions.csv", rows)
     return rows

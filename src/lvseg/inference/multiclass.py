@@ -407,12 +407,25 @@ def label_map_png(label_map: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def write_label_map(path: str | Path, label_map: np.ndarray) -> Path:
+def write_label_map(path: str | Path, label_map: np.ndarray, compress_level: int = 6) -> Path:
     """Write :func:`label_map_png` of ``label_map`` to ``path`` atomically (parents created)."""
-    from lvseg.files import atomic_write
+    from lvseg.files import atomic_write_bytes
 
-    data = label_map_png(label_map)
-    return atomic_write(path, lambda handle: handle.write(data))
+    return atomic_write_bytes(path, label_map_png(label_map, compress_level))
+
+
+def write_area_table(path: str | Path, prediction: ClassPrediction) -> Path:
+    """Write :meth:`ClassPrediction.area_rows` as a CSV file, atomically; returns the path."""
+    import csv
+
+    from lvseg.files import atomic_write_text
+
+    rows = prediction.area_rows()
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def pixel_spacing_of(path: str | Path) -> tuple[float, float] | None:
@@ -442,5 +455,6 @@ __all__ = [
     "pixel_spacing_of",
     "select_classes",
     "table_colours",
+    "write_area_table",
     "write_label_map",
 ]

@@ -327,7 +327,9 @@ class _Tuning:
                     max_drop=1.0 - GUARD_MIN_DICE,
                     drop_type=nncf.DropType.ABSOLUTE,
                     subset_size=len(calibration),
-                    advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(max_num_iterations=INT8_MAX_ROUNDS),
+                    advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                        max_num_iterations=INT8_MAX_ROUNDS
+                    ),
                 )
             xml, weights = (Path(folder.name) / name for name in INT8_GRAPH_FILES)
             openvino.save_model(quantised, str(xml), compress_to_fp16=False)

@@ -153,6 +153,13 @@ def create_app(
     app.include_router(page_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(docs_router)
-    app.include_router(api_router(config, bool(segmenter.requires_text), api_key is not None))
+    app.include_router(
+        api_router(
+            config,
+            bool(segmenter.requires_text),
+            api_key is not None,
+            [info.name for info in segmenter.class_table],
+        )
+    )
     logger.info("lvseg app ready: model %s, auth %s", segmenter.model_name, "on" if api_key else "off")
     return app

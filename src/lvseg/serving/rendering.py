@@ -9,12 +9,15 @@ only the web app reports.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import numpy as np
 from scipy import ndimage
 
 from lvseg.rendering import hex_color, lesion_color
+
+if TYPE_CHECKING:
+    from lvseg.inference.multiclass import ClassResult
 
 
 @dataclass(frozen=True)
@@ -116,3 +119,55 @@ def measure(
         lesion_list=lesions[:max_listed],
         pixel_area_mm2=pixel_area,
     )
+
+
+@dataclass(frozen=True)
+class ClassMeasurement:
+    """What the app reports about one class of a label map (``lvseg.inference.multiclass.ClassResult``):
+    its colour ('#rrggbb'), the prompt it was asked with, its area (px, % of the image, mm² with a pixel
+    size), connected regions, highest and mean probability (None when absent) and the pixels above the
+    threshold that a more probable class took (``outvoted_px``)."""
+
+    name: str
+    value: int
+    colour: str
+    prompt: str
+    area_px: int
+    area_percent: float
+    area_mm2: float | None
+    regions: int
+    max_probability: float
+    mean_probability: float | None
+    outvoted_px: int
+
+    @classmethod
+    def of(cls, result: ClassResult) -> ClassMeasurement:
+        mean = result.mean_probability
+        return cls(
+            name=result.name,
+            value=result.value,
+            colour=hex_color(result.colour),
+            prompt=result.prompt,
+            area_px=result.area_px,
+            area_percent=result.area_percent,
+            area_mm2=result.area_mm2,
+            regions=result.regions,
+            max_probability=round(result.max_probability, 6),
+            mean_probability=None if mean is None else round(mean, 6),
+            outvoted_px=result.outvoted_px,
+        )
+
+    @property
+    def found(self) -> bool:
+        return self.area_px > 0
+
+    @property
+    def finding(self) -> str:
+        """ "liver found" or "no liver found (highest probability 0.123)"."""
+        if self.found:
+            return f"{self.name} found"
+        return f"no {self.name} found (highest probability {self.max_probability:.3f})"
+
+    def area_text(self) -> str:
+        text = f"{self.area_px} px ({self.area_percent:.2f} % of the image)"
+        return text + (f", {self.area_mm2:.1f} mm\u00b2" if self.area_mm2 is not None else "")

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from lvseg.data.images import png_bytes
-from lvseg.serving.rendering import Measurements
+from lvseg.serving.rendering import ClassMeasurement, Measurements
 
 if TYPE_CHECKING:
     from reportlab.pdfgen.canvas import Canvas
@@ -36,7 +36,8 @@ _DEJAVU_BOLD = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 
 @dataclass
 class ReportContent:
-    """Everything the report shows besides the two images."""
+    """Everything the report shows besides the two images. ``classes``: with classes chosen, one row per
+    class (the per-class table); ``measurements`` then describe all of them together."""
 
     report_text: str
     measurements: Measurements
@@ -55,6 +56,7 @@ class ReportContent:
     referrer: str = ""
     notes: str = ""
     recommendations: str = ""
+    classes: list[ClassMeasurement] | None = None
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -267,7 +269,10 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     images = Table(
         [
             [_pdf_image(original, half, 9 * cm), _pdf_image(overlay, half, 9 * cm)],
-            [Paragraph("Original", caption), Paragraph("Overlay (one colour per lesion)", caption)],
+            [
+                Paragraph("Original", caption),
+                Paragraph(f"Overlay (one colour per {'class' if content.classes is not None else 'lesion'})", caption),
+            ],
         ],
         colWidths=[half + 0.3 * cm, half + 0.3 * cm],
     )
@@ -281,14 +286,34 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
     if content.consistency_warnings:  # the result against its report and the training images
         story.append(Paragraph("Checks of this result", heading))
         story += [Paragraph(_paragraph_text("Warning: " + text), warning) for text in content.consistency_warnings]
-    measures = [
-        ["Finding", m.finding[:1].upper() + m.finding[1:]],
-        ["Lesion area", m.area_text()],
-        ["Connected lesions", str(m.lesions)],
-        ["Mean lesion probability", m.confidence_text()],
-        ["Inference time", f"{content.inference_ms:.0f} ms"],
-    ]
+    if content.classes is not None:
+        found = [row.name for row in content.classes if row.found]
+        measures = [
+            ["Classes", ", ".join(row.name for row in content.classes)],
+            ["Found", ", ".join(found) if found else "none of the classes"],
+            ["Labelled area (all classes)", m.area_text()],
+            ["Inference time", f"{content.inference_ms:.0f} ms"],
+        ]
+    else:
+        measures = [
+            ["Finding", m.finding[:1].upper() + m.finding[1:]],
+            ["Lesion area", m.area_text()],
+            ["Connected lesions", str(m.lesions)],
+            ["Mean lesion probability", m.confidence_text()],
+            ["Inference time", f"{content.inference_ms:.0f} ms"],
+        ]
     story += [Paragraph("Measurements", heading), _table(measures, regular, bold, document.width)]
+    if content.classes is not None:
+        story += [Spacer(1, 0.2 * cm), _class_table(content.classes, regular, bold, m.pixel_area_mm2 is not None)]
+        story.append(
+            Paragraph(
+                _paragraph_text(
+                    "Each class was asked for with its own prompt; where classes overlap, the pixel goes to the most "
+                    "probable one. Probabilities are the model's, not diagnostic confidences."
+                ),
+                small,
+            )
+        )
     if m.lesion_list:
         rows = [["Lesion", "Colour", "Area (px)" + (" / mm\u00b2" if m.pixel_area_mm2 else ""), "Box x, y, w, h"]]
         rows += [
@@ -342,6 +367,51 @@ def build_report_pdf(original: np.ndarray, overlay: np.ndarray, content: ReportC
 
     document.build(story, onFirstPage=footer, onLaterPages=footer)
     return buffer.getvalue()
+
+
+def _class_table(rows: list[ClassMeasurement], regular: str, bold: str, with_mm2: bool) -> Table:
+    """The per-class table: class, colour (the cell's background, as on the overlay), finding, area, regions,
+    highest probability and the prompt the class was asked with."""
+    from reportlab.lib import colors
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.lib.units import cm
+    from reportlab.platypus import Paragraph, Table, TableStyle
+
+    cell = ParagraphStyle("lvseg-class-cell", fontName=regular, fontSize=8, leading=10)
+    header = ["Class", "Colour", "Finding", "Area px (% of image" + (", mm²)" if with_mm2 else ")"), "Regions"]
+    header += ["Highest probability", "Asked as"]
+    heading = ParagraphStyle("lvseg-class-head", parent=cell, fontName=bold)
+    data: list[list[object]] = [[Paragraph(escape(text), heading) for text in header]]
+    for row in rows:
+        area = f"{row.area_px} ({row.area_percent:.2f} %" + (
+            f", {row.area_mm2:.1f})" if row.area_mm2 is not None else ")"
+        )
+        data.append(
+            [
+                Paragraph(_paragraph_text(row.name), cell),
+                "",
+                Paragraph(_paragraph_text("Found" if row.found else "Not found"), cell),
+                area,
+                str(row.regions),
+                f"{row.max_probability:.3f}",
+                Paragraph(_paragraph_text(row.prompt or "\u2014"), cell),
+            ]
+        )
+    table = Table(data, colWidths=[2.3 * cm, 1.6 * cm, 1.8 * cm, 3.2 * cm, 1.8 * cm, 2.2 * cm, 4.4 * cm], hAlign="LEFT")
+    style = TableStyle(
+        [
+            ("FONTNAME", (0, 0), (-1, -1), regular),
+            ("FONTNAME", (0, 0), (-1, 0), bold),
+            ("FONTSIZE", (0, 0), (-1, -1), 8),
+            ("VALIGN", (0, 0), (-1, -1), "TOP"),
+            ("LINEBELOW", (0, 0), (-1, 0), 0.5, colors.grey),
+            ("LINEBELOW", (0, 1), (-1, -1), 0.25, colors.lightgrey),
+        ]
+    )
+    for number, row in enumerate(rows, start=1):
+        style.add("BACKGROUND", (1, number), (1, number), colors.HexColor(row.colour))
+    table.setStyle(style)
+    return table
 
 
 def _table(rows: list[list[str]], regular: str, bold: str, width: float) -> Table:

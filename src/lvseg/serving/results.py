@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lvseg.serving.forms import MIB
-from lvseg.serving.rendering import Measurements
+from lvseg.serving.rendering import ClassMeasurement, Measurements
 
 if TYPE_CHECKING:
     from lvseg.serving.service import Analysis
@@ -38,6 +38,7 @@ class KeptResult:
     inference_ms: float
     patient_id: str = ""  # the image's own identifiers (DICOM), for a report form that leaves them blank
     study_id: str = ""
+    classes: list[ClassMeasurement] | None = None  # with classes chosen: one row per class
 
     @classmethod
     def of(cls, analysis: Analysis) -> KeptResult:
@@ -56,6 +57,7 @@ class KeptResult:
             inference_ms=analysis.inference_ms,
             patient_id=image.patient_id,
             study_id=image.study_id,
+            classes=list(analysis.classes) if analysis.classes is not None else None,
         )
 
     @property

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
@@ -21,12 +23,23 @@ from starlette.concurrency import run_in_threadpool
 from lvseg.data.images import mask_to_uint8, png_bytes
 from lvseg.data.provenance import describe_training_data
 from lvseg.data.report_text import BLANK_REPORT, is_blank_report
+from lvseg.inference.multiclass import ALL_CLASSES, ClassSelectionError, label_map_png, select_classes
+from lvseg.rendering import hex_color
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import MIB, ParsedForm, read_multipart
 from lvseg.serving.openapi import FormField, _error_responses, _multipart_body
 from lvseg.serving.report_pdf import ReportContent, find_validation_dice
 from lvseg.serving.results import RESULT_ID_PATTERN, KeptResult
-from lvseg.serving.schemas import ConsistencyInfo, HealthResponse, LesionInfo, Limits, ModelInfo, SegmentResponse
+from lvseg.serving.schemas import (
+    ClassEntry,
+    ClassResultInfo,
+    ConsistencyInfo,
+    HealthResponse,
+    LesionInfo,
+    Limits,
+    ModelInfo,
+    SegmentResponse,
+)
 from lvseg.serving.security import require_api_key
 from lvseg.serving.service import Admission, Service, ServiceConfig
 
@@ -34,6 +47,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 ACCEPTED_FORMATS = ["png", "jpeg", "tiff", "bmp", "dicom"]
 #: The optional form fields printed on a PDF report.
 DETAIL_FIELDS = ("study_id", "patient_id", "referrer", "notes", "recommendations")
+#: Longest accepted value of the 'classes' field (comma-separated class names).
+MAX_CLASSES_CHARS = 2000
 
 
 def current_service(request: Request) -> Service:
@@ -120,9 +135,48 @@ async def _read_form(request: Request, config: ServiceConfig, fields: tuple[str,
     return form
 
 
-def _image_and_text(form: ParsedForm, service: Service) -> tuple[bytes, str]:
-    """The uploaded image and the report to segment it with (empty for an image-only model), checked."""
-    config, requires_text = service.config, service.segmenter.requires_text
+def _segment_fields(service: Service) -> tuple[str, ...]:
+    """The fields a segment endpoint reads: ``classes`` too for a multi-class checkpoint."""
+    return ("image", "text", "classes") if service.segmenter.class_table else ("image", "text")
+
+
+def _chosen_classes(form: ParsedForm, service: Service) -> list[str] | None:
+    """The class names the 'classes' field chooses (comma-separated, or 'all'), checked against the
+    checkpoint's table; None when it chooses none (one structure, from the report), which a model with one
+    output channel per class refuses (422 naming the accepted names)."""
+    segmenter = service.segmenter
+    accepted = [info.name for info in segmenter.class_table]
+    raw = form.fields.get("classes", "")
+    if len(raw) > MAX_CLASSES_CHARS:
+        raise ApiError(
+            422,
+            f"field 'classes' is {len(raw)} characters long; at most {MAX_CLASSES_CHARS} are accepted",
+            {"field": "classes", "max": MAX_CLASSES_CHARS},
+        )
+    if not raw.strip():
+        if segmenter.output_classes > 1:
+            raise ApiError(
+                422,
+                f"this model segments {segmenter.output_classes} classes at once: choose some in the field "
+                f"'classes' ({', '.join(accepted)}, or {ALL_CLASSES!r})",
+                {"field": "classes", "accepted": accepted},
+            )
+        return None
+    try:
+        chosen = select_classes(segmenter.class_table, raw)
+    except ClassSelectionError as error:
+        raise ApiError(
+            422, str(error), {"field": "classes", "unknown": error.unknown, "accepted": error.accepted or accepted}
+        ) from None
+    return [info.name for info in chosen]
+
+
+def _image_and_text(form: ParsedForm, service: Service, text_required: bool = True) -> tuple[bytes, str]:
+    """The uploaded image and the report to segment it with (empty for an image-only model), checked.
+    ``text_required`` False (classes chosen: each class is asked for with its own prompt): the report may
+    be empty; it is kept with the result."""
+    config = service.config
+    requires_text = service.segmenter.requires_text and text_required
     image = form.files.get("image")
     if image is None:
         raise ApiError(422, "missing field 'image' (the image file)", {"field": "image"})
@@ -142,7 +196,8 @@ def _image_and_text(form: ParsedForm, service: Service) -> tuple[bytes, str]:
             f"the report text is empty or {BLANK_REPORT}; this model needs the clinician's report",
             {"field": "text"},
         )
-    return image, text.strip() if requires_text else ""  # an image-only model's result has no report
+    # an image-only model's result has no report
+    return image, text.strip() if service.segmenter.requires_text else ""
 
 
 def _form_extras(form: ParsedForm, config: ServiceConfig) -> dict[str, str]:
@@ -191,6 +246,7 @@ def _pdf_response(service: Service, result: KeptResult, extras: dict[str, str]) 
         inference_ms=result.inference_ms,
         text_warnings=result.text_warnings,
         consistency_warnings=[message for _, message in result.consistency],
+        classes=result.classes,
         study_id=extras["study_id"] or result.study_id,  # the form first, then the DICOM's own
         patient_id=extras["patient_id"] or result.patient_id,
         referrer=extras["referrer"],
@@ -251,7 +307,53 @@ async def model_info(service: Service = Depends(current_service)) -> ModelInfo:
             max_text_chars=config.max_text_chars,
             max_note_chars=config.max_note_chars,
         ),
+        classes=_class_entries(service),
+        classes_required=segmenter.output_classes > 1,
     )
+
+
+def _class_entries(service: Service) -> list[ClassEntry]:
+    """The checkpoint's classes as /api/model lists them: value, name, colour, the prompt each is asked with."""
+    from lvseg.inference.multiclass import table_colours
+
+    table = service.segmenter.class_table
+    if not table:
+        return []
+    colours = table_colours(table)
+    prompts = service.segmenter.class_prompts(table)
+    return [
+        ClassEntry(value=info.value, name=info.name, colour=hex_color(colours[info.value]), prompt=prompt)
+        for info, prompt in zip(table, prompts)
+    ]
+
+
+def _class_results(result: Any) -> list[ClassResultInfo] | None:
+    if result.classes is None:
+        return None
+    return [
+        ClassResultInfo(
+            name=row.name,
+            value=row.value,
+            colour=row.colour,
+            prompt=row.prompt,
+            finding=row.finding,
+            area_px=row.area_px,
+            area_percent=row.area_percent,
+            area_mm2=row.area_mm2,
+            regions=row.regions,
+            max_probability=row.max_probability,
+            mean_probability=row.mean_probability,
+            outvoted_px=row.outvoted_px,
+        )
+        for row in result.classes
+    ]
+
+
+def _mask_png(result: Any) -> bytes:
+    """The mask PNG of a result: 0/255, or with classes the label map (class values)."""
+    if result.label_map is not None:
+        return label_map_png(result.label_map, compress_level=1)
+    return _png(mask_to_uint8(result.mask))
 
 
 async def segment(
@@ -262,15 +364,23 @@ async def segment(
     admission: Admission = Depends(current_admission),
 ) -> Any:
     with admission.admitted():
-        image, text = _image_and_text(await _read_form(request, service.config, ("image", "text")), service)
-        result = await run_in_threadpool(service.analyse, image, text)
+        form = await _read_form(request, service.config, _segment_fields(service))
+        classes = _chosen_classes(form, service)
+        image, text = _image_and_text(form, service, text_required=classes is None)
+        result = await run_in_threadpool(service.analyse, image, text, classes)
     result_id = await run_in_threadpool(service.results.add, result)  # reduces images: off the event loop
     m = result.measurements
     if format == "png":
+        class_headers = (
+            {"X-Class-Areas-Px": ",".join(f"{quote(row.name)}={row.area_px}" for row in result.classes)}
+            if result.classes is not None
+            else {}
+        )
         return Response(
-            _png(mask_to_uint8(result.mask)),
+            await run_in_threadpool(_mask_png, result),
             media_type="image/png",
             headers={
+                **class_headers,
                 "X-Area-Px": str(m.area_px),
                 "X-Lesions": str(m.lesions),
                 "X-Inference-Ms": f"{result.inference_ms}",
@@ -282,7 +392,7 @@ async def segment(
             },
         )
     mask_png, overlay_png, heatmap_png = await run_in_threadpool(
-        lambda: (_png(mask_to_uint8(result.mask)), _png(result.overlay), _png(result.heatmap))
+        lambda: (_mask_png(result), _png(result.overlay), _png(result.heatmap))
     )
     original = await run_in_threadpool(_png, result.image.pixels) if include_original else None
     return SegmentResponse(
@@ -318,6 +428,7 @@ async def segment(
         unknown_words=result.unknown_words,
         report_parsed=result.report_parsed,
         consistency=[ConsistencyInfo(code=code, message=message) for code, message in result.consistency],
+        classes=_class_results(result),
         result_id=result_id,
     )
 
@@ -335,17 +446,22 @@ async def report(
     request: Request, service: Service = Depends(current_service), admission: Admission = Depends(current_admission)
 ) -> Response:
     with admission.admitted():
-        form = await _read_form(request, service.config, ("image", "text", *DETAIL_FIELDS))
+        form = await _read_form(request, service.config, (*_segment_fields(service), *DETAIL_FIELDS))
         extras = _form_extras(form, service.config)
-        image, text = _image_and_text(form, service)
-        result = KeptResult.of(await run_in_threadpool(service.analyse, image, text))
+        classes = _chosen_classes(form, service)
+        image, text = _image_and_text(form, service, text_required=classes is None)
+        result = KeptResult.of(await run_in_threadpool(service.analyse, image, text, classes))
     return await run_in_threadpool(_pdf_response, service, result, extras)
 
 
-def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) -> APIRouter:
+def api_router(
+    config: ServiceConfig, requires_text: bool, api_key_set: bool, class_names: Sequence[str] = ()
+) -> APIRouter:
     """The ``/api`` routes, their schema stating ``config``'s limits and whether the report text is required.
 
     The API key is declared (and checked) only when one is set: the schema says what the server does.
+    ``class_names``: a multi-class checkpoint's classes, which the segment endpoints' ``classes`` field
+    chooses among (the field exists only then).
     """
     api = (
         APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses=_error_responses(401))
@@ -377,6 +493,21 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
     )
     text_rule = ("text",) if requires_text else ()
     required = ["image", "text"] if requires_text else ["image"]
+    segment_fields: dict[str, FormField] = {"image": image_field, "text": text_field}
+    if class_names:  # with classes chosen the report may be empty (each class has its own prompt)
+        if requires_text:
+            text_field = ("text", "The clinician's report: required unless classes are chosen.", config.max_text_chars)
+            segment_fields["text"] = text_field
+        text_rule, required = (), ["image"]
+        segment_fields["classes"] = (
+            "text",
+            "Optional: the classes to segment into a label map, comma-separated, or 'all' ("
+            + ", ".join(class_names)
+            + "). Each class is asked for with its own prompt (its template, else its name; GET /api/model "
+            "lists them); the report is then optional and kept with the result, not sent to the model. Where "
+            "classes overlap, the most probable one wins.",
+            MAX_CLASSES_CHARS,
+        )
     api.add_api_route(
         "/segment",
         segment,
@@ -384,7 +515,7 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
         response_model=SegmentResponse,
         tags=["segmentation"],
         summary="Segment the lesions",
-        openapi_extra=_multipart_body({"image": image_field, "text": text_field}, required, non_blank=text_rule),
+        openapi_extra=_multipart_body(segment_fields, required, non_blank=text_rule),
         responses={
             200: {"content": {"image/png": {}}, "description": "JSON, or the mask PNG with ?format=png."},
             **_error_responses(400, 408, 413, 415, 422, 429, 503),
@@ -420,9 +551,7 @@ def api_router(config: ServiceConfig, requires_text: bool, api_key_set: bool) ->
         methods=["POST"],
         tags=["segmentation"],
         summary="Segment an image and return the PDF report",
-        openapi_extra=_multipart_body(
-            {"image": image_field, "text": text_field, **detail_fields}, required, non_blank=text_rule
-        ),
+        openapi_extra=_multipart_body({**segment_fields, **detail_fields}, required, non_blank=text_rule),
         response_class=Response,
         responses={**pdf_responses, **_error_responses(400, 408, 413, 415, 422, 429, 503)},
     )

@@ -34,6 +34,16 @@ class Limits(BaseModel):
     max_note_chars: int = Field(description="Longest accepted notes or recommendations, in characters.")
 
 
+class ClassEntry(BaseModel):
+    value: int = Field(description="The class's value in the label map (0 is background).")
+    name: str = Field(description="The class's name, as the 'classes' form field takes it.")
+    colour: str = Field(description="The class's overlay colour, '#rrggbb' (fixed by its place in the table).")
+    prompt: str = Field(
+        description="What a text model is asked for this class (its template, else its name); '' for a model "
+        "with one output channel per class."
+    )
+
+
 class ModelInfo(BaseModel):
     model: str = Field(description="Name of the network, e.g. 'lvit' or 'unet'.")
     input_size: int = Field(description="Side of the square input the network sees; images are resized to it.")
@@ -60,6 +70,16 @@ class ModelInfo(BaseModel):
     )
     accepted_formats: list[str] = Field(description="Image formats accepted by the upload endpoints.")
     limits: Limits
+    classes: list[ClassEntry] = Field(
+        default_factory=list,
+        description="The classes of a multi-class checkpoint, in table order (empty for a binary one): the "
+        "segment endpoints' 'classes' field chooses among them and the result is a label map.",
+    )
+    classes_required: bool = Field(
+        default=False,
+        description="True for a model with one output channel per class: every request chooses classes. A "
+        "multi-class text model without a choice segments what the report describes, as a binary one.",
+    )
 
 
 class LesionInfo(BaseModel):
@@ -68,6 +88,21 @@ class LesionInfo(BaseModel):
     area_mm2: float | None = Field(default=None, description="Lesion area in mm² (DICOM with PixelSpacing), else null.")
     colour: str = Field(description="The lesion's overlay colour, '#rrggbb'.")
     bbox: list[int] = Field(description="Bounding box [x, y, width, height] in pixels.")
+
+
+class ClassResultInfo(BaseModel):
+    name: str = Field(description="The class's name.")
+    value: int = Field(description="Its value in the label map.")
+    colour: str = Field(description="Its overlay colour, '#rrggbb'.")
+    prompt: str = Field(description="What the model was asked for it ('' for a model with one channel per class).")
+    finding: str = Field(description="'<name> found', or 'no <name> found (highest probability p)'.")
+    area_px: int = Field(description="Its pixels in the label map (overlaps go to the most probable class).")
+    area_percent: float = Field(description="Its pixels as a percentage of the image.")
+    area_mm2: float | None = Field(description="Its area in mm² when the image gives its pixel size, else null.")
+    regions: int = Field(description="Its connected regions (8-connected).")
+    max_probability: float = Field(description="Its highest probability anywhere in the image.")
+    mean_probability: float | None = Field(description="Its mean probability inside its pixels (null when absent).")
+    outvoted_px: int = Field(description="Pixels above the threshold for this class that a more probable class took.")
 
 
 class ConsistencyInfo(BaseModel):
@@ -79,11 +114,17 @@ class ConsistencyInfo(BaseModel):
 
 
 class SegmentResponse(BaseModel):
-    mask: str = Field(description="The mask as a base64 PNG (8-bit, 255 = lesion) at the original resolution.")
-    overlay: str = Field(description="The image with each lesion in its own colour, base64 PNG, original resolution.")
+    mask: str = Field(
+        description="The mask as a base64 PNG (8-bit, 255 = lesion) at the original resolution; with classes, the "
+        "label map (pixel = class value, 8-bit, or 16-bit for values over 255)."
+    )
+    overlay: str = Field(
+        description="The image with each lesion (with classes: each class) in its own colour, base64 PNG, "
+        "original resolution."
+    )
     heatmap: str = Field(
         description="The lesion probability of every pixel as a colour map (dark blue 0 ... "
-        "yellow 1), base64 PNG at the mask's size."
+        "yellow 1), base64 PNG at the mask's size; with classes, the highest class probability."
     )
     side_markers: list[str] | None = Field(
         description="The patient's sides at the image's [left, right] edges "
@@ -109,7 +150,9 @@ class SegmentResponse(BaseModel):
     )
     pixel_spacing_mm: list[float] | None = Field(description="(row, column) size of an analysed pixel in mm, or null.")
     lesions: int = Field(description="Number of connected lesions (8-connected).")
-    lesion_details: list[LesionInfo] = Field(description="The largest lesions (at most 50), largest first.")
+    lesion_details: list[LesionInfo] = Field(
+        description="The largest lesions (at most 50), largest first; empty with classes (see 'classes')."
+    )
     finding: Literal["lesion found", "no lesion found"] = Field(description="Whether the mask holds any lesion.")
     confidence: float = Field(
         description="Mean probability inside the mask; with no lesion, the highest "
@@ -140,6 +183,11 @@ class SegmentResponse(BaseModel):
     report_parsed: bool | None = Field(
         description="For a report-grammar model (c2fvl): whether the report "
         "followed the grammar; null for other models."
+    )
+    classes: list[ClassResultInfo] | None = Field(
+        default=None,
+        description="With classes chosen: one entry per class, in table order (area_px, lesions, finding and "
+        "confidence above then describe all of them together); null for a binary result.",
     )
     result_id: str = Field(
         description="Identifies this result for POST /api/results/{result_id}/report (kept in "

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import logging
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +21,7 @@ from lvseg.rendering import (
     draw_lesion_numbers,
     draw_side_markers,
     label_lesions,
+    overlay_classes,
     overlay_lesions,
     probability_heatmap,
     side_markers,
@@ -24,10 +29,49 @@ from lvseg.rendering import (
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import FormLimits
 from lvseg.serving.protocols import PredictionLike, SegmenterLike
-from lvseg.serving.rendering import Measurements, measure
+from lvseg.serving.rendering import ClassMeasurement, Measurements, measure
 from lvseg.serving.report_pdf import ReportContent, build_report_pdf
 from lvseg.serving.results import RecentResults
 from lvseg.serving.uploads import DecodeBudget, DecodedImage, ImageLimits, decode_image
+
+if TYPE_CHECKING:
+    from lvseg.inference.multiclass import ClassPrediction
+
+logger = logging.getLogger(__name__)
+
+#: Allocations at least this large get their own memory map from glibc's malloc, returned to the system when freed
+#: (:func:`return_large_blocks_promptly`).
+MMAP_THRESHOLD_BYTES = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
+_allocator_lock = threading.Lock()
+_allocator_tuned: bool | None = None
+
+
+def return_large_blocks_promptly() -> bool:
+    """Have glibc's malloc serve every block of :data:`MMAP_THRESHOLD_BYTES` or more from its own memory map, which
+    goes back to the system when the block is freed; True when set (glibc), False elsewhere. Once per process.
+
+    By default glibc raises that threshold each time a large mapped block is freed, up to 32 MB: after the
+    first large image, the arrays of later requests (3-38 MB at the working size) come from per-thread heaps,
+    which keep what is freed in them, and a burst of large uploads on several threads leaves hundreds of MB
+    resident that no request uses (measured: the server's peak under eight concurrent 8000x6000 uploads fell
+    by about 400 MB with it; speed unchanged within noise). Setting the threshold also fixes the trim threshold
+    (freed memory at the top of a heap is returned too).
+    """
+    global _allocator_tuned
+    with _allocator_lock:
+        if _allocator_tuned is None:
+            _allocator_tuned = False
+            name = ctypes.util.find_library("c")
+            try:
+                libc = ctypes.CDLL(name) if name else None
+                mallopt = getattr(libc, "mallopt", None)
+                if mallopt is not None and sys.platform.startswith("linux"):
+                    _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+            except OSError:
+                pass
+            logger.debug("large blocks mapped from %d bytes: %s", MMAP_THRESHOLD_BYTES, _allocator_tuned)
+        return _allocator_tuned
 
 
 @dataclass
@@ -37,7 +81,10 @@ class Analysis:
     text: the report it was computed from; text_warnings / unknown_words / report_parsed: how the model read
     that report (:class:`lvseg.text.base.TextReading`); consistency: (code, sentence) of each warning that the
     result contradicts its report or the image is unlike the training images
-    (:mod:`lvseg.inference.consistency`).
+    (:mod:`lvseg.inference.consistency`). With classes chosen (:mod:`lvseg.inference.multiclass`):
+    ``label_map`` (H, W) holds the class values, ``mask`` is its union, ``measurements`` describe the union
+    (no lesion list), ``classes`` each class, ``overlay`` the classes' colours and ``heatmap`` the highest
+    class probability; ``text`` is the report, kept, not sent to the model.
     """
 
     image: DecodedImage
@@ -52,6 +99,8 @@ class Analysis:
     unknown_words: list[str] = field(default_factory=list)
     report_parsed: bool | None = None
     consistency: list[tuple[str, str]] = field(default_factory=list)
+    label_map: np.ndarray | None = None
+    classes: list[ClassMeasurement] | None = None
 
 
 @dataclass
@@ -107,14 +156,18 @@ class Service:
         self.workers = ThreadPoolExecutor(max_workers=max_concurrent_jobs, thread_name_prefix="lvseg-job")
         self.decode_budget = DecodeBudget()
         self.results = RecentResults()
+        return_large_blocks_promptly()  # the memory of a large upload's arrays goes back when they are freed
 
     def close(self) -> None:
         """Stop the worker and model threads (the app's shutdown)."""
         for executor in (self.workers, self.model_thread):
             executor.shutdown(wait=False, cancel_futures=True)
 
-    def analyse(self, image_bytes: bytes, text: str) -> Analysis:
-        """Decode, segment, measure and render, with at most ``max_concurrent_jobs`` at once."""
+    def analyse(self, image_bytes: bytes, text: str, classes: Sequence[str] | None = None) -> Analysis:
+        """Decode, segment, measure and render, with at most ``max_concurrent_jobs`` at once. ``classes``:
+        names of the checkpoint's classes to segment into a label map (None: one structure, from ``text``)."""
+        if classes is not None:
+            return self.workers.submit(self._analyse_classes, image_bytes, text, list(classes)).result()
         return self.workers.submit(self._analyse, image_bytes, text).result()
 
     def report(self, original: np.ndarray, overlay: np.ndarray, content: ReportContent) -> bytes:
@@ -139,7 +192,7 @@ class Service:
         measurements = measure(mask, probability, labels, count, pixel_spacing_mm=image.pixel_spacing_mm)
         reading = prediction.reading
         consistency = [(warning.code, warning.message) for warning in prediction.consistency]
-        heatmap = probability_heatmap(probability)
+        heatmap = _heatmap(probability)
         del probability, prediction  # full-size float maps: not kept past the measurements
         overlay = draw_lesion_numbers(overlay_lesions(image.pixels, labels, count), labels, count)
         markers = side_markers(image.row_direction) if image.row_direction else None
@@ -160,11 +213,77 @@ class Service:
             consistency=consistency,
         )
 
+    def _analyse_classes(self, image_bytes: bytes, text: str, classes: list[str]) -> Analysis:
+        image = decode_image(image_bytes, self.config.image_limits, self.decode_budget)
+        start = time.perf_counter()
+        try:
+            prediction = self.model_thread.submit(
+                self._segment_classes, image.model_input, classes, image.pixel_spacing_mm
+            ).result()
+        except LvsegError as error:
+            raise ApiError(422, str(error)) from error
+        inference_ms = (time.perf_counter() - start) * 1000.0
+        label_map = prediction.label_map
+        expected = (image.height, image.width)
+        if label_map.shape != expected:
+            raise RuntimeError(f"the model returned a {label_map.shape} label map for a {expected} image")
+        probability = prediction.max_probability
+        union = (label_map > 0).astype(np.uint8)
+        labels, count = label_lesions(union)
+        # The union's totals; the per-class rows replace the lesion list (its colours are the lesions', not the classes').
+        measurements = replace(
+            measure(union, probability, labels, count, pixel_spacing_mm=image.pixel_spacing_mm), lesion_list=[]
+        )
+        heatmap = _heatmap(probability)
+        overlay = overlay_classes(image.pixels, label_map, prediction.colours)
+        markers = side_markers(image.row_direction) if image.row_direction else None
+        if markers:
+            overlay, heatmap = draw_side_markers(overlay, markers), draw_side_markers(heatmap, markers)
+        return Analysis(
+            image.without_model_input(),
+            union,
+            overlay,
+            measurements,
+            round(inference_ms, 2),
+            heatmap=heatmap,
+            side_markers=markers,
+            text=text,
+            text_warnings=prediction.warnings(),
+            consistency=[(warning.code, warning.message) for warning in prediction.consistency],
+            label_map=label_map,
+            classes=[ClassMeasurement.of(result) for result in prediction.classes],
+        )
+
+    def _segment_classes(
+        self, model_input: np.ndarray, classes: list[str], pixel_spacing_mm: tuple[float, float] | None
+    ) -> ClassPrediction:
+        with _inference_mode():
+            return self.segmenter.segment_classes(
+                model_input, classes, threshold=self.config.threshold, pixel_spacing_mm=pixel_spacing_mm
+            )
+
     def _predict(self, model_input: np.ndarray, text: str, row_direction: str | None) -> PredictionLike:
         with _inference_mode():
             return self.segmenter.predict(
                 model_input, text, threshold=self.config.threshold, row_direction=row_direction
             )
+
+
+#: Rows of the probability map coloured at a time (:func:`_heatmap`).
+HEATMAP_BAND_ROWS = 128
+
+
+def _heatmap(probability: np.ndarray) -> np.ndarray:
+    """:func:`~lvseg.rendering.probability_heatmap` of ``probability`` (H, W), computed in bands of
+    :data:`HEATMAP_BAND_ROWS` rows: the same pixels (each depends on its own probability only), but its float
+    temporaries (about 70 bytes a pixel: 220 MB at 2048x1536) exist for one band at a time."""
+    probability = np.asarray(probability)
+    if probability.ndim != 2:
+        return probability_heatmap(probability)
+    heatmap = np.empty((*probability.shape, 3), dtype=np.uint8)
+    for top in range(0, probability.shape[0], HEATMAP_BAND_ROWS):
+        heatmap[top : top + HEATMAP_BAND_ROWS] = probability_heatmap(probability[top : top + HEATMAP_BAND_ROWS])
+    return heatmap
 
 
 def _inference_mode() -> contextlib.AbstractContextManager[Any]:

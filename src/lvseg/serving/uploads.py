@@ -34,6 +34,7 @@ from lvseg.data.images import (
     check_decoded,
     check_header_size,
     exif_orientation,
+    pil_samples,
     read_image,
     to_display_rgb8,
     upright,
@@ -65,9 +66,13 @@ class ImageLimits:
 class DecodedImage:
     """An uploaded image: what the model reads, what the page shows, and the format it was sniffed as.
 
-    ``array``: float32 (C, H, W) in [0, 1], C = 1 (grayscale) or 3 (colour). For PNG, JPEG and TIFF it
-    is exactly ``lvseg.data.images.read_image(file, channels=None)`` (JPEGs turned upright by their EXIF
-    orientation first); for DICOM the windowed values.
+    ``samples``: (H, W, C), C = 1 (grayscale) or 3 (colour), what the model is given (:attr:`model_input`):
+    for PNG, JPEG and TIFF the file's own samples in their own dtype (uint8: 1 byte a sample, uint16: 2;
+    :func:`lvseg.data.images.pil_samples`), for DICOM the windowed float32 values. The float array is made
+    from them only where it is read (:attr:`array`, and the model's own reader), not kept per request.
+    ``array`` (a property): float32 (C, H, W) in [0, 1]; for PNG, JPEG and TIFF exactly
+    ``lvseg.data.images.read_image(file, channels=None)`` (JPEGs turned upright by their EXIF orientation
+    first); for DICOM the windowed values.
     ``pixels``: uint8 RGB (H, W, 3) derived from ``array`` for display, overlays and the PDF report; an
     image of more than 8 bits per sample is shown stretched to its own maximum (display only).
     ``original_size``: (width, height) of the file; H, W are smaller when the image was reduced to
@@ -75,7 +80,7 @@ class DecodedImage:
     (DICOM), else None. ``patient_id``/``study_id``: the DICOM's own identifiers ("" otherwise).
     """
 
-    array: np.ndarray
+    samples: np.ndarray
     pixels: np.ndarray
     format: str
     original_size: tuple[int, int] = (0, 0)
@@ -108,22 +113,31 @@ class DecodedImage:
 
     @property
     def height(self) -> int:
-        return int(self.array.shape[1])
+        return int(self.samples.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.array.shape[2])
+        return int(self.samples.shape[1])
+
+    @property
+    def array(self) -> np.ndarray:
+        """float32 (C, H, W) in [0, 1]: ``read_image`` of :attr:`samples` (DICOM: the windowed values), made
+        anew at each read."""
+        if self.format == "dicom":
+            return np.ascontiguousarray(np.transpose(self.samples, (2, 0, 1)), dtype=np.float32)
+        return read_image(self.samples, channels=None)
 
     def without_model_input(self) -> DecodedImage:
-        """This image without its float array (4 bytes per sample; only the model reads it): what a result
-        keeps after the prediction. The shape stays readable (a zero-cost broadcast placeholder)."""
-        placeholder = np.broadcast_to(np.float32(0.0), self.array.shape)
-        return dataclasses.replace(self, array=placeholder)
+        """This image without its samples (only the model reads them): what a result keeps after the
+        prediction. The shape stays readable (a zero-cost broadcast placeholder)."""
+        placeholder = np.broadcast_to(np.zeros((), dtype=self.samples.dtype), self.samples.shape)
+        return dataclasses.replace(self, samples=placeholder)
 
     @property
     def model_input(self) -> np.ndarray:
-        """``array`` as float (H, W, C), which ``Segmenter.predict`` reads back unchanged."""
-        return np.transpose(self.array, (1, 2, 0))
+        """:attr:`samples` (H, W, C): ``Segmenter.predict`` reads them with ``read_image`` into exactly
+        :attr:`array` (for a 1- or 3-channel model: ``read_image(file, channels)``)."""
+        return self.samples
 
 
 class DecodeBudget:
@@ -202,12 +216,13 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeB
         raise ApiError(415, f"the upload is not a supported image; expected {ACCEPTED}", {"field": "image"})
     header = None
     if kind == "dicom":
-        (array, original, header), deep = _decode_dicom(data, limits, budget), False  # already windowed
+        samples, original, header = _decode_dicom(data, limits, budget)  # already windowed, float
+        pixels = _display_values(np.transpose(samples, (2, 0, 1)), deep=False)
     else:
-        array, deep, original = _decode_pil(data, kind, limits, budget)
+        samples, pixels, original = _decode_pil(data, kind, limits, budget)
     decoded = DecodedImage(
-        array=array,
-        pixels=_display_pixels(array, deep),
+        samples=samples,
+        pixels=pixels,
         format=kind,
         original_size=original,
         original_spacing_mm=header.pixel_spacing_mm if header else None,
@@ -235,10 +250,11 @@ def working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 
 def _decode_pil(
     data: bytes, kind: str, limits: ImageLimits, budget: DecodeBudget
-) -> tuple[np.ndarray, bool, tuple[int, int]]:
-    """(read_image's float (C, H, W) array, whether the image has more than 8 bits per sample, the upright
-    image's full (width, height)). Images over ``limits.max_working_side`` are reduced before they become
-    float: a JPEG while its DCT is decoded (``draft``), other formats right after decoding (box filter)."""
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(the samples read_image scales, (H, W, C) in the file's dtype (:func:`pil_samples`), their display pixels
+    (:func:`_display_pixels`), the upright image's full (width, height)). Images over
+    ``limits.max_working_side`` are reduced before their samples are taken (no float copy is made of an 8- or
+    16-bit image): a JPEG while its DCT is decoded (``draft``), other formats right after decoding (box filter)."""
     try:
         with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[kind]]) as image:
             check_dimensions(image.width, image.height, limits)  # header only, nothing decoded yet
@@ -255,8 +271,16 @@ def _decode_pil(
                 turned = upright(image)  # the data layer's orientation rule, as `lvseg predict` reads the file
                 if max(turned.size) > limits.max_working_side:
                     turned = turned.resize(working_size(*turned.size, limits.max_working_side), Image.Resampling.BOX)
-                    image.close()  # the full-resolution pixels go now, before the float array is made
-                return read_image(turned, channels=None), turned.mode.startswith(_DEEP_MODES), original
+                    image.close()  # the full-resolution pixels go now, before the budget is released
+                deep = turned.mode.startswith(_DEEP_MODES)
+                # read_image(turned) is read_image of these samples (it turns and converts alike); numpy's
+                # copy of the pixels (Pillow's image is not kept), in the file's own dtype.
+                samples = pil_samples(turned, "upload")
+                if turned is not image:
+                    turned.close()
+        # Outside the budget (the full-resolution pixels are gone); inside the try: a float image's values
+        # are checked here (read_image refuses one without a finite value).
+        return samples, _display_pixels(samples, deep), original
     except Image.DecompressionBombError as error:
         raise ApiError(413, "the image is a decompression bomb (too many pixels)", {"field": "image"}) from error
     except ApiError:
@@ -270,20 +294,45 @@ def _decode_pil(
         raise _corrupt(kind) from error
 
 
-def _display_pixels(array: np.ndarray, deep: bool) -> np.ndarray:
-    """uint8 RGB (H, W, 3) of ``array`` for display; a deep image is stretched to its maximum first.
+def _display_pixels(samples: np.ndarray, deep: bool) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of ``read_image(samples)`` for display; a deep image is stretched to its maximum first.
 
     A 12-bit radiograph in a 16-bit file reads as values up to 4095 / 65535: shown as they are it
-    would be nearly black. The model still gets ``array`` itself.
+    would be nearly black. The model still gets the samples themselves.
+
+    uint8 and uint16 samples go through a table of what :func:`_display_values` gives each possible value
+    (the same numbers, element by element, without a float copy of the image); other dtypes (a float
+    DICOM or TIFF, 32-bit integers, which ``read_image`` scales by their own range) take the float path.
     """
+    if samples.dtype not in (np.uint8, np.uint16) or not samples.size:
+        return _display_values(read_image(samples, channels=None), deep)
+    values = np.arange(np.iinfo(samples.dtype).max + 1, dtype=samples.dtype)
+    unit = read_image(values[None, :, None], channels=None)  # (1, 1, N): what each sample value reads as
+    if deep:  # read_image is monotonic: the image's largest value is that of its largest sample
+        unit = _stretched(unit, float(unit[0, 0, int(samples.max())]))
+    table = to_display_rgb8(unit)[0, :, 0]  # (N,) uint8
+    if samples.dtype == np.uint8 and np.array_equal(table, values):  # 8-bit: shown as stored
+        shown = samples
+    else:
+        shown = table[samples]
+    if shown.shape[2] == 1:
+        return np.repeat(shown, 3, axis=2)
+    return np.ascontiguousarray(shown)
+
+
+def _display_values(array: np.ndarray, deep: bool) -> np.ndarray:
+    """uint8 RGB (H, W, 3) of a float (C, H, W) array in [0, 1]; ``deep``: stretched to its maximum first."""
     if deep:
-        high = float(array.max()) if array.size else 0.0
-        array = array / high if high > 0 else np.zeros_like(array)
+        array = _stretched(array, float(array.max()) if array.size else 0.0)
     return to_display_rgb8(array)
 
 
+def _stretched(array: np.ndarray, high: float) -> np.ndarray:
+    return array / high if high > 0 else np.zeros_like(array)
+
+
 def _decode_dicom(data: bytes, limits: ImageLimits, budget: DecodeBudget) -> tuple[np.ndarray, tuple[int, int], Any]:
-    """(the first frame as float32 (C, H, W) in [0, 1] (:mod:`lvseg.data.dicom`, as ``lvseg predict`` reads it),
+    """(the first frame as float32 (H, W, C) in [0, 1] (:mod:`lvseg.data.dicom`, as ``lvseg predict`` reads it),
     reduced to ``limits.max_working_side``; the frame's full (width, height); its :class:`DicomHeader`)."""
     from lvseg.data.dicom import DicomError, dicom_pixels, read_dicom_header
 
@@ -292,7 +341,8 @@ def _decode_dicom(data: bytes, limits: ImageLimits, budget: DecodeBudget) -> tup
         check_dimensions(header.columns, header.rows, limits, frames=header.frames)
         with budget.reserve(header.columns * header.rows * header.frames * 8):  # pixels, then float64 values
             unit = dicom_pixels(dataset, header, "upload")
-            return _shrink(read_image(unit, channels=None), limits), (header.columns, header.rows), header
+            chw = _shrink(read_image(unit, channels=None), limits)
+            return np.transpose(chw, (1, 2, 0)), (header.columns, header.rows), header
     except DicomError as error:
         raise ApiError(
             415 if error.unsupported else 422,

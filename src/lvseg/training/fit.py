@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from dataclasses import dataclass
@@ -295,8 +296,9 @@ def _tune_backends(checkpoint: Path, data: Path, data_options: Any) -> None:
 def train(config: TrainConfig) -> TrainResult:
     """Train one model on a dataset (any layout of :mod:`lvseg.data.formats`: one sample per image, or per
     (image, structure) of a multi-class set); writes best.ckpt, last.ckpt and logs into ``config.out``."""
-    from lvseg.data.dataset import SegmentationDataset
+    from lvseg.data.class_channels import ClassTraining, training_data_options
     from lvseg.data.formats import DataOptions, class_names, load_dataset_split
+    from lvseg.models import model_class
 
     check_train_config(config)
     config = with_model_recipe(config)
@@ -305,10 +307,15 @@ def train(config: TrainConfig) -> TrainResult:
     max_time = parse_max_time(config.max_time)
     L.seed_everything(config.seed, workers=True, verbose=False)
     semi = is_semi_supervised(config)
-    data_options = DataOptions.from_config(config)
+    # A model declaring multi_channel_classes learns every class of an image at once (one channel per class).
+    multi_channel = model_class(config.model).multi_channel_classes
+    data_options = training_data_options(multi_channel, DataOptions.from_config(config))
     # unlabeled masks stay unopened
     train_samples = load_dataset_split(config.data, "train", data_options, require_masks=not semi)
     val_samples = load_dataset_split(config.data, "val", data_options)
+    classes = ClassTraining.plan(multi_channel and not semi, config.data, data_options, train_samples)
+    # n_classes = K for a model with one output channel per class (checked against a given one)
+    model_options = classes.model_options(config.model, multi_channel, config.model_options, config.balance_classes)
 
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -328,7 +335,7 @@ def train(config: TrainConfig) -> TrainResult:
                 f"'{out}' already holds a run (last.ckpt); pass --resume to continue it or choose another --out"
             )
         # reports only (every prompt a sample may draw): no mask read
-        task = build_task(config, _all_texts(train_samples))
+        task = build_task(dataclasses.replace(config, model_options=model_options), _all_texts(train_samples))
     if config.channels_last:
         task.use_channels_last()
     if config.compile:
@@ -342,11 +349,14 @@ def train(config: TrainConfig) -> TrainResult:
     remove_stale_temporaries(out)
     _tidy_lightning_logging()
 
-    val_set = SegmentationDataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
+    val_set = classes.dataset(val_samples, config.img_size, augment=False, channels=config.in_channels)
     # What the model was trained and validated on (the app and its PDF reports state it), and the training
     # images' statistics, for the app's warning on images unlike them (lvseg.inference.consistency).
     task.hparams["training_data"] = training_data_record(config.data, len(train_samples), len(val_samples))
     task.hparams["validation_data"] = describe_validation_data(config.data, len(val_set))
+    # The class table ({"value", "name", "template"} rows: channel k of a multi-channel model is row k) and the
+    # options that read the data, so that evaluation and prediction rebuild the same classes and samples.
+    task.hparams.update(classes.hparams(config.data, data_options, config.balance_classes))
     if class_names(train_samples):
         task.hparams["classes"] = class_names(train_samples)
         # How the per-class prompts were worded, so that prediction asks for a class the same way.
@@ -373,7 +383,7 @@ def train(config: TrainConfig) -> TrainResult:
         }
         steps_per_epoch = data["datamodule"].labeled_steps()
     else:
-        train_set = SegmentationDataset(
+        train_set = classes.dataset(
             train_samples,
             config.img_size,
             augment=config.augment,
@@ -384,7 +394,7 @@ def train(config: TrainConfig) -> TrainResult:
         )  # augmentation seeded by (seed, epoch, index): MONAI's own RNG is not seeded by seed_everything
         sampler = (
             class_balanced_sampler(train_samples, config.seed, start_epoch)
-            if config.balance_classes
+            if config.balance_classes and not classes.channels
             else EpochSampler(len(train_set), config.seed, start_epoch)
         )
         train_loader = DataLoader(

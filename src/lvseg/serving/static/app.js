@@ -7,6 +7,7 @@
     file: null, requiresText: true, maxTextChars: 2000, maxUploadBytes: 20 * 1024 * 1024, urls: [],
     result: null, // {id, text}: the result on screen; the PDF is made of exactly this result
     formVersion: 0, // bumped whenever the image or the report changes: an answer to an older form is dropped
+    classes: [], classesRequired: false, // a multi-class checkpoint's classes (from /api/model)
   };
   const BROWSER_FORMATS = ["image/png", "image/jpeg"];
 
@@ -82,8 +83,11 @@
       return "The image is larger than " + Math.round(state.maxUploadBytes / 1048576) + " MB.";
     }
     const text = $("report-text").value;
-    if (state.requiresText && !text.trim()) {
-      return "Type the report text: this model needs it.";
+    if (state.classesRequired && chosenClasses().length === 0) {
+      return "Choose at least one class to segment.";
+    }
+    if (state.requiresText && !text.trim() && chosenClasses().length === 0) {
+      return "Type the report text: this model needs it" + (state.classes.length ? " (or choose classes)." : ".");
     }
     if (text.length > state.maxTextChars) {
       return "The report text is longer than " + state.maxTextChars + " characters.";
@@ -91,11 +95,83 @@
     return null;
   }
 
+  // The names of the ticked classes (none for a binary checkpoint: the picker is not shown).
+  function chosenClasses() {
+    return Array.from(document.querySelectorAll("#class-choices input:checked")).map((box) => box.value);
+  }
+
   function segmentForm() {
     const form = new FormData();
     form.append("image", state.file, state.file.name || "image");
     form.append("text", $("report-text").value);
+    const classes = chosenClasses();
+    if (classes.length) form.append("classes", classes.join(","));
     return form;
+  }
+
+  // One check box per class of a multi-class checkpoint, each with its colour; hidden for a binary one.
+  function showClassPicker(info) {
+    state.classes = info.classes || [];
+    state.classesRequired = Boolean(info.classes_required);
+    const box = $("class-choices");
+    box.replaceChildren();
+    state.classes.forEach((entry) => {
+      const label = document.createElement("label");
+      const input = document.createElement("input");
+      input.type = "checkbox";
+      input.name = "classes";
+      input.value = entry.name;
+      input.checked = state.classesRequired;
+      input.addEventListener("change", () => {
+        state.formVersion += 1;
+        clearResult("The classes changed: press Segment to analyse the image with them.");
+      });
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.backgroundColor = entry.colour;
+      label.append(input, swatch, document.createTextNode(entry.name));
+      if (entry.prompt && entry.prompt !== entry.name) label.title = "Asked as: " + entry.prompt;
+      box.append(label);
+    });
+    $("class-help").textContent = state.classesRequired
+      ? "This model segments every class at once: choose the ones to show."
+      : "Choose one or several: each is asked for by its own prompt and the result is a label map, one colour "
+        + "per class (the report is kept with the result). Choose none to segment what the report describes.";
+    $("class-box").hidden = state.classes.length === 0;
+  }
+
+  function showClassResults(result) {
+    const legend = $("class-legend");
+    const rows = $("class-results").querySelector("tbody");
+    legend.replaceChildren();
+    rows.replaceChildren();
+    (result.classes || []).forEach((entry) => {
+      const item = document.createElement("li");
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.backgroundColor = entry.colour;
+      item.append(swatch, document.createTextNode(entry.name));
+      legend.append(item);
+      const row = document.createElement("tr");
+      row.dataset.class = entry.name;
+      const mm = entry.area_mm2 === null ? "" : ", " + entry.area_mm2.toFixed(1) + " mm²";
+      [
+        entry.name,
+        entry.finding.charAt(0).toUpperCase() + entry.finding.slice(1),
+        entry.area_px + " px (" + entry.area_percent.toFixed(2) + " %" + mm + ")",
+        String(entry.regions),
+        entry.max_probability.toFixed(3),
+        entry.prompt || "—",
+      ].forEach((text) => {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      });
+      rows.append(row);
+    });
+    $("class-results-box").hidden = !result.classes;
+    $("view-overlay-label").textContent = result.classes ? "Classes (one colour each)" : "Lesions (one colour each)";
+    $("lesion-legend").hidden = Boolean(result.classes);
   }
 
   // The PDF names the result on screen by its id: the server renders that result, not the form's new values.
@@ -160,6 +236,7 @@
         + result.side_markers[1] + " on the right edge."
       : "";
     $("download-mask").href = maskUrl;
+    $("download-mask").textContent = result.classes ? "Download label map PNG" : "Download mask PNG";
     $("download-overlay").href = overlayUrl;
     const reduced = result.width !== result.original_width || result.height !== result.original_height;
     $("m-area").textContent = result.area_px + " px (" + result.area_percent.toFixed(2) + " % of the image)"
@@ -173,9 +250,15 @@
     $("m-confidence").textContent = result.finding === "no lesion found"
       ? "— (no lesion; highest probability " + result.max_probability.toFixed(3) + ")"
       : result.confidence.toFixed(3);
+    if (result.classes) { // a label map: the finding names the classes found (the table below has each)
+      const found = result.classes.filter((entry) => entry.area_px > 0).map((entry) => entry.name);
+      $("m-finding").textContent = found.length ? "Found: " + found.join(", ") : "None of the chosen classes found";
+    }
     $("m-time").textContent = Math.round(result.inference_ms) + " ms";
     $("m-model").textContent = describeModel(result); // from the answer itself, not from page load
-    $("m-report").textContent = state.requiresText ? (result.report_text || "—") : "not used by this model";
+    $("m-report").textContent = !state.requiresText ? "not used by this model"
+      : result.classes ? (result.report_text || "—") + " (kept with the result; each class has its own prompt)"
+        : (result.report_text || "—");
     const warnings = $("text-warnings");
     warnings.replaceChildren();
     result.text_warnings.forEach((warning) => {
@@ -204,11 +287,12 @@
       item.append(swatch, document.createTextNode("Lesion " + lesion.label + ": " + lesion.area_px + " px" + mm));
       legend.append(item);
     });
-    if (result.lesions > result.lesion_details.length) {
+    if (!result.classes && result.lesions > result.lesion_details.length) {
       const more = document.createElement("li");
       more.textContent = "… and " + (result.lesions - result.lesion_details.length) + " smaller lesions";
       legend.append(more);
     }
+    showClassResults(result);
     state.result = { id: result.result_id, text: result.report_text };
     $("results").hidden = false;
   }
@@ -309,6 +393,7 @@
       $("model-info").textContent = "Model: " + state.modelDescription + ", on " + info.device + ".";
       $("report-box").hidden = !info.requires_text;
       showWording(info);
+      showClassPicker(info);
       $("no-report-note").hidden = info.requires_text;
     } catch (error) {
       $("model-info").textContent = "The model service cannot be reached.";
