@@ -338,3 +338,24 @@ def test_a_report_with_a_letter_or_digit_is_not_blank(text: str) -> None:
     from lvseg.data.report_text import is_blank_report
 
     assert not is_blank_report(text)
+
+
+@pytest.mark.parametrize(
+    "mode,values,dtype",
+    [("L", 256, np.uint8), ("RGB", 256, np.uint8), ("I;16", 65536, np.uint16), ("F", 1, np.float32)],
+)
+def test_read_samples_keeps_8_bit_files_compact_and_reads_as_read_image(
+    tmp_path: Path, mode: str, values: int, dtype: type
+) -> None:
+    from lvseg.data.images import read_samples
+
+    rng = np.random.default_rng(0)
+    shape = (9, 13, 3) if mode == "RGB" else (9, 13)
+    pixels = (rng.random(shape) * values).astype(dtype) if dtype is not np.float32 else rng.random(shape) * 900.0
+    path = tmp_path / ("x.tif" if mode == "F" else "x.png")
+    Image.fromarray(pixels.astype(np.float32) if mode == "F" else pixels).save(path)
+    samples = read_samples(path)
+    assert samples.ndim == 3 and samples.shape[:2] == (9, 13)
+    assert samples.dtype == (np.uint8 if dtype is np.uint8 else np.float32)  # other depths: float in [0, 1]
+    for channels in (1, 3, None):
+        assert np.array_equal(read_image(samples, channels=channels), read_image(path, channels=channels))

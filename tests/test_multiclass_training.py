@@ -373,3 +373,11 @@ def test_a_multi_channel_unet_exports_k_output_channels(unet_channels: Path, tmp
     assert session.run(None, {"images": np.random.rand(2, 3, 32, 32).astype(np.float32)})[0].shape == (2, 3, 32, 32)
     exported = load_model(tmp_path / "export")
     assert exported.output_classes == 3 and [info.name for info in exported.class_table] == ["disc", "ring", "bar"]
+
+
+def test_semi_supervised_training_on_label_maps_is_refused_before_training(label_maps: Path, tmp_path: Path) -> None:
+    from lvseg.errors import LvsegError
+
+    with pytest.raises(LvsegError, match="multi-class set .* semi-supervised training"):
+        train(tiny(label_maps, tmp_path / "run", labeled_fraction=0.5))
+    assert not (tmp_path / "run" / "last.ckpt").exists()

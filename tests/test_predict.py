@@ -131,6 +131,26 @@ def test_predict_folder_writes_one_mask_and_overlay_per_image(
     assert summary["text"].tolist() == REPORTS and summary["image"].tolist() == ["a.tif", "b.png"]
 
 
+def test_predict_folder_without_overlays_writes_the_same_masks_and_no_overlay(
+    ckpts: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = _folder(tmp_path / "in")
+    both, masks_only = tmp_path / "both", tmp_path / "masks-only"
+    assert invoke("-c", ckpts["lvit"], "--folder", folder, "-o", both).exit_code == 0
+    result = invoke("-c", ckpts["lvit"], "--folder", folder, "-o", masks_only, "--no-overlays")
+    assert result.exit_code == 0, result.output
+    assert not (masks_only / "overlays").exists() and "overlays in" not in result.output
+    for name in ("a.png", "mask_b.png"):
+        assert np.array_equal(
+            np.asarray(Image.open(both / "masks" / name)), np.asarray(Image.open(masks_only / "masks" / name))
+        )
+    assert pd.read_csv(both / "predictions.csv").equals(pd.read_csv(masks_only / "predictions.csv"))
+    refused = invoke(
+        "-c", ckpts["lvit"], "-i", folder / "img" / "b.png", "-t", REPORTS[0], "-o", tmp_path / "m.png", "--no-overlays"
+    )
+    assert isinstance(refused.exception, LvsegError) and "--no-overlays is for --folder" in str(refused.exception)
+
+
 def test_predict_folder_without_table_for_image_model(ckpts: dict[str, Path], tmp_path: Path) -> None:
     folder = _folder(tmp_path / "in", table="none")
     result = invoke("-c", ckpts["full"], "--folder", folder, "-o", tmp_path / "out")

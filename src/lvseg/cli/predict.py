@@ -68,6 +68,9 @@ def predict_command(
     ),
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Images per forward pass (--folder)."),
+    overlays: bool = typer.Option(
+        True, "--overlays/--no-overlays", help="--folder: also write OUT/overlays/ (--no-overlays: masks and CSV)."
+    ),
     device: str = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: CUDA if available)."),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
@@ -92,6 +95,8 @@ def predict_command(
         check_threshold(threshold, "--threshold")
     console = make_console()
     if image is not None:
+        if not overlays:
+            raise LvsegError("--no-overlays is for --folder; with --image an overlay is written only with --overlay")
         _check_png(out, "--out")
         if overlay is not None:
             _check_png(overlay, "--overlay")
@@ -152,11 +157,18 @@ def predict_command(
     check_inference_memory(checkpoint, batch_size, device, "--batch-size")
     segmenter = load_model(checkpoint, device=device, backend=backend)
     rows = predict_folder(
-        segmenter, folder, out, threshold=threshold, batch_size=batch_size, classes=classes, modality=modality
+        segmenter,
+        folder,
+        out,
+        threshold=threshold,
+        batch_size=batch_size,
+        classes=classes,
+        modality=modality,
+        overlays=overlays,
     )
+    written = f", overlays in {out / 'overlays'}" if overlays else ""
     console.print(
-        f"{count(len(rows), 'mask')} in {out / 'masks'}, overlays in {out / 'overlays'}, summary {out / 'predictions.csv'}",
-        highlight=False,
+        f"{count(len(rows), 'mask')} in {out / 'masks'}{written}, summary {out / 'predictions.csv'}", highlight=False
     )
     flagged = sum(bool(row["consistency"]) for row in rows)
     if flagged:

@@ -357,6 +357,24 @@ def read_image(source: ImageSource, channels: int | None = 3) -> np.ndarray:
     return to_channels(chw, channels).astype(np.float32, copy=False)
 
 
+def read_samples(source: ImageSource) -> np.ndarray:
+    """An image as :func:`read_image` reads it, channel-last and, for files with 8-bit samples, still in uint8:
+    (H, W, C), C in {1, 3}; any other file (16-bit, float, DICOM) comes back as float32 in [0, 1].
+
+    ``read_image(read_samples(x), channels)`` equals ``read_image(x, channels)``, and the display pixels of
+    the uint8 samples are the samples themselves, so a caller that needs both (folder prediction: the model
+    input and the overlay) decodes once and converts only what each use needs.
+    """
+    name = _describe(source)
+    dicom = None if isinstance(source, (np.ndarray, Image.Image)) else _dicom_bytes(source)
+    if dicom is None and not isinstance(source, np.ndarray):
+        hwc = _to_hwc(_pil_to_array(upright(open_pil(source, kind="image"))), name)
+        if hwc.dtype == np.uint8:
+            return hwc
+        return np.ascontiguousarray(np.transpose(read_image(hwc, channels=None), (1, 2, 0)))
+    return np.ascontiguousarray(np.transpose(read_image(source, channels=None), (1, 2, 0)))
+
+
 def read_mask(source: ImageSource) -> np.ndarray:
     """Read a segmentation mask as uint8 ``(H, W)``: 1 where the mask is non-zero, else 0.
 

@@ -56,15 +56,27 @@ class ChestGeometry:
 
     def lung_at(self, column_fraction: float) -> str:
         """The patient's lung (``"left"``/``"right"``) at a horizontal position (0 image left, 1 image right)."""
-        on_image_right = column_fraction >= self.midline
-        return "left" if on_image_right == self.patient_left_on_image_right else "right"
+        return str(self.lungs_at(np.asarray([column_fraction]))[0])
+
+    def lungs_at(self, column_fractions: np.ndarray) -> np.ndarray:
+        """:meth:`lung_at` of each of ``column_fractions`` (N,): (N,) array of ``"left"``/``"right"``."""
+        on_image_right = np.asarray(column_fractions) >= self.midline
+        return np.where(on_image_right == self.patient_left_on_image_right, "left", "right")
 
     def zones_between(self, top_fraction: float, bottom_fraction: float) -> frozenset[str]:
         """The zones whose bands the rows ``[top, bottom]`` (fractions of the height) overlap."""
+        first, last = self.zone_bands(np.asarray([top_fraction]), np.asarray([bottom_fraction]))
+        return frozenset(ZONES[first[0] : last[0] + 1])
+
+    def zone_bands(self, top_fractions: np.ndarray, bottom_fractions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For rows ``[top, bottom]`` (N,) each, the indices into ZONES of the first and last zone band they
+        overlap (rows above or below the lung field count for the nearest zone): two (N,) int arrays."""
         band = (self.lung_bottom - self.lung_top) / len(ZONES)
-        first = int(np.clip((top_fraction - self.lung_top) // band, 0, len(ZONES) - 1))
-        last = int(np.clip((bottom_fraction - self.lung_top) // band, 0, len(ZONES) - 1))
-        return frozenset(ZONES[first : last + 1])
+
+        def band_of(fractions: np.ndarray) -> np.ndarray:
+            return np.clip(np.floor_divide(np.asarray(fractions) - self.lung_top, band), 0, len(ZONES) - 1).astype(int)
+
+        return band_of(top_fractions), band_of(bottom_fractions)
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,15 @@ class RegionVerdict:
     @property
     def kept(self) -> bool:
         return not self.reason
+
+
+def _contradiction(lung: str, zones: frozenset[str], findings: Findings) -> str:
+    """Why a region in ``zones`` of ``lung`` contradicts ``findings`` ("" when it does not)."""
+    if findings.lungs and lung not in findings.lungs:
+        return f"in the {lung} lung, which the report does not name"
+    if findings.zones(lung) and not zones & findings.zones(lung):
+        return f"in the {'/'.join(sorted(zones))} {lung} lung, a zone the report does not name"
+    return ""
 
 
 def judge_regions(
@@ -110,23 +131,28 @@ def judge_regions(
     if count == 0:
         return labels, []
     height, width = binary.shape
-    indices = np.arange(1, count + 1)
-    areas = ndimage.sum(binary, labels, indices)
-    confidences = ndimage.mean(score, labels, indices)
-    centroids = ndimage.center_of_mass(binary, labels, indices)
-    extents = ndimage.find_objects(labels)
-    named_lungs = findings.lungs
+    # Per-region sums in one pass each (regions can number in the thousands, e.g. nuclei in a histology tile).
+    flat = labels.ravel()
+    areas = np.bincount(flat, minlength=count + 1)[1:]
+    confidences = np.bincount(flat, weights=score.ravel(), minlength=count + 1)[1:] / areas
+    column_sums = np.bincount(flat, weights=np.tile(np.arange(width, dtype=np.float64), height), minlength=count + 1)
+    lungs = geometry.lungs_at((column_sums[1:] / areas + 0.5) / width)
+    row_extents = [extent[0] for extent in ndimage.find_objects(labels)]
+    tops = np.array([rows.start for rows in row_extents], dtype=np.float64) / height
+    bottoms = (np.array([rows.stop for rows in row_extents], dtype=np.float64) - 0.5) / height
+    first_bands, last_bands = geometry.zone_bands(tops, bottoms)
+    zone_sets = {(a, b): frozenset(ZONES[a : b + 1]) for a in range(len(ZONES)) for b in range(a, len(ZONES))}
+    reasons = {
+        (lung, zones): _contradiction(lung, zones, findings)
+        for lung in ("left", "right")
+        for zones in zone_sets.values()
+    }
     verdicts: list[RegionVerdict] = []
-    for k in range(count):
-        rows = extents[k][0]
-        lung = geometry.lung_at((centroids[k][1] + 0.5) / width)
-        zones = geometry.zones_between(rows.start / height, (rows.stop - 1 + 0.5) / height)
-        reason = ""
-        if named_lungs and lung not in named_lungs:
-            reason = f"in the {lung} lung, which the report does not name"
-        elif findings.zones(lung) and not zones & findings.zones(lung):
-            reason = f"in the {'/'.join(sorted(zones))} {lung} lung, a zone the report does not name"
-        verdicts.append(RegionVerdict(lung, zones, float(confidences[k]), int(areas[k]), reason))
+    for lung, first, last, confidence, area in zip(
+        lungs.tolist(), first_bands.tolist(), last_bands.tolist(), confidences.tolist(), areas.tolist()
+    ):
+        zones = zone_sets[first, last]
+        verdicts.append(RegionVerdict(lung, zones, confidence, area, reasons[lung, zones]))
     kept = [k for k, verdict in enumerate(verdicts) if verdict.kept]
     if findings.count and len(kept) > findings.count:
         ranked = sorted(kept, key=lambda k: (verdicts[k].confidence, verdicts[k].area), reverse=True)

@@ -3,7 +3,8 @@
 The folder has the LViT layout without masks: ``img/`` plus a ``*_text.xlsx`` or ``*_text.csv`` with
 columns ``Image`` = output mask name, ``Description`` = report (image-only models need no table); or it is
 a plain folder of images, with the text table (if any) beside them.
-Writes ``out/masks/<Image>`` (PNG, 0/255), ``out/overlays/<Image>`` and ``out/predictions.csv``.
+Writes ``out/masks/<Image>`` (PNG, 0/255), ``out/overlays/<Image>`` (unless ``overlays=False``) and
+``out/predictions.csv``.
 Images are matched to table rows by file stem (``x.tif`` <-> ``x.png``, also ``mask_x.png``). Every file
 is written atomically.
 
@@ -228,10 +229,11 @@ def read_class_texts(folder: Path, classes: Sequence[ClassInfo]) -> dict[str, di
 
 
 def read_hwc(path: Path) -> np.ndarray:
-    """Read an image once as float (H, W, C) in [0, 1] (what predict_batch and overlays both accept)."""
-    from lvseg.data.images import read_image
+    """Read an image once as (H, W, C) for both the model and the overlay (:func:`lvseg.data.images.read_samples`:
+    uint8 for 8-bit files, no float copy made until the model's input; float32 in [0, 1] otherwise)."""
+    from lvseg.data.images import read_samples
 
-    return np.transpose(read_image(path, channels=None), (1, 2, 0))
+    return read_samples(path)
 
 
 def predict_folder(
@@ -242,13 +244,16 @@ def predict_folder(
     batch_size: int = 8,
     classes: str | Sequence[str] | None = None,
     modality: str | None = None,
+    overlays: bool = True,
 ) -> list[dict[str, object]]:
     """Segment every image of ``folder`` into ``out/masks`` and ``out/overlays``; one summary row per image.
     ``threshold``: the probability above which a pixel is lesion (default: the segmenter's
     ``decision_threshold``, the model's declared one). ``classes``: the classes of a multi-class checkpoint
-    to segment into label maps (names, or ``"all"``; module docstring); ``modality``: said in their prompts."""
+    to segment into label maps (names, or ``"all"``; module docstring); ``modality``: said in their prompts.
+    ``overlays=False``: masks and the summary only (encoding the overlay PNGs costs more than the network with
+    the fastest backends)."""
     if classes is not None:
-        return _predict_folder_classes(segmenter, folder, out, classes, threshold, batch_size, modality)
+        return _predict_folder_classes(segmenter, folder, out, classes, threshold, batch_size, modality, overlays)
     items = read_prediction_folder(folder, segmenter.requires_text)
     model = getattr(segmenter, "model", None)
     if model is not None:
@@ -270,7 +275,8 @@ def predict_folder(
         written = []
         for item, array, prediction in zip(chunk, loaded[0], predictions):
             mask_path = write_mask(out / "masks" / item.mask_name, prediction.mask)
-            write_overlay(out / "overlays" / item.mask_name, array, prediction.mask)
+            if overlays:
+                write_overlay(out / "overlays" / item.mask_name, array, prediction.mask)
             written.append(
                 {
                     "image": item.image_path.name,
@@ -316,6 +322,7 @@ def _predict_folder_classes(
     threshold: float | None,
     batch_size: int,
     modality: str | None,
+    overlays: bool,
 ) -> list[dict[str, object]]:
     """:func:`predict_folder` with ``classes``: label maps, class overlays, per-class areas."""
     from lvseg.inference.multiclass import pixel_spacing_of
@@ -347,7 +354,10 @@ def _predict_folder_classes(
         written: list[dict[str, object]] = []
         for item, array, prediction in zip(chunk, loaded[0], predictions):
             mask_path = write_class_outputs(
-                out / "masks" / item.mask_name, out / "overlays" / item.mask_name, array, prediction
+                out / "masks" / item.mask_name,
+                out / "overlays" / item.mask_name if overlays else None,
+                array,
+                prediction,
             )
             written.append(
                 {

@@ -7,9 +7,9 @@ backend's masks are held to the same rule (:data:`~lvseg.backend_record.GUARD_RU
 eager on every image. Two backends are set up here for the checkpoint before they are measured:
 
 * ``bf16-mixed``: the ``bf16`` path with a few modules in fp32. Which modules matter is measured, not assumed:
-  each module of the network (the model's children, one level into module lists) is kept in fp32 alone on the
-  images where plain bf16 agrees worst, and the most helpful ones are added one at a time until the guard
-  passes on every image (at most :data:`MAX_FP32_MODULES`). On LViT trained on MoNuSeg the one module that
+  each round, every module of the network (the model's children, one level into module lists) not yet kept
+  is tried in fp32 beside those already kept, on the images that agree worst so far, and the most helpful one
+  is kept, until the guard passes on every image (at most :data:`MAX_FP32_MODULES`). On LViT trained on MoNuSeg the one module that
   matters is the first patch embedding, not the decoder's last stage.
 * ``openvino-int8``: post-training static quantisation with NNCF (``nncf.quantize_with_accuracy_control``;
   calibration on up to ``calibration_images`` training images, the guard's lowest per-image Dice as the
@@ -226,41 +226,36 @@ class _Tuning:
         )
         return BackendTrial(backend, passed, guard["min_dice"], guard["max_abs_diff"], latency, **extra)
 
+    def _mixed_dice(self, fp32_modules: Sequence[str], rows: Sequence[int] | None = None) -> np.ndarray:
+        """Per-image Dice against the reference of bf16 with ``fp32_modules`` kept in fp32 (``rows`` only)."""
+        runner = Bf16MixedRunner(self.model, self.device, tuple(fp32_modules))
+        try:
+            reference = self.reference if rows is None else self.reference[list(rows)]
+            return per_image_dice(reference, self.batches.probabilities(runner, rows), self.threshold)
+        finally:
+            runner.release()
+
     def _mixed(self) -> BackendTrial:
-        plain = Bf16MixedRunner(self.model, self.device, ())
-        dice = per_image_dice(self.reference, self.batches.probabilities(plain), self.threshold)
-        if dice.min() >= GUARD_MIN_DICE:
-            return self._measure("bf16-mixed", plain)
-        probe = [int(i) for i in np.argsort(dice)[:PROBE_IMAGES]]
-        gains = []
-        for name in tunable_modules(self.model):
-            runner = Bf16MixedRunner(self.model, self.device, (name,))
-            try:
-                gains.append(
-                    (
-                        float(
-                            per_image_dice(
-                                self.reference[probe], self.batches.probabilities(runner, probe), self.threshold
-                            ).min()
-                        ),
-                        name,
-                    )
-                )
-            finally:
-                runner.release()
+        """Greedy forward selection: each round keeps in fp32 the module that most raises the lowest Dice on
+        the images that currently agree worst, re-measured with the modules already kept (one module's error
+        can hide every other's), until the guard passes, no module helps, or MAX_FP32_MODULES are kept."""
         kept: list[str] = []
-        best = float(dice.min())
-        for gain, name in sorted(gains, reverse=True)[:MAX_FP32_MODULES]:
-            if gain <= float(dice[probe].min()):
-                break  # the rest help no image of the probe
-            kept.append(name)
-            runner = Bf16MixedRunner(self.model, self.device, tuple(kept))
-            try:
-                best = float(per_image_dice(self.reference, self.batches.probabilities(runner), self.threshold).min())
-            finally:
-                runner.release()
-            if best >= GUARD_MIN_DICE:
+        dice = self._mixed_dice(kept)
+        candidates = tunable_modules(self.model)
+        while dice.min() < GUARD_MIN_DICE and len(kept) < MAX_FP32_MODULES:
+            probe = [int(i) for i in np.argsort(dice, kind="stable")[:PROBE_IMAGES]]
+            floor = float(dice[probe].min())
+            scores = [
+                (float(self._mixed_dice([*kept, name], probe).min()), name) for name in candidates if name not in kept
+            ]
+            if not scores:
                 break
+            gain, name = max(scores)
+            if gain <= floor:
+                break  # no module lifts the worst image
+            kept.append(name)
+            dice = self._mixed_dice(kept)
+            logger.info("bf16-mixed: fp32 %s -> lowest Dice %.4f", ", ".join(kept), dice.min())
         runner = Bf16MixedRunner(self.model, self.device, tuple(kept))
         try:
             return self._measure("bf16-mixed", runner, fp32_modules=tuple(kept))

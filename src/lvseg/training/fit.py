@@ -312,6 +312,11 @@ def train(config: TrainConfig) -> TrainResult:
     data_options = training_data_options(multi_channel, DataOptions.from_config(config))
     # unlabeled masks stay unopened
     train_samples = load_dataset_split(config.data, "train", data_options, require_masks=not semi)
+    if semi and class_names(train_samples):
+        raise LvsegError(
+            f"'{config.data}' is a multi-class set (label maps or the VLSM layout): semi-supervised training "
+            "(--labeled-fraction below 1, --labeled-list) is not supported for it; train on every label map"
+        )
     val_samples = load_dataset_split(config.data, "val", data_options)
     classes = ClassTraining.plan(multi_channel and not semi, config.data, data_options, train_samples)
     # n_classes = K for a model with one output channel per class (checked against a given one)
