@@ -27,10 +27,11 @@ test: install-test
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m mypy
-	# Two processes: one pytest process over the whole suite crashed (SIGSEGV, at varying tests, no Python trace)
-	# after the model-contract tests; each half passes alone. Stopgap until the crash is bisected (see the notes).
-	$(PY) -m pytest -q --ignore=tests/test_model_contract.py --ignore=tests/test_models_cris.py
-	$(PY) -m pytest -q tests/test_model_contract.py tests/test_models_cris.py
+	# One pytest-xdist worker runs the suite: a rare crash of the interpreter (SIGSEGV in native code at varying
+	# tests, no Python trace; not yet traced, see the notes) then fails only the test it hit, and that test is
+	# rerun in a fresh worker, at most twice (pytest-rerunfailures, crashes only: a test that fails, or crashes
+	# every time, still fails the run; the summary counts the reruns).
+	$(PY) -m pytest -q -n 1 --reruns 2 --only-rerun "crashed while running"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

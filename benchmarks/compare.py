@@ -90,6 +90,7 @@ def train_config(model: str, data: Path, args: argparse.Namespace, **data_option
         augment=args.augment,
         progress_bar=False,
         resume=(out / "last.ckpt").exists(),
+        tune_backends=False,  # the comparison measures accuracy; backend tuning would take minutes of the run
         **data_options,
     )
 

@@ -308,8 +308,9 @@ def test_training_tunes_every_backend_and_auto_follows_the_record(
     name: str, trained: dict[str, Path], data: Path
 ) -> None:
     """Every model gets every backend through the contract: training measured each one on the validation images
-    (recorded in best.ckpt), each that passed runs from the checkpoint and agrees with eager on the test images,
-    and auto runs the fastest of them."""
+    (recorded in best.ckpt), each that passed runs from the checkpoint and its masks agree with eager's on those
+    images again (the floating-point backends' probabilities too), and auto runs the fastest of them."""
+    from lvseg.backend_record import GUARD_MIN_DICE
     from lvseg.checkpoint import load_checkpoint
     from lvseg.data.images import read_image, resize_image
     from lvseg.inference import load_model
@@ -320,14 +321,18 @@ def test_training_tunes_every_backend_and_auto_follows_the_record(
     assert record is not None, "lvseg train did not tune the backends"
     expected = [backend for backend in default_backends(torch.device("cpu")) if backend != "openvino-int8"]
     assert [trial.backend for trial in record.trials] == expected
-    samples = load_split(data, "test")
+    samples = load_split(data, "val")
     reference_model = load_model(trained[name], device="cpu", backend="eager")
     images = torch.stack([resize_image(read_image(s.image_path), IMG_SIZE) for s in samples])
     texts = [s.text for s in samples]
     reference = reference_model.probabilities(images, texts).numpy()
     for backend in record.passed():
         candidate = load_model(trained[name], device="cpu", backend=backend).probabilities(images, texts).numpy()
-        assert agreement(reference, candidate)["max_abs_diff"] < 0.05, backend
+        agreed = agreement(reference, candidate, reference_model.decision_threshold)
+        # The guard's rule, with a little room: bf16 kernels may round differently at another batch size.
+        assert agreed["min_dice"] >= GUARD_MIN_DICE - 0.01, (backend, agreed)
+        if backend in ("onnx", "openvino"):  # fp32: the same numbers up to summation order
+            assert agreed["max_abs_diff"] < 1e-3, (backend, agreed)
     assert load_model(trained[name], device="cpu", backend="auto").backend == record.passed()[0]
 
 
