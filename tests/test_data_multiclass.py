@@ -182,3 +182,18 @@ def test_synthetic_multiclass_set_is_deterministic_and_alike_but_for_shape(tmp_p
     assert len(samples) == 6 and class_names(samples) == ["disc", "ring", "bar"]
     with pytest.raises(LvsegError, match="not an empty folder"):
         generate_multiclass_dataset(tmp_path / "set", n=10, size=32)
+
+
+def test_verbs_reading_a_checkpoints_data_default_to_the_options_training_recorded() -> None:
+    from lvseg.data.formats import recorded_data_options
+
+    hparams = {"data_options": {"layout": "lvit", "prompt_type": "p6", "modality": "CT slice", "negative_ratio": 0.2}}
+    recorded = recorded_data_options(hparams)
+    options = DataOptions.given_or_recorded(recorded, prompt_type=None, modality=None, negative_ratio=None, seed=3)
+    # the prompts' wording follows training; every (image, class) pair is scored; the given seed is kept
+    assert (options.prompt_type, options.modality, options.negative_ratio, options.seed) == ("p6", "CT slice", 1.0, 3)
+    given = DataOptions.given_or_recorded(recorded, prompt_type="p2", modality="MRI")
+    assert (given.prompt_type, given.modality) == ("p2", "MRI")
+    text_model = recorded_data_options({"class_prompting": {"prompt_type": "p1", "modality": "X-ray"}})
+    assert DataOptions.given_or_recorded(text_model).modality == "X-ray"
+    assert DataOptions.given_or_recorded(recorded_data_options({})) == DataOptions()

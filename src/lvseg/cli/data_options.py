@@ -17,3 +17,17 @@ MODALITY = typer.Option("image", "--modality", help="Label maps: the modality in
 SPLIT_IMAGE_FOLDERS = typer.Option(
     None, "--split-image-folders/--no-split-image-folders", help="VLSM layout: images/<split>/ (default: auto)."
 )
+
+# The same options for the verbs that read a checkpoint's data (lvseg evaluate, lvseg tune-backend): unset, they
+# are what training recorded (lvseg.data.formats.RECORDED_DATA_OPTIONS).
+PROMPT_TYPE_OR_RECORDED = typer.Option(
+    None, "--prompt-type", help="Multi-class prompts: p0 ... p9 or random (default: training's, else random)."
+)
+MODALITY_OR_RECORDED = typer.Option(
+    None, "--modality", help="Label maps: the modality in written prompts (default: training's, else image)."
+)
+SPLIT_IMAGE_FOLDERS_OR_RECORDED = typer.Option(
+    None,
+    "--split-image-folders/--no-split-image-folders",
+    help="VLSM layout: images/<split>/ (default: training's, else auto).",
+)

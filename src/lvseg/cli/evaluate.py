@@ -107,9 +107,9 @@ def evaluate_command(
     threshold: Optional[float] = typer.Option(None, "--threshold", help=THRESHOLD_HELP),
     classes: Optional[str] = data_options.CLASSES,
     negative_ratio: float = data_options.NEGATIVE_RATIO,
-    prompt_type: str = data_options.PROMPT_TYPE,
-    modality: str = data_options.MODALITY,
-    split_image_folders: Optional[bool] = data_options.SPLIT_IMAGE_FOLDERS,
+    prompt_type: Optional[str] = data_options.PROMPT_TYPE_OR_RECORDED,
+    modality: Optional[str] = data_options.MODALITY_OR_RECORDED,
+    split_image_folders: Optional[bool] = data_options.SPLIT_IMAGE_FOLDERS_OR_RECORDED,
     class_swap: Optional[bool] = typer.Option(
         None,
         "--class-swap/--no-class-swap",
@@ -119,7 +119,7 @@ def evaluate_command(
 ) -> None:
     """Evaluate a checkpoint on a dataset split (Dice, IoU, HD95, text reliance; per class on multi-class data,
     where an empty prediction on an empty mask scores Dice 1)."""
-    from lvseg.data.formats import DataOptions
+    from lvseg.data.formats import DataOptions, recorded_data_options
     from lvseg.evaluation.evaluate import evaluate_modes, evaluate_text_reliance
     from lvseg.inference import load_model
 
@@ -139,7 +139,15 @@ def evaluate_command(
         n_overlays=n_overlays,
         model=segmenter,
         threshold=threshold,
-        data_options=DataOptions(classes, negative_ratio, prompt_type, modality, split_image_folders, seed),
+        data_options=DataOptions.given_or_recorded(
+            recorded_data_options(segmenter.hparams),
+            classes=classes,
+            negative_ratio=negative_ratio,
+            prompt_type=prompt_type,
+            modality=modality,
+            split_image_folders=split_image_folders,
+            seed=seed,
+        ),
     )
     if "given" in modes and "shuffled" in modes:
         combined = evaluate_text_reliance(checkpoint, data, **options)

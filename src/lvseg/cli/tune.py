@@ -30,13 +30,14 @@ def tune_backend_command(
     device: str = typer.Option("cpu", help="cpu, cuda, cuda:1."),
     classes: Optional[str] = data_options.CLASSES,
     negative_ratio: float = data_options.NEGATIVE_RATIO,
-    prompt_type: str = data_options.PROMPT_TYPE,
-    modality: str = data_options.MODALITY,
-    split_image_folders: Optional[bool] = data_options.SPLIT_IMAGE_FOLDERS,
+    prompt_type: Optional[str] = data_options.PROMPT_TYPE_OR_RECORDED,
+    modality: Optional[str] = data_options.MODALITY_OR_RECORDED,
+    split_image_folders: Optional[bool] = data_options.SPLIT_IMAGE_FOLDERS_OR_RECORDED,
 ) -> None:
     """Measure every backend's masks against fp32 eager on the checkpoint's own images, and its speed; record
     the result in the checkpoint, where `auto` reads it (fastest that passed)."""
-    from lvseg.data.formats import DataOptions
+    from lvseg.checkpoint import read_checkpoint_dict
+    from lvseg.data.formats import DataOptions, recorded_data_options
     from lvseg.inference.tuning import tune_checkpoint
 
     record = tune_checkpoint(
@@ -50,7 +51,14 @@ def tune_backend_command(
         calibration_images=calibration_images,
         device=device,
         repeats=repeats,
-        data_options=DataOptions(classes, negative_ratio, prompt_type, modality, split_image_folders),
+        data_options=DataOptions.given_or_recorded(
+            recorded_data_options(read_checkpoint_dict(checkpoint).get("hyper_parameters", {})),
+            classes=classes,
+            negative_ratio=negative_ratio,
+            prompt_type=prompt_type,
+            modality=modality,
+            split_image_folders=split_image_folders,
+        ),
     )
     print_backend_record(record)
     console().print(f"recorded in {checkpoint}; auto now runs {record.passed()[0]}", highlight=False)

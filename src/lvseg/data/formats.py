@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,17 @@ logger = logging.getLogger(__name__)
 
 #: ``--prompt-type`` values: the VLSM study's p0 ... p9 and random.
 PROMPT_TYPES: tuple[str, ...] = (*(f"p{number}" for number in range(10)), "random")
+
+
+#: What a checkpoint's data is read with when not given again: how training worded its per-class prompts and
+#: where the images lie. The negative ratio is not among them: evaluation scores every (image, class) pair.
+RECORDED_DATA_OPTIONS = ("prompt_type", "modality", "split_image_folders")
+
+
+def recorded_data_options(hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The data options training recorded in a checkpoint's hyper-parameters: ``data_options``
+    (:func:`lvseg.data.class_channels.data_options_record`), else a text model's ``class_prompting``, else {}."""
+    return dict(hparams.get("data_options") or hparams.get("class_prompting") or {})
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,20 @@ class DataOptions:
     modality: str = "image"
     split_image_folders: bool | None = None
     seed: int = 0
+
+    @classmethod
+    def given_or_recorded(cls, recorded: Mapping[str, Any] | None, **given: Any) -> DataOptions:
+        """The options a verb reading a checkpoint's data uses (``lvseg evaluate``, ``lvseg tune-backend``): each
+        of ``given`` that is not None, else for :data:`RECORDED_DATA_OPTIONS` what training ``recorded``
+        (:func:`recorded_data_options`), else the default."""
+        defaults, recorded = cls(), recorded or {}
+        values = {}
+        for name in cls.__dataclass_fields__:
+            value = given.get(name)
+            if value is None and name in RECORDED_DATA_OPTIONS:
+                value = recorded.get(name)
+            values[name] = getattr(defaults, name) if value is None else value
+        return cls(**values)
 
     @classmethod
     def from_config(cls, config: Any) -> DataOptions:

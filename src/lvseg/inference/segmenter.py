@@ -282,9 +282,11 @@ class Segmenter:
         output channel per class. ``modality`` defaults to the one training recorded."""
         if not self.requires_text:
             return [""] * len(classes)
-        # How training worded its per-class prompts: data_options (lvseg.data.class_channels), else class_prompting.
-        # A VLSM-layout set's prompts came written in its records: its recorded --modality was not said in them.
-        recorded = self.hparams.get("data_options") or self.hparams.get("class_prompting") or {}
+        from lvseg.data.formats import recorded_data_options
+
+        # How training worded its per-class prompts. A VLSM-layout set's prompts came written in its records: its
+        # recorded --modality was not said in them.
+        recorded = recorded_data_options(self.hparams)
         trained_modality = recorded.get("modality") if recorded.get("layout") != "vlsm" else None
         return class_prompts(classes, prompts, modality or trained_modality, recorded.get("prompt_type"))
 
