@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ from lvseg.inference.pipeline import run_overlapped
 
 if TYPE_CHECKING:
     from lvseg.data.classes import ClassInfo
+    from lvseg.inference.consistency import ConsistencyWarning
     from lvseg.inference.multiclass import ClassPrediction
     from lvseg.inference.segmenter import Segmenter
 
@@ -258,7 +259,6 @@ def predict_folder(
     model = getattr(segmenter, "model", None)
     if model is not None:
         check_reports(model, {str(folder): items})
-    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
 
     def read(chunk: Sequence[FolderItem]) -> tuple[list[np.ndarray], list[str | None]]:
         return [read_hwc(item.image_path) for item in chunk], [file_row_direction(item.image_path) for item in chunk]
@@ -285,22 +285,44 @@ def predict_folder(
                     "lesion_pixels": int(prediction.mask.sum()),
                     "max_probability": round(prediction.max_probability, 6),
                     "text_warnings": " | ".join(prediction.warnings),
-                    # the result against its report and the training images (lvseg.inference.consistency)
-                    "consistency": ";".join(warning.code for warning in prediction.consistency),
-                    "consistency_warnings": " | ".join(warning.message for warning in prediction.consistency),
+                    **consistency_columns(prediction.consistency),
                     "height": prediction.mask.shape[0],
                     "width": prediction.mask.shape[1],
                 }
             )
         return written
 
+    return _predict_in_batches(items, batch_size, read, segment, write, out / "predictions.csv")
+
+
+def consistency_columns(consistency: Sequence[ConsistencyWarning]) -> dict[str, str]:
+    """``consistency`` (the codes) and ``consistency_warnings`` (the sentences) of one result: how it stands
+    against its report and the training images (:mod:`lvseg.inference.consistency`)."""
+    return {
+        "consistency": ";".join(warning.code for warning in consistency),
+        "consistency_warnings": " | ".join(warning.message for warning in consistency),
+    }
+
+
+def _predict_in_batches(
+    items: Sequence[FolderItem],
+    batch_size: int,
+    read: Callable[[Sequence[FolderItem]], Any],
+    segment: Callable[[Sequence[FolderItem], Any], Any],
+    write: Callable[[Sequence[FolderItem], Any, Any], list[dict[str, object]]],
+    summary: Path,
+) -> list[dict[str, object]]:
+    """``items`` in batches of ``batch_size`` through read -> segment -> write, decoding the next batch and
+    writing the previous one while the network runs (:func:`lvseg.inference.pipeline.run_overlapped`); the
+    rows go to ``summary`` (CSV) and come back."""
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+
     def progress(done: int) -> None:
         if done == len(chunks) or done % 10 == 0:
             log.info("predicted %d / %d images", min(done * batch_size, len(items)), len(items))
 
-    # Decoding the next batch and writing the previous one overlap the network (lvseg.inference.pipeline).
     rows = [row for batch in run_overlapped(chunks, read, segment, write, on_batch=progress) for row in batch]
-    _write_rows(out / "predictions.csv", rows)
+    _write_rows(summary, rows)
     return rows
 
 
@@ -331,7 +353,6 @@ def _predict_folder_classes(
     names = [info.name for info in chosen]
     items = read_prediction_folder(folder, requires_text=False)  # the prompts are the classes'
     texts = read_class_texts(folder, chosen)
-    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
     Loaded = tuple[list[np.ndarray], list[tuple[float, float] | None]]
 
     def read(chunk: Sequence[FolderItem]) -> Loaded:
@@ -368,18 +389,11 @@ def _predict_folder_classes(
                     "labelled_pixels": int((prediction.label_map > 0).sum()),
                     **class_area_columns(prediction),
                     "text_warnings": " | ".join(prediction.warnings()),
-                    "consistency": ";".join(warning.code for warning in prediction.consistency),
-                    "consistency_warnings": " | ".join(warning.message for warning in prediction.consistency),
+                    **consistency_columns(prediction.consistency),
                     "height": prediction.label_map.shape[0],
                     "width": prediction.label_map.shape[1],
                 }
             )
         return written
 
-    def progress(done: int) -> None:
-        if done == len(chunks) or done % 10 == 0:
-            log.info("predicted %d / %d images", min(done * batch_size, len(items)), len(items))
-
-    rows = [row for batch in run_overlapped(chunks, read, segment, write, on_batch=progress) for row in batch]
-    _write_rows(out / "predictions.csv", rows)
-    return rows
+    return _predict_in_batches(items, batch_size, read, segment, write, out / "predictions.csv")

@@ -195,9 +195,7 @@ class Service:
         heatmap = _heatmap(probability)
         del probability, prediction  # full-size float maps: not kept past the measurements
         overlay = draw_lesion_numbers(overlay_lesions(image.pixels, labels, count), labels, count)
-        markers = side_markers(image.row_direction) if image.row_direction else None
-        if markers:  # the patient's sides, from DICOM PatientOrientation, on what is shown (not on the mask)
-            overlay, heatmap = draw_side_markers(overlay, markers), draw_side_markers(heatmap, markers)
+        overlay, heatmap, markers = _with_side_markers(image, overlay, heatmap)
         return Analysis(
             image.without_model_input(),
             mask,
@@ -236,9 +234,7 @@ class Service:
         )
         heatmap = _heatmap(probability)
         overlay = overlay_classes(image.pixels, label_map, prediction.colours)
-        markers = side_markers(image.row_direction) if image.row_direction else None
-        if markers:
-            overlay, heatmap = draw_side_markers(overlay, markers), draw_side_markers(heatmap, markers)
+        overlay, heatmap, markers = _with_side_markers(image, overlay, heatmap)
         return Analysis(
             image.without_model_input(),
             union,
@@ -271,6 +267,17 @@ class Service:
 
 #: Rows of the probability map coloured at a time (:func:`_heatmap`).
 HEATMAP_BAND_ROWS = 128
+
+
+def _with_side_markers(
+    image: DecodedImage, overlay: np.ndarray, heatmap: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(overlay, heat map, markers): the patient's sides, from a DICOM's PatientOrientation, drawn on what is
+    shown (never on the mask); both images unchanged and no markers for an image without an orientation."""
+    markers = side_markers(image.row_direction) if image.row_direction else None
+    if markers:
+        overlay, heatmap = draw_side_markers(overlay, markers), draw_side_markers(heatmap, markers)
+    return overlay, heatmap, markers
 
 
 def _heatmap(probability: np.ndarray) -> np.ndarray:
