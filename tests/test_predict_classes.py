@@ -298,3 +298,29 @@ def test_folder_prediction_adds_per_class_areas(
         assert (out / "overlays" / row["mask"].split("/")[-1]).is_file()
         same = segmenter.segment_classes(root / "Test_Folder" / "img" / row["image"], "disc,ring")
         np.testing.assert_array_equal(label_map, same.label_map)
+
+
+def test_predict_classes_checks_the_memory_of_one_row_per_class(
+    trained: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A text model asks once per class: three classes of one image are three rows of one forward pass, so the
+    memory check counts three where one would fit."""
+    import lvseg.memory
+    from lvseg.checkpoint import read_checkpoint_dict
+
+    checkpoint, root = trained
+    config = read_checkpoint_dict(checkpoint)["hyper_parameters"]["model_config"]
+    one = lvseg.memory.image_batch_bytes(config["img_size"], 1, config["base_channels"], 3, training=False)
+    monkeypatch.setattr(lvseg.memory, "_machine_available", lambda: 2 * one)  # one or two rows fit, three do not
+    monkeypatch.setattr(lvseg.memory, "_cgroup_room", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    image = _test_image(root)
+
+    def predict(out: Path, classes: str):
+        arguments = ["predict", "-c", str(checkpoint), "-i", str(image), "-o", str(out), "--classes", classes]
+        return CliRunner().invoke(app, [*arguments, "--device", "cpu"])
+
+    assert predict(tmp_path / "disc.png", "disc").exit_code == 0
+    refused = predict(tmp_path / "all.png", "all")
+    assert isinstance(refused.exception, LvsegError), refused.output
+    assert "one image needs about" in str(refused.exception) and not (tmp_path / "all.png").exists()

@@ -110,6 +110,8 @@ def predict_command(
         check_inference_memory(checkpoint, 1, device, None)
         segmenter = load_model(checkpoint, device=device, backend=backend, expected_images=1)
         if classes is not None:
+            # a text model asks once per class: up to 16 rows (segment_classes' batch) in one forward pass
+            check_inference_memory(checkpoint, min(_rows_per_image(segmenter, classes), 16), device, None)
             _predict_image_classes(
                 segmenter, image, out, overlay, classes, text, class_text or [], modality, threshold, console
             )
@@ -156,6 +158,8 @@ def predict_command(
         raise LvsegError("--modality is for --classes (the prompts of a multi-class checkpoint)")
     check_inference_memory(checkpoint, batch_size, device, "--batch-size")
     segmenter = load_model(checkpoint, device=device, backend=backend)
+    if classes is not None and _rows_per_image(segmenter, classes) > batch_size:  # one row per class at least
+        check_inference_memory(checkpoint, _rows_per_image(segmenter, classes), device, "--batch-size")
     rows = predict_folder(
         segmenter,
         folder,
@@ -194,6 +198,12 @@ def _class_texts(items: list[str]) -> dict[str, str]:
     if problems:
         raise LvsegError("--class-text: " + "; ".join(problems))
     return texts
+
+
+def _rows_per_image(segmenter: Segmenter, classes: str) -> int:
+    """How many rows one image becomes with ``--classes``: one per class for a text model (each class is its own
+    prompt), one for a model with an output channel per class."""
+    return len(segmenter.select_classes(classes)) if segmenter.requires_text else 1
 
 
 def _predict_image_classes(
