@@ -317,6 +317,20 @@ def test_a_dicom_with_non_finite_window_or_rescale_decodes_its_full_range(header
     decoded = decode_image(dicom_bytes(stored, **header))
     assert np.array_equal(decoded.array, decode_image(dicom_bytes(stored)).array)  # as without those elements
     assert decoded.pixels.min() == 0 and decoded.pixels.max() == 255  # not an all-black image
+    named = "WindowCenter" if "center" in header else "RescaleSlope"
+    assert any(named in note and "not a finite number" in note for note in decoded.notices), decoded.notices
+    assert decode_image(dicom_bytes(stored)).notices == ()
+
+
+def test_the_app_shows_how_a_dicom_header_was_not_used_first_among_the_warnings() -> None:
+    stored = np.arange(64, dtype=np.uint16).reshape(8, 8) * 10
+    with _client() as client:
+        broken = _segment_upload(client, dicom_bytes(stored, center=float("nan"), width=float("nan")))
+        intact = _segment_upload(client, dicom_bytes(stored))
+    assert broken.status_code == 200 and intact.status_code == 200, broken.text
+    first = broken.json()["consistency"][0]
+    assert first["code"] == "image-header-value-ignored" and "WindowCenter is nan" in first["message"]
+    assert all(item["code"] != "image-header-value-ignored" for item in intact.json()["consistency"])
 
 
 @pytest.mark.parametrize("text", ["\x00", "\x00\x00\x00", "...", "\u200b", "\ufeff", "\ufeff \u200b.", "\u00a0", " "])

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from lvseg.errors import LvsegError
+from lvseg.notices import input_notice
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def _finite_value(dataset: Any, keyword: str, name: str) -> float | None:
     missing, with a warning."""
     value = first_value(dataset.get(keyword, None))
     if value is not None and not math.isfinite(value):
-        logger.warning("DICOM %s: %s is %s, not a finite number; it is treated as missing", name, keyword, value)
+        input_notice(logger, "DICOM %s: %s is %s, not a finite number; it is treated as missing", name, keyword, value)
         return None
     return value
 
@@ -183,13 +184,14 @@ def _modality_values(pixels: np.ndarray, dataset: Any, name: str) -> np.ndarray:
     slope = _finite_value(dataset, "RescaleSlope", name)
     intercept = _finite_value(dataset, "RescaleIntercept", name)
     if slope == 0.0:
-        logger.warning("DICOM %s: RescaleSlope is 0 (every pixel one value); it is treated as missing", name)
+        input_notice(logger, "DICOM %s: RescaleSlope is 0 (every pixel one value); it is treated as missing", name)
         slope = None
     if slope is None and intercept is None:
         return values
     rescaled = values * (1.0 if slope is None else slope) + (0.0 if intercept is None else intercept)
     if not np.isfinite(rescaled).all():
-        logger.warning(
+        input_notice(
+            logger,
             "DICOM %s: RescaleSlope %s and RescaleIntercept %s give values that are not finite numbers; the stored "
             "values are used",
             name,
@@ -228,7 +230,8 @@ def dicom_pixels(dataset: Any, header: DicomHeader, name: str = "<DICOM bytes>")
     width = _finite_value(dataset, "WindowWidth", name)
     unit = window_dicom(values, center, width)
     if center is not None and width is not None and values.size and np.ptp(unit) == 0 and np.ptp(values) > 0:
-        logger.warning(
+        input_notice(
+            logger,
             "DICOM %s: the window (centre %s, width %s) maps every pixel to %s; the full range of the values is used",
             name,
             center,

@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from lvseg.errors import LvsegError
 from lvseg.files import atomic_write
+from lvseg.notices import input_notice
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -272,7 +273,8 @@ def _check_finite(array: np.ndarray, name: str) -> None:
         raise CorruptImageError(
             name, f"none of its {array.size} pixel values is a finite number (all are NaN or infinite)"
         )
-    logger.warning(
+    input_notice(
+        logger,
         "image %s: %d of its %d pixel values are not finite numbers (NaN or infinite); they read as 0",
         name,
         array.size - finite,

@@ -108,7 +108,8 @@ class ClassResultInfo(BaseModel):
 class ConsistencyInfo(BaseModel):
     code: str = Field(
         description="What was found: report-finding-not-found, report-states-no-finding, "
-        "more-regions-than-report, region-outside-report or image-unlike-training."
+        "more-regions-than-report, region-outside-report, image-unlike-training, or image-header-value-ignored "
+        "(a value of the file's header, e.g. a DICOM window that is not a finite number, was not used)."
     )
     message: str = Field(description="The same in one plain sentence, as the page and the PDF show it.")
 
@@ -177,8 +178,9 @@ class SegmentResponse(BaseModel):
     consistency: list[ConsistencyInfo] = Field(
         default_factory=list,
         description="Where the result contradicts its report (an empty mask for a report that names a "
-        "lesion, far more regions than it counts, regions in a lung or zone it does not name) or the image is "
-        "unlike the model's training images. Empty when nothing was found.",
+        "lesion, far more regions than it counts, regions in a lung or zone it does not name), the image is "
+        "unlike the model's training images, or the file could not be read as written (first). Empty when "
+        "nothing was found.",
     )
     report_parsed: bool | None = Field(
         description="For a report-grammar model (c2fvl): whether the report "

@@ -191,7 +191,7 @@ class Service:
         labels, count = label_lesions(mask)
         measurements = measure(mask, probability, labels, count, pixel_spacing_mm=image.pixel_spacing_mm)
         reading = prediction.reading
-        consistency = [(warning.code, warning.message) for warning in prediction.consistency]
+        consistency = _image_notices(image) + [(warning.code, warning.message) for warning in prediction.consistency]
         heatmap = _heatmap(probability)
         del probability, prediction  # full-size float maps: not kept past the measurements
         overlay = draw_lesion_numbers(overlay_lesions(image.pixels, labels, count), labels, count)
@@ -245,7 +245,7 @@ class Service:
             side_markers=markers,
             text=text,
             text_warnings=prediction.warnings(),
-            consistency=[(warning.code, warning.message) for warning in prediction.consistency],
+            consistency=_image_notices(image) + [(warning.code, warning.message) for warning in prediction.consistency],
             label_map=label_map,
             classes=[ClassMeasurement.of(result) for result in prediction.classes],
         )
@@ -267,6 +267,15 @@ class Service:
 
 #: Rows of the probability map coloured at a time (:func:`_heatmap`).
 HEATMAP_BAND_ROWS = 128
+
+
+#: The consistency code of a note on how the image file was read (:attr:`DecodedImage.notices`).
+IMAGE_READ_AS_REPAIRED = "image-header-value-ignored"
+
+
+def _image_notices(image: DecodedImage) -> list[tuple[str, str]]:
+    """(code, sentence) of each note on how the image was read, shown first: it bears on everything after."""
+    return [(IMAGE_READ_AS_REPAIRED, note) for note in image.notices]
 
 
 def _with_side_markers(

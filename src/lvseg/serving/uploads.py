@@ -40,6 +40,7 @@ from lvseg.data.images import (
     upright,
 )
 from lvseg.errors import LvsegError
+from lvseg.notices import collect_input_notices
 from lvseg.serving.errors import ApiError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class DecodedImage:
     ``original_size``: (width, height) of the file; H, W are smaller when the image was reduced to
     ``ImageLimits.max_working_side``. ``original_spacing_mm``: the file's (row, column) pixel size in mm
     (DICOM), else None. ``patient_id``/``study_id``: the DICOM's own identifiers ("" otherwise).
+    ``notices``: how the file was read where it could not be read as written (:mod:`lvseg.notices`: a DICOM
+    window that is not a finite number, ...), one sentence each.
     """
 
     samples: np.ndarray
@@ -88,6 +91,7 @@ class DecodedImage:
     row_direction: str | None = None
     patient_id: str = ""
     study_id: str = ""
+    notices: tuple[str, ...] = ()
 
     @property
     def pixel_spacing_mm(self) -> tuple[float, float] | None:
@@ -215,11 +219,12 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeB
     if kind is None:
         raise ApiError(415, f"the upload is not a supported image; expected {ACCEPTED}", {"field": "image"})
     header = None
-    if kind == "dicom":
-        samples, original, header = _decode_dicom(data, limits, budget)  # already windowed, float
-        pixels = _display_values(np.transpose(samples, (2, 0, 1)), deep=False)
-    else:
-        samples, pixels, original = _decode_pil(data, kind, limits, budget)
+    with collect_input_notices() as notices:
+        if kind == "dicom":
+            samples, original, header = _decode_dicom(data, limits, budget)  # already windowed, float
+            pixels = _display_values(np.transpose(samples, (2, 0, 1)), deep=False)
+        else:
+            samples, pixels, original = _decode_pil(data, kind, limits, budget)
     decoded = DecodedImage(
         samples=samples,
         pixels=pixels,
@@ -229,6 +234,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None, budget: DecodeB
         row_direction=header.row_direction if header else None,
         patient_id=header.patient_id if header else "",
         study_id=header.study_id if header else "",
+        notices=tuple(notices),
     )
     logger.debug("decoded a %s image of %dx%d", kind, decoded.width, decoded.height)
     return decoded
