@@ -28,7 +28,7 @@ from lvseg.rendering import (
 )
 from lvseg.serving.errors import ApiError
 from lvseg.serving.forms import FormLimits
-from lvseg.serving.protocols import PredictionLike, SegmenterLike
+from lvseg.serving.protocols import PredictionLike, SegmenterLike, WarningLike
 from lvseg.serving.rendering import ClassMeasurement, Measurements, measure
 from lvseg.serving.report_pdf import ReportContent, build_report_pdf
 from lvseg.serving.results import RecentResults
@@ -191,7 +191,7 @@ class Service:
         labels, count = label_lesions(mask)
         measurements = measure(mask, probability, labels, count, pixel_spacing_mm=image.pixel_spacing_mm)
         reading = prediction.reading
-        consistency = _image_notices(image) + [(warning.code, warning.message) for warning in prediction.consistency]
+        consistency = _consistency(image, prediction.consistency)
         heatmap = _heatmap(probability)
         del probability, prediction  # full-size float maps: not kept past the measurements
         overlay = draw_lesion_numbers(overlay_lesions(image.pixels, labels, count), labels, count)
@@ -245,7 +245,7 @@ class Service:
             side_markers=markers,
             text=text,
             text_warnings=prediction.warnings(),
-            consistency=_image_notices(image) + [(warning.code, warning.message) for warning in prediction.consistency],
+            consistency=_consistency(image, prediction.consistency),
             label_map=label_map,
             classes=[ClassMeasurement.of(result) for result in prediction.classes],
         )
@@ -273,9 +273,10 @@ HEATMAP_BAND_ROWS = 128
 IMAGE_READ_AS_REPAIRED = "image-header-value-ignored"
 
 
-def _image_notices(image: DecodedImage) -> list[tuple[str, str]]:
-    """(code, sentence) of each note on how the image was read, shown first: it bears on everything after."""
-    return [(IMAGE_READ_AS_REPAIRED, note) for note in image.notices]
+def _consistency(image: DecodedImage, warnings: Sequence[WarningLike]) -> list[tuple[str, str]]:
+    """(code, sentence) of each note on how the image was read (first: it bears on everything after), then of
+    each of the result's consistency ``warnings``."""
+    return [(IMAGE_READ_AS_REPAIRED, note) for note in image.notices] + [(w.code, w.message) for w in warnings]
 
 
 def _with_side_markers(
