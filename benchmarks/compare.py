@@ -105,8 +105,9 @@ def model_label(model: str, args: argparse.Namespace) -> str:
 
 def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
     from lvseg.evaluation.evaluate import evaluate_text_reliance
-    from lvseg.models.describe import describe_model
-    from lvseg.training.fit import model_config_for, train
+    from lvseg.inference import load_model
+    from lvseg.models.describe import describe_built_model
+    from lvseg.training.fit import train
 
     config = train_config(model, data, args)
     out = args.out / model
@@ -115,10 +116,7 @@ def run(model: str, data: Path, args: argparse.Namespace) -> dict[str, object]:
         result.best_checkpoint, data, split="test", out=out / "eval", modes=("given", "shuffled"), device="cpu"
     )
     given, shuffled = reliance.reports["given"].means, reliance.reports["shuffled"].means
-    size = describe_model(
-        model,
-        **{k: v for k, v in model_config_for(config).items() if k != "text_encoder"},
-    )
+    size = describe_built_model(load_model(result.best_checkpoint, device="cpu").model)
     return {
         "model": model_label(model, args),
         "epochs": result.epochs,
@@ -146,8 +144,8 @@ def run_classes(model: str, data: Path, args: argparse.Namespace) -> tuple[dict[
     from lvseg.evaluation.evaluate import evaluate_modes, evaluate_text_reliance
     from lvseg.inference import load_model
     from lvseg.models import model_class
-    from lvseg.models.describe import describe_model
-    from lvseg.training.fit import model_config_for, train
+    from lvseg.models.describe import describe_built_model
+    from lvseg.training.fit import train
 
     config = train_config(model, data, args, modality=args.modality)
     out = args.out / model
@@ -165,8 +163,7 @@ def run_classes(model: str, data: Path, args: argparse.Namespace) -> tuple[dict[
     else:
         given = evaluate_modes(result.best_checkpoint, data, modes=("given",), **evaluation)["given"]
     mean = class_mean(given.per_class)
-    config_options = {k: v for k, v in model_config_for(config).items() if k != "text_encoder"}
-    size = describe_model(model, **config_options)
+    size = describe_built_model(segmenter.model)
     reliance = None if swap is None else swap.class_swap_reliance
     row: dict[str, object] = {
         "model": model_label(model, args),

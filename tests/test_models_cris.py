@@ -22,6 +22,7 @@ from lvseg.errors import CheckpointError, LvsegError
 from lvseg.importers import official_checkpoint_hint
 from lvseg.importers.cris import import_cris_checkpoint
 from lvseg.models import create_model
+from lvseg.models.describe import describe_built_model
 from lvseg.models.cris_weights import map_cris_key, read_cris_checkpoint
 from lvseg.models.pretrained import weights_from
 
@@ -403,6 +404,18 @@ def test_info_gives_the_rn50_size_and_gflops_without_weights() -> None:
     assert report["parameters"] == report["trainable_parameters"] == 146_849_121
     assert report["gflops"] == pytest.approx(137.0, rel=0.01)  # 416 px, 77 tokens (CRIS.md: 137.0)
     assert report["text_shape"] == [1, 77] and report["image_shape"] == [1, 3, 416, 416]
+
+
+def test_a_trained_cris_with_another_text_encoder_is_described_as_built() -> None:
+    """With ``text_encoder="learned"`` CRIS builds no CLIP text tower; describing the built model must not
+    count the default one (the model comparison once reported 65.3 M parameters for a 2 M model)."""
+    torch.manual_seed(0)
+    reports = ["Left lung infection.", "Two infected areas, upper left lung and lower right lung."]
+    model = create_model("cris", texts=reports, text_encoder="learned", img_size=IMG_SIZE, **TINY)
+    described = describe_built_model(model)
+    assert described["parameters"] == model.parameter_counts()["total"]
+    assert not described["text_tower_in_network"]
+    assert described["text_shape"] == [1, model.text_len, model.text_encoder.feature_dim]  # features, not ids
 
 
 # ------------------------------------------------------------------------------- training behaviour

@@ -132,7 +132,8 @@ class SegmentationModel(nn.Module):
     default_text_encoder: ClassVar[str | None] = None
     #: Names of submodules used only by training losses; dropped from inference checkpoints.
     training_only_modules: ClassVar[tuple[str, ...]] = ()
-    #: Whether ``forward`` runs the model's own text tower (from token ids), so FLOP counts include it.
+    #: Whether ``forward`` runs the model's own text tower (from token ids), so FLOP counts include it; an lvseg
+    #: text encoder given as the ``text_encoder`` option replaces that tower and runs outside ``forward``.
     text_tower_in_forward: ClassVar[bool] = False
     #: Named loss terms and their weights; subclasses with auxiliary losses extend it.
     loss_weights: ClassVar[Mapping[str, float]] = DEFAULT_LOSS_WEIGHTS

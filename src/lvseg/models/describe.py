@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from lvseg.models.base import SegmentationModel
 from lvseg.models.pretrained import weights_from
 from lvseg.models.registry import create_model, list_models, model_options
 
@@ -68,8 +69,18 @@ def describe_model(name: str, **options: Any) -> dict[str, Any]:
         "requires_text": bool(model.requires_text),
         "image_shape": image_shape,
         "text_shape": list(first_text.shape) if first_text is not None else None,
-        "text_tower_in_network": bool(model.text_tower_in_forward),
+        "text_tower_in_network": bool(model.text_tower_in_forward and model.text_encoder is None),
     }
+
+
+def describe_built_model(model: SegmentationModel) -> dict[str, Any]:
+    """:func:`describe_model` of a model already built (a trained or loaded one): its config, with its own
+    text encoder reused rather than rebuilt, so a model whose text input replaces a built-in tower (CRIS with
+    ``text_encoder="learned"``) is counted as it is, not as its default."""
+    options = {key: value for key, value in model.config.items() if key != "text_encoder"}
+    if model.text_encoder is not None:
+        options["text_encoder"] = model.text_encoder
+    return describe_model(model.model_name, **options)
 
 
 def describe_all(**options: Any) -> list[dict[str, Any]]:

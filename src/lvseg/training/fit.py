@@ -228,12 +228,11 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 def _log_model_summary(task: SegmentationTask, img_size: int) -> None:
     """Parameters and GFLOPs of the model, in one line (Lightning's own summary has no FLOPs for it)."""
-    from lvseg.models.describe import describe_model
+    from lvseg.models.describe import describe_built_model
 
     counts = task.model.parameter_counts()
-    options = {key: value for key, value in task.model.config.items() if key != "text_encoder"}
     try:
-        gflops = f", {describe_model(task.model.model_name, **options)['gflops']:.3g} GFLOPs per image"
+        gflops = f", {describe_built_model(task.model)['gflops']:.3g} GFLOPs per image"
     except (LvsegError, RuntimeError, NotImplementedError, TypeError, ValueError) as error:
         log.debug("FLOPs of %s not counted: %r", task.model.model_name, error)
         gflops = ""
