@@ -22,8 +22,8 @@ from lvseg.errors import CheckpointError, LvsegError
 from lvseg.importers import official_checkpoint_hint
 from lvseg.importers.cris import import_cris_checkpoint
 from lvseg.models import create_model
-from lvseg.models.describe import describe_built_model
 from lvseg.models.cris_weights import map_cris_key, read_cris_checkpoint
+from lvseg.models.describe import describe_built_model
 from lvseg.models.pretrained import weights_from
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
