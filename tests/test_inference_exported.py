@@ -309,8 +309,34 @@ def _set(path: str, value):
         ),
         pytest.param(
             lambda manifest: manifest["text"]["tensors"][0].update(name="words"),
-            "network.onnx takes the input 'text_0' (32x64, float32), which the manifest does not list",
+            "network.inputs[1] is 'text_0', which is neither image.input nor one of text.tensors",
             id="text-input-name",
+        ),
+        pytest.param(
+            lambda manifest: manifest["network"]["inputs"][1].update(name="words"),
+            "network.onnx has no input 'words', which network.inputs lists (its inputs: images, text_0)",
+            id="network-input-name",
+        ),
+        pytest.param(
+            lambda manifest: manifest["network"]["inputs"][0].update(shape=["batch", 3, 64, 64]),
+            "network.onnx: input 'images' is 3x32x32, network.inputs says 3x64x64",
+            id="network-input-shape",
+        ),
+        pytest.param(
+            _set("network.file", "text_encoder.onnx"),
+            "network.file: manifest says 'text_encoder.onnx'; an export folder's network is 'network.onnx'",
+            id="network-file",
+        ),
+        pytest.param(_set("format", "tflite"), "format: manifest says 'tflite'; expected one of onnx", id="format"),
+        pytest.param(
+            _set("output.name", "scores"),
+            "network.onnx has no output 'scores', which output.name says (its outputs: logits)",
+            id="output-name",
+        ),
+        pytest.param(
+            _set("text.input.name", "ids"),
+            "text.input.name: manifest says 'ids', text_encoder.onnx takes 'token_ids'",
+            id="token-input-name",
         ),
         pytest.param(
             lambda manifest: manifest["text"]["tensors"][0].update(shape=["batch", 32, 48]),
@@ -371,6 +397,39 @@ def test_another_exports_network_is_refused_with_every_problem_at_once(tmp_path:
         assert expected in message, message
 
 
+def _rehash(folder: Path) -> None:
+    """Record the folder's current files in its manifest, as someone mixing folders on purpose would."""
+    from lvseg.inference.manifest import file_hashes
+
+    _edit_manifest(folder, lambda manifest: manifest.update(sha256=file_hashes(folder, list(manifest["sha256"]))))
+
+
+@pytest.mark.parametrize("graph", ["onnx", "openvino"])
+def test_a_graph_of_another_model_is_refused_even_with_its_hashes_recorded(
+    exported_lvit, tmp_path: Path, graph: str
+) -> None:
+    """Every graph a backend may run is checked against the manifest's inputs and output, not only network.onnx:
+    an image-only network in a text model's folder (or the reverse) cannot run with a recorded hash."""
+    _, _, lvit = exported_lvit
+    _, _, unet = _export(tmp_path / "unet", "unet", {}, "openvino")
+    files = ["network.xml", "network.bin"] if graph == "openvino" else ["network.onnx"]
+    backend = "openvino" if graph == "openvino" else "onnx"
+    first = files[0]
+    for manifest_of, network_of, expected in (
+        (lvit, unet, f"{first} has no input 'text_0', which network.inputs lists (its inputs: images)"),
+        (unet, lvit, f"{first} takes the input 'text_0' (32x64, float32), which network.inputs does not list"),
+    ):
+        mixed = Path(tmp_path / f"{manifest_of.name}-with-{network_of.name}-{graph}")
+        import shutil
+
+        shutil.copytree(manifest_of, mixed)
+        for name in files:
+            (mixed / name).write_bytes((network_of / name).read_bytes())
+        _rehash(mixed)
+        message = _refusal(mixed, backend)
+        assert expected in message, message
+
+
 def test_a_folder_exported_before_hashes_loads_with_a_warning(
     exported_lvit, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -404,8 +463,9 @@ def test_openvino_load_errors_are_one_line_without_parser_noise(
     with pytest.raises(LvsegError) as caught:
         load_model(copy, backend="openvino")
     message = str(caught.value)
-    assert "\n" not in message and message.startswith("OpenVINO cannot load the network")
-    assert "Unable to read the model" in message and "Exception from src/" not in message
+    assert "\n" not in message  # the folder's check reads the graph first, and says so in one line
+    assert "network.xml: not a readable OpenVINO model (Unable to read the model" in message
+    assert "Exception from src/" not in message
     assert capfd.readouterr().err == ""
 
 

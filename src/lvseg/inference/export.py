@@ -40,6 +40,7 @@ from lvseg.inference.loading import load_checkpoint_explained
 from lvseg.inference.manifest import (
     BACKEND_RECORD_KEY,
     EXPORT_VERSION,
+    FORMATS,
     FRONT_END,
     FRONT_END_PREFIX,
     HASHES_KEY,
@@ -50,7 +51,6 @@ from lvseg.inference.manifest import (
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "openvino")
 #: The graph files an export may write besides ``network.onnx``; one a new export does not write is removed, so a
 #: folder exported again in another format keeps no graph of the old model.
 OPTIONAL_GRAPHS = ("network.xml", "network.bin", "text_encoder.onnx", *INT8_GRAPH_FILES)

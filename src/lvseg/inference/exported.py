@@ -40,10 +40,12 @@ from lvseg.inference.backend_choice import AUTO, DEPLOY_EXTRA, backend_names, ba
 from lvseg.inference.manifest import (
     BACKEND_RECORD_KEY,
     EXPORT_VERSION,
+    FORMAT_FILES,
     FRONT_END,
     FRONT_END_PREFIX,
     HASHES_KEY,
     MANIFEST,
+    NETWORK_FILE,
     THRESHOLD_KEY,
     file_sha256,
 )
@@ -120,23 +122,36 @@ _ORT_TYPES = {
 
 
 @dataclass(frozen=True)
-class InputSpec:
-    """One input of a graph: its ``name``, ``shape`` (an int per fixed axis, the axis's name for a dynamic one,
-    e.g. ``("batch", 3, 224, 224)``) and ``dtype`` (a NumPy name: ``float32``, ``int64``, ``bool``)."""
+class TensorSpec:
+    """One input or output of a graph: its ``name``, ``shape`` (an int per fixed axis, the axis's name for a
+    dynamic one, e.g. ``("batch", 3, 224, 224)``; ``"?"`` for OpenVINO's unnamed dynamic axes) and ``dtype`` (a
+    NumPy name: ``float32``, ``int64``, ``bool``)."""
 
     name: str
     shape: tuple[int | str, ...]
     dtype: str
+    #: Other names of the same tensor (an OpenVINO port keeps the ONNX input's name beside names its conversion gave).
+    aliases: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
-def graph_inputs(path: str | Path) -> list[InputSpec] | None:
-    """The inputs of the ONNX graph at ``path`` (weights excluded), read with the ``onnx`` package, else with an
-    ONNX Runtime session's input metadata; None when neither is installed. :class:`CheckpointError` in one line
-    when the file is not a readable ONNX graph."""
+@dataclass(frozen=True)
+class GraphSignature:
+    """What a graph file takes and gives (weights excluded)."""
+
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+def graph_signature(path: str | Path) -> GraphSignature | None:
+    """The inputs and outputs of the graph at ``path``: an ONNX file (read with the ``onnx`` package, else an ONNX
+    Runtime session's metadata) or an OpenVINO IR ``.xml`` (read, not compiled); None when no installed package
+    reads it. :class:`CheckpointError` in one line when the file is not a readable graph."""
     path = Path(path)
+    if path.suffix == ".xml":
+        return _openvino_signature(path)
     onnx: Any
     try:
         import onnx
@@ -148,17 +163,18 @@ def graph_inputs(path: str | Path) -> list[InputSpec] | None:
         except Exception as error:  # protobuf's DecodeError and friends
             raise CheckpointError(f"{path.name}: not a readable ONNX graph ({first_line(error)})") from None
         weights = {item.name for item in graph.initializer}
-        specs = []
-        for item in graph.input:
-            if item.name in weights:
-                continue
+
+        def spec(item: Any) -> TensorSpec:
             tensor = item.type.tensor_type
             shape = tuple(
                 int(dim.dim_value) if dim.HasField("dim_value") else (dim.dim_param or "?") for dim in tensor.shape.dim
             )
             dtype = str(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type)) if tensor.elem_type else "?"
-            specs.append(InputSpec(item.name, shape, dtype))
-        return specs
+            return TensorSpec(item.name, shape, dtype)
+
+        return GraphSignature(
+            [spec(item) for item in graph.input if item.name not in weights], [spec(item) for item in graph.output]
+        )
     try:
         import onnxruntime
     except ImportError:
@@ -167,14 +183,45 @@ def graph_inputs(path: str | Path) -> list[InputSpec] | None:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's own exception types
         raise CheckpointError(f"{path.name}: not a readable ONNX graph ({first_line(error)})") from None
-    return [
-        InputSpec(
-            item.name,
-            tuple(dim if isinstance(dim, int) else str(dim) for dim in item.shape),
-            _ORT_TYPES.get(item.type, item.type),
+
+    def ort_spec(item: Any) -> TensorSpec:
+        shape = tuple(dim if isinstance(dim, int) else str(dim) for dim in item.shape)
+        return TensorSpec(item.name, shape, _ORT_TYPES.get(item.type, item.type))
+
+    return GraphSignature(
+        [ort_spec(item) for item in session.get_inputs()], [ort_spec(item) for item in session.get_outputs()]
+    )
+
+
+def _openvino_signature(path: Path) -> GraphSignature | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    try:
+        with _native_stderr_held():
+            network = openvino.Core().read_model(str(path))
+    except Exception as error:  # OpenVINO raises RuntimeError and its own types
+        raise CheckpointError(f"{path.name}: not a readable OpenVINO model ({first_line(error)})") from None
+
+    def spec(port: Any) -> TensorSpec:
+        shape = tuple(dim.get_length() if dim.is_static else "?" for dim in port.get_partial_shape())
+        try:
+            dtype = str(port.get_element_type().to_dtype())
+        except (RuntimeError, TypeError):
+            dtype = "?"
+        names = sorted(port.get_names())
+        return TensorSpec(
+            port.get_any_name(), shape, dtype, tuple(name for name in names if name != port.get_any_name())
         )
-        for item in session.get_inputs()
-    ]
+
+    return GraphSignature([spec(port) for port in network.inputs], [spec(port) for port in network.outputs])
+
+
+def graph_inputs(path: str | Path) -> list[TensorSpec] | None:
+    """The inputs of the graph at ``path`` (:func:`graph_signature`); None when no installed package reads it."""
+    signature = graph_signature(path)
+    return None if signature is None else signature.inputs
 
 
 def _dims(shape: Sequence[Any]) -> str:
@@ -231,7 +278,7 @@ def hash_problems(folder: str | Path, manifest: dict[str, Any]) -> list[str]:
 
 
 def _image_problems(
-    manifest: dict[str, Any], inputs: dict[str, InputSpec], model: SegmentationModel | None
+    manifest: dict[str, Any], inputs: dict[str, TensorSpec], model: SegmentationModel | None
 ) -> tuple[list[str], str | None]:
     """The manifest's image declarations against ``network.onnx``'s inputs and the rebuilt model's config;
     returns the problems and the name of the graph's image input (None when it has none)."""
@@ -277,7 +324,7 @@ def _image_problems(
 
 
 def _text_problems(
-    folder: Path, manifest: dict[str, Any], inputs: dict[str, InputSpec] | None, model: SegmentationModel | None
+    folder: Path, manifest: dict[str, Any], inputs: dict[str, TensorSpec] | None, model: SegmentationModel | None
 ) -> list[str]:
     """The manifest's text tensors against the graph's inputs and against what the rebuilt model computes; its
     learned vocabulary and token length against the rebuilt model's (and ``text_encoder.onnx``'s input)."""
@@ -378,40 +425,202 @@ def _vocabulary_problems(folder: Path, text: dict[str, Any], model: Segmentation
             ids = graph_inputs(folder / exported)
         except CheckpointError as error:
             return [*problems, str(error)]
-        declared = _declared_axes(text.get("input"))
+        said = text.get("input")
+        declared = _declared_axes(said)
         if ids and declared is not None and not _fits(declared, ids[0].shape[1:]):
             problems.append(f"text.input: manifest says {_dims(declared)}, {exported} takes {_dims(ids[0].shape[1:])}")
+        if ids and isinstance(said, dict) and said.get("name") != ids[0].name:
+            problems.append(f"text.input.name: manifest says {said.get('name')!r}, {exported} takes {ids[0].name!r}")
     return problems
+
+
+def _listed_files(manifest: dict[str, Any]) -> list[str]:
+    listed = manifest.get("files")
+    return [name for name in listed if isinstance(name, str)] if isinstance(listed, list) else []
+
+
+def _format_problems(manifest: dict[str, Any]) -> list[str]:
+    """The manifest's ``format`` against the formats lvseg exports and the graph files its ``files`` list."""
+    fmt = manifest.get("format")
+    if fmt not in FORMAT_FILES:
+        return [f"format: manifest says {fmt!r}; expected one of {', '.join(FORMAT_FILES)}"]
+    listed = _listed_files(manifest)
+    missing = [name for name in FORMAT_FILES[fmt] if name not in listed]
+    return [
+        f"format: manifest says {fmt!r}, whose folder holds {', '.join(missing)}, which 'files' does not list"
+    ] * bool(missing)
+
+
+def _statistics_problems(manifest: dict[str, Any], model: SegmentationModel | None) -> list[str]:
+    """The training images' statistics (the image check of :mod:`lvseg.inference.consistency`) against the model
+    they were measured for: a malformed record, or one made at another size or channel count."""
+    from lvseg.data.input_statistics import InputStatistics
+
+    record = manifest.get("input_statistics")
+    if record is None:
+        return []
+    statistics = InputStatistics.from_dict(record)
+    if statistics is None:
+        return ["input_statistics (the training images' figures the image check compares with) is malformed"]
+    config = model.config if model is not None else manifest["model_config"]
+    problems = []
+    for key, config_key, default in (("img_size", "img_size", 224), ("channels", "in_channels", 3)):
+        if getattr(statistics, key) != config.get(config_key, default):
+            problems.append(
+                f"input_statistics.{key}: manifest says {getattr(statistics, key)!r}, the model's {config_key} is "
+                f"{config.get(config_key, default)!r}"
+            )
+    return problems
+
+
+def _network_entry_problems(manifest: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]] | None]:
+    """The manifest's ``network`` entry (the inputs ``network.onnx`` takes, read back from it at export time)
+    against its own image and text declarations; returns the problems and the declared inputs (None: the entry
+    is absent, from an older lvseg, or malformed)."""
+    network = manifest.get("network")
+    if network is None:
+        return [], None
+    inputs = network.get("inputs") if isinstance(network, dict) else None
+    if not isinstance(inputs, list) or not all(
+        isinstance(item, dict) and isinstance(item.get("name"), str) for item in inputs
+    ):
+        return ["network.inputs is malformed; expected a list of {name, shape, dtype}"], None
+    problems = []
+    if network.get("file") != NETWORK_FILE:
+        problems.append(
+            f"network.file: manifest says {network.get('file')!r}; an export folder's network is {NETWORK_FILE!r}"
+        )
+    image_input = manifest["image"]["input"]
+    declared = {image_input["name"]: ("image.input", image_input)}
+    for index, spec in enumerate(manifest["text"]["tensors"]):
+        declared.setdefault(spec["name"], (f"text.tensors[{index}]", spec))
+    names = [item["name"] for item in inputs]
+    if image_input["name"] not in names:
+        problems.append(f"network.inputs does not list the image input {image_input['name']!r} (image.input.name)")
+    for index, item in enumerate(inputs):
+        if item["name"] not in declared:
+            problems.append(
+                f"network.inputs[{index}] is {item['name']!r}, which is neither image.input nor one of text.tensors"
+            )
+            continue
+        where, spec = declared[item["name"]]
+        if item.get("dtype") != spec.get("dtype"):
+            problems.append(
+                f"network.inputs[{index}] ({item['name']!r}): dtype {item.get('dtype')!r}, {where} says "
+                f"{spec.get('dtype')!r}"
+            )
+        said, listed = _declared_axes(spec), _declared_axes(item)
+        if said is None or listed is None or not _fits(said, listed):  # the graph's dynamic axes take any length
+            problems.append(
+                f"network.inputs[{index}] ({item['name']!r}): shape {item.get('shape')!r}, {where} says "
+                f"{spec.get('shape')!r}"
+            )
+    return problems, inputs
+
+
+def _signature_problems(name: str, signature: GraphSignature, inputs: list[dict[str, Any]], output: Any) -> list[str]:
+    """A graph file's inputs against ``inputs`` (the manifest's ``network.inputs``: names, shapes, dtypes) and
+    its outputs against the manifest's ``output`` (name and shape)."""
+    problems = []
+    expected = {item["name"]: item for item in inputs}
+    actual = {_known_name(spec, expected): spec for spec in signature.inputs}
+    for input_name, item in expected.items():
+        spec = actual.get(input_name)
+        if spec is None:
+            problems.append(
+                f"{name} has no input {input_name!r}, which network.inputs lists (its inputs: "
+                f"{', '.join(actual) or 'none'})"
+            )
+            continue
+        declared = _declared_axes(item)
+        if declared is None or not _fits(declared, spec.shape[1:]):
+            problems.append(
+                f"{name}: input {input_name!r} is {_dims(spec.shape[1:])}, network.inputs says "
+                f"{_dims(declared) if declared is not None else repr(item.get('shape'))}"
+            )
+        if spec.dtype not in ("?", item.get("dtype")):
+            problems.append(f"{name}: input {input_name!r} is {spec.dtype}, network.inputs says {item.get('dtype')!r}")
+    problems += [
+        f"{name} takes the input {input_name!r} ({_dims(spec.shape[1:])}, {spec.dtype}), which network.inputs "
+        "does not list"
+        for input_name, spec in actual.items()
+        if input_name not in expected
+    ]
+    output_name = output.get("name") if isinstance(output, dict) else None
+    given = {_known_name(spec, [output_name]): spec for spec in signature.outputs}
+    if output_name not in given:
+        problems.append(
+            f"{name} has no output {output_name!r}, which output.name says (its outputs: {', '.join(given) or 'none'})"
+        )
+    else:
+        declared = _declared_axes(output)
+        if declared is None or not _fits(declared, given[output_name].shape[1:]):
+            problems.append(
+                f"{name}: output {output_name!r} is {_dims(given[output_name].shape[1:])}, output.shape says "
+                f"{_dims(declared) if declared is not None else repr(output.get('shape'))}"
+            )
+    return problems
+
+
+def _known_name(spec: TensorSpec, known: Any) -> str:
+    """The name of ``spec`` that ``known`` holds (one of its aliases), else its own."""
+    return next((name for name in (spec.name, *spec.aliases) if name in known), spec.name)
+
+
+def _graph_files() -> list[str]:
+    """Every graph file an exporting backend may run, in the order the backends name them."""
+    names: list[str] = []
+    for backend in exporting_backends():
+        names += [name for name in backend_spec(backend).graph_files if name not in names]
+    return names
 
 
 def export_problems(folder: str | Path, manifest: dict[str, Any], model: SegmentationModel | None) -> list[str]:
     """Everything wrong with an export folder whose manifest :func:`read_manifest` accepted, one line each: its
-    files against their recorded SHA-256 (:func:`hash_problems`), and its declared image and text inputs and
-    vocabulary against ``network.onnx``'s actual inputs and against ``model``, the model rebuilt from
-    ``model_config`` (None when it could not be built: those checks are skipped)."""
+    files against their recorded SHA-256 (:func:`hash_problems`); its format, ``network`` entry and training-image
+    statistics against the rest of the manifest; its declared image and text inputs and vocabulary against
+    ``network.onnx``'s actual inputs and against ``model``, the model rebuilt from ``model_config`` (None when it
+    could not be built: those checks are skipped); and every graph a backend may run (``network.onnx``, the
+    OpenVINO IRs) against the inputs ``network`` lists and the ``output`` declared."""
     folder = Path(folder)
-    problems = hash_problems(folder, manifest)
+    problems = hash_problems(folder, manifest) + _format_problems(manifest) + _statistics_problems(manifest, model)
+    entry_problems, network_inputs = _network_entry_problems(manifest)
+    problems += entry_problems
     try:
-        found = graph_inputs(folder / "network.onnx")
+        found = graph_signature(folder / NETWORK_FILE)
     except CheckpointError as error:
         return [*problems, str(error)]
     inputs = None
     if found is None:
         logger.warning(
             "neither onnx nor onnxruntime is installed: the inputs of '%s' are not checked against its manifest",
-            folder / "network.onnx",
+            folder / NETWORK_FILE,
         )
     else:
-        inputs = {spec.name: spec for spec in found}
+        inputs = {spec.name: spec for spec in found.inputs}
         image_problems, image_input = _image_problems(manifest, inputs, model)
         problems += image_problems
-        declared = {spec["name"] for spec in manifest["text"]["tensors"]}
-        problems += [
-            f"network.onnx takes the input {name!r} ({_dims(spec.shape[1:])}, {spec.dtype}), which the manifest "
-            "does not list (image.input, text.tensors)"
-            for name, spec in inputs.items()
-            if name != image_input and name not in declared and name != manifest["image"]["input"]["name"]
-        ]
+        if network_inputs is None:  # an older manifest: the graph's inputs against the image and text declarations
+            declared = {spec["name"] for spec in manifest["text"]["tensors"]}
+            problems += [
+                f"{NETWORK_FILE} takes the input {name!r} ({_dims(spec.shape[1:])}, {spec.dtype}), which the "
+                "manifest does not list (image.input, text.tensors)"
+                for name, spec in inputs.items()
+                if name != image_input and name not in declared and name != manifest["image"]["input"]["name"]
+            ]
+            network_inputs = [spec.to_json() for spec in found.inputs]
+    if network_inputs is not None:
+        listed = _listed_files(manifest)
+        for name in _graph_files():
+            if not (folder / name).is_file() or (listed and name not in listed):
+                continue
+            try:
+                signature = found if name == NETWORK_FILE else graph_signature(folder / name)
+            except CheckpointError as error:
+                problems.append(str(error))
+                continue
+            if signature is not None:
+                problems += _signature_problems(name, signature, network_inputs, manifest.get("output"))
     return problems + _text_problems(folder, manifest, inputs, model)
 
 

@@ -18,6 +18,15 @@ THRESHOLD_KEY = "decision_threshold"
 #: written before lvseg recorded them: those load unverified, with a warning).
 HASHES_KEY = "sha256"
 
+#: The formats ``lvseg export`` writes and the graph files each one's folder must hold.
+FORMAT_FILES: dict[str, tuple[str, ...]] = {
+    "onnx": ("network.onnx",),
+    "openvino": ("network.onnx", "network.xml", "network.bin"),
+}
+FORMATS = tuple(FORMAT_FILES)
+#: The network's file, described by the manifest's ``network`` entry; the other graphs are conversions of it.
+NETWORK_FILE = "network.onnx"
+
 _CHUNK = 1 << 20
 
 
