@@ -838,3 +838,37 @@ def test_a_zip_of_junk_named_xlsx_is_named_plainly(
         "workbook (.xlsx)",
     )
     assert "KeyError" not in line
+
+
+#: Damaged workbooks and what each is called; none may show pandas' or openpyxl's raw exception.
+DAMAGED_WORKBOOKS = {
+    "workbook part only": (
+        {"xl/workbook.xml": "<workbook/>"},
+        "it is a damaged Excel workbook: its zip archive has no '[Content_Types].xml'",
+    ),
+    "junk workbook XML": (
+        {"[Content_Types].xml": "<Types/>", "xl/workbook.xml": "<<not xml"},
+        "the workbook is damaged (",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", [*DAMAGED_WORKBOOKS, "cut in half"])
+def test_a_damaged_workbook_is_named_plainly(case: str, data: Path, monkeypatch, capsys) -> None:
+    import zipfile
+
+    table = data / TRAIN / "Train_text.xlsx"
+    if case == "cut in half":
+        import pandas as pd
+
+        pd.DataFrame({"Image": ["a.png"], "Description": ["one lesion"]}).to_excel(table, index=False)
+        table.write_bytes(table.read_bytes()[: table.stat().st_size // 2])
+        expected = "it starts like an Excel workbook (a zip archive) but is cut short or damaged"
+    else:
+        parts, expected = DAMAGED_WORKBOOKS[case]
+        with zipfile.ZipFile(table, "w") as archive:
+            for name, content in parts.items():
+                archive.writestr(name, content)
+    code, err = run_main(monkeypatch, capsys, "data", "check", data)
+    line = assert_one_error(code, err, f"text file '{table}' cannot be read: {expected}")
+    assert "KeyError" not in line and "ParseError" not in line and "holds text" not in line

@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lvseg.data.dicom import DICOM_MAGIC_OFFSET, is_dicom, read_dicom_header
 from lvseg.data.images import IMAGE_EXTENSIONS
-from lvseg.errors import DataValidationError, LvsegError
+from lvseg.errors import DataValidationError, LvsegError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,12 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
         else:
             table = pd.read_excel(path, dtype=str, keep_default_na=False)
     except Exception as error:  # pandas/openpyxl raise many different types for a bad file
-        raise LvsegError(f"text file '{path}' cannot be read: {type(error).__name__}: {error}") from None
+        if path.suffix.lower() == ".csv":
+            raise LvsegError(f"text file '{path}' cannot be read: {type(error).__name__}: {error}") from None
+        raise LvsegError(
+            f"text file '{path}' cannot be read: the workbook is damaged ({first_line(error)}); open and save it "
+            "again in a spreadsheet program, or give the table as a .csv"
+        ) from None
     table.columns = [str(column).strip() for column in table.columns]
     vector_columns = _vector_columns(list(table.columns))
     required = (IMAGE_COLUMN,) if vector_columns else (IMAGE_COLUMN, TEXT_COLUMN)
@@ -166,6 +171,10 @@ def read_text_table(path: str | os.PathLike[str]) -> list[TextRow]:
 OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 #: The part every .xlsx workbook (a zip archive) holds.
 XLSX_WORKBOOK_PART = "xl/workbook.xml"
+#: The part every Office Open XML package holds, naming the types of the others.
+XLSX_CONTENT_TYPES_PART = "[Content_Types].xml"
+#: The first bytes of a zip archive's first entry (an .xlsx workbook is one).
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 def spreadsheet_problem(path: Path) -> str | None:
@@ -188,9 +197,18 @@ def spreadsheet_problem(path: Path) -> str | None:
                 names = set(archive.namelist())
         except (zipfile.BadZipFile, OSError) as error:
             return f"it is a damaged zip archive ({error}); expected an Excel workbook (.xlsx)"
-        if XLSX_WORKBOOK_PART in names or "content.xml" in names:  # .xlsx, or an OpenDocument sheet
+        if "content.xml" in names:  # an OpenDocument sheet
+            return None
+        if XLSX_WORKBOOK_PART in names and XLSX_CONTENT_TYPES_PART not in names:
+            return (
+                f"it is a damaged Excel workbook: its zip archive has no '{XLSX_CONTENT_TYPES_PART}'; open and save it "
+                "again in a spreadsheet program, or give the table as a .csv"
+            )
+        if XLSX_WORKBOOK_PART in names:
             return None
         return f"it is a zip archive without '{XLSX_WORKBOOK_PART}', not an Excel workbook (.xlsx)"
+    if start.startswith(ZIP_MAGIC):
+        return "it starts like an Excel workbook (a zip archive) but is cut short or damaged"
     try:
         start.decode("utf-8")
     except UnicodeDecodeError:
