@@ -649,6 +649,70 @@ def test_an_output_in_a_read_only_folder_is_named_before_any_work(
         read_only.chmod(0o755)
 
 
+SYSFS = Path("/sys")
+
+
+@pytest.mark.skipif(
+    not (SYSFS.is_dir() and os.access(SYSFS, os.W_OK)),
+    reason="needs a folder that os.access calls writable but that refuses new files (/sys, as root)",
+)
+@pytest.mark.parametrize("command", OUTPUT_COMMANDS)
+def test_an_output_in_a_folder_refusing_new_files_is_named_before_any_work(
+    command: str, clean_data: Path, checkpoints, official_lvit: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Root passes every os.access check, yet sysfs (like some mounts) refuses new files: a probe file tells."""
+    args, flag, named = output_args(command, SYSFS / "lvseg-out", clean_data, checkpoints, official_lvit, tmp_path)
+    code, err = run_main(monkeypatch, capsys, *args)
+    assert_one_error(code, err, f"{flag} '{named}' cannot be written: the folder '{SYSFS}' refuses new files")
+    assert not (tmp_path / "mask.png").exists()  # predict --overlay: no mask written before the refusal
+
+
+@pytest.mark.skipif(not SYSFS.is_dir(), reason="needs /sys, a folder that refuses new files")
+def test_an_atomic_write_that_fails_names_the_file_asked_for() -> None:
+    from lvseg.files import atomic_write_text
+
+    target = SYSFS / "lvseg-report.txt"
+    with pytest.raises(OSError) as caught:
+        atomic_write_text(target, "x")
+    assert caught.value.filename == str(target)  # not the temporary '.lvseg-report.txt.XXXX.tmp'
+
+
+@pytest.mark.parametrize("mode", ["shuffled", "empty"])  # "all" runs and says reliance does not apply
+def test_a_text_mode_for_an_image_only_model_is_refused(
+    mode: str, clean_data: Path, checkpoints, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    args = ["evaluate", "-c", checkpoints["good"], "-d", clean_data, "-o", tmp_path / "eval", "--text-mode", mode]
+    code, err = run_main(monkeypatch, capsys, *args, "--device", "cpu")
+    assert_one_error(code, err, f"model 'unet' is image-only: it reads no reports, so --text-mode {mode} would give")
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        (["--out", "{image}"], "--out '{image}' is the image itself; write the mask to another file"),
+        (
+            ["--out", "{tmp}/m.png", "--overlay", "{tmp}/m.png"],
+            "--overlay '{tmp}/m.png' is the --out file; give the overlay and the mask different files",
+        ),
+        (
+            ["--out", "{tmp}/m.png", "--overlay", "{image}"],
+            "--overlay '{image}' is the image itself; write the overlay to another file",
+        ),
+    ],
+)
+def test_outputs_that_would_overwrite_each_other_are_refused(
+    outputs: list[str], expected: str, clean_data: Path, checkpoints, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    image = next((clean_data / "Test_Folder" / "img").iterdir())
+    before = image.read_bytes()
+    fill = {"image": image, "tmp": tmp_path}
+    args = ["predict", "-c", checkpoints["good"], "--image", image, "--text", "one lesion"]
+    code, err = run_main(monkeypatch, capsys, *args, *(value.format(**fill) for value in outputs))
+    assert_one_error(code, err, expected.format(**fill))
+    assert image.read_bytes() == before and not (tmp_path / "m.png").exists()
+
+
 @pytest.mark.parametrize(
     ("command", "needle"),
     [

@@ -19,15 +19,20 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as error:  # named by the file asked for, not the temporary one it never became
+        raise type(error)(error.errno, error.strerror, str(target)) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as error:
         Path(tmp_name).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename == tmp_name:
+            raise type(error)(error.errno, error.strerror, str(target)) from None
         raise
     return target
 
@@ -65,7 +70,21 @@ def output_problems(path: str | os.PathLike[str], flag: str, expect: str, purpos
         return [
             f"{flag} '{target}' cannot be written: the folder '{base}' is not writable; {wanted} in a writable place"
         ]
+    refusal = _refuses_new_files(base)  # what os.access cannot tell: root on /proc or /sys, some mounts
+    if refusal is not None:
+        return [f"{flag} '{target}' cannot be written: the folder '{base}' refuses new files ({refusal}); {wanted}"]
     return []
+
+
+def _refuses_new_files(folder: Path) -> str | None:
+    """Why ``folder`` refuses a new file (a probe file is created and removed at once), or None."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".lvseg-write-check-", dir=folder)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    os.close(fd)
+    Path(name).unlink(missing_ok=True)
+    return None
 
 
 def check_output(path: str | os.PathLike[str], flag: str, expect: str, purpose: str = "") -> None:

@@ -14,6 +14,7 @@ from lvseg.cli import data_options
 from lvseg.cli.limits import check_inference_memory
 from lvseg.cli.output import console as make_console
 from lvseg.cli.output import count
+from lvseg.errors import LvsegError
 from lvseg.files import check_output
 from lvseg.inference.backend_choice import BACKEND_HELP, CHECKPOINT_HELP
 from lvseg.inference.threshold import THRESHOLD_HELP, check_threshold
@@ -30,8 +31,15 @@ class TextModeOption(str, Enum):
     all = "all"
 
 
-def modes_for(option: str, requires_text: bool) -> list[str]:
-    """The text modes to run: ``auto`` is given + shuffled for a text model and given alone otherwise."""
+def modes_for(option: str, requires_text: bool, model_name: str = "") -> list[str]:
+    """The text modes to run: ``auto`` is given + shuffled for a text model and given alone otherwise. A single
+    mode that changes the reports is refused for a model that reads none (it would measure nothing under another
+    name); ``all`` runs, and the report says that text reliance does not apply."""
+    if not requires_text and option not in ("auto", "given", "all"):
+        raise LvsegError(
+            f"model '{model_name}' is image-only: it reads no reports, so --text-mode {option} would give the same "
+            "masks as the given reports; leave --text-mode out"
+        )
     if option == "auto":
         return ["given", "shuffled"] if requires_text else ["given"]
     if option == "all":
@@ -129,7 +137,7 @@ def evaluate_command(
     check_inference_memory(checkpoint, batch_size, device, "--batch-size")
     console = make_console()
     segmenter = load_model(checkpoint, device=device, backend=backend)
-    modes = modes_for(text_mode.value, segmenter.requires_text)
+    modes = modes_for(text_mode.value, segmenter.requires_text, segmenter.model_name)
     options: dict[str, Any] = dict(
         modes=modes,
         split=split,

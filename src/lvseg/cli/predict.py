@@ -55,6 +55,17 @@ def _check_png(path: Path, flag: str) -> None:
 # ------------------------------------------------------------------------------------------------ command
 
 
+def _check_distinct_outputs(image: Path, out: Path, overlay: Path | None) -> None:
+    """The mask must not overwrite its image, nor the overlay the mask (or the image)."""
+    same = lambda first, second: first.resolve() == second.resolve()  # noqa: E731
+    if same(out, image):
+        raise LvsegError(f"--out '{out}' is the image itself; write the mask to another file")
+    if overlay is not None and same(overlay, out):
+        raise LvsegError(f"--overlay '{overlay}' is the --out file; give the overlay and the mask different files")
+    if overlay is not None and same(overlay, image):
+        raise LvsegError(f"--overlay '{overlay}' is the image itself; write the overlay to another file")
+
+
 def predict_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help=CHECKPOINT_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Mask PNG (with --image) or output folder (with --folder)."),
@@ -104,6 +115,7 @@ def predict_command(
             raise LvsegError(f"--image '{image}' is a folder; give one image file, or the folder with --folder")
         if not image.is_file():
             raise LvsegError(f"image '{image}' not found")
+        _check_distinct_outputs(image, out, overlay)
         check_output(out, "--out", "file", "the mask PNG")
         if overlay is not None:
             check_output(overlay, "--overlay", "file", "the overlay PNG")
